@@ -1,0 +1,1 @@
+/* placeholder */ typedef int ct_placeholder_comm;

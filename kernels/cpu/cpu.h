@@ -1,0 +1,34 @@
+/* cpu.h — private: the CPU backend's op implementations, fp32 throughout.
+ * Semantics are those of the matching slots in kernels.h (`void *` is float * here). */
+#ifndef CT_KERNELS_CPU_H
+#define CT_KERNELS_CPU_H
+
+#include "kernels.h"
+
+void ct_cpu_encoder_fwd(ct_kctx *ctx, void *out, const int32_t *tokens, const void *wte, const void *wpe,
+                        int B, int T, int C);
+void ct_cpu_encoder_bwd(ct_kctx *ctx, void *dwte, void *dwpe, const void *dout, const int32_t *tokens,
+                        int B, int T, int C);
+void ct_cpu_layernorm_fwd(ct_kctx *ctx, void *out, float *mean, float *rstd, const void *inp, const void *w,
+                          const void *b, int N, int C, float eps);
+void ct_cpu_layernorm_bwd(ct_kctx *ctx, void *dinp, void *dw, void *db, const void *dout, const void *inp,
+                          const void *w, const float *mean, const float *rstd, int N, int C);
+void ct_cpu_matmul_fwd(ct_kctx *ctx, void *out, const void *inp, const void *w, const void *bias,
+                       int N, int K, int M);
+void ct_cpu_matmul_bwd(ct_kctx *ctx, void *dinp, void *dw, void *dbias, const void *dout, const void *inp,
+                       const void *w, int N, int K, int M);
+size_t ct_cpu_attention_stats_len(int B, int T, int NH);
+void ct_cpu_attention_fwd(ct_kctx *ctx, void *out, float *stats, const void *qkv, int B, int T, int C, int NH);
+void ct_cpu_attention_bwd(ct_kctx *ctx, void *dqkv, float *stats, const void *dout, const void *qkv,
+                          const void *out, int B, int T, int C, int NH);
+void ct_cpu_gelu_fwd(ct_kctx *ctx, void *out, const void *inp, size_t n);
+void ct_cpu_gelu_bwd(ct_kctx *ctx, void *dinp, const void *inp, const void *dout, size_t n);
+void ct_cpu_residual_fwd(ct_kctx *ctx, void *out, const void *a, const void *b, size_t n);
+void ct_cpu_residual_bwd(ct_kctx *ctx, void *da, void *db, const void *dout, size_t n);
+void ct_cpu_xent_fwd(ct_kctx *ctx, float *losses, void *logits, const int32_t *targets, int N, int V);
+void ct_cpu_xent_bwd(ct_kctx *ctx, void *probs, const int32_t *targets, float dloss, int N, int V);
+void ct_cpu_adamw(ct_kctx *ctx, float *master, void *param, float *m, float *v, const void *grad, size_t n,
+                  const ct_adamw_params *p);
+double ct_cpu_sumsq(ct_kctx *ctx, const void *g, size_t n);
+
+#endif

@@ -1,0 +1,115 @@
+/* kernels.h — the compute backend table: every op's forward and backward.
+ *
+ * A backend (cpu, cuda) fills one ct_backend. Tensors are plain pointers into memory
+ * the backend owns (host memory on cpu, device memory on cuda):
+ *   - `void *` tensors hold the backend's storage dtype, elem_size bytes an element
+ *     (fp32 on cpu, bf16 on cuda): parameters, gradients, activations;
+ *   - `float *` tensors are fp32 on every backend: statistics, losses, master weights
+ *     and AdamW moments;
+ *   - token and target indices are int32 in backend memory; a target < 0 is ignored.
+ * Matrices are row-major; a weight w[M,K] maps K inputs to M outputs (nn.Linear layout).
+ *
+ * Every backward ADDS into its gradient outputs (parameter and activation gradients
+ * alike): callers zero them first. This is what lets micro-batches accumulate and lets a
+ * tensor feed several consumers (residual stream, LoRA's second path).
+ *
+ * Ops never allocate. They run on the stream of the ct_kctx they are given and return
+ * before completion on asynchronous backends; results read on the host need sync().
+ * This header knows nothing of MPI, files, configs or models. */
+#ifndef CT_KERNELS_H
+#define CT_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CT_KERNELS_ABI 1 /* bumped when a slot's meaning changes */
+
+/* Per-backend execution context: CUDA stream and library handles; empty on cpu. */
+typedef struct ct_kctx ct_kctx;
+
+/* One AdamW update (decoupled weight decay, as torch.optim.AdamW). */
+typedef struct {
+    float lr, beta1, beta2, eps;
+    float weight_decay; /* multiplies lr * param; 0 for vectors */
+    float grad_scale;   /* every gradient is multiplied by this first (clipping, averaging) */
+    int step;           /* 1-based, for bias correction */
+} ct_adamw_params;
+
+typedef struct ct_backend {
+    const char *name;
+    int abi;
+    size_t elem_size; /* bytes per element of `void *` tensors */
+
+    /* context and memory */
+    ct_kctx *(*kctx_init)(int device); /* NULL on failure */
+    void (*kctx_free)(ct_kctx *ctx);
+    void *(*alloc)(size_t bytes);      /* zero-filled; NULL on failure */
+    void (*free)(void *p);
+    void (*zero)(ct_kctx *ctx, void *p, size_t bytes);
+    void (*copy)(ct_kctx *ctx, void *dst, const void *src, size_t bytes); /* within the backend */
+    void (*upload)(ct_kctx *ctx, void *dst, const void *host, size_t bytes);   /* raw bytes */
+    void (*download)(ct_kctx *ctx, void *host, const void *src, size_t bytes); /* raw bytes, synchronous */
+    void (*to_storage)(ct_kctx *ctx, void *dst, const float *src, size_t n);   /* fp32 -> storage dtype, same memory space */
+    void (*to_f32)(ct_kctx *ctx, float *dst, const void *src, size_t n);       /* storage dtype -> fp32 */
+    void (*sync)(ct_kctx *ctx);
+
+    /* out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]      out[B*T,C] */
+    void (*encoder_fwd)(ct_kctx *ctx, void *out, const int32_t *tokens, const void *wte, const void *wpe,
+                        int B, int T, int C);
+    void (*encoder_bwd)(ct_kctx *ctx, void *dwte, void *dwpe, const void *dout, const int32_t *tokens,
+                        int B, int T, int C);
+
+    /* out = (inp - mean) * rstd * w + b over the last axis; mean, rstd [N] saved for backward */
+    void (*layernorm_fwd)(ct_kctx *ctx, void *out, float *mean, float *rstd, const void *inp,
+                          const void *w, const void *b, int N, int C, float eps);
+    void (*layernorm_bwd)(ct_kctx *ctx, void *dinp, void *dw, void *db, const void *dout, const void *inp,
+                          const void *w, const float *mean, const float *rstd, int N, int C);
+
+    /* out[N,M] = inp[N,K] . w[M,K]^T + bias[M]   (bias may be NULL) */
+    void (*matmul_fwd)(ct_kctx *ctx, void *out, const void *inp, const void *w, const void *bias,
+                       int N, int K, int M);
+    /* dinp[N,K] += dout.w; dw[M,K] += dout^T.inp; dbias[M] += colsum(dout).
+     * dw and dbias may be NULL (frozen weight: only the input gradient is computed);
+     * dinp may be NULL (first layer of a branch that needs no input gradient). */
+    void (*matmul_bwd)(ct_kctx *ctx, void *dinp, void *dw, void *dbias, const void *dout, const void *inp,
+                       const void *w, int N, int K, int M);
+
+    /* Causal multi-head self-attention. qkv[B*T,3C] holds q|k|v, heads of C/NH channels;
+     * out[B*T,C]. stats[attention_stats_len(B,T,NH)] is whatever the backend keeps for
+     * backward (softmax rows on cpu); backward may overwrite it. */
+    size_t (*attention_stats_len)(int B, int T, int NH);
+    void (*attention_fwd)(ct_kctx *ctx, void *out, float *stats, const void *qkv, int B, int T, int C, int NH);
+    void (*attention_bwd)(ct_kctx *ctx, void *dqkv, float *stats, const void *dout, const void *qkv,
+                          const void *out, int B, int T, int C, int NH);
+
+    /* GELU, tanh approximation (GPT-2's gelu_new) */
+    void (*gelu_fwd)(ct_kctx *ctx, void *out, const void *inp, size_t n);
+    void (*gelu_bwd)(ct_kctx *ctx, void *dinp, const void *inp, const void *dout, size_t n);
+
+    /* out = a + b */
+    void (*residual_fwd)(ct_kctx *ctx, void *out, const void *a, const void *b, size_t n);
+    void (*residual_bwd)(ct_kctx *ctx, void *da, void *db, const void *dout, size_t n);
+
+    /* Softmax + cross-entropy over V classes, fused. Forward turns logits[N,V] into
+     * probabilities in place and writes losses[N] (0 where targets[i] < 0).
+     * Backward overwrites probs with dlogits = (probs - onehot) * dloss, 0 on ignored rows;
+     * dloss is the weight of one token's loss (1 / tokens counted in the step).
+     * Backward is the one op that writes, not adds: the logits feed nothing else. */
+    void (*xent_fwd)(ct_kctx *ctx, float *losses, void *logits, const int32_t *targets, int N, int V);
+    void (*xent_bwd)(ct_kctx *ctx, void *probs, const int32_t *targets, float dloss, int N, int V);
+
+    /* AdamW on n elements: master, m, v fp32; grad in storage dtype; param (storage dtype)
+     * receives the updated master (param may equal master when elem_size is 4). */
+    void (*adamw)(ct_kctx *ctx, float *master, void *param, float *m, float *v, const void *grad, size_t n,
+                  const ct_adamw_params *p);
+    /* sum of squares of g[n], accumulated in double; synchronous */
+    double (*sumsq)(ct_kctx *ctx, const void *g, size_t n);
+} ct_backend;
+
+/* The CPU reference backend: fp32, BLAS for matmuls, OpenMP across cores. */
+const ct_backend *ct_backend_cpu(void);
+
+/* The CUDA backend, or NULL when this build has none. */
+const ct_backend *ct_backend_cuda(void);
+
+#endif

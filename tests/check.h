@@ -1,0 +1,86 @@
+/* check.h — tiny test harness shared by the C tests: checks that report file:line,
+ * seeded random inputs, and relative-error comparison. Header-only (static inline). */
+#ifndef CT_TESTS_CHECK_H
+#define CT_TESTS_CHECK_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static int ct_test_failures;
+
+#define CHECK(cond)                                                                     \
+    do {                                                                                \
+        if (!(cond)) {                                                                  \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);    \
+            ct_test_failures++;                                                         \
+        }                                                                               \
+    } while (0)
+
+/* Compare got[n] (float) against want[n] (double): an element passes when
+ * |got - want| <= atol + rtol * |want|. Reports the worst element; returns 1 on pass. */
+#define CHECK_CLOSE(what, got, want, n, rtol, atol) \
+    ct_check_close(__FILE__, __LINE__, what, got, want, n, rtol, atol)
+
+static inline int ct_check_close(const char *file, int line, const char *what, const float *got,
+                                 const double *want, size_t n, double rtol, double atol)
+{
+    size_t worst = 0;
+    double worst_excess = -1.0;
+    for (size_t i = 0; i < n; i++) {
+        double err = fabs((double)got[i] - want[i]);
+        double excess = err - (atol + rtol * fabs(want[i]));
+        if (isnan(got[i]) || excess > worst_excess) { worst_excess = isnan(got[i]) ? INFINITY : excess; worst = i; }
+    }
+    if (n && worst_excess > 0) {
+        fprintf(stderr, "%s:%d: %s: element %zu of %zu: got %.9g, want %.9g (rtol %g, atol %g)\n", file, line,
+                what, worst, n, (double)got[worst], want[worst], rtol, atol);
+        ct_test_failures++;
+        return 0;
+    }
+    return 1;
+}
+
+/* splitmix64: a seeded generator so every test input is reproducible. */
+static inline uint64_t ct_test_rand_u64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* uniform in [lo, hi) */
+static inline void ct_test_fill(float *x, size_t n, uint64_t *state, float lo, float hi)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = lo + (hi - lo) * (float)((ct_test_rand_u64(state) >> 11) * 0x1.0p-53);
+}
+
+static inline float *ct_test_alloc(size_t n)
+{
+    float *p = calloc(n ? n : 1, sizeof(float));
+    if (!p) { fprintf(stderr, "out of memory\n"); exit(2); }
+    return p;
+}
+
+static inline double *ct_test_alloc_d(size_t n)
+{
+    double *p = calloc(n ? n : 1, sizeof(double));
+    if (!p) { fprintf(stderr, "out of memory\n"); exit(2); }
+    return p;
+}
+
+/* Exit status for main: 0 only when every CHECK passed. */
+static inline int ct_test_finish(const char *name)
+{
+    if (ct_test_failures) {
+        fprintf(stderr, "%s: %d check(s) failed\n", name, ct_test_failures);
+        return 1;
+    }
+    printf("%s: all checks passed\n", name);
+    return 0;
+}
+
+#endif
