@@ -1,1 +1,98 @@
-int main(void){return 1;}
+/* refdump.c — runs ctrain's GPT-2 on given tokens and dumps what the reference test compares
+ * against PyTorch: logits, the mean loss, and every parameter's gradient under its Hugging
+ * Face name and layout.
+ *
+ * usage: ct_refdump MODEL_DIR TOKENS_TXT OUT.safetensors [--reinit SEED] [--export DIR]
+ *   TOKENS_TXT: "B T", then B*T input tokens, then B*T targets (-1: not counted)
+ *   --reinit SEED: replace the loaded weights by ctrain's own initialisation
+ *   --export DIR: write the model (after --reinit) as a Hugging Face folder */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gpt2.h"
+#include "hf_gpt2.h"
+#include "safetensors.h"
+
+static int die(const char *msg)
+{
+    fprintf(stderr, "ct_refdump: %s\n", msg);
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 4) return die("usage: ct_refdump MODEL_DIR TOKENS_TXT OUT.safetensors [--reinit SEED] [--export DIR]");
+    const char *model_dir = argv[1], *tokens_path = argv[2], *out_path = argv[3], *export_dir = NULL;
+    long reinit = -1;
+    for (int i = 4; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--reinit")) reinit = atol(argv[i + 1]);
+        else if (!strcmp(argv[i], "--export")) export_dir = argv[i + 1];
+        else return die("unknown option");
+    }
+    char err[1024];
+    FILE *f = fopen(tokens_path, "r");
+    int B, T;
+    if (!f || fscanf(f, "%d %d", &B, &T) != 2 || B <= 0 || T <= 0) return die("cannot read the tokens file");
+    int32_t *tokens = malloc(sizeof(int32_t) * B * T), *targets = malloc(sizeof(int32_t) * B * T);
+    for (int i = 0; i < B * T; i++)
+        if (fscanf(f, "%d", &tokens[i]) != 1) return die("short tokens file");
+    for (int i = 0; i < B * T; i++)
+        if (fscanf(f, "%d", &targets[i]) != 1) return die("short tokens file");
+    fclose(f);
+
+    ct_gpt2_config cfg;
+    if (ct_hf_gpt2_read_config(model_dir, &cfg, err, sizeof err)) return die(err);
+    const ct_backend *be = ct_backend_cpu();
+    ct_kctx *ctx = be->kctx_init(0);
+    ct_gpt2 *m;
+    if (ct_gpt2_init(&m, &cfg, be, ctx, B, T, err, sizeof err)) return die(err);
+    if (reinit >= 0) ct_gpt2_init_weights(m, (uint64_t)reinit);
+    else if (ct_hf_gpt2_load(m, model_dir, err, sizeof err)) return die(err);
+    if (export_dir && ct_hf_gpt2_save(m, export_dir, err, sizeof err)) return die(err);
+
+    size_t nlogits = (size_t)B * T * cfg.vocab_size;
+    float *logits = malloc(nlogits * sizeof(float));
+    double loss_sum;
+    long ntok;
+    if (ct_gpt2_forward(m, tokens, NULL, B, T, NULL, NULL, err, sizeof err)) return die(err);
+    be->to_f32(ctx, logits, ct_gpt2_logits(m), nlogits); /* cpu: host memory */
+    if (ct_gpt2_forward(m, tokens, targets, B, T, &loss_sum, &ntok, err, sizeof err)) return die(err);
+    ct_gpt2_zero_grad(m);
+    ct_gpt2_backward(m, 1.0f / (float)ntok);
+    float loss = (float)(loss_sum / (double)ntok);
+
+    int nt = ct_gpt2_num_tensors(m);
+    ct_st_entry *e = calloc((size_t)nt + 2, sizeof *e);
+    char (*names)[80] = calloc((size_t)nt, sizeof *names);
+    float **bufs = calloc((size_t)nt, sizeof *bufs);
+    const float *grads = ct_gpt2_grads(m);
+    e[0] = (ct_st_entry){.name = "logits", .data = logits, .ndim = 3, .shape = {B, T, cfg.vocab_size}};
+    e[1] = (ct_st_entry){.name = "loss", .data = &loss, .ndim = 1, .shape = {1}};
+    for (int i = 0; i < nt; i++) {
+        const ct_param *p = ct_gpt2_tensor(m, i);
+        snprintf(names[i], sizeof names[i], "grad.%s", p->name);
+        bufs[i] = malloc(p->numel * sizeof(float));
+        const float *g = grads + p->offset;
+        if (p->conv1d) { /* to Hugging Face's [in, out] */
+            for (int r = 0; r < p->shape[0]; r++)
+                for (int c = 0; c < p->shape[1]; c++) bufs[i][(size_t)c * p->shape[0] + r] = g[(size_t)r * p->shape[1] + c];
+        } else {
+            memcpy(bufs[i], g, p->numel * sizeof(float));
+        }
+        e[i + 2] = (ct_st_entry){.name = names[i], .data = bufs[i], .ndim = p->ndim,
+                                 .shape = {p->conv1d ? p->shape[1] : p->shape[0], p->conv1d ? p->shape[0] : p->shape[1]}};
+    }
+    if (ct_st_write(out_path, e, nt + 2, CT_DT_F32, NULL, err, sizeof err)) return die(err);
+    printf("loss %.7f over %ld tokens\n", loss, ntok);
+    for (int i = 0; i < nt; i++) free(bufs[i]);
+    free(bufs);
+    free(names);
+    free(e);
+    free(logits);
+    free(tokens);
+    free(targets);
+    ct_gpt2_free(m);
+    be->kctx_free(ctx);
+    return 0;
+}

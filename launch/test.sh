@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs ctrain's tests, in tiers (DESIGN.md "Tests, in tiers"):
+#   bash launch/test.sh            every tier that can run on this machine
+#   bash launch/test.sh unit       C unit, gradient and bad-input tests (no Python needed)
+#   bash launch/test.sh reference  against PyTorch / transformers, in .venv (installed from PyPI)
+# Installs missing Debian packages and builds first. Build dir: $CTRAIN_BUILD (default build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tier=${1:-all}
+build=${CTRAIN_BUILD:-build}
+jobs=$(nproc)
+
+bash launch/install-deps.sh
+
+cmake_args=(-S . -B "$build" -DCMAKE_BUILD_TYPE=Release)
+if [[ $tier == all || $tier == reference ]]; then
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import torch, transformers, safetensors' 2>/dev/null; then
+    echo "test: creating .venv with the reference packages (PyPI)"
+    python3 -m venv .venv
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -r tests/reference/requirements.txt
+  fi
+  cmake_args+=(-DCTRAIN_PYTHON="$PWD/.venv/bin/python")
+fi
+cmake "${cmake_args[@]}" >/dev/null
+cmake --build "$build" -j "$jobs"
+
+case $tier in
+  unit) labels=unit ;;
+  reference) labels=reference ;;
+  all) labels='unit|reference' ;;
+  *) echo "usage: launch/test.sh [all|unit|reference]" >&2; exit 2 ;;
+esac
+ctest --test-dir "$build" -L "$labels" --output-on-failure --no-tests=error

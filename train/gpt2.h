@@ -1,0 +1,82 @@
+/* gpt2.h — GPT-2 of any size: learned positions, pre-LN blocks, tied embedding and LM head.
+ *
+ * Forward and backward are written out over the kernel backend table. Parameters live in one
+ * flat buffer and gradients in another of the same layout (DESIGN.md: sharding, reduction,
+ * clipping and checkpointing are then one loop each). Tensors are stored in nn.Linear layout
+ * [out, in]; Hugging Face's GPT-2 keeps its Conv1D weights transposed ([in, out]), which the
+ * import/export code handles (ct_param.conv1d). */
+#ifndef CT_TRAIN_GPT2_H
+#define CT_TRAIN_GPT2_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels.h"
+
+typedef struct {
+    int vocab_size;  /* V */
+    int max_seq_len; /* n_positions */
+    int n_layer;     /* L */
+    int n_head;      /* NH */
+    int n_embd;      /* C */
+    float ln_eps;
+} ct_gpt2_config;
+
+/* One parameter tensor inside the flat buffer. */
+typedef struct {
+    char name[64];   /* Hugging Face name, e.g. "transformer.h.3.attn.c_attn.weight" */
+    int ndim;
+    int shape[2];    /* ctrain layout: weights [out, in] */
+    size_t offset;   /* in elements from the start of the flat buffer */
+    size_t numel;
+    int conv1d;      /* stored transposed ([in, out]) in Hugging Face GPT-2 files */
+    int decay;       /* matrices and embeddings get weight decay; biases and norms do not */
+} ct_param;
+
+typedef struct ct_gpt2 ct_gpt2;
+
+/* Checks the config; on error fills err naming the field and returns -1. */
+int ct_gpt2_config_check(const ct_gpt2_config *cfg, char *err, size_t errlen);
+
+/* Allocates parameters, gradients and activations for micro-batches of up to B x T tokens on
+ * backend be (ctx from be->kctx_init). Weights start zero: call ct_gpt2_init_weights or load.
+ * Returns -1 with err filled on a bad config or when memory runs out; *out stays NULL. */
+int ct_gpt2_init(ct_gpt2 **out, const ct_gpt2_config *cfg, const ct_backend *be, ct_kctx *ctx, int B, int T,
+                 char *err, size_t errlen);
+void ct_gpt2_free(ct_gpt2 *m);
+
+const ct_gpt2_config *ct_gpt2_config_of(const ct_gpt2 *m);
+const ct_backend *ct_gpt2_backend(const ct_gpt2 *m);
+ct_kctx *ct_gpt2_kctx(const ct_gpt2 *m);
+int ct_gpt2_num_tensors(const ct_gpt2 *m);
+const ct_param *ct_gpt2_tensor(const ct_gpt2 *m, int i);
+const ct_param *ct_gpt2_find(const ct_gpt2 *m, const char *name); /* NULL if absent */
+size_t ct_gpt2_numel(const ct_gpt2 *m);  /* length of the flat buffers, padding included */
+size_t ct_gpt2_count(const ct_gpt2 *m);  /* number of parameters, padding excluded */
+void *ct_gpt2_params(ct_gpt2 *m);        /* flat parameters, backend memory, storage dtype */
+void *ct_gpt2_grads(ct_gpt2 *m);         /* flat gradients, same layout */
+
+/* GPT-2 initialisation: normal(0, 0.02) for weights and embeddings, the two residual
+ * projections scaled by 1/sqrt(2 n_layer), biases 0, layernorm weights 1. Deterministic in seed. */
+void ct_gpt2_init_weights(ct_gpt2 *m, uint64_t seed);
+
+/* Forward pass on host arrays tokens[B*T] and targets[B*T] (target < 0: not counted).
+ * With targets, *loss_sum receives the sum of the counted tokens' losses and *ntok their
+ * number, and backward may follow. With targets == NULL only logits are computed
+ * (ct_gpt2_logits). Returns -1 with err filled for B or T beyond the allocation or a token
+ * or target outside the vocabulary; nothing is computed then. */
+int ct_gpt2_forward(ct_gpt2 *m, const int32_t *tokens, const int32_t *targets, int B, int T, double *loss_sum,
+                    long *ntok, char *err, size_t errlen);
+
+/* Adds the gradient of dloss * loss_sum (of the last forward with targets) to the gradient
+ * buffer. dloss is normally 1 / (tokens counted across the whole step). */
+void ct_gpt2_backward(ct_gpt2 *m, float dloss);
+void ct_gpt2_zero_grad(ct_gpt2 *m);
+
+/* Logits [B, T, V] in backend memory and storage dtype, valid after a forward without targets. */
+const void *ct_gpt2_logits(const ct_gpt2 *m);
+
+/* FLOPs of one forward + backward over B x T tokens (matmuls and attention, 2 per multiply-add). */
+double ct_gpt2_step_flops(const ct_gpt2_config *cfg, int B, int T);
+
+#endif
