@@ -19,35 +19,13 @@
 #include <string.h>
 
 #include "cpu.h"
+#include "vmath.h"
 
 /* Row-block size: larger blocks mean fewer BLAS calls, smaller ones less work wasted
  * above the diagonal (the fraction computed is (nb+1)/nb of the causal triangle). */
 #define RB 64
 
 static int imin(int a, int b) { return a < b ? a : b; }
-
-/* exp(x) for x <= 0, within 1 ulp of the exact value over [-87.3, 0] (checked against
- * double exp on every float there); exactly 0 below -87.3. Plain arithmetic, so loops
- * calling it vectorise, which libm's expf does not without -ffast-math. Cephes' range
- * reduction (x = n ln2 + r, |r| <= ln2/2) and polynomial; 2^n built in the exponent bits. */
-static inline float exp_small(float x)
-{
-    const float lo = -87.33654f;
-    float xc = x < lo ? lo : x;
-    float fn = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
-    int n = (int)fn;
-    float r = xc - fn * 0.693359375f;
-    r = r - fn * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float y = p * (r * r) + r + 1.0f;
-    union { int32_t i; float f; } s = { .i = (n + 127) << 23 };
-    return x < lo ? 0.0f : y * s.f;
-}
 
 /* Sums with 16 fixed lanes: vectorises without reassociation, so the result does not
  * depend on the data's address. */
@@ -88,7 +66,7 @@ static float max_f32(const float *x, int n)
 static void softmax_row(float *row, int len)
 {
     float mx = max_f32(row, len);
-    for (int i = 0; i < len; i++) row[i] = exp_small(row[i] - mx);
+    for (int i = 0; i < len; i++) row[i] = ct_vexpf(row[i] - mx);
     float inv = 1.0f / sum_f32(row, len);
     for (int i = 0; i < len; i++) row[i] *= inv;
 }

@@ -8,35 +8,11 @@
 #include <string.h>
 
 #include "cpu.h"
+#include "vmath.h"
 
 #define GELU_PAR_MIN 32768 /* below this many elements a parallel region costs more than it saves */
 #define GELU_S 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_K 0.044715f
-
-/* exp(x) for float, Cephes-style: x = n*ln2 + r with |r| <= ln2/2, exp(r) by a degree-6
- * polynomial (about 1 ulp), 2^n built in the exponent bits. Branch-free so it vectorises.
- * Inputs are clamped to [-87, 88], where 2^n stays a normal float; NaN gives exp(-87). */
-static inline float gelu_expf(float x)
-{
-    x = x > -87.0f ? x : -87.0f; /* written so NaN becomes -87: the int conversion below */
-    x = x < 88.0f ? x : 88.0f;   /* must see a finite value (callers keep NaN via x) */
-    /* round x*log2(e) to nearest via the 1.5*2^23 trick (exact for |n| < 2^22) */
-    float t = x * 1.44269504088896341f + 12582912.0f;
-    float n = t - 12582912.0f;
-    float r = x - n * 0.693359375f;  /* ln2 split in two so n*ln2 is exact enough */
-    r = r + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
 
 /* Beyond |x| = 10 nothing needs evaluating: sig(2u) rounds to 1 for x > 10 (gelu = x,
  * slope 1) and gelu is below 1e-37 for x < -10 (taken as 0, slope 0). Evaluating sig at x
@@ -60,7 +36,7 @@ void ct_cpu_gelu_fwd(ct_kctx *ctx, void *out_, const void *inp_, size_t n)
         float x = inp[i];
         float xc = gelu_clamp(x);
         float u = GELU_S * (xc + GELU_K * xc * xc * xc);
-        float y = x / (1.0f + gelu_expf(-2.0f * u));
+        float y = x / (1.0f + ct_vexpf(-2.0f * u));
         out[i] = x < -10.0f ? 0.0f : y;
     }
 }
@@ -79,7 +55,7 @@ void ct_cpu_gelu_bwd(ct_kctx *ctx, void *dinp_, const void *inp_, const void *do
         float xc = gelu_clamp(x);
         float x2 = xc * xc;
         float u = GELU_S * (xc + GELU_K * x2 * xc);
-        float e = gelu_expf(-2.0f * u);
+        float e = ct_vexpf(-2.0f * u);
         float sig = 1.0f / (1.0f + e);
         float du = GELU_S * (1.0f + 3.0f * GELU_K * x2);
         float g = sig + 2.0f * xc * du * (sig * (e * sig));

@@ -10,26 +10,7 @@
 #include <string.h>
 
 #include "cpu.h"
-
-/* exp(x) for x <= 0, within 1 ulp, 0 below -87.3; vectorisable (as in attention.c). */
-static inline float exp_small(float x)
-{
-    const float lo = -87.33654f;
-    float xc = x < lo ? lo : x;
-    float fn = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
-    int n = (int)fn;
-    float r = xc - fn * 0.693359375f;
-    r = r - fn * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float y = p * (r * r) + r + 1.0f;
-    union { int32_t i; float f; } s = { .i = (n + 127) << 23 };
-    return x < lo ? 0.0f : y * s.f;
-}
+#include "vmath.h"
 
 /* Maximum is exact in any order, so an OpenMP simd reduction is safe here. */
 static float max_f32(const float *x, int n)
@@ -45,7 +26,7 @@ static float max_f32(const float *x, int n)
  * exp loop vectorises only on its own. */
 static double exp_sum(float *x, int n, float mx)
 {
-    for (int i = 0; i < n; i++) x[i] = exp_small(x[i] - mx);
+    for (int i = 0; i < n; i++) x[i] = ct_vexpf(x[i] - mx);
     double acc[8] = {0};
     int i = 0;
     for (; i + 8 <= n; i += 8)
