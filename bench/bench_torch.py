@@ -40,6 +40,14 @@ class GPT(nn.Module):
         self.wte, self.wpe = nn.Embedding(V, C), nn.Embedding(T, C)
         self.h = nn.ModuleList(Block(C, NH) for _ in range(L))
         self.ln_f = nn.LayerNorm(C)
+        for name, p in self.named_parameters():  # GPT-2 initialisation, as ctrain's
+            if p.dim() < 2:
+                continue
+            std = 0.02 / (2 * L) ** 0.5 if name.endswith(("c_proj.weight", "mlp_proj.weight")) else 0.02
+            nn.init.normal_(p, 0.0, std)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
 
     def forward(self, idx, targets):
         pos = torch.arange(idx.shape[1])
