@@ -80,7 +80,7 @@ int main(int argc, char **argv)
 
     char err[512];
     ct_gpt2 *m;
-    if (ct_gpt2_init(&m, &cfg, &timed, ctx, B, T, err, sizeof err)) {
+    if (ct_gpt2_init(&m, &cfg, &timed, ctx, B, T, 1, err, sizeof err)) {
         fprintf(stderr, "bench_step: %s\n", err);
         return 1;
     }

@@ -1,19 +1,101 @@
-/* data.h — tokens in, batches out. This build has the byte-level tokenizer. */
+/* data.h — tokens in, batches out: the byte-level tokenizer, HDF5 token datasets, the
+ * `prepare` step, and the loader that gives each rank its part of every global batch.
+ *
+ * Dataset layout (one HDF5 file): /tokens uint32 [n]; optional /loss_mask uint8 [n] (1: the
+ * token counts as a target); optional /doc_offsets uint64 [ndocs] (start of each document);
+ * attributes on the root group: "tokenizer" (string, e.g. "bytes") and "vocab_size" (int).
+ * Errors fill err with "<file>: <dataset or attribute>: <what is wrong>" and return -1. */
 #ifndef CT_DATA_H
 #define CT_DATA_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-/* Byte-level tokenizer: token i < 256 is byte i; 256 is end-of-text. */
+/* ---- byte-level tokenizer: token i < 256 is byte i; 256 is end-of-text */
 #define CT_TOK_BYTES_EOT 256
 #define CT_TOK_BYTES_VOCAB 257
 
 /* Encodes len bytes of text into out[len] (one token per byte); returns len. */
 size_t ct_tok_bytes_encode(const char *text, size_t len, int32_t *out);
-
 /* Decodes n tokens into out (capacity cap bytes, NUL-terminated); end-of-text and tokens
  * outside the vocabulary are skipped. Returns the number of bytes written. */
 size_t ct_tok_bytes_decode(const int32_t *tokens, size_t n, char *out, size_t cap);
+
+/* ---- token datasets */
+typedef struct ct_dataset ct_dataset;
+
+/* Writes a dataset (to "<path>.tmp", renamed when complete; contiguous, uncompressed). loss_mask
+ * and doc_offsets may be NULL. Refuses n = 0, a token >= vocab_size, and doc_offsets that are
+ * not strictly increasing or not below n. On any error path is left as it was, and path.tmp
+ * is removed. */
+int ct_dataset_write(const char *path, const uint32_t *tokens, size_t n, const uint8_t *loss_mask,
+                     const uint64_t *doc_offsets, size_t ndocs, const char *tokenizer, int vocab_size, char *err,
+                     size_t errlen);
+/* Opens and validates a dataset: /tokens present, 1-D, an integer type (any width or sign,
+ * as h5py writes numpy arrays: values are converted to uint32 on read, and one that does not
+ * fit is a read error); /loss_mask (if any) 1-D, integer or bool, of the same length;
+ * /doc_offsets (if any) 1-D integer; attributes present and sane (vocab_size in [1, INT_MAX]). */
+int ct_dataset_open(ct_dataset **out, const char *path, char *err, size_t errlen);
+void ct_dataset_close(ct_dataset *ds);
+const char *ct_dataset_path(const ct_dataset *ds);
+size_t ct_dataset_len(const ct_dataset *ds);
+int ct_dataset_vocab_size(const ct_dataset *ds);
+const char *ct_dataset_tokenizer(const ct_dataset *ds);
+int ct_dataset_has_mask(const ct_dataset *ds);
+/* Reads tokens [start, start+n) (when tokens != NULL) and, when mask != NULL, their loss mask
+ * (all 1 when the file has none). Reads only that range from the file. */
+int ct_dataset_read(ct_dataset *ds, size_t start, size_t n, uint32_t *tokens, uint8_t *mask, char *err,
+                    size_t errlen);
+
+/* ---- prepare: a UTF-8 text file -> train and val datasets with the byte tokenizer. The text
+ * is split at the line break nearest to (1 - val_fraction) of its length: before it is train,
+ * after it val; each set is one document ending with end-of-text. Refuses an empty text or a
+ * val_fraction outside (0, 1). The break itself ends train, and a break at the very end of the
+ * text is no candidate; a text without inner line breaks is cut at the nearest UTF-8 character
+ * boundary, and one too short for two non-empty parts is refused. */
+int ct_data_prepare_text(const char *text_path, const char *train_path, const char *val_path, double val_fraction,
+                         char *err, size_t errlen);
+
+/* ---- loader
+ * A dataset of n tokens holds W = (n - 1) / T windows of T+1 tokens (window w starts at w*T).
+ * Each epoch visits the windows in a seeded random order (or in order, shuffle = 0). A global
+ * batch is the next G = micro_batch * grad_accum * world windows of that order; within it,
+ * rank r's micro-batch a (0 <= a < grad_accum) is windows [(a*world + r) * micro_batch, + micro_batch).
+ * So the set of windows of a step does not depend on world size, only on G. An epoch ends when
+ * fewer than G windows remain (the rest is skipped); the next starts with a new order. */
+typedef struct {
+    const char *path;
+    int seq_len;      /* T */
+    int micro_batch;  /* sequences per micro-batch */
+    int grad_accum;   /* micro-batches per step on each rank */
+    int rank, world;
+    uint64_t seed;
+    int shuffle;
+    int vocab_size;   /* the model's: a token or dataset vocabulary beyond it is an error */
+} ct_loader_opts;
+
+typedef struct {
+    uint64_t epoch;   /* 0-based */
+    uint64_t step;    /* global batches taken in this epoch */
+    int micro;        /* micro-batches of the current global batch taken on this rank */
+} ct_loader_cursor;
+
+typedef struct ct_loader ct_loader;
+
+/* Errors: a missing or malformed file, a dataset vocabulary beyond the model's, a dataset with
+ * fewer than one global batch of windows (message gives both counts). */
+int ct_loader_init(ct_loader **out, const ct_loader_opts *opts, char *err, size_t errlen);
+void ct_loader_free(ct_loader *l);
+/* The next micro-batch of this rank: tokens[B*T] inputs, targets[B*T] next tokens, -1 where
+ * the target's loss mask is 0. A token beyond the model's vocabulary is an error naming the
+ * file and position. On error the cursor does not move. */
+int ct_loader_next(ct_loader *l, int32_t *tokens, int32_t *targets, char *err, size_t errlen);
+ct_loader_cursor ct_loader_tell(const ct_loader *l);
+/* Continues exactly where a loader of the same dataset, seq_len, seed, shuffle and G stood at
+ * tell. A cursor at a step boundary (micro 0) also moves between world sizes with the same G.
+ * A micro or step beyond this loader's batch shape carries over into the next step or epoch. */
+void ct_loader_seek(ct_loader *l, ct_loader_cursor c);
+uint64_t ct_loader_windows(const ct_loader *l);        /* W */
+uint64_t ct_loader_steps_per_epoch(const ct_loader *l); /* W / G */
 
 #endif

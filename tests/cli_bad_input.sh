@@ -51,7 +51,7 @@ printf "\\x$(printf %02x ${#hdr})\\x00\\x00\\x00\\x00\\x00\\x00\\x00%s" "$hdr" >
 head -c 16 /dev/zero >> "$tmp/wrongshape/model.safetensors"
 expect 1 "tensor 'transformer.wte.weight': shape [2, 2], config.json implies [13, 8]" -- info "$tmp/wrongshape"
 
-expect 1 "info takes one argument" -- info
+expect 1 "info: missing MODEL_DIR" -- info
 expect 2 "unknown verb 'frobnicate'" -- frobnicate
 
 exit $((failures > 0))

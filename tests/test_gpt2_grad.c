@@ -159,12 +159,12 @@ static void test_bad_configs(void)
     char err[256];
     ct_gpt2_config c = cfg;
     c.n_embd = 9;
-    CHECK(ct_gpt2_init(&m, &c, be, be->kctx_init(0), 1, 4, err, sizeof err) == -1 && m == NULL &&
+    CHECK(ct_gpt2_init(&m, &c, be, be->kctx_init(0), 1, 4, 1, err, sizeof err) == -1 && m == NULL &&
           strstr(err, "n_head"));
     c = cfg;
     c.n_layer = 0;
-    CHECK(ct_gpt2_init(&m, &c, be, be->kctx_init(0), 1, 4, err, sizeof err) == -1 && strstr(err, "n_layer"));
-    CHECK(ct_gpt2_init(&m, &cfg, be, be->kctx_init(0), 1, cfg.max_seq_len + 1, err, sizeof err) == -1 &&
+    CHECK(ct_gpt2_init(&m, &c, be, be->kctx_init(0), 1, 4, 1, err, sizeof err) == -1 && strstr(err, "n_layer"));
+    CHECK(ct_gpt2_init(&m, &cfg, be, be->kctx_init(0), 1, cfg.max_seq_len + 1, 1, err, sizeof err) == -1 &&
           strstr(err, "max_seq_len"));
 }
 
@@ -174,7 +174,7 @@ int main(void)
     ct_kctx *ctx = be->kctx_init(0);
     ct_gpt2 *m;
     char err[256];
-    if (ct_gpt2_init(&m, &cfg, be, ctx, B, T, err, sizeof err)) {
+    if (ct_gpt2_init(&m, &cfg, be, ctx, B, T, 1, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
         return 2;
     }

@@ -56,7 +56,7 @@ static ct_gpt2 *make_model(const ct_gpt2_config *cfg, uint64_t seed)
 {
     ct_gpt2 *m = NULL;
     char err[512];
-    if (ct_gpt2_init(&m, cfg, be, ctx, 1, cfg->max_seq_len, err, sizeof err)) {
+    if (ct_gpt2_init(&m, cfg, be, ctx, 1, cfg->max_seq_len, 1, err, sizeof err)) {
         fprintf(stderr, "init: %s\n", err);
         exit(2);
     }

@@ -157,7 +157,7 @@ static void *balloc(ct_gpt2 *m, size_t bytes)
 }
 
 int ct_gpt2_init(ct_gpt2 **out, const ct_gpt2_config *cfg, const ct_backend *be, ct_kctx *ctx, int B, int T,
-                 char *err, size_t errlen)
+                 int shards, char *err, size_t errlen)
 {
     *out = NULL;
     if (ct_gpt2_config_check(cfg, err, errlen)) return -1;
@@ -180,6 +180,7 @@ int ct_gpt2_init(ct_gpt2 **out, const ct_gpt2_config *cfg, const ct_backend *be,
     m->losses_host = calloc((size_t)B * T, sizeof(float));
     if (!m->tensors || !m->layers || !m->allocations || !m->losses_host) goto oom;
     build_layout(m);
+    if (shards > 1) m->numel = (m->numel + (size_t)shards - 1) / (size_t)shards * (size_t)shards;
 
     size_t es = be->elem_size, BT = (size_t)B * T, C = (size_t)cfg->n_embd, V = (size_t)cfg->vocab_size;
     size_t stats = be->attention_stats_len(B, T, cfg->n_head);

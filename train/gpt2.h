@@ -39,10 +39,12 @@ typedef struct ct_gpt2 ct_gpt2;
 int ct_gpt2_config_check(const ct_gpt2_config *cfg, char *err, size_t errlen);
 
 /* Allocates parameters, gradients and activations for micro-batches of up to B x T tokens on
- * backend be (ctx from be->kctx_init). Weights start zero: call ct_gpt2_init_weights or load.
+ * backend be (ctx from be->kctx_init). The flat buffers' length is padded to a multiple of
+ * `shards` (the world size under ZeRO-1, so every rank's slice has the same length).
+ * Weights start zero: call ct_gpt2_init_weights or load.
  * Returns -1 with err filled on a bad config or when memory runs out; *out stays NULL. */
 int ct_gpt2_init(ct_gpt2 **out, const ct_gpt2_config *cfg, const ct_backend *be, ct_kctx *ctx, int B, int T,
-                 char *err, size_t errlen);
+                 int shards, char *err, size_t errlen);
 void ct_gpt2_free(ct_gpt2 *m);
 
 const ct_gpt2_config *ct_gpt2_config_of(const ct_gpt2 *m);

@@ -1,17 +1,34 @@
-/* main.c — the ctrain command line: one verb per task, each with --help. */
+/* main.c — the ctrain command line: ctrain VERB CONFIG_OR_PATH [--set key=value]... */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "comm.h"
+#include "config.h"
+#include "data.h"
+#include "eval.h"
 #include "gpt2.h"
 #include "hf_gpt2.h"
 #include "kernels.h"
+#include "run.h"
+#include "sample.h"
+#include "trainer.h"
+
+#define MAX_OVERRIDES 64
+
+/* A verb's arguments: one positional, then --set overrides. */
+typedef struct {
+    const char *path;
+    const char *overrides[MAX_OVERRIDES];
+    int noverrides;
+} args;
 
 typedef struct {
     const char *name;
     const char *usage;
     const char *help;
-    int (*run)(int argc, char **argv);
+    int takes_config; /* the positional argument is a config, and --set applies */
+    int (*run)(const args *a, ct_comm *comm);
 } verb;
 
 static int fail(const char *msg)
@@ -20,19 +37,94 @@ static int fail(const char *msg)
     return 1;
 }
 
-/* ctrain info MODEL_DIR: load a Hugging Face GPT-2 folder and describe it. */
-static int cmd_info(int argc, char **argv)
+/* Loads the config on every rank; the lowest failing rank reports. */
+static int load_config(const args *a, ct_comm *comm, ct_config *cfg)
 {
-    if (argc != 1) return fail("info takes one argument, a Hugging Face model folder (see ctrain info --help)");
-    const char *dir = argv[0];
+    char err[2048] = "";
+    int rc = ct_config_load(cfg, a->path, a->overrides, a->noverrides, err, sizeof err);
+    return ct_run_agree(comm, rc, err);
+}
+
+static int cmd_train(const args *a, ct_comm *comm)
+{
+    ct_config cfg;
+    if (load_config(a, comm, &cfg)) return 1;
+    return ct_train(&cfg, comm) ? 1 : 0;
+}
+
+static int cmd_eval(const args *a, ct_comm *comm)
+{
+    ct_config cfg;
+    if (load_config(a, comm, &cfg)) return 1;
+    ct_run_threads(comm);
+    char err[2048] = "", from[CT_PATH_MAX + 64];
+    const ct_backend *be = NULL;
+    ct_kctx *ctx = NULL;
+    ct_gpt2 *m = NULL;
+    ct_loader *val = NULL;
+    int B = cfg.data.micro_batch, T = cfg.data.seq_len;
+    int rc = -1;
+    if (!cfg.data.val[0]) snprintf(err, sizeof err, "data.val: empty: name the HDF5 token dataset to evaluate on");
+    else if (ct_run_backend(&cfg, &be, err, sizeof err) == 0 && (ctx = be->kctx_init(ct_comm_local_rank(comm))) &&
+             ct_run_model(&cfg, CT_WEIGHTS_TRAINED, be, ctx, B, T, 1, &m, from, sizeof from, err, sizeof err) == 0) {
+        ct_loader_opts o = {.path = cfg.data.val, .seq_len = T, .micro_batch = B, .grad_accum = 1,
+                            .rank = ct_comm_rank(comm), .world = ct_comm_size(comm), .seed = 0, .shuffle = 0,
+                            .vocab_size = ct_gpt2_config_of(m)->vocab_size};
+        rc = ct_loader_init(&val, &o, err, sizeof err);
+    }
+    if (ct_run_agree(comm, rc, err) == 0) {
+        double loss;
+        if (ct_eval_loss(m, val, 0, B, T, comm, &loss, err, sizeof err)) ct_run_die(comm, err);
+        if (ct_comm_rank(comm) == 0) {
+            printf("model %s\nwindows %llu of %d tokens\n", from, (unsigned long long)ct_loader_windows(val), T + 1);
+            printf("val_loss %.6f\n", loss);
+        }
+        rc = 0;
+    } else {
+        rc = -1;
+    }
+    ct_loader_free(val);
+    ct_gpt2_free(m);
+    if (ctx) be->kctx_free(ctx);
+    return rc ? 1 : 0;
+}
+
+static int cmd_sample(const args *a, ct_comm *comm)
+{
+    ct_config cfg;
+    if (load_config(a, comm, &cfg)) return 1;
+    if (ct_comm_rank(comm) != 0) return 0; /* one text: rank 0 writes it */
+    char err[2048];
+    return ct_sample(&cfg, stdout, err, sizeof err) ? fail(err) : 0;
+}
+
+static int cmd_prepare(const args *a, ct_comm *comm)
+{
+    ct_config cfg;
+    if (load_config(a, comm, &cfg)) return 1;
+    char err[2048] = "";
+    int rc = 0;
+    if (ct_comm_rank(comm) == 0) {
+        if (!cfg.data.text[0]) snprintf(err, sizeof err, "data.text: empty: name the text file to prepare"), rc = -1;
+        else if (!cfg.data.train[0]) snprintf(err, sizeof err, "data.train: empty: name the dataset to write"), rc = -1;
+        else if (!cfg.data.val[0]) snprintf(err, sizeof err, "data.val: empty: name the dataset to write"), rc = -1;
+        else rc = ct_data_prepare_text(cfg.data.text, cfg.data.train, cfg.data.val, cfg.data.val_fraction, err,
+                                       sizeof err);
+        if (rc == 0) printf("ctrain: wrote %s and %s from %s\n", cfg.data.train, cfg.data.val, cfg.data.text);
+    }
+    return ct_run_agree(comm, rc, err) ? 1 : 0;
+}
+
+static int cmd_info(const args *a, ct_comm *comm)
+{
     char err[1024];
     ct_gpt2_config cfg;
-    if (ct_hf_gpt2_read_config(dir, &cfg, err, sizeof err)) return fail(err);
+    if (ct_hf_gpt2_read_config(a->path, &cfg, err, sizeof err)) return fail(err);
     const ct_backend *be = ct_backend_cpu();
     ct_kctx *ctx = be->kctx_init(0);
     ct_gpt2 *m = NULL;
-    if (ct_gpt2_init(&m, &cfg, be, ctx, 1, 1, err, sizeof err)) return fail(err);
-    int rc = ct_hf_gpt2_load(m, dir, err, sizeof err);
+    if (ct_gpt2_init(&m, &cfg, be, ctx, 1, 1, 1, err, sizeof err)) return fail(err);
+    int rc = ct_hf_gpt2_load(m, a->path, err, sizeof err);
     if (rc == 0) {
         printf("model      gpt2\n");
         printf("layers     %d\nheads      %d\nwidth      %d\nvocab      %d\npositions  %d\nln_eps     %g\n",
@@ -45,17 +137,68 @@ static int cmd_info(int argc, char **argv)
 }
 
 static const verb verbs[] = {
+    {"train", "ctrain train CONFIG [--set key=value]...",
+     "Trains the model the config describes on data.train, on every rank of the job (mpirun or srun;\n"
+     "without a launcher, one rank). Writes run.dir/ctrain.json (the resolved config), run.dir/metrics.jsonl\n"
+     "(one JSON object per step and per evaluation) and, at the end, run.dir/model.safetensors + config.json.",
+     1, cmd_train},
+    {"eval", "ctrain eval CONFIG [--set key=value]...",
+     "Evaluates the model of run.dir (or model.init_from, a Hugging Face GPT-2 folder) on the whole of\n"
+     "data.val. The last line is `val_loss <float>`.",
+     1, cmd_eval},
+    {"sample", "ctrain sample CONFIG [--set key=value]...",
+     "Writes text from the model of run.dir (or model.init_from): sample.prompt continued for\n"
+     "sample.max_tokens tokens at sample.temperature, from the sample.top_k most likely tokens.",
+     1, cmd_sample},
+    {"prepare", "ctrain prepare CONFIG [--set key=value]...",
+     "Turns the text file data.text into the HDF5 token datasets data.train and data.val (the last\n"
+     "data.val_fraction of the text, cut at a line break), with the byte-level tokenizer.",
+     1, cmd_prepare},
     {"info", "ctrain info MODEL_DIR",
      "Loads a Hugging Face GPT-2 folder (config.json + model.safetensors), checks every tensor's\n"
      "name and shape against the config, and prints the architecture and parameter count.",
-     cmd_info},
+     0, cmd_info},
 };
 #define NVERBS (int)(sizeof verbs / sizeof verbs[0])
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: ctrain VERB [ARGS]   (ctrain VERB --help for each)\n\nverbs:\n");
+    fprintf(f, "usage: ctrain VERB ARG [--set key=value]...   (ctrain VERB --help for each)\n\nverbs:\n");
     for (int i = 0; i < NVERBS; i++) fprintf(f, "  %s\n", verbs[i].usage);
+}
+
+/* Parses ARG [--set k=v | --set=k=v]...; returns -1 with a message on anything else. */
+static int parse_args(const verb *v, int argc, char **argv, args *a)
+{
+    memset(a, 0, sizeof *a);
+    for (int i = 0; i < argc; i++) {
+        const char *s = argv[i];
+        if (!strcmp(s, "--set") || !strncmp(s, "--set=", 6)) {
+            const char *ov = s[5] == '=' ? s + 6 : (i + 1 < argc ? argv[++i] : NULL);
+            const char *bad = !v->takes_config ? "--set applies to verbs that take a config"
+                              : !ov                     ? "--set needs key.path=value"
+                              : a->noverrides == MAX_OVERRIDES ? "too many --set options" : NULL;
+            if (bad) {
+                fail(bad);
+                return -1;
+            }
+            a->overrides[a->noverrides++] = ov;
+        } else if (s[0] == '-' && s[1]) {
+            fprintf(stderr, "ctrain: error: %s: unknown option '%s' (see ctrain %s --help)\n", v->name, s, v->name);
+            return -1;
+        } else if (!a->path) {
+            a->path = s;
+        } else {
+            fprintf(stderr, "ctrain: error: %s: unexpected argument '%s' (see ctrain %s --help)\n", v->name, s, v->name);
+            return -1;
+        }
+    }
+    if (!a->path) {
+        fprintf(stderr, "ctrain: error: %s: missing %s (usage: %s)\n", v->name, v->takes_config ? "CONFIG" : "MODEL_DIR",
+                v->usage);
+        return -1;
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -68,17 +211,30 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    for (int i = 0; i < NVERBS; i++) {
-        if (strcmp(argv[1], verbs[i].name)) continue;
-        for (int a = 2; a < argc; a++) {
-            if (!strcmp(argv[a], "--help") || !strcmp(argv[a], "-h")) {
-                printf("usage: %s\n\n%s\n", verbs[i].usage, verbs[i].help);
-                return 0;
-            }
-        }
-        return verbs[i].run(argc - 2, argv + 2);
+    const verb *v = NULL;
+    for (int i = 0; i < NVERBS; i++)
+        if (!strcmp(argv[1], verbs[i].name)) v = &verbs[i];
+    if (!v) {
+        fprintf(stderr, "ctrain: error: unknown verb '%s'\n", argv[1]);
+        usage(stderr);
+        return 2;
     }
-    fprintf(stderr, "ctrain: error: unknown verb '%s'\n", argv[1]);
-    usage(stderr);
-    return 2;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: %s\n\n%s\n", v->usage, v->help);
+            if (v->takes_config) {
+                printf("\n");
+                ct_config_describe(stdout);
+            }
+            return 0;
+        }
+    }
+    args a;
+    if (parse_args(v, argc - 2, argv + 2, &a)) return 1;
+    char err[1024];
+    ct_comm *comm = NULL;
+    if (ct_comm_init(&comm, &argc, &argv, err, sizeof err)) return fail(err);
+    int rc = v->run(&a, comm);
+    ct_comm_free(comm);
+    return rc;
 }

@@ -46,7 +46,7 @@ int main(int argc, char **argv)
     const ct_backend *be = ct_backend_cpu();
     ct_kctx *ctx = be->kctx_init(0);
     ct_gpt2 *m;
-    if (ct_gpt2_init(&m, &cfg, be, ctx, B, T, err, sizeof err)) return die(err);
+    if (ct_gpt2_init(&m, &cfg, be, ctx, B, T, 1, err, sizeof err)) return die(err);
     if (reinit >= 0) ct_gpt2_init_weights(m, (uint64_t)reinit);
     else if (ct_hf_gpt2_load(m, model_dir, err, sizeof err)) return die(err);
     if (export_dir && ct_hf_gpt2_save(m, export_dir, err, sizeof err)) return die(err);

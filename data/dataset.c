@@ -1,0 +1,531 @@
+/* dataset.c — HDF5 token datasets: the writer (a temporary name, renamed when complete), the
+ * opener that validates every dataset and attribute before anyone reads a token, and range reads
+ * through hyperslab selections so a rank touches only the bytes it needs.
+ *
+ * Reading is independent per rank, so files are opened with the default (serial) driver even in
+ * a parallel HDF5 build. HDF5's own error stacks are silenced on every call that can fail: the
+ * caller gets one message "<file>: <dataset or attribute>: <what is wrong>" instead. */
+#include "data.h"
+
+#include <hdf5.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct ct_dataset {
+    char *path;
+    char *tokenizer;
+    size_t n;                 /* tokens */
+    int vocab_size;
+    hid_t file;
+    hid_t tokens, mask;       /* mask: H5I_INVALID_HID when the file has none */
+    hid_t tok_space, mask_space;  /* file dataspaces, reselected by every read */
+    hid_t mask_memtype;       /* native uint8, or the file's own 1-byte enum (numpy bool via h5py) */
+    hid_t mem_space;          /* resized by every read: no dataspace is created per read */
+    hid_t dxpl;               /* a conversion callback that turns out-of-range values into errors */
+    int overflow;             /* set by that callback during a read */
+};
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+/* ---- HDF5 error handling: no stack dumps on stderr, our message instead */
+typedef struct {
+    H5E_auto2_t func;
+    void *data;
+} quiet_t;
+
+static quiet_t quiet_on(void)
+{
+    quiet_t q = {NULL, NULL};
+    H5Eget_auto2(H5E_DEFAULT, &q.func, &q.data);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    return q;
+}
+
+static void quiet_off(quiet_t q) { H5Eset_auto2(H5E_DEFAULT, q.func, q.data); }
+
+static herr_t first_error(unsigned n, const H5E_error2_t *e, void *data)
+{
+    char *buf = data;
+    if (n == 0 && e->desc) snprintf(buf, 200, "%s", e->desc);
+    return 1; /* the innermost entry is the one that says what happened */
+}
+
+/* The innermost description on HDF5's error stack (e.g. "truncated file: eof = ..."), for the
+ * failures our own checks cannot explain. buf holds 200 bytes. */
+static const char *h5_detail(char *buf)
+{
+    strcpy(buf, "no detail from HDF5");
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, first_error, buf);
+    return buf;
+}
+
+static void close_id(hid_t *id, herr_t (*closer)(hid_t))
+{
+    if (*id >= 0) closer(*id);
+    *id = H5I_INVALID_HID;
+}
+
+static const char *class_name(H5T_class_t c)
+{
+    switch (c) {
+    case H5T_INTEGER: return "integer";
+    case H5T_FLOAT: return "float";
+    case H5T_STRING: return "string";
+    case H5T_BITFIELD: return "bitfield";
+    case H5T_OPAQUE: return "opaque";
+    case H5T_COMPOUND: return "compound";
+    case H5T_REFERENCE: return "reference";
+    case H5T_ENUM: return "enum (numpy bool?)";
+    case H5T_VLEN: return "variable-length";
+    case H5T_ARRAY: return "array";
+    default: return "unknown";
+    }
+}
+
+/* Conversion exceptions during a read: a value outside the memory type (a negative token in an
+ * int64 file, a token >= 2^32) fails the read instead of being clamped silently. */
+static H5T_conv_ret_t conv_except(H5T_conv_except_t kind, hid_t src, hid_t dst, void *sbuf, void *dbuf,
+                                  void *user)
+{
+    if (kind == H5T_CONV_EXCEPT_RANGE_HI || kind == H5T_CONV_EXCEPT_RANGE_LOW) {
+        *(int *)user = 1;
+        return H5T_CONV_ABORT;
+    }
+    return H5T_CONV_UNHANDLED;
+}
+
+/* ---- open and validate */
+
+/* Opens name as a 1-D dataset of an integer type; *len gets its length. absent_ok: a missing
+ * dataset returns 1 with *dset invalid. bool_type (may be NULL): also accept a 1-byte enum, which
+ * is how h5py stores numpy bool, and return a memory type that reads it without conversion (HDF5
+ * converts no enum to an integer). Fails with a message naming the dataset. */
+static int open_1d_int(ct_dataset *ds, const char *name, const char *want, int absent_ok, hid_t *bool_type,
+                       hid_t *dset, hid_t *space, size_t *len, char *err, size_t errlen)
+{
+    htri_t exists = H5Lexists(ds->file, name, H5P_DEFAULT);
+    if (exists <= 0) {
+        if (absent_ok) return 1;
+        return fail(err, errlen, "%s: /%s: missing (the token ids: a 1-D %s dataset)", ds->path, name, want);
+    }
+    *dset = H5Dopen2(ds->file, name, H5P_DEFAULT);
+    if (*dset < 0) return fail(err, errlen, "%s: /%s: not a dataset (a group or broken link?)", ds->path, name);
+    *space = H5Dget_space(*dset);
+    if (*space < 0) return fail(err, errlen, "%s: /%s: unreadable dataspace", ds->path, name);
+    int rank = H5Sget_simple_extent_ndims(*space);
+    if (rank != 1)
+        return fail(err, errlen, "%s: /%s: has %d dimensions; must be 1-D (%s [n])", ds->path, name, rank, want);
+    hsize_t dim;
+    H5Sget_simple_extent_dims(*space, &dim, NULL);
+    *len = (size_t)dim;
+    hid_t type = H5Dget_type(*dset);
+    H5T_class_t cls = type >= 0 ? H5Tget_class(type) : H5T_NO_CLASS;
+    if (cls == H5T_ENUM && bool_type && H5Tget_size(type) == 1) {
+        *bool_type = H5Tget_native_type(type, H5T_DIR_ASCEND);
+        cls = H5T_INTEGER;
+    }
+    if (type >= 0) H5Tclose(type);
+    if (cls != H5T_INTEGER)
+        return fail(err, errlen, "%s: /%s: has %s type; must be an integer type (%s)", ds->path, name,
+                    class_name(cls), want);
+    return 0;
+}
+
+/* The root attribute name, which must exist, hold one value and be of class cls. Returns the
+ * open attribute (and its type in *type), or -1 with a message. */
+static hid_t open_attr(ct_dataset *ds, hid_t root, const char *name, H5T_class_t cls, const char *want,
+                       hid_t *type, char *err, size_t errlen)
+{
+    if (H5Aexists(root, name) <= 0) {
+        fail(err, errlen, "%s: attribute %s: missing (the root group needs %s)", ds->path, name, want);
+        return -1;
+    }
+    hid_t a = H5Aopen(root, name, H5P_DEFAULT);
+    if (a < 0) {
+        fail(err, errlen, "%s: attribute %s: cannot be opened", ds->path, name);
+        return -1;
+    }
+    *type = H5Aget_type(a);
+    hid_t space = H5Aget_space(a);
+    hssize_t npoints = space >= 0 ? H5Sget_simple_extent_npoints(space) : -1;
+    if (space >= 0) H5Sclose(space);
+    H5T_class_t got = *type >= 0 ? H5Tget_class(*type) : H5T_NO_CLASS;
+    if (got != cls || npoints != 1) {
+        if (got != cls)
+            fail(err, errlen, "%s: attribute %s: has %s type; must be %s", ds->path, name, class_name(got), want);
+        else
+            fail(err, errlen, "%s: attribute %s: holds %lld values; must be a single %s", ds->path, name,
+                 (long long)npoints, want);
+        if (*type >= 0) H5Tclose(*type);
+        H5Aclose(a);
+        return -1;
+    }
+    return a;
+}
+
+static int read_attrs(ct_dataset *ds, char *err, size_t errlen)
+{
+    hid_t root = H5Gopen2(ds->file, "/", H5P_DEFAULT);
+    if (root < 0) return fail(err, errlen, "%s: /: cannot open the root group", ds->path);
+    int rc = -1;
+    hid_t type = H5I_INVALID_HID, mem = H5I_INVALID_HID;
+
+    /* tokenizer: a variable-length (h5py's str) or fixed-length string */
+    hid_t a = open_attr(ds, root, "tokenizer", H5T_STRING, "a string naming the tokenizer, e.g. \"bytes\"",
+                        &type, err, errlen);
+    if (a < 0) goto out;
+    mem = H5Tcopy(H5T_C_S1);
+    H5Tset_cset(mem, H5Tget_cset(type)); /* HDF5 does not convert between ASCII and UTF-8 */
+    if (H5Tis_variable_str(type) > 0) {
+        char *s = NULL;
+        H5Tset_size(mem, H5T_VARIABLE);
+        if (H5Aread(a, mem, &s) >= 0 && s) {
+            ds->tokenizer = strdup(s);
+            H5free_memory(s);
+        }
+    } else {
+        size_t size = H5Tget_size(type);
+        H5Tset_size(mem, size + 1);
+        H5Tset_strpad(mem, H5T_STR_NULLTERM);
+        ds->tokenizer = calloc(size + 2, 1);
+        if (ds->tokenizer && H5Aread(a, mem, ds->tokenizer) < 0) {
+            free(ds->tokenizer);
+            ds->tokenizer = NULL;
+        }
+    }
+    H5Aclose(a);
+    close_id(&type, H5Tclose);
+    close_id(&mem, H5Tclose);
+    if (!ds->tokenizer) {
+        fail(err, errlen, "%s: attribute tokenizer: cannot be read as a string", ds->path);
+        goto out;
+    }
+    if (!ds->tokenizer[0]) {
+        fail(err, errlen, "%s: attribute tokenizer: empty; must name the tokenizer, e.g. \"bytes\"", ds->path);
+        goto out;
+    }
+
+    /* vocab_size: any integer type (h5py writes int64), read as long long to see every value */
+    a = open_attr(ds, root, "vocab_size", H5T_INTEGER, "an integer vocabulary size", &type, err, errlen);
+    if (a < 0) goto out;
+    long long v = 0;
+    herr_t st = H5Aread(a, H5T_NATIVE_LLONG, &v);
+    H5Aclose(a);
+    close_id(&type, H5Tclose);
+    if (st < 0) {
+        fail(err, errlen, "%s: attribute vocab_size: cannot be read as an integer", ds->path);
+        goto out;
+    }
+    if (v <= 0 || v > INT_MAX) {
+        fail(err, errlen, "%s: attribute vocab_size: %lld; must be between 1 and %d", ds->path, v, INT_MAX);
+        goto out;
+    }
+    ds->vocab_size = (int)v;
+    rc = 0;
+out:
+    close_id(&type, H5Tclose);
+    close_id(&mem, H5Tclose);
+    H5Gclose(root);
+    return rc;
+}
+
+static int open_checked(ct_dataset *ds, char *err, size_t errlen)
+{
+    char detail[200];
+    if (H5Fis_hdf5(ds->path) <= 0)
+        return fail(err, errlen, "%s: not an HDF5 file; expected a token dataset (ctrain prepare, or h5py)",
+                    ds->path);
+    /* Close degree and locking stay at HDF5's defaults: HDF5 refuses a second open of a file
+     * already open in this process (by the trainer, a checkpoint reader) with other values. */
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+#if H5_VERSION_GE(1, 10, 7)
+    /* ...but go on where the file system has locking disabled (Lustre, some NFS mounts) */
+    H5Pset_file_locking(fapl, 1, 1);
+#endif
+    ds->file = H5Fopen(ds->path, H5F_ACC_RDONLY, fapl);
+    if (ds->file < 0) fail(err, errlen, "%s: cannot open as HDF5 (%s)", ds->path, h5_detail(detail));
+    H5Pclose(fapl); /* after reading the error stack: every API call clears it */
+    if (ds->file < 0) return -1;
+
+    if (open_1d_int(ds, "tokens", "uint32", 0, NULL, &ds->tokens, &ds->tok_space, &ds->n, err, errlen)) return -1;
+    size_t mlen = 0;
+    int rc = open_1d_int(ds, "loss_mask", "uint8", 1, &ds->mask_memtype, &ds->mask, &ds->mask_space, &mlen, err, errlen);
+    if (rc < 0) return -1;
+    if (rc == 0 && mlen != ds->n)
+        return fail(err, errlen, "%s: /loss_mask: has %zu entries but /tokens has %zu; they must match",
+                    ds->path, mlen, ds->n);
+    /* doc_offsets is not read by the loader; checked for shape and type so bad files fail early */
+    hid_t docs = H5I_INVALID_HID, docs_space = H5I_INVALID_HID;
+    size_t ndocs = 0;
+    rc = open_1d_int(ds, "doc_offsets", "uint64", 1, NULL, &docs, &docs_space, &ndocs, err, errlen);
+    close_id(&docs, H5Dclose);
+    close_id(&docs_space, H5Sclose);
+    if (rc < 0) return -1;
+    if (read_attrs(ds, err, errlen)) return -1;
+
+    hsize_t one = 1;
+    ds->mem_space = H5Screate_simple(1, &one, NULL);
+    ds->dxpl = H5Pcreate(H5P_DATASET_XFER);
+    if (ds->mem_space < 0 || ds->dxpl < 0 || H5Pset_type_conv_cb(ds->dxpl, conv_except, &ds->overflow) < 0)
+        return fail(err, errlen, "%s: cannot set up reads (%s)", ds->path, h5_detail(detail));
+    return 0;
+}
+
+int ct_dataset_open(ct_dataset **out, const char *path, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (!path || !*path) return fail(err, errlen, "dataset: no path given");
+    struct stat st;
+    if (stat(path, &st) != 0) return fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode)) return fail(err, errlen, "%s: is a directory, not a token dataset", path);
+    if (access(path, R_OK) != 0) return fail(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+
+    ct_dataset *ds = calloc(1, sizeof *ds);
+    if (!ds || !(ds->path = strdup(path))) {
+        free(ds);
+        return fail(err, errlen, "%s: out of memory", path);
+    }
+    ds->file = ds->tokens = ds->mask = H5I_INVALID_HID;
+    ds->tok_space = ds->mask_space = ds->mask_memtype = ds->mem_space = ds->dxpl = H5I_INVALID_HID;
+    quiet_t q = quiet_on();
+    int rc = open_checked(ds, err, errlen);
+    quiet_off(q);
+    if (rc) {
+        ct_dataset_close(ds);
+        return -1;
+    }
+    *out = ds;
+    return 0;
+}
+
+void ct_dataset_close(ct_dataset *ds)
+{
+    if (!ds) return;
+    quiet_t q = quiet_on();
+    close_id(&ds->dxpl, H5Pclose);
+    close_id(&ds->mem_space, H5Sclose);
+    close_id(&ds->mask_space, H5Sclose);
+    close_id(&ds->mask_memtype, H5Tclose);
+    close_id(&ds->tok_space, H5Sclose);
+    close_id(&ds->mask, H5Dclose);
+    close_id(&ds->tokens, H5Dclose);
+    close_id(&ds->file, H5Fclose);
+    quiet_off(q);
+    free(ds->tokenizer);
+    free(ds->path);
+    free(ds);
+}
+
+const char *ct_dataset_path(const ct_dataset *ds) { return ds->path; }
+size_t ct_dataset_len(const ct_dataset *ds) { return ds->n; }
+int ct_dataset_vocab_size(const ct_dataset *ds) { return ds->vocab_size; }
+const char *ct_dataset_tokenizer(const ct_dataset *ds) { return ds->tokenizer; }
+int ct_dataset_has_mask(const ct_dataset *ds) { return ds->mask >= 0; }
+
+/* ---- reads */
+
+static int read_range(ct_dataset *ds, hid_t dset, hid_t space, hid_t memtype, const char *name, size_t start,
+                      size_t n, void *buf, char *err, size_t errlen)
+{
+    char detail[200];
+    hsize_t off = start, count = n;
+    ds->overflow = 0;
+    if (H5Sselect_hyperslab(space, H5S_SELECT_SET, &off, NULL, &count, NULL) < 0 ||
+        H5Sset_extent_simple(ds->mem_space, 1, &count, NULL) < 0 ||
+        H5Dread(dset, memtype, ds->mem_space, space, ds->dxpl, buf) < 0) {
+        if (ds->overflow)
+            return fail(err, errlen, "%s: /%s: a value in [%zu, %zu) is out of range (negative, or beyond %s)",
+                        ds->path, name, start, start + n, memtype == H5T_NATIVE_UINT32 ? "uint32" : "uint8");
+        return fail(err, errlen, "%s: /%s: reading [%zu, %zu) failed (%s)", ds->path, name, start, start + n,
+                    h5_detail(detail));
+    }
+    return 0;
+}
+
+int ct_dataset_read(ct_dataset *ds, size_t start, size_t n, uint32_t *tokens, uint8_t *mask, char *err,
+                    size_t errlen)
+{
+    if (start > ds->n || n > ds->n - start)
+        return fail(err, errlen, "%s: /tokens: range [%zu, %zu) is beyond its %zu tokens", ds->path, start,
+                    start + n, ds->n);
+    if (n == 0) return 0;
+    quiet_t q = quiet_on();
+    int rc = 0;
+    if (tokens)
+        rc = read_range(ds, ds->tokens, ds->tok_space, H5T_NATIVE_UINT32, "tokens", start, n, tokens, err, errlen);
+    if (!rc && mask) {
+        if (ds->mask >= 0) {
+            hid_t mt = ds->mask_memtype >= 0 ? ds->mask_memtype : H5T_NATIVE_UINT8;
+            rc = read_range(ds, ds->mask, ds->mask_space, mt, "loss_mask", start, n, mask, err, errlen);
+        } else {
+            memset(mask, 1, n);
+        }
+    }
+    quiet_off(q);
+    return rc;
+}
+
+/* ---- write */
+
+/* A 1-D dataset of n values. Contiguous and uncompressed: a range read is then one pread at a
+ * computed offset, with no chunk index to search and no chunk cache to thrash. On failure,
+ * detail (200 bytes) gets HDF5's reason. */
+static int write_1d(hid_t file, const char *name, hid_t filetype, hid_t memtype, size_t n, const void *data,
+                    char *detail)
+{
+    hsize_t dim = n;
+    hid_t space = H5Screate_simple(1, &dim, NULL);
+    hid_t d = space < 0 ? -1 : H5Dcreate2(file, name, filetype, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t st = d < 0 ? -1 : H5Dwrite(d, memtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
+    if (st < 0) h5_detail(detail); /* before any close clears HDF5's error stack */
+    if (d >= 0 && H5Dclose(d) < 0 && st >= 0) {
+        h5_detail(detail);
+        st = -1;
+    }
+    if (space >= 0) H5Sclose(space);
+    return st < 0 ? -1 : 0;
+}
+
+/* Root attributes: tokenizer as a variable-length UTF-8 string (h5py reads it as str) and
+ * vocab_size as int64 (what h5py writes for a Python int). On failure, detail gets HDF5's reason. */
+static int write_attrs(hid_t file, const char *tokenizer, int vocab_size, char *detail)
+{
+    int rc = -1;
+    hid_t space = H5Screate(H5S_SCALAR);
+    hid_t str = H5Tcopy(H5T_C_S1);
+    hid_t a = H5I_INVALID_HID;
+    if (space < 0 || str < 0 || H5Tset_size(str, H5T_VARIABLE) < 0 || H5Tset_cset(str, H5T_CSET_UTF8) < 0) goto out;
+    a = H5Acreate2(file, "tokenizer", str, space, H5P_DEFAULT, H5P_DEFAULT);
+    if (a < 0 || H5Awrite(a, str, &tokenizer) < 0) goto out;
+    close_id(&a, H5Aclose);
+    long long v = vocab_size;
+    a = H5Acreate2(file, "vocab_size", H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT);
+    if (a < 0 || H5Awrite(a, H5T_NATIVE_LLONG, &v) < 0) goto out;
+    rc = 0;
+out:
+    if (rc) h5_detail(detail);
+    close_id(&a, H5Aclose);
+    close_id(&str, H5Tclose);
+    close_id(&space, H5Sclose);
+    return rc;
+}
+
+/* Checks the arguments so that what is written always opens cleanly. */
+static int check_write_args(const char *path, const uint32_t *tokens, size_t n, const uint64_t *docs, size_t ndocs,
+                            const char *tokenizer, int vocab_size, char *err, size_t errlen)
+{
+    if (!tokenizer || !*tokenizer) return fail(err, errlen, "%s: attribute tokenizer: empty", path);
+    if (vocab_size <= 0) return fail(err, errlen, "%s: attribute vocab_size: %d; must be positive", path, vocab_size);
+    if (n == 0 || !tokens) return fail(err, errlen, "%s: /tokens: no tokens to write", path);
+    for (size_t i = 0; i < n; i++)
+        if (tokens[i] >= (uint32_t)vocab_size)
+            return fail(err, errlen, "%s: /tokens: token %u at position %zu is beyond vocab_size %d", path,
+                        tokens[i], i, vocab_size);
+    if (ndocs && !docs) return fail(err, errlen, "%s: /doc_offsets: %zu offsets but no array", path, ndocs);
+    for (size_t i = 0; i < ndocs; i++)
+        if (docs[i] >= n || (i && docs[i] <= docs[i - 1]))
+            return fail(err, errlen,
+                        "%s: /doc_offsets: offset %zu (%llu) must be below %zu and above the one before it", path,
+                        i, (unsigned long long)docs[i], n);
+    return 0;
+}
+
+/* Flushes the finished temporary file to disk, so the rename never exposes a file whose
+ * contents are still only in the page cache. */
+static int sync_file(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+int ct_dataset_write(const char *path, const uint32_t *tokens, size_t n, const uint8_t *loss_mask,
+                     const uint64_t *doc_offsets, size_t ndocs, const char *tokenizer, int vocab_size, char *err,
+                     size_t errlen)
+{
+    char detail[200];
+    if (!path || !*path) return fail(err, errlen, "dataset: no path given");
+    if (check_write_args(path, tokens, n, doc_offsets, ndocs, tokenizer, vocab_size, err, errlen)) return -1;
+    size_t plen = strlen(path);
+    char *tmp = malloc(plen + 5);
+    if (!tmp) return fail(err, errlen, "%s: out of memory", path);
+    memcpy(tmp, path, plen);
+    memcpy(tmp + plen, ".tmp", 5);
+
+    /* plain fopen first: its errno says "No such file or directory" more clearly than HDF5 */
+    FILE *probe = fopen(tmp, "wb");
+    if (!probe) {
+        fail(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
+        free(tmp);
+        return -1;
+    }
+    fclose(probe);
+
+    quiet_t q = quiet_on();
+    int rc = -1;
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
+#if H5_VERSION_GE(1, 10, 7)
+    H5Pset_file_locking(fapl, 0, 1); /* the temporary name is ours alone */
+#endif
+    hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    if (file < 0) fail(err, errlen, "%s: cannot create as HDF5 (%s)", tmp, h5_detail(detail));
+    H5Pclose(fapl);
+    if (file < 0) goto out;
+    const char *what = "/tokens";
+    int st = write_1d(file, "tokens", H5T_STD_U32LE, H5T_NATIVE_UINT32, n, tokens, detail);
+    if (!st && loss_mask) {
+        what = "/loss_mask";
+        st = write_1d(file, "loss_mask", H5T_STD_U8LE, H5T_NATIVE_UINT8, n, loss_mask, detail);
+    }
+    if (!st && doc_offsets) {
+        what = "/doc_offsets";
+        st = write_1d(file, "doc_offsets", H5T_STD_U64LE, H5T_NATIVE_UINT64, ndocs, doc_offsets, detail);
+    }
+    if (!st) {
+        what = "attributes";
+        st = write_attrs(file, tokenizer, vocab_size, detail);
+    }
+    if (st) {
+        fail(err, errlen, "%s: %s: write failed (%s)", tmp, what, detail);
+        H5Fclose(file);
+        goto out;
+    }
+    if (H5Fclose(file) < 0) {
+        fail(err, errlen, "%s: closing failed (%s)", tmp, h5_detail(detail));
+        goto out;
+    }
+    if (sync_file(tmp) != 0) {
+        fail(err, errlen, "%s: fsync failed: %s", tmp, strerror(errno));
+        goto out;
+    }
+    if (rename(tmp, path) != 0) {
+        fail(err, errlen, "%s: cannot rename %s to it: %s", path, tmp, strerror(errno));
+        goto out;
+    }
+    rc = 0;
+out:
+    quiet_off(q);
+    if (rc) unlink(tmp);
+    free(tmp);
+    return rc;
+}

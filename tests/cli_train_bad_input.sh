@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# train / eval / sample / prepare on bad input: each case exits 1 with "ctrain: error:" naming the
+# file and the key; never a crash or a hang. Also: eval's last line is `val_loss <float>`, and
+# under mpirun a bad config fails every rank with one message.
+# usage: cli_train_bad_input.sh CTRAIN [MPIEXEC]
+set -u
+ctrain=$1
+mpiexec=${2:-}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+failures=0
+
+# expect NEEDLE -- ARGS...: ctrain ARGS must exit 1 with NEEDLE on stderr
+expect() {
+  local needle=$1
+  shift 2
+  local out rc
+  out=$("$ctrain" "$@" 2>&1 >/dev/null)
+  rc=$?
+  if [ "$rc" -ne 1 ] || ! grep -qF -- "$needle" <<<"$out"; then
+    echo "FAIL: ctrain $* -> exit $rc, stderr: $out (want: $needle)" >&2
+    failures=$((failures + 1))
+  else
+    echo "ok: ${out%%$'\n'*}"
+  fi
+}
+
+for i in $(seq 1 300); do echo "line $i of a small corpus, with words that repeat and repeat."; done > "$tmp/text.txt"
+cat > "$tmp/cfg.json" <<EOF
+{
+  "run": {"dir": "$tmp/run"},
+  "model": {"max_seq_len": 32, "n_layer": 1, "n_head": 2, "n_embd": 16},
+  "data": {"text": "$tmp/text.txt", "train": "$tmp/train.h5", "val": "$tmp/val.h5", "seq_len": 32, "micro_batch": 2,
+           "val_fraction": 0.2},
+  "optim": {"max_steps": 3, "warmup_steps": 1},
+  "log": {"eval_every": 0, "eval_batches": 2}
+}
+EOF
+
+expect "$tmp/none.json: cannot open" -- train "$tmp/none.json"
+printf '{"optim": {"lr": 1e-3,}}' > "$tmp/malformed.json"
+expect "malformed.json: malformed JSON at line 1, column" -- train "$tmp/malformed.json"
+printf '{"optim": {"learning_rate": 1e-3}}' > "$tmp/unknown.json"
+expect "unknown key 'optim.learning_rate'" -- train "$tmp/unknown.json"
+expect "--set optim.lr=fast: optim.lr: expected a number" -- train "$tmp/cfg.json" --set optim.lr=fast
+expect "data.text: empty" -- prepare "$tmp/cfg.json" --set data.text=
+expect "$tmp/missing.txt: cannot open" -- prepare "$tmp/cfg.json" --set data.text="$tmp/missing.txt"
+"$ctrain" prepare "$tmp/cfg.json" > /dev/null || { echo "FAIL: prepare" >&2; failures=$((failures + 1)); }
+expect "$tmp/nothere.h5" -- train "$tmp/cfg.json" --set data.train="$tmp/nothere.h5"
+expect "$tmp/text.txt" -- train "$tmp/cfg.json" --set data.train="$tmp/text.txt"
+expect "data.seq_len: 64 does not fit" -- train "$tmp/cfg.json" --set data.seq_len=64
+expect "fewer than one global batch" -- train "$tmp/cfg.json" --set data.micro_batch=1000
+expect "vocab" -- train "$tmp/cfg.json" --set model.vocab_size=100
+expect "holds no trained model" -- sample "$tmp/cfg.json"
+expect "holds no trained model" -- eval "$tmp/cfg.json"
+expect "unknown option '--sett'" -- train "$tmp/cfg.json" --sett optim.lr=1
+
+# a good run, then eval's last line and a sample
+if "$ctrain" train "$tmp/cfg.json" > "$tmp/train.log" 2>&1; then
+  last=$("$ctrain" eval "$tmp/cfg.json" 2>/dev/null | tail -1)
+  if [[ $last =~ ^val_loss\ [0-9]+\.[0-9]+$ ]]; then echo "ok: eval: $last"; else
+    echo "FAIL: eval's last line: '$last'" >&2; failures=$((failures + 1)); fi
+  out=$("$ctrain" sample "$tmp/cfg.json" --set sample.max_tokens=20 --set sample.prompt=line 2>/dev/null)
+  if [[ $out == line* ]]; then echo "ok: sample: ${out//$'\n'/ }"; else
+    echo "FAIL: sample: '$out'" >&2; failures=$((failures + 1)); fi
+else
+  echo "FAIL: training the small config:" >&2
+  tail "$tmp/train.log" >&2
+  failures=$((failures + 1))
+fi
+
+if [ -n "$mpiexec" ]; then
+  out=$(timeout 120 "$mpiexec" -n 2 --oversubscribe "$ctrain" train "$tmp/unknown.json" 2>&1)
+  rc=$?
+  n=$(grep -c "ctrain: error:" <<<"$out")
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$n" -eq 1 ]; then echo "ok: 2 ranks, bad config: exit $rc, one message"; else
+    echo "FAIL: 2 ranks, bad config: exit $rc, $n messages: $out" >&2; failures=$((failures + 1)); fi
+fi
+exit $((failures > 0))

@@ -1,0 +1,16 @@
+# The data module's tests (included from tests/CMakeLists.txt). The test builds its malformed
+# HDF5 files with the HDF5 C API, so it includes <hdf5.h> itself: ct_hdf5 is defined in data/.
+ct_unit_test(test_data test_data.c)
+target_link_libraries(test_data PRIVATE ct_hdf5)
+
+# The same cases under AddressSanitizer and UBSan, with the data sources rebuilt instrumented,
+# so an out-of-bounds read on a malformed file fails the test instead of passing by luck.
+add_executable(test_data_asan test_data.c ${CMAKE_SOURCE_DIR}/data/tokenizer_bytes.c
+  ${CMAKE_SOURCE_DIR}/data/dataset.c ${CMAKE_SOURCE_DIR}/data/prepare.c ${CMAKE_SOURCE_DIR}/data/loader.c)
+target_include_directories(test_data_asan PRIVATE ${CMAKE_CURRENT_SOURCE_DIR} ${CMAKE_SOURCE_DIR}/data)
+target_compile_options(test_data_asan PRIVATE -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
+  -fno-sanitize-recover=all)
+target_link_options(test_data_asan PRIVATE -fsanitize=address,undefined)
+target_link_libraries(test_data_asan PRIVATE ct_hdf5 m)
+add_test(NAME test_data_asan COMMAND test_data_asan)
+set_tests_properties(test_data_asan PROPERTIES LABELS "unit;asan")

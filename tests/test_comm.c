@@ -1,0 +1,244 @@
+/* test_comm.c — every collective on inputs with exactly predictable results, on whatever
+ * transport the environment gives: run plainly (single) and under `mpirun -np 2..4` (mpi).
+ * Rank r contributes r*1000 + i, so every sum has a closed form and every value stays an
+ * integer below 2^24: float comparisons are exact. Each case runs twice, the second time with
+ * the per-call count capped (ct_comm_set_max_count) so the chunked paths that large buffers
+ * take are checked too. Also checks local rank, local size and node against host names. */
+#include "check.h"
+#include "comm.h"
+#include "comm_impl.h"
+
+#include <string.h>
+#include <unistd.h>
+
+static int rank, size;
+
+/* sum over r of (r*1000 + x) */
+static double sum_over_ranks(double x) { return 1000.0 * size * (size - 1) / 2 + (double)size * x; }
+
+static void check_allreduce(ct_comm *c, size_t n)
+{
+    float *buf = ct_test_alloc(n);
+    double *want = ct_test_alloc_d(n);
+    for (size_t i = 0; i < n; i++) {
+        buf[i] = (float)(rank * 1000 + (int)i);
+        want[i] = sum_over_ranks((double)i);
+    }
+    CHECK(ct_comm_allreduce_sum(c, buf, n) == 0);
+    CHECK_CLOSE("allreduce_sum", buf, want, n, 0, 0);
+    free(buf);
+    free(want);
+}
+
+/* f64 with a fractional part and magnitudes past float's 24 bits, still exact in double. */
+static void check_allreduce_f64(ct_comm *c, size_t n)
+{
+    double *buf = ct_test_alloc_d(n);
+    for (size_t i = 0; i < n; i++) buf[i] = rank * 1e9 + (double)i + 0.25;
+    CHECK(ct_comm_allreduce_sum_f64(c, buf, n) == 0);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        double want = 1e9 * size * (size - 1) / 2 + size * ((double)i + 0.25);
+        if (buf[i] != want) bad++;
+    }
+    CHECK(bad == 0);
+    free(buf);
+}
+
+static void check_reduce_scatter(ct_comm *c, size_t n)
+{
+    size_t total = n * (size_t)size;
+    float *send = ct_test_alloc(total), *recv = ct_test_alloc(n);
+    double *want = ct_test_alloc_d(n);
+    for (size_t j = 0; j < total; j++) send[j] = (float)(rank * 1000 + (int)j);
+    for (size_t i = 0; i < n; i++) {
+        recv[i] = -1;
+        want[i] = sum_over_ranks((double)((size_t)rank * n + i));
+    }
+    CHECK(ct_comm_reduce_scatter_sum(c, send, recv, n) == 0);
+    CHECK_CLOSE("reduce_scatter_sum", recv, want, n, 0, 0);
+    /* the send buffer is const: untouched */
+    size_t changed = 0;
+    for (size_t j = 0; j < total; j++) changed += send[j] != (float)(rank * 1000 + (int)j);
+    CHECK(changed == 0);
+    free(send);
+    free(recv);
+    free(want);
+}
+
+static void check_allgather(ct_comm *c, size_t n)
+{
+    size_t total = n * (size_t)size;
+    float *buf = ct_test_alloc(total);
+    double *want = ct_test_alloc_d(total);
+    for (size_t j = 0; j < total; j++) buf[j] = -1; /* others' chunks: must be overwritten */
+    for (int r = 0; r < size; r++)
+        for (size_t i = 0; i < n; i++) want[(size_t)r * n + i] = r * 1000 + (double)i;
+    for (size_t i = 0; i < n; i++) buf[(size_t)rank * n + i] = (float)(rank * 1000 + (int)i);
+    CHECK(ct_comm_allgather(c, buf, n) == 0);
+    CHECK_CLOSE("allgather", buf, want, total, 0, 0);
+    free(buf);
+    free(want);
+}
+
+/* From the last rank (a non-zero root whenever size > 1); the length is no multiple of 4 or
+ * of the capped count, so a partial last chunk is covered. */
+static void check_broadcast(ct_comm *c, size_t bytes)
+{
+    int root = size - 1;
+    unsigned char *buf = malloc(bytes);
+    if (!buf) exit(2);
+    for (size_t i = 0; i < bytes; i++)
+        buf[i] = rank == root ? (unsigned char)(i * 7 + 3) : 0xEE;
+    CHECK(ct_comm_broadcast(c, buf, bytes, root) == 0);
+    size_t bad = 0;
+    for (size_t i = 0; i < bytes; i++) bad += buf[i] != (unsigned char)(i * 7 + 3);
+    CHECK(bad == 0);
+    free(buf);
+}
+
+static void check_all_ok(ct_comm *c)
+{
+    CHECK(ct_comm_all_ok(c, 1) == 1);
+    CHECK(ct_comm_all_ok(c, 7) == 1); /* any non-zero is ok */
+    /* one rank (the last) says no: everyone hears no */
+    CHECK(ct_comm_all_ok(c, rank != size - 1) == 0);
+    CHECK(ct_comm_all_ok(c, 0) == 0);
+}
+
+/* Bytes counted: the buffer each call is given (n*size floats for reduce-scatter's send and
+ * allgather's buffer), nothing for barrier and all_ok, nothing for a call that fails its
+ * argument check. */
+static void check_bytes(ct_comm *c)
+{
+    float *f = ct_test_alloc(3 * (size_t)size), *recv = ct_test_alloc(1);
+    double d[5] = {0};
+    char b[13] = {0};
+    uint64_t before = ct_comm_bytes(c);
+    CHECK(ct_comm_allreduce_sum(c, f, 3) == 0);
+    CHECK(ct_comm_allreduce_sum_f64(c, d, 5) == 0);
+    CHECK(ct_comm_reduce_scatter_sum(c, f, recv, 1) == 0);
+    CHECK(ct_comm_allgather(c, f, 2) == 0);
+    CHECK(ct_comm_broadcast(c, b, 13, 0) == 0);
+    CHECK(ct_comm_barrier(c) == 0);
+    CHECK(ct_comm_all_ok(c, 1) == 1);
+    CHECK(ct_comm_broadcast(c, b, 13, size) == -1); /* root out of range: refused, not counted */
+    CHECK(ct_comm_broadcast(c, b, 13, -1) == -1);
+    uint64_t got = ct_comm_bytes(c) - before;
+    uint64_t want = 3 * 4 + 5 * 8 + 1 * (uint64_t)size * 4 + 2 * (uint64_t)size * 4 + 13;
+    CHECK(got == want);
+    if (got != want)
+        fprintf(stderr, "rank %d: bytes counted %llu, want %llu\n", rank, (unsigned long long)got,
+                (unsigned long long)want);
+    free(f);
+    free(recv);
+}
+
+/* Ranks with the same host name share a node: node indices agree with host names, local
+ * ranks on a node are 0..local_size-1 with no gaps, and node 0 holds rank 0. */
+static void check_topology(ct_comm *c)
+{
+    int local_rank = ct_comm_local_rank(c), local_size = ct_comm_local_size(c), node = ct_comm_node(c);
+    CHECK(0 <= local_rank && local_rank < local_size && local_size <= size);
+    CHECK(0 <= node && node < size);
+    enum { HOST = 256 };
+    char *hosts = calloc((size_t)size, HOST);
+    float *info = ct_test_alloc(2 * (size_t)size);
+    if (!hosts) exit(2);
+    if (gethostname(hosts + (size_t)rank * HOST, HOST - 1) != 0) strcpy(hosts + (size_t)rank * HOST, "?");
+    for (int r = 0; r < size; r++) CHECK(ct_comm_broadcast(c, hosts + (size_t)r * HOST, HOST, r) == 0);
+    info[2 * rank] = (float)node;
+    info[2 * rank + 1] = (float)local_rank;
+    CHECK(ct_comm_allgather(c, info, 2) == 0);
+    int same_host = 0, seen_local = 0;
+    for (int r = 0; r < size; r++) {
+        int same = strcmp(hosts + (size_t)r * HOST, hosts + (size_t)rank * HOST) == 0;
+        CHECK(same == ((int)info[2 * r] == node));
+        if (same) {
+            same_host++;
+            int lr = (int)info[2 * r + 1];
+            CHECK(0 <= lr && lr < local_size);
+            if (0 <= lr && lr < local_size && lr < 31) seen_local |= 1 << lr;
+        }
+    }
+    CHECK(same_host == local_size);
+    if (local_size < 31) CHECK(seen_local == (1 << local_size) - 1);
+    CHECK((int)info[0] == 0); /* rank 0's node */
+    /* Open MPI announces the same facts in the environment; srun too. */
+    const char *ls = getenv("OMPI_COMM_WORLD_LOCAL_SIZE"), *lr = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    if (ls) CHECK(atoi(ls) == local_size);
+    if (lr) CHECK(atoi(lr) == local_rank);
+    const char *sl = getenv("SLURM_LOCALID");
+    if (sl && getenv("SLURM_STEP_ID")) CHECK(atoi(sl) == local_rank);
+    if (rank == 0)
+        printf("test_comm: transport %s, size %d, rank 0 on node %d (%s) with local size %d\n",
+               ct_comm_transport(c), size, node, hosts, local_size);
+    free(hosts);
+    free(info);
+}
+
+static void run_all(ct_comm *c)
+{
+    static const size_t ns[] = {1, 2, 7, 23, 1000};
+    for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+        check_allreduce(c, ns[k]);
+        check_allreduce_f64(c, ns[k]);
+        check_reduce_scatter(c, ns[k]);
+        check_allgather(c, ns[k]);
+        check_broadcast(c, ns[k] * 4 + 1);
+    }
+    /* n == 0: nothing moves, every rank returns 0 */
+    CHECK(ct_comm_allreduce_sum(c, NULL, 0) == 0);
+    CHECK(ct_comm_reduce_scatter_sum(c, NULL, NULL, 0) == 0);
+    CHECK(ct_comm_allgather(c, NULL, 0) == 0);
+    CHECK(ct_comm_broadcast(c, NULL, 0, 0) == 0);
+    check_all_ok(c);
+    CHECK(ct_comm_barrier(c) == 0);
+}
+
+int main(int argc, char **argv)
+{
+    char err[512];
+    ct_comm *c = NULL;
+    if (ct_comm_init(&c, &argc, &argv, err, sizeof err) != 0) {
+        fprintf(stderr, "test_comm: %s\n", err);
+        return 1;
+    }
+    rank = ct_comm_rank(c);
+    size = ct_comm_size(c);
+    CHECK(0 <= rank && rank < size);
+    if (size > 1) CHECK(strcmp(ct_comm_transport(c), "mpi") == 0);
+    if (!getenv("OMPI_COMM_WORLD_SIZE") && !getenv("PMIX_RANK") && !getenv("PMI_SIZE") &&
+        !getenv("SLURM_STEP_ID"))
+        CHECK(strcmp(ct_comm_transport(c), "single") == 0);
+    if (getenv("OMPI_COMM_WORLD_SIZE")) CHECK(atoi(getenv("OMPI_COMM_WORLD_SIZE")) == size);
+
+    check_topology(c);
+    run_all(c);
+    ct_comm_set_max_count(c, 5); /* every case above n = 5 now goes in chunks */
+    run_all(c);
+    ct_comm_set_max_count(c, 0);
+    check_bytes(c);
+
+    /* The size-1 communicator stands alone, whatever the launcher. */
+    ct_comm *one = ct_comm_init_single();
+    CHECK(one && ct_comm_size(one) == 1 && ct_comm_rank(one) == 0 && ct_comm_local_size(one) == 1);
+    if (one) {
+        float s[3] = {1, 2, 3}, r[3] = {0, 0, 0};
+        CHECK(ct_comm_reduce_scatter_sum(one, s, r, 3) == 0 && r[0] == 1 && r[1] == 2 && r[2] == 3);
+        CHECK(ct_comm_broadcast(one, s, sizeof s, 1) == -1);
+        CHECK(ct_comm_all_ok(one, 0) == 0);
+        CHECK(strcmp(ct_comm_transport(one), "single") == 0);
+        ct_comm_free(one);
+    }
+
+    /* Every rank agrees on the verdict, so a failure on one rank fails the whole run. */
+    int all_passed = ct_comm_all_ok(c, ct_test_failures == 0);
+    if (!all_passed && ct_test_failures == 0) {
+        fprintf(stderr, "rank %d: another rank failed\n", rank);
+        ct_test_failures++;
+    }
+    ct_comm_free(c);
+    if (rank != 0 && ct_test_failures == 0) return 0; /* one "passed" line per run */
+    return ct_test_finish("test_comm");
+}

@@ -1,0 +1,69 @@
+/* config.h — an experiment: one JSON file, validated, with every default in one table.
+ *
+ * Sections and keys are DESIGN.md's ("Formats"); `ctrain train --help` lists them all with
+ * their defaults and meaning (ct_config_describe). Strings are fixed-size buffers so the
+ * struct is plain data: copied, printed and saved whole. */
+#ifndef CT_TRAIN_CONFIG_H
+#define CT_TRAIN_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define CT_PATH_MAX 1024
+
+typedef struct {
+    struct {
+        char dir[CT_PATH_MAX];     /* run directory: metrics, resolved config, final weights */
+        int64_t seed;
+        char device[8];            /* auto | cpu | cuda */
+    } run;
+    struct {
+        char init_from[CT_PATH_MAX]; /* "" (random init) or a Hugging Face GPT-2 folder */
+        int vocab_size, max_seq_len, n_layer, n_head, n_embd;
+    } model;
+    struct {
+        char text[CT_PATH_MAX];    /* `ctrain prepare` input */
+        double val_fraction;
+        char train[CT_PATH_MAX], val[CT_PATH_MAX];
+        int seq_len, micro_batch;
+    } data;
+    struct {
+        double lr, min_lr, weight_decay, beta1, beta2, eps, grad_clip;
+        int max_steps, warmup_steps;
+        char schedule[16];         /* cosine | linear | constant */
+    } optim;
+    struct {
+        int grad_accum, zero_stage;
+    } parallel;
+    struct {
+        int every;                 /* a log line every N steps */
+        int eval_every;            /* 0: only at the end */
+        int eval_batches;          /* micro-batches per rank per evaluation; 0: the whole val set */
+    } log;
+    struct {
+        char prompt[1024];
+        double temperature;
+        int top_k, max_tokens;
+    } sample;
+} ct_config;
+
+/* The defaults. */
+void ct_config_defaults(ct_config *cfg);
+
+/* Loads path over the defaults, then applies overrides "a.b=value" (JSON value, or a bare
+ * string). On error fills err ("<file>: <key>: <what is wrong>", malformed JSON with line and
+ * column, unknown keys with the nearest valid key) and returns -1. */
+int ct_config_load(ct_config *cfg, const char *path, const char *const *overrides, int noverrides, char *err,
+                   size_t errlen);
+
+/* Cross-field checks (ranges are checked while loading): e.g. warmup_steps <= max_steps. */
+int ct_config_check(const ct_config *cfg, char *err, size_t errlen);
+
+/* The whole config as indented JSON (malloc'd; caller frees), NULL when out of memory. */
+char *ct_config_to_json(const ct_config *cfg);
+
+/* Every key with its type, default and meaning, for --help. */
+void ct_config_describe(FILE *f);
+
+#endif

@@ -1,0 +1,118 @@
+/* optim.c — ZeRO-1 AdamW: reduce-scatter, clip, update this rank's slice, all-gather. */
+#include "optim.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+struct ct_optim {
+    ct_gpt2 *model;
+    ct_comm *comm;
+    const ct_backend *be;
+    ct_kctx *ctx;
+    int zero_stage;
+    size_t begin, len;   /* this rank's slice of the flat buffer */
+    float *m, *v;        /* [len] AdamW moments */
+    float *master;       /* [len] fp32 weights: the parameters themselves when they are fp32 */
+    float *gslice;       /* [len] reduced gradients (stage 1; stage 0 reduces in place) */
+    int t;               /* steps taken */
+    size_t state_bytes;
+};
+
+int ct_optim_init(ct_optim **out, ct_gpt2 *m, ct_comm *comm, int zero_stage, char *err, size_t errlen)
+{
+    *out = NULL;
+    size_t n = ct_gpt2_numel(m), world = (size_t)ct_comm_size(comm);
+    if (n % world) {
+        snprintf(err, errlen, "internal: flat buffer of %zu elements is not padded to the world size %zu", n, world);
+        return -1;
+    }
+    ct_optim *o = calloc(1, sizeof *o);
+    if (!o) goto oom;
+    o->model = m;
+    o->comm = comm;
+    o->be = ct_gpt2_backend(m);
+    o->ctx = ct_gpt2_kctx(m);
+    o->zero_stage = zero_stage;
+    if (zero_stage == 1) {
+        o->len = n / world;
+        o->begin = o->len * (size_t)ct_comm_rank(comm);
+    } else {
+        o->begin = 0;
+        o->len = n;
+    }
+    size_t bytes = o->len * sizeof(float);
+    o->m = o->be->alloc(bytes);
+    o->v = o->be->alloc(bytes);
+    if (!o->m || !o->v) goto oom;
+    o->state_bytes = 2 * bytes;
+    if (zero_stage == 1) {
+        if (!(o->gslice = o->be->alloc(bytes))) goto oom;
+    }
+    if (o->be->elem_size == sizeof(float)) {
+        o->master = (float *)ct_gpt2_params(m) + o->begin;
+    } else {
+        if (!(o->master = o->be->alloc(bytes))) goto oom;
+        o->be->to_f32(o->ctx, o->master, (char *)ct_gpt2_params(m) + o->begin * o->be->elem_size, o->len);
+        o->state_bytes += bytes;
+    }
+    *out = o;
+    return 0;
+oom:
+    snprintf(err, errlen, "out of memory for the optimizer state (%zu parameters on this rank)", o ? o->len : n);
+    ct_optim_free(o);
+    return -1;
+}
+
+void ct_optim_free(ct_optim *o)
+{
+    if (!o) return;
+    o->be->free(o->m);
+    o->be->free(o->v);
+    o->be->free(o->gslice);
+    if (o->be->elem_size != sizeof(float)) o->be->free(o->master);
+    free(o);
+}
+
+int ct_optim_steps_taken(const ct_optim *o) { return o->t; }
+size_t ct_optim_state_bytes(const ct_optim *o) { return o->state_bytes; }
+
+int ct_optim_step(ct_optim *o, const ct_optim_hparams *h, float *grad_norm)
+{
+    const ct_backend *be = o->be;
+    size_t es = be->elem_size;
+    char *params = ct_gpt2_params(o->model);
+    /* Collectives run on fp32 host buffers here; the CUDA backend reduces on the device. */
+    float *grads = ct_gpt2_grads(o->model);
+    float *g;
+    double sumsq;
+    if (o->zero_stage == 1) {
+        if (ct_comm_reduce_scatter_sum(o->comm, grads, o->gslice, o->len)) return -1;
+        g = o->gslice;
+        sumsq = be->sumsq(o->ctx, g, o->len);
+        if (ct_comm_allreduce_sum_f64(o->comm, &sumsq, 1)) return -1;
+    } else {
+        if (ct_comm_allreduce_sum(o->comm, grads, o->len)) return -1;
+        g = grads;
+        sumsq = be->sumsq(o->ctx, g, o->len);
+    }
+    float norm = (float)sqrt(sumsq);
+    *grad_norm = norm;
+    /* as torch.nn.utils.clip_grad_norm_ */
+    float scale = (h->grad_clip > 0 && norm > h->grad_clip) ? h->grad_clip / (norm + 1e-6f) : 1.0f;
+
+    o->t++;
+    /* AdamW on each tensor's part of the slice: weight decay only where the tensor has it. */
+    for (int i = 0; i < ct_gpt2_num_tensors(o->model); i++) {
+        const ct_param *p = ct_gpt2_tensor(o->model, i);
+        size_t lo = p->offset > o->begin ? p->offset : o->begin;
+        size_t hi = p->offset + p->numel < o->begin + o->len ? p->offset + p->numel : o->begin + o->len;
+        if (lo >= hi) continue;
+        size_t k = lo - o->begin;
+        ct_adamw_params ap = {.lr = h->lr, .beta1 = h->beta1, .beta2 = h->beta2, .eps = h->eps,
+                              .weight_decay = p->decay ? h->weight_decay : 0.0f, .grad_scale = scale, .step = o->t};
+        be->adamw(o->ctx, o->master + k, params + lo * es, o->m + k, o->v + k, (char *)g + k * es, hi - lo, &ap);
+    }
+    if (o->zero_stage == 1 && ct_comm_allgather(o->comm, (float *)params, o->len)) return -1;
+    return 0;
+}

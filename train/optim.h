@@ -1,0 +1,38 @@
+/* optim.h — AdamW over the flat gradient buffer, with ZeRO-1 sharding across ranks.
+ *
+ * zero_stage 0: gradients all-reduced; every rank keeps the whole optimizer state and updates
+ * every parameter. zero_stage 1: gradients reduce-scattered; rank r keeps fp32 state (m, v, and
+ * a master copy when parameters are not fp32) only for its slice [r*S, (r+1)*S) of the flat
+ * buffer (S = padded length / world), updates that slice, and the updated parameters are
+ * all-gathered. Both give the same parameters (to summation order). */
+#ifndef CT_TRAIN_OPTIM_H
+#define CT_TRAIN_OPTIM_H
+
+#include <stddef.h>
+
+#include "comm.h"
+#include "gpt2.h"
+
+typedef struct {
+    float lr, beta1, beta2, eps, weight_decay;
+    float grad_clip; /* global-norm clipping threshold; 0: none */
+} ct_optim_hparams;
+
+typedef struct ct_optim ct_optim;
+
+/* The model's flat length must be a multiple of the world size (ct_gpt2_init's shards).
+ * Returns -1 with err filled when it is not or memory runs out. */
+int ct_optim_init(ct_optim **out, ct_gpt2 *m, ct_comm *comm, int zero_stage, char *err, size_t errlen);
+void ct_optim_free(ct_optim *o);
+
+/* One optimizer step on the model's accumulated gradients (already scaled so their sum over
+ * ranks is the step's gradient): reduce, clip, AdamW, gather. *grad_norm receives the global
+ * norm before clipping. Returns -1 on a communication error. */
+int ct_optim_step(ct_optim *o, const ct_optim_hparams *h, float *grad_norm);
+
+int ct_optim_steps_taken(const ct_optim *o);
+/* Bytes of optimizer state this rank holds: m, v and a master copy where parameters are not
+ * fp32 (not the reduced-gradient slice, a communication buffer of the same length). */
+size_t ct_optim_state_bytes(const ct_optim *o);
+
+#endif

@@ -1,0 +1,117 @@
+/* run.c — backend choice, threads, model construction and collective failure for the verbs. */
+#include "run.h"
+
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "hf_gpt2.h"
+
+int ct_run_backend(const ct_config *cfg, const ct_backend **be, char *err, size_t errlen)
+{
+    const ct_backend *cuda = ct_backend_cuda();
+    if (!strcmp(cfg->run.device, "cuda")) {
+        if (!cuda) {
+            snprintf(err, errlen, "run.device: \"cuda\", but this build of ctrain has no CUDA backend "
+                     "(use \"cpu\" or \"auto\")");
+            return -1;
+        }
+        *be = cuda;
+    } else if (!strcmp(cfg->run.device, "auto") && cuda) {
+        *be = cuda;
+    } else {
+        *be = ct_backend_cpu();
+    }
+    return 0;
+}
+
+void ct_run_threads(ct_comm *comm)
+{
+    if (getenv("OMP_NUM_THREADS")) return;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int per_rank = (int)(cores / ct_comm_local_size(comm));
+    omp_set_num_threads(per_rank > 0 ? per_rank : 1);
+}
+
+static int has_weights(const char *dir)
+{
+    char path[CT_PATH_MAX + 32];
+    struct stat sb;
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    return dir[0] && stat(path, &sb) == 0;
+}
+
+int ct_run_model_source(const ct_config *cfg, ct_weights_source source, ct_gpt2_config *mc, const char **dir,
+                        char *err, size_t errlen)
+{
+    *dir = NULL;
+    if (source == CT_WEIGHTS_TRAINED && has_weights(cfg->run.dir)) *dir = cfg->run.dir;
+    else if (cfg->model.init_from[0]) *dir = cfg->model.init_from;
+    else if (source == CT_WEIGHTS_TRAINED) {
+        snprintf(err, errlen, "run.dir: \"%s\" holds no trained model (model.safetensors) and model.init_from is "
+                 "empty: train first, or point model.init_from at a Hugging Face GPT-2 folder", cfg->run.dir);
+        return -1;
+    }
+    if (*dir) return ct_hf_gpt2_read_config(*dir, mc, err, errlen);
+    *mc = (ct_gpt2_config){.vocab_size = cfg->model.vocab_size, .max_seq_len = cfg->model.max_seq_len,
+                           .n_layer = cfg->model.n_layer, .n_head = cfg->model.n_head, .n_embd = cfg->model.n_embd,
+                           .ln_eps = 1e-5f};
+    return 0;
+}
+
+int ct_run_model(const ct_config *cfg, ct_weights_source source, const ct_backend *be, ct_kctx *ctx, int B, int T,
+                 int shards, ct_gpt2 **out, char *from, size_t fromlen, char *err, size_t errlen)
+{
+    *out = NULL;
+    const char *dir;
+    ct_gpt2_config mc;
+    if (ct_run_model_source(cfg, source, &mc, &dir, err, errlen)) return -1;
+    if (T > mc.max_seq_len) {
+        snprintf(err, errlen, "data.seq_len: %d does not fit the model's %d positions%s%s", T, mc.max_seq_len,
+                 dir ? " in " : "", dir ? dir : "");
+        return -1;
+    }
+    if (ct_gpt2_init(out, &mc, be, ctx, B, T, shards, err, errlen)) return -1;
+    if (dir) {
+        if (ct_hf_gpt2_load(*out, dir, err, errlen)) {
+            ct_gpt2_free(*out);
+            *out = NULL;
+            return -1;
+        }
+        snprintf(from, fromlen, "%s", dir);
+    } else {
+        ct_gpt2_init_weights(*out, (uint64_t)cfg->run.seed);
+        snprintf(from, fromlen, "random init (seed %lld)", (long long)cfg->run.seed);
+    }
+    return 0;
+}
+
+int ct_run_agree(ct_comm *comm, int rc, const char *err)
+{
+    int world = ct_comm_size(comm), rank = ct_comm_rank(comm);
+    float *failed = calloc((size_t)world, sizeof(float));
+    if (!failed) ct_run_die(comm, "out of memory");
+    failed[rank] = rc != 0;
+    if (ct_comm_allgather(comm, failed, 1)) ct_run_die(comm, "communication failed");
+    int first = -1;
+    for (int r = 0; r < world && first < 0; r++)
+        if (failed[r] != 0) first = r;
+    free(failed);
+    if (first < 0) return 0;
+    if (first == rank) {
+        if (world > 1) fprintf(stderr, "ctrain: error: rank %d: %s\n", rank, err);
+        else fprintf(stderr, "ctrain: error: %s\n", err);
+    }
+    return -1;
+}
+
+_Noreturn void ct_run_die(ct_comm *comm, const char *msg)
+{
+    if (ct_comm_size(comm) > 1) fprintf(stderr, "ctrain: error: rank %d: %s\n", ct_comm_rank(comm), msg);
+    else fprintf(stderr, "ctrain: error: %s\n", msg);
+    fflush(stderr);
+    ct_comm_abort(comm, 1);
+}

@@ -1,0 +1,42 @@
+/* run.h — what every verb sets up from a config: the backend, threads per rank, the model
+ * (random, from a Hugging Face folder, or from a finished run), and failing together. */
+#ifndef CT_TRAIN_RUN_H
+#define CT_TRAIN_RUN_H
+
+#include <stddef.h>
+
+#include "comm.h"
+#include "config.h"
+#include "gpt2.h"
+
+/* run.device: auto picks CUDA where this build has it and a GPU is found. */
+int ct_run_backend(const ct_config *cfg, const ct_backend **be, char *err, size_t errlen);
+
+/* OpenMP threads per rank: the node's cores shared among its ranks, unless OMP_NUM_THREADS says. */
+void ct_run_threads(ct_comm *comm);
+
+/* Where a verb's weights come from. */
+typedef enum {
+    CT_WEIGHTS_CONFIG,   /* model.init_from when set, else a random init from the model keys */
+    CT_WEIGHTS_TRAINED,  /* the finished run in run.dir, else model.init_from; an error if neither */
+} ct_weights_source;
+
+/* Where `source` takes the weights from (*dir; NULL for a random init) and the model's shape. */
+int ct_run_model_source(const ct_config *cfg, ct_weights_source source, ct_gpt2_config *mc, const char **dir,
+                        char *err, size_t errlen);
+
+/* Builds the model for micro-batches of B x T on backend be, flat buffers padded to `shards`,
+ * and fills its weights as `source` says. On success *from names where the weights came from
+ * (a folder, or "random init"). Errors name the config key or file. */
+int ct_run_model(const ct_config *cfg, ct_weights_source source, const ct_backend *be, ct_kctx *ctx, int B, int T,
+                 int shards, ct_gpt2 **out, char *from, size_t fromlen, char *err, size_t errlen);
+
+/* Agreement after a step every rank did: returns 0 when rc == 0 on every rank; otherwise the
+ * lowest failing rank prints its err ("ctrain: error: ...", with its rank when there are
+ * several) and every rank returns -1. Collective. */
+int ct_run_agree(ct_comm *comm, int rc, const char *err);
+
+/* Prints "ctrain: error: [rank r: ]msg" on this rank and ends the whole job (every rank). */
+_Noreturn void ct_run_die(ct_comm *comm, const char *msg);
+
+#endif
