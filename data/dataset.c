@@ -266,7 +266,8 @@ static int open_checked(ct_dataset *ds, char *err, size_t errlen)
 
     if (open_1d_int(ds, "tokens", "uint32", 0, NULL, &ds->tokens, &ds->tok_space, &ds->n, err, errlen)) return -1;
     size_t mlen = 0;
-    int rc = open_1d_int(ds, "loss_mask", "uint8", 1, &ds->mask_memtype, &ds->mask, &ds->mask_space, &mlen, err, errlen);
+    int rc = open_1d_int(ds, "loss_mask", "uint8", 1, &ds->mask_memtype, &ds->mask, &ds->mask_space, &mlen, err,
+                         errlen);
     if (rc < 0) return -1;
     if (rc == 0 && mlen != ds->n)
         return fail(err, errlen, "%s: /loss_mask: has %zu entries but /tokens has %zu; they must match",

@@ -129,10 +129,10 @@ int ct_loader_init(ct_loader **out, const ct_loader_opts *opts, char *err, size_
     G = too_big ? UINT64_MAX : G * (uint64_t)opts->world;
     if (too_big || l->W < G) {
         fail(err, errlen,
-             "%s: /tokens: %zu tokens hold %llu windows of seq_len+1 = %d tokens, fewer than one global batch "
+             "%s: /tokens: %zu tokens hold %llu windows of seq_len+1 = %lld tokens, fewer than one global batch "
              "of %llu (micro_batch x grad_accum x world = %d x %d x %d); use more data or smaller batches",
-             p, n, (unsigned long long)l->W, T + 1, (unsigned long long)G, opts->micro_batch, opts->grad_accum,
-             opts->world);
+             p, n, (unsigned long long)l->W, (long long)T + 1, (unsigned long long)G, opts->micro_batch,
+             opts->grad_accum, opts->world);
         goto bad;
     }
     l->G = G;

@@ -103,7 +103,7 @@ int ct_data_prepare_text(const char *text_path, const char *train_path, const ch
     size_t cut = find_cut(text, len, (1.0 - val_fraction) * (double)len);
     if (cut == 0) {
         free(text);
-        return fail(err, errlen, "%s: %zu bytes cannot be split into non-empty train and val parts", text_path,
+        return fail(err, errlen, "%s: too short (%zu bytes) to split into non-empty train and val parts", text_path,
                     len);
     }
     size_t most = cut > len - cut ? cut : len - cut;

@@ -489,7 +489,7 @@ static void test_prepare(void)
     CHECK(access(tpath("t.h5"), F_OK) != 0);
     write_text(src = tpath("x.txt"), "x", 1);
     CHECK_FAILS(ct_data_prepare_text(src, tpath("t.h5"), tpath("v.h5"), 0.5, err, ERRLEN), err, src,
-                "cannot be split");
+                "too short");
     src = tpath("nope.txt");
     CHECK_FAILS(ct_data_prepare_text(src, tpath("t.h5"), tpath("v.h5"), 0.1, err, ERRLEN), err, src, "No such file");
     src = src_text;

@@ -185,6 +185,7 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
                            .grad_clip = (float)cfg->optim.grad_clip};
     size_t BT = (size_t)B * T;
     double t_start = omp_get_wtime(), val_loss = 0;
+    uint64_t bytes_start = ct_comm_bytes(comm);
     for (int step = 1; step <= cfg->optim.max_steps; step++) {
         double t0 = omp_get_wtime();
         /* The step's loss is the mean over every target token of every micro-batch on every
@@ -235,8 +236,12 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
             evaluate(cfg, comm, &s, step, &val_loss);
     }
 
+    /* payload handed to collectives per step (an evaluation adds 16 bytes) */
+    double comm_per_step = (double)(ct_comm_bytes(comm) - bytes_start) / cfg->optim.max_steps;
     rc = 0;
     if (rank == 0) {
+        printf("ctrain: %.3f MiB passed to collectives per step per rank; flat buffer %zu floats (%.3f MiB)\n",
+               comm_per_step / 1048576.0, ct_gpt2_numel(s.model), ct_gpt2_numel(s.model) * 4 / 1048576.0);
         rc = ct_hf_gpt2_save(s.model, cfg->run.dir, err, sizeof err);
         if (rc == 0) {
             printf("ctrain: done in %.1f s; weights in %s (model.safetensors, config.json)\n",
