@@ -6,6 +6,7 @@
  * a parallel HDF5 build. HDF5's own error stacks are silenced on every call that can fail: the
  * caller gets one message "<file>: <dataset or attribute>: <what is wrong>" instead. */
 #include "data.h"
+#include "fail.h"
 
 #include <hdf5.h>
 
@@ -32,17 +33,6 @@ struct ct_dataset {
     hid_t dxpl;               /* a conversion callback that turns out-of-range values into errors */
     int overflow;             /* set by that callback during a read */
 };
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 /* ---- HDF5 error handling: no stack dumps on stderr, our message instead */
 typedef struct {
@@ -123,15 +113,15 @@ static int open_1d_int(ct_dataset *ds, const char *name, const char *want, int a
     htri_t exists = H5Lexists(ds->file, name, H5P_DEFAULT);
     if (exists <= 0) {
         if (absent_ok) return 1;
-        return fail(err, errlen, "%s: /%s: missing (the token ids: a 1-D %s dataset)", ds->path, name, want);
+        return ct_data_fail(err, errlen, "%s: /%s: missing (the token ids: a 1-D %s dataset)", ds->path, name, want);
     }
     *dset = H5Dopen2(ds->file, name, H5P_DEFAULT);
-    if (*dset < 0) return fail(err, errlen, "%s: /%s: not a dataset (a group or broken link?)", ds->path, name);
+    if (*dset < 0) return ct_data_fail(err, errlen, "%s: /%s: not a dataset (a group or broken link?)", ds->path, name);
     *space = H5Dget_space(*dset);
-    if (*space < 0) return fail(err, errlen, "%s: /%s: unreadable dataspace", ds->path, name);
+    if (*space < 0) return ct_data_fail(err, errlen, "%s: /%s: unreadable dataspace", ds->path, name);
     int rank = H5Sget_simple_extent_ndims(*space);
     if (rank != 1)
-        return fail(err, errlen, "%s: /%s: has %d dimensions; must be 1-D (%s [n])", ds->path, name, rank, want);
+        return ct_data_fail(err, errlen, "%s: /%s: has %d dimensions; must be 1-D (%s [n])", ds->path, name, rank, want);
     hsize_t dim;
     H5Sget_simple_extent_dims(*space, &dim, NULL);
     *len = (size_t)dim;
@@ -143,7 +133,7 @@ static int open_1d_int(ct_dataset *ds, const char *name, const char *want, int a
     }
     if (type >= 0) H5Tclose(type);
     if (cls != H5T_INTEGER)
-        return fail(err, errlen, "%s: /%s: has %s type; must be an integer type (%s)", ds->path, name,
+        return ct_data_fail(err, errlen, "%s: /%s: has %s type; must be an integer type (%s)", ds->path, name,
                     class_name(cls), want);
     return 0;
 }
@@ -154,12 +144,12 @@ static hid_t open_attr(ct_dataset *ds, hid_t root, const char *name, H5T_class_t
                        hid_t *type, char *err, size_t errlen)
 {
     if (H5Aexists(root, name) <= 0) {
-        fail(err, errlen, "%s: attribute %s: missing (the root group needs %s)", ds->path, name, want);
+        ct_data_fail(err, errlen, "%s: attribute %s: missing (the root group needs %s)", ds->path, name, want);
         return -1;
     }
     hid_t a = H5Aopen(root, name, H5P_DEFAULT);
     if (a < 0) {
-        fail(err, errlen, "%s: attribute %s: cannot be opened", ds->path, name);
+        ct_data_fail(err, errlen, "%s: attribute %s: cannot be opened", ds->path, name);
         return -1;
     }
     *type = H5Aget_type(a);
@@ -169,9 +159,9 @@ static hid_t open_attr(ct_dataset *ds, hid_t root, const char *name, H5T_class_t
     H5T_class_t got = *type >= 0 ? H5Tget_class(*type) : H5T_NO_CLASS;
     if (got != cls || npoints != 1) {
         if (got != cls)
-            fail(err, errlen, "%s: attribute %s: has %s type; must be %s", ds->path, name, class_name(got), want);
+            ct_data_fail(err, errlen, "%s: attribute %s: has %s type; must be %s", ds->path, name, class_name(got), want);
         else
-            fail(err, errlen, "%s: attribute %s: holds %lld values; must be a single %s", ds->path, name,
+            ct_data_fail(err, errlen, "%s: attribute %s: holds %lld values; must be a single %s", ds->path, name,
                  (long long)npoints, want);
         if (*type >= 0) H5Tclose(*type);
         H5Aclose(a);
@@ -183,7 +173,7 @@ static hid_t open_attr(ct_dataset *ds, hid_t root, const char *name, H5T_class_t
 static int read_attrs(ct_dataset *ds, char *err, size_t errlen)
 {
     hid_t root = H5Gopen2(ds->file, "/", H5P_DEFAULT);
-    if (root < 0) return fail(err, errlen, "%s: /: cannot open the root group", ds->path);
+    if (root < 0) return ct_data_fail(err, errlen, "%s: /: cannot open the root group", ds->path);
     int rc = -1;
     hid_t type = H5I_INVALID_HID, mem = H5I_INVALID_HID;
 
@@ -214,11 +204,11 @@ static int read_attrs(ct_dataset *ds, char *err, size_t errlen)
     close_id(&type, H5Tclose);
     close_id(&mem, H5Tclose);
     if (!ds->tokenizer) {
-        fail(err, errlen, "%s: attribute tokenizer: cannot be read as a string", ds->path);
+        ct_data_fail(err, errlen, "%s: attribute tokenizer: cannot be read as a string", ds->path);
         goto out;
     }
     if (!ds->tokenizer[0]) {
-        fail(err, errlen, "%s: attribute tokenizer: empty; must name the tokenizer, e.g. \"bytes\"", ds->path);
+        ct_data_fail(err, errlen, "%s: attribute tokenizer: empty; must name the tokenizer, e.g. \"bytes\"", ds->path);
         goto out;
     }
 
@@ -230,11 +220,11 @@ static int read_attrs(ct_dataset *ds, char *err, size_t errlen)
     H5Aclose(a);
     close_id(&type, H5Tclose);
     if (st < 0) {
-        fail(err, errlen, "%s: attribute vocab_size: cannot be read as an integer", ds->path);
+        ct_data_fail(err, errlen, "%s: attribute vocab_size: cannot be read as an integer", ds->path);
         goto out;
     }
     if (v <= 0 || v > INT_MAX) {
-        fail(err, errlen, "%s: attribute vocab_size: %lld; must be between 1 and %d", ds->path, v, INT_MAX);
+        ct_data_fail(err, errlen, "%s: attribute vocab_size: %lld; must be between 1 and %d", ds->path, v, INT_MAX);
         goto out;
     }
     ds->vocab_size = (int)v;
@@ -250,7 +240,7 @@ static int open_checked(ct_dataset *ds, char *err, size_t errlen)
 {
     char detail[200];
     if (H5Fis_hdf5(ds->path) <= 0)
-        return fail(err, errlen, "%s: not an HDF5 file; expected a token dataset (ctrain prepare, or h5py)",
+        return ct_data_fail(err, errlen, "%s: not an HDF5 file; expected a token dataset (ctrain prepare, or h5py)",
                     ds->path);
     /* Close degree and locking stay at HDF5's defaults: HDF5 refuses a second open of a file
      * already open in this process (by the trainer, a checkpoint reader) with other values. */
@@ -260,7 +250,7 @@ static int open_checked(ct_dataset *ds, char *err, size_t errlen)
     H5Pset_file_locking(fapl, 1, 1);
 #endif
     ds->file = H5Fopen(ds->path, H5F_ACC_RDONLY, fapl);
-    if (ds->file < 0) fail(err, errlen, "%s: cannot open as HDF5 (%s)", ds->path, h5_detail(detail));
+    if (ds->file < 0) ct_data_fail(err, errlen, "%s: cannot open as HDF5 (%s)", ds->path, h5_detail(detail));
     H5Pclose(fapl); /* after reading the error stack: every API call clears it */
     if (ds->file < 0) return -1;
 
@@ -270,7 +260,7 @@ static int open_checked(ct_dataset *ds, char *err, size_t errlen)
                          errlen);
     if (rc < 0) return -1;
     if (rc == 0 && mlen != ds->n)
-        return fail(err, errlen, "%s: /loss_mask: has %zu entries but /tokens has %zu; they must match",
+        return ct_data_fail(err, errlen, "%s: /loss_mask: has %zu entries but /tokens has %zu; they must match",
                     ds->path, mlen, ds->n);
     /* doc_offsets is not read by the loader; checked for shape and type so bad files fail early */
     hid_t docs = H5I_INVALID_HID, docs_space = H5I_INVALID_HID;
@@ -285,23 +275,23 @@ static int open_checked(ct_dataset *ds, char *err, size_t errlen)
     ds->mem_space = H5Screate_simple(1, &one, NULL);
     ds->dxpl = H5Pcreate(H5P_DATASET_XFER);
     if (ds->mem_space < 0 || ds->dxpl < 0 || H5Pset_type_conv_cb(ds->dxpl, conv_except, &ds->overflow) < 0)
-        return fail(err, errlen, "%s: cannot set up reads (%s)", ds->path, h5_detail(detail));
+        return ct_data_fail(err, errlen, "%s: cannot set up reads (%s)", ds->path, h5_detail(detail));
     return 0;
 }
 
 int ct_dataset_open(ct_dataset **out, const char *path, char *err, size_t errlen)
 {
     *out = NULL;
-    if (!path || !*path) return fail(err, errlen, "dataset: no path given");
+    if (!path || !*path) return ct_data_fail(err, errlen, "dataset: no path given");
     struct stat st;
-    if (stat(path, &st) != 0) return fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-    if (S_ISDIR(st.st_mode)) return fail(err, errlen, "%s: is a directory, not a token dataset", path);
-    if (access(path, R_OK) != 0) return fail(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+    if (stat(path, &st) != 0) return ct_data_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode)) return ct_data_fail(err, errlen, "%s: is a directory, not a token dataset", path);
+    if (access(path, R_OK) != 0) return ct_data_fail(err, errlen, "%s: cannot read: %s", path, strerror(errno));
 
     ct_dataset *ds = calloc(1, sizeof *ds);
     if (!ds || !(ds->path = strdup(path))) {
         free(ds);
-        return fail(err, errlen, "%s: out of memory", path);
+        return ct_data_fail(err, errlen, "%s: out of memory", path);
     }
     ds->file = ds->tokens = ds->mask = H5I_INVALID_HID;
     ds->tok_space = ds->mask_space = ds->mask_memtype = ds->mem_space = ds->dxpl = H5I_INVALID_HID;
@@ -352,9 +342,9 @@ static int read_range(ct_dataset *ds, hid_t dset, hid_t space, hid_t memtype, co
         H5Sset_extent_simple(ds->mem_space, 1, &count, NULL) < 0 ||
         H5Dread(dset, memtype, ds->mem_space, space, ds->dxpl, buf) < 0) {
         if (ds->overflow)
-            return fail(err, errlen, "%s: /%s: a value in [%zu, %zu) is out of range (negative, or beyond %s)",
+            return ct_data_fail(err, errlen, "%s: /%s: a value in [%zu, %zu) is out of range (negative, or beyond %s)",
                         ds->path, name, start, start + n, memtype == H5T_NATIVE_UINT32 ? "uint32" : "uint8");
-        return fail(err, errlen, "%s: /%s: reading [%zu, %zu) failed (%s)", ds->path, name, start, start + n,
+        return ct_data_fail(err, errlen, "%s: /%s: reading [%zu, %zu) failed (%s)", ds->path, name, start, start + n,
                     h5_detail(detail));
     }
     return 0;
@@ -364,7 +354,7 @@ int ct_dataset_read(ct_dataset *ds, size_t start, size_t n, uint32_t *tokens, ui
                     size_t errlen)
 {
     if (start > ds->n || n > ds->n - start)
-        return fail(err, errlen, "%s: /tokens: range [%zu, %zu) is beyond its %zu tokens", ds->path, start,
+        return ct_data_fail(err, errlen, "%s: /tokens: range [%zu, %zu) is beyond its %zu tokens", ds->path, start,
                     start + n, ds->n);
     if (n == 0) return 0;
     quiet_t q = quiet_on();
@@ -432,17 +422,17 @@ out:
 static int check_write_args(const char *path, const uint32_t *tokens, size_t n, const uint64_t *docs, size_t ndocs,
                             const char *tokenizer, int vocab_size, char *err, size_t errlen)
 {
-    if (!tokenizer || !*tokenizer) return fail(err, errlen, "%s: attribute tokenizer: empty", path);
-    if (vocab_size <= 0) return fail(err, errlen, "%s: attribute vocab_size: %d; must be positive", path, vocab_size);
-    if (n == 0 || !tokens) return fail(err, errlen, "%s: /tokens: no tokens to write", path);
+    if (!tokenizer || !*tokenizer) return ct_data_fail(err, errlen, "%s: attribute tokenizer: empty", path);
+    if (vocab_size <= 0) return ct_data_fail(err, errlen, "%s: attribute vocab_size: %d; must be positive", path, vocab_size);
+    if (n == 0 || !tokens) return ct_data_fail(err, errlen, "%s: /tokens: no tokens to write", path);
     for (size_t i = 0; i < n; i++)
         if (tokens[i] >= (uint32_t)vocab_size)
-            return fail(err, errlen, "%s: /tokens: token %u at position %zu is beyond vocab_size %d", path,
+            return ct_data_fail(err, errlen, "%s: /tokens: token %u at position %zu is beyond vocab_size %d", path,
                         tokens[i], i, vocab_size);
-    if (ndocs && !docs) return fail(err, errlen, "%s: /doc_offsets: %zu offsets but no array", path, ndocs);
+    if (ndocs && !docs) return ct_data_fail(err, errlen, "%s: /doc_offsets: %zu offsets but no array", path, ndocs);
     for (size_t i = 0; i < ndocs; i++)
         if (docs[i] >= n || (i && docs[i] <= docs[i - 1]))
-            return fail(err, errlen,
+            return ct_data_fail(err, errlen,
                         "%s: /doc_offsets: offset %zu (%llu) must be below %zu and above the one before it", path,
                         i, (unsigned long long)docs[i], n);
     return 0;
@@ -464,18 +454,18 @@ int ct_dataset_write(const char *path, const uint32_t *tokens, size_t n, const u
                      size_t errlen)
 {
     char detail[200];
-    if (!path || !*path) return fail(err, errlen, "dataset: no path given");
+    if (!path || !*path) return ct_data_fail(err, errlen, "dataset: no path given");
     if (check_write_args(path, tokens, n, doc_offsets, ndocs, tokenizer, vocab_size, err, errlen)) return -1;
     size_t plen = strlen(path);
     char *tmp = malloc(plen + 5);
-    if (!tmp) return fail(err, errlen, "%s: out of memory", path);
+    if (!tmp) return ct_data_fail(err, errlen, "%s: out of memory", path);
     memcpy(tmp, path, plen);
     memcpy(tmp + plen, ".tmp", 5);
 
     /* plain fopen first: its errno says "No such file or directory" more clearly than HDF5 */
     FILE *probe = fopen(tmp, "wb");
     if (!probe) {
-        fail(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
+        ct_data_fail(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
         free(tmp);
         return -1;
     }
@@ -489,7 +479,7 @@ int ct_dataset_write(const char *path, const uint32_t *tokens, size_t n, const u
     H5Pset_file_locking(fapl, 0, 1); /* the temporary name is ours alone */
 #endif
     hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
-    if (file < 0) fail(err, errlen, "%s: cannot create as HDF5 (%s)", tmp, h5_detail(detail));
+    if (file < 0) ct_data_fail(err, errlen, "%s: cannot create as HDF5 (%s)", tmp, h5_detail(detail));
     H5Pclose(fapl);
     if (file < 0) goto out;
     const char *what = "/tokens";
@@ -507,20 +497,20 @@ int ct_dataset_write(const char *path, const uint32_t *tokens, size_t n, const u
         st = write_attrs(file, tokenizer, vocab_size, detail);
     }
     if (st) {
-        fail(err, errlen, "%s: %s: write failed (%s)", tmp, what, detail);
+        ct_data_fail(err, errlen, "%s: %s: write failed (%s)", tmp, what, detail);
         H5Fclose(file);
         goto out;
     }
     if (H5Fclose(file) < 0) {
-        fail(err, errlen, "%s: closing failed (%s)", tmp, h5_detail(detail));
+        ct_data_fail(err, errlen, "%s: closing failed (%s)", tmp, h5_detail(detail));
         goto out;
     }
     if (sync_file(tmp) != 0) {
-        fail(err, errlen, "%s: fsync failed: %s", tmp, strerror(errno));
+        ct_data_fail(err, errlen, "%s: fsync failed: %s", tmp, strerror(errno));
         goto out;
     }
     if (rename(tmp, path) != 0) {
-        fail(err, errlen, "%s: cannot rename %s to it: %s", path, tmp, strerror(errno));
+        ct_data_fail(err, errlen, "%s: cannot rename %s to it: %s", path, tmp, strerror(errno));
         goto out;
     }
     rc = 0;

@@ -3,6 +3,7 @@
  * (epoch, step, micro) says everything about where it stands, so a resumed run continues with
  * exactly the windows it would have seen. */
 #include "data.h"
+#include "fail.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -22,17 +23,6 @@ struct ct_loader {
     uint32_t *win;        /* [T+1] one window's tokens */
     uint8_t *wmask;       /* [T+1] its loss mask */
 };
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 /* ---- the shuffle's generator: xoshiro256**, seeded through splitmix64 from (seed, epoch). Its
  * own copy here, so that the data order depends on nothing outside this file. */
@@ -86,15 +76,15 @@ static void make_order(ct_loader *l, uint64_t epoch)
 
 static int check_opts(const ct_loader_opts *o, char *err, size_t errlen)
 {
-    if (!o || !o->path || !*o->path) return fail(err, errlen, "data loader: no dataset path given");
+    if (!o || !o->path || !*o->path) return ct_data_fail(err, errlen, "data loader: no dataset path given");
     const char *p = o->path;
-    if (o->seq_len < 1) return fail(err, errlen, "%s: seq_len %d: must be at least 1", p, o->seq_len);
-    if (o->micro_batch < 1) return fail(err, errlen, "%s: micro_batch %d: must be at least 1", p, o->micro_batch);
-    if (o->grad_accum < 1) return fail(err, errlen, "%s: grad_accum %d: must be at least 1", p, o->grad_accum);
-    if (o->world < 1) return fail(err, errlen, "%s: world %d: must be at least 1", p, o->world);
+    if (o->seq_len < 1) return ct_data_fail(err, errlen, "%s: seq_len %d: must be at least 1", p, o->seq_len);
+    if (o->micro_batch < 1) return ct_data_fail(err, errlen, "%s: micro_batch %d: must be at least 1", p, o->micro_batch);
+    if (o->grad_accum < 1) return ct_data_fail(err, errlen, "%s: grad_accum %d: must be at least 1", p, o->grad_accum);
+    if (o->world < 1) return ct_data_fail(err, errlen, "%s: world %d: must be at least 1", p, o->world);
     if (o->rank < 0 || o->rank >= o->world)
-        return fail(err, errlen, "%s: rank %d: must be in [0, world = %d)", p, o->rank, o->world);
-    if (o->vocab_size < 1) return fail(err, errlen, "%s: model vocab_size %d: must be at least 1", p, o->vocab_size);
+        return ct_data_fail(err, errlen, "%s: rank %d: must be in [0, world = %d)", p, o->rank, o->world);
+    if (o->vocab_size < 1) return ct_data_fail(err, errlen, "%s: model vocab_size %d: must be at least 1", p, o->vocab_size);
     return 0;
 }
 
@@ -103,19 +93,19 @@ int ct_loader_init(ct_loader **out, const ct_loader_opts *opts, char *err, size_
     *out = NULL;
     if (check_opts(opts, err, errlen)) return -1;
     ct_loader *l = calloc(1, sizeof *l);
-    if (!l) return fail(err, errlen, "%s: out of memory", opts->path);
+    if (!l) return ct_data_fail(err, errlen, "%s: out of memory", opts->path);
     l->o = *opts;
     l->path = strdup(opts->path);
     l->o.path = l->path;
     const char *p = opts->path;
     const int T = opts->seq_len;
     if (!l->path) {
-        fail(err, errlen, "%s: out of memory", p);
+        ct_data_fail(err, errlen, "%s: out of memory", p);
         goto bad;
     }
     if (ct_dataset_open(&l->ds, p, err, errlen)) goto bad;
     if (ct_dataset_vocab_size(l->ds) > opts->vocab_size) {
-        fail(err, errlen,
+        ct_data_fail(err, errlen,
              "%s: attribute vocab_size: the dataset's vocabulary (%d) is larger than the model's (%d); "
              "use a model with vocab_size >= %d or re-tokenize the data",
              p, ct_dataset_vocab_size(l->ds), opts->vocab_size, ct_dataset_vocab_size(l->ds));
@@ -128,7 +118,7 @@ int ct_loader_init(ct_loader **out, const ct_loader_opts *opts, char *err, size_
     int too_big = (uint64_t)opts->world > UINT64_MAX / G;
     G = too_big ? UINT64_MAX : G * (uint64_t)opts->world;
     if (too_big || l->W < G) {
-        fail(err, errlen,
+        ct_data_fail(err, errlen,
              "%s: /tokens: %zu tokens hold %llu windows of seq_len+1 = %lld tokens, fewer than one global batch "
              "of %llu (micro_batch x grad_accum x world = %d x %d x %d); use more data or smaller batches",
              p, n, (unsigned long long)l->W, (long long)T + 1, (unsigned long long)G, opts->micro_batch,
@@ -141,7 +131,7 @@ int ct_loader_init(ct_loader **out, const ct_loader_opts *opts, char *err, size_
     l->wmask = malloc((size_t)T + 1);
     if (opts->shuffle) l->order = malloc(l->W * sizeof *l->order);
     if (!l->win || !l->wmask || (opts->shuffle && !l->order)) {
-        fail(err, errlen, "%s: out of memory for the order of %llu windows", p, (unsigned long long)l->W);
+        ct_data_fail(err, errlen, "%s: out of memory for the order of %llu windows", p, (unsigned long long)l->W);
         goto bad;
     }
     make_order(l, 0);
@@ -175,7 +165,7 @@ int ct_loader_next(ct_loader *l, int32_t *tokens, int32_t *targets, char *err, s
         if (ct_dataset_read(l->ds, start, (size_t)T + 1, l->win, l->wmask, err, errlen)) return -1;
         for (int t = 0; t <= T; t++)
             if (l->win[t] >= V)
-                return fail(err, errlen,
+                return ct_data_fail(err, errlen,
                             "%s: /tokens: token %u at position %zu is beyond the model's vocabulary (vocab_size %d)",
                             l->path, l->win[t], start + (size_t)t, l->o.vocab_size);
         int32_t *x = tokens + (size_t)b * T, *y = targets + (size_t)b * T;

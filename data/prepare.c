@@ -2,6 +2,7 @@
  * dataset out, with the byte-level tokenizer. The split falls on a line break so that no line
  * (and no multi-byte character) is cut in two. */
 #include "data.h"
+#include "fail.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -9,29 +10,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
 /* Reads the whole file into a malloc'd buffer (*len bytes). Fails on a missing or unreadable
  * file; an empty file is returned as such (len 0). */
 static int read_all(const char *path, char **out, size_t *len, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
-    if (!f) return fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    if (!f) return ct_data_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
     size_t cap = 1 << 20, n = 0;
     char *buf = malloc(cap);
     for (;;) {
         if (!buf) {
             fclose(f);
-            return fail(err, errlen, "%s: out of memory after %zu bytes", path, n);
+            return ct_data_fail(err, errlen, "%s: out of memory after %zu bytes", path, n);
         }
         n += fread(buf + n, 1, cap - n, f);
         if (n < cap) break;
@@ -44,7 +34,7 @@ static int read_all(const char *path, char **out, size_t *len, char *err, size_t
     fclose(f);
     if (bad) {
         free(buf);
-        return fail(err, errlen, "%s: read error", path);
+        return ct_data_fail(err, errlen, "%s: read error", path);
     }
     *out = buf;
     *len = n;
@@ -89,28 +79,28 @@ static int write_part(const char *path, const char *text, size_t n, uint32_t *bu
 int ct_data_prepare_text(const char *text_path, const char *train_path, const char *val_path, double val_fraction,
                          char *err, size_t errlen)
 {
-    if (!text_path || !train_path || !val_path) return fail(err, errlen, "prepare: a path is missing");
+    if (!text_path || !train_path || !val_path) return ct_data_fail(err, errlen, "prepare: a path is missing");
     if (!(val_fraction > 0.0 && val_fraction < 1.0)) /* also catches NaN */
-        return fail(err, errlen, "%s: val_fraction %g: must be between 0 and 1 (exclusive)", text_path,
+        return ct_data_fail(err, errlen, "%s: val_fraction %g: must be between 0 and 1 (exclusive)", text_path,
                     val_fraction);
     char *text = NULL;
     size_t len = 0;
     if (read_all(text_path, &text, &len, err, errlen)) return -1;
     if (len == 0) {
         free(text);
-        return fail(err, errlen, "%s: empty file; there is no text to prepare", text_path);
+        return ct_data_fail(err, errlen, "%s: empty file; there is no text to prepare", text_path);
     }
     size_t cut = find_cut(text, len, (1.0 - val_fraction) * (double)len);
     if (cut == 0) {
         free(text);
-        return fail(err, errlen, "%s: too short (%zu bytes) to split into non-empty train and val parts", text_path,
+        return ct_data_fail(err, errlen, "%s: too short (%zu bytes) to split into non-empty train and val parts", text_path,
                     len);
     }
     size_t most = cut > len - cut ? cut : len - cut;
     uint32_t *buf = malloc((most + 1) * sizeof *buf);
     if (!buf) {
         free(text);
-        return fail(err, errlen, "%s: out of memory for %zu tokens", text_path, most + 1);
+        return ct_data_fail(err, errlen, "%s: out of memory for %zu tokens", text_path, most + 1);
     }
     int rc = write_part(train_path, text, cut, buf, err, errlen);
     if (!rc) rc = write_part(val_path, text + cut, len - cut, buf, err, errlen);

@@ -1,8 +1,9 @@
 /* config.c — the key table (defaults, ranges, help), JSON loading, overrides, validation. */
 #include "config.h"
 
+#include "json_file.h"
+
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -173,36 +174,6 @@ void ct_config_defaults(ct_config *cfg)
     }
 }
 
-static void line_col(const char *text, const char *at, int *line, int *col)
-{
-    *line = 1, *col = 1;
-    for (const char *p = text; p < at && *p; p++) {
-        if (*p == '\n') (*line)++, *col = 1;
-        else (*col)++;
-    }
-}
-
-static char *read_file(const char *path, char *err, size_t errlen)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 20;
-    char *buf = malloc(cap + 1);
-    size_t n = buf ? fread(buf, 1, cap + 1, f) : 0;
-    int bad = !buf || ferror(f) || n > cap;
-    fclose(f);
-    if (bad) {
-        snprintf(err, errlen, "%s: unreadable, or larger than 1 MiB", path);
-        free(buf);
-        return NULL;
-    }
-    buf[n] = 0;
-    return buf;
-}
-
 static int apply_json(ct_config *cfg, const cJSON *root, const char *path, char *err, size_t errlen)
 {
     if (!cJSON_IsObject(root)) {
@@ -274,16 +245,10 @@ int ct_config_load(ct_config *cfg, const char *path, const char *const *override
                    size_t errlen)
 {
     ct_config_defaults(cfg);
-    char *text = read_file(path, err, errlen);
-    if (!text) return -1;
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithOpts(text, &end, 1);
+    cJSON *root = ct_json_load(path, 1 << 20, err, errlen);
+    if (!root) return -1;
     int rc = -1;
-    if (!root) {
-        int line, col;
-        line_col(text, end ? end : text, &line, &col);
-        snprintf(err, errlen, "%s: malformed JSON at line %d, column %d", path, line, col);
-    } else if (apply_json(cfg, root, path, err, errlen) == 0) {
+    if (apply_json(cfg, root, path, err, errlen) == 0) {
         rc = 0;
         for (int i = 0; i < noverrides && rc == 0; i++) rc = apply_override(cfg, overrides[i], err, errlen);
         if (rc == 0) rc = ct_config_check(cfg, err, errlen);
@@ -294,7 +259,6 @@ int ct_config_load(ct_config *cfg, const char *path, const char *const *override
         }
     }
     cJSON_Delete(root);
-    free(text);
     return rc;
 }
 

@@ -8,41 +8,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "json_file.h"
 #include "safetensors.h"
-
-#define MAX_CONFIG_BYTES (16 << 20)
-
-/* Reads a whole small file; NULL with err filled on failure. */
-static char *read_text(const char *path, char *err, size_t errlen)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    char *buf = malloc(MAX_CONFIG_BYTES + 1);
-    size_t n = buf ? fread(buf, 1, MAX_CONFIG_BYTES + 1, f) : 0;
-    int bad = !buf || ferror(f) || n > MAX_CONFIG_BYTES;
-    fclose(f);
-    if (bad) {
-        snprintf(err, errlen, "%s: %s", path, buf ? "unreadable or larger than 16 MiB" : "out of memory");
-        free(buf);
-        return NULL;
-    }
-    buf[n] = 0;
-    return buf;
-}
-
-/* Line and column of offset `at` in text, for JSON syntax errors. */
-static void line_col(const char *text, const char *at, int *line, int *col)
-{
-    *line = 1;
-    *col = 1;
-    for (const char *p = text; p < at && *p; p++) {
-        if (*p == '\n') (*line)++, *col = 1;
-        else (*col)++;
-    }
-}
 
 static int get_positive_int(const cJSON *root, const char *key, const char *alt, int *out, const char *path,
                             char *err, size_t errlen)
@@ -81,17 +48,9 @@ int ct_hf_gpt2_read_config(const char *dir, ct_gpt2_config *cfg, char *err, size
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
-    char *text = read_text(path, err, errlen);
-    if (!text) return -1;
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithOpts(text, &end, 1);
+    cJSON *root = ct_json_load(path, 16 << 20, err, errlen);
+    if (!root) return -1;
     int rc = -1;
-    if (!root) {
-        int line, col;
-        line_col(text, end ? end : text, &line, &col);
-        snprintf(err, errlen, "%s: malformed JSON at line %d, column %d", path, line, col);
-        goto done;
-    }
     if (!cJSON_IsObject(root)) {
         snprintf(err, errlen, "%s: expected a JSON object", path);
         goto done;
@@ -143,7 +102,6 @@ int ct_hf_gpt2_read_config(const char *dir, ct_gpt2_config *cfg, char *err, size
     rc = 0;
 done:
     cJSON_Delete(root);
-    free(text);
     return rc;
 }
 
