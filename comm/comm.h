@@ -39,6 +39,8 @@ const char *ct_comm_transport(const ct_comm *c); /* "mpi", "single" */
 /* In place: buf[n] becomes the elementwise sum over ranks. */
 int ct_comm_allreduce_sum(ct_comm *c, float *buf, size_t n);
 int ct_comm_allreduce_sum_f64(ct_comm *c, double *buf, size_t n);
+/* In place, modulo 2^64 (checksums combined across ranks). */
+int ct_comm_allreduce_sum_u64(ct_comm *c, uint64_t *buf, size_t n);
 /* send[n * size] summed over ranks; rank r receives elements [r*n, (r+1)*n) in recv[n].
  * send and recv must not overlap. */
 int ct_comm_reduce_scatter_sum(ct_comm *c, const float *send, float *recv, size_t n);
@@ -55,6 +57,10 @@ int ct_comm_all_ok(ct_comm *c, int ok);
 /* Ends the whole job now (MPI_Abort on MPI_COMM_WORLD: every rank, however busy or blocked);
  * with one rank, exit(code). Flushes stdout and stderr first. */
 _Noreturn void ct_comm_abort(ct_comm *c, int code);
+
+/* A pointer to the MPI_Comm of the MPI transport's ranks, for libraries that do their own MPI
+ * (parallel HDF5); NULL for the size-1 transport. */
+const void *ct_comm_mpi_comm(const ct_comm *c);
 
 /* Payload bytes this rank has passed to collectives since init (the sum of each call's
  * buffer size: n floats for allreduce, n*size floats for reduce-scatter's send buffer and for

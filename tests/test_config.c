@@ -55,7 +55,7 @@ static void test_defaults_and_overrides(void)
     CHECK(c.model.n_embd == d.model.n_embd); /* untouched keys keep their defaults */
 
     /* the saved resolved config loads back to the same struct */
-    char *json = ct_config_to_json(&c);
+    char *json = ct_config_to_json(&c, 1);
     CHECK(json != NULL);
     ct_config back;
     CHECK(ct_config_load(&back, write_config("saved.json", json ? json : "{}"), NULL, 0, err, sizeof err) == 0);

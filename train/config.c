@@ -51,6 +51,8 @@ static const key_info keys[] = {
     {"optim.grad_clip", K_REAL, F(optim.grad_clip), "1.0", 0, BIG, NULL, "clip the global gradient norm to this; 0: no clipping"},
     {"parallel.grad_accum", K_INT, F(parallel.grad_accum), "1", 1, 1 << 20, NULL, "micro-batches per step on each rank"},
     {"parallel.zero_stage", K_INT, F(parallel.zero_stage), "1", 0, 1, NULL, "0: all-reduce, full optimizer state everywhere; 1: state sharded across ranks"},
+    {"checkpoint.every", K_INT, F(checkpoint.every), "0", 0, 1e9, NULL, "save a checkpoint every N steps (0: only at the end and when preempted)"},
+    {"checkpoint.keep", K_INT, F(checkpoint.keep), "2", 1, 1e6, NULL, "newest checkpoints kept in run.dir"},
     {"log.every", K_INT, F(log.every), "10", 1, 1e9, NULL, "a log line every N steps (metrics.jsonl gets every step)"},
     {"log.eval_every", K_INT, F(log.eval_every), "200", 0, 1e9, NULL, "evaluate on data.val every N steps (0: only at the end)"},
     {"log.eval_batches", K_INT, F(log.eval_batches), "20", 0, 1e9, NULL, "micro-batches per rank per evaluation (0: the whole val set)"},
@@ -177,7 +179,7 @@ void ct_config_defaults(ct_config *cfg)
 static int apply_json(ct_config *cfg, const cJSON *root, const char *path, char *err, size_t errlen)
 {
     if (!cJSON_IsObject(root)) {
-        snprintf(err, errlen, "%s: expected a JSON object of sections (run, model, data, optim, parallel, log, sample)",
+        snprintf(err, errlen, "%s: expected a JSON object of sections (run, model, data, optim, parallel, checkpoint, log, sample)",
                  path);
         return -1;
     }
@@ -286,7 +288,7 @@ int ct_config_check(const ct_config *c, char *err, size_t errlen)
     return 0;
 }
 
-char *ct_config_to_json(const ct_config *cfg)
+char *ct_config_to_json(const ct_config *cfg, int pretty)
 {
     cJSON *root = cJSON_CreateObject();
     for (int i = 0; i < NKEYS && root; i++) {
@@ -302,7 +304,7 @@ char *ct_config_to_json(const ct_config *cfg)
         else if (k->type == K_I64) cJSON_AddNumberToObject(sec, dot + 1, (double)*(const int64_t *)src);
         else cJSON_AddNumberToObject(sec, dot + 1, *(const double *)src);
     }
-    char *text = root ? cJSON_Print(root) : NULL;
+    char *text = !root ? NULL : pretty ? cJSON_Print(root) : cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     return text;
 }

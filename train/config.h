@@ -37,6 +37,10 @@ typedef struct {
         int grad_accum, zero_stage;
     } parallel;
     struct {
+        int every;                 /* save every N steps (0: only at the end and on preemption) */
+        int keep;                  /* newest checkpoints kept in run.dir */
+    } checkpoint;
+    struct {
         int every;                 /* a log line every N steps */
         int eval_every;            /* 0: only at the end */
         int eval_batches;          /* micro-batches per rank per evaluation; 0: the whole val set */
@@ -60,8 +64,9 @@ int ct_config_load(ct_config *cfg, const char *path, const char *const *override
 /* Cross-field checks (ranges are checked while loading): e.g. warmup_steps <= max_steps. */
 int ct_config_check(const ct_config *cfg, char *err, size_t errlen);
 
-/* The whole config as indented JSON (malloc'd; caller frees), NULL when out of memory. */
-char *ct_config_to_json(const ct_config *cfg);
+/* The whole config as JSON, indented or on one line (malloc'd; caller frees); NULL when out
+ * of memory. */
+char *ct_config_to_json(const ct_config *cfg, int pretty);
 
 /* Every key with its type, default and meaning, for --help. */
 void ct_config_describe(FILE *f);

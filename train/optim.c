@@ -75,6 +75,26 @@ void ct_optim_free(ct_optim *o)
 }
 
 int ct_optim_steps_taken(const ct_optim *o) { return o->t; }
+void ct_optim_set_steps_taken(ct_optim *o, int t) { o->t = t; }
+float *ct_optim_master(ct_optim *o) { return o->master; }
+float *ct_optim_exp_avg(ct_optim *o) { return o->m; }
+float *ct_optim_exp_avg_sq(ct_optim *o) { return o->v; }
+
+void ct_optim_slice(const ct_optim *o, size_t *begin, size_t *len)
+{
+    *begin = o->begin;
+    *len = o->len;
+}
+
+int ct_optim_sync_params(ct_optim *o)
+{
+    const ct_backend *be = o->be;
+    char *params = ct_gpt2_params(o->model);
+    if (be->elem_size != sizeof(float))
+        be->to_storage(o->ctx, params + o->begin * be->elem_size, o->master, o->len);
+    if (o->zero_stage == 1) return ct_comm_allgather(o->comm, (float *)params, o->len);
+    return 0;
+}
 size_t ct_optim_state_bytes(const ct_optim *o) { return o->state_bytes; }
 
 int ct_optim_step(ct_optim *o, const ct_optim_hparams *h, float *grad_norm)

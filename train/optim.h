@@ -31,6 +31,17 @@ void ct_optim_free(ct_optim *o);
 int ct_optim_step(ct_optim *o, const ct_optim_hparams *h, float *grad_norm);
 
 int ct_optim_steps_taken(const ct_optim *o);
+void ct_optim_set_steps_taken(ct_optim *o, int t); /* when resuming */
+
+/* This rank's slice of the flat buffer, [*begin, *begin + *len), and its state in backend memory:
+ * fp32 master weights, m and v (for checkpoints). */
+void ct_optim_slice(const ct_optim *o, size_t *begin, size_t *len);
+float *ct_optim_master(ct_optim *o);
+float *ct_optim_exp_avg(ct_optim *o);
+float *ct_optim_exp_avg_sq(ct_optim *o);
+/* After the master weights were replaced (a resume): writes them into the model's parameters
+ * and all-gathers them, so every rank holds the whole model again. Collective. */
+int ct_optim_sync_params(ct_optim *o);
 /* Bytes of optimizer state this rank holds: m, v and a master copy where parameters are not
  * fp32 (not the reduced-gradient slice, a communication buffer of the same length). */
 size_t ct_optim_state_bytes(const ct_optim *o);

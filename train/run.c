@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "checkpoint.h"
 #include "hf_gpt2.h"
 
 int ct_run_backend(const ct_config *cfg, const ct_backend **be, char *err, size_t errlen)
@@ -44,18 +45,35 @@ static int has_weights(const char *dir)
     return dir[0] && stat(path, &sb) == 0;
 }
 
-int ct_run_model_source(const ct_config *cfg, ct_weights_source source, ct_gpt2_config *mc, const char **dir,
-                        char *err, size_t errlen)
+static int is_file(const char *path)
 {
-    *dir = NULL;
-    if (source == CT_WEIGHTS_TRAINED && has_weights(cfg->run.dir)) *dir = cfg->run.dir;
-    else if (cfg->model.init_from[0]) *dir = cfg->model.init_from;
-    else if (source == CT_WEIGHTS_TRAINED) {
-        snprintf(err, errlen, "run.dir: \"%s\" holds no trained model (model.safetensors) and model.init_from is "
-                 "empty: train first, or point model.init_from at a Hugging Face GPT-2 folder", cfg->run.dir);
-        return -1;
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+int ct_run_model_source(const ct_config *cfg, ct_weights_source source, ct_gpt2_config *mc, char *path,
+                        size_t pathlen, int *is_ckpt, char *err, size_t errlen)
+{
+    path[0] = 0;
+    *is_ckpt = 0;
+    if (source == CT_WEIGHTS_TRAINED) {
+        int latest = ct_ckpt_latest(cfg->run.dir, path, pathlen, err, errlen);
+        if (latest < 0) return -1;
+        if (has_weights(cfg->run.dir)) snprintf(path, pathlen, "%s", cfg->run.dir), latest = 0;
+        *is_ckpt = latest;
+        if (!path[0] && !cfg->model.init_from[0]) {
+            snprintf(err, errlen, "run.dir: \"%s\" holds no trained model (model.safetensors or a checkpoint) and "
+                     "model.init_from is empty: train first, or name a Hugging Face GPT-2 folder or checkpoint in "
+                     "model.init_from", cfg->run.dir);
+            return -1;
+        }
     }
-    if (*dir) return ct_hf_gpt2_read_config(*dir, mc, err, errlen);
+    if (!path[0] && cfg->model.init_from[0]) {
+        snprintf(path, pathlen, "%s", cfg->model.init_from);
+        *is_ckpt = is_file(path);
+    }
+    if (*is_ckpt) return ct_ckpt_read_config(path, mc, err, errlen);
+    if (path[0]) return ct_hf_gpt2_read_config(path, mc, err, errlen);
     *mc = (ct_gpt2_config){.vocab_size = cfg->model.vocab_size, .max_seq_len = cfg->model.max_seq_len,
                            .n_layer = cfg->model.n_layer, .n_head = cfg->model.n_head, .n_embd = cfg->model.n_embd,
                            .ln_eps = 1e-5f};
@@ -63,30 +81,30 @@ int ct_run_model_source(const ct_config *cfg, ct_weights_source source, ct_gpt2_
 }
 
 int ct_run_model(const ct_config *cfg, ct_weights_source source, const ct_backend *be, ct_kctx *ctx, int B, int T,
-                 int shards, ct_gpt2 **out, char *from, size_t fromlen, char *err, size_t errlen)
+                 int shards, ct_comm *comm, ct_gpt2 **out, char *from, size_t fromlen, char *err, size_t errlen)
 {
     *out = NULL;
-    const char *dir;
     ct_gpt2_config mc;
-    if (ct_run_model_source(cfg, source, &mc, &dir, err, errlen)) return -1;
+    int is_ckpt;
+    if (ct_run_model_source(cfg, source, &mc, from, fromlen, &is_ckpt, err, errlen)) return -1;
     if (T > mc.max_seq_len) {
         snprintf(err, errlen, "data.seq_len: %d does not fit the model's %d positions%s%s", T, mc.max_seq_len,
-                 dir ? " in " : "", dir ? dir : "");
+                 from[0] ? " in " : "", from);
         return -1;
     }
     if (ct_gpt2_init(out, &mc, be, ctx, B, T, shards, err, errlen)) return -1;
-    if (dir) {
-        if (ct_hf_gpt2_load(*out, dir, err, errlen)) {
-            ct_gpt2_free(*out);
-            *out = NULL;
-            return -1;
-        }
-        snprintf(from, fromlen, "%s", dir);
-    } else {
+    int rc = 0;
+    if (is_ckpt) rc = ct_ckpt_read(from, *out, NULL, NULL, comm, err, errlen);
+    else if (from[0]) rc = ct_hf_gpt2_load(*out, from, err, errlen);
+    else {
         ct_gpt2_init_weights(*out, (uint64_t)cfg->run.seed);
         snprintf(from, fromlen, "random init (seed %lld)", (long long)cfg->run.seed);
     }
-    return 0;
+    if (rc) {
+        ct_gpt2_free(*out);
+        *out = NULL;
+    }
+    return rc;
 }
 
 int ct_run_agree(ct_comm *comm, int rc, const char *err)
@@ -94,11 +112,13 @@ int ct_run_agree(ct_comm *comm, int rc, const char *err)
     int world = ct_comm_size(comm), rank = ct_comm_rank(comm);
     float *failed = calloc((size_t)world, sizeof(float));
     if (!failed) ct_run_die(comm, "out of memory");
-    failed[rank] = rc != 0;
+    failed[rank] = rc == 0 ? 0 : rc == -2 ? 1 : 2; /* -2: failed only because another rank did */
     if (ct_comm_allgather(comm, failed, 1)) ct_run_die(comm, "communication failed");
-    int first = -1;
+    int first = -1; /* the lowest rank with a failure of its own, else the lowest failing rank */
     for (int r = 0; r < world && first < 0; r++)
-        if (failed[r] != 0) first = r;
+        if (failed[r] == 2) first = r;
+    for (int r = 0; r < world && first < 0; r++)
+        if (failed[r] == 1) first = r;
     free(failed);
     if (first < 0) return 0;
     if (first == rank) {

@@ -18,22 +18,25 @@ void ct_run_threads(ct_comm *comm);
 /* Where a verb's weights come from. */
 typedef enum {
     CT_WEIGHTS_CONFIG,   /* model.init_from when set, else a random init from the model keys */
-    CT_WEIGHTS_TRAINED,  /* the finished run in run.dir, else model.init_from; an error if neither */
+    CT_WEIGHTS_TRAINED,  /* run.dir's final weights, else its latest checkpoint, else model.init_from */
 } ct_weights_source;
 
-/* Where `source` takes the weights from (*dir; NULL for a random init) and the model's shape. */
-int ct_run_model_source(const ct_config *cfg, ct_weights_source source, ct_gpt2_config *mc, const char **dir,
-                        char *err, size_t errlen);
+/* Where `source` takes the weights from: path receives a Hugging Face folder or a checkpoint
+ * file (*is_ckpt), or "" for a random init; mc the model's shape. model.init_from may name
+ * either kind. Errors name the config key or file. */
+int ct_run_model_source(const ct_config *cfg, ct_weights_source source, ct_gpt2_config *mc, char *path,
+                        size_t pathlen, int *is_ckpt, char *err, size_t errlen);
 
 /* Builds the model for micro-batches of B x T on backend be, flat buffers padded to `shards`,
- * and fills its weights as `source` says. On success *from names where the weights came from
- * (a folder, or "random init"). Errors name the config key or file. */
+ * and fills its weights as `source` says (weights only from a checkpoint). On success *from
+ * names where the weights came from. */
 int ct_run_model(const ct_config *cfg, ct_weights_source source, const ct_backend *be, ct_kctx *ctx, int B, int T,
-                 int shards, ct_gpt2 **out, char *from, size_t fromlen, char *err, size_t errlen);
+                 int shards, ct_comm *comm, ct_gpt2 **out, char *from, size_t fromlen, char *err, size_t errlen);
 
-/* Agreement after a step every rank did: returns 0 when rc == 0 on every rank; otherwise the
- * lowest failing rank prints its err ("ctrain: error: ...", with its rank when there are
- * several) and every rank returns -1. Collective. */
+/* Agreement after a step every rank did: returns 0 when rc == 0 on every rank; otherwise one
+ * rank prints its err ("ctrain: error: ...", with its rank when there are several) and every
+ * rank returns -1. The printing rank is the lowest whose rc is -1 (a failure of its own), else
+ * the lowest whose rc is -2 (failed because another rank did). Collective. */
 int ct_run_agree(ct_comm *comm, int rc, const char *err);
 
 /* Prints "ctrain: error: [rank r: ]msg" on this rank and ends the whole job (every rank). */

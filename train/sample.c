@@ -53,8 +53,8 @@ int ct_sample(const ct_config *cfg, FILE *out, char *err, size_t errlen)
     ct_gpt2_config probe;
     ct_gpt2 *m = NULL;
     char from[CT_PATH_MAX + 64];
-    const char *dir;
-    if (ct_run_model_source(cfg, CT_WEIGHTS_TRAINED, &probe, &dir, err, errlen)) {
+    int is_ckpt;
+    if (ct_run_model_source(cfg, CT_WEIGHTS_TRAINED, &probe, from, sizeof from, &is_ckpt, err, errlen)) {
         be->kctx_free(ctx);
         return -1;
     }
@@ -65,7 +65,12 @@ int ct_sample(const ct_config *cfg, FILE *out, char *err, size_t errlen)
         be->kctx_free(ctx);
         return -1;
     }
-    if (ct_run_model(cfg, CT_WEIGHTS_TRAINED, be, ctx, 1, T, 1, &m, from, sizeof from, err, errlen)) {
+    ct_comm *single = ct_comm_init_single();
+    int rc_model = single ? ct_run_model(cfg, CT_WEIGHTS_TRAINED, be, ctx, 1, T, 1, single, &m, from, sizeof from, err,
+                                         errlen)
+                          : (snprintf(err, errlen, "out of memory"), -1);
+    ct_comm_free(single);
+    if (rc_model) {
         be->kctx_free(ctx);
         return -1;
     }

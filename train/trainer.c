@@ -5,11 +5,13 @@
 #include <errno.h>
 #include <math.h>
 #include <omp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "checkpoint.h"
 #include "eval.h"
 #include "hf_gpt2.h"
 #include "optim.h"
@@ -55,6 +57,22 @@ static void format_duration(char *out, size_t n, double s)
     else snprintf(out, n, "%dh%02dm", (int)(s / 3600), (int)fmod(s / 60, 60));
 }
 
+/* Set by SIGTERM or SIGUSR1 (a scheduler's notice of preemption); the ranks agree on it at the
+ * next step boundary, save and exit. A signal handler can only reach a global. */
+static volatile sig_atomic_t stop_requested;
+
+static void on_stop_signal(int sig) { stop_requested = sig; }
+
+static void catch_stop_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+}
+
 /* Everything a run holds; freed in one place. */
 typedef struct {
     ct_kctx *ctx;
@@ -64,11 +82,15 @@ typedef struct {
     ct_loader *train, *val;
     int32_t *tokens, *targets; /* [grad_accum][B*T] */
     FILE *metrics;
+    char *config_json;         /* the resolved config, saved in every checkpoint */
+    char resume[CT_PATH_MAX + 64]; /* checkpoint to resume from, or "" */
+    ct_ckpt_state st;          /* step, tokens, loader cursor, rng: what a checkpoint restores */
 } run_state;
 
 static void run_free(run_state *s)
 {
     if (s->metrics) fclose(s->metrics);
+    free(s->config_json);
     free(s->tokens);
     free(s->targets);
     ct_loader_free(s->train);
@@ -93,8 +115,18 @@ static int setup(const ct_config *cfg, ct_comm *comm, run_state *s, char *from, 
         snprintf(err, errlen, "run.device: cannot start the %s backend", s->be->name);
         return -1;
     }
-    if (ct_run_model(cfg, CT_WEIGHTS_CONFIG, s->be, s->ctx, B, T, world, &s->model, from, fromlen, err, errlen))
+    /* resume: the latest checkpoint of run.dir, or a checkpoint named by model.init_from */
+    int latest = ct_ckpt_latest(cfg->run.dir, s->resume, sizeof s->resume, err, errlen);
+    if (latest < 0) return -1;
+    struct stat sb;
+    if (!latest && cfg->model.init_from[0] && stat(cfg->model.init_from, &sb) == 0 && S_ISREG(sb.st_mode))
+        snprintf(s->resume, sizeof s->resume, "%s", cfg->model.init_from);
+    if (ct_run_model(cfg, CT_WEIGHTS_CONFIG, s->be, s->ctx, B, T, world, comm, &s->model, from, fromlen, err, errlen))
         return -1;
+    if (!(s->config_json = ct_config_to_json(cfg, 1))) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     int V = ct_gpt2_config_of(s->model)->vocab_size;
     ct_loader_opts lo = {.path = cfg->data.train, .seq_len = T, .micro_batch = B, .grad_accum = A, .rank = rank,
                          .world = world, .seed = (uint64_t)cfg->run.seed, .shuffle = 1, .vocab_size = V};
@@ -117,20 +149,40 @@ static int setup(const ct_config *cfg, ct_comm *comm, run_state *s, char *from, 
         if (make_dirs(cfg->run.dir, err, errlen)) return -1;
         char path[CT_PATH_MAX + 32];
         snprintf(path, sizeof path, "%s/ctrain.json", cfg->run.dir);
-        char *json = ct_config_to_json(cfg);
         FILE *f = fopen(path, "w");
-        int ok = json && f && fputs(json, f) >= 0 && fputc('\n', f) != EOF;
+        int ok = f && fputs(s->config_json, f) >= 0 && fputc('\n', f) != EOF;
         if (f && fclose(f)) ok = 0;
-        free(json);
         if (!ok) {
             snprintf(err, errlen, "run.dir: cannot write %s: %s", path, strerror(errno));
             return -1;
         }
-        snprintf(path, sizeof path, "%s/metrics.jsonl", cfg->run.dir);
-        if (!(s->metrics = fopen(path, "w"))) {
-            snprintf(err, errlen, "run.dir: cannot write %s: %s", path, strerror(errno));
+    }
+    return 0;
+}
+
+/* Rank 0: metrics.jsonl, truncated to the steps up to resume_step when a run resumes (a run
+ * that died after its last checkpoint logged steps that will now run again). */
+static int open_metrics(const ct_config *cfg, run_state *s, int64_t resume_step, char *err, size_t errlen)
+{
+    char path[CT_PATH_MAX + 32], tmp[CT_PATH_MAX + 40], line[4096];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", cfg->run.dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *old = resume_step > 0 ? fopen(path, "r") : NULL;
+    if (old) {
+        FILE *kept = fopen(tmp, "w");
+        while (kept && fgets(line, sizeof line, old)) {
+            const char *at = strstr(line, "\"step\": ");
+            if (at && atoll(at + 8) <= resume_step) fputs(line, kept);
+        }
+        fclose(old);
+        if (!kept || fclose(kept) || rename(tmp, path)) {
+            snprintf(err, errlen, "run.dir: cannot rewrite %s: %s", path, strerror(errno));
             return -1;
         }
+    }
+    if (!(s->metrics = fopen(path, resume_step > 0 ? "a" : "w"))) {
+        snprintf(err, errlen, "run.dir: cannot write %s: %s", path, strerror(errno));
+        return -1;
     }
     return 0;
 }
@@ -149,6 +201,27 @@ static void evaluate(const ct_config *cfg, ct_comm *comm, run_state *s, int step
     }
 }
 
+/* Saves a checkpoint of the state after `step`; the caller reports failure. */
+static int save(const ct_config *cfg, ct_comm *comm, run_state *s, int step, long tokens_per_step, char *err,
+                size_t errlen)
+{
+    s->st.step = step;
+    s->st.tokens = (int64_t)step * tokens_per_step;
+    s->st.cursor = ct_loader_tell(s->train);
+    s->st.world = ct_comm_size(comm);
+    s->st.zero_stage = cfg->parallel.zero_stage;
+    char path[CT_PATH_MAX + 64];
+    double t0 = omp_get_wtime();
+    if (ct_ckpt_save(cfg->run.dir, cfg->checkpoint.keep, s->model, s->optim, &s->st, s->config_json, comm, path,
+                     sizeof path, err, errlen))
+        return -1;
+    if (ct_comm_rank(comm) == 0) {
+        printf("step %5d | checkpoint %s (%.2f s)\n", step, path, omp_get_wtime() - t0);
+        fflush(stdout);
+    }
+    return 0;
+}
+
 int ct_train(const ct_config *cfg, ct_comm *comm)
 {
     int rank = ct_comm_rank(comm), world = ct_comm_size(comm);
@@ -156,7 +229,22 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
     run_state s = {0};
     char err[2048] = "", from[CT_PATH_MAX + 64] = "";
     ct_run_threads(comm);
+    catch_stop_signals();
     int rc = setup(cfg, comm, &s, from, sizeof from, err, sizeof err);
+    if (ct_run_agree(comm, rc, err)) {
+        run_free(&s);
+        return -1;
+    }
+    ct_rng_seed(&s.st.rng, (uint64_t)cfg->run.seed);
+    if (s.resume[0]) {
+        rc = ct_ckpt_read(s.resume, s.model, s.optim, &s.st, comm, err, sizeof err);
+        if (ct_run_agree(comm, rc, err)) {
+            run_free(&s);
+            return -1;
+        }
+        ct_loader_seek(s.train, s.st.cursor);
+    }
+    rc = rank == 0 ? open_metrics(cfg, &s, s.st.step, err, sizeof err) : 0;
     if (ct_run_agree(comm, rc, err)) {
         run_free(&s);
         return -1;
@@ -165,13 +253,16 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
     const ct_gpt2_config *mc = ct_gpt2_config_of(s.model);
     long tokens_per_step = (long)B * T * A * world;
     if (rank == 0) {
-        char *json = ct_config_to_json(cfg);
-        printf("ctrain: config (resolved, saved as %s/ctrain.json):\n%s\n", cfg->run.dir, json ? json : "?");
-        free(json);
+        char *line = ct_config_to_json(cfg, 0);
+        printf("ctrain: config (resolved; saved as %s/ctrain.json): %s\n", cfg->run.dir, line ? line : "?");
+        free(line);
         printf("ctrain: %d rank%s (%s), %s backend, %d threads per rank\n", world, world > 1 ? "s" : "",
                ct_comm_transport(comm), s.be->name, omp_get_max_threads());
         printf("ctrain: GPT-2 %d layers, %d heads, width %d, vocab %d: %zu parameters, from %s\n", mc->n_layer,
                mc->n_head, mc->n_embd, mc->vocab_size, ct_gpt2_count(s.model), from);
+        if (s.resume[0])
+            printf("ctrain: resumed from %s at step %lld (saved by %d rank%s)\n", s.resume, (long long)s.st.step,
+                   s.st.world, s.st.world > 1 ? "s" : "");
         printf("ctrain: %ld tokens per step = %d micro-batch x %d tokens x %d accumulation x %d ranks; "
                "%llu steps per epoch\n",
                tokens_per_step, B, T, A, world, (unsigned long long)ct_loader_steps_per_epoch(s.train));
@@ -184,21 +275,21 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
                            .eps = (float)cfg->optim.eps, .weight_decay = (float)cfg->optim.weight_decay,
                            .grad_clip = (float)cfg->optim.grad_clip};
     size_t BT = (size_t)B * T;
+    int first = (int)s.st.step + 1, saved_at = s.resume[0] ? (int)s.st.step : -1, preempted = 0;
     double t_start = omp_get_wtime(), val_loss = 0;
     uint64_t bytes_start = ct_comm_bytes(comm);
-    for (int step = 1; step <= cfg->optim.max_steps; step++) {
+    for (int step = first; step <= cfg->optim.max_steps; step++) {
         double t0 = omp_get_wtime();
         /* The step's loss is the mean over every target token of every micro-batch on every
          * rank, so all micro-batches are read first and their tokens counted globally. */
-        double counts[2] = {0, 0}; /* [0]: tokens counted here; later [0] loss sum, [1] tokens */
+        double count = 0;
         for (int a = 0; a < A; a++) {
             if (ct_loader_next(s.train, s.tokens + a * BT, s.targets + a * BT, err, sizeof err)) ct_run_die(comm, err);
-            for (size_t i = 0; i < BT; i++) counts[0] += s.targets[a * BT + i] >= 0;
+            for (size_t i = 0; i < BT; i++) count += s.targets[a * BT + i] >= 0;
         }
-        if (ct_comm_allreduce_sum_f64(comm, counts, 1)) ct_run_die(comm, "communication failed");
-        double total = counts[0];
-        float dloss = total > 0 ? (float)(1.0 / total) : 0.0f;
-        double loss_sum = 0;
+        if (ct_comm_allreduce_sum_f64(comm, &count, 1)) ct_run_die(comm, "communication failed");
+        float dloss = count > 0 ? (float)(1.0 / count) : 0.0f;
+        double sums[2] = {0, stop_requested != 0}; /* loss sum; ranks asked to stop */
         ct_gpt2_zero_grad(s.model);
         for (int a = 0; a < A; a++) {
             double sum;
@@ -206,13 +297,13 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
             if (ct_gpt2_forward(s.model, s.tokens + a * BT, s.targets + a * BT, B, T, &sum, &ntok, err, sizeof err))
                 ct_run_die(comm, err);
             ct_gpt2_backward(s.model, dloss);
-            loss_sum += sum;
+            sums[0] += sum;
         }
         hp.lr = ct_lr_at(cfg, step);
         float norm;
         if (ct_optim_step(s.optim, &hp, &norm)) ct_run_die(comm, "communication failed in the optimizer step");
-        if (ct_comm_allreduce_sum_f64(comm, &loss_sum, 1)) ct_run_die(comm, "communication failed");
-        double loss = total > 0 ? loss_sum / total : 0.0;
+        if (ct_comm_allreduce_sum_f64(comm, sums, 2)) ct_run_die(comm, "communication failed");
+        double loss = count > 0 ? sums[0] / count : 0.0;
         double dt = omp_get_wtime() - t0;
 
         if (rank == 0) {
@@ -221,23 +312,44 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
                     "{\"step\": %d, \"loss\": %.8f, \"lr\": %.6g, \"grad_norm\": %.6f, \"ms\": %.2f, "
                     "\"tokens_per_s\": %.1f, \"tokens\": %ld}\n",
                     step, loss, hp.lr, norm, dt * 1e3, tps, tokens_per_step * (long)step);
-            if (step % cfg->log.every == 0 || step == 1 || step == cfg->optim.max_steps) {
+            if (step % cfg->log.every == 0 || step == first || step == cfg->optim.max_steps) {
                 char eta[32];
                 double elapsed = omp_get_wtime() - t_start;
-                format_duration(eta, sizeof eta, elapsed / step * (cfg->optim.max_steps - step));
+                format_duration(eta, sizeof eta, elapsed / (step - first + 1) * (cfg->optim.max_steps - step));
                 printf("step %5d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %.0f ms | eta %s\n", step,
                        cfg->optim.max_steps, loss, hp.lr, norm, tps, dt * 1e3, eta);
                 fflush(stdout);
-                fflush(s.metrics);
             }
+            fflush(s.metrics);
+        }
+        if (sums[1] > 0) { /* preempted: every rank saw the flag in the same reduction */
+            preempted = step;
+            break;
         }
         int last = step == cfg->optim.max_steps;
         if (s.val && ((cfg->log.eval_every && step % cfg->log.eval_every == 0) || last))
             evaluate(cfg, comm, &s, step, &val_loss);
+        if ((cfg->checkpoint.every && step % cfg->checkpoint.every == 0) || last) {
+            rc = save(cfg, comm, &s, step, tokens_per_step, err, sizeof err);
+            if (ct_run_agree(comm, rc, err)) {
+                run_free(&s);
+                return -1;
+            }
+            saved_at = step;
+        }
+    }
+    if (preempted) {
+        rc = saved_at == preempted ? 0 : save(cfg, comm, &s, preempted, tokens_per_step, err, sizeof err);
+        if (rank == 0 && rc == 0)
+            printf("ctrain: stopped by a signal after step %d; checkpoint saved: run again to resume\n", preempted);
+        rc = ct_run_agree(comm, rc, err);
+        run_free(&s);
+        return rc;
     }
 
-    /* payload handed to collectives per step (an evaluation adds 16 bytes) */
-    double comm_per_step = (double)(ct_comm_bytes(comm) - bytes_start) / cfg->optim.max_steps;
+    /* payload handed to collectives per step (evaluations and checkpoints add a few bytes) */
+    int ran = cfg->optim.max_steps - first + 1;
+    double comm_per_step = ran > 0 ? (double)(ct_comm_bytes(comm) - bytes_start) / ran : 0;
     rc = 0;
     if (rank == 0) {
         printf("ctrain: %.3f MiB passed to collectives per step per rank; flat buffer %zu floats (%.3f MiB)\n",
