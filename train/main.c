@@ -1,8 +1,10 @@
 /* main.c — the ctrain command line: ctrain VERB CONFIG_OR_PATH [--set key=value]... */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "checkpoint.h"
 #include "comm.h"
 #include "config.h"
 #include "data.h"
@@ -19,6 +21,7 @@
 /* A verb's arguments: one positional, then --set overrides. */
 typedef struct {
     const char *path;
+    const char *extra; /* a second positional argument, for verbs that take one */
     const char *overrides[MAX_OVERRIDES];
     int noverrides;
 } args;
@@ -27,7 +30,7 @@ typedef struct {
     const char *name;
     const char *usage;
     const char *help;
-    int takes_config; /* the positional argument is a config, and --set applies */
+    int takes_config; /* 1: the positional argument is a config, and --set applies; 2: two paths */
     int (*run)(const args *a, ct_comm *comm);
 } verb;
 
@@ -136,6 +139,26 @@ static int cmd_info(const args *a, ct_comm *comm)
     return rc ? fail(err) : 0;
 }
 
+/* ctrain export CKPT OUT_DIR: a checkpoint's weights as a Hugging Face folder. */
+static int cmd_export(const args *a, ct_comm *comm)
+{
+    if (!a->extra) return fail("export: missing OUT_DIR (usage: ctrain export CKPT OUT_DIR)");
+    if (ct_comm_rank(comm) != 0) return 0;
+    char err[2048];
+    ct_gpt2_config mc;
+    if (ct_ckpt_read_config(a->path, &mc, err, sizeof err)) return fail(err);
+    const ct_backend *be = ct_backend_cpu();
+    ct_kctx *ctx = be->kctx_init(0);
+    ct_gpt2 *m = NULL;
+    int rc = ct_gpt2_init(&m, &mc, be, ctx, 1, 1, 1, err, sizeof err);
+    if (rc == 0) rc = ct_ckpt_read(a->path, m, NULL, NULL, comm, err, sizeof err);
+    if (rc == 0) rc = ct_hf_gpt2_save(m, a->extra, err, sizeof err);
+    if (rc == 0) printf("ctrain: wrote %s/model.safetensors and config.json from %s\n", a->extra, a->path);
+    ct_gpt2_free(m);
+    be->kctx_free(ctx);
+    return rc ? fail(err) : 0;
+}
+
 static const verb verbs[] = {
     {"train", "ctrain train CONFIG [--set key=value]...",
      "Trains the model the config describes on data.train, on every rank of the job (mpirun or srun;\n"
@@ -154,6 +177,10 @@ static const verb verbs[] = {
      "Turns the text file data.text into the HDF5 token datasets data.train and data.val (the last\n"
      "data.val_fraction of the text, cut at a line break), with the byte-level tokenizer.",
      1, cmd_prepare},
+    {"export", "ctrain export CKPT OUT_DIR",
+     "Writes the weights of an HDF5 checkpoint as a Hugging Face folder (model.safetensors +\n"
+     "config.json) that transformers.GPT2LMHeadModel.from_pretrained loads.",
+     2, cmd_export},
     {"info", "ctrain info MODEL_DIR",
      "Loads a Hugging Face GPT-2 folder (config.json + model.safetensors), checks every tensor's\n"
      "name and shape against the config, and prints the architecture and parameter count.",
@@ -175,7 +202,7 @@ static int parse_args(const verb *v, int argc, char **argv, args *a)
         const char *s = argv[i];
         if (!strcmp(s, "--set") || !strncmp(s, "--set=", 6)) {
             const char *ov = s[5] == '=' ? s + 6 : (i + 1 < argc ? argv[++i] : NULL);
-            const char *bad = !v->takes_config ? "--set applies to verbs that take a config"
+            const char *bad = v->takes_config != 1 ? "--set applies to verbs that take a config"
                               : !ov                     ? "--set needs key.path=value"
                               : a->noverrides == MAX_OVERRIDES ? "too many --set options" : NULL;
             if (bad) {
@@ -188,14 +215,16 @@ static int parse_args(const verb *v, int argc, char **argv, args *a)
             return -1;
         } else if (!a->path) {
             a->path = s;
+        } else if (v->takes_config == 2 && !a->extra) {
+            a->extra = s;
         } else {
             fprintf(stderr, "ctrain: error: %s: unexpected argument '%s' (see ctrain %s --help)\n", v->name, s, v->name);
             return -1;
         }
     }
     if (!a->path) {
-        fprintf(stderr, "ctrain: error: %s: missing %s (usage: %s)\n", v->name, v->takes_config ? "CONFIG" : "MODEL_DIR",
-                v->usage);
+        fprintf(stderr, "ctrain: error: %s: missing %s (usage: %s)\n", v->name,
+                v->takes_config == 1 ? "CONFIG" : v->takes_config == 2 ? "CKPT" : "MODEL_DIR", v->usage);
         return -1;
     }
     return 0;
@@ -222,7 +251,7 @@ int main(int argc, char **argv)
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             printf("usage: %s\n\n%s\n", v->usage, v->help);
-            if (v->takes_config) {
+            if (v->takes_config == 1) {
                 printf("\n");
                 ct_config_describe(stdout);
             }
@@ -231,6 +260,9 @@ int main(int argc, char **argv)
     }
     args a;
     if (parse_args(v, argc - 2, argv + 2, &a)) return 1;
+    /* a file-size limit (ulimit -f) must fail a write with EFBIG, which ctrain reports, not kill
+     * the process in the middle of a checkpoint */
+    signal(SIGXFSZ, SIG_IGN);
     char err[1024];
     ct_comm *comm = NULL;
     if (ct_comm_init(&comm, &argc, &argv, err, sizeof err)) return fail(err);
