@@ -280,6 +280,9 @@ static int write_config(const ct_gpt2_config *c, const char *dir, char *err, siz
     cJSON_AddNumberToObject(root, "embd_pdrop", 0.0);
     cJSON_AddNumberToObject(root, "attn_pdrop", 0.0);
     cJSON_AddBoolToObject(root, "tie_word_embeddings", 1);
+    /* the last token is end-of-text in GPT-2's vocabulary and in the byte tokenizer's */
+    cJSON_AddNumberToObject(root, "bos_token_id", c->vocab_size - 1);
+    cJSON_AddNumberToObject(root, "eos_token_id", c->vocab_size - 1);
     cJSON_AddStringToObject(root, "torch_dtype", "float32");
     char *text = cJSON_Print(root);
     cJSON_Delete(root);
