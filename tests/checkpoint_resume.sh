@@ -202,7 +202,7 @@ echo "   (part 3: $((SECONDS - t0)) s)"
 # ---- 4. preemption
 t0=$SECONDS
 # Heavier steps than above (a few ms each) so that the signal lands mid-run.
-P=1000
+P=300
 pre=(--set optim.max_steps=$P --set checkpoint.every=0 --set model.n_embd=64 --set data.micro_batch=4
      --set log.every=100000)
 
@@ -229,18 +229,19 @@ child_of() {
 }
 
 # stopped NAME RC: the interrupted run NAME exited 0, said so, and saved step k < P named by
-# latest; prints k (empty when the run was not interrupted or failed)
+# latest; sets k to that step, to "late" when the run ended before the signal, or to "" on failure
 stopped() {
-  local name=$1 rc=$2 d=$tmp/$1 k
+  local name=$1 rc=$2 d=$tmp/$1
   k=$(sed -n 's/^ctrain: stopped by a signal after step \([0-9]*\);.*/\1/p' "$tmp/$name.log")
   if [ "$rc" -ne 0 ]; then
     bad "$name: the signalled run exited $rc (expected 0):"
     tail -5 "$tmp/$name.log" >&2
+    k=
     return 0
   fi
   if [ -z "$k" ]; then
     if grep -q "^ctrain: done" "$tmp/$name.log"; then
-      echo "late"
+      k=late
     else
       bad "$name: no \"stopped by a signal\" message:"
       tail -5 "$tmp/$name.log" >&2
@@ -251,9 +252,10 @@ stopped() {
   want=$(printf 'ckpt_%08d.h5' "$k")
   if [ "$k" -lt "$P" ] && [ -f "$d/$want" ] && [ "$(cat "$d/latest" 2>/dev/null)" == "$want" ] &&
       [ ! -e "$d/model.safetensors" ]; then
-    echo "$k"
+    return 0
   else
     bad "$name: stopped at step $k, but expected $want named by latest and no model.safetensors; have: $(ls "$d" | tr '\n' ' ') latest=$(cat "$d/latest" 2>/dev/null)"
+    k=
   fi
 }
 
@@ -278,7 +280,7 @@ for try in 1 2 3; do
   fi
   rc=0
   wait "$tpid" || rc=$?
-  k=$(stopped "$name" "$rc")
+  stopped "$name" "$rc"
   [ "$k" != late ] && break
   echo "   (try $try: the run finished before the signal; again)"
 done
@@ -312,7 +314,7 @@ for try in 1 2 3; do
   wait "$cpid" || rc=$?
   kill "$wpid" 2>/dev/null || true
   wait "$wpid" 2>/dev/null || true
-  k=$(stopped "$name" "$rc")
+  stopped "$name" "$rc"
   [ "$k" != late ] && break
   echo "   (try $try: the run finished before the signal; again)"
 done
@@ -320,6 +322,8 @@ if [ "$k" == late ]; then
   bad "pre1: SIGTERM never arrived before the end of $P steps in 3 tries"
 elif [ -n "$k" ]; then
   ok "preempt 1 process (SIGTERM): exit 0, \"stopped by a signal\", latest = ckpt at step $k < $P"
+  n=$(losses "$tmp/$name" | wc -l)
+  if [ "$n" -eq "$k" ]; then ok "preempt 1 process: metrics.jsonl has steps 1..$k"; else bad "preempt 1 process: metrics.jsonl has $n losses, expected $k"; fi
   mv "$tmp/$name.log" "$tmp/${name}_stop.log"
   if timeout 120 "$ctrain" train "$tmp/base.json" --set "run.dir=$tmp/$name" "${pre[@]}" \
       --set parallel.grad_accum=2 > "$tmp/$name.log" 2>&1; then

@@ -236,6 +236,7 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         return -1;
     }
     ct_rng_seed(&s.st.rng, (uint64_t)cfg->run.seed);
+    double load_s = omp_get_wtime();
     if (s.resume[0]) {
         rc = ct_ckpt_read(s.resume, s.model, s.optim, &s.st, comm, err, sizeof err);
         if (ct_run_agree(comm, rc, err)) {
@@ -244,6 +245,7 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         }
         ct_loader_seek(s.train, s.st.cursor);
     }
+    load_s = omp_get_wtime() - load_s;
     rc = rank == 0 ? open_metrics(cfg, &s, s.st.step, err, sizeof err) : 0;
     if (ct_run_agree(comm, rc, err)) {
         run_free(&s);
@@ -261,8 +263,8 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         printf("ctrain: GPT-2 %d layers, %d heads, width %d, vocab %d: %zu parameters, from %s\n", mc->n_layer,
                mc->n_head, mc->n_embd, mc->vocab_size, ct_gpt2_count(s.model), from);
         if (s.resume[0])
-            printf("ctrain: resumed from %s at step %lld (saved by %d rank%s)\n", s.resume, (long long)s.st.step,
-                   s.st.world, s.st.world > 1 ? "s" : "");
+            printf("ctrain: resumed from %s at step %lld (saved by %d rank%s; loaded in %.2f s)\n", s.resume,
+                   (long long)s.st.step, s.st.world, s.st.world > 1 ? "s" : "", load_s);
         printf("ctrain: %ld tokens per step = %d micro-batch x %d tokens x %d accumulation x %d ranks; "
                "%llu steps per epoch\n",
                tokens_per_step, B, T, A, world, (unsigned long long)ct_loader_steps_per_epoch(s.train));
