@@ -302,18 +302,15 @@ fi
 for try in 1 2 3; do
   name=pre1
   rm -rf "${tmp:?}/$name"
-  "$ctrain" train "$tmp/base.json" --set "run.dir=$tmp/$name" "${pre[@]}" --set parallel.grad_accum=2 \
+  timeout 120 "$ctrain" train "$tmp/base.json" --set "run.dir=$tmp/$name" "${pre[@]}" --set parallel.grad_accum=2 \
     > "$tmp/$name.log" 2>&1 &
-  cpid=$!
-  ( sleep 120; kill -KILL "$cpid" 2>/dev/null ) & # the timeout
-  wpid=$!
-  if wait_steps "$tmp/$name" 20 "$cpid"; then
+  tpid=$!
+  cpid=$(child_of "$tpid") || true # ctrain itself, not timeout
+  if [ -n "$cpid" ] && wait_steps "$tmp/$name" 20 "$cpid"; then
     kill -TERM "$cpid" 2>/dev/null || true
   fi
   rc=0
-  wait "$cpid" || rc=$?
-  kill "$wpid" 2>/dev/null || true
-  wait "$wpid" 2>/dev/null || true
+  wait "$tpid" || rc=$?
   stopped "$name" "$rc"
   [ "$k" != late ] && break
   echo "   (try $try: the run finished before the signal; again)"

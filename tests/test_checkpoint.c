@@ -149,6 +149,8 @@ static int same_state(const ct_ckpt_state *a, const ct_ckpt_state *b)
 static unsigned char *slurp(const char *path, size_t *n)
 {
     *n = 0;
+    struct stat sb;
+    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) return NULL;
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
     fseek(f, 0, SEEK_END);

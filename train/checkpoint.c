@@ -320,11 +320,13 @@ static int open_checked(const char *path, hid_t *file, char *err, size_t errlen)
     int rc = 0;
     if (!format || strcmp(format, CT_CKPT_FORMAT))
         rc = fail(err, errlen, "%s: attribute format: not a ctrain checkpoint (expected \"%s\")", path, CT_CKPT_FORMAT);
-    else if (attr_read(*file, "version", H5T_NATIVE_INT64, &version) || version != CT_CKPT_VERSION)
+    else if (attr_read(*file, "version", H5T_NATIVE_INT64, &version))
+        rc = fail(err, errlen, "%s: attribute version: missing or not an integer", path);
+    else if (version != CT_CKPT_VERSION)
         rc = fail(err, errlen, "%s: attribute version: %lld is not a version this ctrain reads (%d)", path,
                   (long long)version, CT_CKPT_VERSION);
     free(format);
-    if (rc) H5Fclose(*file);
+    if (rc) H5Fclose(*file), *file = -1;
     return rc;
 }
 
@@ -414,6 +416,7 @@ int ct_ckpt_read(const char *path, ct_gpt2 *m, ct_optim *o, ct_ckpt_state *st, c
     float *state[3] = {0};
     uint64_t *sums = calloc((size_t)nt * 3, sizeof(uint64_t)), *stored = calloc((size_t)nt * 3, sizeof(uint64_t));
     int64_t optim_steps = 0;
+    ct_ckpt_state got; /* copied to *st only once everything is verified */
     hid_t file = -1;
     int rc = -1;
     for (int k = 0; o && k < 3; k++) state[k] = calloc(len ? len : 1, sizeof(float));
@@ -451,7 +454,7 @@ int ct_ckpt_read(const char *path, ct_gpt2 *m, ct_optim *o, ct_ckpt_state *st, c
             if (has) sums[k * nt + i] = checksum(dst, b - a, a);
         }
     }
-    if (o && read_state(file, st, &optim_steps, path, err, errlen)) goto agree;
+    if (o && read_state(file, &got, &optim_steps, path, err, errlen)) goto agree;
     rc = 0;
 agree:
     if (file >= 0) H5Fclose(file);
@@ -485,6 +488,7 @@ agree:
         be->upload(ctx, ct_optim_exp_avg(o), state[1], len * sizeof(float));
         be->upload(ctx, ct_optim_exp_avg_sq(o), state[2], len * sizeof(float));
         ct_optim_set_steps_taken(o, (int)optim_steps);
+        if (st) *st = got;
     }
     be->sync(ctx);
 done:
@@ -512,10 +516,11 @@ int ct_ckpt_latest(const char *dir, char *path, size_t pathlen, char *err, size_
     return 1;
 }
 
+/* 1 when name is exactly "ckpt_<step>.h5": files that only start alike are the user's */
 static int step_of(const char *name, long *step)
 {
-    char tail[8];
-    return sscanf(name, "ckpt_%ld.h5%7s", step, tail) == 1;
+    int n = 0;
+    return sscanf(name, "ckpt_%ld.h5%n", step, &n) == 1 && n > 0 && name[n] == '\0';
 }
 
 /* Rank 0: removes all but the newest keep checkpoints, and leftover temporary files. */
