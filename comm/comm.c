@@ -160,8 +160,6 @@ int ct_comm_allreduce_sum_u64(ct_comm *c, uint64_t *buf, size_t n)
     return c->ops->allreduce_sum_u64(c, buf, n);
 }
 
-const void *ct_comm_mpi_comm(const ct_comm *c) { return c->ops->mpi_comm(c); }
-
 int ct_comm_reduce_scatter_sum(ct_comm *c, const float *send, float *recv, size_t n)
 {
     if (n == 0) return 0;

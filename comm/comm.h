@@ -58,10 +58,6 @@ int ct_comm_all_ok(ct_comm *c, int ok);
  * with one rank, exit(code). Flushes stdout and stderr first. */
 _Noreturn void ct_comm_abort(ct_comm *c, int code);
 
-/* A pointer to the MPI_Comm of the MPI transport's ranks, for libraries that do their own MPI
- * (parallel HDF5); NULL for the size-1 transport. */
-const void *ct_comm_mpi_comm(const ct_comm *c);
-
 /* Payload bytes this rank has passed to collectives since init (the sum of each call's
  * buffer size: n floats for allreduce, n*size floats for reduce-scatter's send buffer and for
  * allgather's buffer, the bytes of a broadcast; nothing for barrier and all_ok), for

@@ -18,8 +18,6 @@ typedef struct ct_comm_ops {
     int (*allreduce_sum)(ct_comm *c, float *buf, size_t n);
     int (*allreduce_sum_f64)(ct_comm *c, double *buf, size_t n);
     int (*allreduce_sum_u64)(ct_comm *c, uint64_t *buf, size_t n);
-    /* the MPI communicator (an MPI_Comm) for libraries that need one, or NULL */
-    const void *(*mpi_comm)(const ct_comm *c);
     int (*reduce_scatter_sum)(ct_comm *c, const float *send, float *recv, size_t n);
     int (*allgather)(ct_comm *c, float *buf, size_t n);
     int (*broadcast)(ct_comm *c, void *buf, size_t bytes, int root);

@@ -75,8 +75,6 @@ static int mpi_allreduce_sum_u64(ct_comm *c, uint64_t *buf, size_t n)
     return allreduce_chunked(c, buf, n, MPI_UINT64_T, sizeof *buf);
 }
 
-static const void *mpi_comm_handle(const ct_comm *c) { return &((const mpi_state *)c->impl)->world; }
-
 static int mpi_reduce_scatter_sum(ct_comm *c, const float *send, float *recv, size_t n)
 {
     MPI_Comm w = world_of(c);
@@ -160,7 +158,6 @@ static const ct_comm_ops mpi_ops = {
     .allreduce_sum = mpi_allreduce_sum,
     .allreduce_sum_f64 = mpi_allreduce_sum_f64,
     .allreduce_sum_u64 = mpi_allreduce_sum_u64,
-    .mpi_comm = mpi_comm_handle,
     .reduce_scatter_sum = mpi_reduce_scatter_sum,
     .allgather = mpi_allgather,
     .broadcast = mpi_broadcast,

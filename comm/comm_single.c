@@ -8,7 +8,6 @@
 static int single_allreduce_sum(ct_comm *c, float *buf, size_t n) { return 0; }
 static int single_allreduce_sum_f64(ct_comm *c, double *buf, size_t n) { return 0; }
 static int single_allreduce_sum_u64(ct_comm *c, uint64_t *buf, size_t n) { return 0; }
-static const void *single_mpi_comm(const ct_comm *c) { return NULL; }
 
 /* The one rank's slice is the whole send buffer. */
 static int single_reduce_scatter_sum(ct_comm *c, const float *send, float *recv, size_t n)
@@ -30,7 +29,6 @@ const ct_comm_ops ct_comm_single_ops = {
     .allreduce_sum = single_allreduce_sum,
     .allreduce_sum_f64 = single_allreduce_sum_f64,
     .allreduce_sum_u64 = single_allreduce_sum_u64,
-    .mpi_comm = single_mpi_comm,
     .reduce_scatter_sum = single_reduce_scatter_sum,
     .allgather = single_allgather,
     .broadcast = single_broadcast,

@@ -203,7 +203,7 @@ echo "   (part 3: $((SECONDS - t0)) s)"
 t0=$SECONDS
 # Heavier steps than above (a few ms each) so that the signal lands mid-run.
 P=300
-pre=(--set optim.max_steps=$P --set checkpoint.every=0 --set model.n_embd=64 --set data.micro_batch=4
+pre=(--set "optim.max_steps=$P" --set checkpoint.every=0 --set model.n_embd=64 --set data.micro_batch=4
      --set log.every=100000)
 
 # wait_steps DIR N PID: waits until DIR/metrics.jsonl has N lines or PID is gone

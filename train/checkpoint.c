@@ -4,6 +4,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <hdf5.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -12,12 +13,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#if CTRAIN_HAVE_MPI && defined(H5_HAVE_PARALLEL)
-#include <mpi.h>
-#define CT_CKPT_PARALLEL 1
-#else
-#define CT_CKPT_PARALLEL 0
-#endif
 
 static const char *const groups[] = {"/model", "/optimizer/master", "/optimizer/exp_avg", "/optimizer/exp_avg_sq"};
 enum { G_MODEL, G_MASTER, G_EXP_AVG, G_EXP_AVG_SQ, NGROUPS };
@@ -203,56 +198,91 @@ static int write_root_attrs(hid_t file, const ct_gpt2 *m, const ct_optim *o, con
     return rc ? -1 : 0;
 }
 
-/* Writes one group: every rank creates every dataset (collective), writes its part of the
- * slice [lo, hi) from host[0 .. hi-lo), and every dataset gets the combined checksum. */
-static int write_group(hid_t file, int g, ct_gpt2 *m, const float *host, size_t lo, size_t hi, ct_comm *comm,
-                       char *err, size_t errlen)
+/* Rank 0: the file's whole structure (attributes, groups, every dataset allocated in place with
+ * its checksum), without data; offsets[g * nt + i] receives where each dataset's bytes start. */
+static int create_layout(const char *path, ct_gpt2 *m, const ct_optim *o, const ct_ckpt_state *st,
+                         const char *config_json, int world, const uint64_t *sums, uint64_t *offsets, char *err,
+                         size_t errlen)
 {
     int nt = ct_gpt2_num_tensors(m);
-    uint64_t *sums = calloc((size_t)nt, sizeof *sums);
-    if (!sums) return fail(err, errlen, "out of memory");
-    for (int i = 0; i < nt; i++) {
-        const ct_param *p = ct_gpt2_tensor(m, i);
-        size_t a, b;
-        if (part_of(p, lo, hi, &a, &b)) sums[i] = checksum(host + (p->offset + a - lo), b - a, a);
-    }
-    if (ct_comm_allreduce_sum_u64(comm, sums, (size_t)nt)) {
-        free(sums);
-        return fail(err, errlen, "communication failed");
-    }
-    hid_t grp = H5Gcreate2(file, groups[g], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    int ok = grp >= 0;
-    for (int i = 0; i < nt && ct_comm_all_ok(comm, ok); i++) {
-        const ct_param *p = ct_gpt2_tensor(m, i);
-        hsize_t dims[2] = {(hsize_t)p->shape[0], (hsize_t)p->shape[1]};
-        hid_t fspace = H5Screate_simple(p->ndim, dims, NULL);
-        hid_t d = H5Dcreate2(grp, p->name, H5T_IEEE_F32LE, fspace, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-        ok = d >= 0;
-        ok = ok && attr_write(d, "checksum", H5T_NATIVE_UINT64, 0, &sums[i]) == 0;
-        if (ok && g == G_MODEL) ok = attr_i64(d, "hf_transposed", p->conv1d) == 0;
-        size_t a, b;
-        if (ok && part_of(p, lo, hi, &a, &b)) {
-            hsize_t n = b - a;
-            hid_t mspace = H5Screate_simple(1, &n, NULL);
-            ok = select_range(fspace, p, a, b) >= 0 &&
-                 H5Dwrite(d, H5T_NATIVE_FLOAT, mspace, fspace, H5P_DEFAULT, host + (p->offset + a - lo)) >= 0;
-            H5Sclose(mspace);
+    hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (file < 0) return fail(err, errlen, "%s: cannot create (a missing or read-only directory, or a full disk?)", path);
+    /* contiguous, allocated now, never filled: the ranks write the bytes themselves */
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_layout(dcpl, H5D_CONTIGUOUS);
+    H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
+    H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+    int rc = write_root_attrs(file, m, o, st, config_json, world);
+    hid_t opt = H5Gcreate2(file, "/optimizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    rc |= opt < 0 || H5Gclose(opt) < 0;
+    for (int g = 0; g < NGROUPS && !rc; g++) {
+        hid_t grp = H5Gcreate2(file, groups[g], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        rc |= grp < 0;
+        for (int i = 0; i < nt && !rc; i++) {
+            const ct_param *p = ct_gpt2_tensor(m, i);
+            hsize_t dims[2] = {(hsize_t)p->shape[0], (hsize_t)p->shape[1]};
+            hid_t space = H5Screate_simple(p->ndim, dims, NULL);
+            hid_t d = H5Dcreate2(grp, p->name, H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+            rc |= d < 0 || attr_write(d, "checksum", H5T_NATIVE_UINT64, 0, &sums[g * nt + i]);
+            if (!rc && g == G_MODEL) rc |= attr_i64(d, "hf_transposed", p->conv1d);
+            haddr_t at = d >= 0 ? H5Dget_offset(d) : HADDR_UNDEF;
+            rc |= at == HADDR_UNDEF;
+            offsets[g * nt + i] = (uint64_t)at;
+            if (d >= 0) H5Dclose(d);
+            H5Sclose(space);
         }
-        if (d >= 0) H5Dclose(d);
-        H5Sclose(fspace);
-        if (!ok) fail(err, errlen, "%s/%s: cannot write", groups[g], p->name);
+        if (grp >= 0) H5Gclose(grp);
     }
-    if (grp >= 0) H5Gclose(grp);
-    free(sums);
-    return ct_comm_all_ok(comm, ok) ? 0 : -1;
+    H5Pclose(dcpl);
+    if (H5Fclose(file) < 0) rc = 1;
+    return rc ? fail(err, errlen, "%s: cannot write the file's structure (a full disk?)", path) : 0;
 }
 
+/* This rank's bytes: its part of every tensor of every group, at the offsets rank 0 laid out. */
+static int write_slices(const char *path, ct_gpt2 *m, float *const *host, size_t lo, size_t hi,
+                        const uint64_t *offsets, char *err, size_t errlen)
+{
+    int nt = ct_gpt2_num_tensors(m);
+    int fd = open(path, O_WRONLY);
+    if (fd < 0) return fail(err, errlen, "%s: cannot open for writing: %s", path, strerror(errno));
+    int rc = 0;
+    for (int g = 0; g < NGROUPS && !rc; g++) {
+        for (int i = 0; i < nt && !rc; i++) {
+            const ct_param *p = ct_gpt2_tensor(m, i);
+            size_t a, b;
+            if (!part_of(p, lo, hi, &a, &b)) continue;
+            /* a contiguous dataset stores row-major elements in order: [a, b) is one byte range */
+            const char *src = (const char *)(host[g] + (p->offset + a - lo));
+            size_t left = (b - a) * sizeof(float);
+            off_t at = (off_t)(offsets[g * nt + i] + a * sizeof(float));
+            while (left && !rc) {
+                ssize_t n = pwrite(fd, src, left, at);
+                if (n < 0 && errno == EINTR) continue;
+                if (n <= 0) {
+                    rc = fail(err, errlen, "%s: %s/%s: write failed: %s", path, groups[g], p->name,
+                              n < 0 ? strerror(errno) : "no progress");
+                    break;
+                }
+                src += n, left -= (size_t)n, at += n;
+            }
+        }
+    }
+    if (!rc && fsync(fd) != 0) rc = fail(err, errlen, "%s: fsync failed: %s", path, strerror(errno));
+    if (close(fd) != 0 && !rc) rc = fail(err, errlen, "%s: close failed: %s", path, strerror(errno));
+    return rc;
+}
+
+/* Parallel HDF5 cannot survive an I/O error on only some ranks: its collective close then
+ * waits in mismatched collectives forever. So the ranks share no HDF5 call: rank 0 lays the
+ * file out (metadata only), every rank writes its own slices' bytes at the offsets HDF5 chose,
+ * and the ranks agree on the outcome through the communicator, which never hangs. */
 int ct_ckpt_write(const char *path, ct_gpt2 *m, ct_optim *o, const ct_ckpt_state *st, const char *config_json,
                   ct_comm *comm, char *err, size_t errlen)
 {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* our own messages, not HDF5's error stacks */
     const ct_backend *be = ct_gpt2_backend(m);
     ct_kctx *ctx = ct_gpt2_kctx(m);
+    int nt = ct_gpt2_num_tensors(m), rank = ct_comm_rank(comm);
     size_t lo, hi, obegin, olen;
     write_slice(m, comm, &lo, &hi);
     ct_optim_slice(o, &obegin, &olen);
@@ -264,38 +294,37 @@ int ct_ckpt_write(const char *path, ct_gpt2 *m, ct_optim *o, const ct_ckpt_state
     host[G_MASTER] = to_host(be, ctx, ct_optim_master(o) + (lo - obegin), hi - lo, 1);
     host[G_EXP_AVG] = to_host(be, ctx, ct_optim_exp_avg(o) + (lo - obegin), hi - lo, 1);
     host[G_EXP_AVG_SQ] = to_host(be, ctx, ct_optim_exp_avg_sq(o) + (lo - obegin), hi - lo, 1);
-    int ok = host[0] && host[1] && host[2] && host[3];
-    if (!ok) fail(err, errlen, "out of memory for the checkpoint's host copy");
-
-    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS), file = -1;
-#if CT_CKPT_PARALLEL
-    if (ct_comm_mpi_comm(comm)) H5Pset_fapl_mpio(fapl, *(const MPI_Comm *)ct_comm_mpi_comm(comm), MPI_INFO_NULL);
-#endif
-    if (ct_comm_all_ok(comm, ok)) {
-        file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl); /* collective */
-        ok = file >= 0;
-        if (!ok) fail(err, errlen, "%s: cannot create (a missing or read-only directory, or a full disk?)", path);
-    }
-    int rc = -1;
-    if (!ct_comm_all_ok(comm, ok)) goto done;
-    if (write_root_attrs(file, m, o, st, config_json, ct_comm_size(comm)) ||
-        H5Gclose(H5Gcreate2(file, "/optimizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)) < 0)
-        ok = 0, fail(err, errlen, "%s: cannot write the attributes", path);
-    if (!ct_comm_all_ok(comm, ok)) goto done;
-    for (int g = 0; g < NGROUPS; g++) {
-        char inner[512] = "";
-        if (write_group(file, g, m, host[g], lo, hi, comm, inner, sizeof inner)) {
-            fail(err, errlen, "%s: %s", path, inner[0] ? inner : "another rank failed to write");
-            goto done;
+    uint64_t *sums = calloc((size_t)nt * NGROUPS, sizeof *sums), *offsets = calloc((size_t)nt * NGROUPS, sizeof *offsets);
+    int rc = (host[0] && host[1] && host[2] && host[3] && sums && offsets) ? 0 : fail(err, errlen, "out of memory for "
+                                                                                      "the checkpoint's host copy");
+    for (int g = 0; g < NGROUPS && !rc; g++) {
+        for (int i = 0; i < nt; i++) {
+            const ct_param *p = ct_gpt2_tensor(m, i);
+            size_t a, b;
+            if (part_of(p, lo, hi, &a, &b)) sums[g * nt + i] = checksum(host[g] + (p->offset + a - lo), b - a, a);
         }
     }
-    rc = 0;
+    if (!ct_comm_all_ok(comm, rc == 0)) goto done;
+    if (ct_comm_allreduce_sum_u64(comm, sums, (size_t)nt * NGROUPS)) {
+        rc = fail(err, errlen, "communication failed");
+        goto done;
+    }
+    if (rank == 0) rc = create_layout(path, m, o, st, config_json, ct_comm_size(comm), sums, offsets, err, errlen);
+    if (!ct_comm_all_ok(comm, rc == 0)) goto done;
+    if (ct_comm_broadcast(comm, offsets, (size_t)nt * NGROUPS * sizeof *offsets, 0)) {
+        rc = fail(err, errlen, "communication failed");
+        goto done;
+    }
+    rc = write_slices(path, m, host, lo, hi, offsets, err, errlen);
 done:
-    if (file >= 0 && H5Fclose(file) < 0 && rc == 0) rc = -1, fail(err, errlen, "%s: cannot close", path);
-    H5Pclose(fapl);
     for (int g = 0; g < NGROUPS; g++) free(host[g]);
+    free(sums);
+    free(offsets);
     if (!ct_comm_all_ok(comm, rc == 0)) {
-        if (!err[0]) fail(err, errlen, "%s: the save failed on another rank", path);
+        if (rc == 0) {
+            snprintf(err, errlen, "%s: the save failed on another rank", path);
+            return -2;
+        }
         return -1;
     }
     return 0;
@@ -564,9 +593,7 @@ int ct_ckpt_save(const char *dir, int keep, ct_gpt2 *m, ct_optim *o, const ct_ck
     int rc = ct_ckpt_write(tmp, m, o, st, config_json, comm, err, errlen);
     if (ct_comm_rank(comm) == 0) {
         if (rc == 0) {
-            /* the data is on disk before the name says the checkpoint is complete */
-            FILE *f = fopen(tmp, "rb");
-            if (f) fsync(fileno(f)), fclose(f);
+            /* every rank has fsync'ed its bytes: only now does the name say the file is complete */
             char pointer[4096], pointer_tmp[4200];
             snprintf(pointer, sizeof pointer, "%s/latest", dir);
             snprintf(pointer_tmp, sizeof pointer_tmp, "%s.tmp", pointer);
@@ -581,8 +608,13 @@ int ct_ckpt_save(const char *dir, int keep, ct_gpt2 *m, ct_optim *o, const ct_ck
             unlink(tmp);
         }
     }
-    int ok = ct_comm_all_ok(comm, rc == 0);
-    if (!ok && rc == 0) snprintf(err, errlen, "the save of %s failed on rank 0", final);
-    if (ok) snprintf(path_out, pathlen, "%s", final);
-    return ok ? 0 : -1;
+    if (ct_comm_all_ok(comm, rc == 0)) {
+        snprintf(path_out, pathlen, "%s", final);
+        return 0;
+    }
+    if (rc == 0) {
+        snprintf(err, errlen, "%s: the save failed on rank 0", final);
+        return -2;
+    }
+    return rc;
 }

@@ -1,4 +1,4 @@
-/* checkpoint.h — HDF5 checkpoints: one file per save, written collectively (MPI-IO), resumable
+/* checkpoint.h — HDF5 checkpoints: one file per save, written by every rank at once, resumable
  * exactly on any number of ranks.
  *
  * Layout (DESIGN.md "Formats"; `h5dump -H` shows it):
@@ -39,8 +39,10 @@ typedef struct {
 } ct_ckpt_state;
 
 /* Writes a checkpoint to path (collective: every rank calls it with the same arguments but its
- * own state). Returns 0 on every rank, or -1 on every rank with err filled: an I/O error on any
- * rank fails the save everywhere, and the caller removes the partial file. */
+ * own state). Rank 0 lays out the file with HDF5; each rank then writes its own slices' bytes,
+ * and the ranks agree on the outcome. Returns 0 on every rank; otherwise -1 with err filled on
+ * the ranks that failed and -2 on the others (an I/O error on any rank fails the save
+ * everywhere; the caller removes the partial file). */
 int ct_ckpt_write(const char *path, ct_gpt2 *m, ct_optim *o, const ct_ckpt_state *st, const char *config_json,
                   ct_comm *comm, char *err, size_t errlen);
 
@@ -58,7 +60,8 @@ int ct_ckpt_read(const char *path, ct_gpt2 *m, ct_optim *o, ct_ckpt_state *st, c
 
 /* Saves step's checkpoint: written to "<name>.tmp", renamed when every rank has finished, then
  * `latest` is updated and all but the newest `keep` checkpoints removed. A crash or a failed
- * save leaves the previous checkpoint and `latest` as they were. Collective. */
+ * save leaves the previous checkpoint and `latest` as they were. Collective; returns as
+ * ct_ckpt_write does. */
 int ct_ckpt_save(const char *dir, int keep, ct_gpt2 *m, ct_optim *o, const ct_ckpt_state *st,
                  const char *config_json, ct_comm *comm, char *path_out, size_t pathlen, char *err, size_t errlen);
 

@@ -201,7 +201,7 @@ static void evaluate(const ct_config *cfg, ct_comm *comm, run_state *s, int step
     }
 }
 
-/* Saves a checkpoint of the state after `step`; the caller reports failure. */
+/* Saves a checkpoint of the state after `step`; returns as ct_ckpt_save, and the caller reports. */
 static int save(const ct_config *cfg, ct_comm *comm, run_state *s, int step, long tokens_per_step, char *err,
                 size_t errlen)
 {
@@ -212,9 +212,9 @@ static int save(const ct_config *cfg, ct_comm *comm, run_state *s, int step, lon
     s->st.zero_stage = cfg->parallel.zero_stage;
     char path[CT_PATH_MAX + 64];
     double t0 = omp_get_wtime();
-    if (ct_ckpt_save(cfg->run.dir, cfg->checkpoint.keep, s->model, s->optim, &s->st, s->config_json, comm, path,
-                     sizeof path, err, errlen))
-        return -1;
+    int rc = ct_ckpt_save(cfg->run.dir, cfg->checkpoint.keep, s->model, s->optim, &s->st, s->config_json, comm, path,
+                          sizeof path, err, errlen);
+    if (rc) return rc; /* -1 here, -2 where only another rank failed: ct_run_agree reports the right one */
     if (ct_comm_rank(comm) == 0) {
         printf("step %5d | checkpoint %s (%.2f s)\n", step, path, omp_get_wtime() - t0);
         fflush(stdout);
