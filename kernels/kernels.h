@@ -56,12 +56,16 @@ typedef struct ct_backend {
     /* out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]      out[B*T,C] */
     void (*encoder_fwd)(ct_kctx *ctx, void *out, const int32_t *tokens, const void *wte, const void *wpe,
                         int B, int T, int C);
+    /* dwte[V,C] += scatter of dout by token, dwpe[T,C] += sum over b of dout. Either may be NULL
+     * (frozen embedding: that gradient is skipped); with both NULL the op does nothing. */
     void (*encoder_bwd)(ct_kctx *ctx, void *dwte, void *dwpe, const void *dout, const int32_t *tokens,
                         int B, int T, int C);
 
     /* out = (inp - mean) * rstd * w + b over the last axis; mean, rstd [N] saved for backward */
     void (*layernorm_fwd)(ct_kctx *ctx, void *out, float *mean, float *rstd, const void *inp,
                           const void *w, const void *b, int N, int C, float eps);
+    /* dinp[N,C] += input gradient; dw[C], db[C] += parameter gradients. dw and db may each be
+     * NULL (frozen model, as under LoRA: with both NULL only dinp is computed). */
     void (*layernorm_bwd)(ct_kctx *ctx, void *dinp, void *dw, void *db, const void *dout, const void *inp,
                           const void *w, const float *mean, const float *rstd, int N, int C);
 
@@ -104,6 +108,29 @@ typedef struct ct_backend {
                   const ct_adamw_params *p);
     /* sum of squares of g[n], accumulated in double; synchronous */
     double (*sumsq)(ct_kctx *ctx, const void *g, size_t n);
+
+    /* LoRA adapter beside a linear layer (PEFT's): out[N,M] += scale * (drop(x) . A^T) . B^T with
+     * x[N,K], A[r,K], B[M,r]. h[N,r] receives drop(x) . A^T for backward. drop() keeps each element
+     * of x with probability 1-p and scales it by 1/(1-p); 0 <= p < 1, p = 0: no dropout. Whether
+     * element i (row-major index in x) is kept is a pure function of (seed, i), the same on every
+     * backend, so backward regenerates the same mask:
+     *   z = seed ^ (i * 0x9E3779B97F4A7C15);  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;
+     *   z = (z ^ (z >> 27)) * 0x94D049BB133111EB;  z ^= z >> 31;   (splitmix64's finalizer)
+     *   kept  <=>  (uint32_t)(z >> 32) >= (uint32_t)(p * 2^32, computed in double, truncated).
+     * scratch holds lora_scratch_len(N, K, r) elements of the storage dtype, the same buffer
+     * backward takes; forward uses it only when p > 0 (drop(x) on the cpu) and it may be NULL
+     * when p = 0. */
+    void (*lora_fwd)(ct_kctx *ctx, void *out, void *h, const void *x, const void *A, const void *B,
+                     void *scratch, int N, int K, int M, int r, float scale, float p, uint64_t seed);
+    /* dx[N,K] += scale * drop'((dout . B) . A); dA[r,K] += scale * (dout . B)^T . drop(x);
+     * dB[M,r] += scale * dout^T . h, where drop' applies drop()'s mask and 1/(1-p) to a gradient.
+     * dx may be NULL (the adapter's input needs no gradient from this path); dA and dB may be
+     * NULL too (skipped). scratch holds lora_scratch_len(N, K, r) elements of the storage dtype
+     * (on the cpu: dh[N,r], then drop(x)[N,K] when p > 0); its contents on entry do not matter. */
+    size_t (*lora_scratch_len)(int N, int K, int r);
+    void (*lora_bwd)(ct_kctx *ctx, void *dx, void *dA, void *dB, const void *dout, const void *x, const void *h,
+                     const void *A, const void *B, void *scratch, int N, int K, int M, int r, float scale, float p,
+                     uint64_t seed);
 } ct_backend;
 
 /* The CPU reference backend: fp32, BLAS for matmuls, OpenMP across cores. */

@@ -3,7 +3,8 @@
  *   - forward against naive double-precision reference loops, on seeded random inputs;
  *   - backward against central finite differences of L = sum(g * f(x)) on that reference,
  *     with every gradient output pre-filled, so each check also tests "backward ADDS";
- *   - matmul_bwd with NULL gradient outputs; encoder_bwd with repeated tokens;
+ *   - matmul_bwd, layernorm_bwd and encoder_bwd with NULL gradient outputs (a frozen model);
+ *     encoder_bwd with repeated tokens;
  *   - determinism: bit-identical results run to run and across thread counts 1..4.
  * Exit status is non-zero on any failed check. */
 #include <omp.h>
@@ -145,6 +146,35 @@ static void test_encoder(void)
     free(dwte); free(dwpe); free(p_wte); free(p_wpe); free(fd_wte); free(fd_wpe); free(w_wte); free(w_wpe);
 }
 
+/* Frozen embeddings: with one gradient NULL the other must come out bit-identical to the
+ * run with both; with both NULL the op does nothing. Run at a small size and at one large
+ * enough for the parallel path. */
+static void test_encoder_null(int B, int T, int C, int V)
+{
+    uint64_t s = 21;
+    size_t n = (size_t)B * T * C;
+    int32_t *tokens = malloc((size_t)B * T * sizeof *tokens);
+    CHECK(tokens != NULL);
+    for (int i = 0; i < B * T; i++) tokens[i] = (int32_t)(ct_test_rand_u64(&s) % V);
+    float *g = ct_test_alloc(n), *p_wte = ct_test_alloc((size_t)V * C), *p_wpe = ct_test_alloc((size_t)T * C);
+    ct_test_fill(g, n, &s, -1, 1);
+    ct_test_fill(p_wte, (size_t)V * C, &s, -1, 1);
+    ct_test_fill(p_wpe, (size_t)T * C, &s, -1, 1);
+    float *dwte = copy_f(p_wte, (size_t)V * C), *dwpe = copy_f(p_wpe, (size_t)T * C);
+    be->encoder_bwd(kc, dwte, dwpe, g, tokens, B, T, C); /* the reference: both gradients */
+
+    float *one = copy_f(p_wte, (size_t)V * C);
+    be->encoder_bwd(kc, one, NULL, g, tokens, B, T, C);
+    CHECK(memcmp(one, dwte, (size_t)V * C * sizeof(float)) == 0);
+    free(one);
+    one = copy_f(p_wpe, (size_t)T * C);
+    be->encoder_bwd(kc, NULL, one, g, tokens, B, T, C);
+    CHECK(memcmp(one, dwpe, (size_t)T * C * sizeof(float)) == 0);
+    free(one);
+    be->encoder_bwd(kc, NULL, NULL, g, tokens, B, T, C); /* nothing to do, nothing to crash on */
+    free(tokens); free(g); free(p_wte); free(p_wpe); free(dwte); free(dwpe);
+}
+
 /* ------------------------------------------------------------------ layernorm */
 
 typedef struct {
@@ -212,6 +242,39 @@ static void test_layernorm(void)
     free(out); free(mean); free(rstd); free(want); free(want_m); free(want_s);
     free(dx); free(dw); free(db); free(p_dx); free(p_dw); free(p_db);
     free(fd_x); free(fd_w); free(fd_b); free(w_dx); free(w_dw); free(w_db);
+}
+
+/* Frozen LayerNorm (as under LoRA): dw and/or db NULL. dinp, and whichever parameter gradient
+ * is given, must be bit-identical to the run with all three; the NULL ones are skipped. Run
+ * at a small size and at one large enough for the parallel path. */
+static void test_layernorm_null(int N, int C)
+{
+    uint64_t s = 22;
+    size_t nc = (size_t)N * C;
+    float *x = ct_test_alloc(nc), *w = ct_test_alloc(C), *b = ct_test_alloc(C), *g = ct_test_alloc(nc);
+    float *out = ct_test_alloc(nc), *mean = ct_test_alloc(N), *rstd = ct_test_alloc(N);
+    ct_test_fill(x, nc, &s, -3, 5);
+    ct_test_fill(w, C, &s, -1, 1);
+    ct_test_fill(b, C, &s, -1, 1);
+    ct_test_fill(g, nc, &s, -1, 1);
+    be->layernorm_fwd(kc, out, mean, rstd, x, w, b, N, C, 1e-5f);
+    float *p_dx = ct_test_alloc(nc), *p_dw = ct_test_alloc(C), *p_db = ct_test_alloc(C);
+    ct_test_fill(p_dx, nc, &s, -1, 1);
+    ct_test_fill(p_dw, C, &s, -1, 1);
+    ct_test_fill(p_db, C, &s, -1, 1);
+    float *dx = copy_f(p_dx, nc), *dw = copy_f(p_dw, C), *db = copy_f(p_db, C);
+    be->layernorm_bwd(kc, dx, dw, db, g, x, w, mean, rstd, N, C); /* the reference */
+
+    for (int mode = 0; mode < 3; mode++) { /* 0: dw, db NULL; 1: db NULL; 2: dw NULL */
+        float *dx2 = copy_f(p_dx, nc), *dw2 = copy_f(p_dw, C), *db2 = copy_f(p_db, C);
+        be->layernorm_bwd(kc, dx2, mode == 1 ? dw2 : NULL, mode == 2 ? db2 : NULL, g, x, w, mean, rstd, N, C);
+        CHECK(memcmp(dx2, dx, nc * sizeof(float)) == 0);
+        if (mode == 1) CHECK(memcmp(dw2, dw, C * sizeof(float)) == 0);
+        if (mode == 2) CHECK(memcmp(db2, db, C * sizeof(float)) == 0);
+        free(dx2); free(dw2); free(db2);
+    }
+    free(x); free(w); free(b); free(g); free(out); free(mean); free(rstd);
+    free(p_dx); free(p_dw); free(p_db); free(dx); free(dw); free(db);
 }
 
 /* ------------------------------------------------------------------ matmul */
@@ -527,7 +590,11 @@ int main(void)
     CHECK(be && kc && be->elem_size == sizeof(float));
 
     test_encoder();
+    test_encoder_null(3, 5, 37, 13);
+    test_encoder_null(4, 64, 771, 50);
     test_layernorm();
+    test_layernorm_null(7, 37);
+    test_layernorm_null(129, 771);
     test_matmul();
     test_gelu();
     test_residual();

@@ -54,9 +54,9 @@ static uint64_t checksum(const float *x, size_t n, uint64_t first)
 /* ---------------------------------------------------------------- slices and selections */
 
 /* [lo, hi) of the flat buffer that rank writes: 1/world of the padded length. */
-static void write_slice(const ct_gpt2 *m, const ct_comm *comm, size_t *lo, size_t *hi)
+static void write_slice(ct_gpt2 *m, const ct_comm *comm, size_t *lo, size_t *hi)
 {
-    size_t s = ct_gpt2_numel(m) / (size_t)ct_comm_size(comm);
+    size_t s = ct_gpt2_trainable((ct_gpt2 *)m).numel / (size_t)ct_comm_size(comm);
     *lo = s * (size_t)ct_comm_rank(comm);
     *hi = *lo + s;
 }
@@ -204,7 +204,8 @@ static int create_layout(const char *path, ct_gpt2 *m, const ct_optim *o, const 
                          const char *config_json, int world, const uint64_t *sums, uint64_t *offsets, char *err,
                          size_t errlen)
 {
-    int nt = ct_gpt2_num_tensors(m);
+    ct_trainable tr = ct_gpt2_trainable(m);
+    int nt = tr.ntensors;
     hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (file < 0) return fail(err, errlen, "%s: cannot create (a missing or read-only directory, or a full disk?)", path);
     /* contiguous, allocated now, never filled: the ranks write the bytes themselves */
@@ -219,7 +220,7 @@ static int create_layout(const char *path, ct_gpt2 *m, const ct_optim *o, const 
         hid_t grp = H5Gcreate2(file, groups[g], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
         rc |= grp < 0;
         for (int i = 0; i < nt && !rc; i++) {
-            const ct_param *p = ct_gpt2_tensor(m, i);
+            const ct_param *p = &tr.tensors[i];
             hsize_t dims[2] = {(hsize_t)p->shape[0], (hsize_t)p->shape[1]};
             hid_t space = H5Screate_simple(p->ndim, dims, NULL);
             hid_t d = H5Dcreate2(grp, p->name, H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
@@ -242,13 +243,14 @@ static int create_layout(const char *path, ct_gpt2 *m, const ct_optim *o, const 
 static int write_slices(const char *path, ct_gpt2 *m, float *const *host, size_t lo, size_t hi,
                         const uint64_t *offsets, char *err, size_t errlen)
 {
-    int nt = ct_gpt2_num_tensors(m);
+    ct_trainable tr = ct_gpt2_trainable(m);
+    int nt = tr.ntensors;
     int fd = open(path, O_WRONLY);
     if (fd < 0) return fail(err, errlen, "%s: cannot open for writing: %s", path, strerror(errno));
     int rc = 0;
     for (int g = 0; g < NGROUPS && !rc; g++) {
         for (int i = 0; i < nt && !rc; i++) {
-            const ct_param *p = ct_gpt2_tensor(m, i);
+            const ct_param *p = &tr.tensors[i];
             size_t a, b;
             if (!part_of(p, lo, hi, &a, &b)) continue;
             /* a contiguous dataset stores row-major elements in order: [a, b) is one byte range */
@@ -282,7 +284,8 @@ int ct_ckpt_write(const char *path, ct_gpt2 *m, ct_optim *o, const ct_ckpt_state
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* our own messages, not HDF5's error stacks */
     const ct_backend *be = ct_gpt2_backend(m);
     ct_kctx *ctx = ct_gpt2_kctx(m);
-    int nt = ct_gpt2_num_tensors(m), rank = ct_comm_rank(comm);
+    ct_trainable tr = ct_gpt2_trainable(m);
+    int nt = tr.ntensors, rank = ct_comm_rank(comm);
     size_t lo, hi, obegin, olen;
     write_slice(m, comm, &lo, &hi);
     ct_optim_slice(o, &obegin, &olen);
@@ -290,7 +293,7 @@ int ct_ckpt_write(const char *path, ct_gpt2 *m, ct_optim *o, const ct_ckpt_state
 
     /* host copies of this rank's slice: parameters, master weights, m, v */
     float *host[NGROUPS] = {0};
-    host[G_MODEL] = to_host(be, ctx, (char *)ct_gpt2_params(m) + lo * be->elem_size, hi - lo, 0);
+    host[G_MODEL] = to_host(be, ctx, (char *)tr.params + lo * be->elem_size, hi - lo, 0);
     host[G_MASTER] = to_host(be, ctx, ct_optim_master(o) + (lo - obegin), hi - lo, 1);
     host[G_EXP_AVG] = to_host(be, ctx, ct_optim_exp_avg(o) + (lo - obegin), hi - lo, 1);
     host[G_EXP_AVG_SQ] = to_host(be, ctx, ct_optim_exp_avg_sq(o) + (lo - obegin), hi - lo, 1);
@@ -299,7 +302,7 @@ int ct_ckpt_write(const char *path, ct_gpt2 *m, ct_optim *o, const ct_ckpt_state
                                                                                       "the checkpoint's host copy");
     for (int g = 0; g < NGROUPS && !rc; g++) {
         for (int i = 0; i < nt; i++) {
-            const ct_param *p = ct_gpt2_tensor(m, i);
+            const ct_param *p = &tr.tensors[i];
             size_t a, b;
             if (part_of(p, lo, hi, &a, &b)) sums[g * nt + i] = checksum(host[g] + (p->offset + a - lo), b - a, a);
         }
@@ -435,8 +438,9 @@ int ct_ckpt_read(const char *path, ct_gpt2 *m, ct_optim *o, ct_ckpt_state *st, c
 {
     const ct_backend *be = ct_gpt2_backend(m);
     ct_kctx *ctx = ct_gpt2_kctx(m);
-    int nt = ct_gpt2_num_tensors(m);
-    size_t numel = ct_gpt2_numel(m), begin = 0, len = 0;
+    ct_trainable tr = ct_gpt2_trainable(m);
+    int nt = tr.ntensors;
+    size_t numel = tr.numel, begin = 0, len = 0;
     if (o) ct_optim_slice(o, &begin, &len);
     /* every rank verifies the whole of /model; the optimizer groups are verified by adding up
      * every rank's part when the state is sharded */
@@ -465,7 +469,7 @@ int ct_ckpt_read(const char *path, ct_gpt2 *m, ct_optim *o, ct_ckpt_state *st, c
         goto agree;
     }
     for (int i = 0; i < nt; i++) {
-        const ct_param *p = ct_gpt2_tensor(m, i);
+        const ct_param *p = &tr.tensors[i];
         uint64_t want;
         if (read_part(file, G_MODEL, p, 0, p->numel, params + p->offset, &want, path, err, errlen)) goto agree;
         if (checksum(params + p->offset, p->numel, 0) != want) {
@@ -475,7 +479,7 @@ int ct_ckpt_read(const char *path, ct_gpt2 *m, ct_optim *o, ct_ckpt_state *st, c
     }
     for (int k = 0; o && k < 3; k++) {
         for (int i = 0; i < nt; i++) {
-            const ct_param *p = ct_gpt2_tensor(m, i);
+            const ct_param *p = &tr.tensors[i];
             size_t a = 0, b = 0;
             int has = part_of(p, begin, begin + len, &a, &b);
             float *dst = has ? state[k] + (p->offset + a - begin) : state[k];
@@ -499,7 +503,7 @@ agree:
     for (int j = 0; o && j < nt * 3; j++) {
         if (sums[j] != stored[j]) {
             rc = fail(err, errlen, "%s: %s/%s: checksum mismatch: the file is corrupt", path, groups[1 + j / nt],
-                      ct_gpt2_tensor(m, j % nt)->name);
+                      tr.tensors[j % nt].name);
             goto done;
         }
     }
@@ -510,7 +514,7 @@ agree:
         goto done;
     }
     be->upload(ctx, tmp, params, numel * sizeof(float));
-    be->to_storage(ctx, ct_gpt2_params(m), tmp, numel);
+    be->to_storage(ctx, tr.params, tmp, numel);
     be->free(tmp);
     if (o) {
         be->upload(ctx, ct_optim_master(o), state[0], len * sizeof(float));

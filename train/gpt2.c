@@ -17,6 +17,16 @@
 enum { P_LN1W, P_LN1B, P_QKVW, P_QKVB, P_ATTPROJW, P_ATTPROJB, P_LN2W, P_LN2B, P_FCW, P_FCB, P_FCPROJW,
        P_FCPROJB, P_PER_LAYER };
 
+/* The four linear layers of a block, in PEFT's module names; LoRA can sit beside each. */
+enum { LIN_QKV, LIN_ATTPROJ, LIN_FC, LIN_FCPROJ, NLIN };
+static const char *const lin_names[NLIN] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
+
+typedef struct {
+    void *A, *B;          /* [r, in], [out, r]: in the adapters' flat parameter buffer */
+    void *dA, *dB;        /* the same places in their gradient buffer */
+    void *h;              /* [BT, r] drop(x) . A^T, kept for backward */
+} adapter;
+
 typedef struct {
     void *ln1;            /* [BT, C] */
     float *ln1_mean;      /* [BT] */
@@ -66,6 +76,17 @@ struct ct_gpt2 {
     float *losses_host;    /* [BT] */
     int curB, curT;        /* shape of the last forward */
     int have_targets;      /* the last forward computed the loss: backward may run */
+
+    /* LoRA (ct_gpt2_add_lora): the base is frozen (grads released) and adapters train */
+    int frozen;
+    adapter *adapters;     /* [L * NLIN]; A == NULL where a linear has none */
+    int lora_r;
+    float lora_scale, lora_dropout;
+    uint64_t dropout_seed;
+    ct_param *lora_tensors;
+    int lora_ntensors;
+    size_t lora_numel;
+    void *lora_params, *lora_grads, *lora_scratch;
 
     void **allocations;    /* every backend allocation, for free */
     int nalloc;
@@ -122,7 +143,7 @@ static void build_layout(ct_gpt2 *m)
 /* Tensor index helpers: wte 0, wpe 1, layer l tensor k at 2 + l*P_PER_LAYER + k, ln_f last two. */
 static void *param_ptr(const ct_gpt2 *m, void *base, int index)
 {
-    return (char *)base + m->tensors[index].offset * m->be->elem_size;
+    return base ? (char *)base + m->tensors[index].offset * m->be->elem_size : NULL; /* NULL: frozen */
 }
 #define LP(m, base, l, k) param_ptr(m, base, 2 + (l) * P_PER_LAYER + (k))
 #define WTE(m, base) param_ptr(m, base, 0)
@@ -176,7 +197,7 @@ int ct_gpt2_init(ct_gpt2 **out, const ct_gpt2_config *cfg, const ct_backend *be,
     m->maxT = T;
     m->tensors = calloc((size_t)(2 + L * P_PER_LAYER + 2), sizeof *m->tensors);
     m->layers = calloc((size_t)L, sizeof *m->layers);
-    m->allocations = calloc((size_t)(32 + 16 * L), sizeof *m->allocations);
+    m->allocations = calloc((size_t)(40 + (16 + 2 * NLIN) * L), sizeof *m->allocations);
     m->losses_host = calloc((size_t)B * T, sizeof(float));
     if (!m->tensors || !m->layers || !m->allocations || !m->losses_host) goto oom;
     build_layout(m);
@@ -236,6 +257,8 @@ void ct_gpt2_free(ct_gpt2 *m)
     for (int i = 0; i < m->nalloc; i++) m->be->free(m->allocations[i]);
     free(m->allocations);
     free(m->tensors);
+    free(m->adapters);
+    free(m->lora_tensors);
     free(m->layers);
     free(m->losses_host);
     free(m);
@@ -292,6 +315,122 @@ void ct_gpt2_init_weights(ct_gpt2 *m, uint64_t seed)
     free(host);
 }
 
+/* ---------------------------------------------------------------- LoRA */
+
+static void lin_dims(const ct_gpt2 *m, int kind, int *in, int *out)
+{
+    int C = m->cfg.n_embd;
+    *in = kind == LIN_FCPROJ ? 4 * C : C;
+    *out = kind == LIN_QKV ? 3 * C : kind == LIN_FC ? 4 * C : C;
+}
+
+int ct_gpt2_num_linears(const ct_gpt2 *m) { return m->cfg.n_layer * NLIN; }
+
+void ct_gpt2_linear_name(const ct_gpt2 *m, int i, char *out, size_t n)
+{
+    snprintf(out, n, "transformer.h.%d.%s", i / NLIN, lin_names[i % NLIN]);
+}
+
+int ct_gpt2_add_lora(ct_gpt2 *m, const unsigned char *select, int r, float scale, float dropout, int shards,
+                     char *err, size_t errlen)
+{
+    int nlin = ct_gpt2_num_linears(m), count = 0;
+    for (int i = 0; i < nlin; i++) count += select[i] != 0;
+    if (m->adapters || r <= 0 || !count) {
+        snprintf(err, errlen, "lora: %s", m->adapters ? "adapters already added" : r <= 0 ? "r must be positive"
+                                                                                   : "no linear layer selected");
+        return -1;
+    }
+    size_t es = m->be->elem_size, BT = (size_t)m->maxB * m->maxT;
+    m->adapters = calloc((size_t)nlin, sizeof *m->adapters);
+    m->lora_tensors = calloc((size_t)count * 2, sizeof *m->lora_tensors);
+    if (!m->adapters || !m->lora_tensors) goto oom;
+    size_t off = 0, scratch = 0;
+    for (int i = 0; i < nlin; i++) {
+        if (!select[i]) continue;
+        int in, out;
+        lin_dims(m, i % NLIN, &in, &out);
+        for (int ab = 0; ab < 2; ab++) {
+            ct_param *p = &m->lora_tensors[m->lora_ntensors++];
+            snprintf(p->name, sizeof p->name, "base_model.model.transformer.h.%d.%s.lora_%c.weight", i / NLIN,
+                     lin_names[i % NLIN], ab ? 'B' : 'A');
+            p->ndim = 2;
+            p->shape[0] = ab ? out : r;
+            p->shape[1] = ab ? r : in;
+            p->numel = (size_t)r * (ab ? out : in);
+            p->offset = off;
+            p->decay = 1;
+            off += (p->numel + CT_ALIGN_ELEMS - 1) / CT_ALIGN_ELEMS * CT_ALIGN_ELEMS;
+        }
+        size_t need = m->be->lora_scratch_len(m->maxB * m->maxT, in, r);
+        if (need > scratch) scratch = need;
+    }
+    if (shards > 1) off = (off + (size_t)shards - 1) / (size_t)shards * (size_t)shards;
+    m->lora_numel = off;
+    if (!(m->lora_params = balloc(m, off * es)) || !(m->lora_grads = balloc(m, off * es)) ||
+        !(m->lora_scratch = balloc(m, scratch * es)))
+        goto oom;
+    int t = 0;
+    for (int i = 0; i < nlin; i++) {
+        if (!select[i]) continue;
+        adapter *a = &m->adapters[i];
+        a->A = (char *)m->lora_params + m->lora_tensors[t].offset * es;
+        a->dA = (char *)m->lora_grads + m->lora_tensors[t].offset * es;
+        a->B = (char *)m->lora_params + m->lora_tensors[t + 1].offset * es;
+        a->dB = (char *)m->lora_grads + m->lora_tensors[t + 1].offset * es;
+        t += 2;
+        if (!(a->h = balloc(m, BT * (size_t)r * es))) goto oom;
+    }
+    m->lora_r = r;
+    m->lora_scale = scale;
+    m->lora_dropout = dropout;
+    /* the base is frozen: its gradients are never computed, so their buffer goes */
+    for (int i = 0; i < m->nalloc; i++)
+        if (m->allocations[i] == m->grads) m->be->free(m->grads), m->allocations[i] = NULL;
+    m->grads = NULL;
+    m->frozen = 1;
+    return 0;
+oom:
+    snprintf(err, errlen, "lora: out of memory for rank-%d adapters on %d linear layers", r, count);
+    return -1;
+}
+
+int ct_gpt2_has_lora(const ct_gpt2 *m) { return m->adapters != NULL; }
+void ct_gpt2_set_dropout_seed(ct_gpt2 *m, uint64_t seed) { m->dropout_seed = seed; }
+
+ct_trainable ct_gpt2_trainable(ct_gpt2 *m)
+{
+    if (m->adapters)
+        return (ct_trainable){.ntensors = m->lora_ntensors, .tensors = m->lora_tensors, .numel = m->lora_numel,
+                              .params = m->lora_params, .grads = m->lora_grads};
+    return (ct_trainable){.ntensors = m->ntensors, .tensors = m->tensors, .numel = m->numel, .params = m->params,
+                          .grads = m->grads};
+}
+
+/* Each adapter's dropout mask differs: the step's seed mixed with the adapter's index. */
+static uint64_t adapter_seed(const ct_gpt2 *m, int i) { return m->dropout_seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(i + 1)); }
+
+/* out += the adapter's contribution, where linear `kind` of layer l has one. */
+static void adapter_fwd(ct_gpt2 *m, int l, int kind, void *out, const void *x, int N)
+{
+    adapter *a = m->adapters ? &m->adapters[l * NLIN + kind] : NULL;
+    if (!a || !a->A) return;
+    int in, outd;
+    lin_dims(m, kind, &in, &outd);
+    m->be->lora_fwd(m->ctx, out, a->h, x, a->A, a->B, m->lora_scratch, N, in, outd, m->lora_r, m->lora_scale,
+                    m->lora_dropout, adapter_seed(m, l * NLIN + kind));
+}
+
+static void adapter_bwd(ct_gpt2 *m, int l, int kind, void *dx, const void *dout, const void *x, int N)
+{
+    adapter *a = m->adapters ? &m->adapters[l * NLIN + kind] : NULL;
+    if (!a || !a->A) return;
+    int in, outd;
+    lin_dims(m, kind, &in, &outd);
+    m->be->lora_bwd(m->ctx, dx, a->dA, a->dB, dout, x, a->h, a->A, a->B, m->lora_scratch, N, in, outd, m->lora_r,
+                    m->lora_scale, m->lora_dropout, adapter_seed(m, l * NLIN + kind));
+}
+
 /* ---------------------------------------------------------------- forward */
 
 int ct_gpt2_forward(ct_gpt2 *m, const int32_t *tokens, const int32_t *targets, int B, int T, double *loss_sum,
@@ -328,14 +467,18 @@ int ct_gpt2_forward(ct_gpt2 *m, const int32_t *tokens, const int32_t *targets, i
         be->layernorm_fwd(ctx, a->ln1, a->ln1_mean, a->ln1_rstd, residual, LP(m, P, l, P_LN1W),
                           LP(m, P, l, P_LN1B), N, C, c->ln_eps);
         be->matmul_fwd(ctx, a->qkv, a->ln1, LP(m, P, l, P_QKVW), LP(m, P, l, P_QKVB), N, C, 3 * C);
+        adapter_fwd(m, l, LIN_QKV, a->qkv, a->ln1, N);
         be->attention_fwd(ctx, a->atty, a->att_stats, a->qkv, B, T, C, NH);
         be->matmul_fwd(ctx, m->proj, a->atty, LP(m, P, l, P_ATTPROJW), LP(m, P, l, P_ATTPROJB), N, C, C);
+        adapter_fwd(m, l, LIN_ATTPROJ, m->proj, a->atty, N);
         be->residual_fwd(ctx, a->res2, residual, m->proj, (size_t)N * C);
         be->layernorm_fwd(ctx, a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, LP(m, P, l, P_LN2W),
                           LP(m, P, l, P_LN2B), N, C, c->ln_eps);
         be->matmul_fwd(ctx, a->fch, a->ln2, LP(m, P, l, P_FCW), LP(m, P, l, P_FCB), N, C, 4 * C);
+        adapter_fwd(m, l, LIN_FC, a->fch, a->ln2, N);
         be->gelu_fwd(ctx, a->fch_gelu, a->fch, (size_t)N * 4 * C);
         be->matmul_fwd(ctx, m->proj, a->fch_gelu, LP(m, P, l, P_FCPROJW), LP(m, P, l, P_FCPROJB), N, 4 * C, C);
+        adapter_fwd(m, l, LIN_FCPROJ, m->proj, a->fch_gelu, N);
         be->residual_fwd(ctx, a->res3, a->res2, m->proj, (size_t)N * C);
         residual = a->res3;
     }
@@ -366,7 +509,11 @@ int ct_gpt2_forward(ct_gpt2 *m, const int32_t *tokens, const int32_t *targets, i
 
 /* ---------------------------------------------------------------- backward */
 
-void ct_gpt2_zero_grad(ct_gpt2 *m) { m->be->zero(m->ctx, m->grads, m->numel * m->be->elem_size); }
+void ct_gpt2_zero_grad(ct_gpt2 *m)
+{
+    ct_trainable t = ct_gpt2_trainable(m);
+    m->be->zero(m->ctx, t.grads, t.numel * m->be->elem_size);
+}
 
 void ct_gpt2_backward(ct_gpt2 *m, float dloss)
 {
@@ -381,7 +528,7 @@ void ct_gpt2_backward(ct_gpt2 *m, float dloss)
     int B = m->curB, T = m->curT, N = B * T;
     int C = c->n_embd, V = c->vocab_size, NH = c->n_head, L = c->n_layer;
     size_t es = be->elem_size, NC = (size_t)N * C;
-    void *P = m->params, *G = m->grads;
+    void *P = m->params, *G = m->frozen ? NULL : m->grads; /* NULL: no base gradients */
 
     be->xent_bwd(ctx, m->logits, m->targets_dev, dloss, N, V);
     be->zero(ctx, m->dln, NC * es);
@@ -400,26 +547,30 @@ void ct_gpt2_backward(ct_gpt2 *m, float dloss)
         be->zero(ctx, m->dfch_gelu, 4 * NC * es);
         be->matmul_bwd(ctx, m->dfch_gelu, LP(m, G, l, P_FCPROJW), LP(m, G, l, P_FCPROJB), m->dres, a->fch_gelu,
                        LP(m, P, l, P_FCPROJW), N, 4 * C, C);
+        adapter_bwd(m, l, LIN_FCPROJ, m->dfch_gelu, m->dres, a->fch_gelu, N);
         be->zero(ctx, m->dfch, 4 * NC * es);
         be->gelu_bwd(ctx, m->dfch, a->fch, m->dfch_gelu, 4 * NC);
         be->zero(ctx, m->dln, NC * es);
         be->matmul_bwd(ctx, m->dln, LP(m, G, l, P_FCW), LP(m, G, l, P_FCB), m->dfch, a->ln2, LP(m, P, l, P_FCW), N, C,
                        4 * C);
+        adapter_bwd(m, l, LIN_FC, m->dln, m->dfch, a->ln2, N);
         be->layernorm_bwd(ctx, m->dres, LP(m, G, l, P_LN2W), LP(m, G, l, P_LN2B), m->dln, a->res2,
                           LP(m, P, l, P_LN2W), a->ln2_mean, a->ln2_rstd, N, C);
 
         be->zero(ctx, m->datty, NC * es);
         be->matmul_bwd(ctx, m->datty, LP(m, G, l, P_ATTPROJW), LP(m, G, l, P_ATTPROJB), m->dres, a->atty,
                        LP(m, P, l, P_ATTPROJW), N, C, C);
+        adapter_bwd(m, l, LIN_ATTPROJ, m->datty, m->dres, a->atty, N);
         be->zero(ctx, m->dqkv, 3 * NC * es);
         be->attention_bwd(ctx, m->dqkv, a->att_stats, m->datty, a->qkv, a->atty, B, T, C, NH);
         be->zero(ctx, m->dln, NC * es);
         be->matmul_bwd(ctx, m->dln, LP(m, G, l, P_QKVW), LP(m, G, l, P_QKVB), m->dqkv, a->ln1, LP(m, P, l, P_QKVW),
                        N, C, 3 * C);
+        adapter_bwd(m, l, LIN_QKV, m->dln, m->dqkv, a->ln1, N);
         be->layernorm_bwd(ctx, m->dres, LP(m, G, l, P_LN1W), LP(m, G, l, P_LN1B), m->dln, res1, LP(m, P, l, P_LN1W),
                           a->ln1_mean, a->ln1_rstd, N, C);
     }
-    be->encoder_bwd(ctx, WTE(m, G), WPE(m, G), m->dres, m->tokens_dev, B, T, C);
+    if (G) be->encoder_bwd(ctx, WTE(m, G), WPE(m, G), m->dres, m->tokens_dev, B, T, C);
 }
 
 double ct_gpt2_step_flops(const ct_gpt2_config *c, int B, int T)

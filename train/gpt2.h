@@ -56,7 +56,34 @@ const ct_param *ct_gpt2_find(const ct_gpt2 *m, const char *name); /* NULL if abs
 size_t ct_gpt2_numel(const ct_gpt2 *m);  /* length of the flat buffers, padding included */
 size_t ct_gpt2_count(const ct_gpt2 *m);  /* number of parameters, padding excluded */
 void *ct_gpt2_params(ct_gpt2 *m);        /* flat parameters, backend memory, storage dtype */
-void *ct_gpt2_grads(ct_gpt2 *m);         /* flat gradients, same layout */
+void *ct_gpt2_grads(ct_gpt2 *m);         /* flat gradients, same layout; NULL once frozen (LoRA) */
+
+/* What the optimizer updates and a checkpoint saves: one flat buffer of parameters, one of
+ * gradients of the same layout, and the table of the tensors in them. The whole model, or,
+ * once LoRA adapters are added, only the adapters. */
+typedef struct {
+    int ntensors;
+    const ct_param *tensors;
+    size_t numel;         /* flat length, padded to the shard multiple */
+    void *params, *grads; /* backend memory, storage dtype */
+} ct_trainable;
+ct_trainable ct_gpt2_trainable(ct_gpt2 *m);
+
+/* ---- LoRA. The linear layers adapters can sit beside, named as PEFT does:
+ * "transformer.h.<l>.attn.c_attn", ".attn.c_proj", ".mlp.c_fc", ".mlp.c_proj"; i in [0, num). */
+int ct_gpt2_num_linears(const ct_gpt2 *m);
+void ct_gpt2_linear_name(const ct_gpt2 *m, int i, char *out, size_t n);
+/* Freezes the base weights (their gradient buffer is released: no base gradient is ever
+ * computed) and adds a rank-r adapter beside every linear i with select[i] != 0:
+ * out += scale * dropout(x) . A^T . B^T. Adapter tensors are named as PEFT saves them
+ * ("base_model.model.transformer.h.0.attn.c_attn.lora_A.weight", A [r, in], B [out, r]) and
+ * start at zero: the caller initialises A (lora.c). Their flat buffers are padded to `shards`.
+ * Returns -1 with err filled when r <= 0, nothing is selected, or memory runs out. */
+int ct_gpt2_add_lora(ct_gpt2 *m, const unsigned char *select, int r, float scale, float dropout, int shards,
+                     char *err, size_t errlen);
+int ct_gpt2_has_lora(const ct_gpt2 *m);
+/* The seed of the adapters' dropout masks for the next forward and its backward. */
+void ct_gpt2_set_dropout_seed(ct_gpt2 *m, uint64_t seed);
 
 /* GPT-2 initialisation: normal(0, 0.02) for weights and embeddings, the two residual
  * projections scaled by 1/sqrt(2 n_layer), biases 0, layernorm weights 1. Deterministic in seed. */

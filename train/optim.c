@@ -22,7 +22,8 @@ struct ct_optim {
 int ct_optim_init(ct_optim **out, ct_gpt2 *m, ct_comm *comm, int zero_stage, char *err, size_t errlen)
 {
     *out = NULL;
-    size_t n = ct_gpt2_numel(m), world = (size_t)ct_comm_size(comm);
+    ct_trainable tr = ct_gpt2_trainable(m);
+    size_t n = tr.numel, world = (size_t)ct_comm_size(comm);
     if (n % world) {
         snprintf(err, errlen, "internal: flat buffer of %zu elements is not padded to the world size %zu", n, world);
         return -1;
@@ -50,10 +51,10 @@ int ct_optim_init(ct_optim **out, ct_gpt2 *m, ct_comm *comm, int zero_stage, cha
         if (!(o->gslice = o->be->alloc(bytes))) goto oom;
     }
     if (o->be->elem_size == sizeof(float)) {
-        o->master = (float *)ct_gpt2_params(m) + o->begin;
+        o->master = (float *)tr.params + o->begin;
     } else {
         if (!(o->master = o->be->alloc(bytes))) goto oom;
-        o->be->to_f32(o->ctx, o->master, (char *)ct_gpt2_params(m) + o->begin * o->be->elem_size, o->len);
+        o->be->to_f32(o->ctx, o->master, (char *)tr.params + o->begin * o->be->elem_size, o->len);
         o->state_bytes += bytes;
     }
     *out = o;
@@ -89,7 +90,7 @@ void ct_optim_slice(const ct_optim *o, size_t *begin, size_t *len)
 int ct_optim_sync_params(ct_optim *o)
 {
     const ct_backend *be = o->be;
-    char *params = ct_gpt2_params(o->model);
+    char *params = ct_gpt2_trainable(o->model).params;
     if (be->elem_size != sizeof(float))
         be->to_storage(o->ctx, params + o->begin * be->elem_size, o->master, o->len);
     if (o->zero_stage == 1) return ct_comm_allgather(o->comm, (float *)params, o->len);
@@ -101,9 +102,10 @@ int ct_optim_step(ct_optim *o, const ct_optim_hparams *h, float *grad_norm)
 {
     const ct_backend *be = o->be;
     size_t es = be->elem_size;
-    char *params = ct_gpt2_params(o->model);
+    ct_trainable tr = ct_gpt2_trainable(o->model);
+    char *params = tr.params;
     /* Collectives run on fp32 host buffers here; the CUDA backend reduces on the device. */
-    float *grads = ct_gpt2_grads(o->model);
+    float *grads = tr.grads;
     float *g;
     double sumsq;
     if (o->zero_stage == 1) {
@@ -123,8 +125,8 @@ int ct_optim_step(ct_optim *o, const ct_optim_hparams *h, float *grad_norm)
 
     o->t++;
     /* AdamW on each tensor's part of the slice: weight decay only where the tensor has it. */
-    for (int i = 0; i < ct_gpt2_num_tensors(o->model); i++) {
-        const ct_param *p = ct_gpt2_tensor(o->model, i);
+    for (int i = 0; i < tr.ntensors; i++) {
+        const ct_param *p = &tr.tensors[i];
         size_t lo = p->offset > o->begin ? p->offset : o->begin;
         size_t hi = p->offset + p->numel < o->begin + o->len ? p->offset + p->numel : o->begin + o->len;
         if (lo >= hi) continue;

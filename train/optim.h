@@ -20,7 +20,8 @@ typedef struct {
 
 typedef struct ct_optim ct_optim;
 
-/* The model's flat length must be a multiple of the world size (ct_gpt2_init's shards).
+/* Optimizes the model's trainable set (ct_gpt2_trainable: the whole model, or its LoRA
+ * adapters), whose flat length must be a multiple of the world size (ct_gpt2_init's shards).
  * Returns -1 with err filled when it is not or memory runs out. */
 int ct_optim_init(ct_optim **out, ct_gpt2 *m, ct_comm *comm, int zero_stage, char *err, size_t errlen);
 void ct_optim_free(ct_optim *o);

@@ -58,6 +58,9 @@ static const ct_backend cpu_backend = {
     .xent_bwd = ct_cpu_xent_bwd,
     .adamw = ct_cpu_adamw,
     .sumsq = ct_cpu_sumsq,
+    .lora_fwd = ct_cpu_lora_fwd,
+    .lora_scratch_len = ct_cpu_lora_scratch_len,
+    .lora_bwd = ct_cpu_lora_bwd,
 };
 
 const ct_backend *ct_backend_cpu(void) { return &cpu_backend; }

@@ -30,5 +30,11 @@ void ct_cpu_xent_bwd(ct_kctx *ctx, void *probs, const int32_t *targets, float dl
 void ct_cpu_adamw(ct_kctx *ctx, float *master, void *param, float *m, float *v, const void *grad, size_t n,
                   const ct_adamw_params *p);
 double ct_cpu_sumsq(ct_kctx *ctx, const void *g, size_t n);
+void ct_cpu_lora_fwd(ct_kctx *ctx, void *out, void *h, const void *x, const void *A, const void *B,
+                     void *scratch, int N, int K, int M, int r, float scale, float p, uint64_t seed);
+size_t ct_cpu_lora_scratch_len(int N, int K, int r);
+void ct_cpu_lora_bwd(ct_kctx *ctx, void *dx, void *dA, void *dB, const void *dout, const void *x, const void *h,
+                     const void *A, const void *B, void *scratch, int N, int K, int M, int r, float scale, float p,
+                     uint64_t seed);
 
 #endif

@@ -37,28 +37,32 @@ void ct_cpu_encoder_fwd(ct_kctx *ctx, void *out_, const int32_t *tokens, const v
  * The scatter into dwte is made race-free by splitting channels, not positions: each thread
  * owns a slice of channels and walks every position in order, so each element of dwte and
  * dwpe is summed by one thread in ascending position order — bit-identical for any thread
- * count, with no atomics and no scratch memory. */
+ * count, with no atomics and no scratch memory. Either gradient may be NULL (a frozen
+ * embedding); with both NULL there is nothing to do. */
 void ct_cpu_encoder_bwd(ct_kctx *ctx, void *dwte_, void *dwpe_, const void *dout_, const int32_t *tokens,
                         int B, int T, int C)
 {
     float *dwte = dwte_, *dwpe = dwpe_;
     const float *dout = dout_;
     long rows = (long)B * T;
+    if (!dwte && !dwpe) return;
     int w = enc_slice(C);
 #pragma omp parallel for schedule(static) if (rows * C >= ENC_PAR_MIN)
     for (int c0 = 0; c0 < C; c0 += w) {
         int n = C - c0 < w ? C - c0 : w;
-        for (int t = 0; t < T; t++) {
-            float *dp = dwpe + (size_t)t * C + c0;
-            for (int b = 0; b < B; b++) {
-                const float *d = dout + ((size_t)b * T + t) * C + c0;
-                for (int c = 0; c < n; c++) dp[c] += d[c];
+        if (dwpe)
+            for (int t = 0; t < T; t++) {
+                float *dp = dwpe + (size_t)t * C + c0;
+                for (int b = 0; b < B; b++) {
+                    const float *d = dout + ((size_t)b * T + t) * C + c0;
+                    for (int c = 0; c < n; c++) dp[c] += d[c];
+                }
             }
-        }
-        for (long bt = 0; bt < rows; bt++) {
-            float *dt = dwte + (size_t)tokens[bt] * C + c0;
-            const float *d = dout + (size_t)bt * C + c0;
-            for (int c = 0; c < n; c++) dt[c] += d[c];
-        }
+        if (dwte)
+            for (long bt = 0; bt < rows; bt++) {
+                float *dt = dwte + (size_t)tokens[bt] * C + c0;
+                const float *d = dout + (size_t)bt * C + c0;
+                for (int c = 0; c < n; c++) dt[c] += d[c];
+            }
     }
 }

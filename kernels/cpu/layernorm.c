@@ -66,7 +66,8 @@ void ct_cpu_layernorm_fwd(ct_kctx *ctx, void *out_, float *mean, float *rstd, co
  *   dinp += rstd * (g - mean(g) - xhat * mean(g * xhat))
  * and per channel: dw += sum_n dout * xhat, db += sum_n dout.
  * The channel pass parallelises over channel slices, each summed over all rows in order by
- * one thread (deterministic, no atomics, no scratch memory); the row pass over rows. */
+ * one thread (deterministic, no atomics, no scratch memory); the row pass over rows.
+ * dw and db may be NULL (a frozen model under LoRA); with both NULL the channel pass is skipped. */
 void ct_cpu_layernorm_bwd(ct_kctx *ctx, void *dinp_, void *dw_, void *db_, const void *dout_, const void *inp_,
                           const void *w_, const float *mean, const float *rstd, int N, int C)
 {
@@ -81,23 +82,26 @@ void ct_cpu_layernorm_bwd(ct_kctx *ctx, void *dinp_, void *dw_, void *db_, const
 #pragma omp parallel if ((long)N * C >= LN_PAR_MIN)
     {
         /* channel pass first, then (after the implicit barrier) the row pass: dinp may
-         * then share memory with dout or inp */
+         * then share memory with dout or inp. (dw || db) is the same in every thread, so
+         * either all of the team meets this worksharing loop or none does. */
+        if (dw || db) {
 #pragma omp for schedule(static)
-        for (int c0 = 0; c0 < C; c0 += slice) {
-            int k = C - c0 < slice ? C - c0 : slice;
-            float aw[LN_SLICE_MAX] = {0}, ab[LN_SLICE_MAX] = {0};
-            for (int n = 0; n < N; n++) {
-                const float *x = inp + (size_t)n * C + c0;
-                const float *d = dout + (size_t)n * C + c0;
-                float m = mean[n], s = rstd[n];
-                for (int c = 0; c < k; c++) {
-                    aw[c] += d[c] * ((x[c] - m) * s);
-                    ab[c] += d[c];
+            for (int c0 = 0; c0 < C; c0 += slice) {
+                int k = C - c0 < slice ? C - c0 : slice;
+                float aw[LN_SLICE_MAX] = {0}, ab[LN_SLICE_MAX] = {0};
+                for (int n = 0; n < N; n++) {
+                    const float *x = inp + (size_t)n * C + c0;
+                    const float *d = dout + (size_t)n * C + c0;
+                    float m = mean[n], s = rstd[n];
+                    for (int c = 0; c < k; c++) {
+                        aw[c] += d[c] * ((x[c] - m) * s);
+                        ab[c] += d[c];
+                    }
                 }
-            }
-            for (int c = 0; c < k; c++) {
-                dw[c0 + c] += aw[c];
-                db[c0 + c] += ab[c];
+                if (dw)
+                    for (int c = 0; c < k; c++) dw[c0 + c] += aw[c];
+                if (db)
+                    for (int c = 0; c < k; c++) db[c0 + c] += ab[c];
             }
         }
 

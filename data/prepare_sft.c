@@ -1,0 +1,397 @@
+/* prepare_sft.c — the `prepare` step for supervised fine-tuning: JSON Lines of prompt/response
+ * pairs or chat messages in, packed train and val token datasets out (byte tokenizer), with a
+ * loss mask on exactly the text the model should learn to write.
+ *
+ * Three passes, so that nothing is written unless the whole file is good: parse and render
+ * every line into one token stream (remembering where each example starts), split the examples
+ * into train and val, then pack each part into windows of seq_len+1 tokens and write it. */
+#include "data.h"
+#include "fail.h"
+
+#include <cjson/cJSON.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* The template (documented in data.h). Headers are never learned (mask 0). */
+#define HDR_PROMPT "### Prompt:\n"
+#define HDR_RESPONSE "\n### Response:\n"
+#define HDR_SYSTEM "### System:\n"
+#define HDR_USER "### User:\n"
+#define HDR_ASSISTANT "### Assistant:\n"
+
+/* A growable token stream with its loss mask. */
+typedef struct {
+    uint32_t *tok;
+    uint8_t *mask;
+    size_t n, cap;
+} stream;
+
+/* One rendered example: tokens [start, start + len) of the rendered stream. */
+typedef struct {
+    size_t start, len;
+} example;
+
+static void stream_free(stream *s)
+{
+    free(s->tok);
+    free(s->mask);
+    s->tok = NULL;
+    s->mask = NULL;
+    s->n = s->cap = 0;
+}
+
+/* Room for more tokens; 0 or -1 (out of memory, s unchanged). */
+static int stream_reserve(stream *s, size_t more)
+{
+    if (s->cap - s->n >= more) return 0;
+    size_t cap = s->cap ? s->cap : 4096;
+    while (cap - s->n < more) cap *= 2;
+    uint32_t *tok = realloc(s->tok, cap * sizeof *tok);
+    if (!tok) return -1;
+    s->tok = tok;
+    uint8_t *mask = realloc(s->mask, cap);
+    if (!mask) return -1;
+    s->mask = mask;
+    s->cap = cap;
+    return 0;
+}
+
+/* Appends len bytes of text as byte tokens, all with mask m. */
+static int put_text(stream *s, const char *text, size_t len, uint8_t m)
+{
+    if (stream_reserve(s, len)) return -1;
+    for (size_t i = 0; i < len; i++) s->tok[s->n + i] = (unsigned char)text[i];
+    memset(s->mask + s->n, m, len);
+    s->n += len;
+    return 0;
+}
+
+/* Appends count end-of-text tokens with mask m. */
+static int put_eot(stream *s, size_t count, uint8_t m)
+{
+    if (stream_reserve(s, count)) return -1;
+    for (size_t i = 0; i < count; i++) s->tok[s->n + i] = CT_TOK_BYTES_EOT;
+    memset(s->mask + s->n, m, count);
+    s->n += count;
+    return 0;
+}
+
+/* Reads the whole file into a malloc'd, NUL-terminated buffer of *len bytes (plus the NUL). */
+static int read_all(const char *path, char **out, size_t *len, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return ct_data_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (!buf) {
+            fclose(f);
+            return ct_data_fail(err, errlen, "%s: out of memory after %zu bytes", path, n);
+        }
+        n += fread(buf + n, 1, cap - 1 - n, f);
+        if (n < cap - 1) break;
+        char *bigger = realloc(buf, cap * 2);
+        if (!bigger) free(buf);
+        buf = bigger;
+        cap *= 2;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        return ct_data_fail(err, errlen, "%s: read error", path);
+    }
+    buf[n] = 0;
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+static const char *type_name(const cJSON *v)
+{
+    if (cJSON_IsString(v)) return "a string";
+    if (cJSON_IsNumber(v)) return "a number";
+    if (cJSON_IsBool(v)) return "a boolean";
+    if (cJSON_IsNull(v)) return "null";
+    if (cJSON_IsArray(v)) return "an array";
+    if (cJSON_IsObject(v)) return "an object";
+    return "an invalid value";
+}
+
+/* 1 when the line holds a \u0000 escape: cJSON's strings end at the first NUL, so such a
+ * string would be cut short without a word. Backslashes occur only inside JSON strings, and
+ * every escape is skipped whole, so "\\u0000" (a backslash, then text) is not a match. */
+static int has_nul_escape(const char *line)
+{
+    for (const char *p = line; *p; p++) {
+        if (*p != '\\') continue;
+        if (p[1] == 'u' && !strncmp(p + 2, "0000", 4)) return 1;
+        if (p[1]) p++;
+    }
+    return 0;
+}
+
+/* Where one line's parse and render stand; for messages naming file, line and field. */
+typedef struct {
+    const char *path;
+    long line;
+    char *err;
+    size_t errlen;
+} ctx;
+
+static int oom(const ctx *c) { return ct_data_fail(c->err, c->errlen, "%s: line %ld: out of memory", c->path, c->line); }
+
+/* The string member name of obj (field names the place in messages); NULL with a message when
+ * it is missing or not a string. */
+static const char *get_string(const ctx *c, const cJSON *obj, const char *name, const char *field, const char *why)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+    if (!v) {
+        ct_data_fail(c->err, c->errlen, "%s: line %ld: %s: missing (%s)", c->path, c->line, field, why);
+        return NULL;
+    }
+    if (!cJSON_IsString(v) || !v->valuestring) {
+        ct_data_fail(c->err, c->errlen, "%s: line %ld: %s: is %s; must be a string", c->path, c->line, field,
+                     type_name(v));
+        return NULL;
+    }
+    return v->valuestring;
+}
+
+/* {"prompt": ..., "response": ...} */
+static int render_pair(const ctx *c, const cJSON *ex, stream *s, size_t *learned)
+{
+    const char *prompt = get_string(c, ex, "prompt", "prompt", "a response needs the prompt it answers");
+    if (!prompt) return -1;
+    const char *response = get_string(c, ex, "response", "response", "a prompt needs a response to learn");
+    if (!response) return -1;
+    size_t rlen = strlen(response);
+    if (put_text(s, HDR_PROMPT, strlen(HDR_PROMPT), 0) || put_text(s, prompt, strlen(prompt), 0) ||
+        put_text(s, HDR_RESPONSE, strlen(HDR_RESPONSE), 0) || put_text(s, response, rlen, 1))
+        return oom(c);
+    *learned = rlen;
+    return 0;
+}
+
+/* {"messages": [{"role": ..., "content": ...}, ...]} */
+static int render_messages(const ctx *c, const cJSON *msgs, stream *s, size_t *learned)
+{
+    if (!cJSON_IsArray(msgs))
+        return ct_data_fail(c->err, c->errlen, "%s: line %ld: messages: is %s; must be an array of {\"role\", \"content\"}",
+                            c->path, c->line, type_name(msgs));
+    int i = 0;
+    size_t total = 0;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, msgs)
+    {
+        char field[64];
+        if (!cJSON_IsObject(m))
+            return ct_data_fail(c->err, c->errlen, "%s: line %ld: messages[%d]: is %s; must be an object with \"role\" and \"content\"",
+                                c->path, c->line, i, type_name(m));
+        snprintf(field, sizeof field, "messages[%d].role", i);
+        const char *role = get_string(c, m, "role", field, "one of system, user, assistant");
+        if (!role) return -1;
+        const char *hdr = !strcmp(role, "system") ? HDR_SYSTEM : !strcmp(role, "user") ? HDR_USER
+                        : !strcmp(role, "assistant") ? HDR_ASSISTANT : NULL;
+        if (!hdr)
+            return ct_data_fail(c->err, c->errlen, "%s: line %ld: %s: unknown role \"%.40s\"; must be system, user or assistant",
+                                c->path, c->line, field, role);
+        snprintf(field, sizeof field, "messages[%d].content", i);
+        const char *content = get_string(c, m, "content", field, "the text of the message");
+        if (!content) return -1;
+        size_t clen = strlen(content);
+        int is_assistant = hdr == HDR_ASSISTANT;
+        if (put_text(s, hdr, strlen(hdr), 0) || put_text(s, content, clen, (uint8_t)is_assistant) ||
+            put_text(s, "\n", 1, 0))
+            return oom(c);
+        if (is_assistant) total += clen;
+        i++;
+    }
+    *learned = total;
+    return 0;
+}
+
+/* Parses one non-blank line (NUL-terminated in place) and appends its rendering to s. */
+static int render_line(const ctx *c, const char *line, int seq_len, stream *s, example *out)
+{
+    const char *end = NULL;
+    cJSON *ex = cJSON_ParseWithOpts(line, &end, 1);
+    if (!ex) {
+        long col = end && end >= line ? (long)(end - line) + 1 : 0;
+        char near[24] = {0};
+        size_t k = 0;
+        for (const char *p = end && end >= line ? end : line; *p && k < 16; p++) near[k++] = (*p < 32) ? ' ' : *p;
+        if (col > 0)
+            return ct_data_fail(c->err, c->errlen, "%s: line %ld, column %ld: malformed JSON near \"%s\"", c->path, c->line,
+                                col, near);
+        return ct_data_fail(c->err, c->errlen, "%s: line %ld: malformed JSON", c->path, c->line);
+    }
+    int rc = -1;
+    size_t start = s->n, learned = 0;
+    if (has_nul_escape(line)) {
+        ct_data_fail(c->err, c->errlen, "%s: line %ld: a string holds \\u0000 (a NUL character), which is not supported",
+                     c->path, c->line);
+        goto out;
+    }
+    if (!cJSON_IsObject(ex)) {
+        ct_data_fail(c->err, c->errlen,
+                     "%s: line %ld: example is %s; each line must be an object with \"prompt\" and \"response\", or "
+                     "\"messages\"",
+                     c->path, c->line, type_name(ex));
+        goto out;
+    }
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(ex, "messages");
+    int has_pair = cJSON_HasObjectItem(ex, "prompt") || cJSON_HasObjectItem(ex, "response");
+    if (msgs && has_pair) {
+        ct_data_fail(c->err, c->errlen, "%s: line %ld: messages: given together with prompt/response; use one form per example",
+                     c->path, c->line);
+        goto out;
+    }
+    if (!msgs && !has_pair) {
+        ct_data_fail(c->err, c->errlen,
+                     "%s: line %ld: prompt/response or messages: neither is present; an example is "
+                     "{\"prompt\": ..., \"response\": ...} or {\"messages\": [{\"role\": ..., \"content\": ...}, ...]}",
+                     c->path, c->line);
+        goto out;
+    }
+    if (msgs ? render_messages(c, msgs, s, &learned) : render_pair(c, ex, s, &learned)) goto out;
+    if (learned == 0) {
+        ct_data_fail(c->err, c->errlen, "%s: line %ld: %s: empty; an example needs %s text to learn from", c->path, c->line,
+                     msgs ? "messages" : "response", msgs ? "assistant" : "response");
+        goto out;
+    }
+    if (put_eot(s, 1, 1)) { /* learned: the model must learn where to stop */
+        oom(c);
+        goto out;
+    }
+    size_t len = s->n - start;
+    if (len > (size_t)seq_len + 1) {
+        ct_data_fail(c->err, c->errlen,
+                     "%s: line %ld: example of %zu tokens does not fit data.seq_len + 1 = %lld tokens; shorten it or "
+                     "raise data.seq_len",
+                     c->path, c->line, len, (long long)seq_len + 1);
+        goto out;
+    }
+    out->start = start;
+    out->len = len;
+    rc = 0;
+out:
+    if (rc) s->n = start;
+    cJSON_Delete(ex);
+    return rc;
+}
+
+/* Packs examples ex[0, n) of all into out: in order, each starting inside the window it ends in
+ * (window w = tokens [w*T, w*T + T]); where the next example would straddle a window boundary,
+ * end-of-text padding (mask 0) runs to the next window start. The end is padded the same way,
+ * to a window boundary, so the loader's last window holds the last example. docs[i] gets the
+ * start of example i. */
+static int pack(const stream *all, const example *ex, size_t n, int seq_len, stream *out, uint64_t *docs)
+{
+    const size_t T = (size_t)seq_len;
+    for (size_t i = 0; i < n; i++) {
+        size_t p = out->n, next = (p / T + 1) * T; /* the next window start after p */
+        if (p + ex[i].len > next + 1 && put_eot(out, next - p, 0)) return -1;
+        docs[i] = out->n;
+        if (stream_reserve(out, ex[i].len)) return -1;
+        memcpy(out->tok + out->n, all->tok + ex[i].start, ex[i].len * sizeof *out->tok);
+        memcpy(out->mask + out->n, all->mask + ex[i].start, ex[i].len);
+        out->n += ex[i].len;
+    }
+    size_t last = out->n - 1; /* the stream's last index must be a window end: a multiple of T */
+    if (last % T) return put_eot(out, T - last % T, 0);
+    return 0;
+}
+
+static int write_part(const char *path, const stream *all, const example *ex, size_t n, int seq_len,
+                      const char *src, char *err, size_t errlen)
+{
+    stream s = {0};
+    uint64_t *docs = malloc(n * sizeof *docs);
+    int rc;
+    if (!docs || pack(all, ex, n, seq_len, &s, docs))
+        rc = ct_data_fail(err, errlen, "%s: out of memory packing %zu examples for %s", src, n, path);
+    else
+        rc = ct_dataset_write(path, s.tok, s.n, s.mask, docs, n, "bytes", CT_TOK_BYTES_VOCAB, err, errlen);
+    free(docs);
+    stream_free(&s);
+    return rc;
+}
+
+int ct_data_prepare_sft(const char *jsonl_path, const char *train_path, const char *val_path, double val_fraction,
+                        int seq_len, char *err, size_t errlen)
+{
+    if (!jsonl_path || !train_path || !val_path) return ct_data_fail(err, errlen, "prepare: a path is missing");
+    if (!strcmp(train_path, val_path))
+        return ct_data_fail(err, errlen, "%s: train and val paths are the same (%s); they must differ", jsonl_path,
+                            train_path);
+    if (!(val_fraction > 0.0 && val_fraction < 1.0)) /* also catches NaN */
+        return ct_data_fail(err, errlen, "%s: val_fraction %g: must be between 0 and 1 (exclusive)", jsonl_path,
+                            val_fraction);
+    if (seq_len < 1) return ct_data_fail(err, errlen, "%s: data.seq_len %d: must be at least 1", jsonl_path, seq_len);
+
+    char *text = NULL;
+    size_t len = 0;
+    if (read_all(jsonl_path, &text, &len, err, errlen)) return -1;
+    if (len == 0) {
+        free(text);
+        return ct_data_fail(err, errlen, "%s: empty file; expected JSON Lines, one example per line", jsonl_path);
+    }
+
+    stream all = {0};
+    example *ex = NULL;
+    size_t nex = 0, excap = 0;
+    int rc = -1;
+    ctx c = {jsonl_path, 0, err, errlen};
+    char *p = text, *end = text + len;
+    if (len >= 3 && !memcmp(p, "\xEF\xBB\xBF", 3)) p += 3; /* a UTF-8 byte order mark */
+    while (p < end) {
+        char *nl = memchr(p, '\n', (size_t)(end - p));
+        char *eol = nl ? nl : end;
+        c.line++;
+        *eol = 0; /* the line is now a C string... */
+        if (strlen(p) != (size_t)(eol - p)) { /* ...unless it holds a NUL byte of its own */
+            ct_data_fail(err, errlen, "%s: line %ld: holds a NUL byte; expected UTF-8 JSON text", jsonl_path, c.line);
+            goto out;
+        }
+        if (strspn(p, " \t\r\f\v") < (size_t)(eol - p)) {
+            if (nex == excap) {
+                size_t cap = excap ? excap * 2 : 256;
+                example *bigger = realloc(ex, cap * sizeof *ex);
+                if (!bigger) {
+                    oom(&c);
+                    goto out;
+                }
+                ex = bigger;
+                excap = cap;
+            }
+            if (render_line(&c, p, seq_len, &all, &ex[nex])) goto out;
+            nex++;
+        }
+        p = eol + 1;
+    }
+    if (nex < 2) {
+        ct_data_fail(err, errlen, "%s: %zu example%s; need at least 2 (one for train, one for val)", jsonl_path, nex,
+                     nex == 1 ? "" : "s");
+        goto out;
+    }
+
+    /* the last val_fraction of the examples, rounded to nearest, at least one each side */
+    double want = val_fraction * (double)nex + 0.5; /* truncated below: rounds to nearest */
+    size_t nval = want < 1.0 ? 1 : want > (double)(nex - 1) ? nex - 1 : (size_t)want;
+    size_t ntrain = nex - nval;
+    rc = write_part(train_path, &all, ex, ntrain, seq_len, jsonl_path, err, errlen);
+    if (!rc) {
+        rc = write_part(val_path, &all, ex + ntrain, nval, seq_len, jsonl_path, err, errlen);
+        if (rc) unlink(train_path); /* no half pair: a new train beside an old val would mislead */
+    }
+out:
+    free(ex);
+    stream_free(&all);
+    free(text);
+    return rc;
+}
