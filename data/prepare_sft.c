@@ -195,8 +195,9 @@ static int render_messages(const ctx *c, const cJSON *msgs, stream *s, size_t *l
         snprintf(field, sizeof field, "messages[%d].role", i);
         const char *role = get_string(c, m, "role", field, "one of system, user, assistant");
         if (!role) return -1;
+        int is_assistant = !strcmp(role, "assistant");
         const char *hdr = !strcmp(role, "system") ? HDR_SYSTEM : !strcmp(role, "user") ? HDR_USER
-                        : !strcmp(role, "assistant") ? HDR_ASSISTANT : NULL;
+                        : is_assistant ? HDR_ASSISTANT : NULL;
         if (!hdr)
             return ct_data_fail(c->err, c->errlen, "%s: line %ld: %s: unknown role \"%.40s\"; must be system, user or assistant",
                                 c->path, c->line, field, role);
@@ -204,7 +205,6 @@ static int render_messages(const ctx *c, const cJSON *msgs, stream *s, size_t *l
         const char *content = get_string(c, m, "content", field, "the text of the message");
         if (!content) return -1;
         size_t clen = strlen(content);
-        int is_assistant = hdr == HDR_ASSISTANT;
         if (put_text(s, hdr, strlen(hdr), 0) || put_text(s, content, clen, (uint8_t)is_assistant) ||
             put_text(s, "\n", 1, 0))
             return oom(c);

@@ -14,3 +14,8 @@ target_link_options(test_data_asan PRIVATE -fsanitize=address,undefined)
 target_link_libraries(test_data_asan PRIVATE ct_hdf5 m)
 add_test(NAME test_data_asan COMMAND test_data_asan)
 set_tests_properties(test_data_asan PROPERTIES LABELS "unit;asan")
+
+# The fine-tuning prepare step (JSON Lines -> packed, masked datasets). It reads /doc_offsets
+# with the HDF5 C API, as test_data does.
+ct_unit_test(test_sft test_sft.c)
+target_link_libraries(test_sft PRIVATE ct_hdf5)

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { K_INT, K_I64, K_REAL, K_STR } key_type;
+typedef enum { K_INT, K_I64, K_REAL, K_STR, K_BOOL } key_type;
 
 typedef struct {
     const char *key;      /* "section.name" */
@@ -51,6 +51,12 @@ static const key_info keys[] = {
     {"optim.grad_clip", K_REAL, F(optim.grad_clip), "1.0", 0, BIG, NULL, "clip the global gradient norm to this; 0: no clipping"},
     {"parallel.grad_accum", K_INT, F(parallel.grad_accum), "1", 1, 1 << 20, NULL, "micro-batches per step on each rank"},
     {"parallel.zero_stage", K_INT, F(parallel.zero_stage), "1", 0, 1, NULL, "0: all-reduce, full optimizer state everywhere; 1: state sharded across ranks"},
+    {"lora.targets", K_STR, F(lora.targets), "\"\"", 0, 0, NULL, "LoRA on these linear layers (PEFT target_modules, comma-separated, e.g. \"c_attn,c_proj\", or \"all-linear\"); \"\": full training"},
+    {"lora.r", K_INT, F(lora.r), "8", 1, 1 << 16, NULL, "adapter rank"},
+    {"lora.alpha", K_REAL, F(lora.alpha), "16", 1e-9, 1e9, NULL, "adapter scale numerator: scale = alpha / r"},
+    {"lora.dropout", K_REAL, F(lora.dropout), "0", 0, 1 - 1e-9, NULL, "dropout on the adapter's input, in [0, 1)"},
+    {"lora.rslora", K_BOOL, F(lora.rslora), "false", 0, 1, NULL, "rank-stabilised scale alpha / sqrt(r)"},
+    {"lora.init_from", K_STR, F(lora.init_from), "\"\"", 0, 0, NULL, "a PEFT adapter folder to continue training (its adapter_config.json sets r, alpha, targets)"},
     {"checkpoint.every", K_INT, F(checkpoint.every), "0", 0, 1e9, NULL, "save a checkpoint every N steps (0: only at the end and when preempted)"},
     {"checkpoint.keep", K_INT, F(checkpoint.keep), "2", 1, 1e6, NULL, "newest checkpoints kept in run.dir"},
     {"log.every", K_INT, F(log.every), "10", 1, 1e9, NULL, "a log line every N steps (metrics.jsonl gets every step)"},
@@ -146,6 +152,14 @@ static int set_value(ct_config *cfg, const key_info *k, const cJSON *v, const ch
         strcpy(dst, v->valuestring);
         return 0;
     }
+    if (k->type == K_BOOL) {
+        if (!cJSON_IsBool(v)) {
+            snprintf(err, errlen, "%s: %s: expected true or false", where, k->key);
+            return -1;
+        }
+        *(int *)dst = cJSON_IsTrue(v);
+        return 0;
+    }
     if (!cJSON_IsNumber(v)) {
         snprintf(err, errlen, "%s: %s: expected a number", where, k->key);
         return -1;
@@ -179,7 +193,7 @@ void ct_config_defaults(ct_config *cfg)
 static int apply_json(ct_config *cfg, const cJSON *root, const char *path, char *err, size_t errlen)
 {
     if (!cJSON_IsObject(root)) {
-        snprintf(err, errlen, "%s: expected a JSON object of sections (run, model, data, optim, parallel, checkpoint, log, sample)",
+        snprintf(err, errlen, "%s: expected a JSON object of sections (run, model, data, optim, parallel, lora, checkpoint, log, sample)",
                  path);
         return -1;
     }
@@ -280,6 +294,11 @@ int ct_config_check(const ct_config *c, char *err, size_t errlen)
         snprintf(err, errlen, "optim.min_lr: %g is above optim.lr (%g)", c->optim.min_lr, c->optim.lr);
         return -1;
     }
+    if ((c->lora.targets[0] || c->lora.init_from[0]) && !c->model.init_from[0]) {
+        snprintf(err, errlen, "%s: LoRA fine-tunes a base model: name it in model.init_from",
+                 c->lora.targets[0] ? "lora.targets" : "lora.init_from");
+        return -1;
+    }
     if (!c->model.init_from[0] && c->data.seq_len > c->model.max_seq_len) {
         snprintf(err, errlen, "data.seq_len: %d does not fit model.max_seq_len (%d)", c->data.seq_len,
                  c->model.max_seq_len);
@@ -302,6 +321,7 @@ char *ct_config_to_json(const ct_config *cfg, int pretty)
         if (k->type == K_STR) cJSON_AddStringToObject(sec, dot + 1, src);
         else if (k->type == K_INT) cJSON_AddNumberToObject(sec, dot + 1, *(const int *)src);
         else if (k->type == K_I64) cJSON_AddNumberToObject(sec, dot + 1, (double)*(const int64_t *)src);
+        else if (k->type == K_BOOL) cJSON_AddBoolToObject(sec, dot + 1, *(const int *)src);
         else cJSON_AddNumberToObject(sec, dot + 1, *(const double *)src);
     }
     char *text = !root ? NULL : pretty ? cJSON_Print(root) : cJSON_PrintUnformatted(root);
@@ -311,7 +331,7 @@ char *ct_config_to_json(const ct_config *cfg, int pretty)
 
 void ct_config_describe(FILE *f)
 {
-    static const char *const type_names[] = {"int", "int", "number", "string"};
+    static const char *const type_names[] = {"int", "int", "number", "string", "bool"};
     fprintf(f, "config keys (JSON sections; override any with --set key=value):\n");
     for (int i = 0; i < NKEYS; i++) {
         const key_info *k = &keys[i];

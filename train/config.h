@@ -37,6 +37,13 @@ typedef struct {
         int grad_accum, zero_stage;
     } parallel;
     struct {
+        char targets[512];         /* "" (off), PEFT target_modules joined by commas, or "all-linear" */
+        int r;
+        double alpha, dropout;
+        int rslora;                /* scale alpha / sqrt(r) instead of alpha / r */
+        char init_from[CT_PATH_MAX]; /* a PEFT adapter folder to continue training */
+    } lora;
+    struct {
         int every;                 /* save every N steps (0: only at the end and on preemption) */
         int keep;                  /* newest checkpoints kept in run.dir */
     } checkpoint;

@@ -396,6 +396,7 @@ oom:
 }
 
 int ct_gpt2_has_lora(const ct_gpt2 *m) { return m->adapters != NULL; }
+float ct_gpt2_lora_scale(const ct_gpt2 *m) { return m->lora_scale; }
 void ct_gpt2_set_dropout_seed(ct_gpt2 *m, uint64_t seed) { m->dropout_seed = seed; }
 
 ct_trainable ct_gpt2_trainable(ct_gpt2 *m)

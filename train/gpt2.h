@@ -82,6 +82,7 @@ void ct_gpt2_linear_name(const ct_gpt2 *m, int i, char *out, size_t n);
 int ct_gpt2_add_lora(ct_gpt2 *m, const unsigned char *select, int r, float scale, float dropout, int shards,
                      char *err, size_t errlen);
 int ct_gpt2_has_lora(const ct_gpt2 *m);
+float ct_gpt2_lora_scale(const ct_gpt2 *m);
 /* The seed of the adapters' dropout masks for the next forward and its backward. */
 void ct_gpt2_set_dropout_seed(ct_gpt2 *m, uint64_t seed);
 

@@ -10,6 +10,7 @@
 
 #include "checkpoint.h"
 #include "hf_gpt2.h"
+#include "lora.h"
 
 int ct_run_backend(const ct_config *cfg, const ct_backend **be, char *err, size_t errlen)
 {
@@ -56,6 +57,7 @@ int ct_run_model_source(const ct_config *cfg, ct_weights_source source, ct_gpt2_
 {
     path[0] = 0;
     *is_ckpt = 0;
+    if (ct_run_lora(cfg)) source = CT_WEIGHTS_CONFIG; /* the base: model.init_from, always */
     if (source == CT_WEIGHTS_TRAINED) {
         int latest = ct_ckpt_latest(cfg->run.dir, path, pathlen, err, errlen);
         if (latest < 0) return -1;
@@ -80,6 +82,45 @@ int ct_run_model_source(const ct_config *cfg, ct_weights_source source, ct_gpt2_
     return 0;
 }
 
+int ct_run_lora(const ct_config *cfg) { return cfg->lora.targets[0] || cfg->lora.init_from[0]; }
+
+/* Adds the config's adapters to m and fills them: for a trained model, from run.dir's PEFT
+ * export or latest checkpoint; else from lora.init_from, or PEFT's fresh initialisation. */
+static int add_adapters(const ct_config *cfg, ct_weights_source source, ct_gpt2 *m, int shards, ct_comm *comm,
+                        char *from, size_t fromlen, char *err, size_t errlen)
+{
+    ct_lora_spec spec;
+    if (ct_lora_spec_from_config(cfg, &spec, err, errlen) ||
+        ct_lora_add(m, &spec, (uint64_t)cfg->run.seed, shards, err, errlen))
+        return -1;
+    char path[CT_PATH_MAX + 64], ckpt[CT_PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", cfg->run.dir);
+    size_t used = strlen(from);
+    if (source == CT_WEIGHTS_TRAINED) {
+        int latest = ct_ckpt_latest(cfg->run.dir, ckpt, sizeof ckpt, err, errlen);
+        if (latest < 0) return -1;
+        if (is_file(path)) {
+            snprintf(from + used, fromlen - used, " + adapters %s", cfg->run.dir);
+            return ct_lora_load_peft(m, cfg->run.dir, err, errlen);
+        }
+        if (latest) {
+            snprintf(from + used, fromlen - used, " + adapters %s", ckpt);
+            return ct_ckpt_read(ckpt, m, NULL, NULL, comm, err, errlen);
+        }
+        if (!cfg->lora.init_from[0]) {
+            snprintf(err, errlen, "run.dir: \"%s\" holds no trained adapters (adapter_model.safetensors or a "
+                     "checkpoint): train first, or name a PEFT adapter in lora.init_from", cfg->run.dir);
+            return -1;
+        }
+    }
+    if (cfg->lora.init_from[0]) {
+        snprintf(from + used, fromlen - used, " + adapters %s", cfg->lora.init_from);
+        return ct_lora_load_peft(m, cfg->lora.init_from, err, errlen);
+    }
+    snprintf(from + used, fromlen - used, " + new rank-%d adapters (%s)", spec.r, spec.targets);
+    return 0;
+}
+
 int ct_run_model(const ct_config *cfg, ct_weights_source source, const ct_backend *be, ct_kctx *ctx, int B, int T,
                  int shards, ct_comm *comm, ct_gpt2 **out, char *from, size_t fromlen, char *err, size_t errlen)
 {
@@ -100,6 +141,7 @@ int ct_run_model(const ct_config *cfg, ct_weights_source source, const ct_backen
         ct_gpt2_init_weights(*out, (uint64_t)cfg->run.seed);
         snprintf(from, fromlen, "random init (seed %lld)", (long long)cfg->run.seed);
     }
+    if (rc == 0 && ct_run_lora(cfg)) rc = add_adapters(cfg, source, *out, shards, comm, from, fromlen, err, errlen);
     if (rc) {
         ct_gpt2_free(*out);
         *out = NULL;

@@ -21,6 +21,9 @@ typedef enum {
     CT_WEIGHTS_TRAINED,  /* run.dir's final weights, else its latest checkpoint, else model.init_from */
 } ct_weights_source;
 
+/* Whether the config fine-tunes with LoRA (lora.targets or lora.init_from set). */
+int ct_run_lora(const ct_config *cfg);
+
 /* Where `source` takes the weights from: path receives a Hugging Face folder or a checkpoint
  * file (*is_ckpt), or "" for a random init; mc the model's shape. model.init_from may name
  * either kind. Errors name the config key or file. */

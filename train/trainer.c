@@ -14,6 +14,7 @@
 #include "checkpoint.h"
 #include "eval.h"
 #include "hf_gpt2.h"
+#include "lora.h"
 #include "optim.h"
 #include "run.h"
 
@@ -262,6 +263,9 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
                ct_comm_transport(comm), s.be->name, omp_get_max_threads());
         printf("ctrain: GPT-2 %d layers, %d heads, width %d, vocab %d: %zu parameters, from %s\n", mc->n_layer,
                mc->n_head, mc->n_embd, mc->vocab_size, ct_gpt2_count(s.model), from);
+        char counts[256];
+        ct_lora_describe(s.model, counts, sizeof counts);
+        printf("ctrain: %s\n", counts);
         if (s.resume[0])
             printf("ctrain: resumed from %s at step %lld (saved by %d rank%s; loaded in %.2f s)\n", s.resume,
                    (long long)s.st.step, s.st.world, s.st.world > 1 ? "s" : "", load_s);
@@ -296,6 +300,7 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         for (int a = 0; a < A; a++) {
             double sum;
             long ntok;
+            ct_gpt2_set_dropout_seed(s.model, ct_rng_u64(&s.st.rng)); /* LoRA dropout; restored on resume */
             if (ct_gpt2_forward(s.model, s.tokens + a * BT, s.targets + a * BT, B, T, &sum, &ntok, err, sizeof err))
                 ct_run_die(comm, err);
             ct_gpt2_backward(s.model, dloss);
@@ -354,12 +359,18 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
     double comm_per_step = ran > 0 ? (double)(ct_comm_bytes(comm) - bytes_start) / ran : 0;
     rc = 0;
     if (rank == 0) {
+        size_t flat = ct_gpt2_trainable(s.model).numel;
         printf("ctrain: %.3f MiB passed to collectives per step per rank; flat buffer %zu floats (%.3f MiB)\n",
-               comm_per_step / 1048576.0, ct_gpt2_numel(s.model), ct_gpt2_numel(s.model) * 4 / 1048576.0);
-        rc = ct_hf_gpt2_save(s.model, cfg->run.dir, err, sizeof err);
+               comm_per_step / 1048576.0, flat, flat * 4 / 1048576.0);
+        ct_lora_spec spec;
+        if (!ct_run_lora(cfg)) rc = ct_hf_gpt2_save(s.model, cfg->run.dir, err, sizeof err);
+        else if ((rc = ct_lora_spec_from_config(cfg, &spec, err, sizeof err)) == 0)
+            rc = ct_lora_save_peft(s.model, &spec, cfg->model.init_from, cfg->run.dir, err, sizeof err);
         if (rc == 0) {
-            printf("ctrain: done in %.1f s; weights in %s (model.safetensors, config.json)\n",
-                   omp_get_wtime() - t_start, cfg->run.dir);
+            printf("ctrain: done in %.1f s; %s in %s\n", omp_get_wtime() - t_start,
+                   ct_run_lora(cfg) ? "adapters (adapter_model.safetensors, adapter_config.json)"
+                                    : "weights (model.safetensors, config.json)",
+                   cfg->run.dir);
             fflush(stdout);
         }
     }

@@ -1,0 +1,436 @@
+/* test_sft.c — the fine-tuning prepare step (ct_data_prepare_sft) through the public API: both
+ * example forms rendered through the template (decoded back and compared as text), the loss
+ * mask exactly on response/assistant bytes and the closing end-of-text, doc_offsets, packing
+ * without straddling a loader window, the train/val split, the loader's -1 targets on the
+ * written file, and every malformed input giving a clear error with file, line and field.
+ * /doc_offsets is read with the HDF5 C API: data.h has no reader for it. */
+#include "check.h"
+#include "data.h"
+
+#include <hdf5.h>
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define ERRLEN 1024
+
+static char tmpdir[256];
+
+/* A path inside the temporary directory; a ring of buffers so a few can be live at once. */
+static const char *tpath(const char *name)
+{
+    static char ring[8][512];
+    static int next;
+    char *p = ring[next++ % 8];
+    snprintf(p, 512, "%s/%s", tmpdir, name);
+    return p;
+}
+
+static void remove_tmpdir(void)
+{
+    DIR *d = opendir(tmpdir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlink(tpath(e->d_name));
+    closedir(d);
+    rmdir(tmpdir);
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "wb");
+    size_t len = strlen(text);
+    if (!f || fwrite(text, 1, len, f) != len) {
+        fprintf(stderr, "cannot write %s\n", path);
+        exit(2);
+    }
+    fclose(f);
+}
+
+/* ---- expected examples: a rendering as segments of text, each learned (1) or not (0) */
+typedef struct {
+    const char *text;
+    int learn;
+} seg;
+
+#define MAXSEG 16
+typedef struct {
+    seg s[MAXSEG]; /* ends at the first NULL text */
+} want_ex;
+
+/* Rendered text (without the end-of-text) of w into buf, its per-byte mask into mask; returns
+ * the byte count. */
+static size_t render(const want_ex *w, char *buf, uint8_t *mask)
+{
+    size_t n = 0;
+    for (int i = 0; i < MAXSEG && w->s[i].text; i++) {
+        size_t k = strlen(w->s[i].text);
+        memcpy(buf + n, w->s[i].text, k);
+        memset(mask + n, w->s[i].learn, k);
+        n += k;
+    }
+    buf[n] = 0;
+    return n;
+}
+
+/* /doc_offsets as uint64; returns how many (at most cap), -1 when absent. */
+static long h5_doc_offsets(const char *path, uint64_t *out, size_t cap)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) return -1;
+    if (H5Lexists(f, "doc_offsets", H5P_DEFAULT) <= 0) {
+        H5Fclose(f);
+        return -1;
+    }
+    hid_t d = H5Dopen2(f, "doc_offsets", H5P_DEFAULT);
+    hid_t sp = H5Dget_space(d);
+    hsize_t n;
+    H5Sget_simple_extent_dims(sp, &n, NULL);
+    if (n <= cap) H5Dread(d, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, out);
+    H5Sclose(sp);
+    H5Dclose(d);
+    H5Fclose(f);
+    return (long)n;
+}
+
+/* Checks a prepared part against the expected examples w[0, nw) with seq_len T: the rendered
+ * text of each document (decoded), its mask, its closing end-of-text, doc_offsets at each start,
+ * padding (end-of-text, mask 0) only where the next example would straddle a window and at the
+ * end up to a window boundary, and no example straddling a window. Returns the padding tokens. */
+static size_t check_part(const char *path, const want_ex *w, int nw, int T)
+{
+    char err[ERRLEN];
+    ct_dataset *ds = NULL;
+    CHECK(ct_dataset_open(&ds, path, err, ERRLEN) == 0);
+    if (!ds) {
+        fprintf(stderr, "  %s\n", err);
+        return 0;
+    }
+    CHECK(strcmp(ct_dataset_tokenizer(ds), "bytes") == 0);
+    CHECK(ct_dataset_vocab_size(ds) == CT_TOK_BYTES_VOCAB);
+    CHECK(ct_dataset_has_mask(ds) == 1);
+    size_t n = ct_dataset_len(ds);
+    uint32_t *tok = malloc(n * sizeof *tok);
+    uint8_t *mask = malloc(n);
+    CHECK(ct_dataset_read(ds, 0, n, tok, mask, err, ERRLEN) == 0);
+    ct_dataset_close(ds);
+    uint64_t docs[64];
+    CHECK(h5_doc_offsets(path, docs, 64) == nw);
+    CHECK((n - 1) % (size_t)T == 0); /* the end is a window boundary: the loader reads it all */
+
+    char *want = malloc(n + 1), *got = malloc(n + 1);
+    uint8_t *wmask = malloc(n + 1);
+    int32_t *t32 = malloc(n * sizeof *t32);
+    for (size_t i = 0; i < n; i++) t32[i] = (int32_t)tok[i];
+    size_t pos = 0, pad = 0;
+    int text_ok = 1, mask_ok = 1, eot_ok = 1, pad_ok = 1, window_ok = 1, place_ok = 1;
+    for (int e = 0; e < nw; e++) {
+        size_t len = render(&w[e], want, wmask) + 1; /* + the end-of-text */
+        /* where the packing rule puts it: here, or at the next window start if it straddles */
+        size_t next = (pos / T + 1) * (size_t)T, at = pos + len > next + 1 ? next : pos;
+        place_ok &= docs[e] == at;
+        if (docs[e] != at || docs[e] + len > n) break;
+        for (size_t i = pos; i < at; i++) pad_ok &= tok[i] == CT_TOK_BYTES_EOT && mask[i] == 0;
+        pad += at - pos;
+        size_t s = docs[e];
+        window_ok &= s + len - 1 <= (s / T) * (size_t)T + (size_t)T; /* ends in the window it starts in */
+        size_t k = ct_tok_bytes_decode(t32 + s, len, got, n + 1);
+        text_ok &= k == len - 1 && strcmp(got, want) == 0;
+        if (!(k == len - 1 && strcmp(got, want) == 0))
+            fprintf(stderr, "  document %d: got \"%s\"\n            want \"%s\"\n", e, got, want);
+        for (size_t i = 0; i + 1 < len; i++) {
+            eot_ok &= tok[s + i] != CT_TOK_BYTES_EOT;
+            mask_ok &= mask[s + i] == wmask[i];
+        }
+        eot_ok &= tok[s + len - 1] == CT_TOK_BYTES_EOT;
+        mask_ok &= mask[s + len - 1] == 1; /* the closing end-of-text is learned */
+        pos = s + len;
+    }
+    for (size_t i = pos; i < n; i++) pad_ok &= tok[i] == CT_TOK_BYTES_EOT && mask[i] == 0;
+    pad += n - pos;
+    CHECK(place_ok);
+    CHECK(text_ok);
+    CHECK(mask_ok);
+    CHECK(eot_ok);
+    CHECK(pad_ok);
+    CHECK(window_ok);
+    free(want);
+    free(got);
+    free(wmask);
+    free(t32);
+    free(tok);
+    free(mask);
+    return pad;
+}
+
+/* ---- round trips */
+
+static const want_ex pairs[] = {
+    {{{"### Prompt:\n", 0}, {"What is 2+2?", 0}, {"\n### Response:\n", 0}, {"4", 1}}},
+    {{{"### Prompt:\n", 0}, {"Say \"hi\"\nplease", 0}, {"\n### Response:\n", 0}, {"hi \xC3\xA9t\xC3\xA9\n!", 1}}},
+    {{{"### Prompt:\n", 0}, {"", 0}, {"\n### Response:\n", 0}, {"Anything.", 1}}},
+};
+static const char *pairs_jsonl = "{\"prompt\": \"What is 2+2?\", \"response\": \"4\"}\n"
+                                 "{\"prompt\": \"Say \\\"hi\\\"\\nplease\", \"response\": \"hi \\u00e9t\xC3\xA9\\n!\", "
+                                 "\"id\": 7}\n"
+                                 "\n"
+                                 "   \t\n"
+                                 "{\"response\": \"Anything.\", \"prompt\": \"\"}"; /* no final newline */
+
+static const want_ex chats[] = {
+    {{{"### System:\n", 0}, {"Be brief.", 0}, {"\n", 0}, {"### User:\n", 0}, {"Hi", 0}, {"\n", 0},
+      {"### Assistant:\n", 0}, {"Hello.", 1}, {"\n", 0}, {"### User:\n", 0}, {"Bye", 0}, {"\n", 0},
+      {"### Assistant:\n", 0}, {"Goodbye!", 1}, {"\n", 0}}},
+    {{{"### User:\n", 0}, {"1+1?", 0}, {"\n", 0}, {"### Assistant:\n", 0}, {"2", 1}, {"\n", 0}}},
+    {{{"### Assistant:\n", 0}, {"", 1}, {"\n", 0}, {"### User:\n", 0}, {"ok", 0}, {"\n", 0},
+      {"### Assistant:\n", 0}, {"fine", 1}, {"\n", 0}}},
+};
+static const char *chats_jsonl =
+    "\xEF\xBB\xBF{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", \"content\": "
+    "\"Hi\"}, {\"role\": \"assistant\", \"content\": \"Hello.\"}, {\"role\": \"user\", \"content\": \"Bye\"}, "
+    "{\"content\": \"Goodbye!\", \"role\": \"assistant\"}]}\r\n"
+    "{\"messages\": [{\"role\": \"user\", \"content\": \"1+1?\"}, {\"role\": \"assistant\", \"content\": \"2\"}]}\r\n"
+    "{\"messages\": [{\"role\": \"assistant\", \"content\": \"\"}, {\"role\": \"user\", \"content\": \"ok\"}, "
+    "{\"role\": \"assistant\", \"content\": \"fine\"}]}\r\n";
+
+static void test_roundtrip(void)
+{
+    char err[ERRLEN];
+    int T = 64;
+    /* 3 examples, val_fraction 0.34: round(1.02) = 1 to val */
+    const char *src = tpath("pairs.jsonl"), *tr = tpath("pairs_train.h5"), *va = tpath("pairs_val.h5");
+    write_file(src, pairs_jsonl);
+    int rc = ct_data_prepare_sft(src, tr, va, 0.34, T, err, ERRLEN);
+    CHECK(rc == 0);
+    if (rc) fprintf(stderr, "  %s\n", err);
+    check_part(tr, pairs, 2, T);
+    check_part(va, pairs + 2, 1, T);
+
+    src = tpath("chats.jsonl"), tr = tpath("chats_train.h5"), va = tpath("chats_val.h5");
+    write_file(src, chats_jsonl);
+    T = 128; /* the first chat is 96 tokens */
+    rc = ct_data_prepare_sft(src, tr, va, 0.5, T, err, ERRLEN); /* round(1.5) = 2 to val */
+    CHECK(rc == 0);
+    if (rc) fprintf(stderr, "  %s\n", err);
+    check_part(tr, chats, 1, T);
+    check_part(va, chats + 1, 2, T);
+}
+
+/* ---- packing: examples of chosen lengths against a small window; padding where one would
+ * straddle, none where it fits, an example of exactly seq_len + 1 tokens, then the split. */
+
+/* A prompt/response example of exactly len tokens: 28 template tokens + prompt + response. */
+static void add_example(FILE *f, want_ex *w, char (*pbuf)[64], char (*rbuf)[64], int i, int len)
+{
+    int body = len - 28, plen = body / 2, rlen = body - plen;
+    for (int k = 0; k < plen; k++) pbuf[i][k] = (char)('a' + (i + k) % 26);
+    pbuf[i][plen] = 0;
+    for (int k = 0; k < rlen; k++) rbuf[i][k] = (char)('A' + (i * 7 + k) % 26);
+    rbuf[i][rlen] = 0;
+    fprintf(f, "{\"prompt\": \"%s\", \"response\": \"%s\"}\n", pbuf[i], rbuf[i]);
+    want_ex e = {{{"### Prompt:\n", 0}, {pbuf[i], 0}, {"\n### Response:\n", 0}, {rbuf[i], 1}}};
+    w[i] = e;
+}
+
+static void test_packing(void)
+{
+    char err[ERRLEN];
+    const int T = 64; /* windows of 65 tokens */
+    enum { N = 10 };
+    /* tokens per example (29 at least): 30 + 35 fill window 0 end to end; 30 fits in window 1
+     * after the shared token; 40 would straddle (padded to 128); 65 = T + 1 exactly (padded to
+     * 192, ends at 256); 29 starts just after it; 60 straddles; ... */
+    const int lens[N] = {30, 35, 30, 40, 65, 29, 60, 33, 45, 50};
+    static char pbuf[N][64], rbuf[N][64];
+    want_ex w[N];
+    const char *src = tpath("pack.jsonl");
+    FILE *f = fopen(src, "wb");
+    for (int i = 0; i < N; i++) add_example(f, w, pbuf, rbuf, i, lens[i]);
+    fclose(f);
+
+    const double fracs[3] = {0.2, 0.01, 0.99};
+    const int nvals[3] = {2, 1, N - 1};
+    for (int k = 0; k < 3; k++) {
+        char trb[64], vab[64];
+        snprintf(trb, sizeof trb, "pack_train%d.h5", k);
+        snprintf(vab, sizeof vab, "pack_val%d.h5", k);
+        char tr[512], va[512];
+        snprintf(tr, sizeof tr, "%s", tpath(trb));
+        snprintf(va, sizeof va, "%s", tpath(vab));
+        int rc = ct_data_prepare_sft(src, tr, va, fracs[k], T, err, ERRLEN);
+        CHECK(rc == 0);
+        if (rc) {
+            fprintf(stderr, "  %s\n", err);
+            continue;
+        }
+        size_t pad = check_part(tr, w, N - nvals[k], T);
+        check_part(va, w + N - nvals[k], nvals[k], T);
+        if (k == 0) { /* the rule's outcome worked by hand, not only by the formula above */
+            const uint64_t want_tr[8] = {0, 30, 65, 128, 192, 257, 320, 384}, want_va[2] = {0, 64};
+            uint64_t docs[8];
+            CHECK(h5_doc_offsets(tr, docs, 8) == 8 && memcmp(docs, want_tr, sizeof want_tr) == 0);
+            CHECK(h5_doc_offsets(va, docs, 8) == 2 && memcmp(docs, want_va, sizeof want_va) == 0);
+            CHECK(pad == 449 - 322); /* 449 tokens (7 windows + 1), 322 of them examples */
+        }
+    }
+
+    /* one token more than a window holds: an error naming the line and both sizes */
+    const char *big = tpath("pack_big.jsonl");
+    f = fopen(big, "wb");
+    add_example(f, w, pbuf, rbuf, 0, 30);
+    add_example(f, w, pbuf, rbuf, 1, 66);
+    fclose(f);
+    CHECK(ct_data_prepare_sft(big, tpath("big_t.h5"), tpath("big_v.h5"), 0.5, T, err, ERRLEN) == -1);
+    CHECK(strstr(err, big) && strstr(err, "line 2: example of 66 tokens does not fit data.seq_len + 1 = 65 tokens"));
+    printf("  expected error: %s\n", err);
+    CHECK(access(tpath("big_t.h5"), F_OK) != 0 && access(tpath("big_v.h5"), F_OK) != 0);
+}
+
+/* ---- the loader on a written file: targets -1 exactly where the target's mask is 0, and each
+ * learned token is a target exactly once over the windows of an epoch. */
+static void test_loader(void)
+{
+    char err[ERRLEN];
+    const int T = 64;
+    const char *p = tpath("pack_train0.h5"); /* from test_packing */
+    ct_dataset *ds = NULL;
+    CHECK(ct_dataset_open(&ds, p, err, ERRLEN) == 0);
+    if (!ds) return;
+    size_t n = ct_dataset_len(ds);
+    uint32_t *tok = malloc(n * sizeof *tok);
+    uint8_t *mask = malloc(n);
+    CHECK(ct_dataset_read(ds, 0, n, tok, mask, err, ERRLEN) == 0);
+    ct_dataset_close(ds);
+    size_t learned = 0;
+    for (size_t i = 0; i < n; i++) learned += mask[i];
+
+    ct_loader_opts o = {p, T, 1, 1, 0, 1, 5, 0, CT_TOK_BYTES_VOCAB};
+    ct_loader *l = NULL;
+    CHECK(ct_loader_init(&l, &o, err, ERRLEN) == 0);
+    if (!l) {
+        fprintf(stderr, "  %s\n", err);
+        free(tok);
+        free(mask);
+        return;
+    }
+    CHECK(ct_loader_windows(l) == (n - 1) / T);
+    int32_t x[64], y[64];
+    size_t wrong = 0, counted = 0;
+    for (uint64_t w = 0; w < ct_loader_windows(l); w++) {
+        CHECK(ct_loader_next(l, x, y, err, ERRLEN) == 0);
+        for (int t = 0; t < T; t++) {
+            size_t at = (size_t)w * T + (size_t)t + 1; /* the target's position */
+            int32_t want = mask[at] ? (int32_t)tok[at] : -1;
+            wrong += y[t] != want || x[t] != (int32_t)tok[at - 1];
+            counted += y[t] != -1;
+        }
+    }
+    CHECK(wrong == 0);
+    CHECK(counted == learned && learned > 0);
+    ct_loader_free(l);
+    free(tok);
+    free(mask);
+}
+
+/* ---- errors: each names the file, the line and the field; nothing is written */
+static int nbad;
+
+static void expect_error(const char *jsonl, double frac, int T, const char *s1, const char *s2)
+{
+    char err[ERRLEN], name[64];
+    snprintf(name, sizeof name, "bad%d.jsonl", nbad++);
+    char src[512], tr[512], va[512];
+    snprintf(src, sizeof src, "%s", tpath(name));
+    snprintf(tr, sizeof tr, "%s", tpath("bad_train.h5"));
+    snprintf(va, sizeof va, "%s", tpath("bad_val.h5"));
+    if (jsonl) write_file(src, jsonl);
+    err[0] = 0;
+    int rc = ct_data_prepare_sft(src, tr, va, frac, T, err, ERRLEN);
+    int ok = rc == -1 && strstr(err, src) && strstr(err, s1) && (!s2 || strstr(err, s2));
+    CHECK(ok);
+    if (ok) printf("  expected error: %s\n", err);
+    else fprintf(stderr, "  rc %d, message \"%s\", wanted \"%s\" and \"%s\"\n", rc, err, s1, s2 ? s2 : "");
+    CHECK(access(tr, F_OK) != 0 && access(va, F_OK) != 0);
+    CHECK(access(tpath("bad_train.h5.tmp"), F_OK) != 0);
+}
+
+#define GOOD "{\"prompt\": \"p\", \"response\": \"r\"}\n"
+
+static void test_errors(void)
+{
+    expect_error(NULL, 0.5, 64, "cannot open", "No such file"); /* missing */
+    expect_error("", 0.5, 64, "empty file", NULL);
+    expect_error("\n  \n\t\n", 0.5, 64, "0 examples", "at least 2");
+    expect_error(GOOD, 0.5, 64, "1 example;", "at least 2");
+    /* malformed JSON: line and column (of the '}' where a value should be: column 28) */
+    expect_error(GOOD "\n{\"prompt\": \"a\", \"response\": }\n", 0.5, 64, "line 3, column 29", "malformed JSON");
+    expect_error(GOOD GOOD "{\"prompt\": \"a\", \"response\": \"b\"} x\n", 0.5, 64, "line 3, column 34",
+                 "malformed JSON");
+    expect_error(GOOD "{\"prompt\": \"a\n", 0.5, 64, "line 2, column", "malformed JSON");
+    /* not an object */
+    expect_error(GOOD "[\"prompt\", \"response\"]\n", 0.5, 64, "line 2: example is an array", "must be an object");
+    expect_error(GOOD "\"hello\"\n", 0.5, 64, "line 2: example is a string", NULL);
+    /* neither form, both forms */
+    expect_error(GOOD "{\"text\": \"hi\"}\n", 0.5, 64, "line 2: prompt/response or messages: neither", NULL);
+    expect_error(GOOD "{\"prompt\": \"a\", \"messages\": []}\n", 0.5, 64, "line 2: messages: given together with prompt",
+                 NULL);
+    /* wrong types, missing fields */
+    expect_error(GOOD "{\"prompt\": 5, \"response\": \"x\"}\n", 0.5, 64, "line 2: prompt: is a number",
+                 "must be a string");
+    expect_error(GOOD "{\"prompt\": \"a\", \"response\": [\"x\"]}\n", 0.5, 64, "line 2: response: is an array", NULL);
+    expect_error(GOOD "{\"prompt\": \"a\"}\n", 0.5, 64, "line 2: response: missing", NULL);
+    expect_error(GOOD "{\"response\": \"a\"}\n", 0.5, 64, "line 2: prompt: missing", NULL);
+    expect_error(GOOD "{\"messages\": {\"role\": \"user\"}}\n", 0.5, 64, "line 2: messages: is an object",
+                 "must be an array");
+    expect_error(GOOD "{\"messages\": [\"hi\"]}\n", 0.5, 64, "line 2: messages[0]: is a string", NULL);
+    expect_error(GOOD "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"content\": \"b\"}]}\n", 0.5, 64,
+                 "line 2: messages[1].role: missing", NULL);
+    expect_error(GOOD "{\"messages\": [{\"role\": \"user\"}]}\n", 0.5, 64, "line 2: messages[0].content: missing",
+                 NULL);
+    expect_error(GOOD "{\"messages\": [{\"role\": \"user\", \"content\": null}]}\n", 0.5, 64,
+                 "line 2: messages[0].content: is null", NULL);
+    expect_error(GOOD "{\"messages\": [{\"role\": 1, \"content\": \"a\"}]}\n", 0.5, 64,
+                 "line 2: messages[0].role: is a number", NULL);
+    expect_error(GOOD "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"bot\", \"content\": "
+                      "\"b\"}]}\n",
+                 0.5, 64, "line 2: messages[1].role: unknown role \"bot\"", "system, user or assistant");
+    /* nothing to learn */
+    expect_error(GOOD "{\"prompt\": \"a\", \"response\": \"\"}\n", 0.5, 64, "line 2: response: empty", NULL);
+    expect_error(GOOD "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}]}\n", 0.5, 64, "line 2: messages: empty",
+                 "assistant");
+    expect_error(GOOD "{\"messages\": []}\n", 0.5, 64, "line 2: messages: empty", "assistant");
+    /* a NUL: as an escape cJSON would silently cut at */
+    expect_error(GOOD "{\"prompt\": \"a\", \"response\": \"b\\u0000c\"}\n", 0.5, 64, "line 2:", "\\u0000");
+    /* a late bad line still stops everything (nothing written): line 3 after a blank line 2 */
+    expect_error(GOOD "\n{\"prompt\": \"a\", \"response\": \"much too long for the window\"}\n", 0.5, 40,
+                 "line 3: example of 57 tokens does not fit data.seq_len + 1 = 41 tokens", NULL);
+    /* arguments */
+    expect_error(GOOD GOOD, 0.0, 64, "val_fraction 0", NULL);
+    expect_error(GOOD GOOD, 1.0, 64, "val_fraction 1", NULL);
+    expect_error(GOOD GOOD, 0.5, 0, "data.seq_len 0", NULL);
+
+    char err[ERRLEN];
+    const char *src = tpath("same.jsonl");
+    write_file(src, GOOD GOOD);
+    CHECK(ct_data_prepare_sft(src, tpath("same.h5"), tpath("same.h5"), 0.5, 64, err, ERRLEN) == -1);
+    CHECK(strstr(err, "same") != NULL && access(tpath("same.h5"), F_OK) != 0);
+}
+
+int main(void)
+{
+    snprintf(tmpdir, sizeof tmpdir, "%s/ct_test_sft_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 2;
+    }
+    test_roundtrip();
+    test_packing();
+    test_loader();
+    test_errors();
+    remove_tmpdir();
+    return ct_test_finish("test_sft");
+}

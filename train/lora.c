@@ -1,0 +1,353 @@
+/* lora.c — target matching, PEFT's initialisation, PEFT adapter folders, merging. */
+#include "lora.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "json_file.h"
+#include "rng.h"
+#include "safetensors.h"
+
+static float spec_scale(const ct_lora_spec *s) { return s->rslora ? s->alpha / sqrtf((float)s->r) : s->alpha / s->r; }
+
+int ct_lora_read_peft_config(const char *dir, ct_lora_spec *spec, char *err, size_t errlen)
+{
+    char path[CT_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    cJSON *root = ct_json_load(path, 1 << 20, err, errlen);
+    if (!root) return -1;
+    int rc = -1;
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(root, "r");
+    const cJSON *alpha = cJSON_GetObjectItemCaseSensitive(root, "lora_alpha");
+    const cJSON *drop = cJSON_GetObjectItemCaseSensitive(root, "lora_dropout");
+    const cJSON *targets = cJSON_GetObjectItemCaseSensitive(root, "target_modules");
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "use_rslora");
+    memset(spec, 0, sizeof *spec);
+    if (!cJSON_IsString(type) || strcmp(type->valuestring, "LORA"))
+        snprintf(err, errlen, "%s: peft_type: expected \"LORA\"", path);
+    else if (!cJSON_IsNumber(r) || r->valuedouble < 1 || r->valuedouble != floor(r->valuedouble))
+        snprintf(err, errlen, "%s: r: expected a positive integer", path);
+    else if (!cJSON_IsNumber(alpha) || !(alpha->valuedouble > 0))
+        snprintf(err, errlen, "%s: lora_alpha: expected a positive number", path);
+    else if (drop && !(cJSON_IsNumber(drop) && drop->valuedouble >= 0 && drop->valuedouble < 1))
+        snprintf(err, errlen, "%s: lora_dropout: expected a number in [0, 1)", path);
+    else if (!(cJSON_IsArray(targets) || cJSON_IsString(targets)))
+        snprintf(err, errlen, "%s: target_modules: expected a list of module names or a string", path);
+    else {
+        spec->r = (int)r->valuedouble;
+        spec->alpha = (float)alpha->valuedouble;
+        spec->dropout = drop ? (float)drop->valuedouble : 0.0f;
+        spec->rslora = cJSON_IsTrue(rs);
+        rc = 0;
+        if (cJSON_IsString(targets)) {
+            snprintf(spec->targets, sizeof spec->targets, "%s", targets->valuestring);
+        } else {
+            size_t n = 0;
+            const cJSON *t;
+            cJSON_ArrayForEach(t, targets)
+            {
+                if (!cJSON_IsString(t)) {
+                    snprintf(err, errlen, "%s: target_modules: expected strings", path);
+                    rc = -1;
+                    break;
+                }
+                n += (size_t)snprintf(spec->targets + n, n < sizeof spec->targets ? sizeof spec->targets - n : 0,
+                                      "%s%s", n ? "," : "", t->valuestring);
+            }
+        }
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+
+int ct_lora_spec_from_config(const ct_config *cfg, ct_lora_spec *spec, char *err, size_t errlen)
+{
+    if (cfg->lora.init_from[0]) return ct_lora_read_peft_config(cfg->lora.init_from, spec, err, errlen);
+    snprintf(spec->targets, sizeof spec->targets, "%s", cfg->lora.targets);
+    spec->r = cfg->lora.r;
+    spec->alpha = (float)cfg->lora.alpha;
+    spec->dropout = (float)cfg->lora.dropout;
+    spec->rslora = cfg->lora.rslora;
+    return 0;
+}
+
+/* PEFT's rule: the module's name is the target, or ends with "." + target. */
+static int matches(const char *module, const char *target, size_t tlen)
+{
+    size_t mlen = strlen(module);
+    if (mlen == tlen) return !strncmp(module, target, tlen);
+    return mlen > tlen && module[mlen - tlen - 1] == '.' && !strncmp(module + mlen - tlen, target, tlen);
+}
+
+int ct_lora_add(ct_gpt2 *m, const ct_lora_spec *spec, uint64_t seed, int shards, char *err, size_t errlen)
+{
+    int n = ct_gpt2_num_linears(m);
+    unsigned char *select = calloc((size_t)n, 1);
+    if (!select) return snprintf(err, errlen, "out of memory"), -1;
+    char name[128];
+    int all = !strcmp(spec->targets, "all-linear");
+    for (const char *t = spec->targets; !all && *t;) {
+        while (*t == ' ' || *t == ',') t++;
+        size_t len = strcspn(t, ",");
+        while (len && t[len - 1] == ' ') len--;
+        if (!len) break;
+        int hit = 0;
+        for (int i = 0; i < n; i++) {
+            ct_gpt2_linear_name(m, i, name, sizeof name);
+            if (matches(name, t, len)) select[i] = 1, hit = 1;
+        }
+        if (!hit) {
+            snprintf(err, errlen, "lora.targets: '%.*s' matches no module; GPT-2's linear modules are c_attn, "
+                     "c_proj (attn.c_proj and mlp.c_proj), c_fc, or full names such as transformer.h.0.attn.c_attn "
+                     "(\"all-linear\": all of them)", (int)len, t);
+            free(select);
+            return -1;
+        }
+        t += len;
+        while (*t && *t != ',') t++;
+    }
+    for (int i = 0; all && i < n; i++) select[i] = 1;
+    int rc = ct_gpt2_add_lora(m, select, spec->r, spec_scale(spec), spec->dropout, shards, err, errlen);
+    free(select);
+    if (rc) return -1;
+
+    /* A ~ kaiming_uniform_(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)); B = 0 (PEFT's default) */
+    const ct_backend *be = ct_gpt2_backend(m);
+    ct_kctx *ctx = ct_gpt2_kctx(m);
+    ct_trainable tr = ct_gpt2_trainable(m);
+    float *host = calloc(tr.numel ? tr.numel : 1, sizeof(float));
+    void *tmp = be->alloc(tr.numel * sizeof(float));
+    if (!host || !tmp) {
+        free(host);
+        if (tmp) be->free(tmp);
+        return snprintf(err, errlen, "out of memory"), -1;
+    }
+    ct_rng rng;
+    ct_rng_seed(&rng, seed ^ 0x4C6F5241ull); /* not the base's init stream */
+    for (int i = 0; i < tr.ntensors; i++) {
+        const ct_param *p = &tr.tensors[i];
+        if (!strstr(p->name, ".lora_A.")) continue;
+        float bound = 1.0f / sqrtf((float)p->shape[1]);
+        for (size_t k = 0; k < p->numel; k++) host[p->offset + k] = (2.0f * ct_rng_uniform(&rng) - 1.0f) * bound;
+    }
+    be->upload(ctx, tmp, host, tr.numel * sizeof(float));
+    be->to_storage(ctx, tr.params, tmp, tr.numel);
+    be->sync(ctx);
+    be->free(tmp);
+    free(host);
+    return 0;
+}
+
+/* fp32 host copy of the trainable buffer (the adapters); NULL when out of memory. */
+static float *adapters_to_host(ct_gpt2 *m)
+{
+    const ct_backend *be = ct_gpt2_backend(m);
+    ct_kctx *ctx = ct_gpt2_kctx(m);
+    ct_trainable tr = ct_gpt2_trainable(m);
+    float *host = malloc(tr.numel * sizeof(float) + 1);
+    void *tmp = be->alloc(tr.numel * sizeof(float));
+    if (host && tmp) {
+        be->to_f32(ctx, tmp, tr.params, tr.numel);
+        be->download(ctx, host, tmp, tr.numel * sizeof(float));
+    } else {
+        free(host), host = NULL;
+    }
+    if (tmp) be->free(tmp);
+    return host;
+}
+
+int ct_lora_load_peft(ct_gpt2 *m, const char *dir, char *err, size_t errlen)
+{
+    char path[CT_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    ct_safetensors *st = NULL;
+    if (ct_st_open(&st, path, err, errlen)) return -1;
+    ct_trainable tr = ct_gpt2_trainable(m);
+    const ct_backend *be = ct_gpt2_backend(m);
+    ct_kctx *ctx = ct_gpt2_kctx(m);
+    float *host = calloc(tr.numel + 1, sizeof(float));
+    int rc = -1;
+    if (!host) {
+        snprintf(err, errlen, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < ct_st_count(st); i++) {
+        const ct_st_tensor *t = ct_st_at(st, i);
+        int found = 0;
+        for (int k = 0; k < tr.ntensors; k++) found |= !strcmp(tr.tensors[k].name, t->name);
+        if (!found) {
+            snprintf(err, errlen, "%s: tensor '%s': not an adapter of this model and lora settings", path, t->name);
+            goto done;
+        }
+    }
+    for (int k = 0; k < tr.ntensors; k++) {
+        const ct_param *p = &tr.tensors[k];
+        const ct_st_tensor *t = ct_st_find(st, p->name);
+        if (!t) {
+            snprintf(err, errlen, "%s: tensor '%s': missing", path, p->name);
+            goto done;
+        }
+        if (t->ndim != 2 || t->shape[0] != p->shape[0] || t->shape[1] != p->shape[1]) {
+            snprintf(err, errlen, "%s: tensor '%s': shape [%lld, %lld] does not fit the base (want [%d, %d])", path,
+                     p->name, (long long)t->shape[0], (long long)(t->ndim > 1 ? t->shape[1] : 0), p->shape[0],
+                     p->shape[1]);
+            goto done;
+        }
+        if (ct_st_read_f32(st, t, host + p->offset, p->numel, err, errlen)) goto done;
+    }
+    void *tmp = be->alloc(tr.numel * sizeof(float));
+    if (!tmp) {
+        snprintf(err, errlen, "out of memory");
+        goto done;
+    }
+    be->upload(ctx, tmp, host, tr.numel * sizeof(float));
+    be->to_storage(ctx, tr.params, tmp, tr.numel);
+    be->sync(ctx);
+    be->free(tmp);
+    rc = 0;
+done:
+    free(host);
+    ct_st_close(st);
+    return rc;
+}
+
+int ct_lora_save_peft(ct_gpt2 *m, const ct_lora_spec *spec, const char *base_model, const char *dir, char *err,
+                      size_t errlen)
+{
+    if (mkdir(dir, 0777) != 0 && errno != EEXIST)
+        return snprintf(err, errlen, "%s: cannot create directory: %s", dir, strerror(errno)), -1;
+    char path[CT_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "peft_type", "LORA");
+    cJSON_AddStringToObject(root, "task_type", "CAUSAL_LM");
+    cJSON_AddStringToObject(root, "base_model_name_or_path", base_model ? base_model : "");
+    cJSON_AddNumberToObject(root, "r", spec->r);
+    cJSON_AddNumberToObject(root, "lora_alpha", spec->alpha);
+    cJSON_AddNumberToObject(root, "lora_dropout", spec->dropout);
+    cJSON_AddBoolToObject(root, "use_rslora", spec->rslora);
+    cJSON_AddBoolToObject(root, "fan_in_fan_out", 1); /* GPT-2's Conv1D stores [in, out] */
+    cJSON_AddStringToObject(root, "bias", "none");
+    cJSON_AddBoolToObject(root, "inference_mode", 1);
+    if (!strcmp(spec->targets, "all-linear")) {
+        cJSON_AddStringToObject(root, "target_modules", "all-linear");
+    } else {
+        cJSON *list = cJSON_AddArrayToObject(root, "target_modules");
+        for (const char *t = spec->targets; *t;) {
+            while (*t == ' ' || *t == ',') t++;
+            size_t len = strcspn(t, ",");
+            while (len && t[len - 1] == ' ') len--;
+            if (!len) break;
+            char one[256];
+            snprintf(one, sizeof one, "%.*s", (int)len, t);
+            cJSON_AddItemToArray(list, cJSON_CreateString(one));
+            t += len;
+            while (*t && *t != ',') t++;
+        }
+    }
+    char *text = cJSON_Print(root);
+    cJSON_Delete(root);
+    FILE *f = text ? fopen(path, "w") : NULL;
+    int ok = f && fputs(text, f) >= 0;
+    if (f && fclose(f)) ok = 0;
+    free(text);
+    if (!ok) return snprintf(err, errlen, "%s: cannot write: %s", path, strerror(errno)), -1;
+
+    ct_trainable tr = ct_gpt2_trainable(m);
+    float *host = adapters_to_host(m);
+    ct_st_entry *e = calloc((size_t)tr.ntensors, sizeof *e);
+    int rc = -1;
+    if (host && e) {
+        for (int i = 0; i < tr.ntensors; i++) {
+            const ct_param *p = &tr.tensors[i];
+            e[i] = (ct_st_entry){.name = p->name, .data = host + p->offset, .ndim = 2, .shape = {p->shape[0], p->shape[1]}};
+        }
+        snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+        static const char *const meta[] = {"format", "pt", NULL};
+        rc = ct_st_write(path, e, tr.ntensors, CT_DT_F32, meta, err, errlen);
+    } else {
+        snprintf(err, errlen, "out of memory");
+    }
+    free(e);
+    free(host);
+    return rc;
+}
+
+int ct_lora_merge(ct_gpt2 *m, char *err, size_t errlen)
+{
+    const ct_backend *be = ct_gpt2_backend(m);
+    ct_kctx *ctx = ct_gpt2_kctx(m);
+    ct_trainable tr = ct_gpt2_trainable(m);
+    size_t n = ct_gpt2_numel(m);
+    float *ad = adapters_to_host(m), *w = malloc(n * sizeof(float) + 1);
+    void *tmp = be->alloc((n > tr.numel ? n : tr.numel) * sizeof(float));
+    int rc = -1;
+    if (!ad || !w || !tmp) {
+        snprintf(err, errlen, "out of memory merging the adapters");
+        goto done;
+    }
+    be->to_f32(ctx, tmp, ct_gpt2_params(m), n);
+    be->download(ctx, w, tmp, n * sizeof(float));
+    float scale = ct_gpt2_lora_scale(m);
+    for (int i = 0; i + 1 < tr.ntensors; i += 2) {
+        const ct_param *A = &tr.tensors[i], *B = &tr.tensors[i + 1]; /* added in pairs: A then B */
+        /* "base_model.model.<module>.lora_A.weight" -> "<module>.weight" */
+        char base[128];
+        const char *mod = A->name + strlen("base_model.model.");
+        snprintf(base, sizeof base, "%.*s.weight", (int)(strstr(mod, ".lora_A.") - mod), mod);
+        const ct_param *W = ct_gpt2_find(m, base);
+        if (!W) {
+            snprintf(err, errlen, "internal: no base weight %s for %s", base, A->name);
+            goto done;
+        }
+        int out = B->shape[0], in = A->shape[1], r = A->shape[0];
+        const float *a = ad + A->offset, *b = ad + B->offset;
+        for (int o = 0; o < out; o++)
+            for (int k = 0; k < in; k++) {
+                double d = 0;
+                for (int j = 0; j < r; j++) d += (double)b[(size_t)o * r + j] * a[(size_t)j * in + k];
+                w[W->offset + (size_t)o * in + k] += (float)(scale * d);
+            }
+        memset(ad + B->offset, 0, B->numel * sizeof(float)); /* the adapter is in the base now */
+    }
+    be->upload(ctx, tmp, w, n * sizeof(float));
+    be->to_storage(ctx, ct_gpt2_params(m), tmp, n);
+    be->upload(ctx, tmp, ad, tr.numel * sizeof(float));
+    be->to_storage(ctx, tr.params, tmp, tr.numel);
+    be->sync(ctx);
+    rc = 0;
+done:
+    free(ad);
+    free(w);
+    if (tmp) be->free(tmp);
+    return rc;
+}
+
+static void with_commas(char *out, size_t n, size_t v)
+{
+    char digits[32];
+    int len = snprintf(digits, sizeof digits, "%zu", v), w = 0;
+    for (int i = 0; i < len && (size_t)w + 2 < n; i++) {
+        if (i && (len - i) % 3 == 0) out[w++] = ',';
+        out[w++] = digits[i];
+    }
+    out[w] = 0;
+}
+
+void ct_lora_describe(ct_gpt2 *m, char *out, size_t n)
+{
+    ct_trainable tr = ct_gpt2_trainable(m);
+    size_t trainable = 0, base = ct_gpt2_count(m);
+    for (int i = 0; i < tr.ntensors; i++) trainable += tr.tensors[i].numel;
+    size_t all = ct_gpt2_has_lora(m) ? base + trainable : base;
+    char a[32], b[32];
+    with_commas(a, sizeof a, trainable);
+    with_commas(b, sizeof b, all);
+    snprintf(out, n, "trainable params: %s || all params: %s || trainable%%: %.4f", a, b, 100.0 * trainable / all);
+}
