@@ -260,8 +260,8 @@ static int render_line(const ctx *c, const char *line, int seq_len, stream *s, e
     }
     if (msgs ? render_messages(c, msgs, s, &learned) : render_pair(c, ex, s, &learned)) goto out;
     if (learned == 0) {
-        ct_data_fail(c->err, c->errlen, "%s: line %ld: %s: empty; an example needs %s text to learn from", c->path, c->line,
-                     msgs ? "messages" : "response", msgs ? "assistant" : "response");
+        ct_data_fail(c->err, c->errlen, "%s: line %ld: %s; an example needs %s text to learn from", c->path, c->line,
+                     msgs ? "messages: no assistant text" : "response: empty", msgs ? "assistant" : "response");
         goto out;
     }
     if (put_eot(s, 1, 1)) { /* learned: the model must learn where to stop */

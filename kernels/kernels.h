@@ -117,9 +117,9 @@ typedef struct ct_backend {
      *   z = seed ^ (i * 0x9E3779B97F4A7C15);  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;
      *   z = (z ^ (z >> 27)) * 0x94D049BB133111EB;  z ^= z >> 31;   (splitmix64's finalizer)
      *   kept  <=>  (uint32_t)(z >> 32) >= (uint32_t)(p * 2^32, computed in double, truncated).
-     * scratch holds lora_scratch_len(N, K, r) elements of the storage dtype, the same buffer
-     * backward takes; forward uses it only when p > 0 (drop(x) on the cpu) and it may be NULL
-     * when p = 0. */
+     * scratch holds lora_scratch_len(N, K, r) elements of the storage dtype, as backward's does
+     * (one buffer can serve both); forward uses it only when p > 0 (drop(x) on the cpu), so it
+     * may be NULL when p = 0. Its contents on entry do not matter and are garbage after. */
     void (*lora_fwd)(ct_kctx *ctx, void *out, void *h, const void *x, const void *A, const void *B,
                      void *scratch, int N, int K, int M, int r, float scale, float p, uint64_t seed);
     /* dx[N,K] += scale * drop'((dout . B) . A); dA[r,K] += scale * (dout . B)^T . drop(x);

@@ -400,9 +400,9 @@ static void test_errors(void)
                  0.5, 64, "line 2: messages[1].role: unknown role \"bot\"", "system, user or assistant");
     /* nothing to learn */
     expect_error(GOOD "{\"prompt\": \"a\", \"response\": \"\"}\n", 0.5, 64, "line 2: response: empty", NULL);
-    expect_error(GOOD "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}]}\n", 0.5, 64, "line 2: messages: empty",
+    expect_error(GOOD "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}]}\n", 0.5, 64, "line 2: messages: no assistant text",
                  "assistant");
-    expect_error(GOOD "{\"messages\": []}\n", 0.5, 64, "line 2: messages: empty", "assistant");
+    expect_error(GOOD "{\"messages\": []}\n", 0.5, 64, "line 2: messages: no assistant text", "assistant");
     /* a NUL: as an escape cJSON would silently cut at */
     expect_error(GOOD "{\"prompt\": \"a\", \"response\": \"b\\u0000c\"}\n", 0.5, 64, "line 2:", "\\u0000");
     /* a late bad line still stops everything (nothing written): line 3 after a blank line 2 */

@@ -384,6 +384,16 @@ int ct_ckpt_read_config(const char *path, ct_gpt2_config *mc, char *err, size_t 
     return 0;
 }
 
+char *ct_ckpt_read_config_json(const char *path, char *err, size_t errlen)
+{
+    hid_t file;
+    if (open_checked(path, &file, err, errlen)) return NULL;
+    char *json = attr_read_string(file, "config");
+    H5Fclose(file);
+    if (!json) fail(err, errlen, "%s: attribute config: missing", path);
+    return json;
+}
+
 /* Reads tensor p's elements [a, b) from group g into dst and returns its stored checksum. */
 static int read_part(hid_t file, int g, const ct_param *p, size_t a, size_t b, float *dst, uint64_t *stored,
                      const char *path, char *err, size_t errlen)

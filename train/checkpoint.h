@@ -49,6 +49,9 @@ int ct_ckpt_write(const char *path, ct_gpt2 *m, ct_optim *o, const ct_ckpt_state
 /* The model shape a checkpoint holds; also checks its format and version. */
 int ct_ckpt_read_config(const char *path, ct_gpt2_config *mc, char *err, size_t errlen);
 
+/* The resolved config the run that saved path used (malloc'd JSON text), or NULL with err. */
+char *ct_ckpt_read_config_json(const char *path, char *err, size_t errlen);
+
 /* Loads weights, and with o != NULL the optimizer slice of this rank and *st (collective when o
  * is given). Every dataset's checksum is verified. Returns 0; -1 on the rank(s) that found the
  * problem, with err naming the file and dataset; -2 on ranks where only another rank failed. */

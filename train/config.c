@@ -257,6 +257,17 @@ static int apply_override(ct_config *cfg, const char *ov, char *err, size_t errl
     return rc;
 }
 
+int ct_config_parse(ct_config *cfg, const char *text, const char *name, char *err, size_t errlen)
+{
+    ct_config_defaults(cfg);
+    cJSON *root = cJSON_Parse(text);
+    if (!root) return snprintf(err, errlen, "%s: malformed JSON", name), -1;
+    int rc = apply_json(cfg, root, name, err, errlen);
+    if (rc == 0) rc = ct_config_check(cfg, err, errlen);
+    cJSON_Delete(root);
+    return rc;
+}
+
 int ct_config_load(ct_config *cfg, const char *path, const char *const *overrides, int noverrides, char *err,
                    size_t errlen)
 {

@@ -68,6 +68,9 @@ void ct_config_defaults(ct_config *cfg);
 int ct_config_load(ct_config *cfg, const char *path, const char *const *overrides, int noverrides, char *err,
                    size_t errlen);
 
+/* The same from JSON text (a checkpoint's saved config); name is used in messages. */
+int ct_config_parse(ct_config *cfg, const char *text, const char *name, char *err, size_t errlen);
+
 /* Cross-field checks (ranges are checked while loading): e.g. warmup_steps <= max_steps. */
 int ct_config_check(const ct_config *cfg, char *err, size_t errlen);
 

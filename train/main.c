@@ -12,6 +12,7 @@
 #include "gpt2.h"
 #include "hf_gpt2.h"
 #include "kernels.h"
+#include "lora.h"
 #include "run.h"
 #include "sample.h"
 #include "trainer.h"
@@ -150,10 +151,46 @@ static int cmd_export(const args *a, ct_comm *comm)
     const ct_backend *be = ct_backend_cpu();
     ct_kctx *ctx = be->kctx_init(0);
     ct_gpt2 *m = NULL;
-    int rc = ct_gpt2_init(&m, &mc, be, ctx, 1, 1, 1, err, sizeof err);
+    /* a LoRA run's checkpoint holds adapters: its saved config says which */
+    ct_config saved;
+    ct_lora_spec spec;
+    char *json = ct_ckpt_read_config_json(a->path, err, sizeof err);
+    int rc = json ? ct_config_parse(&saved, json, a->path, err, sizeof err) : -1;
+    free(json);
+    int lora = rc == 0 && ct_run_lora(&saved);
+    if (rc == 0) rc = ct_gpt2_init(&m, &mc, be, ctx, 1, 1, 1, err, sizeof err);
+    if (rc == 0 && lora) {
+        rc = ct_lora_spec_from_config(&saved, &spec, err, sizeof err);
+        if (rc == 0) rc = ct_lora_add(m, &spec, 0, 1, err, sizeof err);
+    }
     if (rc == 0) rc = ct_ckpt_read(a->path, m, NULL, NULL, comm, err, sizeof err);
-    if (rc == 0) rc = ct_hf_gpt2_save(m, a->extra, err, sizeof err);
-    if (rc == 0) printf("ctrain: wrote %s/model.safetensors and config.json from %s\n", a->extra, a->path);
+    if (rc == 0) rc = lora ? ct_lora_save_peft(m, &spec, saved.model.init_from, a->extra, err, sizeof err)
+                           : ct_hf_gpt2_save(m, a->extra, err, sizeof err);
+    if (rc == 0)
+        printf("ctrain: wrote %s/%s from %s\n", a->extra,
+               lora ? "adapter_model.safetensors and adapter_config.json" : "model.safetensors and config.json",
+               a->path);
+    ct_gpt2_free(m);
+    be->kctx_free(ctx);
+    return rc ? fail(err) : 0;
+}
+
+/* ctrain merge CONFIG: the trained adapters folded into the base, as a full Hugging Face model. */
+static int cmd_merge(const args *a, ct_comm *comm)
+{
+    ct_config cfg;
+    if (load_config(a, comm, &cfg)) return 1;
+    if (ct_comm_rank(comm) != 0) return 0;
+    if (!ct_run_lora(&cfg)) return fail("merge: lora.targets is empty: the run has no adapters to merge");
+    char err[2048], from[CT_PATH_MAX + 128], out[CT_PATH_MAX + 16];
+    const ct_backend *be = ct_backend_cpu();
+    ct_kctx *ctx = be->kctx_init(0);
+    ct_gpt2 *m = NULL;
+    snprintf(out, sizeof out, "%s/merged", cfg.run.dir);
+    int rc = ct_run_model(&cfg, CT_WEIGHTS_TRAINED, be, ctx, 1, 1, 1, comm, &m, from, sizeof from, err, sizeof err);
+    if (rc == 0) rc = ct_lora_merge(m, err, sizeof err);
+    if (rc == 0) rc = ct_hf_gpt2_save(m, out, err, sizeof err);
+    if (rc == 0) printf("ctrain: merged %s into %s (model.safetensors, config.json)\n", from, out);
     ct_gpt2_free(m);
     be->kctx_free(ctx);
     return rc ? fail(err) : 0;
@@ -179,8 +216,13 @@ static const verb verbs[] = {
      1, cmd_prepare},
     {"export", "ctrain export CKPT OUT_DIR",
      "Writes the weights of an HDF5 checkpoint as a Hugging Face folder (model.safetensors +\n"
-     "config.json) that transformers.GPT2LMHeadModel.from_pretrained loads.",
+     "config.json) that transformers.GPT2LMHeadModel.from_pretrained loads; for a LoRA run's checkpoint,\n"
+     "the adapters as a PEFT folder (adapter_config.json + adapter_model.safetensors).",
      2, cmd_export},
+    {"merge", "ctrain merge CONFIG [--set key=value]...",
+     "Folds the LoRA adapters of run.dir (or lora.init_from) into the base model.init_from and writes\n"
+     "the merged model as a Hugging Face folder, run.dir/merged.",
+     1, cmd_merge},
     {"info", "ctrain info MODEL_DIR",
      "Loads a Hugging Face GPT-2 folder (config.json + model.safetensors), checks every tensor's\n"
      "name and shape against the config, and prints the architecture and parameter count.",

@@ -5,13 +5,18 @@
  * usage: ct_refdump MODEL_DIR TOKENS_TXT OUT.safetensors [--reinit SEED] [--export DIR]
  *   TOKENS_TXT: "B T", then B*T input tokens, then B*T targets (-1: not counted)
  *   --reinit SEED: replace the loaded weights by ctrain's own initialisation
- *   --export DIR: write the model (after --reinit) as a Hugging Face folder */
+ *   --export DIR: write the model (after --reinit) as a Hugging Face folder
+ * With a ctrain config (a .json path) as MODEL_DIR, the model is the one `ctrain eval` would use
+ * (run.dir's trained model or adapters, else model.init_from + lora.init_from), and only logits
+ * and loss are dumped. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
 #include "gpt2.h"
 #include "hf_gpt2.h"
+#include "run.h"
 #include "safetensors.h"
 
 static int die(const char *msg)
@@ -41,14 +46,28 @@ int main(int argc, char **argv)
         if (fscanf(f, "%d", &targets[i]) != 1) return die("short tokens file");
     fclose(f);
 
-    ct_gpt2_config cfg;
-    if (ct_hf_gpt2_read_config(model_dir, &cfg, err, sizeof err)) return die(err);
     const ct_backend *be = ct_backend_cpu();
     ct_kctx *ctx = be->kctx_init(0);
     ct_gpt2 *m;
-    if (ct_gpt2_init(&m, &cfg, be, ctx, B, T, 1, err, sizeof err)) return die(err);
-    if (reinit >= 0) ct_gpt2_init_weights(m, (uint64_t)reinit);
-    else if (ct_hf_gpt2_load(m, model_dir, err, sizeof err)) return die(err);
+    size_t len = strlen(model_dir);
+    int from_config = len > 5 && !strcmp(model_dir + len - 5, ".json");
+    if (from_config) {
+        ct_config run;
+        char from[2048];
+        ct_comm *single = ct_comm_init_single();
+        if (ct_config_load(&run, model_dir, NULL, 0, err, sizeof err) ||
+            ct_run_model(&run, CT_WEIGHTS_TRAINED, be, ctx, B, T, 1, single, &m, from, sizeof from, err, sizeof err))
+            return die(err);
+        ct_comm_free(single);
+        fprintf(stderr, "ct_refdump: model %s\n", from);
+    } else {
+        ct_gpt2_config mc;
+        if (ct_hf_gpt2_read_config(model_dir, &mc, err, sizeof err)) return die(err);
+        if (ct_gpt2_init(&m, &mc, be, ctx, B, T, 1, err, sizeof err)) return die(err);
+        if (reinit >= 0) ct_gpt2_init_weights(m, (uint64_t)reinit);
+        else if (ct_hf_gpt2_load(m, model_dir, err, sizeof err)) return die(err);
+    }
+    ct_gpt2_config cfg = *ct_gpt2_config_of(m);
     if (export_dir && ct_hf_gpt2_save(m, export_dir, err, sizeof err)) return die(err);
 
     size_t nlogits = (size_t)B * T * cfg.vocab_size;
@@ -62,7 +81,7 @@ int main(int argc, char **argv)
     ct_gpt2_backward(m, 1.0f / (float)ntok);
     float loss = (float)(loss_sum / (double)ntok);
 
-    int nt = ct_gpt2_num_tensors(m);
+    int nt = from_config ? 0 : ct_gpt2_num_tensors(m); /* gradients: of the plain model only */
     ct_st_entry *e = calloc((size_t)nt + 2, sizeof *e);
     char (*names)[80] = calloc((size_t)nt, sizeof *names);
     float **bufs = calloc((size_t)nt, sizeof *bufs);
