@@ -18,7 +18,7 @@ for run in "1 1" "2 1" "2 0"; do
         --set optim.max_steps="$steps" --set optim.warmup_steps=5 --set data.val= --set log.every=1000 \
         --set parallel.zero_stage="$zero" 2>&1)
   tps=$(grep -o '"tokens_per_s": [0-9.]*' "$dir/metrics.jsonl" | awk 'NR > 5 { s += $2; n++ } END { printf "%.0f", s / n }')
-  optim=$(sed -n 's/.*optimizer state \([0-9.]*\) MiB per rank.*/\1/p' <<<"$log")
+  optim=$(sed -n 's/.*optimizer state \([0-9.]*\) MiB.*/\1/p' <<<"$log")
   comm=$(sed -n 's/.*: \([0-9.]*\) MiB passed to collectives per step.*/\1/p' <<<"$log")
   flat=$(sed -n 's/.*flat buffer \([0-9]*\) floats.*/\1/p' <<<"$log")
   theory=$(awk -v p="$flat" -v z="$zero" 'BEGIN { printf "%.3f", (z == 1 ? 2 : 1) * p * 4 / 1048576 }')

@@ -112,6 +112,9 @@ static int cmd_prepare(const args *a, ct_comm *comm)
         if (!cfg.data.text[0]) snprintf(err, sizeof err, "data.text: empty: name the text file to prepare"), rc = -1;
         else if (!cfg.data.train[0]) snprintf(err, sizeof err, "data.train: empty: name the dataset to write"), rc = -1;
         else if (!cfg.data.val[0]) snprintf(err, sizeof err, "data.val: empty: name the dataset to write"), rc = -1;
+        else if (strlen(cfg.data.text) > 6 && !strcmp(cfg.data.text + strlen(cfg.data.text) - 6, ".jsonl"))
+            rc = ct_data_prepare_sft(cfg.data.text, cfg.data.train, cfg.data.val, cfg.data.val_fraction,
+                                     cfg.data.seq_len, err, sizeof err);
         else rc = ct_data_prepare_text(cfg.data.text, cfg.data.train, cfg.data.val, cfg.data.val_fraction, err,
                                        sizeof err);
         if (rc == 0) printf("ctrain: wrote %s and %s from %s\n", cfg.data.train, cfg.data.val, cfg.data.text);
@@ -211,8 +214,13 @@ static const verb verbs[] = {
      "sample.max_tokens tokens at sample.temperature, from the sample.top_k most likely tokens.",
      1, cmd_sample},
     {"prepare", "ctrain prepare CONFIG [--set key=value]...",
-     "Turns the text file data.text into the HDF5 token datasets data.train and data.val (the last\n"
-     "data.val_fraction of the text, cut at a line break), with the byte-level tokenizer.",
+     "Turns data.text into the HDF5 token datasets data.train and data.val with the byte-level tokenizer.\n"
+     "A text file: the last data.val_fraction of it (cut at a line break) becomes val. A .jsonl file of\n"
+     "{\"prompt\", \"response\"} or {\"messages\": [{\"role\", \"content\"}...]} examples: supervised data,\n"
+     "rendered as \"### Prompt:\\n<prompt>\\n### Response:\\n<response><end-of-text>\" (messages: \"### User:\\n\",\n"
+     "\"### Assistant:\\n\", \"### System:\\n\" headers), with a loss mask so only responses count, packed\n"
+     "into windows of data.seq_len + 1 tokens without splitting an example; the last data.val_fraction\n"
+     "of the examples become val.",
      1, cmd_prepare},
     {"export", "ctrain export CKPT OUT_DIR",
      "Writes the weights of an HDF5 checkpoint as a Hugging Face folder (model.safetensors +\n"

@@ -272,7 +272,11 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         printf("ctrain: %ld tokens per step = %d micro-batch x %d tokens x %d accumulation x %d ranks; "
                "%llu steps per epoch\n",
                tokens_per_step, B, T, A, world, (unsigned long long)ct_loader_steps_per_epoch(s.train));
-        printf("ctrain: optimizer state %.1f MiB per rank (ZeRO stage %d)\n",
+        ct_trainable tr = ct_gpt2_trainable(s.model);
+        size_t es = s.be->elem_size;
+        double weights = (double)ct_gpt2_numel(s.model) * es + (ct_gpt2_has_lora(s.model) ? (double)tr.numel * es : 0);
+        printf("ctrain: memory per rank: weights %.1f MiB, gradients %.1f MiB, optimizer state %.1f MiB (ZeRO stage "
+               "%d)\n", weights / 1048576.0, (double)tr.numel * es / 1048576.0,
                ct_optim_state_bytes(s.optim) / 1048576.0, cfg->parallel.zero_stage);
         fflush(stdout);
     }
