@@ -1,0 +1,103 @@
+// common.cuh — private to the CUDA backend: error checks, the execution context, bf16 helpers
+// and the small device utilities (block reductions) that several ops share.
+#ifndef CT_KERNELS_CUDA_COMMON_CUH
+#define CT_KERNELS_CUDA_COMMON_CUH
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+extern "C" {
+#include "kernels.h"
+}
+
+// ---- error checks -------------------------------------------------------------------------
+// One macro generates every library's check: evaluate, compare with the library's success
+// code, and on failure print file:line, the failing expression and the library's own error
+// string, then abort. (Inside a backend a CUDA failure is a broken invariant: DESIGN.md says
+// abort; under MPI the abort takes the job down.) A NCCL check is one more line like these.
+#define CT_GPU_CHECK_GEN(lib, expr, ok, errstr)                                                       \
+    do {                                                                                             \
+        auto ct_status_ = (expr);                                                                    \
+        if (ct_status_ != (ok)) {                                                                    \
+            fprintf(stderr, "%s:%d: %s error %d (%s) in %s\n", __FILE__, __LINE__, lib, (int)ct_status_, \
+                    errstr(ct_status_), #expr);                                                      \
+            fflush(stderr);                                                                          \
+            abort();                                                                                 \
+        }                                                                                            \
+    } while (0)
+#define CT_CUDA_CHECK(expr) CT_GPU_CHECK_GEN("CUDA", expr, cudaSuccess, cudaGetErrorString)
+#define CT_CUBLAS_CHECK(expr) CT_GPU_CHECK_GEN("cuBLAS", expr, CUBLAS_STATUS_SUCCESS, cublasLtGetStatusString)
+
+// ---- the execution context ------------------------------------------------------------------
+#define CT_CUBLASLT_WORKSPACE (32u << 20) // bytes; Hopper kernels want up to 32 MiB
+#define CT_SUMSQ_BLOCKS 1024              // fixed grid: sumsq's reduction order never depends on the GPU
+
+struct ct_kctx {
+    int device;
+    cudaStream_t stream;       // every op of this context runs here
+    cublasLtHandle_t lt;
+    void *lt_workspace;        // CT_CUBLASLT_WORKSPACE bytes, for cuBLASLt on `stream` only
+    double *sumsq_partials;    // [CT_SUMSQ_BLOCKS + 1] device: per-block sums, then the total
+    double *sumsq_host;        // pinned host double: sumsq's result lands here
+    int debug_sync;            // CTRAIN_CUDA_SYNC=1: synchronise after every launch (debugging)
+};
+
+// After every kernel launch: the launch error now, and with CTRAIN_CUDA_SYNC=1 the kernel's
+// own error too, reported at the launching line instead of at some later call.
+#define CT_LAUNCH_CHECK(ctx)                                                 \
+    do {                                                                     \
+        CT_CUDA_CHECK(cudaGetLastError());                                   \
+        if ((ctx)->debug_sync) CT_CUDA_CHECK(cudaStreamSynchronize((ctx)->stream)); \
+    } while (0)
+
+// ---- bf16 -----------------------------------------------------------------------------------
+typedef __nv_bfloat16 bf16;
+
+__device__ __forceinline__ float ct_ld(const bf16 *p) { return __bfloat162float(*p); }
+__device__ __forceinline__ bf16 ct_bf(float x) { return __float2bfloat16_rn(x); } // round to nearest even
+
+static inline unsigned ct_blocks(size_t n, unsigned threads)
+{
+    size_t b = (n + threads - 1) / threads;
+    return (unsigned)(b < 65535u * 32u ? b : 65535u * 32u); // kernels use grid-stride loops beyond this
+}
+
+// ---- reductions -----------------------------------------------------------------------------
+template <typename T> __device__ __forceinline__ T ct_warp_sum(T v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float ct_warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024), the same value returned to
+// every thread; fixed order, so deterministic. `sh` holds 32 T; reusable after return.
+template <typename T> __device__ T ct_block_sum(T v, T *sh)
+{
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = ct_warp_sum(v);
+    __syncthreads(); // sh may still be read by a previous call
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    T s = lane < nw ? sh[lane] : (T)0;
+    return ct_warp_sum(s);
+}
+__device__ __forceinline__ float ct_block_max(float v, float *sh)
+{
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = ct_warp_max(v);
+    __syncthreads();
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    float s = lane < nw ? sh[lane] : -INFINITY;
+    return ct_warp_max(s);
+}
+
+#endif
