@@ -6,7 +6,7 @@
  * a parallel HDF5 build. HDF5's own error stacks are silenced on every call that can fail: the
  * caller gets one message "<file>: <dataset or attribute>: <what is wrong>" instead. */
 #include "data.h"
-#include "fail.h"
+#include "data_impl.h"
 
 #include <hdf5.h>
 

@@ -3,7 +3,7 @@
  * (epoch, step, micro) says everything about where it stands, so a resumed run continues with
  * exactly the windows it would have seen. */
 #include "data.h"
-#include "fail.h"
+#include "data_impl.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -2,44 +2,13 @@
  * dataset out, with the byte-level tokenizer. The split falls on a line break so that no line
  * (and no multi-byte character) is cut in two. */
 #include "data.h"
-#include "fail.h"
+#include "data_impl.h"
 
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* Reads the whole file into a malloc'd buffer (*len bytes). Fails on a missing or unreadable
- * file; an empty file is returned as such (len 0). */
-static int read_all(const char *path, char **out, size_t *len, char *err, size_t errlen)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return ct_data_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-    size_t cap = 1 << 20, n = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (!buf) {
-            fclose(f);
-            return ct_data_fail(err, errlen, "%s: out of memory after %zu bytes", path, n);
-        }
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap) break;
-        char *bigger = realloc(buf, cap * 2);
-        if (!bigger) free(buf);
-        buf = bigger;
-        cap *= 2;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(buf);
-        return ct_data_fail(err, errlen, "%s: read error", path);
-    }
-    *out = buf;
-    *len = n;
-    return 0;
-}
 
 /* A cut c (train = [0, c), val = [c, len)) may fall just after a '\n' (lines), or at any
  * character start (not a UTF-8 continuation byte 10xxxxxx). */
@@ -85,7 +54,7 @@ int ct_data_prepare_text(const char *text_path, const char *train_path, const ch
                     val_fraction);
     char *text = NULL;
     size_t len = 0;
-    if (read_all(text_path, &text, &len, err, errlen)) return -1;
+    if (ct_data_read_all(text_path, &text, &len, err, errlen)) return -1;
     if (len == 0) {
         free(text);
         return ct_data_fail(err, errlen, "%s: empty file; there is no text to prepare", text_path);

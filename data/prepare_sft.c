@@ -6,7 +6,7 @@
  * every line into one token stream (remembering where each example starts), split the examples
  * into train and val, then pack each part into windows of seq_len+1 tokens and write it. */
 #include "data.h"
-#include "fail.h"
+#include "data_impl.h"
 
 #include <cjson/cJSON.h>
 
@@ -77,37 +77,6 @@ static int put_eot(stream *s, size_t count, uint8_t m)
     for (size_t i = 0; i < count; i++) s->tok[s->n + i] = CT_TOK_BYTES_EOT;
     memset(s->mask + s->n, m, count);
     s->n += count;
-    return 0;
-}
-
-/* Reads the whole file into a malloc'd, NUL-terminated buffer of *len bytes (plus the NUL). */
-static int read_all(const char *path, char **out, size_t *len, char *err, size_t errlen)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return ct_data_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (!buf) {
-            fclose(f);
-            return ct_data_fail(err, errlen, "%s: out of memory after %zu bytes", path, n);
-        }
-        n += fread(buf + n, 1, cap - 1 - n, f);
-        if (n < cap - 1) break;
-        char *bigger = realloc(buf, cap * 2);
-        if (!bigger) free(buf);
-        buf = bigger;
-        cap *= 2;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(buf);
-        return ct_data_fail(err, errlen, "%s: read error", path);
-    }
-    buf[n] = 0;
-    *out = buf;
-    *len = n;
     return 0;
 }
 
@@ -336,7 +305,7 @@ int ct_data_prepare_sft(const char *jsonl_path, const char *train_path, const ch
 
     char *text = NULL;
     size_t len = 0;
-    if (read_all(jsonl_path, &text, &len, err, errlen)) return -1;
+    if (ct_data_read_all(jsonl_path, &text, &len, err, errlen)) return -1;
     if (len == 0) {
         free(text);
         return ct_data_fail(err, errlen, "%s: empty file; expected JSON Lines, one example per line", jsonl_path);

@@ -6,7 +6,7 @@ target_link_libraries(test_data PRIVATE ct_hdf5)
 # The same cases under AddressSanitizer and UBSan, with the data sources rebuilt instrumented,
 # so an out-of-bounds read on a malformed file fails the test instead of passing by luck.
 add_executable(test_data_asan test_data.c ${CMAKE_SOURCE_DIR}/data/tokenizer_bytes.c
-  ${CMAKE_SOURCE_DIR}/data/dataset.c ${CMAKE_SOURCE_DIR}/data/prepare.c ${CMAKE_SOURCE_DIR}/data/loader.c)
+  ${CMAKE_SOURCE_DIR}/data/dataset.c ${CMAKE_SOURCE_DIR}/data/prepare.c ${CMAKE_SOURCE_DIR}/data/read_file.c ${CMAKE_SOURCE_DIR}/data/loader.c)
 target_include_directories(test_data_asan PRIVATE ${CMAKE_CURRENT_SOURCE_DIR} ${CMAKE_SOURCE_DIR}/data)
 target_compile_options(test_data_asan PRIVATE -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
   -fno-sanitize-recover=all)

@@ -457,8 +457,11 @@ static void test_gradients(void)
     s = make_spec("all-linear", 2, 3.0f, 0.3f, 0);
     m = make_lora(&s, 3);
     randomize_B(m, 17);
+    double l0 = mean_loss(m);       /* a model starts in inference mode: no dropout */
+    ct_gpt2_set_training(m, 1);
     ct_gpt2_set_dropout_seed(m, 1234);
     double l1 = mean_loss(m), l2 = mean_loss(m);
+    CHECK(l0 != l1);
     CHECK(l1 == l2); /* deterministic for a fixed seed */
     ct_gpt2_set_dropout_seed(m, 4321);
     double l3 = mean_loss(m);

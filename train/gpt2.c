@@ -83,6 +83,7 @@ struct ct_gpt2 {
     int lora_r;
     float lora_scale, lora_dropout;
     uint64_t dropout_seed;
+    int training;          /* dropout only while training (ct_gpt2_set_training), as PEFT */
     ct_param *lora_tensors;
     int lora_ntensors;
     size_t lora_numel;
@@ -398,6 +399,7 @@ oom:
 int ct_gpt2_has_lora(const ct_gpt2 *m) { return m->adapters != NULL; }
 float ct_gpt2_lora_scale(const ct_gpt2 *m) { return m->lora_scale; }
 void ct_gpt2_set_dropout_seed(ct_gpt2 *m, uint64_t seed) { m->dropout_seed = seed; }
+void ct_gpt2_set_training(ct_gpt2 *m, int on) { m->training = on; }
 
 ct_trainable ct_gpt2_trainable(ct_gpt2 *m)
 {
@@ -419,7 +421,7 @@ static void adapter_fwd(ct_gpt2 *m, int l, int kind, void *out, const void *x, i
     int in, outd;
     lin_dims(m, kind, &in, &outd);
     m->be->lora_fwd(m->ctx, out, a->h, x, a->A, a->B, m->lora_scratch, N, in, outd, m->lora_r, m->lora_scale,
-                    m->lora_dropout, adapter_seed(m, l * NLIN + kind));
+                    m->training ? m->lora_dropout : 0.0f, adapter_seed(m, l * NLIN + kind));
 }
 
 static void adapter_bwd(ct_gpt2 *m, int l, int kind, void *dx, const void *dout, const void *x, int N)
@@ -429,7 +431,7 @@ static void adapter_bwd(ct_gpt2 *m, int l, int kind, void *dx, const void *dout,
     int in, outd;
     lin_dims(m, kind, &in, &outd);
     m->be->lora_bwd(m->ctx, dx, a->dA, a->dB, dout, x, a->h, a->A, a->B, m->lora_scratch, N, in, outd, m->lora_r,
-                    m->lora_scale, m->lora_dropout, adapter_seed(m, l * NLIN + kind));
+                    m->lora_scale, m->training ? m->lora_dropout : 0.0f, adapter_seed(m, l * NLIN + kind));
 }
 
 /* ---------------------------------------------------------------- forward */

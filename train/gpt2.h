@@ -85,6 +85,8 @@ int ct_gpt2_has_lora(const ct_gpt2 *m);
 float ct_gpt2_lora_scale(const ct_gpt2 *m);
 /* The seed of the adapters' dropout masks for the next forward and its backward. */
 void ct_gpt2_set_dropout_seed(ct_gpt2 *m, uint64_t seed);
+/* Training mode turns dropout on; a model starts in inference mode (evaluation, sampling). */
+void ct_gpt2_set_training(ct_gpt2 *m, int on);
 
 /* GPT-2 initialisation: normal(0, 0.02) for weights and embeddings, the two residual
  * projections scaled by 1/sqrt(2 n_layer), biases 0, layernorm weights 1. Deterministic in seed. */

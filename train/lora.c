@@ -31,8 +31,9 @@ int ct_lora_read_peft_config(const char *dir, ct_lora_spec *spec, char *err, siz
     memset(spec, 0, sizeof *spec);
     if (!cJSON_IsString(type) || strcmp(type->valuestring, "LORA"))
         snprintf(err, errlen, "%s: peft_type: expected \"LORA\"", path);
-    else if (!cJSON_IsNumber(r) || r->valuedouble < 1 || r->valuedouble != floor(r->valuedouble))
-        snprintf(err, errlen, "%s: r: expected a positive integer", path);
+    else if (!cJSON_IsNumber(r) || r->valuedouble < 1 || r->valuedouble > 65536 ||
+             r->valuedouble != floor(r->valuedouble))
+        snprintf(err, errlen, "%s: r: expected a whole number in [1, 65536]", path);
     else if (!cJSON_IsNumber(alpha) || !(alpha->valuedouble > 0))
         snprintf(err, errlen, "%s: lora_alpha: expected a positive number", path);
     else if (drop && !(cJSON_IsNumber(drop) && drop->valuedouble >= 0 && drop->valuedouble < 1))
@@ -57,8 +58,14 @@ int ct_lora_read_peft_config(const char *dir, ct_lora_spec *spec, char *err, siz
                     rc = -1;
                     break;
                 }
-                n += (size_t)snprintf(spec->targets + n, n < sizeof spec->targets ? sizeof spec->targets - n : 0,
-                                      "%s%s", n ? "," : "", t->valuestring);
+                int w = snprintf(spec->targets + n, sizeof spec->targets - n, "%s%s", n ? "," : "", t->valuestring);
+                if (w < 0 || (size_t)w >= sizeof spec->targets - n) {
+                    snprintf(err, errlen, "%s: target_modules: longer than %zu characters in all", path,
+                             sizeof spec->targets - 1);
+                    rc = -1;
+                    break;
+                }
+                n += (size_t)w;
             }
         }
     }
@@ -281,6 +288,7 @@ int ct_lora_save_peft(ct_gpt2 *m, const ct_lora_spec *spec, const char *base_mod
 
 int ct_lora_merge(ct_gpt2 *m, char *err, size_t errlen)
 {
+    if (!ct_gpt2_has_lora(m)) return snprintf(err, errlen, "merge: the model has no LoRA adapters"), -1;
     const ct_backend *be = ct_gpt2_backend(m);
     ct_kctx *ctx = ct_gpt2_kctx(m);
     ct_trainable tr = ct_gpt2_trainable(m);

@@ -301,6 +301,7 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         float dloss = count > 0 ? (float)(1.0 / count) : 0.0f;
         double sums[2] = {0, stop_requested != 0}; /* loss sum; ranks asked to stop */
         ct_gpt2_zero_grad(s.model);
+        ct_gpt2_set_training(s.model, 1);
         for (int a = 0; a < A; a++) {
             double sum;
             long ntok;
@@ -310,6 +311,7 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
             ct_gpt2_backward(s.model, dloss);
             sums[0] += sum;
         }
+        ct_gpt2_set_training(s.model, 0);
         hp.lr = ct_lr_at(cfg, step);
         float norm;
         if (ct_optim_step(s.optim, &hp, &norm)) ct_run_die(comm, "communication failed in the optimizer step");

@@ -1,0 +1,446 @@
+/* test_cuda_ops.c — every CUDA op against its CPU twin (tests/gpu, ctest -L gpu).
+ *
+ * For each op: fresh random inputs (seed printed; CT_TEST_SEED=<n> reproduces a run), rounded
+ * to bf16 so both backends see the same values; the CPU backend runs in fp32; the CUDA backend
+ * gets them through to_storage, its outputs POISONED with NaN bit patterns first (an element an
+ * op forgets to write fails), and results come back through to_f32. Gradient outputs are
+ * pre-filled with random values on both sides ("backward ADDS"), and the NULL-gradient cases of
+ * kernels.h are run too.
+ *
+ * Tolerances (an element passes when |gpu - cpu| <= rtol*|cpu| + afrac*max|cpu|): bf16 outputs
+ * use rtol 2e-2 and afrac 1e-2 (one bf16 rounding is 2^-9 relative; the absolute term, scaled to
+ * the tensor's magnitude, covers cancellation in sums and products); fp32 statistics (mean,
+ * rstd, losses) use 1e-3 / 1e-4; AdamW's fp32 state, computed from identical inputs by the same
+ * operation sequence, uses 1e-6; sumsq (double) 1e-9 relative.
+ *
+ * Exit: 0 all passed, 1 a check failed, 77 (ctest: skipped) when this build or machine has no
+ * CUDA device. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "check.h"
+#include "kernels.h"
+
+#define RTOL 2e-2
+#define AFRAC 1e-2
+
+static const ct_backend *cpu, *gpu;
+static ct_kctx *ck, *gk;
+static uint64_t rng;
+
+/* device allocations, freed at the end */
+static void *dev_ptrs[4096];
+static int ndev;
+
+static void *dalloc(size_t bytes)
+{
+    void *p = gpu->alloc(bytes);
+    if (!p || ndev == 4096) { fprintf(stderr, "device allocation of %zu bytes failed\n", bytes); exit(1); }
+    dev_ptrs[ndev++] = p;
+    return p;
+}
+
+/* fp32 -> bf16 -> fp32, round to nearest even (what to_storage must do) */
+static float bf16r(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u) return x;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+static float *rnd(size_t n, float lo, float hi)
+{
+    float *x = ct_test_alloc(n);
+    ct_test_fill(x, n, &rng, lo, hi);
+    for (size_t i = 0; i < n; i++) x[i] = bf16r(x[i]);
+    return x;
+}
+
+static float *dup(const float *x, size_t n)
+{
+    float *c = ct_test_alloc(n);
+    memcpy(c, x, n * sizeof(float));
+    return c;
+}
+
+/* host fp32 -> device bf16 via to_storage */
+static void *up(const float *h, size_t n)
+{
+    float *tmp = dalloc(n * 4 + 4);
+    void *d = dalloc(n * 2 + 2);
+    gpu->upload(gk, tmp, h, n * 4);
+    gpu->to_storage(gk, d, tmp, n);
+    return d;
+}
+
+static void *up_raw(const void *h, size_t bytes)
+{
+    void *d = dalloc(bytes + 4);
+    gpu->upload(gk, d, h, bytes);
+    return d;
+}
+
+/* n bf16 (2 bytes) or fp32 (4 bytes) elements, every byte 0xff: NaN either way */
+static void *poison(size_t n, size_t esz)
+{
+    void *d = dalloc(n * esz + 4);
+    unsigned char *h = malloc(n * esz + 1);
+    memset(h, 0xff, n * esz + 1);
+    gpu->upload(gk, d, h, n * esz);
+    free(h);
+    return d;
+}
+
+static float *down(const void *d, size_t n)
+{
+    float *tmp = dalloc(n * 4 + 4);
+    float *h = ct_test_alloc(n);
+    gpu->to_f32(gk, tmp, d, n);
+    gpu->download(gk, h, tmp, n * 4);
+    return h;
+}
+
+static float *down_f32(const float *d, size_t n)
+{
+    float *h = ct_test_alloc(n);
+    gpu->download(gk, h, d, n * 4);
+    return h;
+}
+
+#define CMP(what, got, want, n, rtol, afrac) cmp(__FILE__, __LINE__, what, got, want, n, rtol, afrac)
+static void cmp(const char *file, int line, const char *what, const float *got, const float *want, size_t n,
+                double rtol, double afrac)
+{
+    double mx = 0;
+    double *w = ct_test_alloc_d(n);
+    for (size_t i = 0; i < n; i++) {
+        w[i] = want[i];
+        if (fabs(w[i]) > mx) mx = fabs(w[i]);
+    }
+    ct_check_close(file, line, what, got, w, n, rtol, afrac * mx + 1e-30);
+    free(w);
+}
+
+/* ---- conversions -------------------------------------------------------------------------- */
+static void test_convert(void)
+{
+    size_t n = 1000;
+    float *x = ct_test_alloc(n);
+    ct_test_fill(x, n, &rng, -100.0f, 100.0f);
+    x[0] = 1.0f + 0x1p-8f;     /* tie: rounds down to even 1.0 */
+    x[1] = 1.0f + 3 * 0x1p-8f; /* tie: rounds up to even 1 + 2^-6 */
+    x[2] = -0.0f;
+    x[3] = 3.0e38f;
+    float *want = ct_test_alloc(n);
+    for (size_t i = 0; i < n; i++) want[i] = bf16r(x[i]);
+    float *got = down(up(x, n), n);
+    CMP("to_storage/to_f32 round trip", got, want, n, 0, 0);
+}
+
+/* ---- encoder ------------------------------------------------------------------------------ */
+static void test_encoder(int B, int T, int C, int V)
+{
+    size_t BT = (size_t)B * T;
+    int32_t *tok = malloc(BT * sizeof *tok);
+    for (size_t i = 0; i < BT; i++) tok[i] = (int32_t)(ct_test_rand_u64(&rng) % (uint64_t)V);
+    float *wte = rnd((size_t)V * C, -1, 1), *wpe = rnd((size_t)T * C, -1, 1);
+    float *out = ct_test_alloc(BT * C);
+    cpu->encoder_fwd(ck, out, tok, wte, wpe, B, T, C);
+    int32_t *dtok = up_raw(tok, BT * sizeof *tok);
+    void *dout_ = poison(BT * C, 2);
+    gpu->encoder_fwd(gk, dout_, dtok, up(wte, (size_t)V * C), up(wpe, (size_t)T * C), B, T, C);
+    CMP("encoder_fwd out", down(dout_, BT * C), out, BT * C, RTOL, AFRAC);
+
+    float *g = rnd(BT * C, -1, 1), *pte = rnd((size_t)V * C, -1, 1), *ppe = rnd((size_t)T * C, -1, 1);
+    void *dg = up(g, BT * C);
+    for (int mode = 0; mode < 4; mode++) { /* 0 both, 1 dwte only, 2 dwpe only, 3 neither */
+        float *cte = dup(pte, (size_t)V * C), *cpe = dup(ppe, (size_t)T * C);
+        void *gte = up(pte, (size_t)V * C), *gpe = up(ppe, (size_t)T * C);
+        int wte_on = mode == 0 || mode == 1, wpe_on = mode == 0 || mode == 2;
+        cpu->encoder_bwd(ck, wte_on ? cte : NULL, wpe_on ? cpe : NULL, g, tok, B, T, C);
+        gpu->encoder_bwd(gk, wte_on ? gte : NULL, wpe_on ? gpe : NULL, dg, dtok, B, T, C);
+        char what[64];
+        snprintf(what, sizeof what, "encoder_bwd dwte (mode %d)", mode);
+        CMP(what, down(gte, (size_t)V * C), cte, (size_t)V * C, RTOL, AFRAC);
+        snprintf(what, sizeof what, "encoder_bwd dwpe (mode %d)", mode);
+        CMP(what, down(gpe, (size_t)T * C), cpe, (size_t)T * C, RTOL, AFRAC);
+    }
+}
+
+/* ---- layernorm ---------------------------------------------------------------------------- */
+static void test_layernorm(int N, int C)
+{
+    size_t n = (size_t)N * C;
+    float *x = rnd(n, -2, 3), *w = rnd(C, 0.5f, 1.5f), *b = rnd(C, -0.5f, 0.5f);
+    float *out = ct_test_alloc(n), *mean = ct_test_alloc(N), *rstd = ct_test_alloc(N);
+    cpu->layernorm_fwd(ck, out, mean, rstd, x, w, b, N, C, 1e-5f);
+    void *gx = up(x, n), *gw = up(w, C), *gout = poison(n, 2);
+    float *gmean = poison(N, 4), *grstd = poison(N, 4);
+    gpu->layernorm_fwd(gk, gout, gmean, grstd, gx, gw, up(b, C), N, C, 1e-5f);
+    CMP("layernorm_fwd out", down(gout, n), out, n, RTOL, AFRAC);
+    CMP("layernorm_fwd mean", down_f32(gmean, N), mean, N, 1e-3, 1e-4);
+    CMP("layernorm_fwd rstd", down_f32(grstd, N), rstd, N, 1e-3, 1e-4);
+
+    float *d = rnd(n, -1, 1), *pdx = rnd(n, -1, 1), *pdw = rnd(C, -1, 1), *pdb = rnd(C, -1, 1);
+    void *gd = up(d, n);
+    for (int frozen = 0; frozen < 2; frozen++) {
+        float *cdx = dup(pdx, n), *cdw = dup(pdw, C), *cdb = dup(pdb, C);
+        void *gdx = up(pdx, n), *gdw = up(pdw, C), *gdb = up(pdb, C);
+        cpu->layernorm_bwd(ck, cdx, frozen ? NULL : cdw, frozen ? NULL : cdb, d, x, w, mean, rstd, N, C);
+        gpu->layernorm_bwd(gk, gdx, frozen ? NULL : gdw, frozen ? NULL : gdb, gd, gx, gw, gmean, grstd, N, C);
+        CMP(frozen ? "layernorm_bwd dinp (frozen)" : "layernorm_bwd dinp", down(gdx, n), cdx, n, RTOL, AFRAC);
+        CMP(frozen ? "layernorm_bwd dw (NULL: unchanged)" : "layernorm_bwd dw", down(gdw, C), cdw, C, RTOL, AFRAC);
+        CMP(frozen ? "layernorm_bwd db (NULL: unchanged)" : "layernorm_bwd db", down(gdb, C), cdb, C, RTOL, AFRAC);
+    }
+}
+
+/* ---- matmul ------------------------------------------------------------------------------- */
+static void test_matmul(int N, int K, int M)
+{
+    float *x = rnd((size_t)N * K, -1, 1), *w = rnd((size_t)M * K, -1, 1), *bias = rnd(M, -1, 1);
+    void *gx = up(x, (size_t)N * K), *gw = up(w, (size_t)M * K);
+    for (int bmode = 0; bmode < 3; bmode++) { /* 0 no bias, 1 aligned bias, 2 bias 2 bytes off alignment */
+        float *out = ct_test_alloc((size_t)N * M);
+        cpu->matmul_fwd(ck, out, x, w, bmode ? bias : NULL, N, K, M);
+        void *gb = NULL;
+        if (bmode == 1) gb = up(bias, M);
+        if (bmode == 2) {
+            float *shifted = ct_test_alloc(M + 1);
+            memcpy(shifted + 1, bias, M * sizeof(float));
+            gb = (char *)up(shifted, M + 1) + 2;
+        }
+        void *gout = poison((size_t)N * M, 2);
+        gpu->matmul_fwd(gk, gout, gx, gw, gb, N, K, M);
+        char what[64];
+        snprintf(what, sizeof what, "matmul_fwd %dx%dx%d bias mode %d", N, K, M, bmode);
+        CMP(what, down(gout, (size_t)N * M), out, (size_t)N * M, RTOL, AFRAC);
+    }
+    float *d = rnd((size_t)N * M, -1, 1), *pdx = rnd((size_t)N * K, -1, 1), *pdw = rnd((size_t)M * K, -1, 1),
+          *pdb = rnd(M, -1, 1);
+    void *gd = up(d, (size_t)N * M);
+    for (int mode = 0; mode < 3; mode++) { /* 0 all, 1 dw/dbias NULL (frozen), 2 dinp NULL */
+        float *cdx = dup(pdx, (size_t)N * K), *cdw = dup(pdw, (size_t)M * K), *cdb = dup(pdb, M);
+        void *gdx = up(pdx, (size_t)N * K), *gdw = up(pdw, (size_t)M * K), *gdb = up(pdb, M);
+        int pw = mode != 1, pi = mode != 2;
+        cpu->matmul_bwd(ck, pi ? cdx : NULL, pw ? cdw : NULL, pw ? cdb : NULL, d, x, w, N, K, M);
+        gpu->matmul_bwd(gk, pi ? gdx : NULL, pw ? gdw : NULL, pw ? gdb : NULL, gd, gx, gw, N, K, M);
+        char what[64];
+        snprintf(what, sizeof what, "matmul_bwd dinp %dx%dx%d mode %d", N, K, M, mode);
+        CMP(what, down(gdx, (size_t)N * K), cdx, (size_t)N * K, RTOL, AFRAC);
+        snprintf(what, sizeof what, "matmul_bwd dw %dx%dx%d mode %d", N, K, M, mode);
+        CMP(what, down(gdw, (size_t)M * K), cdw, (size_t)M * K, RTOL, AFRAC);
+        snprintf(what, sizeof what, "matmul_bwd dbias %dx%dx%d mode %d", N, K, M, mode);
+        CMP(what, down(gdb, M), cdb, M, RTOL, AFRAC);
+    }
+}
+
+/* ---- gelu, residual ----------------------------------------------------------------------- */
+static void test_gelu(size_t n)
+{
+    float *x = rnd(n, -12, 12), *out = ct_test_alloc(n);
+    cpu->gelu_fwd(ck, out, x, n);
+    void *gx = up(x, n), *gout = poison(n, 2);
+    gpu->gelu_fwd(gk, gout, gx, n);
+    CMP("gelu_fwd", down(gout, n), out, n, RTOL, AFRAC);
+    float *d = rnd(n, -1, 1), *dx = rnd(n, -1, 1);
+    void *gdx = up(dx, n);
+    cpu->gelu_bwd(ck, dx, x, d, n);
+    gpu->gelu_bwd(gk, gdx, gx, up(d, n), n);
+    CMP("gelu_bwd", down(gdx, n), dx, n, RTOL, AFRAC);
+}
+
+static void test_residual(size_t n)
+{
+    float *a = rnd(n, -1, 1), *b = rnd(n, -1, 1), *out = ct_test_alloc(n);
+    cpu->residual_fwd(ck, out, a, b, n);
+    void *gout = poison(n, 2);
+    gpu->residual_fwd(gk, gout, up(a, n), up(b, n), n);
+    CMP("residual_fwd", down(gout, n), out, n, RTOL, AFRAC);
+    float *d = rnd(n, -1, 1), *da = rnd(n, -1, 1), *db = rnd(n, -1, 1);
+    void *gd = up(d, n), *gda = up(da, n), *gdb = up(db, n);
+    cpu->residual_bwd(ck, da, db, d, n);
+    gpu->residual_bwd(gk, gda, gdb, gd, n);
+    CMP("residual_bwd da", down(gda, n), da, n, RTOL, AFRAC);
+    CMP("residual_bwd db", down(gdb, n), db, n, RTOL, AFRAC);
+    /* x + x: da and db are one buffer, which gains 2 dout */
+    float *dd = rnd(n, -1, 1);
+    void *gdd = up(dd, n);
+    cpu->residual_bwd(ck, dd, dd, d, n);
+    gpu->residual_bwd(gk, gdd, gdd, gd, n);
+    CMP("residual_bwd da == db", down(gdd, n), dd, n, RTOL, AFRAC);
+}
+
+/* ---- xent --------------------------------------------------------------------------------- */
+static void test_xent(int N, int V, int with_targets)
+{
+    size_t n = (size_t)N * V;
+    float *lg = rnd(n, -5, 5);
+    int32_t *t = malloc(N * sizeof *t);
+    for (int i = 0; i < N; i++) t[i] = (i % 3 == 2) ? -1 : (int32_t)(ct_test_rand_u64(&rng) % (uint64_t)V);
+    void *glg = up(lg, n);
+    int32_t *gt = with_targets ? up_raw(t, N * sizeof *t) : NULL;
+    float *loss = ct_test_alloc(N), *gloss = poison(N, 4);
+    cpu->xent_fwd(ck, loss, lg, with_targets ? t : NULL, N, V);
+    gpu->xent_fwd(gk, gloss, glg, gt, N, V);
+    CMP(with_targets ? "xent_fwd losses" : "xent_fwd losses (no targets)", down_f32(gloss, N), loss, N, 1e-3, 1e-4);
+    CMP(with_targets ? "xent_fwd probs" : "xent_fwd probs (no targets)", down(glg, n), lg, n, RTOL, AFRAC);
+    const float dloss = 1.0f / 7.0f;
+    cpu->xent_bwd(ck, lg, with_targets ? t : NULL, dloss, N, V);
+    gpu->xent_bwd(gk, glg, gt, dloss, N, V);
+    CMP(with_targets ? "xent_bwd dlogits" : "xent_bwd dlogits (no targets)", down(glg, n), lg, n, RTOL, AFRAC);
+}
+
+/* ---- adamw, sumsq ------------------------------------------------------------------------- */
+static void test_adamw(size_t n, float beta1)
+{
+    float *master = ct_test_alloc(n), *m = ct_test_alloc(n), *v = ct_test_alloc(n);
+    ct_test_fill(master, n, &rng, -1, 1);
+    ct_test_fill(m, n, &rng, -0.1f, 0.1f);
+    ct_test_fill(v, n, &rng, 0, 0.01f);
+    float *g = rnd(n, -1, 1);
+    float *gmaster = up_raw(master, n * 4), *gm = up_raw(m, n * 4), *gv = up_raw(v, n * 4);
+    void *gparam = poison(n, 2);
+    ct_adamw_params p = {.lr = 1e-3f, .beta1 = beta1, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f,
+                         .grad_scale = 0.5f, .step = 3};
+    float *param = ct_test_alloc(n);
+    cpu->adamw(ck, master, param, m, v, g, n, &p);
+    gpu->adamw(gk, gmaster, gparam, gm, gv, up(g, n), n, &p);
+    CMP("adamw master", down_f32(gmaster, n), master, n, 1e-6, 1e-7);
+    CMP("adamw m", down_f32(gm, n), m, n, 1e-6, 1e-7);
+    CMP("adamw v", down_f32(gv, n), v, n, 1e-6, 1e-7);
+    for (size_t i = 0; i < n; i++) param[i] = bf16r(master[i]);
+    CMP("adamw param = bf16(master)", down(gparam, n), param, n, 1e-2, 0);
+}
+
+static void test_sumsq(size_t n)
+{
+    float *x = rnd(n, -3, 3);
+    void *gx = up(x, n);
+    double want = cpu->sumsq(ck, x, n), got = gpu->sumsq(gk, gx, n), again = gpu->sumsq(gk, gx, n);
+    if (!(fabs(got - want) <= 1e-9 * fabs(want))) {
+        fprintf(stderr, "sumsq n=%zu: got %.17g, want %.17g\n", n, got, want);
+        ct_test_failures++;
+    }
+    CHECK(memcmp(&got, &again, sizeof got) == 0); /* deterministic */
+    CHECK(gpu->sumsq(gk, gx, 0) == 0.0);
+}
+
+/* ---- attention ---------------------------------------------------------------------------- */
+static void test_attention(int B, int T, int C, int NH)
+{
+    size_t nq = (size_t)B * T * 3 * C, no = (size_t)B * T * C;
+    float *qkv = rnd(nq, -1, 1), *out = ct_test_alloc(no);
+    float *stats = ct_test_alloc(cpu->attention_stats_len(B, T, NH));
+    cpu->attention_fwd(ck, out, stats, qkv, B, T, C, NH);
+    void *gq = up(qkv, nq), *gout = poison(no, 2);
+    float *gstats = poison(gpu->attention_stats_len(B, T, NH), 4);
+    gpu->attention_fwd(gk, gout, gstats, gq, B, T, C, NH);
+    char what[80];
+    snprintf(what, sizeof what, "attention_fwd B%d T%d C%d NH%d", B, T, C, NH);
+    CMP(what, down(gout, no), out, no, RTOL, AFRAC);
+    float *d = rnd(no, -1, 1), *dq = rnd(nq, -1, 1);
+    void *gdq = up(dq, nq);
+    cpu->attention_bwd(ck, dq, stats, d, qkv, out, B, T, C, NH);
+    gpu->attention_bwd(gk, gdq, gstats, up(d, no), gq, gout, B, T, C, NH);
+    snprintf(what, sizeof what, "attention_bwd dqkv B%d T%d C%d NH%d", B, T, C, NH);
+    CMP(what, down(gdq, nq), dq, nq, RTOL, AFRAC);
+}
+
+/* ---- lora --------------------------------------------------------------------------------- */
+static void test_lora(int N, int K, int M, int r, float p)
+{
+    const float scale = 2.0f;
+    const uint64_t seed = ct_test_rand_u64(&rng);
+    float *x = rnd((size_t)N * K, -1, 1), *A = rnd((size_t)r * K, -0.5f, 0.5f), *Bm = rnd((size_t)M * r, -0.5f, 0.5f);
+    float *out = rnd((size_t)N * M, -1, 1), *h = ct_test_alloc((size_t)N * r);
+    float *cs = ct_test_alloc(cpu->lora_scratch_len(N, K, r));
+    void *gx = up(x, (size_t)N * K), *gA = up(A, (size_t)r * K), *gB = up(Bm, (size_t)M * r);
+    void *gout = up(out, (size_t)N * M), *gh = poison((size_t)N * r, 2);
+    void *gs = poison(gpu->lora_scratch_len(N, K, r), 2);
+    cpu->lora_fwd(ck, out, h, x, A, Bm, p > 0 ? cs : NULL, N, K, M, r, scale, p, seed);
+    gpu->lora_fwd(gk, gout, gh, gx, gA, gB, p > 0 ? gs : NULL, N, K, M, r, scale, p, seed);
+    char what[80];
+    snprintf(what, sizeof what, "lora_fwd out (adds) p=%g", (double)p);
+    CMP(what, down(gout, (size_t)N * M), out, (size_t)N * M, RTOL, AFRAC);
+    snprintf(what, sizeof what, "lora_fwd h p=%g", (double)p);
+    CMP(what, down(gh, (size_t)N * r), h, (size_t)N * r, RTOL, AFRAC);
+
+    /* backward from one shared h (bf16 values), so both sides start from the same input */
+    float *hb = rnd((size_t)N * r, -1, 1), *d = rnd((size_t)N * M, -1, 1);
+    float *pdx = rnd((size_t)N * K, -1, 1), *pdA = rnd((size_t)r * K, -1, 1), *pdB = rnd((size_t)M * r, -1, 1);
+    void *ghb = up(hb, (size_t)N * r), *gd = up(d, (size_t)N * M);
+    for (int mode = 0; mode < 3; mode++) { /* 0 all, 1 dx NULL, 2 dA and dB NULL */
+        float *cdx = dup(pdx, (size_t)N * K), *cdA = dup(pdA, (size_t)r * K), *cdB = dup(pdB, (size_t)M * r);
+        void *gdx = up(pdx, (size_t)N * K), *gdA = up(pdA, (size_t)r * K), *gdB = up(pdB, (size_t)M * r);
+        int wx = mode != 1, wp = mode != 2;
+        gs = poison(gpu->lora_scratch_len(N, K, r), 2);
+        cpu->lora_bwd(ck, wx ? cdx : NULL, wp ? cdA : NULL, wp ? cdB : NULL, d, x, hb, A, Bm, cs, N, K, M, r, scale,
+                      p, seed);
+        gpu->lora_bwd(gk, wx ? gdx : NULL, wp ? gdA : NULL, wp ? gdB : NULL, gd, gx, ghb, gA, gB, gs, N, K, M, r,
+                      scale, p, seed);
+        snprintf(what, sizeof what, "lora_bwd dx p=%g mode %d", (double)p, mode);
+        CMP(what, down(gdx, (size_t)N * K), cdx, (size_t)N * K, RTOL, AFRAC);
+        snprintf(what, sizeof what, "lora_bwd dA p=%g mode %d", (double)p, mode);
+        CMP(what, down(gdA, (size_t)r * K), cdA, (size_t)r * K, RTOL, AFRAC);
+        snprintf(what, sizeof what, "lora_bwd dB p=%g mode %d", (double)p, mode);
+        CMP(what, down(gdB, (size_t)M * r), cdB, (size_t)M * r, RTOL, AFRAC);
+    }
+}
+
+int main(void)
+{
+    gpu = ct_backend_cuda();
+    if (!gpu) {
+        printf("SKIPPED: no CUDA device (or no CUDA backend in this build)\n");
+        return 77;
+    }
+    cpu = ct_backend_cpu();
+    CHECK(gpu->abi == CT_KERNELS_ABI && gpu->elem_size == 2);
+    ck = cpu->kctx_init(0);
+    gk = gpu->kctx_init(0);
+    if (!gk) {
+        fprintf(stderr, "test_cuda_ops: a CUDA device is present but kctx_init(0) failed\n");
+        return 1;
+    }
+    const char *s = getenv("CT_TEST_SEED");
+    rng = s ? strtoull(s, NULL, 0) : (uint64_t)time(NULL);
+    printf("test_cuda_ops: seed %llu (CT_TEST_SEED reproduces)\n", (unsigned long long)rng);
+
+#define RUN(call) do { printf("  %s\n", #call); fflush(stdout); call; } while (0)
+    RUN(test_convert());
+    RUN(test_encoder(3, 7, 40, 11));
+    RUN(test_encoder(4, 80, 1100, 50)); /* > 256 positions, > 1024 channels: every loop of the dwte kernel */
+    RUN(test_layernorm(13, 77));
+    RUN(test_layernorm(64, 768));
+    RUN(test_matmul(7, 13, 9));
+    RUN(test_matmul(64, 96, 80));
+    RUN(test_matmul(33, 64, 48));
+    RUN(test_gelu(5000));
+    RUN(test_residual(3001));
+    RUN(test_xent(9, 1003, 1));
+    RUN(test_xent(4, 50257, 1));
+    RUN(test_xent(3, 100, 0));
+    RUN(test_adamw(10007, 0.9f));
+    RUN(test_adamw(1000, 0.3f)); /* 1 - beta1 >= 0.5: the other lerp form */
+    RUN(test_sumsq(100003));
+    RUN(test_sumsq(1));
+    RUN(test_attention(2, 17, 32, 4));
+    RUN(test_attention(1, 64, 128, 2));
+    RUN(test_attention(2, 1, 16, 2));
+    RUN(test_lora(37, 50, 29, 4, 0.0f));
+    RUN(test_lora(37, 50, 29, 4, 0.25f));
+    RUN(test_lora(128, 64, 96, 8, 0.1f));
+
+    gpu->sync(gk);
+    for (int i = 0; i < ndev; i++) gpu->free(dev_ptrs[i]);
+    gpu->kctx_free(gk);
+    cpu->kctx_free(ck);
+    return ct_test_finish("test_cuda_ops");
+}
