@@ -3,6 +3,7 @@
 #   bash launch/test.sh            every tier that can run on this machine
 #   bash launch/test.sh unit       C unit, gradient and bad-input tests (no Python needed)
 #   bash launch/test.sh reference  against PyTorch / transformers, in .venv (installed from PyPI)
+#   bash launch/test.sh gpu        CUDA ops against the CPU backend (skipped, and shown so, without a GPU)
 # Installs missing Debian packages and builds first. Build dir: $CTRAIN_BUILD (default build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +29,8 @@ cmake --build "$build" -j "$jobs"
 case $tier in
   unit) labels=unit ;;
   reference) labels=reference ;;
-  all) labels='unit|reference' ;;
-  *) echo "usage: launch/test.sh [all|unit|reference]" >&2; exit 2 ;;
+  gpu) labels=gpu ;;
+  all) labels='unit|reference|gpu' ;;
+  *) echo "usage: launch/test.sh [all|unit|reference|gpu]" >&2; exit 2 ;;
 esac
 ctest --test-dir "$build" -L "$labels" --output-on-failure --no-tests=error

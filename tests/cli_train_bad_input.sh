@@ -55,6 +55,7 @@ expect "vocab" -- train "$tmp/cfg.json" --set model.vocab_size=100
 expect "holds no trained model" -- sample "$tmp/cfg.json"
 expect "holds no trained model" -- eval "$tmp/cfg.json"
 expect "unknown option '--sett'" -- train "$tmp/cfg.json" --sett optim.lr=1
+expect 'run.device: "cuda"' -- train "$tmp/cfg.json" --set run.device=cuda
 
 # a good run, then eval's last line and a sample
 if "$ctrain" train "$tmp/cfg.json" > "$tmp/train.log" 2>&1; then

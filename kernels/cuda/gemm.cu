@@ -3,10 +3,11 @@
 // column-major C^T = op(B)^T op(A)^T: A and B swap places, M and N swap, transposes stay.
 #include "gemm.cuh"
 
-// largest power of two (<= 256) dividing the address and every batch offset, in bytes
-static uint32_t align_of(const void *p, long long stride_bytes, int batch)
+// largest power of two (<= 256) dividing the address, every row start (ld) and every batch
+// offset, in bytes: conservative, so odd shapes get a kernel that tolerates them
+static uint32_t align_of(const void *p, long long ld_bytes, long long stride_bytes, int batch)
 {
-    unsigned long long a = (unsigned long long)(uintptr_t)p | 256ull;
+    unsigned long long a = (unsigned long long)(uintptr_t)p | 256ull | (unsigned long long)ld_bytes;
     if (batch > 1) a |= (unsigned long long)stride_bytes;
     return (uint32_t)(a & (~a + 1));
 }
@@ -76,8 +77,9 @@ void ct_gemm(ct_kctx *ctx, const ct_gemm_args *g)
     CT_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     uint64_t ws = CT_CUBLASLT_WORKSPACE;
     CT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
-    uint32_t al_a = align_of(g->B, g->strideB * 2, g->batch), al_b = align_of(g->A, g->strideA * 2, g->batch);
-    uint32_t al_c = align_of(g->C, g->strideC * (long long)esz_c, g->batch);
+    uint32_t al_a = align_of(g->B, g->ldb * 2, g->strideB * 2, g->batch);
+    uint32_t al_b = align_of(g->A, g->lda * 2, g->strideA * 2, g->batch);
+    uint32_t al_c = align_of(g->C, g->ldc * (long long)esz_c, g->strideC * (long long)esz_c, g->batch);
     CT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a));
     CT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b));
     CT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof al_c));
