@@ -7,7 +7,8 @@ A tiny random GPT-2 from transformers (every parameter perturbed) is the base.
   2. `ctrain merge` folds the adapters into the base; transformers loads the merged model and its
      logits equal ctrain's too;
   3. an adapter made by peft (random A and B, targets c_attn and c_proj, rsLoRA) is loaded by ctrain
-     (lora.init_from), whose logits equal PEFT's.
+     (lora.init_from), whose logits equal PEFT's;
+  4. ctrain continues training that adapter on 2 ranks, and peft loads the result.
 """
 import argparse
 import json
@@ -123,6 +124,22 @@ def main():
         cfg2_path.write_text(json.dumps(cfg2))
         check("ctrain on peft's adapter vs peft", ctrain_logits(a.refdump, cfg2_path, work / "tokens.txt", work, env),
               theirs)
+
+        # 4. ctrain continues training peft's adapter; peft loads the result
+        cfg3 = dict(cfg2, run={"dir": str(work / "continued")}, optim={"lr": 1e-2, "max_steps": 3, "warmup_steps": 1})
+        cfg3_path = work / "continued.json"
+        cfg3_path.write_text(json.dumps(cfg3))
+        run(launch + [a.ctrain, "train", str(cfg3_path)], env)
+        before = load_file(work / "peft_made" / "adapter_model.safetensors")
+        after = load_file(work / "continued" / "adapter_model.safetensors")
+        if sorted(before) != sorted(after):
+            failures.append("continued adapter: tensor names changed")
+        elif all(torch.equal(before[k], after[k]) for k in before):
+            failures.append("continued adapter: training changed nothing")
+        cont = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(work / "base"), work / "continued").eval()
+        with torch.no_grad():
+            check("peft on the continued adapter vs ctrain",
+                  ctrain_logits(a.refdump, cfg3_path, work / "tokens.txt", work, env), cont(tokens).logits)
     for f in failures:
         print("FAIL:", f, file=sys.stderr)
     print("reference_lora:", "FAILED" if failures else "all checks passed")
