@@ -3,10 +3,13 @@
 #ifndef CT_TESTS_CHECK_H
 #define CT_TESTS_CHECK_H
 
+#include <dirent.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 static int ct_test_failures;
 
@@ -70,6 +73,63 @@ static inline double *ct_test_alloc_d(size_t n)
     double *p = calloc(n ? n : 1, sizeof(double));
     if (!p) { fprintf(stderr, "out of memory\n"); exit(2); }
     return p;
+}
+
+/* ---- kernel tests: double copies, float copies, and what an adding backward leaves */
+static inline double *ct_test_to_d(const float *x, size_t n)
+{
+    double *d = ct_test_alloc_d(n);
+    for (size_t i = 0; i < n; i++) d[i] = x[i];
+    return d;
+}
+
+static inline float *ct_test_copy(const float *x, size_t n)
+{
+    float *c = ct_test_alloc(n);
+    memcpy(c, x, n * sizeof(float));
+    return c;
+}
+
+/* want[i] = prefill[i] + grad[i]: what an adding backward must leave in a pre-filled buffer */
+static inline double *ct_test_plus_prefill(const double *grad, const float *prefill, size_t n)
+{
+    double *w = ct_test_alloc_d(n);
+    for (size_t i = 0; i < n; i++) w[i] = grad[i] + prefill[i];
+    return w;
+}
+
+/* ---- a temporary directory for a test's files (flat: files only) */
+static char ct_test_dir[256];
+
+/* Creates $TMPDIR/<prefix>_XXXXXX (TMPDIR defaults to /tmp); exits on failure. */
+static inline void ct_test_dir_create(const char *prefix)
+{
+    snprintf(ct_test_dir, sizeof ct_test_dir, "%s/%s_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", prefix);
+    if (!mkdtemp(ct_test_dir)) {
+        perror("mkdtemp");
+        exit(2);
+    }
+}
+
+/* A path inside the directory; a ring of buffers so a few can be live at once. */
+static inline const char *ct_test_path(const char *name)
+{
+    static char ring[8][512];
+    static int next;
+    char *p = ring[next++ % 8];
+    snprintf(p, 512, "%s/%s", ct_test_dir, name);
+    return p;
+}
+
+static inline void ct_test_dir_remove(void)
+{
+    DIR *d = opendir(ct_test_dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlink(ct_test_path(e->d_name));
+    closedir(d);
+    rmdir(ct_test_dir);
 }
 
 /* Exit status for main: 0 only when every CHECK passed. */

@@ -15,29 +15,8 @@
 
 #define ERRLEN 512
 
-static char tmpdir[256];
 
-/* A path inside the temporary directory; a ring of buffers so a few can be live at once
- * (copy one that must outlive eight more calls). */
-static const char *tpath(const char *name)
-{
-    static char ring[8][512];
-    static int next;
-    char *p = ring[next++ % 8];
-    snprintf(p, 512, "%s/%s", tmpdir, name);
-    return p;
-}
 
-static void remove_tmpdir(void)
-{
-    DIR *d = opendir(tmpdir);
-    if (!d) return;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlink(tpath(e->d_name));
-    closedir(d);
-    rmdir(tmpdir);
-}
 
 static void write_text(const char *path, const char *text, size_t len)
 {
@@ -176,9 +155,9 @@ static void test_roundtrip(void)
         mask[i] = (uint8_t)(ct_test_rand_u64(&rng) & 1);
     }
     uint64_t docs[3] = {0, 100, 517};
-    const char *p = tpath("rt.h5");
+    const char *p = ct_test_path("rt.h5");
     CHECK(ct_dataset_write(p, tok, n, mask, docs, 3, "gpt2", 50257, err, ERRLEN) == 0);
-    CHECK(access(tpath("rt.h5.tmp"), F_OK) != 0); /* renamed, nothing left behind */
+    CHECK(access(ct_test_path("rt.h5.tmp"), F_OK) != 0); /* renamed, nothing left behind */
 
     ct_dataset *ds = NULL;
     CHECK(ct_dataset_open(&ds, p, err, ERRLEN) == 0);
@@ -219,7 +198,7 @@ static void test_roundtrip(void)
     CHECK(h5_doc_offsets(p, gdocs, 8) == 3 && memcmp(gdocs, docs, sizeof docs) == 0);
 
     /* without a mask: has_mask 0 and a mask of all 1 */
-    const char *q = tpath("nomask.h5");
+    const char *q = ct_test_path("nomask.h5");
     CHECK(ct_dataset_write(q, tok, n, NULL, NULL, 0, "bytes", 50257, err, ERRLEN) == 0);
     CHECK(ct_dataset_open(&ds, q, err, ERRLEN) == 0);
     if (ds) {
@@ -236,16 +215,16 @@ static void test_roundtrip(void)
 
     /* the writer refuses what the opener or loader would reject */
     tok[37] = 50257;
-    CHECK_FAILS(ct_dataset_write(tpath("w1.h5"), tok, n, NULL, NULL, 0, "gpt2", 50257, err, ERRLEN), err,
+    CHECK_FAILS(ct_dataset_write(ct_test_path("w1.h5"), tok, n, NULL, NULL, 0, "gpt2", 50257, err, ERRLEN), err,
                 "w1.h5", "position 37");
-    CHECK(access(tpath("w1.h5"), F_OK) != 0 && access(tpath("w1.h5.tmp"), F_OK) != 0);
-    CHECK_FAILS(ct_dataset_write(tpath("w2.h5"), tok, 0, NULL, NULL, 0, "gpt2", 50257, err, ERRLEN), err,
+    CHECK(access(ct_test_path("w1.h5"), F_OK) != 0 && access(ct_test_path("w1.h5.tmp"), F_OK) != 0);
+    CHECK_FAILS(ct_dataset_write(ct_test_path("w2.h5"), tok, 0, NULL, NULL, 0, "gpt2", 50257, err, ERRLEN), err,
                 "w2.h5", "/tokens");
     uint64_t bad_docs[2] = {5, 5};
     tok[37] = 1;
-    CHECK_FAILS(ct_dataset_write(tpath("w3.h5"), tok, n, NULL, bad_docs, 2, "gpt2", 50257, err, ERRLEN), err,
+    CHECK_FAILS(ct_dataset_write(ct_test_path("w3.h5"), tok, n, NULL, bad_docs, 2, "gpt2", 50257, err, ERRLEN), err,
                 "w3.h5", "/doc_offsets");
-    CHECK_FAILS(ct_dataset_write(tpath("nodir/w4.h5"), tok, n, NULL, NULL, 0, "gpt2", 50257, err, ERRLEN), err,
+    CHECK_FAILS(ct_dataset_write(ct_test_path("nodir/w4.h5"), tok, n, NULL, NULL, 0, "gpt2", 50257, err, ERRLEN), err,
                 "nodir/w4.h5", "No such file");
     free(tok);
     free(got);
@@ -284,7 +263,7 @@ static void test_foreign_types(void)
     spec s = good_spec(100);
     s.tokens_type = H5T_STD_I64LE;
     s.tokenizer = 2;
-    const char *p = tpath("int64.h5");
+    const char *p = ct_test_path("int64.h5");
     make_h5(p, s);
     add_bool_mask(p, 100);
     CHECK(ct_dataset_open(&ds, p, err, ERRLEN) == 0);
@@ -302,7 +281,7 @@ static void test_foreign_types(void)
     }
     s.bad_at = 60;
     s.bad_value = -3;
-    p = tpath("negative.h5");
+    p = ct_test_path("negative.h5");
     make_h5(p, s);
     CHECK(ct_dataset_open(&ds, p, err, ERRLEN) == 0);
     if (ds) {
@@ -312,7 +291,7 @@ static void test_foreign_types(void)
         ct_dataset_close(ds);
     }
     s.bad_value = 1ll << 33;
-    p = tpath("huge.h5");
+    p = ct_test_path("huge.h5");
     make_h5(p, s);
     CHECK(ct_dataset_open(&ds, p, err, ERRLEN) == 0);
     if (ds) {
@@ -328,62 +307,62 @@ static void test_malformed(void)
     ct_dataset *ds = (ct_dataset *)&ds; /* must come back NULL */
     const char *p;
 
-    p = tpath("missing.h5");
+    p = ct_test_path("missing.h5");
     CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, p, "No such file");
     CHECK(ds == NULL);
 
-    p = tpath("text.h5");
+    p = ct_test_path("text.h5");
     write_text(p, "just some text, not HDF5\n", 25);
     CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, p, "not an HDF5 file");
 
     /* an HDF5 file cut short: HDF5 itself notices; the message still names the file */
-    p = tpath("truncated.h5");
+    p = ct_test_path("truncated.h5");
     make_h5(p, good_spec(5000));
     CHECK(truncate(p, 3000) == 0);
     CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, p, "HDF5");
 
     spec s = good_spec(100);
     s.tokens_rank = 0;
-    make_h5(p = tpath("notokens.h5"), s);
+    make_h5(p = ct_test_path("notokens.h5"), s);
     CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, p, "/tokens: missing");
 
     s = good_spec(100);
     s.tokens_rank = 2;
-    make_h5(p = tpath("tokens2d.h5"), s);
+    make_h5(p = ct_test_path("tokens2d.h5"), s);
     CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, p, "/tokens: has 2 dimensions");
 
     s = good_spec(100);
     s.tokens_type = H5T_IEEE_F32LE;
-    make_h5(p = tpath("float.h5"), s);
+    make_h5(p = ct_test_path("float.h5"), s);
     CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, p, "/tokens: has float type");
 
     s = good_spec(100);
     s.mask_len = 99;
-    make_h5(p = tpath("masklen.h5"), s);
+    make_h5(p = ct_test_path("masklen.h5"), s);
     CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, p, "/loss_mask: has 99 entries");
 
     s = good_spec(100);
     s.has_vocab = 0;
-    make_h5(p = tpath("novocab.h5"), s);
+    make_h5(p = ct_test_path("novocab.h5"), s);
     CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, p, "vocab_size: missing");
 
     s = good_spec(100);
     s.vocab = 0;
-    make_h5(p = tpath("vocab0.h5"), s);
+    make_h5(p = ct_test_path("vocab0.h5"), s);
     CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, p, "vocab_size: 0");
 
     s = good_spec(100);
     s.tokenizer = 0;
-    make_h5(p = tpath("notok.h5"), s);
+    make_h5(p = ct_test_path("notok.h5"), s);
     CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, p, "tokenizer: missing");
 
     s = good_spec(100);
     s.tokenizer = 3;
-    make_h5(p = tpath("inttok.h5"), s);
+    make_h5(p = ct_test_path("inttok.h5"), s);
     CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, p, "tokenizer: has integer type");
 
     /* the good spec itself opens: the failures above come from the one broken part */
-    make_h5(p = tpath("good.h5"), good_spec(100));
+    make_h5(p = ct_test_path("good.h5"), good_spec(100));
     ds = NULL;
     CHECK(ct_dataset_open(&ds, p, err, ERRLEN) == 0 && ds && ct_dataset_len(ds) == 100);
     ct_dataset_close(ds);
@@ -453,12 +432,12 @@ static void test_prepare(void)
         len += (size_t)snprintf(text + len, sizeof text - len, "line %d: %.*s h\xc3\xa9llo\n", i, (i * 7) % 23,
                                 "abcdefghijklmnopqrstuvwxyz");
     char src_text[512], src_one[512];
-    snprintf(src_text, sizeof src_text, "%s", tpath("text.txt"));
+    snprintf(src_text, sizeof src_text, "%s", ct_test_path("text.txt"));
     const char *src = src_text;
     write_text(src, text, len);
     const double fracs[3] = {0.1, 0.3, 0.5};
     for (int k = 0; k < 3; k++) {
-        const char *tr = tpath("train.h5"), *va = tpath("val.h5");
+        const char *tr = ct_test_path("train.h5"), *va = ct_test_path("val.h5");
         CHECK(ct_data_prepare_text(src, tr, va, fracs[k], err, ERRLEN) == 0);
         size_t cut = expected_cut(text, len, fracs[k]);
         CHECK(cut > 0 && text[cut - 1] == '\n');
@@ -470,33 +449,33 @@ static void test_prepare(void)
     char one[64];
     size_t olen = 0;
     for (int i = 0; i < 21; i++) olen += (size_t)snprintf(one + olen, sizeof one - olen, "\xc3\xa9"); /* é */
-    snprintf(src_one, sizeof src_one, "%s", tpath("oneline.txt"));
+    snprintf(src_one, sizeof src_one, "%s", ct_test_path("oneline.txt"));
     write_text(src = src_one, one, olen);
     for (int k = 0; k < 3; k++) {
-        CHECK(ct_data_prepare_text(src, tpath("t1.h5"), tpath("v1.h5"), fracs[k], err, ERRLEN) == 0);
+        CHECK(ct_data_prepare_text(src, ct_test_path("t1.h5"), ct_test_path("v1.h5"), fracs[k], err, ERRLEN) == 0);
         ct_dataset *ds = NULL;
-        CHECK(ct_dataset_open(&ds, tpath("t1.h5"), err, ERRLEN) == 0);
+        CHECK(ct_dataset_open(&ds, ct_test_path("t1.h5"), err, ERRLEN) == 0);
         size_t cut = ds ? ct_dataset_len(ds) - 1 : 1;
         CHECK(cut % 2 == 0 && cut > 0 && cut < olen);
         ct_dataset_close(ds);
         if (cut >= olen) continue; /* check_part would read past one[] */
-        check_part(tpath("t1.h5"), one, cut);
-        check_part(tpath("v1.h5"), one + cut, olen - cut);
+        check_part(ct_test_path("t1.h5"), one, cut);
+        check_part(ct_test_path("v1.h5"), one + cut, olen - cut);
     }
 
-    write_text(src = tpath("empty.txt"), "", 0);
-    CHECK_FAILS(ct_data_prepare_text(src, tpath("t.h5"), tpath("v.h5"), 0.1, err, ERRLEN), err, src, "empty");
-    CHECK(access(tpath("t.h5"), F_OK) != 0);
-    write_text(src = tpath("x.txt"), "x", 1);
-    CHECK_FAILS(ct_data_prepare_text(src, tpath("t.h5"), tpath("v.h5"), 0.5, err, ERRLEN), err, src,
+    write_text(src = ct_test_path("empty.txt"), "", 0);
+    CHECK_FAILS(ct_data_prepare_text(src, ct_test_path("t.h5"), ct_test_path("v.h5"), 0.1, err, ERRLEN), err, src, "empty");
+    CHECK(access(ct_test_path("t.h5"), F_OK) != 0);
+    write_text(src = ct_test_path("x.txt"), "x", 1);
+    CHECK_FAILS(ct_data_prepare_text(src, ct_test_path("t.h5"), ct_test_path("v.h5"), 0.5, err, ERRLEN), err, src,
                 "too short");
-    src = tpath("nope.txt");
-    CHECK_FAILS(ct_data_prepare_text(src, tpath("t.h5"), tpath("v.h5"), 0.1, err, ERRLEN), err, src, "No such file");
+    src = ct_test_path("nope.txt");
+    CHECK_FAILS(ct_data_prepare_text(src, ct_test_path("t.h5"), ct_test_path("v.h5"), 0.1, err, ERRLEN), err, src, "No such file");
     src = src_text;
-    CHECK_FAILS(ct_data_prepare_text(src, tpath("t.h5"), tpath("v.h5"), 0.0, err, ERRLEN), err, src, "val_fraction");
-    CHECK_FAILS(ct_data_prepare_text(src, tpath("t.h5"), tpath("v.h5"), 1.0, err, ERRLEN), err, src, "val_fraction");
-    CHECK_FAILS(ct_data_prepare_text(src, tpath("t.h5"), tpath("v.h5"), -0.2, err, ERRLEN), err, src, "val_fraction");
-    CHECK_FAILS(ct_data_prepare_text(src, tpath("t.h5"), tpath("v.h5"), NAN, err, ERRLEN), err, src, "val_fraction");
+    CHECK_FAILS(ct_data_prepare_text(src, ct_test_path("t.h5"), ct_test_path("v.h5"), 0.0, err, ERRLEN), err, src, "val_fraction");
+    CHECK_FAILS(ct_data_prepare_text(src, ct_test_path("t.h5"), ct_test_path("v.h5"), 1.0, err, ERRLEN), err, src, "val_fraction");
+    CHECK_FAILS(ct_data_prepare_text(src, ct_test_path("t.h5"), ct_test_path("v.h5"), -0.2, err, ERRLEN), err, src, "val_fraction");
+    CHECK_FAILS(ct_data_prepare_text(src, ct_test_path("t.h5"), ct_test_path("v.h5"), NAN, err, ERRLEN), err, src, "val_fraction");
 }
 
 /* ---- loader */
@@ -515,7 +494,7 @@ static const char *loader_dataset(const char *name, int with_mask, uint8_t **mas
         tok[i] = (uint32_t)i;
         mask[i] = (uint8_t)(ct_test_rand_u64(&rng) % 3 != 0);
     }
-    const char *p = tpath(name);
+    const char *p = ct_test_path(name);
     char err[ERRLEN];
     if (ct_dataset_write(p, tok, n, with_mask ? mask : NULL, NULL, 0, "test", (int)n, err, ERRLEN)) {
         fprintf(stderr, "%s\n", err);
@@ -749,7 +728,7 @@ static void test_loader_errors(void)
     for (int i = 0; i < 64; i++) tok[i] = (uint32_t)(i % 200);
 
     /* 21 tokens: 5 windows of 4+1, G = 2 x 2 x 2 = 8 */
-    const char *p = tpath("short.h5");
+    const char *p = ct_test_path("short.h5");
     CHECK(ct_dataset_write(p, tok, 21, NULL, NULL, 0, "bytes", 257, err, ERRLEN) == 0);
     ct_loader_opts o = {p, T, 2, 2, 0, 2, 1, 1, 257};
     CHECK_FAILS(ct_loader_init(&l, &o, err, ERRLEN), err, p, "5 windows");
@@ -760,7 +739,7 @@ static void test_loader_errors(void)
     ct_loader_free(l);
     l = NULL;
 
-    p = tpath("bigvocab.h5");
+    p = ct_test_path("bigvocab.h5");
     CHECK(ct_dataset_write(p, tok, 64, NULL, NULL, 0, "gpt2", 50257, err, ERRLEN) == 0);
     o.path = p;
     CHECK_FAILS(ct_loader_init(&l, &o, err, ERRLEN), err, p, "vocab_size");
@@ -772,7 +751,7 @@ static void test_loader_errors(void)
     s.vocab = 257;
     s.bad_at = 37;
     s.bad_value = 400;
-    make_h5(p = tpath("badtoken.h5"), s);
+    make_h5(p = ct_test_path("badtoken.h5"), s);
     o.path = p;
     o.micro_batch = 15; /* windows 0..14 in order: window 9 holds position 37 */
     o.grad_accum = 1;
@@ -787,7 +766,7 @@ static void test_loader_errors(void)
         l = NULL;
     }
     s.bad_value = 257; /* the first id beyond the vocabulary */
-    make_h5(p = tpath("badtoken257.h5"), s);
+    make_h5(p = ct_test_path("badtoken257.h5"), s);
     o.path = p;
     CHECK(ct_loader_init(&l, &o, err, ERRLEN) == 0);
     if (l) {
@@ -797,7 +776,7 @@ static void test_loader_errors(void)
         l = NULL;
     }
 
-    o.path = tpath("short.h5");
+    o.path = ct_test_path("short.h5");
     o.seq_len = 0;
     CHECK_FAILS(ct_loader_init(&l, &o, err, ERRLEN), err, o.path, "seq_len");
     o.seq_len = T;
@@ -808,18 +787,14 @@ static void test_loader_errors(void)
     o.micro_batch = 0;
     CHECK_FAILS(ct_loader_init(&l, &o, err, ERRLEN), err, o.path, "micro_batch");
     o.micro_batch = 1;
-    o.path = tpath("absent.h5");
+    o.path = ct_test_path("absent.h5");
     CHECK_FAILS(ct_loader_init(&l, &o, err, ERRLEN), err, o.path, "No such file");
     CHECK(l == NULL);
 }
 
 int main(void)
 {
-    snprintf(tmpdir, sizeof tmpdir, "%s/ct_test_data_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return 2;
-    }
+    ct_test_dir_create("ct_test_data");
     test_roundtrip();
     test_foreign_types();
     test_malformed();
@@ -830,6 +805,6 @@ int main(void)
     test_loader_targets();
     test_loader_resume();
     test_loader_errors();
-    remove_tmpdir();
+    ct_test_dir_remove();
     return ct_test_finish("test_data");
 }

@@ -32,27 +32,8 @@ static float *rand_f(size_t n, float lo, float hi)
     return x;
 }
 
-static double *to_d(const float *x, size_t n)
-{
-    double *d = ct_test_alloc_d(n);
-    for (size_t i = 0; i < n; i++) d[i] = x[i];
-    return d;
-}
 
-static float *copy_f(const float *x, size_t n)
-{
-    float *c = ct_test_alloc(n);
-    memcpy(c, x, n * sizeof(float));
-    return c;
-}
 
-/* want[i] = prefill[i] + grad[i]: what an adding backward must leave in a pre-filled buffer */
-static double *plus_prefill(const double *grad, const float *prefill, size_t n)
-{
-    double *w = ct_test_alloc_d(n);
-    for (size_t i = 0; i < n; i++) w[i] = grad[i] + prefill[i];
-    return w;
-}
 
 /* The scalar loss of one op's double reference: L = sum(g * f(inputs)); args holds pointers
  * to the double inputs, which fd_grad perturbs in place. */
@@ -123,7 +104,7 @@ static void test_encoder(void)
      * tokens 11 and 12 never appear */
     int32_t tokens[B * T] = {4, 1, 9, 4, 0, 4, 7, 2, 10, 9, 3, 4, 5, 6, 8};
     float *wte = rand_f(V * C, -1, 1), *wpe = rand_f(T * C, -1, 1), *g = rand_f(B * T * C, -1, 1);
-    double *wte_d = to_d(wte, V * C), *wpe_d = to_d(wpe, T * C), *g_d = to_d(g, B * T * C);
+    double *wte_d = ct_test_to_d(wte, V * C), *wpe_d = ct_test_to_d(wpe, T * C), *g_d = ct_test_to_d(g, B * T * C);
     enc_args a = {tokens, wte_d, wpe_d, g_d, B, T, C};
 
     float *out = rand_f(B * T * C, -9, 9); /* garbage the forward must overwrite */
@@ -133,10 +114,10 @@ static void test_encoder(void)
     CHECK_CLOSE("encoder_fwd out", out, want, B * T * C, FWD_RTOL, FWD_ATOL);
 
     float *dwte = rand_f(V * C, -1, 1), *dwpe = rand_f(T * C, -1, 1);
-    float *p_wte = copy_f(dwte, V * C), *p_wpe = copy_f(dwpe, T * C);
+    float *p_wte = ct_test_copy(dwte, V * C), *p_wpe = ct_test_copy(dwpe, T * C);
     be->encoder_bwd(kc, dwte, dwpe, g, tokens, B, T, C);
     double *fd_wte = fd_grad(enc_loss, &a, wte_d, V * C), *fd_wpe = fd_grad(enc_loss, &a, wpe_d, T * C);
-    double *w_wte = plus_prefill(fd_wte, p_wte, V * C), *w_wpe = plus_prefill(fd_wpe, p_wpe, T * C);
+    double *w_wte = ct_test_plus_prefill(fd_wte, p_wte, V * C), *w_wpe = ct_test_plus_prefill(fd_wpe, p_wpe, T * C);
     CHECK_CLOSE("encoder_bwd dwte (prefilled)", dwte, w_wte, V * C, GRAD_RTOL, GRAD_ATOL);
     CHECK_CLOSE("encoder_bwd dwpe (prefilled)", dwpe, w_wpe, T * C, GRAD_RTOL, GRAD_ATOL);
     /* rows of tokens that never occur keep their prefill bit for bit */
@@ -160,14 +141,14 @@ static void test_encoder_null(int B, int T, int C, int V)
     ct_test_fill(g, n, &s, -1, 1);
     ct_test_fill(p_wte, (size_t)V * C, &s, -1, 1);
     ct_test_fill(p_wpe, (size_t)T * C, &s, -1, 1);
-    float *dwte = copy_f(p_wte, (size_t)V * C), *dwpe = copy_f(p_wpe, (size_t)T * C);
+    float *dwte = ct_test_copy(p_wte, (size_t)V * C), *dwpe = ct_test_copy(p_wpe, (size_t)T * C);
     be->encoder_bwd(kc, dwte, dwpe, g, tokens, B, T, C); /* the reference: both gradients */
 
-    float *one = copy_f(p_wte, (size_t)V * C);
+    float *one = ct_test_copy(p_wte, (size_t)V * C);
     be->encoder_bwd(kc, one, NULL, g, tokens, B, T, C);
     CHECK(memcmp(one, dwte, (size_t)V * C * sizeof(float)) == 0);
     free(one);
-    one = copy_f(p_wpe, (size_t)T * C);
+    one = ct_test_copy(p_wpe, (size_t)T * C);
     be->encoder_bwd(kc, NULL, one, g, tokens, B, T, C);
     CHECK(memcmp(one, dwpe, (size_t)T * C * sizeof(float)) == 0);
     free(one);
@@ -216,7 +197,7 @@ static void test_layernorm(void)
     float *x = rand_f(N * C, -2, 2), *w = rand_f(C, -1.5f, 1.5f), *b = rand_f(C, -1, 1), *g = rand_f(N * C, -1, 1);
     for (int n = 0; n < N; n++) /* rows with different means, so mean subtraction matters */
         for (int c = 0; c < C; c++) x[n * C + c] += 1.5f * (n - 3);
-    double *x_d = to_d(x, N * C), *w_d = to_d(w, C), *b_d = to_d(b, C), *g_d = to_d(g, N * C);
+    double *x_d = ct_test_to_d(x, N * C), *w_d = ct_test_to_d(w, C), *b_d = ct_test_to_d(b, C), *g_d = ct_test_to_d(g, N * C);
     ln_args a = {x_d, w_d, b_d, g_d, N, C, eps};
 
     float *out = rand_f(N * C, -9, 9), *mean = rand_f(N, -9, 9), *rstd = rand_f(N, -9, 9);
@@ -228,12 +209,12 @@ static void test_layernorm(void)
     CHECK_CLOSE("layernorm_fwd rstd", rstd, want_s, N, FWD_RTOL, FWD_ATOL);
 
     float *dx = rand_f(N * C, -1, 1), *dw = rand_f(C, -1, 1), *db = rand_f(C, -1, 1);
-    float *p_dx = copy_f(dx, N * C), *p_dw = copy_f(dw, C), *p_db = copy_f(db, C);
+    float *p_dx = ct_test_copy(dx, N * C), *p_dw = ct_test_copy(dw, C), *p_db = ct_test_copy(db, C);
     be->layernorm_bwd(kc, dx, dw, db, g, x, w, mean, rstd, N, C);
     double *fd_x = fd_grad(ln_loss, &a, x_d, N * C), *fd_w = fd_grad(ln_loss, &a, w_d, C);
     double *fd_b = fd_grad(ln_loss, &a, b_d, C);
-    double *w_dx = plus_prefill(fd_x, p_dx, N * C), *w_dw = plus_prefill(fd_w, p_dw, C);
-    double *w_db = plus_prefill(fd_b, p_db, C);
+    double *w_dx = ct_test_plus_prefill(fd_x, p_dx, N * C), *w_dw = ct_test_plus_prefill(fd_w, p_dw, C);
+    double *w_db = ct_test_plus_prefill(fd_b, p_db, C);
     CHECK_CLOSE("layernorm_bwd dinp (prefilled)", dx, w_dx, N * C, GRAD_RTOL, GRAD_ATOL);
     CHECK_CLOSE("layernorm_bwd dw (prefilled)", dw, w_dw, C, GRAD_RTOL, GRAD_ATOL);
     CHECK_CLOSE("layernorm_bwd db (prefilled)", db, w_db, C, GRAD_RTOL, GRAD_ATOL);
@@ -262,11 +243,11 @@ static void test_layernorm_null(int N, int C)
     ct_test_fill(p_dx, nc, &s, -1, 1);
     ct_test_fill(p_dw, C, &s, -1, 1);
     ct_test_fill(p_db, C, &s, -1, 1);
-    float *dx = copy_f(p_dx, nc), *dw = copy_f(p_dw, C), *db = copy_f(p_db, C);
+    float *dx = ct_test_copy(p_dx, nc), *dw = ct_test_copy(p_dw, C), *db = ct_test_copy(p_db, C);
     be->layernorm_bwd(kc, dx, dw, db, g, x, w, mean, rstd, N, C); /* the reference */
 
     for (int mode = 0; mode < 3; mode++) { /* 0: dw, db NULL; 1: db NULL; 2: dw NULL */
-        float *dx2 = copy_f(p_dx, nc), *dw2 = copy_f(p_dw, C), *db2 = copy_f(p_db, C);
+        float *dx2 = ct_test_copy(p_dx, nc), *dw2 = ct_test_copy(p_dw, C), *db2 = ct_test_copy(p_db, C);
         be->layernorm_bwd(kc, dx2, mode == 1 ? dw2 : NULL, mode == 2 ? db2 : NULL, g, x, w, mean, rstd, N, C);
         CHECK(memcmp(dx2, dx, nc * sizeof(float)) == 0);
         if (mode == 1) CHECK(memcmp(dw2, dw, C * sizeof(float)) == 0);
@@ -305,7 +286,7 @@ static void test_matmul(void)
     enum { N = 7, K = 13, M = 11 };
     float *inp = rand_f(N * K, -1, 1), *w = rand_f(M * K, -1, 1), *bias = rand_f(M, -1, 1);
     float *g = rand_f(N * M, -1, 1);
-    double *inp_d = to_d(inp, N * K), *w_d = to_d(w, M * K), *bias_d = to_d(bias, M), *g_d = to_d(g, N * M);
+    double *inp_d = ct_test_to_d(inp, N * K), *w_d = ct_test_to_d(w, M * K), *bias_d = ct_test_to_d(bias, M), *g_d = ct_test_to_d(g, N * M);
     mm_args a = {inp_d, w_d, bias_d, g_d, N, K, M};
     mm_args a_nobias = {inp_d, w_d, NULL, g_d, N, K, M};
 
@@ -326,11 +307,11 @@ static void test_matmul(void)
     double *fd_inp = fd_grad(mm_loss, &a, inp_d, N * K), *fd_w = fd_grad(mm_loss, &a, w_d, M * K);
     double *fd_bias = fd_grad(mm_loss, &a, bias_d, M);
     float *p_inp = rand_f(N * K, -1, 1), *p_w = rand_f(M * K, -1, 1), *p_bias = rand_f(M, -1, 1);
-    double *w_inp = plus_prefill(fd_inp, p_inp, N * K), *w_w = plus_prefill(fd_w, p_w, M * K);
-    double *w_bias = plus_prefill(fd_bias, p_bias, M);
+    double *w_inp = ct_test_plus_prefill(fd_inp, p_inp, N * K), *w_w = ct_test_plus_prefill(fd_w, p_w, M * K);
+    double *w_bias = ct_test_plus_prefill(fd_bias, p_bias, M);
 
     /* all three gradients */
-    float *dinp = copy_f(p_inp, N * K), *dw = copy_f(p_w, M * K), *dbias = copy_f(p_bias, M);
+    float *dinp = ct_test_copy(p_inp, N * K), *dw = ct_test_copy(p_w, M * K), *dbias = ct_test_copy(p_bias, M);
     be->matmul_bwd(kc, dinp, dw, dbias, g, inp, w, N, K, M);
     CHECK_CLOSE("matmul_bwd dinp (prefilled)", dinp, w_inp, N * K, GRAD_RTOL, GRAD_ATOL);
     CHECK_CLOSE("matmul_bwd dw (prefilled)", dw, w_w, M * K, GRAD_RTOL, GRAD_ATOL);
@@ -389,7 +370,7 @@ static void test_gelu(void)
     float *x = rand_f(N, -6, 6), *g = rand_f(N, -1, 1);
     const float special[] = {0.0f, -0.0f, 1e-4f, -1e-4f, 9.99f, -9.99f, 10.0f, -10.0f, 3.0f, -3.0f};
     memcpy(x, special, sizeof special);
-    double *x_d = to_d(x, N), *g_d = to_d(g, N);
+    double *x_d = ct_test_to_d(x, N), *g_d = ct_test_to_d(g, N);
     ew_args a = {x_d, g_d, N};
 
     float *out = rand_f(N, -9, 9);
@@ -398,9 +379,9 @@ static void test_gelu(void)
     for (int i = 0; i < N; i++) want[i] = gelu_ref(x_d[i]);
     CHECK_CLOSE("gelu_fwd out", out, want, N, FWD_RTOL, FWD_ATOL);
 
-    float *dx = rand_f(N, -1, 1), *p_dx = copy_f(dx, N);
+    float *dx = rand_f(N, -1, 1), *p_dx = ct_test_copy(dx, N);
     be->gelu_bwd(kc, dx, x, g, N);
-    double *fd_x = fd_grad(gelu_loss, &a, x_d, N), *w_dx = plus_prefill(fd_x, p_dx, N);
+    double *fd_x = fd_grad(gelu_loss, &a, x_d, N), *w_dx = ct_test_plus_prefill(fd_x, p_dx, N);
     CHECK_CLOSE("gelu_bwd dinp (prefilled)", dx, w_dx, N, GRAD_RTOL, GRAD_ATOL);
 
     /* a dense sweep over [-12, 12] against the closed forms, tighter than the random check */
@@ -450,7 +431,7 @@ static void test_residual(void)
 {
     enum { N = 1001 };
     float *ab = rand_f(2 * N, -2, 2), *g = rand_f(N, -1, 1);
-    double *ab_d = to_d(ab, 2 * N), *g_d = to_d(g, N);
+    double *ab_d = ct_test_to_d(ab, 2 * N), *g_d = ct_test_to_d(g, N);
     ew_args a = {ab_d, g_d, N};
 
     float *out = rand_f(N, -9, 9);
@@ -459,14 +440,14 @@ static void test_residual(void)
     for (int i = 0; i < N; i++) want[i] = ab_d[i] + ab_d[N + i];
     CHECK_CLOSE("residual_fwd out", out, want, N, FWD_RTOL, FWD_ATOL);
 
-    float *dab = rand_f(2 * N, -1, 1), *p_dab = copy_f(dab, 2 * N);
+    float *dab = rand_f(2 * N, -1, 1), *p_dab = ct_test_copy(dab, 2 * N);
     be->residual_bwd(kc, dab, dab + N, g, N);
-    double *fd = fd_grad(residual_loss, &a, ab_d, 2 * N), *w_dab = plus_prefill(fd, p_dab, 2 * N);
+    double *fd = fd_grad(residual_loss, &a, ab_d, 2 * N), *w_dab = ct_test_plus_prefill(fd, p_dab, 2 * N);
     CHECK_CLOSE("residual_bwd da (prefilled)", dab, w_dab, N, GRAD_RTOL, GRAD_ATOL);
     CHECK_CLOSE("residual_bwd db (prefilled)", dab + N, w_dab + N, N, GRAD_RTOL, GRAD_ATOL);
 
     /* out = x + x: da and db are one buffer, which must receive dout twice */
-    float *dx = copy_f(p_dab, N);
+    float *dx = ct_test_copy(p_dab, N);
     double *w_dx = ct_test_alloc_d(N);
     for (int i = 0; i < N; i++) w_dx[i] = p_dab[i] + 2.0 * g_d[i];
     be->residual_bwd(kc, dx, dx, g, N);

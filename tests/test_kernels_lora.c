@@ -36,26 +36,8 @@ static float *rand_f(size_t n, float lo, float hi)
     return x;
 }
 
-static double *to_d(const float *x, size_t n)
-{
-    double *d = ct_test_alloc_d(n);
-    for (size_t i = 0; i < n; i++) d[i] = x[i];
-    return d;
-}
 
-static float *copy_f(const float *x, size_t n)
-{
-    float *c = ct_test_alloc(n);
-    memcpy(c, x, n * sizeof(float));
-    return c;
-}
 
-static double *plus_prefill(const double *grad, const float *prefill, size_t n)
-{
-    double *w = ct_test_alloc_d(n);
-    for (size_t i = 0; i < n; i++) w[i] = grad[i] + prefill[i];
-    return w;
-}
 
 /* scratch for lora_scratch_len(N, K, r) elements, filled with NaN: its contents on entry must
  * not matter */
@@ -148,17 +130,17 @@ static void test_lora(int N, int K, int M, int r, float scale, float p, uint64_t
     char what[160];
     size_t nk = (size_t)N * K, ak = (size_t)r * K, mr = (size_t)M * r, nm = (size_t)N * M, nr = (size_t)N * r;
     float *x = rand_f(nk, -1, 1), *A = rand_f(ak, -1, 1), *B = rand_f(mr, -1, 1), *g = rand_f(nm, -1, 1);
-    double *x_d = to_d(x, nk), *A_d = to_d(A, ak), *B_d = to_d(B, mr), *g_d = to_d(g, nm);
+    double *x_d = ct_test_to_d(x, nk), *A_d = ct_test_to_d(A, ak), *B_d = ct_test_to_d(B, mr), *g_d = ct_test_to_d(g, nm);
     lora_args a = {x_d, A_d, B_d, g_d, N, K, M, r, scale, p, seed};
     const char *tag = p > 0 ? "dropout" : "no dropout";
 
     /* forward: out is the base layer's output, which the adapter adds into; h starts as garbage */
-    float *p_out = rand_f(nm, -2, 2), *out = copy_f(p_out, nm), *h = rand_f(nr, -9, 9);
+    float *p_out = rand_f(nm, -2, 2), *out = ct_test_copy(p_out, nm), *h = rand_f(nr, -9, 9);
     float *scratch = nan_scratch(N, K, r);
     double *want_h = ct_test_alloc_d(nr), *want_o = ct_test_alloc_d(nm);
     be->lora_fwd(kc, out, h, x, A, B, p > 0 ? scratch : NULL, N, K, M, r, scale, p, seed);
     lora_ref(&a, want_h, want_o);
-    double *want_out = plus_prefill(want_o, p_out, nm);
+    double *want_out = ct_test_plus_prefill(want_o, p_out, nm);
     snprintf(what, sizeof what, "lora_fwd h (%s, scale %g, N %d K %d M %d r %d)", tag, scale, N, K, M, r);
     CHECK_CLOSE(what, h, want_h, nr, FWD_RTOL, FWD_ATOL);
     snprintf(what, sizeof what, "lora_fwd out (prefilled; %s, scale %g)", tag, scale);
@@ -167,9 +149,9 @@ static void test_lora(int N, int K, int M, int r, float scale, float p, uint64_t
     /* backward, every gradient pre-filled */
     double *fd_x = fd_grad(&a, x_d, nk), *fd_A = fd_grad(&a, A_d, ak), *fd_B = fd_grad(&a, B_d, mr);
     float *p_dx = rand_f(nk, -1, 1), *p_dA = rand_f(ak, -1, 1), *p_dB = rand_f(mr, -1, 1);
-    double *w_dx = plus_prefill(fd_x, p_dx, nk), *w_dA = plus_prefill(fd_A, p_dA, ak);
-    double *w_dB = plus_prefill(fd_B, p_dB, mr);
-    float *dx = copy_f(p_dx, nk), *dA = copy_f(p_dA, ak), *dB = copy_f(p_dB, mr);
+    double *w_dx = ct_test_plus_prefill(fd_x, p_dx, nk), *w_dA = ct_test_plus_prefill(fd_A, p_dA, ak);
+    double *w_dB = ct_test_plus_prefill(fd_B, p_dB, mr);
+    float *dx = ct_test_copy(p_dx, nk), *dA = ct_test_copy(p_dA, ak), *dB = ct_test_copy(p_dB, mr);
     be->lora_bwd(kc, dx, dA, dB, g, x, h, A, B, scratch, N, K, M, r, scale, p, seed);
     snprintf(what, sizeof what, "lora_bwd dx (prefilled; %s, scale %g)", tag, scale);
     CHECK_CLOSE(what, dx, w_dx, nk, GRAD_RTOL, GRAD_ATOL);
@@ -188,14 +170,14 @@ static void test_lora(int N, int K, int M, int r, float scale, float p, uint64_t
     if (p >= 0.2f) CHECK(dropped > 0); /* the case exercises the mask at all */
 
     /* dx NULL (the adapter's input needs no gradient from this path): dA, dB unchanged */
-    float *dA2 = copy_f(p_dA, ak), *dB2 = copy_f(p_dB, mr);
+    float *dA2 = ct_test_copy(p_dA, ak), *dB2 = ct_test_copy(p_dB, mr);
     for (size_t i = 0; i < be->lora_scratch_len(N, K, r); i++) scratch[i] = NAN;
     be->lora_bwd(kc, NULL, dA2, dB2, g, x, h, A, B, scratch, N, K, M, r, scale, p, seed);
     CHECK(memcmp(dA2, dA, ak * sizeof(float)) == 0);
     CHECK(memcmp(dB2, dB, mr * sizeof(float)) == 0);
 
     /* dA and dB NULL: dx unchanged */
-    float *dx2 = copy_f(p_dx, nk);
+    float *dx2 = ct_test_copy(p_dx, nk);
     be->lora_bwd(kc, dx2, NULL, NULL, g, x, h, A, B, scratch, N, K, M, r, scale, p, seed);
     CHECK(memcmp(dx2, dx, nk * sizeof(float)) == 0);
 

@@ -17,28 +17,8 @@
 
 #define ERRLEN 1024
 
-static char tmpdir[256];
 
-/* A path inside the temporary directory; a ring of buffers so a few can be live at once. */
-static const char *tpath(const char *name)
-{
-    static char ring[8][512];
-    static int next;
-    char *p = ring[next++ % 8];
-    snprintf(p, 512, "%s/%s", tmpdir, name);
-    return p;
-}
 
-static void remove_tmpdir(void)
-{
-    DIR *d = opendir(tmpdir);
-    if (!d) return;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlink(tpath(e->d_name));
-    closedir(d);
-    rmdir(tmpdir);
-}
 
 static void write_file(const char *path, const char *text)
 {
@@ -202,7 +182,7 @@ static void test_roundtrip(void)
     char err[ERRLEN];
     int T = 64;
     /* 3 examples, val_fraction 0.34: round(1.02) = 1 to val */
-    const char *src = tpath("pairs.jsonl"), *tr = tpath("pairs_train.h5"), *va = tpath("pairs_val.h5");
+    const char *src = ct_test_path("pairs.jsonl"), *tr = ct_test_path("pairs_train.h5"), *va = ct_test_path("pairs_val.h5");
     write_file(src, pairs_jsonl);
     int rc = ct_data_prepare_sft(src, tr, va, 0.34, T, err, ERRLEN);
     CHECK(rc == 0);
@@ -210,7 +190,7 @@ static void test_roundtrip(void)
     check_part(tr, pairs, 2, T);
     check_part(va, pairs + 2, 1, T);
 
-    src = tpath("chats.jsonl"), tr = tpath("chats_train.h5"), va = tpath("chats_val.h5");
+    src = ct_test_path("chats.jsonl"), tr = ct_test_path("chats_train.h5"), va = ct_test_path("chats_val.h5");
     write_file(src, chats_jsonl);
     T = 128; /* the first chat is 96 tokens */
     rc = ct_data_prepare_sft(src, tr, va, 0.5, T, err, ERRLEN); /* round(1.5) = 2 to val */
@@ -247,7 +227,7 @@ static void test_packing(void)
     const int lens[N] = {30, 35, 30, 40, 65, 29, 60, 33, 45, 50};
     static char pbuf[N][64], rbuf[N][64];
     want_ex w[N];
-    const char *src = tpath("pack.jsonl");
+    const char *src = ct_test_path("pack.jsonl");
     FILE *f = fopen(src, "wb");
     for (int i = 0; i < N; i++) add_example(f, w, pbuf, rbuf, i, lens[i]);
     fclose(f);
@@ -259,8 +239,8 @@ static void test_packing(void)
         snprintf(trb, sizeof trb, "pack_train%d.h5", k);
         snprintf(vab, sizeof vab, "pack_val%d.h5", k);
         char tr[512], va[512];
-        snprintf(tr, sizeof tr, "%s", tpath(trb));
-        snprintf(va, sizeof va, "%s", tpath(vab));
+        snprintf(tr, sizeof tr, "%s", ct_test_path(trb));
+        snprintf(va, sizeof va, "%s", ct_test_path(vab));
         int rc = ct_data_prepare_sft(src, tr, va, fracs[k], T, err, ERRLEN);
         CHECK(rc == 0);
         if (rc) {
@@ -279,15 +259,15 @@ static void test_packing(void)
     }
 
     /* one token more than a window holds: an error naming the line and both sizes */
-    const char *big = tpath("pack_big.jsonl");
+    const char *big = ct_test_path("pack_big.jsonl");
     f = fopen(big, "wb");
     add_example(f, w, pbuf, rbuf, 0, 30);
     add_example(f, w, pbuf, rbuf, 1, 66);
     fclose(f);
-    CHECK(ct_data_prepare_sft(big, tpath("big_t.h5"), tpath("big_v.h5"), 0.5, T, err, ERRLEN) == -1);
+    CHECK(ct_data_prepare_sft(big, ct_test_path("big_t.h5"), ct_test_path("big_v.h5"), 0.5, T, err, ERRLEN) == -1);
     CHECK(strstr(err, big) && strstr(err, "line 2: example of 66 tokens does not fit data.seq_len + 1 = 65 tokens"));
     printf("  expected error: %s\n", err);
-    CHECK(access(tpath("big_t.h5"), F_OK) != 0 && access(tpath("big_v.h5"), F_OK) != 0);
+    CHECK(access(ct_test_path("big_t.h5"), F_OK) != 0 && access(ct_test_path("big_v.h5"), F_OK) != 0);
 }
 
 /* ---- the loader on a written file: targets -1 exactly where the target's mask is 0, and each
@@ -296,7 +276,7 @@ static void test_loader(void)
 {
     char err[ERRLEN];
     const int T = 64;
-    const char *p = tpath("pack_train0.h5"); /* from test_packing */
+    const char *p = ct_test_path("pack_train0.h5"); /* from test_packing */
     ct_dataset *ds = NULL;
     CHECK(ct_dataset_open(&ds, p, err, ERRLEN) == 0);
     if (!ds) return;
@@ -344,9 +324,9 @@ static void expect_error(const char *jsonl, double frac, int T, const char *s1, 
     char err[ERRLEN], name[64];
     snprintf(name, sizeof name, "bad%d.jsonl", nbad++);
     char src[512], tr[512], va[512];
-    snprintf(src, sizeof src, "%s", tpath(name));
-    snprintf(tr, sizeof tr, "%s", tpath("bad_train.h5"));
-    snprintf(va, sizeof va, "%s", tpath("bad_val.h5"));
+    snprintf(src, sizeof src, "%s", ct_test_path(name));
+    snprintf(tr, sizeof tr, "%s", ct_test_path("bad_train.h5"));
+    snprintf(va, sizeof va, "%s", ct_test_path("bad_val.h5"));
     if (jsonl) write_file(src, jsonl);
     err[0] = 0;
     int rc = ct_data_prepare_sft(src, tr, va, frac, T, err, ERRLEN);
@@ -355,7 +335,7 @@ static void expect_error(const char *jsonl, double frac, int T, const char *s1, 
     if (ok) printf("  expected error: %s\n", err);
     else fprintf(stderr, "  rc %d, message \"%s\", wanted \"%s\" and \"%s\"\n", rc, err, s1, s2 ? s2 : "");
     CHECK(access(tr, F_OK) != 0 && access(va, F_OK) != 0);
-    CHECK(access(tpath("bad_train.h5.tmp"), F_OK) != 0);
+    CHECK(access(ct_test_path("bad_train.h5.tmp"), F_OK) != 0);
 }
 
 #define GOOD "{\"prompt\": \"p\", \"response\": \"r\"}\n"
@@ -414,23 +394,19 @@ static void test_errors(void)
     expect_error(GOOD GOOD, 0.5, 0, "data.seq_len 0", NULL);
 
     char err[ERRLEN];
-    const char *src = tpath("same.jsonl");
+    const char *src = ct_test_path("same.jsonl");
     write_file(src, GOOD GOOD);
-    CHECK(ct_data_prepare_sft(src, tpath("same.h5"), tpath("same.h5"), 0.5, 64, err, ERRLEN) == -1);
-    CHECK(strstr(err, "same") != NULL && access(tpath("same.h5"), F_OK) != 0);
+    CHECK(ct_data_prepare_sft(src, ct_test_path("same.h5"), ct_test_path("same.h5"), 0.5, 64, err, ERRLEN) == -1);
+    CHECK(strstr(err, "same") != NULL && access(ct_test_path("same.h5"), F_OK) != 0);
 }
 
 int main(void)
 {
-    snprintf(tmpdir, sizeof tmpdir, "%s/ct_test_sft_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return 2;
-    }
+    ct_test_dir_create("ct_test_sft");
     test_roundtrip();
     test_packing();
     test_loader();
     test_errors();
-    remove_tmpdir();
+    ct_test_dir_remove();
     return ct_test_finish("test_sft");
 }

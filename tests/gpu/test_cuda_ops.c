@@ -63,7 +63,7 @@ static float *rnd(size_t n, float lo, float hi)
     return x;
 }
 
-static float *dup(const float *x, size_t n)
+static float *dup_f(const float *x, size_t n)
 {
     float *c = ct_test_alloc(n);
     memcpy(c, x, n * sizeof(float));
@@ -161,7 +161,7 @@ static void test_encoder(int B, int T, int C, int V)
     float *g = rnd(BT * C, -1, 1), *pte = rnd((size_t)V * C, -1, 1), *ppe = rnd((size_t)T * C, -1, 1);
     void *dg = up(g, BT * C);
     for (int mode = 0; mode < 4; mode++) { /* 0 both, 1 dwte only, 2 dwpe only, 3 neither */
-        float *cte = dup(pte, (size_t)V * C), *cpe = dup(ppe, (size_t)T * C);
+        float *cte = dup_f(pte, (size_t)V * C), *cpe = dup_f(ppe, (size_t)T * C);
         void *gte = up(pte, (size_t)V * C), *gpe = up(ppe, (size_t)T * C);
         int wte_on = mode == 0 || mode == 1, wpe_on = mode == 0 || mode == 2;
         cpu->encoder_bwd(ck, wte_on ? cte : NULL, wpe_on ? cpe : NULL, g, tok, B, T, C);
@@ -191,7 +191,7 @@ static void test_layernorm(int N, int C)
     float *d = rnd(n, -1, 1), *pdx = rnd(n, -1, 1), *pdw = rnd(C, -1, 1), *pdb = rnd(C, -1, 1);
     void *gd = up(d, n);
     for (int frozen = 0; frozen < 2; frozen++) {
-        float *cdx = dup(pdx, n), *cdw = dup(pdw, C), *cdb = dup(pdb, C);
+        float *cdx = dup_f(pdx, n), *cdw = dup_f(pdw, C), *cdb = dup_f(pdb, C);
         void *gdx = up(pdx, n), *gdw = up(pdw, C), *gdb = up(pdb, C);
         cpu->layernorm_bwd(ck, cdx, frozen ? NULL : cdw, frozen ? NULL : cdb, d, x, w, mean, rstd, N, C);
         gpu->layernorm_bwd(gk, gdx, frozen ? NULL : gdw, frozen ? NULL : gdb, gd, gx, gw, gmean, grstd, N, C);
@@ -226,7 +226,7 @@ static void test_matmul(int N, int K, int M)
           *pdb = rnd(M, -1, 1);
     void *gd = up(d, (size_t)N * M);
     for (int mode = 0; mode < 3; mode++) { /* 0 all, 1 dw/dbias NULL (frozen), 2 dinp NULL */
-        float *cdx = dup(pdx, (size_t)N * K), *cdw = dup(pdw, (size_t)M * K), *cdb = dup(pdb, M);
+        float *cdx = dup_f(pdx, (size_t)N * K), *cdw = dup_f(pdw, (size_t)M * K), *cdb = dup_f(pdb, M);
         void *gdx = up(pdx, (size_t)N * K), *gdw = up(pdw, (size_t)M * K), *gdb = up(pdb, M);
         int pw = mode != 1, pi = mode != 2;
         cpu->matmul_bwd(ck, pi ? cdx : NULL, pw ? cdw : NULL, pw ? cdb : NULL, d, x, w, N, K, M);
@@ -377,7 +377,7 @@ static void test_lora(int N, int K, int M, int r, float p)
     float *pdx = rnd((size_t)N * K, -1, 1), *pdA = rnd((size_t)r * K, -1, 1), *pdB = rnd((size_t)M * r, -1, 1);
     void *ghb = up(hb, (size_t)N * r), *gd = up(d, (size_t)N * M);
     for (int mode = 0; mode < 3; mode++) { /* 0 all, 1 dx NULL, 2 dA and dB NULL */
-        float *cdx = dup(pdx, (size_t)N * K), *cdA = dup(pdA, (size_t)r * K), *cdB = dup(pdB, (size_t)M * r);
+        float *cdx = dup_f(pdx, (size_t)N * K), *cdA = dup_f(pdA, (size_t)r * K), *cdB = dup_f(pdB, (size_t)M * r);
         void *gdx = up(pdx, (size_t)N * K), *gdA = up(pdA, (size_t)r * K), *gdB = up(pdB, (size_t)M * r);
         int wx = mode != 1, wp = mode != 2;
         gs = poison(gpu->lora_scratch_len(N, K, r), 2);
