@@ -4,7 +4,8 @@
 #      same ranks continues bit-exactly: losses of steps 11..20 identical as printed, final
 #      model.safetensors byte-identical (2 -> 2 ranks and 1 -> 1 rank);
 #   2. resharding with the same global batch: saved by 2 resumed on 1, 2 -> 3 (global batch 12),
-#      4 -> 2: steps 11..20 within 1e-5 relative of the uninterrupted run;
+#      4 -> 2: steps 11..20 within 1e-5 relative of the uninterrupted run; LoRA with adapter
+#      dropout resumed 2 -> 2 (exact) and 2 -> 1 (1e-5);
 #   3. resume in place: `latest` pointed back at ckpt_00000015.h5 in a finished run's dir, the same
 #      command resumes ("resumed from"), repeats steps 16..20 exactly and metrics.jsonl holds
 #      every step once;
@@ -157,6 +158,22 @@ if run full4 4 --set parallel.grad_accum=1 && [ -f "$tmp/full4/ckpt_00000010.h5"
     run res4to2 2 --set parallel.grad_accum=2 --set "model.init_from=$tmp/full4/ckpt_00000010.h5"; then
   resumed_at res4to2 10
   close "reshard 4 -> 2 ranks" full4 res4to2 11 20 1e-5
+fi
+# LoRA with adapter dropout, base = full2's final weights: the masks follow the windows (a
+# micro-batch's slot in the global batch), so a resume on other ranks matches too
+lora=(--set "model.init_from=$tmp/full2" --set lora.targets=c_attn,c_fc --set lora.r=4 --set lora.dropout=0.2)
+if [ -f "$tmp/full2/model.safetensors" ] && run lora2 2 --set parallel.grad_accum=2 "${lora[@]}" &&
+    [ -f "$tmp/lora2/ckpt_00000010.h5" ]; then
+  for to in 2 1; do
+    mkdir -p "$tmp/lora2to$to"
+    cp "$tmp/lora2/ckpt_00000010.h5" "$tmp/lora2to$to/"
+    echo ckpt_00000010.h5 > "$tmp/lora2to$to/latest"
+    if run "lora2to$to" "$to" --set parallel.grad_accum=$((4 / to)) "${lora[@]}"; then
+      resumed_at "lora2to$to" 10
+      if [ "$to" = 2 ]; then exact "LoRA (dropout 0.2) resume 2 -> 2 ranks" lora2 lora2to2 11 20
+      else close "LoRA (dropout 0.2) reshard 2 -> 1 ranks" lora2 lora2to1 11 20 1e-5; fi
+    fi
+  done
 fi
 echo "   (part 2: $((SECONDS - t0)) s)"
 

@@ -74,6 +74,14 @@ static void catch_stop_signals(void)
     sigaction(SIGUSR1, &sa, NULL);
 }
 
+static uint64_t dropout_seed(int64_t seed, int step, int slot)
+{
+    uint64_t z = (uint64_t)seed * 0x9E3779B97F4A7C15ull ^ (uint64_t)step << 20 ^ (uint64_t)slot;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
 /* Everything a run holds; freed in one place. */
 typedef struct {
     ct_kctx *ctx;
@@ -305,7 +313,10 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         for (int a = 0; a < A; a++) {
             double sum;
             long ntok;
-            ct_gpt2_set_dropout_seed(s.model, ct_rng_u64(&s.st.rng)); /* LoRA dropout; restored on resume */
+            /* LoRA dropout masks follow the micro-batch's place in the global batch (rank r's
+             * micro-batch a holds the windows of slot a * world + r), not the rank: a resharded
+             * resume draws the same masks for the same windows */
+            ct_gpt2_set_dropout_seed(s.model, dropout_seed(cfg->run.seed, step, a * world + rank));
             if (ct_gpt2_forward(s.model, s.tokens + a * BT, s.targets + a * BT, B, T, &sum, &ntok, err, sizeof err))
                 ct_run_die(comm, err);
             ct_gpt2_backward(s.model, dloss);
