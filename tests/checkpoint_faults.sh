@@ -33,20 +33,8 @@ check() { # check WHAT COMMAND...: ok when COMMAND succeeds
   if "$@"; then ok "$what"; else bad "$what"; fi
 }
 
-# A deterministic text of ~200 KB: pseudo-random words in lines.
-awk 'BEGIN { srand(7); split("the of and to in a is that for it as was with be by on not he this are or his from at which but have an they you were her she there had", w, " ");
-  for (l = 0; l < 4000; l++) { s = ""; n = 5 + int(rand() * 10); for (i = 0; i < n; i++) s = s w[1 + int(rand() * 40)] " "; print s "." } }' > "$tmp/text.txt"
-
-cat > "$tmp/base.json" <<EOF
-{
-  "run": {"seed": 5},
-  "model": {"vocab_size": 257, "max_seq_len": 32, "n_layer": 2, "n_head": 2, "n_embd": 32},
-  "data": {"text": "$tmp/text.txt", "train": "$tmp/train.h5", "val": "$tmp/val.h5", "seq_len": 32, "micro_batch": 2},
-  "optim": {"lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 1, "max_steps": 20},
-  "log": {"every": 1, "eval_every": 0, "eval_batches": 2}
-}
-EOF
-"$ctrain" prepare "$tmp/base.json" >/dev/null
+. "$(dirname "$0")/tiny_run.sh"
+tiny_run "$tmp" 1 1
 # ~3.2M parameters: a checkpoint of ~52 MB, so that saving takes a good share of each step
 big=(--set model.n_embd=256 --set model.n_layer=4 --set model.n_head=4)
 

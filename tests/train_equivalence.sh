@@ -14,20 +14,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 failures=0
 
-# A deterministic text of ~200 KB: pseudo-random words in lines.
-awk 'BEGIN { srand(7); split("the of and to in a is that for it as was with be by on not he this are or his from at which but have an they you were her she there had", w, " ");
-  for (l = 0; l < 4000; l++) { s = ""; n = 5 + int(rand() * 10); for (i = 0; i < n; i++) s = s w[1 + int(rand() * 40)] " "; print s "." } }' > "$tmp/text.txt"
-
-cat > "$tmp/base.json" <<EOF
-{
-  "run": {"seed": 5},
-  "model": {"vocab_size": 257, "max_seq_len": 32, "n_layer": 2, "n_head": 2, "n_embd": 32},
-  "data": {"text": "$tmp/text.txt", "train": "$tmp/train.h5", "val": "$tmp/val.h5", "seq_len": 32, "micro_batch": 2},
-  "optim": {"lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 5, "max_steps": 20},
-  "log": {"every": 100, "eval_every": 0, "eval_batches": 2}
-}
-EOF
-"$ctrain" prepare "$tmp/base.json" >/dev/null
+. "$(dirname "$0")/tiny_run.sh"
+tiny_run "$tmp" 5 100
 
 # run NAME RANKS [--set ...]: trains into $tmp/NAME
 run() {
