@@ -56,12 +56,27 @@ expect "holds no trained model" -- sample "$tmp/cfg.json"
 expect "holds no trained model" -- eval "$tmp/cfg.json"
 expect "unknown option '--sett'" -- train "$tmp/cfg.json" --sett optim.lr=1
 expect 'run.device: "cuda"' -- train "$tmp/cfg.json" --set run.device=cuda
+# LoRA keys, checkpoints, export and merge
+expect "lora.targets: LoRA fine-tunes a base model" -- train "$tmp/cfg.json" --set lora.targets=c_attn
+expect "lora.r: 0 is out of range" -- train "$tmp/cfg.json" --set lora.r=0
+expect "lora.alpha: 0 is out of range" -- train "$tmp/cfg.json" --set lora.alpha=0
+expect "lora.dropout: 1 is out of range" -- train "$tmp/cfg.json" --set lora.dropout=1
+expect "lora.rslora: expected true or false" -- train "$tmp/cfg.json" --set lora.rslora=yes
+expect "checkpoint.keep: 0 is out of range" -- train "$tmp/cfg.json" --set checkpoint.keep=0
+expect "$tmp/none.h5: cannot open" -- export "$tmp/none.h5" "$tmp/out"
+expect "$tmp/text.txt: not a readable HDF5 file" -- export "$tmp/text.txt" "$tmp/out"
+expect "export: missing OUT_DIR" -- export "$tmp/none.h5"
+expect "merge: lora.targets is empty" -- merge "$tmp/cfg.json"
 
 # a good run, then eval's last line and a sample
 if "$ctrain" train "$tmp/cfg.json" > "$tmp/train.log" 2>&1; then
   last=$("$ctrain" eval "$tmp/cfg.json" 2>/dev/null | tail -1)
   if [[ $last =~ ^val_loss\ [0-9]+\.[0-9]+$ ]]; then echo "ok: eval: $last"; else
     echo "FAIL: eval's last line: '$last'" >&2; failures=$((failures + 1)); fi
+  expect "lora.targets: 'q_proj' matches no module" -- train "$tmp/cfg.json" --set run.dir="$tmp/lora" \
+    --set model.init_from="$tmp/run" --set lora.targets=q_proj
+  expect "adapter_config.json: cannot open" -- train "$tmp/cfg.json" --set run.dir="$tmp/lora" \
+    --set model.init_from="$tmp/run" --set lora.init_from="$tmp/nowhere"
   out=$("$ctrain" sample "$tmp/cfg.json" --set sample.max_tokens=20 --set sample.prompt=line 2>/dev/null)
   if [[ $out == line* ]]; then echo "ok: sample: ${out//$'\n'/ }"; else
     echo "FAIL: sample: '$out'" >&2; failures=$((failures + 1)); fi

@@ -170,7 +170,7 @@ static int set_value(ct_config *cfg, const key_info *k, const cJSON *v, const ch
         return -1;
     }
     if (!(x >= k->min && x <= k->max)) {
-        snprintf(err, errlen, "%s: %s: %g is out of range [%g, %g]", where, k->key, x, k->min, k->max);
+        snprintf(err, errlen, "%s: %s: %g is out of range [%.10g, %.10g]", where, k->key, x, k->min, k->max);
         return -1;
     }
     if (k->type == K_INT) *(int *)dst = (int)x;
