@@ -56,7 +56,7 @@ static launcher find_launcher(void)
     return l;
 }
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
+void ct_comm_set_err(char *err, size_t errlen, const char *fmt, ...)
 {
     if (!err || !errlen) return;
     va_list ap;
@@ -82,13 +82,13 @@ int ct_comm_init(ct_comm **out, int *argc, char ***argv, char *err, size_t errle
     launcher l = find_launcher();
     if (!l.name) {
         ct_comm *c = ct_comm_init_single();
-        if (!c) { set_err(err, errlen, "comm: out of memory"); return -1; }
+        if (!c) { ct_comm_set_err(err, errlen, "comm: out of memory"); return -1; }
         *out = c;
         return 0;
     }
 #if CTRAIN_HAVE_MPI
     ct_comm *c = ct_comm_init_single();
-    if (!c) { set_err(err, errlen, "comm: out of memory"); return -1; }
+    if (!c) { ct_comm_set_err(err, errlen, "comm: out of memory"); return -1; }
     if (ct_comm_mpi_init(c, argc, argv, l.size, err, errlen) != 0) {
         free(c);
         return -1;
@@ -99,7 +99,7 @@ int ct_comm_init(ct_comm **out, int *argc, char ***argv, char *err, size_t errle
     /* A launcher of one rank is harmless; of several, each copy would train alone. A rank
      * above 0 proves several even when the launcher did not announce the size. */
     if (l.size > 1 || l.rank > 0) {
-        set_err(err, errlen,
+        ct_comm_set_err(err, errlen,
                 "comm: started by %s as rank %d of %d, but this ctrain was built without MPI "
                 "(CTRAIN_MPI=OFF or no MPI found), so every rank would train alone: install an MPI "
                 "(e.g. libopenmpi-dev) and rebuild with -DCTRAIN_MPI=ON, or run a single process",
@@ -107,7 +107,7 @@ int ct_comm_init(ct_comm **out, int *argc, char ***argv, char *err, size_t errle
         return -1;
     }
     ct_comm *c = ct_comm_init_single();
-    if (!c) { set_err(err, errlen, "comm: out of memory"); return -1; }
+    if (!c) { ct_comm_set_err(err, errlen, "comm: out of memory"); return -1; }
     *out = c;
     return 0;
 #endif
@@ -116,6 +116,9 @@ int ct_comm_init(ct_comm **out, int *argc, char ***argv, char *err, size_t errle
 void ct_comm_free(ct_comm *c)
 {
     if (!c) return;
+#if CTRAIN_HAVE_NCCL
+    ct_comm_nccl_free(c);
+#endif
     c->ops->free(c);
     free(c);
 }
@@ -168,6 +171,15 @@ int ct_comm_reduce_scatter_sum(ct_comm *c, const float *send, float *recv, size_
     return c->ops->reduce_scatter_sum(c, send, recv, n);
 }
 
+int ct_comm_reduce_sum(ct_comm *c, const float *send, float *recv, size_t n, int root)
+{
+    if (root < 0 || root >= c->size) return -1;
+    if (n == 0) return 0;
+    if (!send || (c->rank == root && !recv)) return -1;
+    c->bytes += (uint64_t)n * sizeof(float);
+    return c->ops->reduce_sum(c, send, recv, n, root);
+}
+
 int ct_comm_allgather(ct_comm *c, float *buf, size_t n)
 {
     if (n == 0) return 0;
@@ -196,4 +208,104 @@ _Noreturn void ct_comm_abort(ct_comm *c, int code)
     fflush(stderr);
     if (c) c->ops->abort(c, code);
     exit(code);
+}
+
+/* ---- buffer collectives: NCCL when a device is attached, else the host collectives */
+
+int ct_comm_attach_device(ct_comm *c, int device, char *err, size_t errlen)
+{
+#if CTRAIN_HAVE_NCCL
+    if (c->dev) return 0;
+    return ct_comm_nccl_attach(c, device, err, errlen);
+#else
+    (void)c;
+    ct_comm_set_err(err, errlen, "comm: this ctrain was built without NCCL, so gradients cannot be reduced on GPU %d: "
+            "install NCCL (it comes with the CUDA toolkit in /usr/local/cuda) and rebuild", device);
+    return -1;
+#endif
+}
+
+int ct_comm_has_device(const ct_comm *c) { return c->dev != NULL; }
+
+static size_t dtype_size(ct_comm_dtype dt) { return dt == CT_COMM_BF16 ? 2 : 4; }
+
+/* Host buffers are fp32 only; a device buffer call is checked the same way on every rank. */
+static int buf_args_ok(const ct_comm *c, ct_comm_dtype dt)
+{
+    return c->dev != NULL || dt == CT_COMM_F32;
+}
+
+int ct_comm_buf_reduce_scatter(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, void *stream)
+{
+    if (n == 0) return 0;
+    if (!send || !recv || !buf_args_ok(c, dt)) return -1;
+    if (!c->dev) return ct_comm_reduce_scatter_sum(c, send, recv, n);
+    c->bytes += (uint64_t)n * (uint64_t)c->size * dtype_size(dt);
+#if CTRAIN_HAVE_NCCL
+    return ct_comm_nccl_reduce_scatter(c, send, recv, n, dt, stream);
+#else
+    return -1;
+#endif
+}
+
+int ct_comm_buf_allgather(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream)
+{
+    if (n == 0) return 0;
+    if (!buf || !buf_args_ok(c, dt)) return -1;
+    if (!c->dev) return ct_comm_allgather(c, buf, n);
+    c->bytes += (uint64_t)n * (uint64_t)c->size * dtype_size(dt);
+#if CTRAIN_HAVE_NCCL
+    return ct_comm_nccl_allgather(c, buf, n, dt, stream);
+#else
+    return -1;
+#endif
+}
+
+int ct_comm_buf_allreduce(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream)
+{
+    if (n == 0) return 0;
+    if (!buf || !buf_args_ok(c, dt)) return -1;
+    if (!c->dev) return ct_comm_allreduce_sum(c, buf, n);
+    c->bytes += (uint64_t)n * dtype_size(dt);
+#if CTRAIN_HAVE_NCCL
+    return ct_comm_nccl_allreduce(c, buf, n, dt, stream);
+#else
+    return -1;
+#endif
+}
+
+int ct_comm_buf_reduce(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, int root, void *stream)
+{
+    if (!c->dev) return buf_args_ok(c, dt) ? ct_comm_reduce_sum(c, send, recv, n, root) : -1;
+    if (root < 0 || root >= c->size) return -1;
+    if (n == 0) return 0;
+    if (!send || !recv) return -1;
+    c->bytes += (uint64_t)n * dtype_size(dt);
+#if CTRAIN_HAVE_NCCL
+    return ct_comm_nccl_reduce(c, send, recv, n, dt, root, stream);
+#else
+    return -1;
+#endif
+}
+
+void ct_comm_buf_group_begin(ct_comm *c)
+{
+#if CTRAIN_HAVE_NCCL
+    if (c->dev) ct_comm_nccl_group(c, 1);
+#endif
+}
+
+void ct_comm_buf_group_end(ct_comm *c)
+{
+#if CTRAIN_HAVE_NCCL
+    if (c->dev) ct_comm_nccl_group(c, 0);
+#endif
+}
+
+int ct_comm_buf_wait(ct_comm *c, void *stream)
+{
+#if CTRAIN_HAVE_NCCL
+    if (c->dev) return ct_comm_nccl_wait(c, stream);
+#endif
+    return 0;
 }

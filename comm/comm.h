@@ -1,7 +1,8 @@
 /* comm.h — who am I (rank, world size, local rank, node) and collectives on flat buffers.
  *
  * Transports fill a vtable behind the opaque ct_comm (comm_impl.h): MPI (host memory), and the
- * size-1 transport for runs without a launcher. NCCL (device memory) plugs in beside them.
+ * size-1 transport for runs without a launcher. A device side (NCCL, device memory) can be
+ * attached beside either; the buffer collectives at the end of this header use it.
  * Collectives return 0, or -1 on bad arguments (a root out of range, a NULL buffer with n > 0),
  * refused before anything is sent, so a call that is bad on every rank fails on every rank
  * instead of hanging. A transport error aborts the whole job
@@ -47,6 +48,8 @@ int ct_comm_reduce_scatter_sum(ct_comm *c, const float *send, float *recv, size_
 /* In place on buf[n * size]: every rank contributes its chunk [rank*n, (rank+1)*n) and
  * receives everyone's. */
 int ct_comm_allgather(ct_comm *c, float *buf, size_t n);
+/* send[n] summed over ranks into recv[n] on root; recv is not touched elsewhere. */
+int ct_comm_reduce_sum(ct_comm *c, const float *send, float *recv, size_t n, int root);
 /* Every rank receives root's bytes. */
 int ct_comm_broadcast(ct_comm *c, void *buf, size_t bytes, int root);
 int ct_comm_barrier(ct_comm *c);
@@ -63,5 +66,31 @@ _Noreturn void ct_comm_abort(ct_comm *c, int code);
  * allgather's buffer, the bytes of a broadcast; nothing for barrier and all_ok), for
  * measuring communication volume. */
 uint64_t ct_comm_bytes(const ct_comm *c);
+
+/* ---- Buffer collectives: gradients and parameters where the compute backend keeps them.
+ * With a device attached they run over NCCL on device memory, asynchronously: each call is
+ * ordered after the work enqueued on `stream` (the compute backend's native stream, a
+ * cudaStream_t) so far and runs on the communicator's own stream, so the caller's stream goes
+ * on computing meanwhile; ct_comm_buf_wait(c, stream) orders the later work of `stream` after
+ * every buffer collective issued before it. Without a device they are the host collectives
+ * above (dtype must be CT_COMM_F32; stream is ignored; done on return). Bytes count alike. */
+typedef enum { CT_COMM_F32, CT_COMM_BF16 } ct_comm_dtype;
+
+/* Attaches CUDA device `device`: one NCCL communicator over the same ranks, its unique id
+ * made on rank 0 and broadcast over the host transport. Collective. Returns -1 with err filled
+ * ("comm: ...") when this build has no NCCL or NCCL cannot start; a rank that fails may leave
+ * the others inside NCCL's start, so the caller ends the job (ct_comm_abort). */
+int ct_comm_attach_device(ct_comm *c, int device, char *err, size_t errlen);
+int ct_comm_has_device(const ct_comm *c);
+
+int ct_comm_buf_reduce_scatter(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, void *stream);
+int ct_comm_buf_allgather(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream);
+int ct_comm_buf_allreduce(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream);
+int ct_comm_buf_reduce(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, int root, void *stream);
+/* Brackets several buffer collectives that NCCL may run together (its group calls); no-ops
+ * on the host. */
+void ct_comm_buf_group_begin(ct_comm *c);
+void ct_comm_buf_group_end(ct_comm *c);
+int ct_comm_buf_wait(ct_comm *c, void *stream);
 
 #endif

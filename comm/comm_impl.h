@@ -19,6 +19,7 @@ typedef struct ct_comm_ops {
     int (*allreduce_sum_f64)(ct_comm *c, double *buf, size_t n);
     int (*allreduce_sum_u64)(ct_comm *c, uint64_t *buf, size_t n);
     int (*reduce_scatter_sum)(ct_comm *c, const float *send, float *recv, size_t n);
+    int (*reduce_sum)(ct_comm *c, const float *send, float *recv, size_t n, int root);
     int (*allgather)(ct_comm *c, float *buf, size_t n);
     int (*broadcast)(ct_comm *c, void *buf, size_t bytes, int root);
     int (*barrier)(ct_comm *c);
@@ -35,11 +36,15 @@ struct ct_comm {
     int local_rank, local_size; /* among the ranks sharing this node's memory */
     int node;                   /* index of this node among the job's nodes, 0-based */
     uint64_t bytes;             /* payload bytes passed to collectives, see ct_comm_bytes */
+    void *dev;                  /* the device side (NCCL), once attached: comm_nccl.c */
     size_t max_count;           /* largest element count one transport call may carry */
     void *impl;                 /* the transport's own state */
 };
 
 extern const ct_comm_ops ct_comm_single_ops;
+
+/* Fills err (when non-NULL) with a printf-style message; the transports' errors start "comm: ". */
+void ct_comm_set_err(char *err, size_t errlen, const char *fmt, ...);
 
 /* The MPI transport: initialises MPI unless already initialised, learns rank, size, local
  * rank and node from MPI_COMM_WORLD. expect_size is the world size the launcher announced
@@ -48,6 +53,21 @@ extern const ct_comm_ops ct_comm_single_ops;
  * Returns -1 with err filled (and MPI finalised again if this call initialised it). */
 #if CTRAIN_HAVE_MPI
 int ct_comm_mpi_init(ct_comm *c, int *argc, char ***argv, int expect_size, char *err, size_t errlen);
+#endif
+
+/* The NCCL side (comm_nccl.c, built with CTRAIN_HAVE_NCCL). Buffers are device memory; every
+ * call is ordered after the work enqueued on `stream` so far and runs on the device side's own
+ * stream; ct_comm_nccl_wait orders `stream` after everything issued. NCCL failures print
+ * file:line and end the job (ct_comm_abort). */
+#if CTRAIN_HAVE_NCCL
+int ct_comm_nccl_attach(ct_comm *c, int device, char *err, size_t errlen);
+void ct_comm_nccl_free(ct_comm *c);
+int ct_comm_nccl_reduce_scatter(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, void *stream);
+int ct_comm_nccl_allgather(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream);
+int ct_comm_nccl_allreduce(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream);
+int ct_comm_nccl_reduce(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, int root, void *stream);
+void ct_comm_nccl_group(ct_comm *c, int begin);
+int ct_comm_nccl_wait(ct_comm *c, void *stream);
 #endif
 
 /* For tests: caps the element (or byte, for broadcast) count of a single transport call so

@@ -9,7 +9,6 @@
 #include "comm_impl.h"
 
 #include <mpi.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -39,15 +38,6 @@ static void mpi_fail(int rc, const char *call, const char *file, int line)
 static MPI_Comm world_of(const ct_comm *c) { return ((const mpi_state *)c->impl)->world; }
 
 static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* In-place sum in chunks of at most max_count elements of elem bytes each. */
 static int allreduce_chunked(ct_comm *c, void *buf, size_t n, MPI_Datatype type, size_t elem)
@@ -91,6 +81,16 @@ static int mpi_reduce_scatter_sum(ct_comm *c, const float *send, float *recv, si
             MPI_CHECK(MPI_Reduce(send + (size_t)r * n + off, r == c->rank ? recv + off : NULL, (int)k,
                                  MPI_FLOAT, MPI_SUM, r, w));
         }
+    return 0;
+}
+
+static int mpi_reduce_sum(ct_comm *c, const float *send, float *recv, size_t n, int root)
+{
+    for (size_t off = 0; off < n; off += c->max_count) {
+        size_t k = min_size(n - off, c->max_count);
+        MPI_CHECK(MPI_Reduce(send + off, c->rank == root ? recv + off : NULL, (int)k, MPI_FLOAT, MPI_SUM, root,
+                             world_of(c)));
+    }
     return 0;
 }
 
@@ -159,6 +159,7 @@ static const ct_comm_ops mpi_ops = {
     .allreduce_sum_f64 = mpi_allreduce_sum_f64,
     .allreduce_sum_u64 = mpi_allreduce_sum_u64,
     .reduce_scatter_sum = mpi_reduce_scatter_sum,
+    .reduce_sum = mpi_reduce_sum,
     .allgather = mpi_allgather,
     .broadcast = mpi_broadcast,
     .barrier = mpi_barrier,
@@ -191,12 +192,12 @@ int ct_comm_mpi_init(ct_comm *c, int *argc, char ***argv, int expect_size, char 
     int initialized = 0, finalized = 0;
     MPI_Finalized(&finalized);
     if (finalized) {
-        set_err(err, errlen, "comm: MPI was already finalised in this process; it cannot start again");
+        ct_comm_set_err(err, errlen, "comm: MPI was already finalised in this process; it cannot start again");
         return -1;
     }
     mpi_state *s = calloc(1, sizeof *s);
     if (!s) {
-        set_err(err, errlen, "comm: out of memory");
+        ct_comm_set_err(err, errlen, "comm: out of memory");
         return -1;
     }
     s->world = MPI_COMM_NULL;
@@ -205,7 +206,7 @@ int ct_comm_mpi_init(ct_comm *c, int *argc, char ***argv, int expect_size, char 
         /* Only the main thread calls MPI; OpenMP threads compute between collectives. */
         int provided = 0, rc = MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
         if (rc != MPI_SUCCESS) {
-            set_err(err, errlen, "comm: MPI_Init_thread failed (error %d) under a launcher", rc);
+            ct_comm_set_err(err, errlen, "comm: MPI_Init_thread failed (error %d) under a launcher", rc);
             free(s);
             return -1;
         }
@@ -217,7 +218,7 @@ int ct_comm_mpi_init(ct_comm *c, int *argc, char ***argv, int expect_size, char 
     MPI_CHECK(MPI_Comm_rank(s->world, &c->rank));
     MPI_CHECK(MPI_Comm_size(s->world, &c->size));
     if (expect_size > 1 && c->size == 1) {
-        set_err(err, errlen,
+        ct_comm_set_err(err, errlen,
                 "comm: the launcher started %d ranks, but MPI sees a world of 1: MPI could not reach "
                 "the launcher, so each rank would train alone. Under srun pass --mpi=pmix (see "
                 "`srun --mpi=list`); otherwise launch with the mpirun of the MPI ctrain was built with",

@@ -16,6 +16,12 @@ static int single_reduce_scatter_sum(ct_comm *c, const float *send, float *recv,
     return 0;
 }
 
+static int single_reduce_sum(ct_comm *c, const float *send, float *recv, size_t n, int root)
+{
+    if (recv != send) memmove(recv, send, n * sizeof *recv);
+    return 0;
+}
+
 static int single_allgather(ct_comm *c, float *buf, size_t n) { return 0; }
 static int single_broadcast(ct_comm *c, void *buf, size_t bytes, int root) { return 0; }
 static int single_barrier(ct_comm *c) { return 0; }
@@ -30,6 +36,7 @@ const ct_comm_ops ct_comm_single_ops = {
     .allreduce_sum_f64 = single_allreduce_sum_f64,
     .allreduce_sum_u64 = single_allreduce_sum_u64,
     .reduce_scatter_sum = single_reduce_scatter_sum,
+    .reduce_sum = single_reduce_sum,
     .allgather = single_allgather,
     .broadcast = single_broadcast,
     .barrier = single_barrier,

@@ -22,7 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CT_KERNELS_ABI 1 /* bumped when a slot's meaning changes */
+#define CT_KERNELS_ABI 2 /* bumped when a slot's meaning changes */
 
 /* Per-backend execution context: CUDA stream and library handles; empty on cpu. */
 typedef struct ct_kctx ct_kctx;
@@ -41,8 +41,14 @@ typedef struct ct_backend {
     size_t elem_size; /* bytes per element of `void *` tensors */
 
     /* context and memory */
+    /* Devices this backend can drive (0 when none is usable; 1 on cpu). A rank takes device
+     * local_rank % device_count. */
+    int (*device_count)(void);
     ct_kctx *(*kctx_init)(int device); /* NULL on failure */
     void (*kctx_free)(ct_kctx *ctx);
+    /* The native stream ops run on (a cudaStream_t on cuda; NULL on cpu), for a communication
+     * library to order its work after the ops'. */
+    void *(*stream)(ct_kctx *ctx);
     void *(*alloc)(size_t bytes);      /* zero-filled; NULL on failure */
     void (*free)(void *p);
     void (*zero)(ct_kctx *ctx, void *p, size_t bytes);
@@ -94,13 +100,14 @@ typedef struct ct_backend {
     void (*residual_fwd)(ct_kctx *ctx, void *out, const void *a, const void *b, size_t n);
     void (*residual_bwd)(ct_kctx *ctx, void *da, void *db, const void *dout, size_t n);
 
-    /* Softmax + cross-entropy over V classes, fused. Forward turns logits[N,V] into
-     * probabilities in place and writes losses[N] (0 where targets[i] < 0).
-     * Backward overwrites probs with dlogits = (probs - onehot) * dloss, 0 on ignored rows;
-     * dloss is the weight of one token's loss (1 / tokens counted in the step).
-     * Backward is the one op that writes, not adds: the logits feed nothing else. */
-    void (*xent_fwd)(ct_kctx *ctx, float *losses, void *logits, const int32_t *targets, int N, int V);
-    void (*xent_bwd)(ct_kctx *ctx, void *probs, const int32_t *targets, float dloss, int N, int V);
+    /* The classifier's loss and its gradient in one pass (softmax + cross-entropy, fused):
+     * losses[i] = logsumexp(logits[i,:]) - logits[i,targets[i]], 0 where targets[i] < 0 or
+     * targets is NULL; logits[N,V] are overwritten by the gradient of dloss * sum_i losses[i],
+     * (softmax - onehot) * dloss, 0 on ignored rows. dloss is the weight of one token's loss
+     * (1 / tokens counted in the step; 0 when no backward follows). The [N,V] buffer is read
+     * once and written once: no probabilities and no separate backward pass over it. The one
+     * op that writes its gradient instead of adding: the logits feed nothing else. */
+    void (*xent)(ct_kctx *ctx, float *losses, void *logits, const int32_t *targets, float dloss, int N, int V);
 
     /* AdamW on n elements: master, m, v fp32; grad in storage dtype; param (storage dtype)
      * receives the updated master (param may equal master when elem_size is 4). */

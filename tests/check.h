@@ -99,6 +99,56 @@ static inline double *ct_test_plus_prefill(const double *grad, const float *pref
 }
 
 /* ---- a temporary directory for a test's files (flat: files only) */
+/* ---- ranges announced during a backward (ct_grad_ready_fn, host-memory gradients): each
+ * element must be announced exactly once, and its gradient must already be final then. */
+typedef struct {
+    const float *grads;  /* the gradient buffer backward fills */
+    size_t n;            /* its length */
+    float *snap;         /* [n] each element as it was when announced */
+    unsigned char *seen; /* [n] */
+    int ranges, bad;
+} ct_test_ready;
+
+static inline void ct_test_ready_init(ct_test_ready *r, const float *grads, size_t n)
+{
+    r->grads = grads;
+    r->n = n;
+    r->snap = calloc(n ? n : 1, sizeof(float));
+    r->seen = calloc(n ? n : 1, 1);
+    r->ranges = r->bad = 0;
+    if (!r->snap || !r->seen) { fprintf(stderr, "out of memory\n"); exit(2); }
+}
+
+static inline void ct_test_ready_cb(void *user, size_t lo, size_t hi)
+{
+    ct_test_ready *r = user;
+    r->ranges++;
+    if (lo >= hi || hi > r->n) { r->bad++; return; }
+    for (size_t i = lo; i < hi; i++) {
+        r->bad += r->seen[i]; /* announced twice */
+        r->seen[i] = 1;
+        r->snap[i] = r->grads[i];
+    }
+}
+
+/* After the backward: every element announced once, none changed after its announcement. */
+#define CHECK_READY(what, r) ct_test_ready_check(__FILE__, __LINE__, what, r)
+static inline void ct_test_ready_check(const char *file, int line, const char *what, ct_test_ready *r)
+{
+    size_t unseen = 0, changed = 0;
+    for (size_t i = 0; i < r->n; i++) {
+        unseen += !r->seen[i];
+        changed += r->seen[i] && memcmp(&r->snap[i], &r->grads[i], sizeof(float)) != 0;
+    }
+    if (r->bad || unseen || changed || !r->ranges) {
+        fprintf(stderr, "%s:%d: %s: %d ranges, %d bad or repeated, %zu elements never announced, %zu changed after\n",
+                file, line, what, r->ranges, r->bad, unseen, changed);
+        ct_test_failures++;
+    }
+    free(r->snap);
+    free(r->seen);
+}
+
 static char ct_test_dir[256];
 
 /* Creates $TMPDIR/<prefix>_XXXXXX (TMPDIR defaults to /tmp); exits on failure. */

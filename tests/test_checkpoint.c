@@ -59,7 +59,7 @@ static void make(const ct_gpt2_config *cfg, uint64_t seed, ct_gpt2 **m, ct_optim
 {
     char err[512];
     *m = NULL, *o = NULL;
-    if (ct_gpt2_init(m, cfg, be, ctx, B, T, 1, err, sizeof err) || ct_optim_init(o, *m, comm, 1, err, sizeof err)) {
+    if (ct_gpt2_init(m, cfg, be, ctx, B, T, 1, err, sizeof err) || ct_optim_init(o, *m, comm, 1, 0, err, sizeof err)) {
         fprintf(stderr, "init: %s\n", err);
         exit(2);
     }
@@ -87,11 +87,12 @@ static void train(ct_gpt2 *m, ct_optim *o, int steps, uint64_t seed)
         long ntok = 0;
         float norm = 0;
         ct_gpt2_zero_grad(m);
-        if (ct_gpt2_forward(m, tokens, targets, B, T, &loss, &ntok, err, sizeof err)) {
+        /* every target counts: the loss is the mean over B * T tokens */
+        if (ct_gpt2_forward(m, tokens, targets, B, T, 1.0f / (float)(B * T), &loss, &ntok, err, sizeof err)) {
             fprintf(stderr, "forward: %s\n", err);
             exit(2);
         }
-        ct_gpt2_backward(m, 1.0f / (float)ntok);
+        ct_gpt2_backward(m, NULL, NULL);
         CHECK(ct_optim_step(o, &hp, &norm) == 0);
         CHECK(norm > 0);
     }

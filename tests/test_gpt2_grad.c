@@ -16,17 +16,19 @@ enum { B = 2, T = 5 };
 
 static int32_t tokens[B * T], targets[B * T];
 
-static double mean_loss(ct_gpt2 *m)
+/* The mean loss; the logits keep the gradient of dloss * the summed loss for a backward. */
+static double mean_loss_w(ct_gpt2 *m, float dloss)
 {
     double sum;
     long ntok;
     char err[256];
-    if (ct_gpt2_forward(m, tokens, targets, B, T, &sum, &ntok, err, sizeof err)) {
+    if (ct_gpt2_forward(m, tokens, targets, B, T, dloss, &sum, &ntok, err, sizeof err)) {
         fprintf(stderr, "forward: %s\n", err);
         exit(2);
     }
     return sum / (double)ntok;
 }
+static double mean_loss(ct_gpt2 *m) { return mean_loss_w(m, 0.0f); }
 
 static long count_targets(void)
 {
@@ -43,9 +45,9 @@ static void test_finite_differences(ct_gpt2 *m, uint64_t *rng)
     size_t n = ct_gpt2_numel(m);
     float *g = malloc(n * sizeof(float));
     long ntok = count_targets();
-    mean_loss(m);
+    mean_loss_w(m, 1.0f / (float)ntok);
     ct_gpt2_zero_grad(m);
-    ct_gpt2_backward(m, 1.0f / (float)ntok);
+    ct_gpt2_backward(m, NULL, NULL);
     memcpy(g, ct_gpt2_grads(m), n * sizeof(float));
     const double h = 1e-3;
     for (int i = 0; i < ct_gpt2_num_tensors(m); i++) {
@@ -95,34 +97,39 @@ static void test_contracts(ct_gpt2 *m)
     size_t n = ct_gpt2_numel(m);
     long ntok = count_targets();
     float *once = malloc(n * 4), *again = malloc(n * 4);
-    double l1 = mean_loss(m);
+    double l1 = mean_loss_w(m, 1.0f / (float)ntok);
     ct_gpt2_zero_grad(m);
-    ct_gpt2_backward(m, 1.0f / (float)ntok);
+    ct_gpt2_backward(m, NULL, NULL);
     memcpy(once, ct_gpt2_grads(m), n * 4);
 
     /* determinism: the same forward and backward give the same bits */
-    double l2 = mean_loss(m);
+    double l2 = mean_loss_w(m, 1.0f / (float)ntok);
     CHECK(l1 == l2);
     ct_gpt2_zero_grad(m);
-    ct_gpt2_backward(m, 1.0f / (float)ntok);
+    ct_gpt2_backward(m, NULL, NULL);
     CHECK(!memcmp(once, ct_gpt2_grads(m), n * 4));
 
-    /* accumulation: a second backward (micro-batch) adds; dloss scales linearly */
-    mean_loss(m);
-    ct_gpt2_backward(m, 1.0f / (float)ntok);
+    /* accumulation: a second backward (micro-batch) adds; dloss scales linearly. This one
+     * announces its finished ranges: they partition the buffer and are final when announced. */
+    mean_loss_w(m, 1.0f / (float)ntok);
+    ct_test_ready ready;
+    ct_test_ready_init(&ready, ct_gpt2_grads(m), n);
+    ct_gpt2_backward(m, ct_test_ready_cb, &ready);
+    CHECK_READY("full model backward", &ready);
+    CHECK(ready.ranges == cfg.n_layer + 2);
     memcpy(again, ct_gpt2_grads(m), n * 4);
     double *want = ct_test_alloc_d(n);
     for (size_t i = 0; i < n; i++) want[i] = 2.0 * once[i];
     CHECK_CLOSE("two backward calls add up", again, want, n, 1e-6, 1e-9);
-    mean_loss(m);
+    mean_loss_w(m, 4.0f / (float)ntok);
     ct_gpt2_zero_grad(m);
-    ct_gpt2_backward(m, 4.0f / (float)ntok); /* a power of two: the scaling is exact */
+    ct_gpt2_backward(m, NULL, NULL); /* 4/ntok: a power of two times the first, so exact */
     for (size_t i = 0; i < n; i++) want[i] = 4.0 * once[i];
     CHECK_CLOSE("dloss scales the gradient", ct_gpt2_grads(m), want, n, 0, 0);
 
     /* logits-only forward: softmax(logits) gives the loss the loss forward gave */
     char err[256];
-    CHECK(ct_gpt2_forward(m, tokens, NULL, B, T, NULL, NULL, err, sizeof err) == 0);
+    CHECK(ct_gpt2_forward(m, tokens, NULL, B, T, 0.0f, NULL, NULL, err, sizeof err) == 0);
     const float *logits = ct_gpt2_logits(m);
     double sum = 0;
     for (int i = 0; i < B * T; i++) {
@@ -143,10 +150,10 @@ static void test_contracts(ct_gpt2 *m)
     bad[3] = cfg.vocab_size;
     double ls;
     long nt;
-    CHECK(ct_gpt2_forward(m, bad, targets, B, T, &ls, &nt, err, sizeof err) == -1 && strstr(err, "vocabulary"));
-    CHECK(ct_gpt2_forward(m, tokens, bad, B, T, &ls, &nt, err, sizeof err) == -1 && strstr(err, "target"));
-    CHECK(ct_gpt2_forward(m, tokens, targets, B + 1, T, &ls, &nt, err, sizeof err) == -1);
-    CHECK(ct_gpt2_forward(m, tokens, targets, B, cfg.max_seq_len + 1, &ls, &nt, err, sizeof err) == -1);
+    CHECK(ct_gpt2_forward(m, bad, targets, B, T, 0.0f, &ls, &nt, err, sizeof err) == -1 && strstr(err, "vocabulary"));
+    CHECK(ct_gpt2_forward(m, tokens, bad, B, T, 0.0f, &ls, &nt, err, sizeof err) == -1 && strstr(err, "target"));
+    CHECK(ct_gpt2_forward(m, tokens, targets, B + 1, T, 0.0f, &ls, &nt, err, sizeof err) == -1);
+    CHECK(ct_gpt2_forward(m, tokens, targets, B, cfg.max_seq_len + 1, 0.0f, &ls, &nt, err, sizeof err) == -1);
     free(want);
     free(once);
     free(again);

@@ -91,7 +91,7 @@ static void randomize_B(ct_gpt2 *m, uint64_t seed)
 static float *logits_of(ct_gpt2 *m)
 {
     char err[256];
-    if (ct_gpt2_forward(m, tokens, NULL, B, T, NULL, NULL, err, sizeof err)) {
+    if (ct_gpt2_forward(m, tokens, NULL, B, T, 0.0f, NULL, NULL, err, sizeof err)) {
         fprintf(stderr, "forward: %s\n", err);
         exit(2);
     }
@@ -100,17 +100,19 @@ static float *logits_of(ct_gpt2 *m)
     return out;
 }
 
-static double mean_loss(ct_gpt2 *m)
+/* The mean loss; the logits keep the gradient of dloss * the summed loss for a backward. */
+static double mean_loss_w(ct_gpt2 *m, float dloss)
 {
     double sum;
     long ntok;
     char err[256];
-    if (ct_gpt2_forward(m, tokens, targets, B, T, &sum, &ntok, err, sizeof err)) {
+    if (ct_gpt2_forward(m, tokens, targets, B, T, dloss, &sum, &ntok, err, sizeof err)) {
         fprintf(stderr, "forward: %s\n", err);
         exit(2);
     }
     return sum / (double)ntok;
 }
+static double mean_loss(ct_gpt2 *m) { return mean_loss_w(m, 0.0f); }
 
 static long count_targets(void)
 {
@@ -342,9 +344,9 @@ static void test_starts_as_base(void)
             ct_test_failures++;
         }
         /* with B = 0 the loss's gradient w.r.t. A is exactly zero, w.r.t. B not */
-        mean_loss(m);
+        mean_loss_w(m, 1.0f / (float)count_targets());
         ct_gpt2_zero_grad(m);
-        ct_gpt2_backward(m, 1.0f / (float)count_targets());
+        ct_gpt2_backward(m, NULL, NULL);
         ct_trainable tr = ct_gpt2_trainable(m);
         const float *g = tr.grads;
         for (int i = 0; i < tr.ntensors; i++) {
@@ -392,9 +394,9 @@ static void fd_check(ct_gpt2 *m, const char *label, uint64_t *rng)
     float *p = tr.params;
     float *g = ct_test_alloc(tr.numel);
     long ntok = count_targets();
-    mean_loss(m);
+    mean_loss_w(m, 1.0f / (float)ntok);
     ct_gpt2_zero_grad(m);
-    ct_gpt2_backward(m, 1.0f / (float)ntok);
+    ct_gpt2_backward(m, NULL, NULL);
     memcpy(g, tr.grads, tr.numel * sizeof(float));
     const double h = 2e-3;
     for (int i = 0; i < tr.ntensors; i++) {
@@ -430,9 +432,13 @@ static void fd_check(ct_gpt2 *m, const char *label, uint64_t *rng)
         free(d);
         free(saved);
     }
-    /* the gradient buffer is the adapters': a second backward adds to it */
-    mean_loss(m);
-    ct_gpt2_backward(m, 1.0f / (float)ntok);
+    /* the gradient buffer is the adapters': a second backward adds to it, announcing ranges
+     * that partition it and are final when announced */
+    mean_loss_w(m, 1.0f / (float)ntok);
+    ct_test_ready ready;
+    ct_test_ready_init(&ready, tr.grads, tr.numel);
+    ct_gpt2_backward(m, ct_test_ready_cb, &ready);
+    CHECK_READY(label, &ready);
     double *twice = ct_test_alloc_d(tr.numel);
     for (size_t k = 0; k < tr.numel; k++) twice[k] = 2.0 * g[k];
     char what[128];

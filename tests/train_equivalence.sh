@@ -4,6 +4,9 @@
 #     20 steps), with ZeRO stage 1;
 #   - ZeRO stage 0 and stage 1 agree;
 #   - two runs of one config give bit-identical losses and weights;
+#   - gradients reduced layer by layer during backward (parallel.overlap_comm, the default) and
+#     all at once after it give identical losses and weights (2 ranks: each sum is a + b), for
+#     ZeRO stages 1 and 0;
 #   - an odd world size (3) trains and matches 1 rank with its global batch.
 # usage: train_equivalence.sh CTRAIN MPIEXEC
 set -euo pipefail
@@ -60,6 +63,8 @@ run r2 2 --set parallel.grad_accum=2
 run r4 4 --set parallel.grad_accum=1
 run r2z0 2 --set parallel.grad_accum=2 --set parallel.zero_stage=0
 run r2again 2 --set parallel.grad_accum=2
+run r2flat 2 --set parallel.grad_accum=2 --set parallel.overlap_comm=false
+run r2z0flat 2 --set parallel.grad_accum=2 --set parallel.zero_stage=0 --set parallel.overlap_comm=false
 # odd world: global batch 6
 run r1g6 1 --set parallel.grad_accum=3
 run r3 3 --set parallel.grad_accum=1
@@ -69,6 +74,17 @@ same r1 r4 1e-5
 same r2 r2z0 1e-5
 same r1g6 r3 1e-5
 same r2 r2again 0
+same r2 r2flat 0
+same r2z0 r2z0flat 0
+for pair in "r2 r2flat" "r2z0 r2z0flat"; do
+  set -- $pair
+  if cmp -s "$tmp/$1/model.safetensors" "$tmp/$2/model.safetensors"; then
+    echo "ok: $1 and $2 (overlapped and flat reduction) wrote identical weights"
+  else
+    echo "FAIL: $1 and $2 (overlapped and flat reduction) wrote different weights" >&2
+    failures=$((failures + 1))
+  fi
+done
 if cmp -s "$tmp/r2/model.safetensors" "$tmp/r2again/model.safetensors"; then
   echo "ok: two runs of one config wrote identical weights"
 else

@@ -35,6 +35,7 @@ typedef struct {
     } optim;
     struct {
         int grad_accum, zero_stage;
+        int overlap_comm;
     } parallel;
     struct {
         char targets[512];         /* "" (off), PEFT target_modules joined by commas, or "all-linear" */

@@ -21,7 +21,7 @@ int ct_eval_loss(ct_gpt2 *m, ct_loader *val, int nbatches, int B, int T, ct_comm
         double sum;
         long ntok;
         if (ct_loader_next(val, tokens, targets, err, errlen)) goto done;
-        if (ct_gpt2_forward(m, tokens, targets, B, T, &sum, &ntok, err, errlen)) goto done;
+        if (ct_gpt2_forward(m, tokens, targets, B, T, 0.0f, &sum, &ntok, err, errlen)) goto done;
         acc[0] += sum;
         acc[1] += (double)ntok;
     }

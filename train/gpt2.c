@@ -88,6 +88,7 @@ struct ct_gpt2 {
     int lora_ntensors;
     size_t lora_numel;
     void *lora_params, *lora_grads, *lora_scratch;
+    size_t *lora_bound;    /* [L + 1]: layer l's adapters span [lora_bound[l], lora_bound[l + 1]) */
 
     void **allocations;    /* every backend allocation, for free */
     int nalloc;
@@ -260,6 +261,7 @@ void ct_gpt2_free(ct_gpt2 *m)
     free(m->tensors);
     free(m->adapters);
     free(m->lora_tensors);
+    free(m->lora_bound);
     free(m->layers);
     free(m->losses_host);
     free(m);
@@ -298,7 +300,8 @@ void ct_gpt2_init_weights(ct_gpt2 *m, uint64_t seed)
     for (int i = 0; i < m->ntensors; i++)
         if (m->tensors[i].numel > maxn) maxn = m->tensors[i].numel;
     float *host = malloc(maxn * sizeof(float));
-    if (!host) { fprintf(stderr, "ctrain: error: out of memory initialising weights\n"); abort(); }
+    float *staged = m->be->alloc(maxn * sizeof(float)); /* fp32 in backend memory */
+    if (!host || !staged) { fprintf(stderr, "ctrain: error: out of memory initialising weights\n"); abort(); }
     for (int i = 0; i < m->ntensors; i++) {
         const ct_param *p = &m->tensors[i];
         const char *suffix = strrchr(p->name, '.');
@@ -310,9 +313,11 @@ void ct_gpt2_init_weights(ct_gpt2 *m, uint64_t seed)
             else if (is_bias) host[k] = 0.0f;
             else host[k] = ct_rng_normal(&rng) * (is_resid ? resid_std : 0.02f);
         }
-        m->be->to_storage(m->ctx, param_ptr(m, m->params, i), host, p->numel);
+        m->be->upload(m->ctx, staged, host, p->numel * sizeof(float));
+        m->be->to_storage(m->ctx, param_ptr(m, m->params, i), staged, p->numel);
     }
     m->be->sync(m->ctx);
+    m->be->free(staged);
     free(host);
 }
 
@@ -345,7 +350,8 @@ int ct_gpt2_add_lora(ct_gpt2 *m, const unsigned char *select, int r, float scale
     size_t es = m->be->elem_size, BT = (size_t)m->maxB * m->maxT;
     m->adapters = calloc((size_t)nlin, sizeof *m->adapters);
     m->lora_tensors = calloc((size_t)count * 2, sizeof *m->lora_tensors);
-    if (!m->adapters || !m->lora_tensors) goto oom;
+    m->lora_bound = calloc((size_t)m->cfg.n_layer + 1, sizeof *m->lora_bound);
+    if (!m->adapters || !m->lora_tensors || !m->lora_bound) goto oom;
     size_t off = 0, scratch = 0;
     for (int i = 0; i < nlin; i++) {
         if (!select[i]) continue;
@@ -368,6 +374,13 @@ int ct_gpt2_add_lora(ct_gpt2 *m, const unsigned char *select, int r, float scale
     }
     if (shards > 1) off = (off + (size_t)shards - 1) / (size_t)shards * (size_t)shards;
     m->lora_numel = off;
+    /* layer boundaries: a layer's range starts at its first adapter, or where the next starts */
+    m->lora_bound[m->cfg.n_layer] = off;
+    for (int l = m->cfg.n_layer - 1, t = 2 * count - 2; l >= 0; l--) {
+        m->lora_bound[l] = m->lora_bound[l + 1];
+        for (int k = NLIN - 1; k >= 0; k--)
+            if (select[l * NLIN + k]) m->lora_bound[l] = m->lora_tensors[t].offset, t -= 2;
+    }
     if (!(m->lora_params = balloc(m, off * es)) || !(m->lora_grads = balloc(m, off * es)) ||
         !(m->lora_scratch = balloc(m, scratch * es)))
         goto oom;
@@ -436,8 +449,8 @@ static void adapter_bwd(ct_gpt2 *m, int l, int kind, void *dx, const void *dout,
 
 /* ---------------------------------------------------------------- forward */
 
-int ct_gpt2_forward(ct_gpt2 *m, const int32_t *tokens, const int32_t *targets, int B, int T, double *loss_sum,
-                    long *ntok, char *err, size_t errlen)
+int ct_gpt2_forward(ct_gpt2 *m, const int32_t *tokens, const int32_t *targets, int B, int T, float dloss,
+                    double *loss_sum, long *ntok, char *err, size_t errlen)
 {
     const ct_backend *be = m->be;
     ct_kctx *ctx = m->ctx;
@@ -495,7 +508,7 @@ int ct_gpt2_forward(ct_gpt2 *m, const int32_t *tokens, const int32_t *targets, i
         return 0;
     }
 
-    be->xent_fwd(ctx, m->losses, m->logits, m->targets_dev, N, V);
+    be->xent(ctx, m->losses, m->logits, m->targets_dev, dloss, N, V); /* logits become their gradient */
     be->download(ctx, m->losses_host, m->losses, (size_t)N * sizeof(float));
     double sum = 0.0;
     long count = 0;
@@ -518,7 +531,15 @@ void ct_gpt2_zero_grad(ct_gpt2 *m)
     m->be->zero(m->ctx, t.grads, t.numel * m->be->elem_size);
 }
 
-void ct_gpt2_backward(ct_gpt2 *m, float dloss)
+/* Where layer l's tensors start in the trainable buffer; l == L: where ln_f starts (full
+ * model) or the end (adapters). */
+static size_t layer_bound(const ct_gpt2 *m, int l)
+{
+    if (m->adapters) return m->lora_bound[l];
+    return m->tensors[l < m->cfg.n_layer ? 2 + l * P_PER_LAYER : m->ntensors - 2].offset;
+}
+
+void ct_gpt2_backward(ct_gpt2 *m, ct_grad_ready_fn ready, void *user)
 {
     if (!m->have_targets) {
         fprintf(stderr, "ctrain: internal error: ct_gpt2_backward without a forward with targets\n");
@@ -533,13 +554,14 @@ void ct_gpt2_backward(ct_gpt2 *m, float dloss)
     size_t es = be->elem_size, NC = (size_t)N * C;
     void *P = m->params, *G = m->frozen ? NULL : m->grads; /* NULL: no base gradients */
 
-    be->xent_bwd(ctx, m->logits, m->targets_dev, dloss, N, V);
+    /* the logits already hold their gradient (the forward's fused classifier loss) */
     be->zero(ctx, m->dln, NC * es);
     be->matmul_bwd(ctx, m->dln, WTE(m, G), NULL, m->logits, m->lnf, WTE(m, P), N, C, V);
     be->zero(ctx, m->dres, NC * es);
     const void *last = L ? m->layers[L - 1].res3 : m->encoded;
     be->layernorm_bwd(ctx, m->dres, LNFW(m, G), LNFB(m, G), m->dln, last, LNFW(m, P), m->lnf_mean, m->lnf_rstd, N,
                       C);
+    if (ready && G) ready(user, layer_bound(m, L), m->numel); /* ln_f and the padding */
 
     /* m->dres holds the gradient of the residual stream. Each branch adds its input gradient
      * back into it through its layernorm, which is exactly the residual's backward. */
@@ -572,8 +594,13 @@ void ct_gpt2_backward(ct_gpt2 *m, float dloss)
         adapter_bwd(m, l, LIN_QKV, m->dln, m->dqkv, a->ln1, N);
         be->layernorm_bwd(ctx, m->dres, LP(m, G, l, P_LN1W), LP(m, G, l, P_LN1B), m->dln, res1, LP(m, P, l, P_LN1W),
                           a->ln1_mean, a->ln1_rstd, N, C);
+        size_t lo = layer_bound(m, l), hi = layer_bound(m, l + 1);
+        if (ready && lo < hi) ready(user, lo, hi);
     }
-    if (G) be->encoder_bwd(ctx, WTE(m, G), WPE(m, G), m->dres, m->tokens_dev, B, T, C);
+    if (G) {
+        be->encoder_bwd(ctx, WTE(m, G), WPE(m, G), m->dres, m->tokens_dev, B, T, C);
+        if (ready) ready(user, 0, layer_bound(m, 0)); /* wte (the LM head's too) and wpe */
+    }
 }
 
 double ct_gpt2_step_flops(const ct_gpt2_config *c, int B, int T)

@@ -94,15 +94,24 @@ void ct_gpt2_init_weights(ct_gpt2 *m, uint64_t seed);
 
 /* Forward pass on host arrays tokens[B*T] and targets[B*T] (target < 0: not counted).
  * With targets, *loss_sum receives the sum of the counted tokens' losses and *ntok their
- * number, and backward may follow. With targets == NULL only logits are computed
+ * number, and the gradient of dloss * loss_sum at the logits is formed on the way (the fused
+ * classifier loss), so a backward may follow; dloss is normally 1 / (tokens counted across
+ * the whole step), 0 when no backward follows. With targets == NULL only logits are computed
  * (ct_gpt2_logits). Returns -1 with err filled for B or T beyond the allocation or a token
  * or target outside the vocabulary; nothing is computed then. */
-int ct_gpt2_forward(ct_gpt2 *m, const int32_t *tokens, const int32_t *targets, int B, int T, double *loss_sum,
-                    long *ntok, char *err, size_t errlen);
+int ct_gpt2_forward(ct_gpt2 *m, const int32_t *tokens, const int32_t *targets, int B, int T, float dloss,
+                    double *loss_sum, long *ntok, char *err, size_t errlen);
 
-/* Adds the gradient of dloss * loss_sum (of the last forward with targets) to the gradient
- * buffer. dloss is normally 1 / (tokens counted across the whole step). */
-void ct_gpt2_backward(ct_gpt2 *m, float dloss);
+/* Told during a backward each time the elements [lo, hi) of the trainable flat buffer hold
+ * their final gradient of this backward, so their reduction can start while backward goes
+ * on. Over one backward the ranges partition [0, numel); layers arrive last to first, the
+ * embeddings (full training) last. Called on the host as work is enqueued: on an
+ * asynchronous backend the gradients are complete in stream order, not yet in time. */
+typedef void (*ct_grad_ready_fn)(void *user, size_t lo, size_t hi);
+
+/* Adds the gradient of the last forward's dloss * loss_sum to the gradient buffer; ready
+ * (may be NULL) hears of each finished range. */
+void ct_gpt2_backward(ct_gpt2 *m, ct_grad_ready_fn ready, void *user);
 void ct_gpt2_zero_grad(ct_gpt2 *m);
 
 /* Logits [B, T, V] in backend memory and storage dtype, valid after a forward without targets. */

@@ -64,12 +64,13 @@ static int cmd_eval(const args *a, ct_comm *comm)
     char err[2048] = "", from[CT_PATH_MAX + 64];
     const ct_backend *be = NULL;
     ct_kctx *ctx = NULL;
+    int device;
     ct_gpt2 *m = NULL;
     ct_loader *val = NULL;
     int B = cfg.data.micro_batch, T = cfg.data.seq_len;
     int rc = -1;
     if (!cfg.data.val[0]) snprintf(err, sizeof err, "data.val: empty: name the HDF5 token dataset to evaluate on");
-    else if (ct_run_backend(&cfg, &be, err, sizeof err) == 0 && (ctx = be->kctx_init(ct_comm_local_rank(comm))) &&
+    else if (ct_run_backend(&cfg, comm, &be, &ctx, &device, err, sizeof err) == 0 &&
              ct_run_model(&cfg, CT_WEIGHTS_TRAINED, be, ctx, B, T, 1, comm, &m, from, sizeof from, err, sizeof err) == 0) {
         ct_loader_opts o = {.path = cfg.data.val, .seq_len = T, .micro_batch = B, .grad_accum = 1,
                             .rank = ct_comm_rank(comm), .world = ct_comm_size(comm), .seed = 0, .shuffle = 0,

@@ -1,4 +1,11 @@
-/* optim.c — ZeRO-1 AdamW: reduce-scatter, clip, update this rank's slice, all-gather. */
+/* optim.c — ZeRO-1 AdamW: reduce-scatter, clip, update this rank's slice, all-gather.
+ *
+ * Gradients and parameters are reduced and gathered where the backend keeps them: over NCCL
+ * in the storage dtype (bf16) on a GPU, over the host transport in fp32 on the CPU. With
+ * overlap on, the step's last backward hands over each finished range of gradients as it
+ * completes (ct_optim_grad_ready) and its reduction starts at once: under ZeRO-1 the range is
+ * cut at the rank slices and each piece reduced onto the rank that owns it, which moves the
+ * same bytes as one reduce-scatter. */
 #include "optim.h"
 
 #include <math.h>
@@ -11,7 +18,10 @@ struct ct_optim {
     const ct_backend *be;
     ct_kctx *ctx;
     int zero_stage;
+    int overlap;         /* reduce ranges as backward finishes them */
+    ct_comm_dtype dtype; /* of gradients and parameters */
     size_t begin, len;   /* this rank's slice of the flat buffer */
+    size_t reduced;      /* elements handed over by ct_optim_grad_ready since the last step */
     float *m, *v;        /* [len] AdamW moments */
     float *master;       /* [len] fp32 weights: the parameters themselves when they are fp32 */
     float *gslice;       /* [len] reduced gradients (stage 1; stage 0 reduces in place) */
@@ -19,7 +29,7 @@ struct ct_optim {
     size_t state_bytes;
 };
 
-int ct_optim_init(ct_optim **out, ct_gpt2 *m, ct_comm *comm, int zero_stage, char *err, size_t errlen)
+int ct_optim_init(ct_optim **out, ct_gpt2 *m, ct_comm *comm, int zero_stage, int overlap, char *err, size_t errlen)
 {
     *out = NULL;
     ct_trainable tr = ct_gpt2_trainable(m);
@@ -35,6 +45,8 @@ int ct_optim_init(ct_optim **out, ct_gpt2 *m, ct_comm *comm, int zero_stage, cha
     o->be = ct_gpt2_backend(m);
     o->ctx = ct_gpt2_kctx(m);
     o->zero_stage = zero_stage;
+    o->overlap = overlap && world > 1;
+    o->dtype = o->be->elem_size == 2 ? CT_COMM_BF16 : CT_COMM_F32;
     if (zero_stage == 1) {
         o->len = n / world;
         o->begin = o->len * (size_t)ct_comm_rank(comm);
@@ -93,8 +105,39 @@ int ct_optim_sync_params(ct_optim *o)
     char *params = ct_gpt2_trainable(o->model).params;
     if (be->elem_size != sizeof(float))
         be->to_storage(o->ctx, params + o->begin * be->elem_size, o->master, o->len);
-    if (o->zero_stage == 1) return ct_comm_allgather(o->comm, (float *)params, o->len);
-    return 0;
+    if (o->zero_stage != 1) return 0;
+    void *stream = be->stream(o->ctx);
+    if (ct_comm_buf_allgather(o->comm, params, o->len, o->dtype, stream)) return -1;
+    return ct_comm_buf_wait(o->comm, stream);
+}
+
+int ct_optim_overlaps(const ct_optim *o) { return o->overlap; }
+
+void ct_optim_grad_ready(void *optim, size_t lo, size_t hi)
+{
+    ct_optim *o = optim;
+    const size_t es = o->be->elem_size;
+    char *grads = ct_gpt2_trainable(o->model).grads;
+    void *stream = o->be->stream(o->ctx);
+    int rc = 0;
+    if (o->zero_stage == 1) {
+        /* each piece of [lo, hi) onto the rank whose slice holds it */
+        ct_comm_buf_group_begin(o->comm);
+        for (size_t a = lo; a < hi;) {
+            const size_t r = a / o->len, end = (r + 1) * o->len < hi ? (r + 1) * o->len : hi;
+            rc |= ct_comm_buf_reduce(o->comm, grads + a * es, (char *)o->gslice + (a - r * o->len) * es, end - a,
+                                     o->dtype, (int)r, stream);
+            a = end;
+        }
+        ct_comm_buf_group_end(o->comm);
+    } else {
+        rc = ct_comm_buf_allreduce(o->comm, grads + lo * es, hi - lo, o->dtype, stream);
+    }
+    if (rc) {
+        fprintf(stderr, "ctrain: internal error: gradient reduction of [%zu, %zu) refused\n", lo, hi);
+        ct_comm_abort(o->comm, 1);
+    }
+    o->reduced += hi - lo;
 }
 size_t ct_optim_state_bytes(const ct_optim *o) { return o->state_bytes; }
 
@@ -104,20 +147,20 @@ int ct_optim_step(ct_optim *o, const ct_optim_hparams *h, float *grad_norm)
     size_t es = be->elem_size;
     ct_trainable tr = ct_gpt2_trainable(o->model);
     char *params = tr.params;
-    /* Collectives run on fp32 host buffers here; the CUDA backend reduces on the device. */
-    float *grads = tr.grads;
-    float *g;
-    double sumsq;
-    if (o->zero_stage == 1) {
-        if (ct_comm_reduce_scatter_sum(o->comm, grads, o->gslice, o->len)) return -1;
-        g = o->gslice;
-        sumsq = be->sumsq(o->ctx, g, o->len);
-        if (ct_comm_allreduce_sum_f64(o->comm, &sumsq, 1)) return -1;
-    } else {
-        if (ct_comm_allreduce_sum(o->comm, grads, o->len)) return -1;
-        g = grads;
-        sumsq = be->sumsq(o->ctx, g, o->len);
+    void *stream = be->stream(o->ctx);
+    void *g = o->zero_stage == 1 ? o->gslice : tr.grads; /* the reduced gradients of this slice */
+    if (o->reduced == 0) { /* nothing went during backward: reduce it all now */
+        if (o->zero_stage == 1 ? ct_comm_buf_reduce_scatter(o->comm, tr.grads, o->gslice, o->len, o->dtype, stream)
+                               : ct_comm_buf_allreduce(o->comm, tr.grads, o->len, o->dtype, stream))
+            return -1;
+    } else if (o->reduced != tr.numel) {
+        fprintf(stderr, "ctrain: internal error: backward handed over %zu of %zu gradients\n", o->reduced, tr.numel);
+        ct_comm_abort(o->comm, 1);
     }
+    o->reduced = 0;
+    if (ct_comm_buf_wait(o->comm, stream)) return -1;
+    double sumsq = be->sumsq(o->ctx, g, o->len);
+    if (o->zero_stage == 1 && ct_comm_allreduce_sum_f64(o->comm, &sumsq, 1)) return -1;
     float norm = (float)sqrt(sumsq);
     *grad_norm = norm;
     /* as torch.nn.utils.clip_grad_norm_ */
@@ -135,6 +178,9 @@ int ct_optim_step(ct_optim *o, const ct_optim_hparams *h, float *grad_norm)
                               .weight_decay = p->decay ? h->weight_decay : 0.0f, .grad_scale = scale, .step = o->t};
         be->adamw(o->ctx, o->master + k, params + lo * es, o->m + k, o->v + k, (char *)g + k * es, hi - lo, &ap);
     }
-    if (o->zero_stage == 1 && ct_comm_allgather(o->comm, (float *)params, o->len)) return -1;
+    if (o->zero_stage == 1) {
+        if (ct_comm_buf_allgather(o->comm, params, o->len, o->dtype, stream)) return -1;
+        if (ct_comm_buf_wait(o->comm, stream)) return -1;
+    }
     return 0;
 }

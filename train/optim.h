@@ -22,14 +22,23 @@ typedef struct ct_optim ct_optim;
 
 /* Optimizes the model's trainable set (ct_gpt2_trainable: the whole model, or its LoRA
  * adapters), whose flat length must be a multiple of the world size (ct_gpt2_init's shards).
- * Returns -1 with err filled when it is not or memory runs out. */
-int ct_optim_init(ct_optim **out, ct_gpt2 *m, ct_comm *comm, int zero_stage, char *err, size_t errlen);
+ * Gradients and parameters are reduced where the backend keeps them: attach a device to comm
+ * first (ct_comm_attach_device) when the backend's memory is a GPU's. With overlap (and more
+ * than one rank) the step's last backward hands its ranges to ct_optim_grad_ready.
+ * Returns -1 with err filled when the length is not a multiple or memory runs out. */
+int ct_optim_init(ct_optim **out, ct_gpt2 *m, ct_comm *comm, int zero_stage, int overlap, char *err, size_t errlen);
 void ct_optim_free(ct_optim *o);
 
 /* One optimizer step on the model's accumulated gradients (already scaled so their sum over
  * ranks is the step's gradient): reduce, clip, AdamW, gather. *grad_norm receives the global
  * norm before clipping. Returns -1 on a communication error. */
 int ct_optim_step(ct_optim *o, const ct_optim_hparams *h, float *grad_norm);
+
+/* Whether the step's last backward should pass ct_optim_grad_ready (with the optimizer as its
+ * user pointer): each finished range's reduction then starts while backward goes on, and
+ * ct_optim_step reduces nothing more. Earlier micro-batches' backwards pass no callback. */
+int ct_optim_overlaps(const ct_optim *o);
+void ct_optim_grad_ready(void *optim, size_t lo, size_t hi); /* a ct_grad_ready_fn */
 
 int ct_optim_steps_taken(const ct_optim *o);
 void ct_optim_set_steps_taken(ct_optim *o, int t); /* when resuming */

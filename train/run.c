@@ -12,18 +12,26 @@
 #include "hf_gpt2.h"
 #include "lora.h"
 
-/* The CUDA ops exist (kernels/cuda, tested op by op against the CPU where a GPU is), but the
- * training loop still reduces gradients with host-memory collectives and fp32 flat buffers: until
- * the NCCL transport lands, runs stay on the CPU, and asking for CUDA says so. */
-int ct_run_backend(const ct_config *cfg, const ct_backend **be, char *err, size_t errlen)
+int ct_run_backend(const ct_config *cfg, ct_comm *comm, const ct_backend **be, ct_kctx **ctx, int *device,
+                   char *err, size_t errlen)
 {
-    if (!strcmp(cfg->run.device, "cuda")) {
-        snprintf(err, errlen, "run.device: \"cuda\": the CUDA kernels are built%s, but training, evaluation and "
-                 "sampling do not run on them yet (the NCCL gradient path is missing); use \"cpu\" or \"auto\"",
-                 ct_backend_cuda() ? " and a GPU is present" : "");
+    *ctx = NULL;
+    *device = 0;
+    const ct_backend *cuda = ct_backend_cuda(); /* NULL without the backend or a GPU */
+    if (!strcmp(cfg->run.device, "cuda") && !cuda) {
+        snprintf(err, errlen, "run.device: \"cuda\": no CUDA device is usable: this ctrain was built without the "
+                 "CUDA backend (no nvcc at build time, or -DCTRAIN_CUDA=OFF), or no GPU is visible (check nvidia-smi "
+                 "and CUDA_VISIBLE_DEVICES); use \"cpu\" or \"auto\"");
         return -1;
     }
-    *be = ct_backend_cpu();
+    *be = strcmp(cfg->run.device, "cpu") && cuda ? cuda : ct_backend_cpu();
+    int count = (*be)->device_count();
+    *device = count > 0 ? ct_comm_local_rank(comm) % count : 0;
+    if (!(*ctx = (*be)->kctx_init(*device))) {
+        snprintf(err, errlen, "run.device: cannot start the %s backend on device %d (of %d visible)", (*be)->name,
+                 *device, count);
+        return -1;
+    }
     return 0;
 }
 

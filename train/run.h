@@ -9,8 +9,12 @@
 #include "config.h"
 #include "gpt2.h"
 
-/* run.device: auto picks CUDA where this build has it and a GPU is found. */
-int ct_run_backend(const ct_config *cfg, const ct_backend **be, char *err, size_t errlen);
+/* run.device: auto picks CUDA where this build has it and a GPU is found; cuda insists on it.
+ * Starts the backend's context on device local_rank % (devices visible): one GPU per rank
+ * (Slurm's per-task CUDA_VISIBLE_DEVICES leaves one visible, and it is taken). On success *be,
+ * *ctx (free with (*be)->kctx_free) and *device; -1 with err filled naming run.device. */
+int ct_run_backend(const ct_config *cfg, ct_comm *comm, const ct_backend **be, ct_kctx **ctx, int *device,
+                   char *err, size_t errlen);
 
 /* OpenMP threads per rank: the node's cores shared among its ranks, unless OMP_NUM_THREADS says. */
 void ct_run_threads(ct_comm *comm);

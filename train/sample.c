@@ -45,42 +45,50 @@ static int pick(const float *logits, int V, double temperature, int top_k, ct_rn
     return best;
 }
 
-int ct_sample(const ct_config *cfg, FILE *out, char *err, size_t errlen)
+/* The model to sample from, on this process's backend; -1 with err filled. */
+static int sample_model(const ct_config *cfg, ct_comm *single, const ct_backend *be, ct_kctx *ctx, ct_gpt2 **m,
+                        char *from, size_t fromlen, char *err, size_t errlen)
 {
-    const ct_backend *be;
-    if (ct_run_backend(cfg, &be, err, errlen)) return -1;
-    ct_kctx *ctx = be->kctx_init(0);
     ct_gpt2_config probe;
-    ct_gpt2 *m = NULL;
-    char from[CT_PATH_MAX + 64];
     int is_ckpt;
-    if (ct_run_model_source(cfg, CT_WEIGHTS_TRAINED, &probe, from, sizeof from, &is_ckpt, err, errlen)) {
-        be->kctx_free(ctx);
-        return -1;
-    }
-    int T = probe.max_seq_len; /* one sequence of the model's full length */
+    if (ct_run_model_source(cfg, CT_WEIGHTS_TRAINED, &probe, from, fromlen, &is_ckpt, err, errlen)) return -1;
     if (probe.vocab_size != CT_TOK_BYTES_VOCAB) {
         snprintf(err, errlen, "model: vocabulary of %d tokens; sample knows only the byte tokenizer (%d)",
                  probe.vocab_size, CT_TOK_BYTES_VOCAB);
-        be->kctx_free(ctx);
         return -1;
     }
+    /* one sequence of the model's full length */
+    return ct_run_model(cfg, CT_WEIGHTS_TRAINED, be, ctx, 1, probe.max_seq_len, 1, single, m, from, fromlen, err,
+                        errlen);
+}
+
+int ct_sample(const ct_config *cfg, FILE *out, char *err, size_t errlen)
+{
+    /* one process samples: a communicator of its own, for the device choice and the model */
     ct_comm *single = ct_comm_init_single();
-    int rc_model = single ? ct_run_model(cfg, CT_WEIGHTS_TRAINED, be, ctx, 1, T, 1, single, &m, from, sizeof from, err,
-                                         errlen)
-                          : (snprintf(err, errlen, "out of memory"), -1);
-    ct_comm_free(single);
-    if (rc_model) {
-        be->kctx_free(ctx);
+    const ct_backend *be = NULL;
+    ct_kctx *ctx = NULL;
+    int device;
+    ct_gpt2 *m = NULL;
+    char from[CT_PATH_MAX + 64];
+    int32_t *seq = NULL;
+    float *logits = NULL, *work = NULL, *row = NULL;
+    int rc = -1;
+    if (!single) {
+        snprintf(err, errlen, "out of memory");
         return -1;
     }
-    int V = probe.vocab_size;
+    if (ct_run_backend(cfg, single, &be, &ctx, &device, err, errlen) ||
+        sample_model(cfg, single, be, ctx, &m, from, sizeof from, err, errlen))
+        goto done;
+    int T = ct_gpt2_config_of(m)->max_seq_len;
+    int V = ct_gpt2_config_of(m)->vocab_size;
     size_t plen = strlen(cfg->sample.prompt);
     size_t cap = plen + (size_t)cfg->sample.max_tokens + 1;
-    int32_t *seq = malloc(sizeof(int32_t) * cap);
-    float *logits = malloc(sizeof(float) * V), *work = malloc(sizeof(float) * V);
-    float *row = be->alloc(sizeof(float) * V); /* the last position's logits as fp32, backend memory */
-    int rc = -1;
+    seq = malloc(sizeof(int32_t) * cap);
+    logits = malloc(sizeof(float) * V);
+    work = malloc(sizeof(float) * V);
+    row = be->alloc(sizeof(float) * V); /* the last position's logits as fp32, backend memory */
     if (!seq || !logits || !work || !row) {
         snprintf(err, errlen, "out of memory");
         goto done;
@@ -95,7 +103,7 @@ int ct_sample(const ct_config *cfg, FILE *out, char *err, size_t errlen)
     ct_rng_seed(&rng, (uint64_t)cfg->run.seed);
     for (int i = 0; i < cfg->sample.max_tokens; i++) {
         size_t len = n < (size_t)T ? n : (size_t)T; /* the model sees the last T tokens */
-        if (ct_gpt2_forward(m, seq + n - len, NULL, 1, (int)len, NULL, NULL, err, errlen)) goto done;
+        if (ct_gpt2_forward(m, seq + n - len, NULL, 1, (int)len, 0.0f, NULL, NULL, err, errlen)) goto done;
         be->to_f32(ctx, row, (const char *)ct_gpt2_logits(m) + (len - 1) * V * be->elem_size, V);
         be->download(ctx, logits, row, sizeof(float) * V);
         int next = pick(logits, V, cfg->sample.temperature, cfg->sample.top_k, &rng, work);
@@ -112,6 +120,7 @@ done:
     free(work);
     if (row) be->free(row);
     ct_gpt2_free(m);
-    be->kctx_free(ctx);
+    if (ctx) be->kctx_free(ctx);
+    ct_comm_free(single);
     return rc;
 }

@@ -86,6 +86,7 @@ static uint64_t dropout_seed(int64_t seed, int step, int slot)
 typedef struct {
     ct_kctx *ctx;
     const ct_backend *be;
+    int device;           /* the GPU this rank drives (cuda) */
     ct_gpt2 *model;
     ct_optim *optim;
     ct_loader *train, *val;
@@ -119,11 +120,7 @@ static int setup(const ct_config *cfg, ct_comm *comm, run_state *s, char *from, 
         snprintf(err, errlen, "data.train: empty: name an HDF5 token dataset (ctrain prepare makes one)");
         return -1;
     }
-    if (ct_run_backend(cfg, &s->be, err, errlen)) return -1;
-    if (!(s->ctx = s->be->kctx_init(ct_comm_local_rank(comm)))) {
-        snprintf(err, errlen, "run.device: cannot start the %s backend", s->be->name);
-        return -1;
-    }
+    if (ct_run_backend(cfg, comm, &s->be, &s->ctx, &s->device, err, errlen)) return -1;
     /* resume: the latest checkpoint of run.dir, or a checkpoint named by model.init_from */
     int latest = ct_ckpt_latest(cfg->run.dir, s->resume, sizeof s->resume, err, errlen);
     if (latest < 0) return -1;
@@ -147,7 +144,8 @@ static int setup(const ct_config *cfg, ct_comm *comm, run_state *s, char *from, 
         vo.shuffle = 0;
         if (ct_loader_init(&s->val, &vo, err, errlen)) return -1;
     }
-    if (ct_optim_init(&s->optim, s->model, comm, cfg->parallel.zero_stage, err, errlen)) return -1;
+    if (ct_optim_init(&s->optim, s->model, comm, cfg->parallel.zero_stage, cfg->parallel.overlap_comm, err, errlen))
+        return -1;
     s->tokens = malloc(sizeof(int32_t) * (size_t)A * B * T);
     s->targets = malloc(sizeof(int32_t) * (size_t)A * B * T);
     if (!s->tokens || !s->targets) {
@@ -244,6 +242,9 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         run_free(&s);
         return -1;
     }
+    /* GPU memory: gradients and parameters are reduced over NCCL. Only now, with every rank
+     * set up: a rank failing here may leave the others inside NCCL's start, so it ends the job. */
+    if (s.be->stream(s.ctx) && ct_comm_attach_device(comm, s.device, err, sizeof err)) ct_run_die(comm, err);
     ct_rng_seed(&s.st.rng, (uint64_t)cfg->run.seed);
     double load_s = omp_get_wtime();
     if (s.resume[0]) {
@@ -317,9 +318,12 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
              * micro-batch a holds the windows of slot a * world + r), not the rank: a resharded
              * resume draws the same masks for the same windows */
             ct_gpt2_set_dropout_seed(s.model, dropout_seed(cfg->run.seed, step, a * world + rank));
-            if (ct_gpt2_forward(s.model, s.tokens + a * BT, s.targets + a * BT, B, T, &sum, &ntok, err, sizeof err))
+            if (ct_gpt2_forward(s.model, s.tokens + a * BT, s.targets + a * BT, B, T, dloss, &sum, &ntok, err,
+                                sizeof err))
                 ct_run_die(comm, err);
-            ct_gpt2_backward(s.model, dloss);
+            /* the last micro-batch's backward hands each finished layer to the reduction */
+            int overlap = a == A - 1 && ct_optim_overlaps(s.optim);
+            ct_gpt2_backward(s.model, overlap ? ct_optim_grad_ready : NULL, s.optim);
             sums[0] += sum;
         }
         ct_gpt2_set_training(s.model, 0);

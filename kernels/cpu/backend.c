@@ -7,8 +7,10 @@
 /* The CPU backend needs no per-context state; a static byte gives callers a non-NULL handle. */
 static char cpu_ctx_token;
 
+static int cpu_device_count(void) { return 1; }
 static ct_kctx *cpu_kctx_init(int device) { return (ct_kctx *)&cpu_ctx_token; }
 static void cpu_kctx_free(ct_kctx *ctx) {}
+static void *cpu_stream(ct_kctx *ctx) { return NULL; }
 
 /* 64-byte aligned, zero-filled: SIMD loads and BLAS prefer aligned rows. */
 static void *cpu_alloc(size_t bytes)
@@ -30,8 +32,10 @@ static const ct_backend cpu_backend = {
     .name = "cpu",
     .abi = CT_KERNELS_ABI,
     .elem_size = sizeof(float),
+    .device_count = cpu_device_count,
     .kctx_init = cpu_kctx_init,
     .kctx_free = cpu_kctx_free,
+    .stream = cpu_stream,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .zero = cpu_zero,
@@ -54,8 +58,7 @@ static const ct_backend cpu_backend = {
     .gelu_bwd = ct_cpu_gelu_bwd,
     .residual_fwd = ct_cpu_residual_fwd,
     .residual_bwd = ct_cpu_residual_bwd,
-    .xent_fwd = ct_cpu_xent_fwd,
-    .xent_bwd = ct_cpu_xent_bwd,
+    .xent = ct_cpu_xent,
     .adamw = ct_cpu_adamw,
     .sumsq = ct_cpu_sumsq,
     .lora_fwd = ct_cpu_lora_fwd,

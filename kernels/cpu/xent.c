@@ -1,11 +1,9 @@
-/* xent.c — fused softmax + cross-entropy over V classes, fp32 on the CPU.
+/* xent.c — the classifier's loss and its gradient in one pass, fp32 on the CPU.
  *
- * Forward: each row of logits[N,V] becomes its softmax in place and losses[i] =
- * logsumexp(row) - row[target] (0 for ignored rows, target < 0; their row still becomes
- * a softmax, so probabilities are valid for every row). targets may be NULL: every row
- * ignored, which leaves plain softmax.
- * Backward overwrites probs with (probs - onehot(target)) * dloss, zero rows where ignored.
- * Rows are independent: OpenMP over rows, deterministic for any thread count. */
+ * Per row of logits[N,V]: losses[i] = logsumexp(row) - row[target], and the row becomes
+ * (softmax - onehot(target)) * dloss; ignored rows (target < 0, or targets NULL) get loss 0
+ * and a zero gradient. Rows are independent: OpenMP over rows, deterministic for any
+ * thread count. */
 #include <math.h>
 #include <string.h>
 
@@ -37,36 +35,25 @@ static double exp_sum(float *x, int n, float mx)
     return s;
 }
 
-void ct_cpu_xent_fwd(ct_kctx *ctx, float *losses, void *logits, const int32_t *targets, int N, int V)
+void ct_cpu_xent(ct_kctx *ctx, float *losses, void *logits, const int32_t *targets, float dloss, int N, int V)
 {
     float *lg = logits;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
         float *x = lg + (size_t)i * V;
         const int t = targets ? targets[i] : -1;
-        const float mx = max_f32(x, V);
-        const float xt = t >= 0 ? x[t] : mx; /* read before x becomes probabilities */
-        const double sum = exp_sum(x, V, mx);
-        /* loss from logsumexp, not log(prob): accurate even when prob underflows */
-        losses[i] = t >= 0 ? (float)(log(sum) - ((double)xt - (double)mx)) : 0.0f;
-        const float inv = (float)(1.0 / sum);
-        for (int j = 0; j < V; j++) x[j] *= inv;
-    }
-}
-
-void ct_cpu_xent_bwd(ct_kctx *ctx, void *probs, const int32_t *targets, float dloss, int N, int V)
-{
-    float *pr = probs;
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < N; i++) {
-        float *x = pr + (size_t)i * V;
-        const int t = targets ? targets[i] : -1;
-        if (t < 0) {
+        if (t < 0) { /* ignored: no loss, no gradient */
+            losses[i] = 0.0f;
             memset(x, 0, (size_t)V * sizeof(float));
             continue;
         }
-        const float pt = x[t];
-        for (int j = 0; j < V; j++) x[j] *= dloss;
-        x[t] = (pt - 1.0f) * dloss;
+        const float mx = max_f32(x, V);
+        const float xt = x[t]; /* read before x is overwritten */
+        const double sum = exp_sum(x, V, mx);
+        /* loss from logsumexp, not log(prob): accurate even when prob underflows */
+        losses[i] = (float)(log(sum) - ((double)xt - (double)mx));
+        const float w = (float)(dloss / sum); /* softmax * dloss in one multiply */
+        for (int j = 0; j < V; j++) x[j] *= w;
+        x[t] -= dloss;
     }
 }

@@ -45,6 +45,18 @@ static void cuda_kctx_free(ct_kctx *ctx)
     free(ctx);
 }
 
+static int cuda_device_count(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); // no driver or no device: none usable
+        return 0;
+    }
+    return n;
+}
+
+static void *cuda_stream(ct_kctx *ctx) { return (void *)ctx->stream; }
+
 static ct_kctx *cuda_kctx_init(int device)
 {
     ct_kctx *ctx = (ct_kctx *)calloc(1, sizeof *ctx);
@@ -125,8 +137,10 @@ static ct_backend make_table(void)
     t.name = "cuda";
     t.abi = CT_KERNELS_ABI;
     t.elem_size = 2; // bf16
+    t.device_count = cuda_device_count;
     t.kctx_init = cuda_kctx_init;
     t.kctx_free = cuda_kctx_free;
+    t.stream = cuda_stream;
     t.alloc = cuda_alloc;
     t.free = cuda_free;
     t.zero = cuda_zero;
@@ -149,8 +163,7 @@ static ct_backend make_table(void)
     t.gelu_bwd = ct_cuda_gelu_bwd;
     t.residual_fwd = ct_cuda_residual_fwd;
     t.residual_bwd = ct_cuda_residual_bwd;
-    t.xent_fwd = ct_cuda_xent_fwd;
-    t.xent_bwd = ct_cuda_xent_bwd;
+    t.xent = ct_cuda_xent;
     t.adamw = ct_cuda_adamw;
     t.sumsq = ct_cuda_sumsq;
     t.lora_fwd = ct_cuda_lora_fwd;
@@ -166,19 +179,19 @@ static const ct_backend cuda_backend = make_table();
 static const char *missing_slot(const ct_backend *t)
 {
 #define CT_SLOT(s) if (!t->s) return #s;
-    CT_SLOT(kctx_init) CT_SLOT(kctx_free) CT_SLOT(alloc) CT_SLOT(free) CT_SLOT(zero) CT_SLOT(copy)
+    CT_SLOT(device_count) CT_SLOT(kctx_init) CT_SLOT(kctx_free) CT_SLOT(stream) CT_SLOT(alloc) CT_SLOT(free) CT_SLOT(zero) CT_SLOT(copy)
     CT_SLOT(upload) CT_SLOT(download) CT_SLOT(to_storage) CT_SLOT(to_f32) CT_SLOT(sync)
     CT_SLOT(encoder_fwd) CT_SLOT(encoder_bwd) CT_SLOT(layernorm_fwd) CT_SLOT(layernorm_bwd)
     CT_SLOT(matmul_fwd) CT_SLOT(matmul_bwd) CT_SLOT(attention_stats_len) CT_SLOT(attention_fwd)
     CT_SLOT(attention_bwd) CT_SLOT(gelu_fwd) CT_SLOT(gelu_bwd) CT_SLOT(residual_fwd) CT_SLOT(residual_bwd)
-    CT_SLOT(xent_fwd) CT_SLOT(xent_bwd) CT_SLOT(adamw) CT_SLOT(sumsq) CT_SLOT(lora_fwd)
+    CT_SLOT(xent) CT_SLOT(adamw) CT_SLOT(sumsq) CT_SLOT(lora_fwd)
     CT_SLOT(lora_scratch_len) CT_SLOT(lora_bwd)
 #undef CT_SLOT
     return NULL;
 }
 // If kernels.h grows a slot, ct_backend grows: this fails to compile until the list above
-// (and make_table) are revisited. 31 function pointers after name, abi and elem_size.
-static_assert(sizeof(ct_backend) == 3 * sizeof(void *) + 31 * sizeof(void *),
+// (and make_table) are revisited. 32 function pointers after name, abi and elem_size.
+static_assert(sizeof(ct_backend) == 3 * sizeof(void *) + 32 * sizeof(void *),
               "ct_backend changed: update make_table and missing_slot in kernels/cuda/backend.cu");
 
 extern "C" const ct_backend *ct_cuda_backend_table(void)
@@ -188,10 +201,6 @@ extern "C" const ct_backend *ct_cuda_backend_table(void)
         if (getenv("CTRAIN_CUDA_SYNC")) fprintf(stderr, "ctrain: cuda backend off: slot %s not written\n", miss);
         return NULL;
     }
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n <= 0) {
-        cudaGetLastError(); // no driver or no device: not an error, the CPU backend runs
-        return NULL;
-    }
+    if (cuda_device_count() <= 0) return NULL; // not an error: the CPU backend runs
     return &cuda_backend;
 }

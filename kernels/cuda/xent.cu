@@ -1,54 +1,74 @@
-// xent.cu — fused softmax + cross-entropy on CUDA, in place over bf16 logits[N,V]:
-// forward turns each row into its softmax (bf16) and writes losses[i] = logsumexp(row) -
-// row[target] in fp32 (0 where target < 0 or targets is NULL); backward overwrites probs with
-// (probs - onehot) * dloss, zero rows where ignored. One block per row; fp32 arithmetic with
-// fixed-order block reductions (deterministic).
+// xent.cu — the classifier's loss and gradient in one kernel, in place over bf16 logits[N,V]:
+// losses[i] = logsumexp(row) - row[target] in fp32, and the row becomes (softmax - onehot) *
+// dloss; ignored rows (target < 0, or targets NULL) get loss 0 and a zero row. One block per
+// row reads the row twice (an online max-and-sum pass, then the gradient pass) and writes it
+// once: the [N,V] logits never make a separate round trip for the backward.
+// fp32 arithmetic, fixed-order reductions: deterministic.
 #include "xent.cuh"
 
 #define XENT_THREADS 512
 
-__global__ void xent_fwd_kernel(float *losses, bf16 *logits, const int32_t *targets, int V)
+// (max, sum of exp(x - max)) pairs, merged; a pair with sum 0 is empty (its max may be -inf,
+// and -inf - -inf must not turn into NaN).
+struct ct_msum {
+    float m, s;
+};
+__device__ __forceinline__ ct_msum ct_msum_merge(ct_msum a, ct_msum b)
 {
-    __shared__ float sh[32];
-    bf16 *x = logits + (size_t)blockIdx.x * V;
-    const int t = targets ? targets[blockIdx.x] : -1;
-    float mx = -INFINITY;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, ct_ld(x + j));
-    mx = ct_block_max(mx, sh);
-    // x[t] is read by every thread before the barrier inside ct_block_sum; no element is
-    // written until after it
-    const float xt = t >= 0 ? ct_ld(x + t) : mx;
-    float s = 0.0f;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) s += expf(ct_ld(x + j) - mx);
-    s = ct_block_sum(s, sh);
-    if (threadIdx.x == 0) losses[blockIdx.x] = t >= 0 ? logf(s) - (xt - mx) : 0.0f;
-    const float inv = 1.0f / s;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) x[j] = ct_bf(expf(ct_ld(x + j) - mx) * inv);
+    if (a.s == 0.0f) return b;
+    if (b.s == 0.0f) return a;
+    const float m = fmaxf(a.m, b.m);
+    return {m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
 }
 
-__global__ void xent_bwd_kernel(bf16 *probs, const int32_t *targets, float dloss, size_t N, int V)
+__device__ ct_msum ct_block_msum(ct_msum v, ct_msum *sh)
 {
-    const size_t n = N * (size_t)V;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const int t = targets ? targets[i / V] : -1;
-        const int j = (int)(i % V);
-        float g = 0.0f;
-        if (t >= 0) g = (ct_ld(probs + i) - (j == t ? 1.0f : 0.0f)) * dloss;
-        probs[i] = ct_bf(g);
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (int o = 16; o > 0; o >>= 1)
+        v = ct_msum_merge(v, {__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)});
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : ct_msum{-INFINITY, 0.0f};
+    for (int o = 16; o > 0; o >>= 1)
+        v = ct_msum_merge(v, {__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)});
+    return v;
+}
+
+__global__ void xent_kernel(float *losses, bf16 *logits, const int32_t *targets, float dloss, int V)
+{
+    __shared__ ct_msum sh[32];
+    bf16 *x = logits + (size_t)blockIdx.x * V;
+    const int t = targets ? targets[blockIdx.x] : -1;
+    if (t < 0) {
+        for (int j = threadIdx.x; j < V; j += blockDim.x) x[j] = ct_bf(0.0f);
+        if (threadIdx.x == 0) losses[blockIdx.x] = 0.0f;
+        return;
+    }
+    ct_msum acc = {-INFINITY, 0.0f};
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        const float v = ct_ld(x + j);
+        if (v > acc.m) {
+            acc.s = acc.s * expf(acc.m - v) + 1.0f; // acc.s == 0 while acc.m is -inf: stays finite
+            acc.m = v;
+        } else {
+            acc.s += expf(v - acc.m);
+        }
+    }
+    acc = ct_block_msum(acc, sh);
+    // x[t] is read by every thread before the barrier below; no element is written before it
+    const float xt = ct_ld(x + t);
+    __syncthreads();
+    if (threadIdx.x == 0) losses[blockIdx.x] = logf(acc.s) - (xt - acc.m);
+    const float w = dloss / acc.s;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        const float p = expf(ct_ld(x + j) - acc.m) * w;
+        x[j] = ct_bf(j == t ? p - dloss : p);
     }
 }
 
-void ct_cuda_xent_fwd(ct_kctx *ctx, float *losses, void *logits, const int32_t *targets, int N, int V)
+void ct_cuda_xent(ct_kctx *ctx, float *losses, void *logits, const int32_t *targets, float dloss, int N, int V)
 {
     if (N <= 0 || V <= 0) return;
-    xent_fwd_kernel<<<N, XENT_THREADS, 0, ctx->stream>>>(losses, (bf16 *)logits, targets, V);
-    CT_LAUNCH_CHECK(ctx);
-}
-
-void ct_cuda_xent_bwd(ct_kctx *ctx, void *probs, const int32_t *targets, float dloss, int N, int V)
-{
-    if (N <= 0 || V <= 0) return;
-    size_t n = (size_t)N * V;
-    xent_bwd_kernel<<<ct_blocks(n, 256), 256, 0, ctx->stream>>>((bf16 *)probs, targets, dloss, (size_t)N, V);
+    xent_kernel<<<N, XENT_THREADS, 0, ctx->stream>>>(losses, (bf16 *)logits, targets, dloss, V);
     CT_LAUNCH_CHECK(ctx);
 }

@@ -74,11 +74,15 @@ int main(int argc, char **argv)
     float *logits = malloc(nlogits * sizeof(float));
     double loss_sum;
     long ntok;
-    if (ct_gpt2_forward(m, tokens, NULL, B, T, NULL, NULL, err, sizeof err)) return die(err);
+    if (ct_gpt2_forward(m, tokens, NULL, B, T, 0.0f, NULL, NULL, err, sizeof err)) return die(err);
     be->to_f32(ctx, logits, ct_gpt2_logits(m), nlogits); /* cpu: host memory */
-    if (ct_gpt2_forward(m, tokens, targets, B, T, &loss_sum, &ntok, err, sizeof err)) return die(err);
+    long counted = 0;
+    for (int i = 0; i < B * T; i++) counted += targets[i] >= 0;
+    if (ct_gpt2_forward(m, tokens, targets, B, T, counted ? 1.0f / (float)counted : 0.0f, &loss_sum, &ntok, err,
+                        sizeof err))
+        return die(err);
     ct_gpt2_zero_grad(m);
-    ct_gpt2_backward(m, 1.0f / (float)ntok);
+    ct_gpt2_backward(m, NULL, NULL);
     float loss = (float)(loss_sum / (double)ntok);
 
     int nt = from_config ? 0 : ct_gpt2_num_tensors(m); /* gradients: of the plain model only */
