@@ -22,7 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CT_KERNELS_ABI 2 /* bumped when a slot's meaning changes */
+#define CT_KERNELS_ABI 3 /* bumped when a slot's meaning changes */
 
 /* Per-backend execution context: CUDA stream and library handles; empty on cpu. */
 typedef struct ct_kctx ct_kctx;
@@ -101,13 +101,15 @@ typedef struct ct_backend {
     void (*residual_bwd)(ct_kctx *ctx, void *da, void *db, const void *dout, size_t n);
 
     /* The classifier's loss and its gradient in one pass (softmax + cross-entropy, fused):
-     * losses[i] = logsumexp(logits[i,:]) - logits[i,targets[i]], 0 where targets[i] < 0 or
-     * targets is NULL; logits[N,V] are overwritten by the gradient of dloss * sum_i losses[i],
-     * (softmax - onehot) * dloss, 0 on ignored rows. dloss is the weight of one token's loss
+     * losses[i] = logsumexp(logits[i,:V]) - logits[i,targets[i]], 0 where targets[i] < 0 or
+     * targets is NULL; logits (N rows of ld >= V elements; columns [V, ld) are padding, ignored)
+     * are overwritten by the gradient of dloss * sum_i losses[i], (softmax - onehot) * dloss,
+     * 0 on ignored rows and in the padding. dloss is the weight of one token's loss
      * (1 / tokens counted in the step; 0 when no backward follows). The [N,V] buffer is read
      * once and written once: no probabilities and no separate backward pass over it. The one
      * op that writes its gradient instead of adding: the logits feed nothing else. */
-    void (*xent)(ct_kctx *ctx, float *losses, void *logits, const int32_t *targets, float dloss, int N, int V);
+    void (*xent)(ct_kctx *ctx, float *losses, void *logits, const int32_t *targets, float dloss, int N, int V,
+                 int ld);
 
     /* AdamW on n elements: master, m, v fp32; grad in storage dtype; param (storage dtype)
      * receives the updated master (param may equal master when elem_size is 4). */

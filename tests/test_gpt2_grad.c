@@ -131,10 +131,13 @@ static void test_contracts(ct_gpt2 *m)
     char err[256];
     CHECK(ct_gpt2_forward(m, tokens, NULL, B, T, 0.0f, NULL, NULL, err, sizeof err) == 0);
     const float *logits = ct_gpt2_logits(m);
+    const int ld = ct_gpt2_logits_stride(m);
+    CHECK(ld >= cfg.vocab_size && ld % 64 == 0);
     double sum = 0;
     for (int i = 0; i < B * T; i++) {
+        for (int v = cfg.vocab_size; v < ld; v++) CHECK(logits[(size_t)i * ld + v] == 0.0f); /* padding */
         if (targets[i] < 0) continue;
-        const float *row = logits + (size_t)i * cfg.vocab_size;
+        const float *row = logits + (size_t)i * ld;
         double mx = row[0], z = 0;
         for (int v = 1; v < cfg.vocab_size; v++) mx = fmax(mx, row[v]);
         for (int v = 0; v < cfg.vocab_size; v++) z += exp(row[v] - mx);

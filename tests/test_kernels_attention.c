@@ -261,7 +261,7 @@ static void xent_case(const ct_backend *be, ct_kctx *ctx, float *logits, const i
     float *losses = ct_test_alloc(N), *eval = ct_test_copy(logits, n), *eval_losses = ct_test_alloc(N);
     ref_xent(loss_ref, probs_ref, x, tg, N, V);
 
-    be->xent(ctx, losses, logits, tg, dloss, N, V);
+    be->xent(ctx, losses, logits, tg, dloss, N, V, V);
     snprintf(what, sizeof what, "xent losses N=%d V=%d", N, V);
     CHECK_CLOSE(what, losses, loss_ref, N, 1e-6, 1e-6);
     for (int i = 0; i < N; i++)
@@ -279,7 +279,7 @@ static void xent_case(const ct_backend *be, ct_kctx *ctx, float *logits, const i
     snprintf(what, sizeof what, "xent gradient N=%d V=%d", N, V);
     CHECK_CLOSE(what, logits, want, n, 2e-6, 1e-9);
 
-    be->xent(ctx, eval_losses, eval, tg, 0.0f, N, V);
+    be->xent(ctx, eval_losses, eval, tg, 0.0f, N, V, V);
     CHECK(!memcmp(eval_losses, losses, N * sizeof(float)));
     int zero = 1;
     for (size_t k = 0; k < n; k++) zero &= eval[k] == 0.0f;
@@ -305,9 +305,29 @@ static void xent_case(const ct_backend *be, ct_kctx *ctx, float *logits, const i
     free(x), free(loss_ref), free(probs_ref), free(losses), free(eval), free(eval_losses);
 }
 
+/* Rows ld > V apart: the padding columns hold garbage on entry, count for nothing, and leave
+ * with a zero gradient; the real columns match the unpadded op bit for bit. */
+static void xent_padded(const ct_backend *be, ct_kctx *ctx, uint64_t *seed)
+{
+    enum { N = 4, V = 13, LD = 24 };
+    const int32_t tg[N] = {2, -1, 12, 0};
+    float dense[N * V], padded[N * LD], ld_losses[N], losses[N];
+    ct_test_fill(padded, N * LD, seed, -50.0f, 50.0f);
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < V; j++) dense[i * V + j] = padded[i * LD + j] = padded[i * LD + j] / 10.0f;
+    be->xent(ctx, losses, dense, tg, 0.25f, N, V, V);
+    be->xent(ctx, ld_losses, padded, tg, 0.25f, N, V, LD);
+    CHECK(!memcmp(losses, ld_losses, sizeof losses));
+    for (int i = 0; i < N; i++) {
+        CHECK(!memcmp(dense + i * V, padded + i * LD, V * sizeof(float)));
+        for (int j = V; j < LD; j++) CHECK(padded[i * LD + j] == 0.0f);
+    }
+}
+
 static void xent_tests(const ct_backend *be, ct_kctx *ctx)
 {
     uint64_t seed = 3;
+    xent_padded(be, ctx, &seed);
     {
         enum { N = 6, V = 37 };
         const int32_t tg[N] = {3, -1, 0, 36, 5, -1};

@@ -96,7 +96,9 @@ static float *logits_of(ct_gpt2 *m)
         exit(2);
     }
     float *out = ct_test_alloc(NLOGITS);
-    memcpy(out, ct_gpt2_logits(m), NLOGITS * sizeof(float));
+    const float *lg = ct_gpt2_logits(m);
+    const int ld = ct_gpt2_logits_stride(m);
+    for (int i = 0; i < B * T; i++) memcpy(out + (size_t)i * V, lg + (size_t)i * ld, V * sizeof(float));
     return out;
 }
 

@@ -12,6 +12,11 @@
  * in fp32 (vector loads, cuBLASLt alignment in bf16 too). */
 #define CT_ALIGN_ELEMS 16
 
+/* The LM head computes logits for the vocabulary padded to a multiple of this: logits rows
+ * (and the head's matrix products) then start 128-byte aligned in bf16, which tensor-core
+ * GEMM kernels need (50257 -> 50304 for GPT-2). */
+#define CT_VOCAB_ALIGN 64
+
 /* Per-layer parameter tensors, in flat-buffer order. Layers are contiguous so backward
  * finishes one layer's gradients as one contiguous range (bucketed reduction). */
 enum { P_LN1W, P_LN1B, P_QKVW, P_QKVB, P_ATTPROJW, P_ATTPROJB, P_LN2W, P_LN2B, P_FCW, P_FCB, P_FCPROJW,
@@ -61,7 +66,8 @@ struct ct_gpt2 {
     void *proj;            /* [BT, C] scratch: attention / MLP projection output before the residual add */
     void *lnf;             /* [BT, C] */
     float *lnf_mean, *lnf_rstd; /* [BT] */
-    void *logits;          /* [BT, V]: logits, then probabilities, then their gradient */
+    int Vp;                /* vocab_size padded to CT_VOCAB_ALIGN */
+    void *logits;          /* [BT, Vp]: logits, then their gradient (columns past V: 0) */
     float *losses;         /* [BT] */
     int32_t *tokens_dev, *targets_dev; /* [BT] */
 
@@ -118,6 +124,10 @@ static void build_layout(ct_gpt2 *m)
     size_t off = 0;
     m->ntensors = 0;
     add_tensor(m, &off, "transformer.wte.weight", c->vocab_size, C, 0, 1);
+    /* wte's place holds Vp rows: the LM head multiplies by all of them. The rows past V are
+     * no tensor's: zero, never loaded, saved or updated (their gradient is 0). */
+    m->Vp = (c->vocab_size + CT_VOCAB_ALIGN - 1) / CT_VOCAB_ALIGN * CT_VOCAB_ALIGN;
+    off = (m->tensors[0].offset + (size_t)m->Vp * C + CT_ALIGN_ELEMS - 1) / CT_ALIGN_ELEMS * CT_ALIGN_ELEMS;
     add_tensor(m, &off, "transformer.wpe.weight", c->max_seq_len, C, 0, 1);
     for (int l = 0; l < c->n_layer; l++) {
 #define LAYER_TENSOR(suffix, rows, cols, conv1d, decay)                           \
@@ -205,7 +215,7 @@ int ct_gpt2_init(ct_gpt2 **out, const ct_gpt2_config *cfg, const ct_backend *be,
     build_layout(m);
     if (shards > 1) m->numel = (m->numel + (size_t)shards - 1) / (size_t)shards * (size_t)shards;
 
-    size_t es = be->elem_size, BT = (size_t)B * T, C = (size_t)cfg->n_embd, V = (size_t)cfg->vocab_size;
+    size_t es = be->elem_size, BT = (size_t)B * T, C = (size_t)cfg->n_embd;
     size_t stats = be->attention_stats_len(B, T, cfg->n_head);
     int ok = 1;
 #define ALLOC(dst, bytes) ok &= ((dst) = balloc(m, (bytes))) != NULL
@@ -232,7 +242,7 @@ int ct_gpt2_init(ct_gpt2 **out, const ct_gpt2_config *cfg, const ct_backend *be,
     ALLOC(m->lnf, BT * C * es);
     ALLOC(m->lnf_mean, BT * 4);
     ALLOC(m->lnf_rstd, BT * 4);
-    ALLOC(m->logits, BT * V * es);
+    ALLOC(m->logits, BT * (size_t)m->Vp * es);
     ALLOC(m->losses, BT * 4);
     ALLOC(m->tokens_dev, BT * 4);
     ALLOC(m->targets_dev, BT * 4);
@@ -276,6 +286,7 @@ size_t ct_gpt2_numel(const ct_gpt2 *m) { return m->numel; }
 void *ct_gpt2_params(ct_gpt2 *m) { return m->params; }
 void *ct_gpt2_grads(ct_gpt2 *m) { return m->grads; }
 const void *ct_gpt2_logits(const ct_gpt2 *m) { return m->logits; }
+int ct_gpt2_logits_stride(const ct_gpt2 *m) { return m->Vp; }
 
 const ct_param *ct_gpt2_find(const ct_gpt2 *m, const char *name)
 {
@@ -500,7 +511,7 @@ int ct_gpt2_forward(ct_gpt2 *m, const int32_t *tokens, const int32_t *targets, i
     }
     be->layernorm_fwd(ctx, m->lnf, m->lnf_mean, m->lnf_rstd, residual, LNFW(m, P), LNFB(m, P), N, C, c->ln_eps);
     /* tied LM head: logits = lnf . wte^T */
-    be->matmul_fwd(ctx, m->logits, m->lnf, WTE(m, P), NULL, N, C, V);
+    be->matmul_fwd(ctx, m->logits, m->lnf, WTE(m, P), NULL, N, C, m->Vp);
     m->curB = B;
     m->curT = T;
     if (!targets) {
@@ -508,7 +519,7 @@ int ct_gpt2_forward(ct_gpt2 *m, const int32_t *tokens, const int32_t *targets, i
         return 0;
     }
 
-    be->xent(ctx, m->losses, m->logits, m->targets_dev, dloss, N, V); /* logits become their gradient */
+    be->xent(ctx, m->losses, m->logits, m->targets_dev, dloss, N, V, m->Vp); /* logits become their gradient */
     be->download(ctx, m->losses_host, m->losses, (size_t)N * sizeof(float));
     double sum = 0.0;
     long count = 0;
@@ -550,13 +561,13 @@ void ct_gpt2_backward(ct_gpt2 *m, ct_grad_ready_fn ready, void *user)
     ct_kctx *ctx = m->ctx;
     const ct_gpt2_config *c = &m->cfg;
     int B = m->curB, T = m->curT, N = B * T;
-    int C = c->n_embd, V = c->vocab_size, NH = c->n_head, L = c->n_layer;
+    int C = c->n_embd, NH = c->n_head, L = c->n_layer;
     size_t es = be->elem_size, NC = (size_t)N * C;
     void *P = m->params, *G = m->frozen ? NULL : m->grads; /* NULL: no base gradients */
 
     /* the logits already hold their gradient (the forward's fused classifier loss) */
     be->zero(ctx, m->dln, NC * es);
-    be->matmul_bwd(ctx, m->dln, WTE(m, G), NULL, m->logits, m->lnf, WTE(m, P), N, C, V);
+    be->matmul_bwd(ctx, m->dln, WTE(m, G), NULL, m->logits, m->lnf, WTE(m, P), N, C, m->Vp);
     be->zero(ctx, m->dres, NC * es);
     const void *last = L ? m->layers[L - 1].res3 : m->encoded;
     be->layernorm_bwd(ctx, m->dres, LNFW(m, G), LNFB(m, G), m->dln, last, LNFW(m, P), m->lnf_mean, m->lnf_rstd, N,

@@ -114,8 +114,11 @@ typedef void (*ct_grad_ready_fn)(void *user, size_t lo, size_t hi);
 void ct_gpt2_backward(ct_gpt2 *m, ct_grad_ready_fn ready, void *user);
 void ct_gpt2_zero_grad(ct_gpt2 *m);
 
-/* Logits [B, T, V] in backend memory and storage dtype, valid after a forward without targets. */
+/* Logits in backend memory and storage dtype, valid after a forward without targets: B*T rows
+ * of ct_gpt2_logits_stride(m) elements, the vocabulary padded to a multiple of 64 (the padding
+ * columns hold 0; the first vocab_size are the logits). */
 const void *ct_gpt2_logits(const ct_gpt2 *m);
+int ct_gpt2_logits_stride(const ct_gpt2 *m);
 
 /* FLOPs of one forward + backward over B x T tokens (matmuls and attention, 2 per multiply-add). */
 double ct_gpt2_step_flops(const ct_gpt2_config *cfg, int B, int T);

@@ -104,7 +104,8 @@ int ct_sample(const ct_config *cfg, FILE *out, char *err, size_t errlen)
     for (int i = 0; i < cfg->sample.max_tokens; i++) {
         size_t len = n < (size_t)T ? n : (size_t)T; /* the model sees the last T tokens */
         if (ct_gpt2_forward(m, seq + n - len, NULL, 1, (int)len, 0.0f, NULL, NULL, err, errlen)) goto done;
-        be->to_f32(ctx, row, (const char *)ct_gpt2_logits(m) + (len - 1) * V * be->elem_size, V);
+        be->to_f32(ctx, row, (const char *)ct_gpt2_logits(m) + (len - 1) * ct_gpt2_logits_stride(m) * be->elem_size,
+                   V);
         be->download(ctx, logits, row, sizeof(float) * V);
         int next = pick(logits, V, cfg->sample.temperature, cfg->sample.top_k, &rng, work);
         if (next == CT_TOK_BYTES_EOT) break;

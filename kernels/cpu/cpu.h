@@ -25,7 +25,8 @@ void ct_cpu_gelu_fwd(ct_kctx *ctx, void *out, const void *inp, size_t n);
 void ct_cpu_gelu_bwd(ct_kctx *ctx, void *dinp, const void *inp, const void *dout, size_t n);
 void ct_cpu_residual_fwd(ct_kctx *ctx, void *out, const void *a, const void *b, size_t n);
 void ct_cpu_residual_bwd(ct_kctx *ctx, void *da, void *db, const void *dout, size_t n);
-void ct_cpu_xent(ct_kctx *ctx, float *losses, void *logits, const int32_t *targets, float dloss, int N, int V);
+void ct_cpu_xent(ct_kctx *ctx, float *losses, void *logits, const int32_t *targets, float dloss, int N, int V,
+                 int ld);
 void ct_cpu_adamw(ct_kctx *ctx, float *master, void *param, float *m, float *v, const void *grad, size_t n,
                   const ct_adamw_params *p);
 double ct_cpu_sumsq(ct_kctx *ctx, const void *g, size_t n);

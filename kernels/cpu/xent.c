@@ -1,8 +1,8 @@
 /* xent.c — the classifier's loss and its gradient in one pass, fp32 on the CPU.
  *
- * Per row of logits[N,V]: losses[i] = logsumexp(row) - row[target], and the row becomes
- * (softmax - onehot(target)) * dloss; ignored rows (target < 0, or targets NULL) get loss 0
- * and a zero gradient. Rows are independent: OpenMP over rows, deterministic for any
+ * Per row of logits (N rows, ld apart, V classes): losses[i] = logsumexp(row) - row[target],
+ * and the row becomes (softmax - onehot(target)) * dloss; ignored rows (target < 0, or targets
+ * NULL) get loss 0 and a zero gradient, and so do the padding columns [V, ld). Rows are independent: OpenMP over rows, deterministic for any
  * thread count. */
 #include <math.h>
 #include <string.h>
@@ -35,13 +35,15 @@ static double exp_sum(float *x, int n, float mx)
     return s;
 }
 
-void ct_cpu_xent(ct_kctx *ctx, float *losses, void *logits, const int32_t *targets, float dloss, int N, int V)
+void ct_cpu_xent(ct_kctx *ctx, float *losses, void *logits, const int32_t *targets, float dloss, int N, int V,
+                 int ld)
 {
     float *lg = logits;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
-        float *x = lg + (size_t)i * V;
+        float *x = lg + (size_t)i * ld;
         const int t = targets ? targets[i] : -1;
+        memset(x + V, 0, (size_t)(ld - V) * sizeof(float)); /* padding: no gradient */
         if (t < 0) { /* ignored: no loss, no gradient */
             losses[i] = 0.0f;
             memset(x, 0, (size_t)V * sizeof(float));

@@ -92,7 +92,10 @@ static void *cuda_alloc(size_t bytes)
         cudaGetLastError(); // clear the sticky-free allocation error
         return NULL;
     }
-    if (cudaMemset(p, 0, bytes ? bytes : 1) != cudaSuccess) {
+    // cudaMemset runs on the legacy stream, which the contexts' non-blocking streams do not
+    // wait for: finish the fill before any op can write the buffer (allocation is set-up time)
+    if (cudaMemset(p, 0, bytes ? bytes : 1) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess) {
+        cudaGetLastError();
         cudaFree(p);
         return NULL;
     }

@@ -1,4 +1,5 @@
-// xent.cu — the classifier's loss and gradient in one kernel, in place over bf16 logits[N,V]:
+// xent.cu — the classifier's loss and gradient in one kernel, in place over bf16 logits (N rows
+// ld apart, V classes, the columns past V padding that gets a zero gradient):
 // losses[i] = logsumexp(row) - row[target] in fp32, and the row becomes (softmax - onehot) *
 // dloss; ignored rows (target < 0, or targets NULL) get loss 0 and a zero row. One block per
 // row reads the row twice (an online max-and-sum pass, then the gradient pass) and writes it
@@ -26,6 +27,7 @@ __device__ ct_msum ct_block_msum(ct_msum v, ct_msum *sh)
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
     for (int o = 16; o > 0; o >>= 1)
         v = ct_msum_merge(v, {__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)});
+    __syncthreads(); // sh may still be read by a previous call
     if (lane == 0) sh[wid] = v;
     __syncthreads();
     v = lane < nw ? sh[lane] : ct_msum{-INFINITY, 0.0f};
@@ -34,11 +36,12 @@ __device__ ct_msum ct_block_msum(ct_msum v, ct_msum *sh)
     return v;
 }
 
-__global__ void xent_kernel(float *losses, bf16 *logits, const int32_t *targets, float dloss, int V)
+__global__ void xent_kernel(float *losses, bf16 *logits, const int32_t *targets, float dloss, int V, int ld)
 {
     __shared__ ct_msum sh[32];
-    bf16 *x = logits + (size_t)blockIdx.x * V;
+    bf16 *x = logits + (size_t)blockIdx.x * ld;
     const int t = targets ? targets[blockIdx.x] : -1;
+    for (int j = V + threadIdx.x; j < ld; j += blockDim.x) x[j] = ct_bf(0.0f); // padding: no gradient
     if (t < 0) {
         for (int j = threadIdx.x; j < V; j += blockDim.x) x[j] = ct_bf(0.0f);
         if (threadIdx.x == 0) losses[blockIdx.x] = 0.0f;
@@ -66,9 +69,10 @@ __global__ void xent_kernel(float *losses, bf16 *logits, const int32_t *targets,
     }
 }
 
-void ct_cuda_xent(ct_kctx *ctx, float *losses, void *logits, const int32_t *targets, float dloss, int N, int V)
+void ct_cuda_xent(ct_kctx *ctx, float *losses, void *logits, const int32_t *targets, float dloss, int N, int V,
+                  int ld)
 {
     if (N <= 0 || V <= 0) return;
-    xent_kernel<<<N, XENT_THREADS, 0, ctx->stream>>>(losses, (bf16 *)logits, targets, dloss, V);
+    xent_kernel<<<N, XENT_THREADS, 0, ctx->stream>>>(losses, (bf16 *)logits, targets, dloss, V, ld);
     CT_LAUNCH_CHECK(ctx);
 }

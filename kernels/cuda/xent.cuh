@@ -4,5 +4,6 @@
 
 #include "common.cuh"
 
-void ct_cuda_xent(ct_kctx *ctx, float *losses, void *logits, const int32_t *targets, float dloss, int N, int V);
+void ct_cuda_xent(ct_kctx *ctx, float *losses, void *logits, const int32_t *targets, float dloss, int N, int V,
+                  int ld);
 #endif

@@ -288,8 +288,8 @@ static void test_xent(int N, int V, int with_targets)
     int32_t *gt = with_targets ? up_raw(t, N * sizeof *t) : NULL;
     float *loss = ct_test_alloc(N), *gloss = poison(N, 4);
     const float dloss = 1.0f / 7.0f;
-    cpu->xent(ck, loss, lg, with_targets ? t : NULL, dloss, N, V);
-    gpu->xent(gk, gloss, glg, gt, dloss, N, V);
+    cpu->xent(ck, loss, lg, with_targets ? t : NULL, dloss, N, V, V);
+    gpu->xent(gk, gloss, glg, gt, dloss, N, V, V);
     CMP(with_targets ? "xent losses" : "xent losses (no targets)", down_f32(gloss, N), loss, N, 1e-3, 1e-4);
     CMP(with_targets ? "xent dlogits" : "xent dlogits (no targets)", down(glg, n), lg, n, RTOL, AFRAC);
 }

@@ -75,7 +75,10 @@ int main(int argc, char **argv)
     double loss_sum;
     long ntok;
     if (ct_gpt2_forward(m, tokens, NULL, B, T, 0.0f, NULL, NULL, err, sizeof err)) return die(err);
-    be->to_f32(ctx, logits, ct_gpt2_logits(m), nlogits); /* cpu: host memory */
+    const float *lg = ct_gpt2_logits(m); /* cpu: host memory, fp32; rows padded */
+    for (int i = 0; i < B * T; i++)
+        memcpy(logits + (size_t)i * cfg.vocab_size, lg + (size_t)i * ct_gpt2_logits_stride(m),
+               (size_t)cfg.vocab_size * sizeof(float));
     long counted = 0;
     for (int i = 0; i < B * T; i++) counted += targets[i] >= 0;
     if (ct_gpt2_forward(m, tokens, targets, B, T, counted ? 1.0f / (float)counted : 0.0f, &loss_sum, &ntok, err,
