@@ -8,6 +8,7 @@
 
 #include "adamw.cuh"
 #include "attention.cuh"
+#include "colsum.cuh"
 #include "common.cuh"
 #include "convert.cuh"
 #include "encoder.cuh"
@@ -40,6 +41,7 @@ static void cuda_kctx_free(ct_kctx *ctx)
     if (ctx->lt) cublasLtDestroy(ctx->lt);
     cudaFree(ctx->lt_workspace);
     cudaFree(ctx->sumsq_partials);
+    cudaFree(ctx->colsum_partials);
     cudaFreeHost(ctx->sumsq_host);
     if (ctx->stream) cudaStreamDestroy(ctx->stream);
     free(ctx);
@@ -77,6 +79,7 @@ static ct_kctx *cuda_kctx_init(int device)
     CT_CUDA_TRY(cudaMalloc(&ctx->lt_workspace, CT_CUBLASLT_WORKSPACE));
     CT_CUDA_TRY(cudaMalloc(&ctx->sumsq_partials, (CT_SUMSQ_BLOCKS + 1) * sizeof(double)));
     CT_CUDA_TRY(cudaMallocHost(&ctx->sumsq_host, sizeof(double)));
+    CT_CUDA_TRY(cudaMalloc(&ctx->colsum_partials, 2 * sizeof(float) * CT_COLSUM_CHUNKS * CT_COLSUM_COLS));
     return ctx;
 fail:
     cuda_kctx_free(ctx);

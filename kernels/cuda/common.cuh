@@ -42,6 +42,7 @@ struct ct_kctx {
     void *lt_workspace;        // CT_CUBLASLT_WORKSPACE bytes, for cuBLASLt on `stream` only
     double *sumsq_partials;    // [CT_SUMSQ_BLOCKS + 1] device: per-block sums, then the total
     double *sumsq_host;        // pinned host double: sumsq's result lands here
+    float *colsum_partials;    // [2 x CT_COLSUM_CHUNKS x CT_COLSUM_COLS] device: colsum.cu's stage one
     int debug_sync;            // CTRAIN_CUDA_SYNC=1: synchronise after every launch (debugging)
 };
 

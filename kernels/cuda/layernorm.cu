@@ -2,6 +2,7 @@
 // eps inside the square root), bf16 in and out, mean and rstd fp32, fp32 arithmetic.
 // Every reduction has a fixed order (warp shuffles, then a fixed shared-memory pass), so
 // results are deterministic run to run.
+#include "colsum.cuh"
 #include "layernorm.cuh"
 
 #define LN_THREADS 256 // 8 warps: one row per warp in the row kernels
@@ -28,34 +29,6 @@ __global__ void layernorm_fwd_kernel(bf16 *out, float *mean, float *rstd, const 
     if (lane == 0) {
         mean[row] = m;
         rstd[row] = rs;
-    }
-}
-
-// dw[c] += sum_n dout * xhat, db[c] += sum_n dout: a 32x32 block per 32 channels, rows split
-// over threadIdx.y, partial sums combined in y order by one thread per channel.
-__global__ void layernorm_param_kernel(bf16 *dw, bf16 *db, const bf16 *dout, const bf16 *inp, const float *mean,
-                                       const float *rstd, int N, int C)
-{
-    __shared__ float sw[32][33], sb[32][33];
-    const int tx = threadIdx.x, ty = threadIdx.y, c = blockIdx.x * 32 + tx;
-    float aw = 0.0f, ab = 0.0f;
-    if (c < C)
-        for (int n = ty; n < N; n += 32) {
-            float d = ct_ld(dout + (size_t)n * C + c);
-            aw += d * ((ct_ld(inp + (size_t)n * C + c) - mean[n]) * rstd[n]);
-            ab += d;
-        }
-    sw[ty][tx] = aw;
-    sb[ty][tx] = ab;
-    __syncthreads();
-    if (ty == 0 && c < C) {
-        float tw = 0.0f, tb = 0.0f;
-        for (int y = 0; y < 32; y++) {
-            tw += sw[y][tx];
-            tb += sb[y][tx];
-        }
-        if (dw) dw[c] = ct_bf(ct_ld(dw + c) + tw);
-        if (db) db[c] = ct_bf(ct_ld(db + c) + tb);
     }
 }
 
@@ -100,11 +73,7 @@ void ct_cuda_layernorm_bwd(ct_kctx *ctx, void *dinp, void *dw, void *db, const v
 {
     if (N <= 0 || C <= 0) return;
     // parameter pass first: dinp may alias dout or inp, which it reads
-    if (dw || db) {
-        layernorm_param_kernel<<<(C + 31) / 32, dim3(32, 32), 0, ctx->stream>>>(
-            (bf16 *)dw, (bf16 *)db, (const bf16 *)dout, (const bf16 *)inp, mean, rstd, N, C);
-        CT_LAUNCH_CHECK(ctx);
-    }
+    ct_cuda_layernorm_param_add(ctx, (bf16 *)dw, (bf16 *)db, (const bf16 *)dout, (const bf16 *)inp, mean, rstd, N, C);
     const int rows_per_block = LN_THREADS / 32;
     layernorm_dinp_kernel<<<(N + rows_per_block - 1) / rows_per_block, LN_THREADS, 0, ctx->stream>>>(
         (bf16 *)dinp, (const bf16 *)dout, (const bf16 *)inp, (const bf16 *)w, mean, rstd, N, C);

@@ -3,39 +3,15 @@
 // backward. The bias rides the GEMM's epilogue when its pointer is 16-byte aligned; otherwise
 // (a bias at an odd offset of the flat parameter buffer) out is seeded with the bias and the
 // GEMM adds into it (beta = 1): the same single rounding either way.
+#include "colsum.cuh"
 #include "gemm.cuh"
 #include "matmul.cuh"
-
-// dst[M] += sum_n src[n,:]: a 32x32 block per 32 columns, rows over threadIdx.y, partial sums
-// combined in y order: deterministic, no atomics, no scratch.
-__global__ void colsum_add_kernel(bf16 *dst, const bf16 *src, int N, int M)
-{
-    __shared__ float sh[32][33];
-    const int tx = threadIdx.x, ty = threadIdx.y, c = blockIdx.x * 32 + tx;
-    float a = 0.0f;
-    if (c < M)
-        for (int n = ty; n < N; n += 32) a += ct_ld(src + (size_t)n * M + c);
-    sh[ty][tx] = a;
-    __syncthreads();
-    if (ty == 0 && c < M) {
-        float t = 0.0f;
-        for (int y = 0; y < 32; y++) t += sh[y][tx];
-        dst[c] = ct_bf(ct_ld(dst + c) + t);
-    }
-}
 
 __global__ void bias_fill_kernel(bf16 *out, const bf16 *bias, size_t N, int M)
 {
     const size_t n = N * (size_t)M;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         out[i] = bias[i % M];
-}
-
-void ct_cuda_colsum_add(ct_kctx *ctx, bf16 *dst, const bf16 *src, int N, int M)
-{
-    if (N <= 0 || M <= 0) return;
-    colsum_add_kernel<<<(M + 31) / 32, dim3(32, 32), 0, ctx->stream>>>(dst, src, N, M);
-    CT_LAUNCH_CHECK(ctx);
 }
 
 void ct_cuda_matmul_fwd(ct_kctx *ctx, void *out, const void *inp, const void *w, const void *bias, int N, int K,

@@ -4,9 +4,29 @@
 # and exits 77 — reported by ctest as skipped, never as passed — where the build has no CUDA
 # backend or the machine no device. CTRAIN_CUDA_SYNC=1 makes the backend synchronise after
 # every launch, so an asynchronous fault is reported at the kernel that caused it.
-add_executable(test_cuda_ops ${CMAKE_CURRENT_LIST_DIR}/test_cuda_ops.c)
-target_link_libraries(test_cuda_ops PRIVATE ct_kernels)
-target_include_directories(test_cuda_ops PRIVATE ${CMAKE_CURRENT_LIST_DIR}/..)
-add_test(NAME test_cuda_ops COMMAND test_cuda_ops)
-set_tests_properties(test_cuda_ops PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 300
-  ENVIRONMENT "CTRAIN_CUDA_SYNC=1;OMP_NUM_THREADS=2")
+# ctrain_gpu_test(NAME LIBS... [SYNC]): a C test in tests/gpu, labelled gpu, 77 meaning skipped.
+function(ctrain_gpu_test name)
+  cmake_parse_arguments(T "SYNC" "TIMEOUT" "LIBS" ${ARGN})
+  add_executable(${name} ${CMAKE_CURRENT_LIST_DIR}/${name}.c)
+  target_link_libraries(${name} PRIVATE ${T_LIBS})
+  target_include_directories(${name} PRIVATE ${CMAKE_CURRENT_LIST_DIR}/..)
+  add_test(NAME ${name} COMMAND ${name})
+  set(env "OMP_NUM_THREADS=2")
+  if(T_SYNC)
+    set(env "CTRAIN_CUDA_SYNC=1;OMP_NUM_THREADS=2")
+  endif()
+  set_tests_properties(${name} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT ${T_TIMEOUT} ENVIRONMENT "${env}")
+endfunction()
+
+ctrain_gpu_test(test_cuda_ops LIBS ct_kernels SYNC TIMEOUT 300)
+# test_cuda_model: a full training step and a LoRA step of a tiny GPT-2 (forward, backward, the
+# ready-callback contract, two optimizer steps over NCCL) against the CPU backend.
+ctrain_gpu_test(test_cuda_model LIBS ct_train SYNC TIMEOUT 300)
+# test_nccl: comm.h's buffer collectives over NCCL on device memory (world 1), stream order
+# included, so without CTRAIN_CUDA_SYNC (synchronising every launch would hide an ordering bug).
+ctrain_gpu_test(test_nccl LIBS ct_comm ct_kernels TIMEOUT 120)
+
+# cuda_train_resume: ctrain end to end on the GPU: train, resume in place exactly, against the
+# CPU backend, eval and sample. Exits 77 where nvidia-smi lists no GPU or ctrain cannot use one.
+add_test(NAME cuda_train_resume COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/cuda_train_resume.sh $<TARGET_FILE:ctrain>)
+set_tests_properties(cuda_train_resume PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 600)

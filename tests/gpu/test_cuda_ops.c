@@ -21,7 +21,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "check.h"
+#include "gpu_test.h"
 #include "kernels.h"
 
 #define RTOL 2e-2
@@ -393,22 +393,8 @@ static void test_lora(int N, int K, int M, int r, float p)
 
 int main(void)
 {
-    gpu = ct_backend_cuda();
-    if (!gpu) {
-        printf("SKIPPED: no CUDA device (or no CUDA backend in this build)\n");
-        return 77;
-    }
-    cpu = ct_backend_cpu();
-    CHECK(gpu->abi == CT_KERNELS_ABI && gpu->elem_size == 2);
-    ck = cpu->kctx_init(0);
-    gk = gpu->kctx_init(0);
-    if (!gk) {
-        fprintf(stderr, "test_cuda_ops: a CUDA device is present but kctx_init(0) failed\n");
-        return 1;
-    }
-    const char *s = getenv("CT_TEST_SEED");
-    rng = s ? strtoull(s, NULL, 0) : (uint64_t)time(NULL);
-    printf("test_cuda_ops: seed %llu (CT_TEST_SEED reproduces)\n", (unsigned long long)rng);
+    int start = ct_gpu_test_start("test_cuda_ops", &cpu, &gpu, &ck, &gk, &rng);
+    if (start) return start;
 
 #define RUN(call) do { printf("  %s\n", #call); fflush(stdout); call; } while (0)
     RUN(test_convert());
