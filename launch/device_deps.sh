@@ -7,11 +7,21 @@
 #                                         then unpack into .devdeps/root
 #   bash launch/device_deps.sh --unpack   anywhere, no network: unpack .devdeps/debs into
 #                                         .devdeps/root (device_pass.sh does this when needed)
+#   bash launch/device_deps.sh --wheels   here (PyPI): only the Python wheels below
 #
 # Only .devdeps/debs needs to travel (about 24 MiB: the .debs are compressed, the unpacked tree,
 # about 62 MiB, is not: carrying all of .devdeps would pass the device tool's 64 MiB limit);
 # .devdeps/root is rebuilt from it wherever it is missing or stale. Idempotent: packages
 # already downloaded at the current candidate version are kept, an up-to-date tree is kept.
+#
+# Python wheels (.devdeps/wheels, about 30 MiB; carry it beside .devdeps/debs: 55 MiB together):
+# what bench/run_gpu.sh needs beyond torch (transformers, peft and their pure dependencies), for
+# a device image that lacks them (the device tool's image has them, KINDS.md; these are the
+# fallback). Pinned to the versions the reference tests use here; never torch, numpy or
+# nvidia-* (huge, and on the device already). For CPython 3.12 (the device's python3), or the
+# versions in CTRAIN_WHEEL_PYTHONS (e.g. "3.12 3.11": 3.7 MiB more; transformers 5 needs >= 3.11).
+# bench/run_gpu.sh installs them, only when an import fails, into a venv that sees the system's
+# torch (pip install --no-index --find-links .devdeps/wheels).
 #
 # Packages:
 #   - PRIMARY: what ctrain links (serial HDF5, cJSON, OpenBLAS's OpenMP build) and the libraries
@@ -41,8 +51,19 @@ FALLBACK=(libgfortran5 libquadmath0
 # Sonames every target machine is assumed to have (glibc, the compiler's run-time libraries).
 BASE_SONAMES='^(libc|libm|libdl|librt|libpthread|libresolv|ld-linux-x86-64|libgcc_s|libgomp)\.so'
 
+# transformers + peft and their dependency closure (less torch, numpy), pinned.
+WHEELS=(transformers==5.23.0 peft==0.21.2 accelerate==1.15.0 huggingface-hub==2.4.0 tokenizers==0.23.3
+  safetensors==0.8.0 hf-xet==1.8.0 pyyaml==6.0.3 regex==2026.11.15 tqdm==4.70.1 packaging==26.3
+  filelock==4.2.11 fsspec==2026.9.0 psutil==7.2.2 typing-extensions==4.16.0 typer==0.29.2 click==8.5.1
+  shellingham==1.5.4 rich==15.0.0 pygments==2.21.0 markdown-it-py==4.3.0 mdurl==0.1.2
+  annotated-doc==0.0.7 annotated-types==0.8.0 pydantic==2.14.3 pydantic-core==2.50.4
+  typing-inspection==0.4.5 httpx2==2.16.2 httpcore2==2.16.2 h11==0.16.0 anyio==4.16.0 idna==3.20
+  truststore==0.10.5)
+WHEEL_PYTHONS=${CTRAIN_WHEEL_PYTHONS:-3.12}
+wheels=$top/wheels
+
 mode=${1:-all}
-case $mode in all|--unpack) ;; *) echo "usage: launch/device_deps.sh [--unpack]" >&2; exit 2 ;; esac
+case $mode in all|--unpack|--wheels) ;; *) echo "usage: launch/device_deps.sh [--unpack|--wheels]" >&2; exit 2 ;; esac
 
 mib() { du -sm "$1" 2>/dev/null | cut -f1; }
 
@@ -184,7 +205,34 @@ check_closure() {
   return $missing
 }
 
-[ "$mode" = all ] && download
+# pip download for x86-64 Linux, one call per Python version (pip skips files it already has),
+# then drop every wheel that is not of a pinned version (two versions of one package would stop
+# the install there).
+download_wheels() {
+  mkdir -p "$wheels"
+  local py=python3 v f keep name
+  command -v pip >/dev/null && ! python3 -m pip --version >/dev/null 2>&1 && py=
+  for v in $WHEEL_PYTHONS; do
+    ${py:+$py -m} pip download -q --no-deps --only-binary=:all: --implementation cp --python-version "$v" \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 --platform manylinux_2_12_x86_64 --platform manylinux2010_x86_64 \
+      --platform manylinux1_x86_64 -d "$wheels" "${WHEELS[@]}" ||
+      { echo "device_deps: pip download for Python $v failed" >&2; return 1; }
+  done
+  for f in "$wheels"/*.whl; do
+    keep=0
+    name=$(basename "$f" | cut -d- -f1-2 | tr 'A-Z_.' 'a-z--')
+    for v in "${WHEELS[@]}"; do
+      [ "$name" = "$(echo "${v/==/-}" | tr 'A-Z_.' 'a-z--')" ] && keep=1
+    done
+    [ $keep = 1 ] || { echo "device_deps: removing stale $(basename "$f")"; rm -f "$f"; }
+  done
+  echo "device_deps: $(ls "$wheels"/*.whl | wc -l) wheels for Python $WHEEL_PYTHONS in $wheels ($(mib "$wheels") MiB)"
+}
+
+if [ "$mode" = --wheels ]; then download_wheels; exit; fi
+[ "$mode" = all ] && download && download_wheels
 unpack
 check_closure
-echo "device_deps: sizes (MiB): debs $(mib "$debs"), root $(mib "$root"), total $(mib "$top"); carry .devdeps/debs only (root is unpacked there)"
+echo "device_deps: sizes (MiB): debs $(mib "$debs"), wheels $(mib "$wheels"), root $(mib "$root"), total $(mib "$top");" \
+  "carry .devdeps/debs and .devdeps/wheels (root is unpacked there)"

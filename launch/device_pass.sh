@@ -5,7 +5,8 @@
 #   bash launch/device_pass.sh
 #
 # Needs .devdeps/debs, made on a Debian 12 machine by launch/device_deps.sh (carry .devdeps/debs;
-# .devdeps/root is unpacked from it here when missing or stale). Then, each phase timed:
+# .devdeps/root is unpacked from it here when missing or stale), and for the bench, where the
+# image lacks transformers or peft, .devdeps/wheels (carry it too). Then, each phase timed:
 #   env        nvidia-smi, nvcc --version, compilers
 #   deps       unpack .devdeps/debs into .devdeps/root (a no-op when up to date)
 #   libpath    build-device/devlib: links to the carried libraries for LD_LIBRARY_PATH: always
@@ -15,15 +16,28 @@
 #   build      all cores
 #   check      the cache names the carried paths; ldd resolves the carried libraries
 #   gpu        ctest -L gpu --output-on-failure
+#   bench      bench/run_gpu.sh: GPT-2 124M pretraining against PyTorch (eager, compile) and
+#              GPT-2 medium LoRA against transformers + peft (skipped where no GPU is listed)
 #   unit       ctest -L unit -LE mpi --output-on-failure (the CPU unit tests that need no MPI)
 # Logs go to $OUT when set (the device tool), else build-device/logs: device_pass.log (all of the
-# above), CMakeCache.txt, LastTest_gpu.log and LastTest_unit.log (every test's full output).
+# above), CMakeCache.txt, LastTest_gpu.log and LastTest_unit.log (every test's full output),
+# bench_gpu.log, bench_gpu.json and bench_gpu.md (bench/run_gpu.sh's; 7 files, the device tool
+# brings back 8 at most).
+# CTRAIN_DEVICE_PHASES picks the groups to run, comma-separated, in this order whatever the
+# order named: build (configure, build, check), gpu, bench, unit; default all four. env, deps and
+# libpath always run (seconds). E.g. a second call on the same warm machine, whose build folder
+# persists: CTRAIN_DEVICE_PHASES=bench bash launch/device_pass.sh.
+# Time: the pass aims to end within CTRAIN_DEVICE_BUDGET_S seconds of its start (default 570,
+# under the device tool's 600 s a call): bench/run_gpu.sh gets a deadline that leaves the unit
+# phase CTRAIN_DEVICE_UNIT_S (default 60) and skips what no longer fits; unit is skipped when
+# less than that is left. Each test has a limit of CTRAIN_DEVICE_TEST_TIMEOUT seconds (300).
+# bench/run_gpu.sh's own variables (CTRAIN_BENCH_ONLY, CTRAIN_BENCH_BATCH...) pass through.
 # Environment: CTRAIN_DEVICE_BUILD (build folder, default build-device), CTRAIN_CUDA_ARCHITECTURES
 # (e.g. 90; default the project's), CTRAIN_DEVICE_CMAKE_ARGS (extra configure arguments),
 # CTRAIN_DEVICE_CARRIED_ONLY=1 (put every carried library on LD_LIBRARY_PATH, even those the
 # machine has: the fallback should a system library turn out incompatible).
 # Exit status: 0 when every phase passed; a skipped GPU test fails the pass only where nvidia-smi
-# lists a GPU (elsewhere it is the expected outcome).
+# lists a GPU (elsewhere it is the expected outcome); bench is skipped (not failed) without one.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 src=$PWD
@@ -46,8 +60,20 @@ done
 # Sonames ctrain links from the carried tree, whatever the machine has.
 PRIMARY_SONAMES=(libhdf5_serial.so.103 libsz.so.2 libaec.so.0 libcjson.so.1 libopenblas.so.0)
 
+pass_start=$(date +%s)
+budget_end=$((pass_start + ${CTRAIN_DEVICE_BUDGET_S:-570}))
+unit_s=${CTRAIN_DEVICE_UNIT_S:-60}
+test_timeout=${CTRAIN_DEVICE_TEST_TIMEOUT:-300}
+phases=,${CTRAIN_DEVICE_PHASES:-build,gpu,bench,unit},
+for p in ${phases//,/ }; do
+  case $p in build|gpu|bench|unit) ;; *) echo "device_pass: CTRAIN_DEVICE_PHASES: unknown phase '$p' (build, gpu, bench, unit)" >&2; exit 2 ;; esac
+done
+wants() { [[ $phases == *",$1,"* ]]; }
+
 summary=()
 failed=0
+bench_ran=0
+# A phase function returns 77 when it has nothing to do here: reported as skipped, not failed.
 phase() {
   local name=$1 t0 t1 rc
   shift
@@ -58,10 +84,10 @@ phase() {
   rc=$?
   t1=$(date +%s.%N)
   local line
-  line=$(awk -v n="$name" -v a="$t0" -v b="$t1" -v r="$rc" 'BEGIN {printf "%-10s %7.1f s  %s", n, b - a, (r == 0 ? "ok" : "FAILED (" r ")")}')
+  line=$(awk -v n="$name" -v a="$t0" -v b="$t1" -v r="$rc" 'BEGIN {printf "%-10s %7.1f s  %s", n, b - a, (r == 0 ? "ok" : r == 77 ? "skipped" : "FAILED (" r ")")}')
   echo "=== $line"
   summary+=("$line")
-  [ "$rc" = 0 ] || failed=1
+  [ "$rc" = 0 ] || [ "$rc" = 77 ] || failed=1
   return "$rc"
 }
 
@@ -149,6 +175,18 @@ configure() {
 
 build_all() { cmake --build "$build" -j "$jobs"; }
 
+# CUDA's run-time libraries where the loader cache lacks them (also for a pass without the build
+# phase, whose check does not run).
+cuda_libpath() {
+  local d
+  if ldd "$build/train/ctrain" 2>&1 | grep -q 'libcu.*not found' && [[ $LD_LIBRARY_PATH != *cuda* ]]; then
+    for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+      [ -d "$d" ] && LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d
+    done
+    echo "-- CUDA libraries not in the loader cache: LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+  fi
+}
+
 check() {
   local bad=0 line key
   echo "-- CMakeCache.txt: what HDF5, cJSON, BLAS, CUDA and MPI resolved to"
@@ -162,14 +200,7 @@ check() {
   if grep -E '^HDF5_[A-Za-z0-9_]*:(FILEPATH|PATH)=/' "$build/CMakeCache.txt" | grep -v "=$deps/"; then
     echo "CHECK: the lines above point outside $deps" >&2; bad=1
   fi
-  # CUDA's run-time libraries where the loader cache lacks them.
-  local d
-  if ldd "$build/train/ctrain" 2>&1 | grep -q 'libcu.*not found'; then
-    for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-      [ -d "$d" ] && LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d
-    done
-    echo "-- CUDA libraries not in the loader cache: LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-  fi
+  cuda_libpath
   # ctrain links all three carried libraries, test_data HDF5 (its own H5 calls).
   local exe out lib libs
   for exe in "$build/train/ctrain" "$build/tests/test_data"; do
@@ -191,7 +222,7 @@ check() {
 run_ctest() {
   local tag=$1 rc
   shift
-  (cd "$build" && ctest "$@" --output-on-failure --no-tests=error) | tee "$build/ctest_$tag.out"
+  (cd "$build" && ctest "$@" --timeout "$test_timeout" --output-on-failure --no-tests=error) | tee "$build/ctest_$tag.out"
   rc=${PIPESTATUS[0]}
   cp "$build/Testing/Temporary/LastTest.log" "$logs/LastTest_$tag.log" 2>/dev/null
   return $rc
@@ -211,26 +242,75 @@ gpu_tests() {
   return $rc
 }
 
+has_gpu() {
+  local smi
+  smi=$(command -v nvidia-smi || ls /usr/local/nvidia/bin/nvidia-smi /usr/bin/nvidia-smi 2>/dev/null | head -1)
+  [ -n "$smi" ] && "$smi" -L 2>/dev/null | grep -q '^GPU '
+}
+
+# The benchmarks (bench/run_gpu.sh), with a deadline that leaves the unit phase its time.
+bench() {
+  if ! has_gpu; then
+    echo "device_pass: bench skipped: no GPU here (nvidia-smi lists none), nothing to benchmark"
+    return 77
+  fi
+  local deadline=$budget_end
+  bench_ran=1
+  rm -f "$logs/bench_gpu.md"
+  wants unit && deadline=$((budget_end - unit_s))
+  echo "device_pass: bench until $(date -u -d "@$deadline" +%H:%M:%S) UTC ($((deadline - $(date +%s))) s)"
+  local how="bash launch/device_pass.sh"
+  [ -n "${CTRAIN_CUDA_ARCHITECTURES:-}" ] && how="CTRAIN_CUDA_ARCHITECTURES=$CTRAIN_CUDA_ARCHITECTURES $how"
+  [ -n "${CTRAIN_DEVICE_PHASES:-}" ] && how="CTRAIN_DEVICE_PHASES=$CTRAIN_DEVICE_PHASES $how"
+  [ -n "${CTRAIN_BENCH_ONLY:-}" ] && how="CTRAIN_BENCH_ONLY=$CTRAIN_BENCH_ONLY $how"
+  OUT=$logs CTRAIN_DEVICE_BUILD=${build#"$src"/} CTRAIN_BENCH_DEADLINE=$deadline \
+    CTRAIN_BENCH_INVOCATION="$how     # its bench phase: bench/run_gpu.sh" bash "$src/bench/run_gpu.sh"
+}
+
+unit_tests() {
+  local left=$((budget_end - $(date +%s)))
+  if ((left < unit_s)); then
+    echo "device_pass: unit skipped: $left s left of the pass's budget (CTRAIN_DEVICE_BUDGET_S), $unit_s needed"
+    return 77
+  fi
+  # At most 8 at once: the tests are small, several start 2 OpenMP threads.
+  run_ctest unit -L unit -LE mpi -j "$(( jobs < 8 ? jobs : 8 ))"
+}
+
 main() {
-  echo "device_pass: $src -> $build, logs in $logs, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  echo "device_pass: $src -> $build, logs in $logs, phases ${phases:1:-1}, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   phase env env_info
   phase deps bash "$src/launch/device_deps.sh" --unpack || { finish; return 1; }
   orig_ld_library_path=${LD_LIBRARY_PATH:-}
   phase libpath make_libpath || { finish; return 1; }
   export LD_LIBRARY_PATH="$devlib${orig_ld_library_path:+:$orig_ld_library_path}"
-  phase configure configure || { finish; return 1; }
-  phase build build_all || { finish; return 1; }
-  phase check check
-  phase gpu gpu_tests
-  # At most 8 at once: the tests are small, several start 2 OpenMP threads.
-  phase unit run_ctest unit -L unit -LE mpi -j "$(( jobs < 8 ? jobs : 8 ))"
+  if wants build; then
+    phase configure configure || { finish; return 1; }
+    phase build build_all || { finish; return 1; }
+    phase check check
+  elif [ ! -x "$build/train/ctrain" ]; then
+    echo "device_pass: no build in $build: add build to CTRAIN_DEVICE_PHASES" >&2
+    failed=1
+    finish
+    return 1
+  else
+    cuda_libpath
+  fi
+  wants gpu && phase gpu gpu_tests
+  wants bench && phase bench bench
+  wants unit && phase unit unit_tests
   finish
   return $failed
 }
 
 finish() {
+  if [ "$bench_ran" = 1 ] && [ -s "$logs/bench_gpu.md" ]; then
+    echo
+    echo "=== bench results ($logs/bench_gpu.md)"
+    cat "$logs/bench_gpu.md"
+  fi
   echo
-  echo "=== device_pass summary"
+  echo "=== device_pass summary ($(( $(date +%s) - pass_start )) s)"
   printf '%s\n' "${summary[@]}"
   [ $failed = 0 ] && echo "=== all phases passed" || echo "=== some phase FAILED"
 }
