@@ -24,9 +24,12 @@
 # bench_gpu.log, bench_gpu.json and bench_gpu.md (bench/run_gpu.sh's; 7 files, the device tool
 # brings back 8 at most).
 # CTRAIN_DEVICE_PHASES picks the groups to run, comma-separated, in this order whatever the
-# order named: build (configure, build, check), gpu, bench, unit; default all four. env, deps and
+# order named: build (configure, build, check), gpu, sanitize, bench, unit; default all but
+# sanitize (compute-sanitizer memcheck on the two C GPU tests, racecheck and synccheck on the
+# ops' test: minutes, so a call of its own: CTRAIN_DEVICE_PHASES=sanitize). env, deps and
 # libpath always run (seconds). E.g. a second call on the same warm machine, whose build folder
-# persists: CTRAIN_DEVICE_PHASES=bench bash launch/device_pass.sh.
+# persists: CTRAIN_DEVICE_PHASES=bench bash launch/device_pass.sh. Its output goes to
+# device_pass.log only.
 # Time: the pass aims to end within CTRAIN_DEVICE_BUDGET_S seconds of its start (default 570,
 # under the device tool's 600 s a call): bench/run_gpu.sh gets a deadline that leaves the unit
 # phase CTRAIN_DEVICE_UNIT_S (default 60) and skips what no longer fits; unit is skipped when
@@ -66,7 +69,7 @@ unit_s=${CTRAIN_DEVICE_UNIT_S:-60}
 test_timeout=${CTRAIN_DEVICE_TEST_TIMEOUT:-300}
 phases=,${CTRAIN_DEVICE_PHASES:-build,gpu,bench,unit},
 for p in ${phases//,/ }; do
-  case $p in build|gpu|bench|unit) ;; *) echo "device_pass: CTRAIN_DEVICE_PHASES: unknown phase '$p' (build, gpu, bench, unit)" >&2; exit 2 ;; esac
+  case $p in build|gpu|sanitize|bench|unit) ;; *) echo "device_pass: CTRAIN_DEVICE_PHASES: unknown phase '$p' (build, gpu, sanitize, bench, unit)" >&2; exit 2 ;; esac
 done
 wants() { [[ $phases == *",$1,"* ]]; }
 
@@ -267,6 +270,26 @@ bench() {
     CTRAIN_BENCH_INVOCATION="$how     # its bench phase: bench/run_gpu.sh" bash "$src/bench/run_gpu.sh"
 }
 
+# compute-sanitizer over the GPU tests that drive kernels directly: memcheck (out-of-bounds and
+# misaligned accesses, uninitialised device memory reads), racecheck and synccheck (shared memory
+# hazards and barrier misuse: the attention kernels). Each run is capped so the pass keeps its budget.
+sanitize() {
+  has_gpu || { echo "device_pass: sanitize skipped: no GPU here"; return 77; }
+  local cs rc=0 t tool
+  cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
+  [ -n "$cs" ] || { echo "device_pass: compute-sanitizer not found" >&2; return 1; }
+  for t in test_cuda_ops test_cuda_model; do
+    echo "-- $cs --tool memcheck $t"
+    CTRAIN_CUDA_SYNC=1 CT_TEST_SEED=1 timeout 240 "$cs" --tool memcheck --leak-check full --error-exitcode 3 \
+      "$build/tests/$t" || rc=1
+  done
+  for tool in racecheck synccheck; do
+    echo "-- $cs --tool $tool test_cuda_ops"
+    CT_TEST_SEED=1 timeout 240 "$cs" --tool "$tool" --error-exitcode 3 "$build/tests/test_cuda_ops" || rc=1
+  done
+  return $rc
+}
+
 unit_tests() {
   local left=$((budget_end - $(date +%s)))
   if ((left < unit_s)); then
@@ -297,6 +320,7 @@ main() {
     cuda_libpath
   fi
   wants gpu && phase gpu gpu_tests
+  wants sanitize && phase sanitize sanitize
   wants bench && phase bench bench
   wants unit && phase unit unit_tests
   finish
