@@ -72,29 +72,155 @@ __device__ __forceinline__ void load_tile(bf16 *dst, const bf16 *src, int nrows,
     }
 }
 
-// g[row0+rr, c] += mul * acc[rr, c] for the warp's 16 rows (rows < T, channels < hs), the
-// HSP/16 accumulator fragments passing through the warp's scratch F in CH-wide chunks. Each
-// element is read, added and written by one lane: no race, no atomics.
+// K and V rows [k0, k0 + n) of a head into ks and vs; base is the head's q channels in row 0 of
+// its sequence (k and v follow at +C, +2C, rows 3C apart).
+template <int HSP, int LD, int NT>
+__device__ __forceinline__ void load_kv(bf16 *ks, bf16 *vs, const bf16 *base, int k0, int n, int T, int C, int hs,
+                                        int vec)
+{
+    const int C3 = 3 * C;
+    load_tile<HSP, LD, NT>(ks, base + C + (size_t)k0 * C3, n, T - k0, C3, hs, vec);
+    load_tile<HSP, LD, NT>(vs, base + 2 * C + (size_t)k0 * C3, n, T - k0, C3, hs, vec);
+}
+
+// A block of rows staged through shared memory into register fragments, each warp taking its
+// own 16 rows. The barrier inside publishes the tile; the caller must make sure stage is free
+// on entry and stays untouched until every warp has loaded.
+template <int HSP, int LD, int NT>
+__device__ __forceinline__ void load_frags(frag_a (&f)[HSP / 16], bf16 *stage, const bf16 *src, int nrows,
+                                           int nvalid, size_t stride, int hs, int vec)
+{
+    load_tile<HSP, LD, NT>(stage, src, nrows, nvalid, stride, hs, vec);
+    __syncthreads();
+    const bf16 *w = stage + (threadIdx.x >> 5) * 16 * LD;
+#pragma unroll
+    for (int kk = 0; kk < HSP / 16; kk++) wmma::load_matrix_sync(f[kk], w + kk * 16, LD);
+}
+
+// k-step kk of an A operand: fragments already in registers, or loaded from shared memory
+// (rows LD apart) when registers are too tight to hold them across the loop
+template <int LD> __device__ __forceinline__ const frag_a &a_frag(const frag_a *a, int kk, frag_a &) { return a[kk]; }
+template <int LD> __device__ __forceinline__ const frag_a &a_frag(const bf16 *a, int kk, frag_a &t)
+{
+    wmma::load_matrix_sync(t, a + kk * 16, LD);
+    return t;
+}
+
+// F[16, N] = A B^T (fp32, unscaled): A 16 x HSP (see a_frag), B N rows of HSP channels at b,
+// rows LD apart (row-major B is B^T col-major). Ends with F complete for the whole warp.
+template <int HSP, int N, int LD, int FLD, class A>
+__device__ __forceinline__ void scores_tile(float *F, A a, const bf16 *b)
+{
+#pragma unroll
+    for (int j = 0; j < N / 16; j++) {
+        frag_c s;
+        wmma::fill_fragment(s, 0.0f);
+#pragma unroll
+        for (int kk = 0; kk < HSP / 16; kk++) {
+            frag_a t;
+            const frag_a &af = a_frag<LD>(a, kk, t);
+            frag_bcol bf;
+            wmma::load_matrix_sync(bf, b + j * 16 * LD + kk * 16, LD);
+            wmma::mma_sync(s, af, bf, s);
+        }
+        wmma::store_matrix_sync(F + j * 16, s, FLD, wmma::mem_row_major);
+    }
+    __syncwarp();
+}
+
+// acc[n] += A B_n over KS k-steps: A 16 x 16*KS bf16 at a (rows ALD apart), B_n the 16 columns
+// from b + 16n of a row-major tile with rows LD apart
+template <int KS, int ALD, int LD, int NN>
+__device__ __forceinline__ void mma_acc(frag_c (&acc)[NN], const bf16 *a, const bf16 *b)
+{
+#pragma unroll
+    for (int kk = 0; kk < KS; kk++) {
+        frag_a af;
+        wmma::load_matrix_sync(af, a + kk * 16, ALD);
+#pragma unroll
+        for (int n = 0; n < NN; n++) {
+            frag_brow bf;
+            wmma::load_matrix_sync(bf, b + kk * 16 * LD + n * 16, LD);
+            wmma::mma_sync(acc[n], af, bf, acc[n]);
+        }
+    }
+}
+
+// f(j, c, x) over this lane's pairs x = F[r][c], F[r][c+1] of an N-wide row, c = 4j + 2*half
+// (the layout in the header comment)
+template <int N, int FLD, class Fn>
+__device__ __forceinline__ void row_pairs(const float *F, int r, int half, const Fn &f)
+{
+#pragma unroll
+    for (int j = 0; j < N / 4; j++) {
+        const int c = 4 * j + 2 * half;
+        f(j, c, *(const float2 *)(F + r * FLD + c));
+    }
+}
+
+// a per-row value, or one per column from a shared array
+__device__ __forceinline__ float at_col(float v, int) { return v; }
+__device__ __forceinline__ float at_col(const float *v, int c) { return v[c]; }
+
+// P from the scores in F: emit(j, c, p_c, p_c+1) with p = 2^(s * sl2 - ref) where vis(col0 + c)
+// holds (the key or query index of column c), else exactly 0 (the causal mask and padding).
+// Functors by reference and vis lambdas capturing by value: the other ways cost up to 8 more
+// registers (ptxas 13.0) for the same instructions.
+template <int N, int FLD, class R, class Vis, class Emit>
+__device__ __forceinline__ void probs(const float *F, int r, int half, int col0, float sl2, R ref, const Vis &vis,
+                                      const Emit &emit)
+{
+    row_pairs<N, FLD>(F, r, half, [&](int j, int c, float2 x) {
+        const int col = col0 + c;
+        const float p0 = vis(col) ? exp2f(x.x * sl2 - at_col(ref, c)) : 0.0f;
+        const float p1 = vis(col + 1) ? exp2f(x.y * sl2 - at_col(ref, c + 1)) : 0.0f;
+        emit(j, c, p0, p1);
+    });
+}
+
+// dS = P (dP - D) rounded to bf16 into H, from dP in F and this lane's fp32 P pairs
+template <int N, int FLD, int HLD, class R>
+__device__ __forceinline__ void ds_rows(bf16 *H, const float *F, const float (&p)[N / 2], int r, int half, R D)
+{
+    row_pairs<N, FLD>(F, r, half, [&](int j, int c, float2 x) {
+        *(__nv_bfloat162 *)(H + r * HLD + c) =
+            __floats2bfloat162_rn(p[2 * j] * (x.x - at_col(D, c)), p[2 * j + 1] * (x.y - at_col(D, c + 1)));
+    });
+    __syncwarp();
+}
+
+// The warp's 16 rows of F (CH columns) into g rows row0.. (rows < T, channels col0 + c < hs):
+// g = bf16(F), or with ADD g = bf16(g + mul * F). Each element is read, added and written by
+// one lane: no race, no atomics. Warp barriers on both sides: F complete before, free after.
+template <int CH, int FLD, bool ADD>
+__device__ __forceinline__ void write_rows(bf16 *g, const float *F, int row0, int T, size_t stride, int col0, int hs,
+                                           float mul)
+{
+    const int lane = threadIdx.x & 31;
+    __syncwarp();
+    for (int rr = 0; rr < 16 && row0 + rr < T; rr++)
+        for (int c = lane; c < CH; c += 32) {
+            const int cc = col0 + c;
+            if (cc < hs) {
+                bf16 *e = g + (size_t)(row0 + rr) * stride + cc;
+                *e = ct_bf(ADD ? ct_ld(e) + mul * F[rr * FLD + c] : F[rr * FLD + c]);
+            }
+        }
+    __syncwarp();
+}
+
+// g[row0+rr, c] += mul * acc[rr, c] for the warp's 16 rows, the HSP/16 accumulator fragments
+// passing through the warp's scratch F in CH-wide chunks
 template <int HSP, int CH, int FLD>
 __device__ __forceinline__ void store_add(bf16 *g, const frag_c (&acc)[HSP / 16], float *F, int row0, int T,
                                           int stride, int hs, float mul)
 {
-    const int lane = threadIdx.x & 31;
 #pragma unroll
     for (int ch = 0; ch < HSP / CH; ch++) {
 #pragma unroll
         for (int n = 0; n < CH / 16; n++)
             wmma::store_matrix_sync(F + n * 16, acc[ch * (CH / 16) + n], FLD, wmma::mem_row_major);
-        __syncwarp();
-        for (int rr = 0; rr < 16 && row0 + rr < T; rr++)
-            for (int c = lane; c < CH; c += 32) {
-                const int cc = ch * CH + c;
-                if (cc < hs) {
-                    bf16 *e = g + (size_t)(row0 + rr) * stride + cc;
-                    *e = ct_bf(ct_ld(e) + mul * F[rr * FLD + c]);
-                }
-            }
-        __syncwarp(); // F reads done before the next chunk overwrites it
+        write_rows<CH, FLD, true>(g, F, row0, T, stride, ch * CH, hs, mul);
     }
 }
 
@@ -131,10 +257,7 @@ __global__ void __launch_bounds__(fwd_cfg<HSP>::NT, 2)
     bf16 *P = p_s[warp];
 
     frag_a qf[HSP / 16];
-    load_tile<HSP, LD, NT>(kv_s, base + (size_t)q0 * C3, BR, T - q0, C3, hs, vec);
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < HSP / 16; kk++) wmma::load_matrix_sync(qf[kk], kv_s + warp * 16 * LD + kk * 16, LD);
+    load_frags<HSP, LD, NT>(qf, kv_s, base + (size_t)q0 * C3, BR, T - q0, C3, hs, vec);
 
     float o[HSP / 2]; // row r, columns 4j+2*half, +1 of every CW-wide chunk
 #pragma unroll
@@ -144,50 +267,31 @@ __global__ void __launch_bounds__(fwd_cfg<HSP>::NT, 2)
     const int kend = min(q0 + BR, T);
     for (int k0 = 0; k0 < kend; k0 += BC) {
         __syncthreads(); // everyone is done with kv_s (Q staging or the previous K/V)
-        load_tile<HSP, LD, NT>(kv_s, base + C + (size_t)k0 * C3, BC, T - k0, C3, hs, vec);
-        load_tile<HSP, LD, NT>(kv_s + BC * LD, base + 2 * C + (size_t)k0 * C3, BC, T - k0, C3, hs, vec);
+        load_kv<HSP, LD, NT>(kv_s, kv_s + BC * LD, base, k0, BC, T, C, hs, vec);
         __syncthreads();
 
-        // S = Q K^T (unscaled) for this warp's 16 rows: K row-major [key][ch] is K^T col-major
-#pragma unroll
-        for (int j = 0; j < BC / 16; j++) {
-            frag_c s;
-            wmma::fill_fragment(s, 0.0f);
-#pragma unroll
-            for (int kk = 0; kk < HSP / 16; kk++) {
-                frag_bcol kf;
-                wmma::load_matrix_sync(kf, kv_s + j * 16 * LD + kk * 16, LD);
-                wmma::mma_sync(s, qf[kk], kf, s);
-            }
-            wmma::store_matrix_sync(F + j * 16, s, FLD, wmma::mem_row_major);
-        }
-        __syncwarp();
+        // S = Q K^T (unscaled) for this warp's 16 rows
+        scores_tile<HSP, BC, LD, FLD>(F, qf, kv_s);
 
         // online softmax over this block: keys > lim get -inf, hence p = 0 exactly. Two passes
         // over F (max, then exponentials) rather than holding the row in registers.
+        const auto vis = [=](int key) { return key <= lim; };
         float mx = -INFINITY;
-#pragma unroll
-        for (int j = 0; j < BC / 4; j++) {
-            const int c = 4 * j + 2 * half, key = k0 + c;
-            const float2 x = *(const float2 *)(F + r * FLD + c);
-            if (key <= lim) mx = fmaxf(mx, x.x);
-            if (key + 1 <= lim) mx = fmaxf(mx, x.y);
-        }
+        row_pairs<BC, FLD>(F, r, half, [&](int, int c, float2 x) {
+            const int key = k0 + c;
+            if (vis(key)) mx = fmaxf(mx, x.x);
+            if (vis(key + 1)) mx = fmaxf(mx, x.y);
+        });
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1)) * sl2; // sl2 > 0: max commutes with it
         const float mn = fmaxf(m, mx);
         const float mref = mn == -INFINITY ? 0.0f : mn; // guard; key 0 is always visible, so mn is finite
         const float alpha = exp2f(m - mref);            // 0 on the first block (m = -inf)
         m = mn;
         float ls = 0.0f;
-#pragma unroll
-        for (int j = 0; j < BC / 4; j++) {
-            const int c = 4 * j + 2 * half, key = k0 + c;
-            const float2 x = *(const float2 *)(F + r * FLD + c);
-            const float p0 = key <= lim ? exp2f(x.x * sl2 - mref) : 0.0f;
-            const float p1 = key + 1 <= lim ? exp2f(x.y * sl2 - mref) : 0.0f;
+        probs<BC, FLD>(F, r, half, k0, sl2, mref, vis, [&](int, int c, float p0, float p1) {
             ls += p0 + p1;
             *(__nv_bfloat162 *)(P + r * PLD + c) = __floats2bfloat162_rn(p0, p1);
-        }
+        });
         l = l * alpha + ls;
 #pragma unroll
         for (int x = 0; x < HSP / 2; x++) o[x] *= alpha;
@@ -199,26 +303,14 @@ __global__ void __launch_bounds__(fwd_cfg<HSP>::NT, 2)
             frag_c acc[CW / 16];
 #pragma unroll
             for (int n = 0; n < CW / 16; n++) wmma::fill_fragment(acc[n], 0.0f);
-#pragma unroll
-            for (int kk = 0; kk < BC / 16; kk++) {
-                frag_a pf;
-                wmma::load_matrix_sync(pf, P + kk * 16, PLD);
-#pragma unroll
-                for (int n = 0; n < CW / 16; n++) {
-                    frag_brow vf;
-                    wmma::load_matrix_sync(vf, kv_s + (BC + kk * 16) * LD + ch * CW + n * 16, LD);
-                    wmma::mma_sync(acc[n], pf, vf, acc[n]);
-                }
-            }
+            mma_acc<BC / 16, PLD, LD>(acc, P, kv_s + BC * LD + ch * CW);
 #pragma unroll
             for (int n = 0; n < CW / 16; n++) wmma::store_matrix_sync(F + n * 16, acc[n], FLD, wmma::mem_row_major);
             __syncwarp();
-#pragma unroll
-            for (int j = 0; j < CW / 4; j++) {
-                const float2 x = *(const float2 *)(F + r * FLD + 4 * j + 2 * half);
+            row_pairs<CW, FLD>(F, r, half, [&](int j, int, float2 x) {
                 o[ch * (CW / 2) + 2 * j] += x.x;
                 o[ch * (CW / 2) + 2 * j + 1] += x.y;
-            }
+            });
             __syncwarp(); // F reads done before it is overwritten
         }
     }
@@ -227,7 +319,7 @@ __global__ void __launch_bounds__(fwd_cfg<HSP>::NT, 2)
     const float inv = 1.0f / lt;
     if (half == 0 && i < T) lse[(size_t)bh * T + i] = m + log2f(lt);
 
-    // normalised O through F, then written row by row (coalesced), channels < hs only
+    // normalised O through F, then written row by row (coalesced)
     bf16 *ob = out + (size_t)b * T * C + (size_t)h * hs;
 #pragma unroll
     for (int ch = 0; ch < HSP / CW; ch++) {
@@ -235,16 +327,7 @@ __global__ void __launch_bounds__(fwd_cfg<HSP>::NT, 2)
         for (int j = 0; j < CW / 4; j++)
             *(float2 *)(F + r * FLD + 4 * j + 2 * half) =
                 make_float2(o[ch * (CW / 2) + 2 * j] * inv, o[ch * (CW / 2) + 2 * j + 1] * inv);
-        __syncwarp();
-        for (int rr = 0; rr < 16; rr++) {
-            const int row = q0 + warp * 16 + rr;
-            if (row >= T) break;
-            for (int c = lane; c < CW; c += 32) {
-                const int cc = ch * CW + c;
-                if (cc < hs) ob[(size_t)row * C + cc] = ct_bf(F[rr * FLD + c]);
-            }
-        }
-        __syncwarp();
+        write_rows<CW, FLD, false>(ob, F, q0 + warp * 16, T, C, ch * CW, hs, 1.0f);
     }
 }
 
@@ -296,15 +379,9 @@ __global__ void __launch_bounds__(dq_cfg<HSP>::NT)
     const float Li = i < T ? lse[(size_t)bh * T + i] : 0.0f;
 
     frag_a qf[HSP / 16], dof[HSP / 16];
-    load_tile<HSP, LD, NT>(kv_s, base + (size_t)q0 * C3, BQ, T - q0, C3, hs, vec);
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < HSP / 16; kk++) wmma::load_matrix_sync(qf[kk], kv_s + warp * 16 * LD + kk * 16, LD);
-    __syncthreads();
-    load_tile<HSP, LD, NT>(kv_s, dob + (size_t)q0 * C, BQ, T - q0, C, hs, vec);
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < HSP / 16; kk++) wmma::load_matrix_sync(dof[kk], kv_s + warp * 16 * LD + kk * 16, LD);
+    load_frags<HSP, LD, NT>(qf, kv_s, base + (size_t)q0 * C3, BQ, T - q0, C3, hs, vec);
+    __syncthreads(); // every warp has its Q before dO overwrites the staging area
+    load_frags<HSP, LD, NT>(dof, kv_s, dob + (size_t)q0 * C, BQ, T - q0, C, hs, vec);
 
     frag_c dq[HSP / 16];
 #pragma unroll
@@ -313,69 +390,25 @@ __global__ void __launch_bounds__(dq_cfg<HSP>::NT)
     const int kend = min(q0 + BQ, T);
     for (int k0 = 0; k0 < kend; k0 += BK) {
         __syncthreads();
-        load_tile<HSP, LD, NT>(kv_s, base + C + (size_t)k0 * C3, BK, T - k0, C3, hs, vec);
-        load_tile<HSP, LD, NT>(kv_s + BK * LD, base + 2 * C + (size_t)k0 * C3, BK, T - k0, C3, hs, vec);
+        load_kv<HSP, LD, NT>(kv_s, kv_s + BK * LD, base, k0, BK, T, C, hs, vec);
         __syncthreads();
 
         // S = Q K^T -> P (fp32, kept in registers)
-#pragma unroll
-        for (int j = 0; j < BK / 16; j++) {
-            frag_c s;
-            wmma::fill_fragment(s, 0.0f);
-#pragma unroll
-            for (int kk = 0; kk < HSP / 16; kk++) {
-                frag_bcol kf;
-                wmma::load_matrix_sync(kf, kv_s + j * 16 * LD + kk * 16, LD);
-                wmma::mma_sync(s, qf[kk], kf, s);
-            }
-            wmma::store_matrix_sync(F + j * 16, s, FLD, wmma::mem_row_major);
-        }
-        __syncwarp();
+        scores_tile<HSP, BK, LD, FLD>(F, qf, kv_s);
         float p[BK / 2];
-#pragma unroll
-        for (int j = 0; j < BK / 4; j++) {
-            const int c = 4 * j + 2 * half, key = k0 + c;
-            const float2 x = *(const float2 *)(F + r * FLD + c);
-            p[2 * j] = key <= lim ? exp2f(x.x * sl2 - Li) : 0.0f;
-            p[2 * j + 1] = key + 1 <= lim ? exp2f(x.y * sl2 - Li) : 0.0f;
-        }
+        probs<BK, FLD>(F, r, half, k0, sl2, Li, [=](int key) { return key <= lim; },
+                       [&](int j, int, float p0, float p1) {
+                           p[2 * j] = p0;
+                           p[2 * j + 1] = p1;
+                       });
         __syncwarp(); // F reads done
 
         // dP = dO V^T -> dS = P (dP - D) in bf16
-#pragma unroll
-        for (int j = 0; j < BK / 16; j++) {
-            frag_c s;
-            wmma::fill_fragment(s, 0.0f);
-#pragma unroll
-            for (int kk = 0; kk < HSP / 16; kk++) {
-                frag_bcol vf;
-                wmma::load_matrix_sync(vf, kv_s + (BK + j * 16) * LD + kk * 16, LD);
-                wmma::mma_sync(s, dof[kk], vf, s);
-            }
-            wmma::store_matrix_sync(F + j * 16, s, FLD, wmma::mem_row_major);
-        }
-        __syncwarp();
-#pragma unroll
-        for (int j = 0; j < BK / 4; j++) {
-            const int c = 4 * j + 2 * half;
-            const float2 x = *(const float2 *)(F + r * FLD + c);
-            *(__nv_bfloat162 *)(H + r * HLD + c) =
-                __floats2bfloat162_rn(p[2 * j] * (x.x - Di), p[2 * j + 1] * (x.y - Di));
-        }
-        __syncwarp();
+        scores_tile<HSP, BK, LD, FLD>(F, dof, kv_s + BK * LD);
+        ds_rows<BK, FLD, HLD>(H, F, p, r, half, Di);
 
         // dQ += dS K (scale applied at the end)
-#pragma unroll
-        for (int kk = 0; kk < BK / 16; kk++) {
-            frag_a a;
-            wmma::load_matrix_sync(a, H + kk * 16, HLD);
-#pragma unroll
-            for (int n = 0; n < HSP / 16; n++) {
-                frag_brow kb;
-                wmma::load_matrix_sync(kb, kv_s + kk * 16 * LD + n * 16, LD);
-                wmma::mma_sync(dq[n], a, kb, dq[n]);
-            }
-        }
+        mma_acc<BK / 16, HLD, LD>(dq, H, kv_s);
     }
 
     // dq += scale * dQ
@@ -421,8 +454,7 @@ __global__ void __launch_bounds__(dkv_cfg<HSP>::NT)
     bf16 *H = h_s[warp];
     const bf16 *kw = k_s + warp * 16 * LD, *vw = v_s + warp * 16 * LD;
 
-    load_tile<HSP, LD, NT>(k_s, base + C + (size_t)k0 * C3, BKV, T - k0, C3, hs, vec);
-    load_tile<HSP, LD, NT>(v_s, base + 2 * C + (size_t)k0 * C3, BKV, T - k0, C3, hs, vec);
+    load_kv<HSP, LD, NT>(k_s, v_s, base, k0, BKV, T, C, hs, vec);
 
     frag_c dk[HSP / 16], dv[HSP / 16];
 #pragma unroll
@@ -441,86 +473,31 @@ __global__ void __launch_bounds__(dkv_cfg<HSP>::NT)
         }
         __syncthreads(); // (first pass: K and V are in too)
 
-        // S^T = K Q^T for this warp's 16 keys -> P^T, kept fp32 in registers and bf16 in H
-#pragma unroll
-        for (int j = 0; j < BQ / 16; j++) {
-            frag_c s;
-            wmma::fill_fragment(s, 0.0f);
-#pragma unroll
-            for (int kk = 0; kk < HSP / 16; kk++) {
-                frag_a ka;
-                frag_bcol qb;
-                wmma::load_matrix_sync(ka, kw + kk * 16, LD);
-                wmma::load_matrix_sync(qb, q_s + j * 16 * LD + kk * 16, LD);
-                wmma::mma_sync(s, ka, qb, s);
-            }
-            wmma::store_matrix_sync(F + j * 16, s, FLD, wmma::mem_row_major);
-        }
-        __syncwarp();
+        // S^T = K Q^T for this warp's 16 keys -> P^T, kept fp32 in registers and bf16 in H. K
+        // is read from shared memory: as fragments it would cost registers the loop lacks.
+        scores_tile<HSP, BQ, LD, FLD>(F, kw, q_s);
         float p[BQ / 2];
-#pragma unroll
-        for (int j = 0; j < BQ / 4; j++) {
-            const int c = 4 * j + 2 * half, q = q0 + c; // query columns c, c+1
-            const float2 x = *(const float2 *)(F + r * FLD + c);
-            p[2 * j] = key <= q && q < T ? exp2f(x.x * sl2 - lse_s[c]) : 0.0f;
-            p[2 * j + 1] = key <= q + 1 && q + 1 < T ? exp2f(x.y * sl2 - lse_s[c + 1]) : 0.0f;
-            *(__nv_bfloat162 *)(H + r * HLD + c) = __floats2bfloat162_rn(p[2 * j], p[2 * j + 1]);
-        }
+        probs<BQ, FLD>(F, r, half, q0, sl2, lse_s, [=](int q) { return key <= q && q < T; },
+                       [&](int j, int c, float p0, float p1) {
+                           p[2 * j] = p0;
+                           p[2 * j + 1] = p1;
+                           *(__nv_bfloat162 *)(H + r * HLD + c) = __floats2bfloat162_rn(p0, p1);
+                       });
         __syncwarp(); // H complete, F reads done
 
         // dV += P^T dO
-#pragma unroll
-        for (int kk = 0; kk < BQ / 16; kk++) {
-            frag_a a;
-            wmma::load_matrix_sync(a, H + kk * 16, HLD);
-#pragma unroll
-            for (int n = 0; n < HSP / 16; n++) {
-                frag_brow db;
-                wmma::load_matrix_sync(db, do_s + kk * 16 * LD + n * 16, LD);
-                wmma::mma_sync(dv[n], a, db, dv[n]);
-            }
-        }
+        mma_acc<BQ / 16, HLD, LD>(dv, H, do_s);
 
-        // dP^T = V dO^T -> dS^T = P^T (dP^T - D) in bf16
-#pragma unroll
-        for (int j = 0; j < BQ / 16; j++) {
-            frag_c s;
-            wmma::fill_fragment(s, 0.0f);
-#pragma unroll
-            for (int kk = 0; kk < HSP / 16; kk++) {
-                frag_a va;
-                frag_bcol db;
-                wmma::load_matrix_sync(va, vw + kk * 16, LD);
-                wmma::load_matrix_sync(db, do_s + j * 16 * LD + kk * 16, LD);
-                wmma::mma_sync(s, va, db, s);
-            }
-            wmma::store_matrix_sync(F + j * 16, s, FLD, wmma::mem_row_major);
-        }
-        __syncwarp(); // F written; H reads of the dV product done
-#pragma unroll
-        for (int j = 0; j < BQ / 4; j++) {
-            const int c = 4 * j + 2 * half;
-            const float2 x = *(const float2 *)(F + r * FLD + c);
-            *(__nv_bfloat162 *)(H + r * HLD + c) =
-                __floats2bfloat162_rn(p[2 * j] * (x.x - d_s[c]), p[2 * j + 1] * (x.y - d_s[c + 1]));
-        }
-        __syncwarp();
+        // dP^T = V dO^T -> dS^T = P^T (dP^T - D) in bf16; the warp barrier closing the product
+        // also keeps the dV product's H reads before dS overwrites H
+        scores_tile<HSP, BQ, LD, FLD>(F, vw, do_s);
+        ds_rows<BQ, FLD, HLD>(H, F, p, r, half, d_s);
 
         // dK += dS^T Q (scale applied at the end)
-#pragma unroll
-        for (int kk = 0; kk < BQ / 16; kk++) {
-            frag_a a;
-            wmma::load_matrix_sync(a, H + kk * 16, HLD);
-#pragma unroll
-            for (int n = 0; n < HSP / 16; n++) {
-                frag_brow qb;
-                wmma::load_matrix_sync(qb, q_s + kk * 16 * LD + n * 16, LD);
-                wmma::mma_sync(dk[n], a, qb, dk[n]);
-            }
-        }
+        mma_acc<BQ / 16, HLD, LD>(dk, H, q_s);
     }
 
-    // dv += dV, dk += scale * dK: each element read, added and written by one lane
+    // dv += dV, dk += scale * dK
     bf16 *dkb = dqkv + (size_t)b * T * C3 + C + (size_t)h * hs;
     store_add<HSP, CH, FLD>(dkb, dk, F, k0 + warp * 16, T, C3, hs, scale);
     store_add<HSP, CH, FLD>(dkb + C, dv, F, k0 + warp * 16, T, C3, hs, 1.0f);
