@@ -14,6 +14,7 @@ printf "%-6s %-5s %12s %16s %18s %18s\n" ranks zero "tokens/s" "optim MiB/rank" 
 for run in "1 1" "2 1" "2 0"; do
   set -- $run
   ranks=$1 zero=$2 dir=runs/bench_r${1}_z${2}
+  rm -rf "$dir" # a finished run dir would resume at its last step and train nothing
   log=$(bash launch/mpirun.sh -n "$ranks" -- "$ctrain" train configs/quickstart.json --set run.dir="$dir" \
         --set optim.max_steps="$steps" --set optim.warmup_steps=5 --set data.val= --set log.every=1000 \
         --set parallel.zero_stage="$zero" 2>&1)
