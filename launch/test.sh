@@ -33,4 +33,16 @@ case $tier in
   all) labels='unit|reference|gpu' ;;
   *) echo "usage: launch/test.sh [all|unit|reference|gpu]" >&2; exit 2 ;;
 esac
-ctest --test-dir "$build" -L "$labels" --output-on-failure --no-tests=error
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+rc=0
+ctest --test-dir "$build" -L "$labels" --output-on-failure --no-tests=error | tee "$log" || rc=$?
+# ctest's "100% tests passed" counts skipped tests in its total: say what really ran.
+skipped=$(grep -c '\*\*\*Skipped' "$log" || true)
+total=$(grep -cE '^ *[0-9]+/[0-9]+ Test +#' "$log" || true)
+failed=$(grep -cE '^ *[0-9]+/[0-9]+ Test +#.*\*\*\*(Failed|Timeout|Exception|Not Run)' "$log" || true)
+echo "test: $((total - skipped - failed)) passed, $failed failed, $skipped skipped (not run, not counted as passed)"
+if [ "$skipped" -gt 0 ]; then
+  echo "test: skipped: $(grep '\*\*\*Skipped' "$log" | sed -E 's/.*Test +#[0-9]+: ([^ ]+).*/\1/' | paste -sd' ')"
+fi
+exit $rc
