@@ -406,7 +406,8 @@ int main(void)
     RUN(test_matmul(64, 96, 80));
     RUN(test_matmul(33, 64, 48));
     RUN(test_gelu(5000));
-    RUN(test_residual(3001));
+    RUN(test_gelu(5003)); /* 16-byte steps, then a tail of 3 */
+    RUN(test_residual(3001)); /* 16-byte steps, then a tail of 1 */
     RUN(test_xent(9, 1003, 1));
     RUN(test_xent(4, 50257, 1));
     RUN(test_xent(3, 100, 0));
