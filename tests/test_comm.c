@@ -66,6 +66,67 @@ static void check_reduce_scatter(ct_comm *c, size_t n)
     free(want);
 }
 
+/* Onto every root in turn: the root gets the sum, the others' recv stays untouched. */
+static void check_reduce(ct_comm *c, size_t n)
+{
+    float *send = ct_test_alloc(n), *recv = ct_test_alloc(n);
+    double *want = ct_test_alloc_d(n);
+    for (size_t i = 0; i < n; i++) {
+        send[i] = (float)(rank * 1000 + (int)i);
+        want[i] = sum_over_ranks((double)i);
+    }
+    for (int root = 0; root < size; root++) {
+        for (size_t i = 0; i < n; i++) recv[i] = -1;
+        CHECK(ct_comm_reduce_sum(c, send, recv, n, root) == 0);
+        if (rank == root) {
+            CHECK_CLOSE("reduce_sum at the root", recv, want, n, 0, 0);
+        } else {
+            size_t touched = 0;
+            for (size_t i = 0; i < n; i++) touched += recv[i] != -1;
+            CHECK(touched == 0);
+        }
+    }
+    free(send);
+    free(recv);
+    free(want);
+}
+
+/* The buffer collectives without a device are the host ones: fp32 only, done on return. */
+static void check_buffers(ct_comm *c, size_t n)
+{
+    size_t total = n * (size_t)size;
+    float *a = ct_test_alloc(total), *b = ct_test_alloc(total), *recv = ct_test_alloc(n), *want_f = ct_test_alloc(n);
+    for (size_t j = 0; j < total; j++) a[j] = b[j] = (float)(rank * 1000 + (int)j);
+    CHECK(!ct_comm_has_device(c));
+    CHECK(ct_comm_buf_reduce_scatter(c, a, recv, n, CT_COMM_F32, NULL) == 0);
+    CHECK(ct_comm_reduce_scatter_sum(c, b, want_f, n) == 0);
+    CHECK(!memcmp(recv, want_f, n * sizeof(float)));
+    CHECK(ct_comm_buf_allreduce(c, a, n, CT_COMM_F32, NULL) == 0);
+    CHECK(ct_comm_allreduce_sum(c, b, n) == 0);
+    CHECK(!memcmp(a, b, n * sizeof(float)));
+    ct_comm_buf_group_begin(c); /* no-ops on the host */
+    CHECK(ct_comm_buf_reduce(c, a, recv, n, CT_COMM_F32, size - 1, NULL) == 0);
+    ct_comm_buf_group_end(c);
+    CHECK(ct_comm_reduce_sum(c, b, want_f, n, size - 1) == 0);
+    if (rank == size - 1) CHECK(!memcmp(recv, want_f, n * sizeof(float)));
+    CHECK(ct_comm_buf_allgather(c, a, n, CT_COMM_F32, NULL) == 0);
+    CHECK(ct_comm_allgather(c, b, n) == 0);
+    CHECK(!memcmp(a, b, total * sizeof(float)));
+    CHECK(ct_comm_buf_wait(c, NULL) == 0);
+    /* bf16 lives only in device memory: refused alike on every rank, nothing sent */
+    uint64_t before = ct_comm_bytes(c);
+    CHECK(ct_comm_buf_allreduce(c, a, n, CT_COMM_BF16, NULL) == -1);
+    CHECK(ct_comm_buf_reduce_scatter(c, a, recv, n, CT_COMM_BF16, NULL) == -1);
+    CHECK(ct_comm_buf_allgather(c, a, n, CT_COMM_BF16, NULL) == -1);
+    CHECK(ct_comm_buf_reduce(c, a, recv, n, CT_COMM_BF16, 0, NULL) == -1);
+    CHECK(ct_comm_buf_reduce(c, a, recv, n, CT_COMM_F32, size, NULL) == -1); /* root out of range */
+    CHECK(ct_comm_bytes(c) == before);
+    free(a);
+    free(b);
+    free(recv);
+    free(want_f);
+}
+
 static void check_allgather(ct_comm *c, size_t n)
 {
     size_t total = n * (size_t)size;
@@ -119,13 +180,14 @@ static void check_bytes(ct_comm *c)
     CHECK(ct_comm_allreduce_sum_f64(c, d, 5) == 0);
     CHECK(ct_comm_reduce_scatter_sum(c, f, recv, 1) == 0);
     CHECK(ct_comm_allgather(c, f, 2) == 0);
+    CHECK(ct_comm_reduce_sum(c, f, recv, 1, 0) == 0);
     CHECK(ct_comm_broadcast(c, b, 13, 0) == 0);
     CHECK(ct_comm_barrier(c) == 0);
     CHECK(ct_comm_all_ok(c, 1) == 1);
     CHECK(ct_comm_broadcast(c, b, 13, size) == -1); /* root out of range: refused, not counted */
     CHECK(ct_comm_broadcast(c, b, 13, -1) == -1);
     uint64_t got = ct_comm_bytes(c) - before;
-    uint64_t want = 3 * 4 + 5 * 8 + 1 * (uint64_t)size * 4 + 2 * (uint64_t)size * 4 + 13;
+    uint64_t want = 3 * 4 + 5 * 8 + 1 * (uint64_t)size * 4 + 2 * (uint64_t)size * 4 + 1 * 4 + 13;
     CHECK(got == want);
     if (got != want)
         fprintf(stderr, "rank %d: bytes counted %llu, want %llu\n", rank, (unsigned long long)got,
@@ -184,7 +246,9 @@ static void run_all(ct_comm *c)
         check_allreduce(c, ns[k]);
         check_allreduce_f64(c, ns[k]);
         check_reduce_scatter(c, ns[k]);
+        check_reduce(c, ns[k]);
         check_allgather(c, ns[k]);
+        check_buffers(c, ns[k]);
         check_broadcast(c, ns[k] * 4 + 1);
     }
     /* n == 0: nothing moves, every rank returns 0 */
