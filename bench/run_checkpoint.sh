@@ -14,13 +14,13 @@ printf "%-6s %10s %10s %10s %12s %14s\n" ranks "step s" "save s" "load s" "file 
 for ranks in 1 2; do
   dir=runs/bench_ckpt_r$ranks
   rm -rf "$dir"
-  log=$(bash launch/mpirun.sh -n "$ranks" -- "$ctrain" train configs/quickstart.json --set run.dir="$dir" \
+  log=$(bash launch/mpirun.sh -n "$ranks" -- "$ctrain" train configs/quickstart.json --set run.device=cpu --set run.dir="$dir" \
         "${model[@]}" --set optim.max_steps=3 --set checkpoint.every=1 --set checkpoint.keep=3 2>&1)
   step=$(grep -o '"ms": [0-9.]*' "$dir/metrics.jsonl" | awk 'NR > 1 { s += $2; n++ } END { printf "%.2f", s / n / 1000 }')
   save=$(grep -o 'checkpoint .*(\([0-9.]*\) s)' <<<"$log" | sed 's/.*(\([0-9.]*\) s)/\1/' | awk 'NR > 1 { s += $1; n++ } END { printf "%.2f", s / n }')
   size=$(du -m "$dir/ckpt_00000003.h5" | cut -f1)
   # resume from step 2's checkpoint and run step 3 again: the load time is printed
-  log2=$(bash launch/mpirun.sh -n "$ranks" -- "$ctrain" train configs/quickstart.json --set run.dir="$dir.resume" \
+  log2=$(bash launch/mpirun.sh -n "$ranks" -- "$ctrain" train configs/quickstart.json --set run.device=cpu --set run.dir="$dir.resume" \
         "${model[@]}" --set optim.max_steps=3 --set model.init_from="$dir/ckpt_00000002.h5" 2>&1)
   load=$(sed -n 's/.*loaded in \([0-9.]*\) s.*/\1/p' <<<"$log2")
   rm -rf "$dir.resume"

@@ -14,7 +14,7 @@ bash launch/sft_data.sh
 model=(--set model.n_layer=6 --set model.n_embd=384 --set model.n_head=6 --set model.vocab_size=50257
        --set model.max_seq_len=128)
 rm -rf runs/bench_lora_base
-"$ctrain" train configs/quickstart.json --set run.dir=runs/bench_lora_base "${model[@]}" --set optim.max_steps=1 \
+"$ctrain" train configs/quickstart.json --set run.device=cpu --set run.dir=runs/bench_lora_base "${model[@]}" --set optim.max_steps=1 \
   --set optim.warmup_steps=0 --set data.val= >/dev/null
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; 2 ranks; $steps steps each"
 printf "%-22s %10s %12s %14s %16s\n" run "tokens/s" "weights MiB" "gradients MiB" "optimizer MiB"
@@ -23,7 +23,7 @@ for kind in full "lora r=16 all-linear"; do
   rm -rf "$dir"
   extra=(--set lora.targets=)
   [ "$kind" = full ] || extra=(--set lora.targets=all-linear --set lora.r=16 --set lora.alpha=32)
-  log=$(bash launch/mpirun.sh -n 2 -- "$ctrain" train configs/lora_sft.json --set run.dir="$dir" \
+  log=$(bash launch/mpirun.sh -n 2 -- "$ctrain" train configs/lora_sft.json --set run.device=cpu --set run.dir="$dir" \
         --set model.init_from=runs/bench_lora_base --set optim.max_steps="$steps" --set optim.warmup_steps=2 \
         --set log.eval_every=0 --set data.val= --set checkpoint.every=0 --set log.every=1000 "${extra[@]}" 2>&1)
   tps=$(grep -o '"tokens_per_s": [0-9.]*' "$dir/metrics.jsonl" | awk 'NR > 3 { s += $2; n++ } END { printf "%.0f", s / n }')

@@ -15,7 +15,7 @@ for run in "1 1" "2 1" "2 0"; do
   set -- $run
   ranks=$1 zero=$2 dir=runs/bench_r${1}_z${2}
   rm -rf "$dir" # a finished run dir would resume at its last step and train nothing
-  log=$(bash launch/mpirun.sh -n "$ranks" -- "$ctrain" train configs/quickstart.json --set run.dir="$dir" \
+  log=$(bash launch/mpirun.sh -n "$ranks" -- "$ctrain" train configs/quickstart.json --set run.device=cpu --set run.dir="$dir" \
         --set optim.max_steps="$steps" --set optim.warmup_steps=5 --set data.val= --set log.every=1000 \
         --set parallel.zero_stage="$zero" 2>&1)
   tps=$(grep -o '"tokens_per_s": [0-9.]*' "$dir/metrics.jsonl" | awk 'NR > 5 { s += $2; n++ } END { printf "%.0f", s / n }')

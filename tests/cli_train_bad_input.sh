@@ -29,7 +29,7 @@ expect() {
 for i in $(seq 1 300); do echo "line $i of a small corpus, with words that repeat and repeat."; done > "$tmp/text.txt"
 cat > "$tmp/cfg.json" <<EOF
 {
-  "run": {"dir": "$tmp/run"},
+  "run": {"dir": "$tmp/run", "device": "cpu"},
   "model": {"max_seq_len": 32, "n_layer": 1, "n_head": 2, "n_embd": 16},
   "data": {"text": "$tmp/text.txt", "train": "$tmp/train.h5", "val": "$tmp/val.h5", "seq_len": 32, "micro_batch": 2,
            "val_fraction": 0.2},
@@ -55,7 +55,14 @@ expect "vocab" -- train "$tmp/cfg.json" --set model.vocab_size=100
 expect "holds no trained model" -- sample "$tmp/cfg.json"
 expect "holds no trained model" -- eval "$tmp/cfg.json"
 expect "unknown option '--sett'" -- train "$tmp/cfg.json" --sett optim.lr=1
-expect 'run.device: "cuda"' -- train "$tmp/cfg.json" --set run.device=cuda
+# Asking for CUDA where none is usable is an error; where a GPU is visible it would train instead.
+if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+  echo "note: a GPU is visible: the run.device=cuda error case does not apply here"
+else
+  expect 'run.device: "cuda": no CUDA device is usable' -- train "$tmp/cfg.json" --set run.device=cuda
+fi
+expect "run.device" -- train "$tmp/cfg.json" --set run.device=gpu
+expect "parallel.overlap_comm: expected true or false" -- train "$tmp/cfg.json" --set parallel.overlap_comm=1x
 # LoRA keys, checkpoints, export and merge
 expect "lora.targets: LoRA fine-tunes a base model" -- train "$tmp/cfg.json" --set lora.targets=c_attn
 expect "lora.r: 0 is out of range" -- train "$tmp/cfg.json" --set lora.r=0

@@ -22,7 +22,7 @@ chmod +x "$tmp/bin/"*
 
 awk 'BEGIN { srand(3); for (l = 0; l < 3000; l++) { s = ""; for (i = 0; i < 9; i++) s = s int(rand() * 500) " "; print s } }' \
   > "$tmp/text.txt"
-printf '%s\n' "{ \"run\": {\"dir\": \"$tmp/run\"}," \
+printf '%s\n' "{ \"run\": {\"dir\": \"$tmp/run\", \"device\": \"cpu\"}," \
   " \"model\": {\"max_seq_len\": 32, \"n_layer\": 2, \"n_head\": 2, \"n_embd\": 32}," \
   " \"data\": {\"text\": \"$tmp/text.txt\", \"train\": \"$tmp/train.h5\", \"val\": \"\", \"seq_len\": 32, \"micro_batch\": 4}," \
   " \"optim\": {\"max_steps\": 4000, \"warmup_steps\": 10}, \"log\": {\"every\": 100000} }" > "$tmp/cfg.json"

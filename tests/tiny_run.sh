@@ -1,7 +1,8 @@
 # tiny_run.sh — sourced by the multi-rank test scripts: the small corpus and model they share.
 #
 # tiny_run DIR WARMUP LOG_EVERY [JSON]: writes DIR/text.txt (a deterministic ~200 KB of pseudo-
-# random words in lines) and DIR/base.json (a GPT-2 of 2 layers, width 32, on bytes; 20 steps;
+# random words in lines) and DIR/base.json (a GPT-2 of 2 layers, width 32, on bytes, on the CPU
+# backend, which these tests are about, even where a GPU is visible; 20 steps;
 # JSON adds sections, e.g. '"checkpoint": {"every": 10},'), and prepares the datasets with $ctrain.
 tiny_run() {
   local dir=$1 warmup=$2 every=$3 extra=${4:-}
@@ -10,7 +11,7 @@ tiny_run() {
     > "$dir/text.txt"
   cat > "$dir/base.json" <<JSON
 {
-  "run": {"seed": 5},
+  "run": {"seed": 5, "device": "cpu"},
   "model": {"vocab_size": 257, "max_seq_len": 32, "n_layer": 2, "n_head": 2, "n_embd": 32},
   "data": {"text": "$dir/text.txt", "train": "$dir/train.h5", "val": "$dir/val.h5", "seq_len": 32, "micro_batch": 2},
   "optim": {"lr": 3e-3, "min_lr": 3e-4, "warmup_steps": $warmup, "max_steps": 20},

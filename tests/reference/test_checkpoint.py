@@ -50,7 +50,7 @@ def main():
         tmp = Path(tmp)
         rng = np.random.default_rng(0)
         (tmp / "text.txt").write_text("\n".join(" ".join(str(x) for x in rng.integers(0, 999, 9)) for _ in range(2000)))
-        cfg = {"run": {"dir": str(tmp / "run")},
+        cfg = {"run": {"dir": str(tmp / "run"), "device": "cpu"},  # fp32: the oracle's precision
                "model": {"max_seq_len": 32, "n_layer": 2, "n_head": 2, "n_embd": 32},
                "data": {"text": str(tmp / "text.txt"), "train": str(tmp / "train.h5"), "val": str(tmp / "val.h5"),
                         "seq_len": 32, "micro_batch": 2},

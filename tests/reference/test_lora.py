@@ -75,7 +75,7 @@ def main():
         base.save_pretrained(work / "base", safe_serialization=True)
         rng = np.random.default_rng(1)
         (work / "text.txt").write_text("\n".join(" ".join(str(x) for x in rng.integers(0, 99, 9)) for _ in range(1500)))
-        config = {"run": {"dir": str(work / "run")}, "model": {"init_from": str(work / "base")},
+        config = {"run": {"dir": str(work / "run"), "device": "cpu"}, "model": {"init_from": str(work / "base")},
                   "data": {"text": str(work / "text.txt"), "train": str(work / "train.h5"), "val": str(work / "val.h5"),
                            "seq_len": 32, "micro_batch": 2},
                   "optim": {"lr": 1e-2, "max_steps": 8, "warmup_steps": 1},
