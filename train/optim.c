@@ -24,7 +24,7 @@ struct ct_optim {
     size_t reduced;      /* elements handed over by ct_optim_grad_ready since the last step */
     float *m, *v;        /* [len] AdamW moments */
     float *master;       /* [len] fp32 weights: the parameters themselves when they are fp32 */
-    float *gslice;       /* [len] reduced gradients (stage 1; stage 0 reduces in place) */
+    void *gslice;        /* [len] reduced gradients, storage dtype (stage 1; stage 0 reduces in place) */
     int t;               /* steps taken */
     size_t state_bytes;
 };
@@ -60,7 +60,7 @@ int ct_optim_init(ct_optim **out, ct_gpt2 *m, ct_comm *comm, int zero_stage, int
     if (!o->m || !o->v) goto oom;
     o->state_bytes = 2 * bytes;
     if (zero_stage == 1) {
-        if (!(o->gslice = o->be->alloc(bytes))) goto oom;
+        if (!(o->gslice = o->be->alloc(o->len * o->be->elem_size))) goto oom;
     }
     if (o->be->elem_size == sizeof(float)) {
         o->master = (float *)tr.params + o->begin;
