@@ -159,15 +159,23 @@ def main():
     L.append("| implementation | ms/step | tokens/s | TFLOP/s | MFU | peak memory | allocator peak |")
     L.append("|---|---|---|---|---|---|---|")
 
-    def pre_row(label, r, name):
+    def row(label, r, name, with_flops):
+        """One run's table row; a run without results shows its phase's status instead."""
+        ncols = 7 if with_flops else 5
         if not r:
             st = (phases.get(name) or {}).get("status", "not run")
-            L.append(f"| {label} | {st} | | | | | |")
+            L.append(f"| {label} | {st} |" + " |" * (ncols - 2))
             return
         alloc = (f"{fmt(r.get('peak_mem_allocated_mib'))} / {fmt(r.get('peak_mem_reserved_mib'))} MiB"
                  if (r.get("peak_mem_allocated_mib") or -1) >= 0 else "-")
-        L.append(f"| {label} | {fmt(r.get('ms_per_step'), '.1f')} | {fmt(r.get('tokens_per_s'))} | "
-                 f"{fmt(r.get('tflops'), '.1f')} | {fmt(r.get('mfu'), '.1%')} | {mib(mem(name))} | {alloc} |")
+        cols = [fmt(r.get("ms_per_step"), ".1f"), fmt(r.get("tokens_per_s"))]
+        if with_flops:
+            cols += [fmt(r.get("tflops"), ".1f"), fmt(r.get("mfu"), ".1%")]
+        cols += [mib(mem(name)), alloc]
+        L.append(f"| {label} | " + " | ".join(cols) + " |")
+
+    def pre_row(label, r, name):
+        row(label, r, name, True)
 
     pre_row("ctrain", ct, "pre_ctrain")
     pre_row("PyTorch eager", eager, "pre_eager")
@@ -200,14 +208,7 @@ def main():
     L.append("|---|---|---|---|---|")
 
     def lora_row(label, r, name):
-        if not r:
-            st = (phases.get(name) or {}).get("status", "not run")
-            L.append(f"| {label} | {st} | | | |")
-            return
-        alloc = (f"{fmt(r.get('peak_mem_allocated_mib'))} / {fmt(r.get('peak_mem_reserved_mib'))} MiB"
-                 if (r.get("peak_mem_allocated_mib") or -1) >= 0 else "-")
-        L.append(f"| {label} | {fmt(r.get('ms_per_step'), '.1f')} | {fmt(r.get('tokens_per_s'))} | "
-                 f"{mib(mem(name))} | {alloc} |")
+        row(label, r, name, False)
 
     lora_row("ctrain", lct, "lora_ctrain")
     lora_row("transformers + peft, fp32 base, bf16 autocast", lpf, "lora_peft")

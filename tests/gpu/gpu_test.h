@@ -4,6 +4,7 @@
 #ifndef CT_TESTS_GPU_TEST_H
 #define CT_TESTS_GPU_TEST_H
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,22 @@ static inline int ct_gpu_test_start(const char *name, const ct_backend **cpu, co
     *rng = s ? strtoull(s, NULL, 0) : (uint64_t)time(NULL);
     printf("%s: seed %llu (CT_TEST_SEED reproduces)\n", name, (unsigned long long)*rng);
     return 0;
+}
+
+/* GPU against CPU, element by element: |got - want| <= rtol*|want| + afrac*max|want|. The
+ * absolute term scales with the tensor's magnitude, so cancellation in sums is covered. */
+#define CMP(what, got, want, n, rtol, afrac) ct_gpu_cmp(__FILE__, __LINE__, what, got, want, n, rtol, afrac)
+static inline void ct_gpu_cmp(const char *file, int line, const char *what, const float *got, const float *want,
+                              size_t n, double rtol, double afrac)
+{
+    double mx = 0;
+    double *w = ct_test_alloc_d(n);
+    for (size_t i = 0; i < n; i++) {
+        w[i] = want[i];
+        if (fabs(w[i]) > mx) mx = fabs(w[i]);
+    }
+    ct_check_close(file, line, what, got, w, n, rtol, afrac * mx + 1e-30);
+    free(w);
 }
 
 #endif

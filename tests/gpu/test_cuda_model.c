@@ -107,20 +107,6 @@ static void from_host(const ct_backend *be, ct_kctx *ctx, void *dst, const float
     be->free(stage);
 }
 
-#define CMP(what, got, want, n, rtol, afrac) cmp(__FILE__, __LINE__, what, got, want, n, rtol, afrac)
-/* |got - want| <= rtol*|want| + afrac*max|want|, as test_cuda_ops */
-static void cmp(const char *file, int line, const char *what, const float *got, const float *want, size_t n,
-               double rtol, double afrac)
-{
-    double mx = 0;
-    double *w = ct_test_alloc_d(n);
-    for (size_t i = 0; i < n; i++) {
-        w[i] = want[i];
-        if (fabs(w[i]) > mx) mx = fabs(w[i]);
-    }
-    ct_check_close(file, line, what, got, w, n, rtol, afrac * mx + 1e-30);
-    free(w);
-}
 
 /* Every tensor of a table compared on its own, elementwise (the worst element reported with the
  * tensor's name) and, when l2 > 0, as a whole: ||got - want|| <= l2 * ||want||, which catches a

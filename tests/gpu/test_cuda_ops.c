@@ -114,19 +114,6 @@ static float *down_f32(const float *d, size_t n)
     return h;
 }
 
-#define CMP(what, got, want, n, rtol, afrac) cmp(__FILE__, __LINE__, what, got, want, n, rtol, afrac)
-static void cmp(const char *file, int line, const char *what, const float *got, const float *want, size_t n,
-                double rtol, double afrac)
-{
-    double mx = 0;
-    double *w = ct_test_alloc_d(n);
-    for (size_t i = 0; i < n; i++) {
-        w[i] = want[i];
-        if (fabs(w[i]) > mx) mx = fabs(w[i]);
-    }
-    ct_check_close(file, line, what, got, w, n, rtol, afrac * mx + 1e-30);
-    free(w);
-}
 
 /* ---- conversions -------------------------------------------------------------------------- */
 static void test_convert(void)
