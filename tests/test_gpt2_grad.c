@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "gpt2_test.h"
 #include "gpt2.h"
 
 static const ct_gpt2_config cfg = {.vocab_size = 11, .max_seq_len = 7, .n_layer = 2, .n_head = 2, .n_embd = 8,
@@ -16,26 +17,10 @@ enum { B = 2, T = 5 };
 
 static int32_t tokens[B * T], targets[B * T];
 
-/* The mean loss; the logits keep the gradient of dloss * the summed loss for a backward. */
-static double mean_loss_w(ct_gpt2 *m, float dloss)
-{
-    double sum;
-    long ntok;
-    char err[256];
-    if (ct_gpt2_forward(m, tokens, targets, B, T, dloss, &sum, &ntok, err, sizeof err)) {
-        fprintf(stderr, "forward: %s\n", err);
-        exit(2);
-    }
-    return sum / (double)ntok;
-}
+/* on this file's tokens and targets */
+static double mean_loss_w(ct_gpt2 *m, float dloss) { return ct_test_mean_loss(m, tokens, targets, B, T, dloss); }
 static double mean_loss(ct_gpt2 *m) { return mean_loss_w(m, 0.0f); }
-
-static long count_targets(void)
-{
-    long n = 0;
-    for (int i = 0; i < B * T; i++) n += targets[i] >= 0;
-    return n;
-}
+static long count_targets(void) { return ct_test_count_targets(targets, B * T); }
 
 /* Per tensor: the directional derivative along a random direction, and the few elements with
  * the largest gradient, against central differences of the fp32 loss. */

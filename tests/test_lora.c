@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "gpt2_test.h"
 #include "config.h"
 #include "gpt2.h"
 #include "hf_gpt2.h"
@@ -102,26 +103,10 @@ static float *logits_of(ct_gpt2 *m)
     return out;
 }
 
-/* The mean loss; the logits keep the gradient of dloss * the summed loss for a backward. */
-static double mean_loss_w(ct_gpt2 *m, float dloss)
-{
-    double sum;
-    long ntok;
-    char err[256];
-    if (ct_gpt2_forward(m, tokens, targets, B, T, dloss, &sum, &ntok, err, sizeof err)) {
-        fprintf(stderr, "forward: %s\n", err);
-        exit(2);
-    }
-    return sum / (double)ntok;
-}
+/* on this file's tokens and targets */
+static double mean_loss_w(ct_gpt2 *m, float dloss) { return ct_test_mean_loss(m, tokens, targets, B, T, dloss); }
 static double mean_loss(ct_gpt2 *m) { return mean_loss_w(m, 0.0f); }
-
-static long count_targets(void)
-{
-    long n = 0;
-    for (int i = 0; i < B * T; i++) n += targets[i] >= 0;
-    return n;
-}
+static long count_targets(void) { return ct_test_count_targets(targets, B * T); }
 
 /* got within rtol of want, relative to want's largest magnitude */
 static void check_logits_close(const char *what, const float *got, const float *want, double rtol)

@@ -58,17 +58,6 @@ static ct_kctx *ck, *gk;
 static ct_comm *ccomm, *gcomm; /* size 1 each; gcomm has device 0 attached (NCCL) */
 static uint64_t rng;
 
-/* fp32 -> bf16 -> fp32, round to nearest even (what to_storage does) */
-static float bf16r(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    if ((u & 0x7f800000u) == 0x7f800000u) return x;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    u &= 0xffff0000u;
-    memcpy(&x, &u, 4);
-    return x;
-}
 
 static void *balloc(const ct_backend *be, size_t bytes)
 {

@@ -43,17 +43,6 @@ static void *dalloc(size_t bytes)
     return p;
 }
 
-/* fp32 -> bf16 -> fp32, round to nearest even (what to_storage must do) */
-static float bf16r(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    if ((u & 0x7f800000u) == 0x7f800000u) return x;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    u &= 0xffff0000u;
-    memcpy(&x, &u, 4);
-    return x;
-}
 
 static float *rnd(size_t n, float lo, float hi)
 {
