@@ -13,6 +13,10 @@
  * alike): callers zero them first. This is what lets micro-batches accumulate and lets a
  * tensor feed several consumers (residual stream, LoRA's second path).
  *
+ * The slots after attention_bwd that only the Llama family or sampling use (attention_decode,
+ * copy_rows, rmsnorm_*, rope_*, swiglu_*) may be NULL on a backend that lacks them: a model
+ * names the missing op when a run needs it (docs/DESIGN.md "Backends").
+ *
  * Ops never allocate. They run on the stream of the ct_kctx they are given and return
  * before completion on asynchronous backends; results read on the host need sync().
  * This header knows nothing of MPI, files, configs or models. */
@@ -22,7 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CT_KERNELS_ABI 3 /* bumped when a slot's meaning changes */
+#define CT_KERNELS_ABI 4 /* bumped when a slot's meaning changes */
 
 /* Per-backend execution context: CUDA stream and library handles; empty on cpu. */
 typedef struct ct_kctx ct_kctx;
@@ -59,7 +63,8 @@ typedef struct ct_backend {
     void (*to_f32)(ct_kctx *ctx, float *dst, const void *src, size_t n);       /* storage dtype -> fp32 */
     void (*sync)(ct_kctx *ctx);
 
-    /* out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]      out[B*T,C] */
+    /* out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]      out[B*T,C]; wpe may be NULL (no learned
+     * positions: out is the embedding alone) */
     void (*encoder_fwd)(ct_kctx *ctx, void *out, const int32_t *tokens, const void *wte, const void *wpe,
                         int B, int T, int C);
     /* dwte[V,C] += scatter of dout by token, dwpe[T,C] += sum over b of dout. Either may be NULL
@@ -84,13 +89,53 @@ typedef struct ct_backend {
     void (*matmul_bwd)(ct_kctx *ctx, void *dinp, void *dw, void *dbias, const void *dout, const void *inp,
                        const void *w, int N, int K, int M);
 
-    /* Causal multi-head self-attention. qkv[B*T,3C] holds q|k|v, heads of C/NH channels;
-     * out[B*T,C]. stats[attention_stats_len(B,T,NH)] is whatever the backend keeps for
-     * backward (softmax rows on cpu); backward may overwrite it. */
+    /* Causal self-attention with grouped-query heads. Row (b,t) of q (row stride ldq elements)
+     * holds NH heads of D channels; rows of k and v (row stride ldkv) hold NKV heads; query head
+     * h reads kv head h / (NH / NKV) (NH a multiple of NKV). Scores are scaled by 1/sqrt(D). Key
+     * s is visible to query t iff s <= t and (window == 0 or s > t - window). out[B*T, NH*D]
+     * (row stride NH*D). GPT-2 passes q = qkv, k = qkv + C, v = qkv + 2C, ldq = ldkv = 3C.
+     * stats[attention_stats_len(B,T,NH)] is whatever the backend keeps for backward (softmax
+     * rows on cpu); backward may overwrite it. */
     size_t (*attention_stats_len)(int B, int T, int NH);
-    void (*attention_fwd)(ct_kctx *ctx, void *out, float *stats, const void *qkv, int B, int T, int C, int NH);
-    void (*attention_bwd)(ct_kctx *ctx, void *dqkv, float *stats, const void *dout, const void *qkv,
-                          const void *out, int B, int T, int C, int NH);
+    void (*attention_fwd)(ct_kctx *ctx, void *out, float *stats, const void *q, const void *k, const void *v,
+                          int B, int T, int NH, int NKV, int D, int ldq, int ldkv, int window);
+    /* dq (stride ldq), dk and dv (stride ldkv) += the gradients; they may be views of one buffer
+     * (GPT-2's dqkv) but never overlap. */
+    void (*attention_bwd)(ct_kctx *ctx, void *dq, void *dk, void *dv, float *stats, const void *dout,
+                          const void *q, const void *k, const void *v, const void *out, int B, int T, int NH,
+                          int NKV, int D, int ldq, int ldkv, int window);
+    /* Inference over a KV cache (sampling): Tq new queries per sequence, at positions
+     * pos0 .. pos0+Tq-1, attend to keys 0 .. their position in kc and vc [B, maxT, NKV*D] (the
+     * new keys already written there), with attention_fwd's mask and head rule. q has row stride
+     * ldq; out[B*Tq, NH*D]. No statistics are kept: no backward follows. */
+    void (*attention_decode)(ct_kctx *ctx, void *out, const void *q, const void *kc, const void *vc, int B, int Tq,
+                             int pos0, int maxT, int NH, int NKV, int D, int ldq, int window);
+    /* dst[r*ldd + c] = src[r*lds + c] for r < rows, c < cols (storage dtype): KV cache appends */
+    void (*copy_rows)(ct_kctx *ctx, void *dst, int ldd, const void *src, int lds, int rows, int cols);
+
+    /* RMSNorm (Llama): out = inp * rstd * w, rstd = 1/sqrt(mean(inp^2) + eps) computed in fp32
+     * over the last axis; rstd[N] saved for backward. */
+    void (*rmsnorm_fwd)(ct_kctx *ctx, void *out, float *rstd, const void *inp, const void *w, int N, int C,
+                        float eps);
+    /* dinp[N,C] += input gradient; dw[C] += weight gradient (dw may be NULL: frozen) */
+    void (*rmsnorm_bwd)(ct_kctx *ctx, void *dinp, void *dw, const void *dout, const void *inp, const void *w,
+                        const float *rstd, int N, int C);
+
+    /* Rotary position embedding in place, in the rotate_half layout Hugging Face weights use
+     * (channel j pairs with j + D/2). Row n of x starts at x + n*ld and holds nh heads of D
+     * channels; for i < D/2, with a = pos[n] * inv_freq[i] in fp32:
+     *   x[i] <- x[i] cos a - x[i + D/2] sin a,   x[i + D/2] <- x[i + D/2] cos a + x[i] sin a.
+     * pos[N] (int32) and inv_freq[D/2] (fp32) live in backend memory. */
+    void (*rope_fwd)(ct_kctx *ctx, void *x, const int32_t *pos, const float *inv_freq, int N, int nh, int D, int ld);
+    /* Its transpose, in place (rotation by -a): turns the gradient at rope_fwd's output into the
+     * gradient at its input. Not an accumulating op: it rewrites dx. */
+    void (*rope_bwd)(ct_kctx *ctx, void *dx, const int32_t *pos, const float *inv_freq, int N, int nh, int D, int ld);
+
+    /* SwiGLU (Llama's MLP): out = silu(gate) * up, silu(x) = x / (1 + exp(-x)) */
+    void (*swiglu_fwd)(ct_kctx *ctx, void *out, const void *gate, const void *up, size_t n);
+    /* dgate += dout * up * silu'(gate); dup += dout * silu(gate) */
+    void (*swiglu_bwd)(ct_kctx *ctx, void *dgate, void *dup, const void *dout, const void *gate, const void *up,
+                       size_t n);
 
     /* GELU, tanh approximation (GPT-2's gelu_new) */
     void (*gelu_fwd)(ct_kctx *ctx, void *out, const void *inp, size_t n);
