@@ -23,7 +23,7 @@
 #endif
 
 #include "comm.h"
-#include "gpt2.h"
+#include "model.h"
 #include "kernels.h"
 #include "optim.h"
 #include "rng.h"
@@ -82,7 +82,7 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static int run_cpu(ct_gpt2_config cfg, int B, int steps, int warmup)
+static int run_cpu(ct_model_config cfg, int B, int steps, int warmup)
 {
     int T = cfg.max_seq_len;
     cpu = ct_backend_cpu();
@@ -92,13 +92,13 @@ static int run_cpu(ct_gpt2_config cfg, int B, int steps, int warmup)
     ct_kctx *ctx = timed.kctx_init(0);
 
     char err[512];
-    ct_gpt2 *m;
-    if (ct_gpt2_init(&m, &cfg, &timed, ctx, B, T, 1, err, sizeof err)) {
+    ct_model *m;
+    if (ct_model_init(&m, &cfg, &timed, ctx, B, T, 1, err, sizeof err)) {
         fprintf(stderr, "bench_step: %s\n", err);
         return 1;
     }
-    ct_gpt2_init_weights(m, 42);
-    size_t n = ct_gpt2_numel(m);
+    ct_model_init_weights(m, 42);
+    size_t n = ct_model_numel(m);
     float *mom = calloc(n, 4), *vel = calloc(n, 4);
     int32_t *tokens = malloc(sizeof(int32_t) * B * T), *targets = malloc(sizeof(int32_t) * B * T);
     make_batch(tokens, targets, B * T, cfg.vocab_size);
@@ -109,15 +109,15 @@ static int run_cpu(ct_gpt2_config cfg, int B, int steps, int warmup)
         double t0 = omp_get_wtime();
         double loss_sum;
         long ntok;
-        if (ct_gpt2_forward(m, tokens, targets, B, T, 1.0f / (float)(B * T), &loss_sum, &ntok, err, sizeof err)) {
+        if (ct_model_forward(m, tokens, targets, B, T, 1.0f / (float)(B * T), &loss_sum, &ntok, err, sizeof err)) {
             fprintf(stderr, "bench_step: %s\n", err);
             return 1;
         }
-        ct_gpt2_zero_grad(m);
-        ct_gpt2_backward(m, NULL, NULL);
-        float *p = ct_gpt2_params(m), *g = ct_gpt2_grads(m);
-        for (int i = 0; i < ct_gpt2_num_tensors(m); i++) {
-            const ct_param *t = ct_gpt2_tensor(m, i);
+        ct_model_zero_grad(m);
+        ct_model_backward(m, NULL, NULL);
+        float *p = ct_model_params(m), *g = ct_model_grads(m);
+        for (int i = 0; i < ct_model_num_tensors(m); i++) {
+            const ct_param *t = ct_model_tensor(m, i);
             ct_adamw_params hp = {.lr = 3e-4f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f,
                                   .weight_decay = t->decay ? 0.1f : 0.0f, .grad_scale = 1.0f, .step = s + 1};
             cpu->adamw(ctx, p + t->offset, p + t->offset, mom + t->offset, vel + t->offset, g + t->offset, t->numel,
@@ -129,7 +129,7 @@ static int run_cpu(ct_gpt2_config cfg, int B, int steps, int warmup)
         if (s >= warmup) total += dt;
     }
     double step_s = total / steps;
-    double flops = ct_gpt2_step_flops(&cfg, B, T);
+    double flops = ct_model_step_flops(&cfg, B, T);
     double sgemm = sgemm_gflops(B * T, cfg.n_embd, 4 * cfg.n_embd);
     double sgemm_head = sgemm_gflops(B * T, cfg.n_embd, cfg.vocab_size);
     double mm_rate = mm_flops / mm_seconds / 1e9;
@@ -146,7 +146,7 @@ static int run_cpu(ct_gpt2_config cfg, int B, int steps, int warmup)
            threads, step_s * 1e3, B * T / step_s, flops / step_s / 1e9, mm_seconds / total, mm_rate, sgemm,
            sgemm_head, first_loss, last_loss);
     free(mom), free(vel), free(tokens), free(targets);
-    ct_gpt2_free(m);
+    ct_model_free(m);
     return 0;
 }
 
@@ -167,7 +167,7 @@ static void gpu_info(char *name, size_t n, double *used_mib, double *total_mib)
 #endif
 }
 
-static int run_cuda(ct_gpt2_config cfg, int B, int steps, int warmup, double peak_tflops)
+static int run_cuda(ct_model_config cfg, int B, int steps, int warmup, double peak_tflops)
 {
     int T = cfg.max_seq_len;
     const ct_backend *be = ct_backend_cuda();
@@ -187,12 +187,12 @@ static int run_cuda(ct_gpt2_config cfg, int B, int steps, int warmup, double pea
         fprintf(stderr, "bench_step: %s\n", comm ? err : "out of memory");
         return 1;
     }
-    ct_gpt2 *m;
-    if (ct_gpt2_init(&m, &cfg, be, ctx, B, T, 1, err, sizeof err)) {
+    ct_model *m;
+    if (ct_model_init(&m, &cfg, be, ctx, B, T, 1, err, sizeof err)) {
         fprintf(stderr, "bench_step: %s\n", err);
         return 1;
     }
-    ct_gpt2_init_weights(m, 42);
+    ct_model_init_weights(m, 42);
     ct_optim *o;
     if (ct_optim_init(&o, m, comm, 1, 0, err, sizeof err)) {
         fprintf(stderr, "bench_step: %s\n", err);
@@ -215,12 +215,12 @@ static int run_cuda(ct_gpt2_config cfg, int B, int steps, int warmup, double pea
         double t0 = omp_get_wtime();
         double loss_sum;
         long ntok;
-        ct_gpt2_zero_grad(m);
-        if (ct_gpt2_forward(m, tokens, targets, B, T, 1.0f / (float)(B * T), &loss_sum, &ntok, err, sizeof err)) {
+        ct_model_zero_grad(m);
+        if (ct_model_forward(m, tokens, targets, B, T, 1.0f / (float)(B * T), &loss_sum, &ntok, err, sizeof err)) {
             fprintf(stderr, "bench_step: %s\n", err);
             return 1;
         }
-        ct_gpt2_backward(m, NULL, NULL);
+        ct_model_backward(m, NULL, NULL);
         if (ct_optim_step(o, &hp, &norm)) {
             fprintf(stderr, "bench_step: the optimizer step failed\n");
             return 1;
@@ -235,14 +235,14 @@ static int run_cuda(ct_gpt2_config cfg, int B, int steps, int warmup, double pea
     double step_s = total / steps;
     qsort(times, (size_t)steps, sizeof(double), cmp_double);
     double median_s = steps % 2 ? times[steps / 2] : 0.5 * (times[steps / 2 - 1] + times[steps / 2]);
-    double flops = ct_gpt2_step_flops(&cfg, B, T);
+    double flops = ct_model_step_flops(&cfg, B, T);
     double tflops = flops / step_s / 1e12;
     double mfu = peak_tflops > 0 ? tflops / peak_tflops : 0;
     char gpu[256];
     double used_mib, total_mib;
     gpu_info(gpu, sizeof gpu, &used_mib, &total_mib);
     printf("ctrain cuda (%s): %d layers, width %d, %d heads, vocab %d, %d x %d tokens, %zu parameters\n", gpu,
-           cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size, B, T, ct_gpt2_count(m));
+           cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size, B, T, ct_model_count(m));
     printf("  step %.2f ms (median %.2f ms, %d timed after %d warm-up; all steps %.1f s), %.0f tokens/s, "
            "%.1f TFLOP/s (model FLOPs), MFU %.1f%% of %.1f TFLOP/s, loss %.4f -> %.4f, grad norm %.3f\n",
            step_s * 1e3, median_s * 1e3, steps, warmup, wall, B * T / step_s, tflops, 100 * mfu, peak_tflops,
@@ -256,12 +256,12 @@ static int run_cuda(ct_gpt2_config cfg, int B, int steps, int warmup, double pea
            "\"tokens_per_s\": %.1f, \"tflops\": %.2f, \"peak_tflops\": %.1f, \"mfu\": %.4f, "
            "\"gpu_mem_used_mib\": %.0f, \"gpu_mem_total_mib\": %.0f, \"optim_state_mib\": %.1f, "
            "\"loss_first\": %.5f, \"loss_last\": %.5f}\n",
-           gpu, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size, B, T, ct_gpt2_count(m), steps, warmup,
+           gpu, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size, B, T, ct_model_count(m), steps, warmup,
            step_s * 1e3, median_s * 1e3, B * T / step_s, tflops, peak_tflops, mfu, used_mib, total_mib,
            ct_optim_state_bytes(o) / 1048576.0, first_loss, last_loss);
     free(tokens), free(targets), free(times);
     ct_optim_free(o);
-    ct_gpt2_free(m);
+    ct_model_free(m);
     be->kctx_free(ctx);
     ct_comm_free(comm);
     return 0;
@@ -269,8 +269,8 @@ static int run_cuda(ct_gpt2_config cfg, int B, int steps, int warmup, double pea
 
 int main(int argc, char **argv)
 {
-    ct_gpt2_config cfg = {.vocab_size = 50257, .max_seq_len = 256, .n_layer = 6, .n_head = 6, .n_embd = 384,
-                          .ln_eps = 1e-5f};
+    ct_model_config cfg = {.vocab_size = 50257, .max_seq_len = 256, .n_layer = 6, .n_head = 6, .n_embd = 384,
+                          .norm_eps = 1e-5f};
     int B = 8, steps = 5, warmup = 1, cuda = 0;
     double peak_tflops = 989.4; /* H100 SXM / H200, dense bf16 */
     for (int i = 1; i + 1 < argc; i += 2) {

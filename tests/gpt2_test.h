@@ -6,17 +6,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "gpt2.h"
+#include "model.h"
 
 /* The mean loss over the counted targets; the logits keep the gradient of dloss * the summed
  * loss for a backward. Exits on a forward error (a broken test, not a result). */
-static inline double ct_test_mean_loss(ct_gpt2 *m, const int32_t *tokens, const int32_t *targets, int B, int T,
+static inline double ct_test_mean_loss(ct_model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
                                        float dloss)
 {
     double sum;
     long ntok;
     char err[256];
-    if (ct_gpt2_forward(m, tokens, targets, B, T, dloss, &sum, &ntok, err, sizeof err)) {
+    if (ct_model_forward(m, tokens, targets, B, T, dloss, &sum, &ntok, err, sizeof err)) {
         fprintf(stderr, "forward: %s\n", err);
         exit(2);
     }

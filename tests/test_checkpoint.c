@@ -16,7 +16,7 @@
 #include "check.h"
 #include "checkpoint.h"
 #include "comm.h"
-#include "gpt2.h"
+#include "model.h"
 #include "optim.h"
 #include "rng.h"
 
@@ -26,8 +26,8 @@ static ct_kctx *ctx;
 static ct_comm *comm;
 
 enum { B = 2, T = 8 };
-static const ct_gpt2_config tiny = {.vocab_size = 13, .max_seq_len = 8, .n_layer = 2, .n_head = 2, .n_embd = 8,
-                                    .ln_eps = 1e-5f};
+static const ct_model_config tiny = {.vocab_size = 13, .max_seq_len = 8, .n_layer = 2, .n_head = 2, .n_embd = 8,
+                                    .norm_eps = 1e-5f};
 static const ct_optim_hparams hp = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f,
                                     .weight_decay = 0.1f, .grad_clip = 1.0f};
 
@@ -55,28 +55,28 @@ static void check_message(int line, const char *err, const char *const *needles)
 }
 #define CHECK_MESSAGE(err, ...) check_message(__LINE__, err, (const char *const[]){__VA_ARGS__, NULL})
 
-static void make(const ct_gpt2_config *cfg, uint64_t seed, ct_gpt2 **m, ct_optim **o)
+static void make(const ct_model_config *cfg, uint64_t seed, ct_model **m, ct_optim **o)
 {
     char err[512];
     *m = NULL, *o = NULL;
-    if (ct_gpt2_init(m, cfg, be, ctx, B, T, 1, err, sizeof err) || ct_optim_init(o, *m, comm, 1, 0, err, sizeof err)) {
+    if (ct_model_init(m, cfg, be, ctx, B, T, 1, err, sizeof err) || ct_optim_init(o, *m, comm, 1, 0, err, sizeof err)) {
         fprintf(stderr, "init: %s\n", err);
         exit(2);
     }
-    ct_gpt2_init_weights(*m, seed);
+    ct_model_init_weights(*m, seed);
 }
 
-static void destroy(ct_gpt2 *m, ct_optim *o)
+static void destroy(ct_model *m, ct_optim *o)
 {
     ct_optim_free(o);
-    ct_gpt2_free(m);
+    ct_model_free(m);
 }
 
 /* `steps` real AdamW steps on random tokens, so m and v are non-zero */
-static void train(ct_gpt2 *m, ct_optim *o, int steps, uint64_t seed)
+static void train(ct_model *m, ct_optim *o, int steps, uint64_t seed)
 {
     int32_t tokens[B * T], targets[B * T];
-    int V = ct_gpt2_config_of(m)->vocab_size;
+    int V = ct_model_config_of(m)->vocab_size;
     char err[512];
     for (int s = 0; s < steps; s++) {
         for (int i = 0; i < B * T; i++) {
@@ -86,13 +86,13 @@ static void train(ct_gpt2 *m, ct_optim *o, int steps, uint64_t seed)
         double loss = 0;
         long ntok = 0;
         float norm = 0;
-        ct_gpt2_zero_grad(m);
+        ct_model_zero_grad(m);
         /* every target counts: the loss is the mean over B * T tokens */
-        if (ct_gpt2_forward(m, tokens, targets, B, T, 1.0f / (float)(B * T), &loss, &ntok, err, sizeof err)) {
+        if (ct_model_forward(m, tokens, targets, B, T, 1.0f / (float)(B * T), &loss, &ntok, err, sizeof err)) {
             fprintf(stderr, "forward: %s\n", err);
             exit(2);
         }
-        ct_gpt2_backward(m, NULL, NULL);
+        ct_model_backward(m, NULL, NULL);
         CHECK(ct_optim_step(o, &hp, &norm) == 0);
         CHECK(norm > 0);
     }
@@ -106,13 +106,13 @@ typedef struct {
     int steps;
 } snapshot;
 
-static snapshot take(ct_gpt2 *m, ct_optim *o)
+static snapshot take(ct_model *m, ct_optim *o)
 {
     snapshot s = {0};
     size_t begin;
-    s.pbytes = ct_gpt2_numel(m) * be->elem_size;
+    s.pbytes = ct_model_numel(m) * be->elem_size;
     s.params = malloc(s.pbytes);
-    be->download(ctx, s.params, ct_gpt2_params(m), s.pbytes);
+    be->download(ctx, s.params, ct_model_params(m), s.pbytes);
     ct_optim_slice(o, &begin, &s.len);
     float *src[3] = {ct_optim_master(o), ct_optim_exp_avg(o), ct_optim_exp_avg_sq(o)};
     for (int k = 0; k < 3; k++) {
@@ -191,7 +191,7 @@ static int exists(const char *path)
 /* ---------------------------------------------------------------- the checkpoint under test */
 
 static const char *good;           /* a checkpoint of src */
-static ct_gpt2 *src_m;             /* what it holds */
+static ct_model *src_m;             /* what it holds */
 static ct_optim *src_o;
 static ct_ckpt_state src_st;
 static const char *config_json = "{\"model\": {\"n_embd\": 8}}";
@@ -221,7 +221,7 @@ static void test_round_trip(void)
     CHECK(nonzero_m > (int)want.len / 2 && nonzero_v > (int)want.len / 2);
     CHECK(want.steps == 3);
 
-    ct_gpt2 *m;
+    ct_model *m;
     ct_optim *o;
     make(&tiny, 99, &m, &o);
     snapshot before = take(m, o);
@@ -239,21 +239,21 @@ static void test_round_trip(void)
     drop(&got);
 
     /* the model alone (sampling, evaluation, fine-tuning from a checkpoint) */
-    ct_gpt2 *m2;
+    ct_model *m2;
     ct_optim *o2;
     make(&tiny, 98, &m2, &o2);
     CHECK(ct_ckpt_read(good, m2, NULL, NULL, comm, err, sizeof err) == 0);
-    CHECK(!memcmp(ct_gpt2_params(m2), want.params, want.pbytes));
+    CHECK(!memcmp(ct_model_params(m2), want.params, want.pbytes));
     destroy(m2, o2);
 
-    ct_gpt2_config cfg;
+    ct_model_config cfg;
     memset(&cfg, 0xab, sizeof cfg);
     CHECK(ct_ckpt_read_config(good, &cfg, err, sizeof err) == 0);
     CHECK(!memcmp(&cfg, &tiny, sizeof cfg));
 
     /* a step after the resume matches a step of the original */
     train(m, o, 1, 77);
-    ct_gpt2 *m3;
+    ct_model *m3;
     ct_optim *o3;
     make(&tiny, 1, &m3, &o3);
     train(m3, o3, 3, 11);
@@ -320,7 +320,7 @@ static void test_run_dir(void)
     CHECK(!strcmp(path, file));
 
     /* the newest one reads back, with its step */
-    ct_gpt2 *m;
+    ct_model *m;
     ct_optim *o;
     make(&tiny, 5, &m, &o);
     ct_ckpt_state got = {0};
@@ -366,12 +366,12 @@ static void test_rotation_spares_other_files(void)
 
 /* ---------------------------------------------------------------- 2. damaged and foreign files */
 
-static ct_gpt2 *dst_m; /* the read target: trained differently from the checkpoint */
+static ct_model *dst_m; /* the read target: trained differently from the checkpoint */
 static ct_optim *dst_o;
 
 /* ct_ckpt_read(path) into the target fails with -1 and a message holding every needle; the
  * target model, optimizer and state, and the file, are as they were. */
-static void expect_read_error(int line, ct_gpt2 *m, ct_optim *o, const char *path, const char *const *needles)
+static void expect_read_error(int line, ct_model *m, ct_optim *o, const char *path, const char *const *needles)
 {
     snapshot before = take(m, o);
     ct_ckpt_state st0 = {.step = 42, .tokens = 4242, .cursor = {.epoch = 7, .step = 8, .micro = 1}, .world = 9,
@@ -434,7 +434,7 @@ static void expect_model_read_error(int line, const char *path, const char *cons
 
 static void expect_config_error(int line, const char *path, const char *const *needles)
 {
-    ct_gpt2_config cfg;
+    ct_model_config cfg;
     char err[2048] = "";
     if (ct_ckpt_read_config(path, &cfg, err, sizeof err) != -1) {
         fprintf(stderr, "%s:%d: ct_ckpt_read_config(%s) did not fail\n", __FILE__, line, path);
@@ -580,16 +580,16 @@ static void test_missing_datasets(void)
 
 static void test_wrong_model(void)
 {
-    ct_gpt2_config wide = tiny;
+    ct_model_config wide = tiny;
     wide.n_embd = 12;
-    ct_gpt2 *m;
+    ct_model *m;
     ct_optim *o;
     make(&wide, 3, &m, &o);
     train(m, o, 1, 5);
     expect_read_error(__LINE__, m, o, good, (const char *const[]){good, "width 8", "12", NULL});
     destroy(m, o);
 
-    ct_gpt2_config deeper = tiny;
+    ct_model_config deeper = tiny;
     deeper.n_layer = 3;
     make(&deeper, 3, &m, &o);
     expect_read_error(__LINE__, m, o, good, (const char *const[]){good, "2 layers", NULL});

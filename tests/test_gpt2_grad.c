@@ -9,34 +9,34 @@
 
 #include "check.h"
 #include "gpt2_test.h"
-#include "gpt2.h"
+#include "model.h"
 
-static const ct_gpt2_config cfg = {.vocab_size = 11, .max_seq_len = 7, .n_layer = 2, .n_head = 2, .n_embd = 8,
-                                   .ln_eps = 1e-5f};
+static const ct_model_config cfg = {.vocab_size = 11, .max_seq_len = 7, .n_layer = 2, .n_head = 2, .n_embd = 8,
+                                   .norm_eps = 1e-5f};
 enum { B = 2, T = 5 };
 
 static int32_t tokens[B * T], targets[B * T];
 
 /* on this file's tokens and targets */
-static double mean_loss_w(ct_gpt2 *m, float dloss) { return ct_test_mean_loss(m, tokens, targets, B, T, dloss); }
-static double mean_loss(ct_gpt2 *m) { return mean_loss_w(m, 0.0f); }
+static double mean_loss_w(ct_model *m, float dloss) { return ct_test_mean_loss(m, tokens, targets, B, T, dloss); }
+static double mean_loss(ct_model *m) { return mean_loss_w(m, 0.0f); }
 static long count_targets(void) { return ct_test_count_targets(targets, B * T); }
 
 /* Per tensor: the directional derivative along a random direction, and the few elements with
  * the largest gradient, against central differences of the fp32 loss. */
-static void test_finite_differences(ct_gpt2 *m, uint64_t *rng)
+static void test_finite_differences(ct_model *m, uint64_t *rng)
 {
-    float *p = ct_gpt2_params(m);
-    size_t n = ct_gpt2_numel(m);
+    float *p = ct_model_params(m);
+    size_t n = ct_model_numel(m);
     float *g = malloc(n * sizeof(float));
     long ntok = count_targets();
     mean_loss_w(m, 1.0f / (float)ntok);
-    ct_gpt2_zero_grad(m);
-    ct_gpt2_backward(m, NULL, NULL);
-    memcpy(g, ct_gpt2_grads(m), n * sizeof(float));
+    ct_model_zero_grad(m);
+    ct_model_backward(m, NULL, NULL);
+    memcpy(g, ct_model_grads(m), n * sizeof(float));
     const double h = 1e-3;
-    for (int i = 0; i < ct_gpt2_num_tensors(m); i++) {
-        const ct_param *t = ct_gpt2_tensor(m, i);
+    for (int i = 0; i < ct_model_num_tensors(m); i++) {
+        const ct_param *t = ct_model_tensor(m, i);
         float *w = p + t->offset;
         const float *gw = g + t->offset;
         /* directional derivative */
@@ -77,46 +77,46 @@ static void test_finite_differences(ct_gpt2 *m, uint64_t *rng)
     free(g);
 }
 
-static void test_contracts(ct_gpt2 *m)
+static void test_contracts(ct_model *m)
 {
-    size_t n = ct_gpt2_numel(m);
+    size_t n = ct_model_numel(m);
     long ntok = count_targets();
     float *once = malloc(n * 4), *again = malloc(n * 4);
     double l1 = mean_loss_w(m, 1.0f / (float)ntok);
-    ct_gpt2_zero_grad(m);
-    ct_gpt2_backward(m, NULL, NULL);
-    memcpy(once, ct_gpt2_grads(m), n * 4);
+    ct_model_zero_grad(m);
+    ct_model_backward(m, NULL, NULL);
+    memcpy(once, ct_model_grads(m), n * 4);
 
     /* determinism: the same forward and backward give the same bits */
     double l2 = mean_loss_w(m, 1.0f / (float)ntok);
     CHECK(l1 == l2);
-    ct_gpt2_zero_grad(m);
-    ct_gpt2_backward(m, NULL, NULL);
-    CHECK(!memcmp(once, ct_gpt2_grads(m), n * 4));
+    ct_model_zero_grad(m);
+    ct_model_backward(m, NULL, NULL);
+    CHECK(!memcmp(once, ct_model_grads(m), n * 4));
 
     /* accumulation: a second backward (micro-batch) adds; dloss scales linearly. This one
      * announces its finished ranges: they partition the buffer and are final when announced. */
     mean_loss_w(m, 1.0f / (float)ntok);
     ct_test_ready ready;
-    ct_test_ready_init(&ready, ct_gpt2_grads(m), n);
-    ct_gpt2_backward(m, ct_test_ready_cb, &ready);
+    ct_test_ready_init(&ready, ct_model_grads(m), n);
+    ct_model_backward(m, ct_test_ready_cb, &ready);
     CHECK_READY("full model backward", &ready);
     CHECK(ready.ranges == cfg.n_layer + 2);
-    memcpy(again, ct_gpt2_grads(m), n * 4);
+    memcpy(again, ct_model_grads(m), n * 4);
     double *want = ct_test_alloc_d(n);
     for (size_t i = 0; i < n; i++) want[i] = 2.0 * once[i];
     CHECK_CLOSE("two backward calls add up", again, want, n, 1e-6, 1e-9);
     mean_loss_w(m, 4.0f / (float)ntok);
-    ct_gpt2_zero_grad(m);
-    ct_gpt2_backward(m, NULL, NULL); /* 4/ntok: a power of two times the first, so exact */
+    ct_model_zero_grad(m);
+    ct_model_backward(m, NULL, NULL); /* 4/ntok: a power of two times the first, so exact */
     for (size_t i = 0; i < n; i++) want[i] = 4.0 * once[i];
-    CHECK_CLOSE("dloss scales the gradient", ct_gpt2_grads(m), want, n, 0, 0);
+    CHECK_CLOSE("dloss scales the gradient", ct_model_grads(m), want, n, 0, 0);
 
     /* logits-only forward: softmax(logits) gives the loss the loss forward gave */
     char err[256];
-    CHECK(ct_gpt2_forward(m, tokens, NULL, B, T, 0.0f, NULL, NULL, err, sizeof err) == 0);
-    const float *logits = ct_gpt2_logits(m);
-    const int ld = ct_gpt2_logits_stride(m);
+    CHECK(ct_model_forward(m, tokens, NULL, B, T, 0.0f, NULL, NULL, err, sizeof err) == 0);
+    const float *logits = ct_model_logits(m);
+    const int ld = ct_model_logits_stride(m);
     CHECK(ld >= cfg.vocab_size && ld % 64 == 0);
     double sum = 0;
     for (int i = 0; i < B * T; i++) {
@@ -138,10 +138,10 @@ static void test_contracts(ct_gpt2 *m)
     bad[3] = cfg.vocab_size;
     double ls;
     long nt;
-    CHECK(ct_gpt2_forward(m, bad, targets, B, T, 0.0f, &ls, &nt, err, sizeof err) == -1 && strstr(err, "vocabulary"));
-    CHECK(ct_gpt2_forward(m, tokens, bad, B, T, 0.0f, &ls, &nt, err, sizeof err) == -1 && strstr(err, "target"));
-    CHECK(ct_gpt2_forward(m, tokens, targets, B + 1, T, 0.0f, &ls, &nt, err, sizeof err) == -1);
-    CHECK(ct_gpt2_forward(m, tokens, targets, B, cfg.max_seq_len + 1, 0.0f, &ls, &nt, err, sizeof err) == -1);
+    CHECK(ct_model_forward(m, bad, targets, B, T, 0.0f, &ls, &nt, err, sizeof err) == -1 && strstr(err, "vocabulary"));
+    CHECK(ct_model_forward(m, tokens, bad, B, T, 0.0f, &ls, &nt, err, sizeof err) == -1 && strstr(err, "target"));
+    CHECK(ct_model_forward(m, tokens, targets, B + 1, T, 0.0f, &ls, &nt, err, sizeof err) == -1);
+    CHECK(ct_model_forward(m, tokens, targets, B, cfg.max_seq_len + 1, 0.0f, &ls, &nt, err, sizeof err) == -1);
     free(want);
     free(once);
     free(again);
@@ -150,16 +150,16 @@ static void test_contracts(ct_gpt2 *m)
 static void test_bad_configs(void)
 {
     const ct_backend *be = ct_backend_cpu();
-    ct_gpt2 *m = (ct_gpt2 *)1;
+    ct_model *m = (ct_model *)1;
     char err[256];
-    ct_gpt2_config c = cfg;
+    ct_model_config c = cfg;
     c.n_embd = 9;
-    CHECK(ct_gpt2_init(&m, &c, be, be->kctx_init(0), 1, 4, 1, err, sizeof err) == -1 && m == NULL &&
+    CHECK(ct_model_init(&m, &c, be, be->kctx_init(0), 1, 4, 1, err, sizeof err) == -1 && m == NULL &&
           strstr(err, "n_head"));
     c = cfg;
     c.n_layer = 0;
-    CHECK(ct_gpt2_init(&m, &c, be, be->kctx_init(0), 1, 4, 1, err, sizeof err) == -1 && strstr(err, "n_layer"));
-    CHECK(ct_gpt2_init(&m, &cfg, be, be->kctx_init(0), 1, cfg.max_seq_len + 1, 1, err, sizeof err) == -1 &&
+    CHECK(ct_model_init(&m, &c, be, be->kctx_init(0), 1, 4, 1, err, sizeof err) == -1 && strstr(err, "n_layer"));
+    CHECK(ct_model_init(&m, &cfg, be, be->kctx_init(0), 1, cfg.max_seq_len + 1, 1, err, sizeof err) == -1 &&
           strstr(err, "max_seq_len"));
 }
 
@@ -167,19 +167,19 @@ int main(void)
 {
     const ct_backend *be = ct_backend_cpu();
     ct_kctx *ctx = be->kctx_init(0);
-    ct_gpt2 *m;
+    ct_model *m;
     char err[256];
-    if (ct_gpt2_init(&m, &cfg, be, ctx, B, T, 1, err, sizeof err)) {
+    if (ct_model_init(&m, &cfg, be, ctx, B, T, 1, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
         return 2;
     }
-    ct_gpt2_init_weights(m, 1);
+    ct_model_init_weights(m, 1);
     /* move norms and biases off 1 and 0, and make weights larger than GPT-2's 0.02 so every
      * path carries a gradient well above finite-difference noise */
     uint64_t rng = 99;
-    float *p = ct_gpt2_params(m);
-    for (int i = 0; i < ct_gpt2_num_tensors(m); i++) {
-        const ct_param *t = ct_gpt2_tensor(m, i);
+    float *p = ct_model_params(m);
+    for (int i = 0; i < ct_model_num_tensors(m); i++) {
+        const ct_param *t = ct_model_tensor(m, i);
         float *noise = ct_test_alloc(t->numel);
         ct_test_fill(noise, t->numel, &rng, -0.3f, 0.3f);
         for (size_t k = 0; k < t->numel; k++) p[t->offset + k] = p[t->offset + k] * 3.0f + noise[k];
@@ -193,6 +193,6 @@ int main(void)
     test_finite_differences(m, &rng);
     test_contracts(m);
     test_bad_configs();
-    ct_gpt2_free(m);
+    ct_model_free(m);
     return ct_test_finish("test_gpt2_grad");
 }

@@ -8,16 +8,16 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "gpt2.h"
-#include "hf_gpt2.h"
+#include "model.h"
+#include "hf_model.h"
 #include "safetensors.h"
 
 static char tmpdir[64];
 static const ct_backend *be;
 static ct_kctx *ctx;
 
-static const ct_gpt2_config tiny = {.vocab_size = 13, .max_seq_len = 8, .n_layer = 2, .n_head = 2, .n_embd = 8,
-                                    .ln_eps = 1e-5f};
+static const ct_model_config tiny = {.vocab_size = 13, .max_seq_len = 8, .n_layer = 2, .n_head = 2, .n_embd = 8,
+                                    .norm_eps = 1e-5f};
 
 static void write_file(const char *dir, const char *name, const char *text)
 {
@@ -40,9 +40,9 @@ static char *subdir(const char *name)
 /* Reads the config of dir and expects an error mentioning every string in `needles`. */
 static void expect_config_error(const char *dir, const char *const *needles)
 {
-    ct_gpt2_config cfg;
+    ct_model_config cfg;
     char err[1024] = "";
-    int rc = ct_hf_gpt2_read_config(dir, &cfg, err, sizeof err);
+    int rc = ct_hf_read_config(dir, &cfg, err, sizeof err);
     CHECK(rc == -1);
     for (; *needles; needles++) {
         if (!strstr(err, *needles)) {
@@ -52,22 +52,22 @@ static void expect_config_error(const char *dir, const char *const *needles)
     }
 }
 
-static ct_gpt2 *make_model(const ct_gpt2_config *cfg, uint64_t seed)
+static ct_model *make_model(const ct_model_config *cfg, uint64_t seed)
 {
-    ct_gpt2 *m = NULL;
+    ct_model *m = NULL;
     char err[512];
-    if (ct_gpt2_init(&m, cfg, be, ctx, 1, cfg->max_seq_len, 1, err, sizeof err)) {
+    if (ct_model_init(&m, cfg, be, ctx, 1, cfg->max_seq_len, 1, err, sizeof err)) {
         fprintf(stderr, "init: %s\n", err);
         exit(2);
     }
-    ct_gpt2_init_weights(m, seed);
+    ct_model_init_weights(m, seed);
     return m;
 }
 
-static void expect_load_error(ct_gpt2 *m, const char *dir, const char *needle1, const char *needle2)
+static void expect_load_error(ct_model *m, const char *dir, const char *needle1, const char *needle2)
 {
     char err[1024] = "";
-    CHECK(ct_hf_gpt2_load(m, dir, err, sizeof err) == -1);
+    CHECK(ct_hf_load(m, dir, err, sizeof err) == -1);
     if (!strstr(err, needle1) || (needle2 && !strstr(err, needle2))) {
         fprintf(stderr, "  error message \"%s\" lacks \"%s\" / \"%s\"\n", err, needle1, needle2 ? needle2 : "");
         ct_test_failures++;
@@ -76,16 +76,16 @@ static void expect_load_error(ct_gpt2 *m, const char *dir, const char *needle1, 
 
 static void test_round_trip(void)
 {
-    ct_gpt2 *a = make_model(&tiny, 1), *b = make_model(&tiny, 2);
+    ct_model *a = make_model(&tiny, 1), *b = make_model(&tiny, 2);
     char err[1024];
     char *dir = subdir("roundtrip");
-    CHECK(ct_hf_gpt2_save(a, dir, err, sizeof err) == 0);
-    ct_gpt2_config cfg;
-    CHECK(ct_hf_gpt2_read_config(dir, &cfg, err, sizeof err) == 0);
+    CHECK(ct_hf_save(a, dir, NULL, 0, err, sizeof err) == 0);
+    ct_model_config cfg;
+    CHECK(ct_hf_read_config(dir, &cfg, err, sizeof err) == 0);
     CHECK(!memcmp(&cfg, &tiny, sizeof cfg));
-    CHECK(memcmp(ct_gpt2_params(a), ct_gpt2_params(b), ct_gpt2_numel(a) * 4) != 0);
-    CHECK(ct_hf_gpt2_load(b, dir, err, sizeof err) == 0);
-    CHECK(!memcmp(ct_gpt2_params(a), ct_gpt2_params(b), ct_gpt2_numel(a) * 4));
+    CHECK(memcmp(ct_model_params(a), ct_model_params(b), ct_model_numel(a) * 4) != 0);
+    CHECK(ct_hf_load(b, dir, err, sizeof err) == 0);
+    CHECK(!memcmp(ct_model_params(a), ct_model_params(b), ct_model_numel(a) * 4));
 
     /* Conv1D weights are stored transposed: [in, out] */
     ct_safetensors *st = NULL;
@@ -95,10 +95,10 @@ static void test_round_trip(void)
     if (st) {
         const ct_st_tensor *t = ct_st_find(st, "transformer.h.1.mlp.c_fc.weight");
         CHECK(t && t->ndim == 2 && t->shape[0] == tiny.n_embd && t->shape[1] == 4 * tiny.n_embd);
-        const ct_param *p = ct_gpt2_find(a, "transformer.h.1.mlp.c_fc.weight");
+        const ct_param *p = ct_model_find(a, "transformer.h.1.mlp.c_fc.weight");
         float *w = calloc(t ? t->numel : 1, 4);
         if (t && p && ct_st_read_f32(st, t, w, t->numel, err, sizeof err) == 0) {
-            const float *mine = (const float *)ct_gpt2_params(a) + p->offset; /* [4C, C] */
+            const float *mine = (const float *)ct_model_params(a) + p->offset; /* [4C, C] */
             CHECK(w[1 * 4 * tiny.n_embd + 5] == mine[5 * tiny.n_embd + 1]);
         }
         free(w);
@@ -106,18 +106,18 @@ static void test_round_trip(void)
         CHECK(ct_st_metadata(st, "format") && !strcmp(ct_st_metadata(st, "format"), "pt"));
         ct_st_close(st);
     }
-    ct_gpt2_free(a);
-    ct_gpt2_free(b);
+    ct_model_free(a);
+    ct_model_free(b);
 }
 
 /* A folder whose tensors are named as GPT2Model saves them (no "transformer." prefix),
  * with the attention-mask buffers older files carry. */
 static void test_unprefixed_names(void)
 {
-    ct_gpt2 *a = make_model(&tiny, 3), *b = make_model(&tiny, 4);
+    ct_model *a = make_model(&tiny, 3), *b = make_model(&tiny, 4);
     char err[1024];
     char *src = strdup(subdir("prefixed"));
-    CHECK(ct_hf_gpt2_save(a, src, err, sizeof err) == 0);
+    CHECK(ct_hf_save(a, src, NULL, 0, err, sizeof err) == 0);
     char path[600];
     snprintf(path, sizeof path, "%s/model.safetensors", src);
     ct_safetensors *st = NULL;
@@ -142,8 +142,8 @@ static void test_unprefixed_names(void)
     char *dst = subdir("unprefixed");
     snprintf(path, sizeof path, "%s/model.safetensors", dst);
     CHECK(ct_st_write(path, e, n + 1, CT_DT_F32, NULL, err, sizeof err) == 0);
-    CHECK(ct_hf_gpt2_load(b, dst, err, sizeof err) == 0);
-    CHECK(!memcmp(ct_gpt2_params(a), ct_gpt2_params(b), ct_gpt2_numel(a) * 4));
+    CHECK(ct_hf_load(b, dst, err, sizeof err) == 0);
+    CHECK(!memcmp(ct_model_params(a), ct_model_params(b), ct_model_numel(a) * 4));
 
     /* the same folder with one tensor dropped, then with one renamed */
     snprintf(path, sizeof path, "%s/model.safetensors", dst);
@@ -165,26 +165,26 @@ static void test_unprefixed_names(void)
     free(e);
     free(src);
     ct_st_close(st);
-    ct_gpt2_free(a);
-    ct_gpt2_free(b);
+    ct_model_free(a);
+    ct_model_free(b);
 }
 
 static void test_shape_mismatch(void)
 {
-    ct_gpt2_config wide = tiny;
+    ct_model_config wide = tiny;
     wide.n_embd = 12;
-    ct_gpt2 *a = make_model(&tiny, 5), *b = make_model(&wide, 6);
+    ct_model *a = make_model(&tiny, 5), *b = make_model(&wide, 6);
     char err[1024];
     char *dir = subdir("mismatch");
-    CHECK(ct_hf_gpt2_save(a, dir, err, sizeof err) == 0);
+    CHECK(ct_hf_save(a, dir, NULL, 0, err, sizeof err) == 0);
     expect_load_error(b, dir, "model.safetensors: tensor 'transformer.wte.weight'", "[13, 8]");
-    ct_gpt2_free(a);
-    ct_gpt2_free(b);
+    ct_model_free(a);
+    ct_model_free(b);
 }
 
 static void test_missing_and_unsupported_files(void)
 {
-    ct_gpt2 *m = make_model(&tiny, 7);
+    ct_model *m = make_model(&tiny, 7);
     char *dir = subdir("nofiles");
     static const char *const nocfg[] = {"nofiles/config.json", "cannot open", NULL};
     expect_config_error(dir, nocfg);
@@ -194,13 +194,13 @@ static void test_missing_and_unsupported_files(void)
     /* a truncated weights file: the safetensors reader's error, naming the file */
     dir = subdir("truncated");
     char err[1024], path[600];
-    CHECK(ct_hf_gpt2_save(m, dir, err, sizeof err) == 0);
+    CHECK(ct_hf_save(m, dir, NULL, 0, err, sizeof err) == 0);
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     struct stat sb;
     stat(path, &sb);
     CHECK(truncate(path, sb.st_size / 2) == 0);
     expect_load_error(m, dir, "truncated/model.safetensors", NULL);
-    ct_gpt2_free(m);
+    ct_model_free(m);
 }
 
 static void test_bad_configs(void)
@@ -241,9 +241,9 @@ static void test_bad_configs(void)
     }
     /* n_ctx is accepted for n_positions, as older configs spell it */
     write_file(dir, "config.json", "{\"vocab_size\": 13, \"n_ctx\": 8, \"n_embd\": 8, \"n_layer\": 2, \"n_head\": 2}");
-    ct_gpt2_config cfg;
+    ct_model_config cfg;
     char err[512];
-    CHECK(ct_hf_gpt2_read_config(dir, &cfg, err, sizeof err) == 0 && cfg.max_seq_len == 8);
+    CHECK(ct_hf_read_config(dir, &cfg, err, sizeof err) == 0 && cfg.max_seq_len == 8);
 }
 
 int main(void)

@@ -15,13 +15,13 @@
 #include "check.h"
 #include "gpt2_test.h"
 #include "config.h"
-#include "gpt2.h"
-#include "hf_gpt2.h"
+#include "model.h"
+#include "hf_model.h"
 #include "lora.h"
 #include "safetensors.h"
 
-static const ct_gpt2_config cfg = {.vocab_size = 11, .max_seq_len = 7, .n_layer = 2, .n_head = 2, .n_embd = 8,
-                                   .ln_eps = 1e-5f};
+static const ct_model_config cfg = {.vocab_size = 11, .max_seq_len = 7, .n_layer = 2, .n_head = 2, .n_embd = 8,
+                                   .norm_eps = 1e-5f};
 enum { B = 2, T = 7, C = 8, V = 11, NLOGITS = B * T * V };
 
 static int32_t tokens[B * T], targets[B * T];
@@ -34,19 +34,19 @@ static ct_kctx *ctx;
 /* The base: GPT-2's initialisation, then norms and biases moved off 1 and 0 and weights made
  * larger than 0.02, so every path carries a gradient well above finite-difference noise.
  * The same weights on every call. */
-static ct_gpt2 *make_base(void)
+static ct_model *make_base(void)
 {
-    ct_gpt2 *m = NULL;
+    ct_model *m = NULL;
     char err[512];
-    if (ct_gpt2_init(&m, &cfg, be, ctx, B, T, 1, err, sizeof err)) {
+    if (ct_model_init(&m, &cfg, be, ctx, B, T, 1, err, sizeof err)) {
         fprintf(stderr, "init: %s\n", err);
         exit(2);
     }
-    ct_gpt2_init_weights(m, 1);
+    ct_model_init_weights(m, 1);
     uint64_t rng = 99;
-    float *p = ct_gpt2_params(m);
-    for (int i = 0; i < ct_gpt2_num_tensors(m); i++) {
-        const ct_param *t = ct_gpt2_tensor(m, i);
+    float *p = ct_model_params(m);
+    for (int i = 0; i < ct_model_num_tensors(m); i++) {
+        const ct_param *t = ct_model_tensor(m, i);
         float *noise = ct_test_alloc(t->numel);
         ct_test_fill(noise, t->numel, &rng, -0.3f, 0.3f);
         for (size_t k = 0; k < t->numel; k++) p[t->offset + k] = p[t->offset + k] * 3.0f + noise[k];
@@ -67,9 +67,9 @@ static ct_lora_spec make_spec(const char *tg, int r, float alpha, float dropout,
     return s;
 }
 
-static ct_gpt2 *make_lora(const ct_lora_spec *s, uint64_t seed)
+static ct_model *make_lora(const ct_lora_spec *s, uint64_t seed)
 {
-    ct_gpt2 *m = make_base();
+    ct_model *m = make_base();
     char err[1024];
     if (ct_lora_add(m, s, seed, 1, err, sizeof err)) {
         fprintf(stderr, "ct_lora_add(\"%s\"): %s\n", s->targets, err);
@@ -79,9 +79,9 @@ static ct_gpt2 *make_lora(const ct_lora_spec *s, uint64_t seed)
 }
 
 /* Every lora_B tensor to U(-0.5, 0.5) (the cpu backend's memory is host memory). */
-static void randomize_B(ct_gpt2 *m, uint64_t seed)
+static void randomize_B(ct_model *m, uint64_t seed)
 {
-    ct_trainable tr = ct_gpt2_trainable(m);
+    ct_trainable tr = ct_model_trainable(m);
     float *p = tr.params;
     for (int i = 0; i < tr.ntensors; i++)
         if (strstr(tr.tensors[i].name, ".lora_B."))
@@ -89,23 +89,23 @@ static void randomize_B(ct_gpt2 *m, uint64_t seed)
 }
 
 /* Logits of a forward without targets, copied out. */
-static float *logits_of(ct_gpt2 *m)
+static float *logits_of(ct_model *m)
 {
     char err[256];
-    if (ct_gpt2_forward(m, tokens, NULL, B, T, 0.0f, NULL, NULL, err, sizeof err)) {
+    if (ct_model_forward(m, tokens, NULL, B, T, 0.0f, NULL, NULL, err, sizeof err)) {
         fprintf(stderr, "forward: %s\n", err);
         exit(2);
     }
     float *out = ct_test_alloc(NLOGITS);
-    const float *lg = ct_gpt2_logits(m);
-    const int ld = ct_gpt2_logits_stride(m);
+    const float *lg = ct_model_logits(m);
+    const int ld = ct_model_logits_stride(m);
     for (int i = 0; i < B * T; i++) memcpy(out + (size_t)i * V, lg + (size_t)i * ld, V * sizeof(float));
     return out;
 }
 
 /* on this file's tokens and targets */
-static double mean_loss_w(ct_gpt2 *m, float dloss) { return ct_test_mean_loss(m, tokens, targets, B, T, dloss); }
-static double mean_loss(ct_gpt2 *m) { return mean_loss_w(m, 0.0f); }
+static double mean_loss_w(ct_model *m, float dloss) { return ct_test_mean_loss(m, tokens, targets, B, T, dloss); }
+static double mean_loss(ct_model *m) { return mean_loss_w(m, 0.0f); }
 static long count_targets(void) { return ct_test_count_targets(targets, B * T); }
 
 /* got within rtol of want, relative to want's largest magnitude */
@@ -163,26 +163,26 @@ static void expect_targets(const char *tg, const char *const *modules)
 {
     const int r = 2;
     ct_lora_spec s = make_spec(tg, r, 3.0f, 0.0f, 0);
-    ct_gpt2 *m = make_base();
-    size_t base_count = ct_gpt2_count(m);
-    CHECK(ct_gpt2_grads(m) != NULL && !ct_gpt2_has_lora(m));
+    ct_model *m = make_base();
+    size_t base_count = ct_model_count(m);
+    CHECK(ct_model_grads(m) != NULL && !ct_model_has_lora(m));
     char err[1024] = "";
     int rc = ct_lora_add(m, &s, 5, 1, err, sizeof err);
     CHECK(rc == 0);
     if (rc) {
         fprintf(stderr, "  targets \"%s\": %s\n", tg, err);
-        ct_gpt2_free(m);
+        ct_model_free(m);
         return;
     }
     int nmod = 0;
     while (modules[nmod]) nmod++;
-    ct_trainable tr = ct_gpt2_trainable(m);
+    ct_trainable tr = ct_model_trainable(m);
     if (tr.ntensors != 2 * nmod)
         fprintf(stderr, "  targets \"%s\": %d adapter tensors, want %d\n", tg, tr.ntensors, 2 * nmod);
     CHECK(tr.ntensors == 2 * nmod);
-    CHECK(ct_gpt2_has_lora(m));
-    CHECK(ct_gpt2_grads(m) == NULL); /* the base is frozen */
-    CHECK(tr.params != NULL && tr.grads != NULL && tr.params != ct_gpt2_params(m));
+    CHECK(ct_model_has_lora(m));
+    CHECK(ct_model_grads(m) == NULL); /* the base is frozen */
+    CHECK(tr.params != NULL && tr.grads != NULL && tr.params != ct_model_params(m));
     const float *p = tr.params;
     size_t sum = 0, end = 0;
     for (int i = 0; i < tr.ntensors && i < 2 * nmod; i++) {
@@ -216,7 +216,7 @@ static void expect_targets(const char *tg, const char *const *modules)
     /* the trainable view is the adapters only: their numbers plus alignment padding */
     CHECK(tr.numel >= sum && end <= tr.numel && tr.numel <= sum + 16 * (size_t)tr.ntensors);
     CHECK(tr.numel < base_count);
-    CHECK(ct_gpt2_count(m) == base_count); /* the base itself is unchanged */
+    CHECK(ct_model_count(m) == base_count); /* the base itself is unchanged */
 
     /* PEFT's print_trainable_parameters line */
     char line[256];
@@ -243,7 +243,7 @@ static void expect_targets(const char *tg, const char *const *modules)
     }
     /* adding twice is an error */
     CHECK(ct_lora_add(m, &s, 5, 1, err, sizeof err) == -1 && strstr(err, "already"));
-    ct_gpt2_free(m);
+    ct_model_free(m);
 }
 
 /* targets that select nothing: -1, a message naming the target and listing the module names,
@@ -251,13 +251,13 @@ static void expect_targets(const char *tg, const char *const *modules)
 static void expect_no_match(const char *tg, const char *bad)
 {
     ct_lora_spec s = make_spec(tg, 2, 3.0f, 0.0f, 0);
-    ct_gpt2 *m = make_base();
+    ct_model *m = make_base();
     char err[1024] = "";
     CHECK(ct_lora_add(m, &s, 5, 1, err, sizeof err) == -1);
     const char *needles[] = {bad, "c_attn", "c_fc", "c_proj", NULL};
     expect_err(tg, err, needles);
-    CHECK(!ct_gpt2_has_lora(m) && ct_gpt2_grads(m) != NULL);
-    ct_gpt2_free(m);
+    CHECK(!ct_model_has_lora(m) && ct_model_grads(m) != NULL);
+    ct_model_free(m);
 }
 
 static void test_targets(void)
@@ -290,28 +290,28 @@ static void test_targets(void)
 
     /* r <= 0 is an error, and the model keeps its base gradients */
     ct_lora_spec s = make_spec("c_attn", 0, 3.0f, 0.0f, 0);
-    ct_gpt2 *m = make_base();
+    ct_model *m = make_base();
     char err[1024] = "";
     CHECK(ct_lora_add(m, &s, 5, 1, err, sizeof err) == -1 && strstr(err, "r must be positive"));
-    CHECK(!ct_gpt2_has_lora(m) && ct_gpt2_grads(m) != NULL);
-    ct_gpt2_free(m);
+    CHECK(!ct_model_has_lora(m) && ct_model_grads(m) != NULL);
+    ct_model_free(m);
 
     /* sharded: the adapters' flat length is padded to the shard count */
     s = make_spec("c_attn", 2, 3.0f, 0.0f, 0);
     m = make_base();
     CHECK(ct_lora_add(m, &s, 5, 3, err, sizeof err) == 0);
-    CHECK(ct_gpt2_trainable(m).numel % 3 == 0);
-    ct_gpt2_free(m);
+    CHECK(ct_model_trainable(m).numel % 3 == 0);
+    ct_model_free(m);
 
     /* A's initialisation is deterministic in the seed, and the seed matters */
     s = make_spec("all-linear", 2, 3.0f, 0.0f, 0);
-    ct_gpt2 *a = make_lora(&s, 11), *b = make_lora(&s, 11), *c = make_lora(&s, 12);
-    ct_trainable ta = ct_gpt2_trainable(a), tb = ct_gpt2_trainable(b), tc = ct_gpt2_trainable(c);
+    ct_model *a = make_lora(&s, 11), *b = make_lora(&s, 11), *c = make_lora(&s, 12);
+    ct_trainable ta = ct_model_trainable(a), tb = ct_model_trainable(b), tc = ct_model_trainable(c);
     CHECK(!memcmp(ta.params, tb.params, ta.numel * sizeof(float)));
     CHECK(memcmp(ta.params, tc.params, ta.numel * sizeof(float)) != 0);
-    ct_gpt2_free(a);
-    ct_gpt2_free(b);
-    ct_gpt2_free(c);
+    ct_model_free(a);
+    ct_model_free(b);
+    ct_model_free(c);
 }
 
 /* ---------------------------------------------------------------- 2. a no-op at the start */
@@ -320,11 +320,11 @@ static void test_starts_as_base(void)
 {
     static const float drops[] = {0.0f, 0.3f};
     for (int d = 0; d < 2; d++) {
-        ct_gpt2 *base = make_base();
+        ct_model *base = make_base();
         float *want = logits_of(base);
         ct_lora_spec s = make_spec("all-linear", 2, 3.0f, drops[d], 0);
-        ct_gpt2 *m = make_lora(&s, 3);
-        ct_gpt2_set_dropout_seed(m, 42);
+        ct_model *m = make_lora(&s, 3);
+        ct_model_set_dropout_seed(m, 42);
         float *got = logits_of(m);
         if (memcmp(got, want, NLOGITS * sizeof(float))) {
             fprintf(stderr, "  dropout %g: logits with B = 0 differ from the base's\n", drops[d]);
@@ -332,9 +332,9 @@ static void test_starts_as_base(void)
         }
         /* with B = 0 the loss's gradient w.r.t. A is exactly zero, w.r.t. B not */
         mean_loss_w(m, 1.0f / (float)count_targets());
-        ct_gpt2_zero_grad(m);
-        ct_gpt2_backward(m, NULL, NULL);
-        ct_trainable tr = ct_gpt2_trainable(m);
+        ct_model_zero_grad(m);
+        ct_model_backward(m, NULL, NULL);
+        ct_trainable tr = ct_model_trainable(m);
         const float *g = tr.grads;
         for (int i = 0; i < tr.ntensors; i++) {
             const ct_param *t = &tr.tensors[i];
@@ -347,8 +347,8 @@ static void test_starts_as_base(void)
         }
         free(got);
         free(want);
-        ct_gpt2_free(m);
-        ct_gpt2_free(base);
+        ct_model_free(m);
+        ct_model_free(base);
     }
 }
 
@@ -359,7 +359,7 @@ static void test_starts_as_base(void)
  * adapted tiny model is strongly curved (large B, scale 1.5), so a plain central difference
  * at h = 1e-3 is off by more than the tolerance where the terms of a directional derivative
  * cancel; smaller steps would drown in the fp32 loss's rounding. w is restored. */
-static double fd_derivative(ct_gpt2 *m, float *w, const float *saved, const float *d, size_t n, double h)
+static double fd_derivative(ct_model *m, float *w, const float *saved, const float *d, size_t n, double h)
 {
     double D[2];
     for (int s = 0; s < 2; s++, h /= 2) {
@@ -375,15 +375,15 @@ static double fd_derivative(ct_gpt2 *m, float *w, const float *saved, const floa
 
 /* Per adapter tensor: the directional derivative along a random direction, and the three
  * largest-gradient elements, against finite differences of the mean loss. */
-static void fd_check(ct_gpt2 *m, const char *label, uint64_t *rng)
+static void fd_check(ct_model *m, const char *label, uint64_t *rng)
 {
-    ct_trainable tr = ct_gpt2_trainable(m);
+    ct_trainable tr = ct_model_trainable(m);
     float *p = tr.params;
     float *g = ct_test_alloc(tr.numel);
     long ntok = count_targets();
     mean_loss_w(m, 1.0f / (float)ntok);
-    ct_gpt2_zero_grad(m);
-    ct_gpt2_backward(m, NULL, NULL);
+    ct_model_zero_grad(m);
+    ct_model_backward(m, NULL, NULL);
     memcpy(g, tr.grads, tr.numel * sizeof(float));
     const double h = 2e-3;
     for (int i = 0; i < tr.ntensors; i++) {
@@ -424,7 +424,7 @@ static void fd_check(ct_gpt2 *m, const char *label, uint64_t *rng)
     mean_loss_w(m, 1.0f / (float)ntok);
     ct_test_ready ready;
     ct_test_ready_init(&ready, tr.grads, tr.numel);
-    ct_gpt2_backward(m, ct_test_ready_cb, &ready);
+    ct_model_backward(m, ct_test_ready_cb, &ready);
     CHECK_READY(label, &ready);
     double *twice = ct_test_alloc_d(tr.numel);
     for (size_t k = 0; k < tr.numel; k++) twice[k] = 2.0 * g[k];
@@ -440,28 +440,28 @@ static void test_gradients(void)
     uint64_t rng = 7;
     /* scale alpha / r = 1.5 != 1, every kind of linear in both layers */
     ct_lora_spec s = make_spec("all-linear", 2, 3.0f, 0.0f, 0);
-    ct_gpt2 *m = make_lora(&s, 3);
+    ct_model *m = make_lora(&s, 3);
     randomize_B(m, 17);
-    CHECK(ct_gpt2_lora_scale(m) == 1.5f);
+    CHECK(ct_model_lora_scale(m) == 1.5f);
     fd_check(m, "dropout 0", &rng);
-    ct_gpt2_free(m);
+    ct_model_free(m);
 
     /* dropout 0.3: a fixed mask for a fixed seed, so the loss is a smooth function to check */
     s = make_spec("all-linear", 2, 3.0f, 0.3f, 0);
     m = make_lora(&s, 3);
     randomize_B(m, 17);
     double l0 = mean_loss(m);       /* a model starts in inference mode: no dropout */
-    ct_gpt2_set_training(m, 1);
-    ct_gpt2_set_dropout_seed(m, 1234);
+    ct_model_set_training(m, 1);
+    ct_model_set_dropout_seed(m, 1234);
     double l1 = mean_loss(m), l2 = mean_loss(m);
     CHECK(l0 != l1);
     CHECK(l1 == l2); /* deterministic for a fixed seed */
-    ct_gpt2_set_dropout_seed(m, 4321);
+    ct_model_set_dropout_seed(m, 4321);
     double l3 = mean_loss(m);
     CHECK(l3 != l1); /* the mask depends on the seed: dropout is applied */
-    ct_gpt2_set_dropout_seed(m, 1234);
+    ct_model_set_dropout_seed(m, 1234);
     fd_check(m, "dropout 0.3", &rng);
-    ct_gpt2_free(m);
+    ct_model_free(m);
 }
 
 /* PEFT applies lora_dropout in training only (nn.Dropout under model.eval() is the identity):
@@ -469,18 +469,18 @@ static void test_gradients(void)
 static void test_inference_without_dropout(void)
 {
     ct_lora_spec s0 = make_spec("all-linear", 2, 3.0f, 0.0f, 0), s3 = make_spec("all-linear", 2, 3.0f, 0.3f, 0);
-    ct_gpt2 *m0 = make_lora(&s0, 3), *m3 = make_lora(&s3, 3);
+    ct_model *m0 = make_lora(&s0, 3), *m3 = make_lora(&s3, 3);
     randomize_B(m0, 17);
     randomize_B(m3, 17);
-    ct_gpt2_set_dropout_seed(m3, 1234);
+    ct_model_set_dropout_seed(m3, 1234);
     float *want = logits_of(m0), *got = logits_of(m3);
     check_logits_close("inference logits (forward without targets), lora_dropout 0.3 vs 0: dropout applied "
                        "outside training",
                        got, want, 1e-6);
     free(want);
     free(got);
-    ct_gpt2_free(m0);
-    ct_gpt2_free(m3);
+    ct_model_free(m0);
+    ct_model_free(m3);
 }
 
 /* ---------------------------------------------------------------- 4. merge */
@@ -488,12 +488,12 @@ static void test_inference_without_dropout(void)
 static void test_merge(const char *tg, int r, float alpha, int rslora, const char *dirname)
 {
     ct_lora_spec s = make_spec(tg, r, alpha, 0.0f, rslora);
-    ct_gpt2 *m = make_lora(&s, 3);
+    ct_model *m = make_lora(&s, 3);
     randomize_B(m, 17);
-    ct_trainable tr = ct_gpt2_trainable(m);
-    size_t n = ct_gpt2_numel(m);
+    ct_trainable tr = ct_model_trainable(m);
+    size_t n = ct_model_numel(m);
     float *before_w = ct_test_alloc(n), *ad = ct_test_alloc(tr.numel);
-    memcpy(before_w, ct_gpt2_params(m), n * sizeof(float));
+    memcpy(before_w, ct_model_params(m), n * sizeof(float));
     memcpy(ad, tr.params, tr.numel * sizeof(float));
     float *before = logits_of(m);
     char err[1024] = "";
@@ -502,8 +502,8 @@ static void test_merge(const char *tg, int r, float alpha, int rslora, const cha
     if (rc) fprintf(stderr, "  merge: %s\n", err);
 
     /* B is zeroed, A kept; every targeted weight is W + scale * B . A ([out, in]), the rest untouched */
-    const float *pa = tr.params, *w = ct_gpt2_params(m);
-    float scale = ct_gpt2_lora_scale(m);
+    const float *pa = tr.params, *w = ct_model_params(m);
+    float scale = ct_model_lora_scale(m);
     for (int i = 0; i + 1 < tr.ntensors; i += 2) {
         const ct_param *A = &tr.tensors[i], *Bt = &tr.tensors[i + 1];
         CHECK(!memcmp(pa + A->offset, ad + A->offset, A->numel * sizeof(float)));
@@ -512,8 +512,8 @@ static void test_merge(const char *tg, int r, float alpha, int rslora, const cha
         CHECK(zero);
     }
     int changed = 0;
-    for (int t = 0; t < ct_gpt2_num_tensors(m); t++) {
-        const ct_param *p = ct_gpt2_tensor(m, t);
+    for (int t = 0; t < ct_model_num_tensors(m); t++) {
+        const ct_param *p = ct_model_tensor(m, t);
         const ct_param *A = NULL, *Bt = NULL;
         char an[128];
         snprintf(an, sizeof an, "base_model.model.%.*s.lora_A.weight", (int)(strlen(p->name) - strlen(".weight")),
@@ -557,17 +557,17 @@ static void test_merge(const char *tg, int r, float alpha, int rslora, const cha
 
     /* the merged base through a Hugging Face folder: a plain model, the same logits */
     char *dir = subdir(dirname);
-    CHECK(ct_hf_gpt2_save(m, dir, err, sizeof err) == 0);
-    ct_gpt2 *plain = NULL;
-    if (ct_gpt2_init(&plain, &cfg, be, ctx, B, T, 1, err, sizeof err)) {
+    CHECK(ct_hf_save(m, dir, NULL, 0, err, sizeof err) == 0);
+    ct_model *plain = NULL;
+    if (ct_model_init(&plain, &cfg, be, ctx, B, T, 1, err, sizeof err)) {
         fprintf(stderr, "init: %s\n", err);
         exit(2);
     }
-    ct_gpt2_init_weights(plain, 77);
-    rc = ct_hf_gpt2_load(plain, dir, err, sizeof err);
+    ct_model_init_weights(plain, 77);
+    rc = ct_hf_load(plain, dir, err, sizeof err);
     CHECK(rc == 0);
     if (rc) fprintf(stderr, "  load merged: %s\n", err);
-    CHECK(!ct_gpt2_has_lora(plain));
+    CHECK(!ct_model_has_lora(plain));
     float *loaded = logits_of(plain);
     CHECK(!memcmp(loaded, after, NLOGITS * sizeof(float))); /* B = 0 adds exactly nothing */
     snprintf(what, sizeof what, "%s: merged model from its folder vs adapters before merging", tg);
@@ -579,12 +579,12 @@ static void test_merge(const char *tg, int r, float alpha, int rslora, const cha
     free(ad);
     /* a model without adapters has nothing to merge: an error, its weights untouched */
     float *plain_w = ct_test_alloc(n);
-    memcpy(plain_w, ct_gpt2_params(plain), n * sizeof(float));
+    memcpy(plain_w, ct_model_params(plain), n * sizeof(float));
     CHECK(ct_lora_merge(plain, err, sizeof err) == -1);
-    CHECK(!memcmp(plain_w, ct_gpt2_params(plain), n * sizeof(float)));
+    CHECK(!memcmp(plain_w, ct_model_params(plain), n * sizeof(float)));
     free(plain_w);
-    ct_gpt2_free(plain);
-    ct_gpt2_free(m);
+    ct_model_free(plain);
+    ct_model_free(m);
 }
 
 /* ---------------------------------------------------------------- 5. PEFT folders */
@@ -633,7 +633,7 @@ static void free_copy(st_copy *c)
     free(c->e);
 }
 
-static void expect_load_error(ct_gpt2 *m, const char *dir, const char *const *needles, const char *what)
+static void expect_load_error(ct_model *m, const char *dir, const char *const *needles, const char *what)
 {
     char err[1024] = "";
     CHECK(ct_lora_load_peft(m, dir, err, sizeof err) == -1);
@@ -661,7 +661,7 @@ static void strip_spaces(char *s)
 static void test_peft_io(void)
 {
     ct_lora_spec s = make_spec("c_attn, c_fc", 2, 3.0f, 0.1f, 1);
-    ct_gpt2 *m = make_lora(&s, 3);
+    ct_model *m = make_lora(&s, 3);
     randomize_B(m, 17);
     char err[1024] = "";
     char *dir = strdup(subdir("peft"));
@@ -672,7 +672,7 @@ static void test_peft_io(void)
     /* the file: PEFT's names and shapes, fp32, format pt */
     char path[600];
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-    ct_trainable tr = ct_gpt2_trainable(m);
+    ct_trainable tr = ct_model_trainable(m);
     ct_safetensors *st = NULL;
     CHECK(ct_st_open(&st, path, err, sizeof err) == 0);
     if (st) {
@@ -689,8 +689,8 @@ static void test_peft_io(void)
     }
 
     /* read back into a fresh model with the same spec (A initialised from another seed) */
-    ct_gpt2 *m2 = make_lora(&s, 99);
-    ct_trainable t2 = ct_gpt2_trainable(m2);
+    ct_model *m2 = make_lora(&s, 99);
+    ct_trainable t2 = ct_model_trainable(m2);
     CHECK(memcmp(t2.params, tr.params, tr.numel * sizeof(float)) != 0);
     rc = ct_lora_load_peft(m2, dir, err, sizeof err);
     CHECK(rc == 0);
@@ -734,30 +734,30 @@ static void test_peft_io(void)
 
     /* "all-linear" stays a string */
     ct_lora_spec sa = make_spec("all-linear", 4, 8.0f, 0.0f, 0);
-    ct_gpt2 *ma = make_lora(&sa, 3);
+    ct_model *ma = make_lora(&sa, 3);
     char *adir = strdup(subdir("peft_all"));
     CHECK(ct_lora_save_peft(ma, &sa, "", adir, err, sizeof err) == 0);
     CHECK(ct_lora_read_peft_config(adir, &back, err, sizeof err) == 0 && !strcmp(back.targets, "all-linear") &&
           back.r == 4 && back.alpha == 8.0f && back.rslora == 0 && back.dropout == 0.0f);
-    ct_gpt2_free(ma);
+    ct_model_free(ma);
     free(adir);
 
     /* ---- bad input */
     /* a different r: the first adapter's A does not fit */
     ct_lora_spec s3 = make_spec("c_attn, c_fc", 3, 3.0f, 0.1f, 1);
-    ct_gpt2 *m3 = make_lora(&s3, 3);
+    ct_model *m3 = make_lora(&s3, 3);
     static const char *const want_r[] = {"adapter_model.safetensors",
                                          "base_model.model.transformer.h.0.attn.c_attn.lora_A.weight", "shape",
                                          "[2, 8]", NULL};
     expect_load_error(m3, dir, want_r, "different r");
-    ct_gpt2_free(m3);
+    ct_model_free(m3);
 
     /* a model with fewer targets: the file's c_fc adapters are extra */
     ct_lora_spec s1 = make_spec("c_attn", 2, 3.0f, 0.1f, 1);
-    ct_gpt2 *m1 = make_lora(&s1, 3);
+    ct_model *m1 = make_lora(&s1, 3);
     static const char *const want_fewer[] = {"adapter_model.safetensors", "mlp.c_fc.lora_", NULL};
     expect_load_error(m1, dir, want_fewer, "fewer targets");
-    ct_gpt2_free(m1);
+    ct_model_free(m1);
 
     st_copy c = read_all(path);
     char *bad = strdup(subdir("peft_bad"));
@@ -830,8 +830,8 @@ static void test_peft_io(void)
 
     free(bad);
     free(dir);
-    ct_gpt2_free(m2);
-    ct_gpt2_free(m);
+    ct_model_free(m2);
+    ct_model_free(m);
 }
 
 /* ---------------------------------------------------------------- 6. rsLoRA */
@@ -839,30 +839,30 @@ static void test_peft_io(void)
 static void test_rslora(void)
 {
     ct_lora_spec s = make_spec("c_attn", 4, 3.0f, 0.0f, 1);
-    ct_gpt2 *m = make_lora(&s, 3);
-    CHECK(ct_gpt2_lora_scale(m) == 3.0f / sqrtf(4.0f)); /* alpha / sqrt(r) = 1.5 */
-    ct_gpt2_free(m);
+    ct_model *m = make_lora(&s, 3);
+    CHECK(ct_model_lora_scale(m) == 3.0f / sqrtf(4.0f)); /* alpha / sqrt(r) = 1.5 */
+    ct_model_free(m);
     s = make_spec("c_attn", 9, 3.0f, 0.0f, 1);
     m = make_lora(&s, 3);
-    CHECK(ct_gpt2_lora_scale(m) == 1.0f);
-    ct_gpt2_free(m);
+    CHECK(ct_model_lora_scale(m) == 1.0f);
+    ct_model_free(m);
     s = make_spec("c_attn", 9, 3.0f, 0.0f, 0);
     m = make_lora(&s, 3);
-    CHECK(ct_gpt2_lora_scale(m) == 3.0f / 9.0f); /* plain LoRA: alpha / r */
-    ct_gpt2_free(m);
+    CHECK(ct_model_lora_scale(m) == 3.0f / 9.0f); /* plain LoRA: alpha / r */
+    ct_model_free(m);
 
     /* the forward uses that scale: rsLoRA r 4 alpha 2 (scale 1) is plain LoRA r 4 alpha 4 */
     ct_lora_spec rs = make_spec("all-linear", 4, 2.0f, 0.0f, 1), pl = make_spec("all-linear", 4, 4.0f, 0.0f, 0);
-    ct_gpt2 *a = make_lora(&rs, 3), *b = make_lora(&pl, 3);
+    ct_model *a = make_lora(&rs, 3), *b = make_lora(&pl, 3);
     randomize_B(a, 5);
     randomize_B(b, 5);
-    CHECK(ct_gpt2_lora_scale(a) == 1.0f && ct_gpt2_lora_scale(b) == 1.0f);
+    CHECK(ct_model_lora_scale(a) == 1.0f && ct_model_lora_scale(b) == 1.0f);
     float *la = logits_of(a), *lb = logits_of(b);
     CHECK(!memcmp(la, lb, NLOGITS * sizeof(float)));
     free(la);
     free(lb);
-    ct_gpt2_free(a);
-    ct_gpt2_free(b);
+    ct_model_free(a);
+    ct_model_free(b);
 }
 
 int main(void)

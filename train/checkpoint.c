@@ -54,9 +54,9 @@ static uint64_t checksum(const float *x, size_t n, uint64_t first)
 /* ---------------------------------------------------------------- slices and selections */
 
 /* [lo, hi) of the flat buffer that rank writes: 1/world of the padded length. */
-static void write_slice(ct_gpt2 *m, const ct_comm *comm, size_t *lo, size_t *hi)
+static void write_slice(ct_model *m, const ct_comm *comm, size_t *lo, size_t *hi)
 {
-    size_t s = ct_gpt2_trainable((ct_gpt2 *)m).numel / (size_t)ct_comm_size(comm);
+    size_t s = ct_model_trainable((ct_model *)m).numel / (size_t)ct_comm_size(comm);
     *lo = s * (size_t)ct_comm_rank(comm);
     *hi = *lo + s;
 }
@@ -171,10 +171,10 @@ static float *to_host(const ct_backend *be, ct_kctx *ctx, const void *src, size_
 
 /* ---------------------------------------------------------------- write */
 
-static int write_root_attrs(hid_t file, const ct_gpt2 *m, const ct_optim *o, const ct_ckpt_state *st,
+static int write_root_attrs(hid_t file, const ct_model *m, const ct_optim *o, const ct_ckpt_state *st,
                             const char *config_json, int world)
 {
-    const ct_gpt2_config *c = ct_gpt2_config_of(m);
+    const ct_model_config *c = ct_model_config_of(m);
     int rc = 0;
     rc |= attr_string(file, "format", CT_CKPT_FORMAT);
     rc |= attr_i64(file, "version", CT_CKPT_VERSION);
@@ -193,18 +193,18 @@ static int write_root_attrs(hid_t file, const ct_gpt2 *m, const ct_optim *o, con
     rc |= attr_i64(file, "n_layer", c->n_layer);
     rc |= attr_i64(file, "n_head", c->n_head);
     rc |= attr_i64(file, "n_embd", c->n_embd);
-    double eps = c->ln_eps;
+    double eps = c->norm_eps;
     rc |= attr_write(file, "layer_norm_epsilon", H5T_NATIVE_DOUBLE, 0, &eps);
     return rc ? -1 : 0;
 }
 
 /* Rank 0: the file's whole structure (attributes, groups, every dataset allocated in place with
  * its checksum), without data; offsets[g * nt + i] receives where each dataset's bytes start. */
-static int create_layout(const char *path, ct_gpt2 *m, const ct_optim *o, const ct_ckpt_state *st,
+static int create_layout(const char *path, ct_model *m, const ct_optim *o, const ct_ckpt_state *st,
                          const char *config_json, int world, const uint64_t *sums, uint64_t *offsets, char *err,
                          size_t errlen)
 {
-    ct_trainable tr = ct_gpt2_trainable(m);
+    ct_trainable tr = ct_model_trainable(m);
     int nt = tr.ntensors;
     hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (file < 0) return fail(err, errlen, "%s: cannot create (a missing or read-only directory, or a full disk?)", path);
@@ -240,10 +240,10 @@ static int create_layout(const char *path, ct_gpt2 *m, const ct_optim *o, const 
 }
 
 /* This rank's bytes: its part of every tensor of every group, at the offsets rank 0 laid out. */
-static int write_slices(const char *path, ct_gpt2 *m, float *const *host, size_t lo, size_t hi,
+static int write_slices(const char *path, ct_model *m, float *const *host, size_t lo, size_t hi,
                         const uint64_t *offsets, char *err, size_t errlen)
 {
-    ct_trainable tr = ct_gpt2_trainable(m);
+    ct_trainable tr = ct_model_trainable(m);
     int nt = tr.ntensors;
     int fd = open(path, O_WRONLY);
     if (fd < 0) return fail(err, errlen, "%s: cannot open for writing: %s", path, strerror(errno));
@@ -278,13 +278,13 @@ static int write_slices(const char *path, ct_gpt2 *m, float *const *host, size_t
  * waits in mismatched collectives forever. So the ranks share no HDF5 call: rank 0 lays the
  * file out (metadata only), every rank writes its own slices' bytes at the offsets HDF5 chose,
  * and the ranks agree on the outcome through the communicator, which never hangs. */
-int ct_ckpt_write(const char *path, ct_gpt2 *m, ct_optim *o, const ct_ckpt_state *st, const char *config_json,
+int ct_ckpt_write(const char *path, ct_model *m, ct_optim *o, const ct_ckpt_state *st, const char *config_json,
                   ct_comm *comm, char *err, size_t errlen)
 {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* our own messages, not HDF5's error stacks */
-    const ct_backend *be = ct_gpt2_backend(m);
-    ct_kctx *ctx = ct_gpt2_kctx(m);
-    ct_trainable tr = ct_gpt2_trainable(m);
+    const ct_backend *be = ct_model_backend(m);
+    ct_kctx *ctx = ct_model_kctx(m);
+    ct_trainable tr = ct_model_trainable(m);
     int nt = tr.ntensors, rank = ct_comm_rank(comm);
     size_t lo, hi, obegin, olen;
     write_slice(m, comm, &lo, &hi);
@@ -362,7 +362,7 @@ static int open_checked(const char *path, hid_t *file, char *err, size_t errlen)
     return rc;
 }
 
-int ct_ckpt_read_config(const char *path, ct_gpt2_config *mc, char *err, size_t errlen)
+int ct_ckpt_read_config(const char *path, ct_model_config *mc, char *err, size_t errlen)
 {
     hid_t file;
     if (open_checked(path, &file, err, errlen)) return -1;
@@ -377,10 +377,10 @@ int ct_ckpt_read_config(const char *path, ct_gpt2_config *mc, char *err, size_t 
         rc = fail(err, errlen, "%s: attribute layer_norm_epsilon: missing", path);
     H5Fclose(file);
     if (rc) return -1;
-    *mc = (ct_gpt2_config){.vocab_size = (int)v[0], .max_seq_len = (int)v[1], .n_layer = (int)v[2],
-                           .n_head = (int)v[3], .n_embd = (int)v[4], .ln_eps = (float)eps};
+    *mc = (ct_model_config){.vocab_size = (int)v[0], .max_seq_len = (int)v[1], .n_layer = (int)v[2],
+                           .n_head = (int)v[3], .n_embd = (int)v[4], .norm_eps = (float)eps};
     char cerr[256];
-    if (ct_gpt2_config_check(mc, cerr, sizeof cerr)) return fail(err, errlen, "%s: %s", path, cerr);
+    if (ct_model_config_check(mc, cerr, sizeof cerr)) return fail(err, errlen, "%s: %s", path, cerr);
     return 0;
 }
 
@@ -443,12 +443,12 @@ static int read_state(hid_t file, ct_ckpt_state *st, int64_t *optim_steps, const
     return 0;
 }
 
-int ct_ckpt_read(const char *path, ct_gpt2 *m, ct_optim *o, ct_ckpt_state *st, ct_comm *comm, char *err,
+int ct_ckpt_read(const char *path, ct_model *m, ct_optim *o, ct_ckpt_state *st, ct_comm *comm, char *err,
                  size_t errlen)
 {
-    const ct_backend *be = ct_gpt2_backend(m);
-    ct_kctx *ctx = ct_gpt2_kctx(m);
-    ct_trainable tr = ct_gpt2_trainable(m);
+    const ct_backend *be = ct_model_backend(m);
+    ct_kctx *ctx = ct_model_kctx(m);
+    ct_trainable tr = ct_model_trainable(m);
     int nt = tr.ntensors;
     size_t numel = tr.numel, begin = 0, len = 0;
     if (o) ct_optim_slice(o, &begin, &len);
@@ -468,8 +468,8 @@ int ct_ckpt_read(const char *path, ct_gpt2 *m, ct_optim *o, ct_ckpt_state *st, c
         goto agree;
     }
     if (open_checked(path, &file, err, errlen)) goto agree;
-    ct_gpt2_config mc;
-    const ct_gpt2_config *have = ct_gpt2_config_of(m);
+    ct_model_config mc;
+    const ct_model_config *have = ct_model_config_of(m);
     if (ct_ckpt_read_config(path, &mc, err, errlen)) goto agree;
     if (mc.vocab_size != have->vocab_size || mc.max_seq_len != have->max_seq_len || mc.n_layer != have->n_layer ||
         mc.n_head != have->n_head || mc.n_embd != have->n_embd) {
@@ -597,7 +597,7 @@ static void rotate(const char *dir, int keep, long newest)
     closedir(d);
 }
 
-int ct_ckpt_save(const char *dir, int keep, ct_gpt2 *m, ct_optim *o, const ct_ckpt_state *st,
+int ct_ckpt_save(const char *dir, int keep, ct_model *m, ct_optim *o, const ct_ckpt_state *st,
                  const char *config_json, ct_comm *comm, char *path_out, size_t pathlen, char *err, size_t errlen)
 {
     char name[64], final[4096], tmp[4200];

@@ -23,7 +23,7 @@
 
 #include "comm.h"
 #include "data.h"
-#include "gpt2.h"
+#include "model.h"
 #include "optim.h"
 #include "rng.h"
 
@@ -43,11 +43,11 @@ typedef struct {
  * and the ranks agree on the outcome. Returns 0 on every rank; otherwise -1 with err filled on
  * the ranks that failed and -2 on the others (an I/O error on any rank fails the save
  * everywhere; the caller removes the partial file). */
-int ct_ckpt_write(const char *path, ct_gpt2 *m, ct_optim *o, const ct_ckpt_state *st, const char *config_json,
+int ct_ckpt_write(const char *path, ct_model *m, ct_optim *o, const ct_ckpt_state *st, const char *config_json,
                   ct_comm *comm, char *err, size_t errlen);
 
 /* The model shape a checkpoint holds; also checks its format and version. */
-int ct_ckpt_read_config(const char *path, ct_gpt2_config *mc, char *err, size_t errlen);
+int ct_ckpt_read_config(const char *path, ct_model_config *mc, char *err, size_t errlen);
 
 /* The resolved config the run that saved path used (malloc'd JSON text), or NULL with err. */
 char *ct_ckpt_read_config_json(const char *path, char *err, size_t errlen);
@@ -55,7 +55,7 @@ char *ct_ckpt_read_config_json(const char *path, char *err, size_t errlen);
 /* Loads weights, and with o != NULL the optimizer slice of this rank and *st (collective when o
  * is given). Every dataset's checksum is verified. Returns 0; -1 on the rank(s) that found the
  * problem, with err naming the file and dataset; -2 on ranks where only another rank failed. */
-int ct_ckpt_read(const char *path, ct_gpt2 *m, ct_optim *o, ct_ckpt_state *st, ct_comm *comm, char *err,
+int ct_ckpt_read(const char *path, ct_model *m, ct_optim *o, ct_ckpt_state *st, ct_comm *comm, char *err,
                  size_t errlen);
 
 /* ---- checkpoints of a run directory: <dir>/ckpt_<step>.h5, and <dir>/latest naming the newest
@@ -65,7 +65,7 @@ int ct_ckpt_read(const char *path, ct_gpt2 *m, ct_optim *o, ct_ckpt_state *st, c
  * `latest` is updated and all but the newest `keep` checkpoints removed. A crash or a failed
  * save leaves the previous checkpoint and `latest` as they were. Collective; returns as
  * ct_ckpt_write does. */
-int ct_ckpt_save(const char *dir, int keep, ct_gpt2 *m, ct_optim *o, const ct_ckpt_state *st,
+int ct_ckpt_save(const char *dir, int keep, ct_model *m, ct_optim *o, const ct_ckpt_state *st,
                  const char *config_json, ct_comm *comm, char *path_out, size_t pathlen, char *err, size_t errlen);
 
 /* The checkpoint `latest` in dir names: 1 with its path, 0 when dir has none, -1 when `latest`

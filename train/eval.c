@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-int ct_eval_loss(ct_gpt2 *m, ct_loader *val, int nbatches, int B, int T, ct_comm *comm, double *loss, char *err,
+int ct_eval_loss(ct_model *m, ct_loader *val, int nbatches, int B, int T, ct_comm *comm, double *loss, char *err,
                  size_t errlen)
 {
     uint64_t steps = ct_loader_steps_per_epoch(val);
@@ -21,7 +21,7 @@ int ct_eval_loss(ct_gpt2 *m, ct_loader *val, int nbatches, int B, int T, ct_comm
         double sum;
         long ntok;
         if (ct_loader_next(val, tokens, targets, err, errlen)) goto done;
-        if (ct_gpt2_forward(m, tokens, targets, B, T, 0.0f, &sum, &ntok, err, errlen)) goto done;
+        if (ct_model_forward(m, tokens, targets, B, T, 0.0f, &sum, &ntok, err, errlen)) goto done;
         acc[0] += sum;
         acc[1] += (double)ntok;
     }

@@ -6,12 +6,12 @@
 
 #include "comm.h"
 #include "data.h"
-#include "gpt2.h"
+#include "model.h"
 
 /* Rewinds val and evaluates nbatches micro-batches of B x T per rank (0, or more than the
  * set holds: one pass over the whole set); *loss receives the mean over every counted token
  * of every rank. Collective. Returns -1 with err filled on a data or communication error. */
-int ct_eval_loss(ct_gpt2 *m, ct_loader *val, int nbatches, int B, int T, ct_comm *comm, double *loss, char *err,
+int ct_eval_loss(ct_model *m, ct_loader *val, int nbatches, int B, int T, ct_comm *comm, double *loss, char *err,
                  size_t errlen);
 
 #endif

@@ -9,8 +9,8 @@
 #include "config.h"
 #include "data.h"
 #include "eval.h"
-#include "gpt2.h"
-#include "hf_gpt2.h"
+#include "model.h"
+#include "hf_model.h"
 #include "kernels.h"
 #include "lora.h"
 #include "run.h"
@@ -65,7 +65,7 @@ static int cmd_eval(const args *a, ct_comm *comm)
     const ct_backend *be = NULL;
     ct_kctx *ctx = NULL;
     int device;
-    ct_gpt2 *m = NULL;
+    ct_model *m = NULL;
     ct_loader *val = NULL;
     int B = cfg.data.micro_batch, T = cfg.data.seq_len;
     int rc = -1;
@@ -74,7 +74,7 @@ static int cmd_eval(const args *a, ct_comm *comm)
              ct_run_model(&cfg, CT_WEIGHTS_TRAINED, be, ctx, B, T, 1, comm, &m, from, sizeof from, err, sizeof err) == 0) {
         ct_loader_opts o = {.path = cfg.data.val, .seq_len = T, .micro_batch = B, .grad_accum = 1,
                             .rank = ct_comm_rank(comm), .world = ct_comm_size(comm), .seed = 0, .shuffle = 0,
-                            .vocab_size = ct_gpt2_config_of(m)->vocab_size};
+                            .vocab_size = ct_model_config_of(m)->vocab_size};
         rc = ct_loader_init(&val, &o, err, sizeof err);
     }
     if (ct_run_agree(comm, rc, err) == 0) {
@@ -89,7 +89,7 @@ static int cmd_eval(const args *a, ct_comm *comm)
         rc = -1;
     }
     ct_loader_free(val);
-    ct_gpt2_free(m);
+    ct_model_free(m);
     if (ctx) be->kctx_free(ctx);
     return rc ? 1 : 0;
 }
@@ -126,20 +126,20 @@ static int cmd_prepare(const args *a, ct_comm *comm)
 static int cmd_info(const args *a, ct_comm *comm)
 {
     char err[1024];
-    ct_gpt2_config cfg;
-    if (ct_hf_gpt2_read_config(a->path, &cfg, err, sizeof err)) return fail(err);
+    ct_model_config cfg;
+    if (ct_hf_read_config(a->path, &cfg, err, sizeof err)) return fail(err);
     const ct_backend *be = ct_backend_cpu();
     ct_kctx *ctx = be->kctx_init(0);
-    ct_gpt2 *m = NULL;
-    if (ct_gpt2_init(&m, &cfg, be, ctx, 1, 1, 1, err, sizeof err)) return fail(err);
-    int rc = ct_hf_gpt2_load(m, a->path, err, sizeof err);
+    ct_model *m = NULL;
+    if (ct_model_init(&m, &cfg, be, ctx, 1, 1, 1, err, sizeof err)) return fail(err);
+    int rc = ct_hf_load(m, a->path, err, sizeof err);
     if (rc == 0) {
         printf("model      gpt2\n");
         printf("layers     %d\nheads      %d\nwidth      %d\nvocab      %d\npositions  %d\nln_eps     %g\n",
-               cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size, cfg.max_seq_len, cfg.ln_eps);
-        printf("parameters %zu\n", ct_gpt2_count(m));
+               cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size, cfg.max_seq_len, cfg.norm_eps);
+        printf("parameters %zu\n", ct_model_count(m));
     }
-    ct_gpt2_free(m);
+    ct_model_free(m);
     be->kctx_free(ctx);
     return rc ? fail(err) : 0;
 }
@@ -150,11 +150,11 @@ static int cmd_export(const args *a, ct_comm *comm)
     if (!a->extra) return fail("export: missing OUT_DIR (usage: ctrain export CKPT OUT_DIR)");
     if (ct_comm_rank(comm) != 0) return 0;
     char err[2048];
-    ct_gpt2_config mc;
+    ct_model_config mc;
     if (ct_ckpt_read_config(a->path, &mc, err, sizeof err)) return fail(err);
     const ct_backend *be = ct_backend_cpu();
     ct_kctx *ctx = be->kctx_init(0);
-    ct_gpt2 *m = NULL;
+    ct_model *m = NULL;
     /* a LoRA run's checkpoint holds adapters: its saved config says which */
     ct_config saved;
     ct_lora_spec spec;
@@ -162,19 +162,19 @@ static int cmd_export(const args *a, ct_comm *comm)
     int rc = json ? ct_config_parse(&saved, json, a->path, err, sizeof err) : -1;
     free(json);
     int lora = rc == 0 && ct_run_lora(&saved);
-    if (rc == 0) rc = ct_gpt2_init(&m, &mc, be, ctx, 1, 1, 1, err, sizeof err);
+    if (rc == 0) rc = ct_model_init(&m, &mc, be, ctx, 1, 1, 1, err, sizeof err);
     if (rc == 0 && lora) {
         rc = ct_lora_spec_from_config(&saved, &spec, err, sizeof err);
         if (rc == 0) rc = ct_lora_add(m, &spec, 0, 1, err, sizeof err);
     }
     if (rc == 0) rc = ct_ckpt_read(a->path, m, NULL, NULL, comm, err, sizeof err);
     if (rc == 0) rc = lora ? ct_lora_save_peft(m, &spec, saved.model.init_from, a->extra, err, sizeof err)
-                           : ct_hf_gpt2_save(m, a->extra, err, sizeof err);
+                           : ct_hf_save(m, a->extra, NULL, 0, err, sizeof err);
     if (rc == 0)
         printf("ctrain: wrote %s/%s from %s\n", a->extra,
                lora ? "adapter_model.safetensors and adapter_config.json" : "model.safetensors and config.json",
                a->path);
-    ct_gpt2_free(m);
+    ct_model_free(m);
     be->kctx_free(ctx);
     return rc ? fail(err) : 0;
 }
@@ -189,13 +189,13 @@ static int cmd_merge(const args *a, ct_comm *comm)
     char err[2048], from[CT_PATH_MAX + 128], out[CT_PATH_MAX + 16];
     const ct_backend *be = ct_backend_cpu();
     ct_kctx *ctx = be->kctx_init(0);
-    ct_gpt2 *m = NULL;
+    ct_model *m = NULL;
     snprintf(out, sizeof out, "%s/merged", cfg.run.dir);
     int rc = ct_run_model(&cfg, CT_WEIGHTS_TRAINED, be, ctx, 1, 1, 1, comm, &m, from, sizeof from, err, sizeof err);
     if (rc == 0) rc = ct_lora_merge(m, err, sizeof err);
-    if (rc == 0) rc = ct_hf_gpt2_save(m, out, err, sizeof err);
+    if (rc == 0) rc = ct_hf_save(m, out, NULL, 0, err, sizeof err);
     if (rc == 0) printf("ctrain: merged %s into %s (model.safetensors, config.json)\n", from, out);
-    ct_gpt2_free(m);
+    ct_model_free(m);
     be->kctx_free(ctx);
     return rc ? fail(err) : 0;
 }

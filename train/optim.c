@@ -13,7 +13,7 @@
 #include <stdlib.h>
 
 struct ct_optim {
-    ct_gpt2 *model;
+    ct_model *model;
     ct_comm *comm;
     const ct_backend *be;
     ct_kctx *ctx;
@@ -29,10 +29,10 @@ struct ct_optim {
     size_t state_bytes;
 };
 
-int ct_optim_init(ct_optim **out, ct_gpt2 *m, ct_comm *comm, int zero_stage, int overlap, char *err, size_t errlen)
+int ct_optim_init(ct_optim **out, ct_model *m, ct_comm *comm, int zero_stage, int overlap, char *err, size_t errlen)
 {
     *out = NULL;
-    ct_trainable tr = ct_gpt2_trainable(m);
+    ct_trainable tr = ct_model_trainable(m);
     size_t n = tr.numel, world = (size_t)ct_comm_size(comm);
     if (n % world) {
         snprintf(err, errlen, "internal: flat buffer of %zu elements is not padded to the world size %zu", n, world);
@@ -42,8 +42,8 @@ int ct_optim_init(ct_optim **out, ct_gpt2 *m, ct_comm *comm, int zero_stage, int
     if (!o) goto oom;
     o->model = m;
     o->comm = comm;
-    o->be = ct_gpt2_backend(m);
-    o->ctx = ct_gpt2_kctx(m);
+    o->be = ct_model_backend(m);
+    o->ctx = ct_model_kctx(m);
     o->zero_stage = zero_stage;
     o->overlap = overlap && world > 1;
     o->dtype = o->be->elem_size == 2 ? CT_COMM_BF16 : CT_COMM_F32;
@@ -102,7 +102,7 @@ void ct_optim_slice(const ct_optim *o, size_t *begin, size_t *len)
 int ct_optim_sync_params(ct_optim *o)
 {
     const ct_backend *be = o->be;
-    char *params = ct_gpt2_trainable(o->model).params;
+    char *params = ct_model_trainable(o->model).params;
     if (be->elem_size != sizeof(float))
         be->to_storage(o->ctx, params + o->begin * be->elem_size, o->master, o->len);
     if (o->zero_stage != 1) return 0;
@@ -117,7 +117,7 @@ void ct_optim_grad_ready(void *optim, size_t lo, size_t hi)
 {
     ct_optim *o = optim;
     const size_t es = o->be->elem_size;
-    char *grads = ct_gpt2_trainable(o->model).grads;
+    char *grads = ct_model_trainable(o->model).grads;
     void *stream = o->be->stream(o->ctx);
     int rc = 0;
     if (o->zero_stage == 1) {
@@ -145,7 +145,7 @@ int ct_optim_step(ct_optim *o, const ct_optim_hparams *h, float *grad_norm)
 {
     const ct_backend *be = o->be;
     size_t es = be->elem_size;
-    ct_trainable tr = ct_gpt2_trainable(o->model);
+    ct_trainable tr = ct_model_trainable(o->model);
     char *params = tr.params;
     void *stream = be->stream(o->ctx);
     void *g = o->zero_stage == 1 ? o->gslice : tr.grads; /* the reduced gradients of this slice */

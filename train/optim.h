@@ -11,7 +11,7 @@
 #include <stddef.h>
 
 #include "comm.h"
-#include "gpt2.h"
+#include "model.h"
 
 typedef struct {
     float lr, beta1, beta2, eps, weight_decay;
@@ -20,13 +20,13 @@ typedef struct {
 
 typedef struct ct_optim ct_optim;
 
-/* Optimizes the model's trainable set (ct_gpt2_trainable: the whole model, or its LoRA
- * adapters), whose flat length must be a multiple of the world size (ct_gpt2_init's shards).
+/* Optimizes the model's trainable set (ct_model_trainable: the whole model, or its LoRA
+ * adapters), whose flat length must be a multiple of the world size (ct_model_init's shards).
  * Gradients and parameters are reduced where the backend keeps them: attach a device to comm
  * first (ct_comm_attach_device) when the backend's memory is a GPU's. With overlap (and more
  * than one rank) the step's last backward hands its ranges to ct_optim_grad_ready.
  * Returns -1 with err filled when the length is not a multiple or memory runs out. */
-int ct_optim_init(ct_optim **out, ct_gpt2 *m, ct_comm *comm, int zero_stage, int overlap, char *err, size_t errlen);
+int ct_optim_init(ct_optim **out, ct_model *m, ct_comm *comm, int zero_stage, int overlap, char *err, size_t errlen);
 void ct_optim_free(ct_optim *o);
 
 /* One optimizer step on the model's accumulated gradients (already scaled so their sum over

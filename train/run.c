@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
-#include "hf_gpt2.h"
+#include "hf_model.h"
 #include "lora.h"
 
 int ct_run_backend(const ct_config *cfg, ct_comm *comm, const ct_backend **be, ct_kctx **ctx, int *device,
@@ -57,7 +57,7 @@ static int is_file(const char *path)
     return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
 }
 
-int ct_run_model_source(const ct_config *cfg, ct_weights_source source, ct_gpt2_config *mc, char *path,
+int ct_run_model_source(const ct_config *cfg, ct_weights_source source, ct_model_config *mc, char *path,
                         size_t pathlen, int *is_ckpt, char *err, size_t errlen)
 {
     path[0] = 0;
@@ -80,10 +80,10 @@ int ct_run_model_source(const ct_config *cfg, ct_weights_source source, ct_gpt2_
         *is_ckpt = is_file(path);
     }
     if (*is_ckpt) return ct_ckpt_read_config(path, mc, err, errlen);
-    if (path[0]) return ct_hf_gpt2_read_config(path, mc, err, errlen);
-    *mc = (ct_gpt2_config){.vocab_size = cfg->model.vocab_size, .max_seq_len = cfg->model.max_seq_len,
+    if (path[0]) return ct_hf_read_config(path, mc, err, errlen);
+    *mc = (ct_model_config){.vocab_size = cfg->model.vocab_size, .max_seq_len = cfg->model.max_seq_len,
                            .n_layer = cfg->model.n_layer, .n_head = cfg->model.n_head, .n_embd = cfg->model.n_embd,
-                           .ln_eps = 1e-5f};
+                           .norm_eps = 1e-5f};
     return 0;
 }
 
@@ -91,7 +91,7 @@ int ct_run_lora(const ct_config *cfg) { return cfg->lora.targets[0] || cfg->lora
 
 /* Adds the config's adapters to m and fills them: for a trained model, from run.dir's PEFT
  * export or latest checkpoint; else from lora.init_from, or PEFT's fresh initialisation. */
-static int add_adapters(const ct_config *cfg, ct_weights_source source, ct_gpt2 *m, int shards, ct_comm *comm,
+static int add_adapters(const ct_config *cfg, ct_weights_source source, ct_model *m, int shards, ct_comm *comm,
                         char *from, size_t fromlen, char *err, size_t errlen)
 {
     ct_lora_spec spec;
@@ -127,10 +127,10 @@ static int add_adapters(const ct_config *cfg, ct_weights_source source, ct_gpt2 
 }
 
 int ct_run_model(const ct_config *cfg, ct_weights_source source, const ct_backend *be, ct_kctx *ctx, int B, int T,
-                 int shards, ct_comm *comm, ct_gpt2 **out, char *from, size_t fromlen, char *err, size_t errlen)
+                 int shards, ct_comm *comm, ct_model **out, char *from, size_t fromlen, char *err, size_t errlen)
 {
     *out = NULL;
-    ct_gpt2_config mc;
+    ct_model_config mc;
     int is_ckpt;
     if (ct_run_model_source(cfg, source, &mc, from, fromlen, &is_ckpt, err, errlen)) return -1;
     if (T > mc.max_seq_len) {
@@ -138,17 +138,17 @@ int ct_run_model(const ct_config *cfg, ct_weights_source source, const ct_backen
                  from[0] ? " in " : "", from);
         return -1;
     }
-    if (ct_gpt2_init(out, &mc, be, ctx, B, T, shards, err, errlen)) return -1;
+    if (ct_model_init(out, &mc, be, ctx, B, T, shards, err, errlen)) return -1;
     int rc = 0;
     if (is_ckpt) rc = ct_ckpt_read(from, *out, NULL, NULL, comm, err, errlen);
-    else if (from[0]) rc = ct_hf_gpt2_load(*out, from, err, errlen);
+    else if (from[0]) rc = ct_hf_load(*out, from, err, errlen);
     else {
-        ct_gpt2_init_weights(*out, (uint64_t)cfg->run.seed);
+        ct_model_init_weights(*out, (uint64_t)cfg->run.seed);
         snprintf(from, fromlen, "random init (seed %lld)", (long long)cfg->run.seed);
     }
     if (rc == 0 && ct_run_lora(cfg)) rc = add_adapters(cfg, source, *out, shards, comm, from, fromlen, err, errlen);
     if (rc) {
-        ct_gpt2_free(*out);
+        ct_model_free(*out);
         *out = NULL;
     }
     return rc;

@@ -7,7 +7,7 @@
 
 #include "comm.h"
 #include "config.h"
-#include "gpt2.h"
+#include "model.h"
 
 /* run.device: auto picks CUDA where this build has it and a GPU is found; cuda insists on it.
  * Starts the backend's context on device local_rank % (devices visible): one GPU per rank
@@ -31,14 +31,14 @@ int ct_run_lora(const ct_config *cfg);
 /* Where `source` takes the weights from: path receives a Hugging Face folder or a checkpoint
  * file (*is_ckpt), or "" for a random init; mc the model's shape. model.init_from may name
  * either kind. Errors name the config key or file. */
-int ct_run_model_source(const ct_config *cfg, ct_weights_source source, ct_gpt2_config *mc, char *path,
+int ct_run_model_source(const ct_config *cfg, ct_weights_source source, ct_model_config *mc, char *path,
                         size_t pathlen, int *is_ckpt, char *err, size_t errlen);
 
 /* Builds the model for micro-batches of B x T on backend be, flat buffers padded to `shards`,
  * and fills its weights as `source` says (weights only from a checkpoint). On success *from
  * names where the weights came from. */
 int ct_run_model(const ct_config *cfg, ct_weights_source source, const ct_backend *be, ct_kctx *ctx, int B, int T,
-                 int shards, ct_comm *comm, ct_gpt2 **out, char *from, size_t fromlen, char *err, size_t errlen);
+                 int shards, ct_comm *comm, ct_model **out, char *from, size_t fromlen, char *err, size_t errlen);
 
 /* Agreement after a step every rank did: returns 0 when rc == 0 on every rank; otherwise one
  * rank prints its err ("ctrain: error: ...", with its rank when there are several) and every

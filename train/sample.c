@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "data.h"
-#include "gpt2.h"
+#include "model.h"
 #include "rng.h"
 #include "run.h"
 
@@ -46,10 +46,10 @@ static int pick(const float *logits, int V, double temperature, int top_k, ct_rn
 }
 
 /* The model to sample from, on this process's backend; -1 with err filled. */
-static int sample_model(const ct_config *cfg, ct_comm *single, const ct_backend *be, ct_kctx *ctx, ct_gpt2 **m,
+static int sample_model(const ct_config *cfg, ct_comm *single, const ct_backend *be, ct_kctx *ctx, ct_model **m,
                         char *from, size_t fromlen, char *err, size_t errlen)
 {
-    ct_gpt2_config probe;
+    ct_model_config probe;
     int is_ckpt;
     if (ct_run_model_source(cfg, CT_WEIGHTS_TRAINED, &probe, from, fromlen, &is_ckpt, err, errlen)) return -1;
     if (probe.vocab_size != CT_TOK_BYTES_VOCAB) {
@@ -69,7 +69,7 @@ int ct_sample(const ct_config *cfg, FILE *out, char *err, size_t errlen)
     const ct_backend *be = NULL;
     ct_kctx *ctx = NULL;
     int device;
-    ct_gpt2 *m = NULL;
+    ct_model *m = NULL;
     char from[CT_PATH_MAX + 64];
     int32_t *seq = NULL;
     float *logits = NULL, *work = NULL, *row = NULL;
@@ -81,8 +81,8 @@ int ct_sample(const ct_config *cfg, FILE *out, char *err, size_t errlen)
     if (ct_run_backend(cfg, single, &be, &ctx, &device, err, errlen) ||
         sample_model(cfg, single, be, ctx, &m, from, sizeof from, err, errlen))
         goto done;
-    int T = ct_gpt2_config_of(m)->max_seq_len;
-    int V = ct_gpt2_config_of(m)->vocab_size;
+    int T = ct_model_config_of(m)->max_seq_len;
+    int V = ct_model_config_of(m)->vocab_size;
     size_t plen = strlen(cfg->sample.prompt);
     size_t cap = plen + (size_t)cfg->sample.max_tokens + 1;
     seq = malloc(sizeof(int32_t) * cap);
@@ -103,8 +103,8 @@ int ct_sample(const ct_config *cfg, FILE *out, char *err, size_t errlen)
     ct_rng_seed(&rng, (uint64_t)cfg->run.seed);
     for (int i = 0; i < cfg->sample.max_tokens; i++) {
         size_t len = n < (size_t)T ? n : (size_t)T; /* the model sees the last T tokens */
-        if (ct_gpt2_forward(m, seq + n - len, NULL, 1, (int)len, 0.0f, NULL, NULL, err, errlen)) goto done;
-        be->to_f32(ctx, row, (const char *)ct_gpt2_logits(m) + (len - 1) * ct_gpt2_logits_stride(m) * be->elem_size,
+        if (ct_model_forward(m, seq + n - len, NULL, 1, (int)len, 0.0f, NULL, NULL, err, errlen)) goto done;
+        be->to_f32(ctx, row, (const char *)ct_model_logits(m) + (len - 1) * ct_model_logits_stride(m) * be->elem_size,
                    V);
         be->download(ctx, logits, row, sizeof(float) * V);
         int next = pick(logits, V, cfg->sample.temperature, cfg->sample.top_k, &rng, work);
@@ -120,7 +120,7 @@ done:
     free(logits);
     free(work);
     if (row) be->free(row);
-    ct_gpt2_free(m);
+    ct_model_free(m);
     if (ctx) be->kctx_free(ctx);
     ct_comm_free(single);
     return rc;

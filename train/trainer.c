@@ -13,7 +13,7 @@
 
 #include "checkpoint.h"
 #include "eval.h"
-#include "hf_gpt2.h"
+#include "hf_model.h"
 #include "lora.h"
 #include "optim.h"
 #include "run.h"
@@ -87,7 +87,7 @@ typedef struct {
     ct_kctx *ctx;
     const ct_backend *be;
     int device;           /* the GPU this rank drives (cuda) */
-    ct_gpt2 *model;
+    ct_model *model;
     ct_optim *optim;
     ct_loader *train, *val;
     int32_t *tokens, *targets; /* [grad_accum][B*T] */
@@ -106,7 +106,7 @@ static void run_free(run_state *s)
     ct_loader_free(s->train);
     ct_loader_free(s->val);
     ct_optim_free(s->optim);
-    ct_gpt2_free(s->model);
+    ct_model_free(s->model);
     if (s->be && s->ctx) s->be->kctx_free(s->ctx);
 }
 
@@ -133,7 +133,7 @@ static int setup(const ct_config *cfg, ct_comm *comm, run_state *s, char *from, 
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    int V = ct_gpt2_config_of(s->model)->vocab_size;
+    int V = ct_model_config_of(s->model)->vocab_size;
     ct_loader_opts lo = {.path = cfg->data.train, .seq_len = T, .micro_batch = B, .grad_accum = A, .rank = rank,
                          .world = world, .seed = (uint64_t)cfg->run.seed, .shuffle = 1, .vocab_size = V};
     if (ct_loader_init(&s->train, &lo, err, errlen)) return -1;
@@ -262,7 +262,7 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         return -1;
     }
 
-    const ct_gpt2_config *mc = ct_gpt2_config_of(s.model);
+    const ct_model_config *mc = ct_model_config_of(s.model);
     long tokens_per_step = (long)B * T * A * world;
     if (rank == 0) {
         char *line = ct_config_to_json(cfg, 0);
@@ -271,7 +271,7 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         printf("ctrain: %d rank%s (%s), %s backend, %d threads per rank\n", world, world > 1 ? "s" : "",
                ct_comm_transport(comm), s.be->name, omp_get_max_threads());
         printf("ctrain: GPT-2 %d layers, %d heads, width %d, vocab %d: %zu parameters, from %s\n", mc->n_layer,
-               mc->n_head, mc->n_embd, mc->vocab_size, ct_gpt2_count(s.model), from);
+               mc->n_head, mc->n_embd, mc->vocab_size, ct_model_count(s.model), from);
         char counts[256];
         ct_lora_describe(s.model, counts, sizeof counts);
         printf("ctrain: %s\n", counts);
@@ -281,9 +281,9 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         printf("ctrain: %ld tokens per step = %d micro-batch x %d tokens x %d accumulation x %d ranks; "
                "%llu steps per epoch\n",
                tokens_per_step, B, T, A, world, (unsigned long long)ct_loader_steps_per_epoch(s.train));
-        ct_trainable tr = ct_gpt2_trainable(s.model);
+        ct_trainable tr = ct_model_trainable(s.model);
         size_t es = s.be->elem_size;
-        double weights = (double)ct_gpt2_numel(s.model) * es + (ct_gpt2_has_lora(s.model) ? (double)tr.numel * es : 0);
+        double weights = (double)ct_model_numel(s.model) * es + (ct_model_has_lora(s.model) ? (double)tr.numel * es : 0);
         printf("ctrain: memory per rank: weights %.1f MiB, gradients %.1f MiB, optimizer state %.1f MiB (ZeRO stage "
                "%d)\n", weights / 1048576.0, (double)tr.numel * es / 1048576.0,
                ct_optim_state_bytes(s.optim) / 1048576.0, cfg->parallel.zero_stage);
@@ -309,24 +309,24 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         if (ct_comm_allreduce_sum_f64(comm, &count, 1)) ct_run_die(comm, "communication failed");
         float dloss = count > 0 ? (float)(1.0 / count) : 0.0f;
         double sums[2] = {0, stop_requested != 0}; /* loss sum; ranks asked to stop */
-        ct_gpt2_zero_grad(s.model);
-        ct_gpt2_set_training(s.model, 1);
+        ct_model_zero_grad(s.model);
+        ct_model_set_training(s.model, 1);
         for (int a = 0; a < A; a++) {
             double sum;
             long ntok;
             /* LoRA dropout masks follow the micro-batch's place in the global batch (rank r's
              * micro-batch a holds the windows of slot a * world + r), not the rank: a resharded
              * resume draws the same masks for the same windows */
-            ct_gpt2_set_dropout_seed(s.model, dropout_seed(cfg->run.seed, step, a * world + rank));
-            if (ct_gpt2_forward(s.model, s.tokens + a * BT, s.targets + a * BT, B, T, dloss, &sum, &ntok, err,
+            ct_model_set_dropout_seed(s.model, dropout_seed(cfg->run.seed, step, a * world + rank));
+            if (ct_model_forward(s.model, s.tokens + a * BT, s.targets + a * BT, B, T, dloss, &sum, &ntok, err,
                                 sizeof err))
                 ct_run_die(comm, err);
             /* the last micro-batch's backward hands each finished layer to the reduction */
             int overlap = a == A - 1 && ct_optim_overlaps(s.optim);
-            ct_gpt2_backward(s.model, overlap ? ct_optim_grad_ready : NULL, s.optim);
+            ct_model_backward(s.model, overlap ? ct_optim_grad_ready : NULL, s.optim);
             sums[0] += sum;
         }
-        ct_gpt2_set_training(s.model, 0);
+        ct_model_set_training(s.model, 0);
         hp.lr = ct_lr_at(cfg, step);
         float norm;
         if (ct_optim_step(s.optim, &hp, &norm)) ct_run_die(comm, "communication failed in the optimizer step");
@@ -380,11 +380,11 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
     double comm_per_step = ran > 0 ? (double)(ct_comm_bytes(comm) - bytes_start) / ran : 0;
     rc = 0;
     if (rank == 0) {
-        size_t flat = ct_gpt2_trainable(s.model).numel;
+        size_t flat = ct_model_trainable(s.model).numel;
         printf("ctrain: %.3f MiB passed to collectives per step per rank; flat buffer %zu floats (%.3f MiB)\n",
                comm_per_step / 1048576.0, flat, flat * 4 / 1048576.0);
         ct_lora_spec spec;
-        if (!ct_run_lora(cfg)) rc = ct_hf_gpt2_save(s.model, cfg->run.dir, err, sizeof err);
+        if (!ct_run_lora(cfg)) rc = ct_hf_save(s.model, cfg->run.dir, NULL, 0, err, sizeof err);
         else if ((rc = ct_lora_spec_from_config(cfg, &spec, err, sizeof err)) == 0)
             rc = ct_lora_save_peft(s.model, &spec, cfg->model.init_from, cfg->run.dir, err, sizeof err);
         if (rc == 0) {

@@ -1,7 +1,7 @@
 /* test_cuda_model.c — the whole GPT-2 on the CUDA backend against the CPU backend: a full
  * training step and a LoRA step (tests/gpu, ctest -L gpu).
  *
- * test_cuda_ops checks each op alone; this checks them composed as ct_gpt2 and ct_optim use
+ * test_cuda_ops checks each op alone; this checks them composed as ct_model and ct_optim use
  * them: the flat-buffer layout, activations reused across layers, the fused classifier, the
  * ready-callback contract on an asynchronous stream, LoRA's frozen base and dropout, and the
  * optimizer's reduction over NCCL (a size-1 communicator with device 0 attached).
@@ -35,7 +35,7 @@
 
 #include "gpu_test.h"
 #include "comm.h"
-#include "gpt2.h"
+#include "model.h"
 #include "kernels.h"
 #include "optim.h"
 
@@ -48,8 +48,8 @@ typedef struct {
 static const grad_tol full_tol = {5e-2, 3e-2, 3e-2};
 static const grad_tol lora_tol = {5e-2, 4e-2, 5e-2};
 
-static const ct_gpt2_config cfg = {.vocab_size = 97, .max_seq_len = 32, .n_layer = 2, .n_head = 4, .n_embd = 64,
-                                   .ln_eps = 1e-5f};
+static const ct_model_config cfg = {.vocab_size = 97, .max_seq_len = 32, .n_layer = 2, .n_head = 4, .n_embd = 64,
+                                   .norm_eps = 1e-5f};
 static const ct_optim_hparams hparams = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f,
                                          .weight_decay = 0.1f, .grad_clip = 1.0f};
 
@@ -224,27 +224,27 @@ static void ready_free(ready_rec *r)
 
 /* ---- the two models */
 typedef struct {
-    ct_gpt2 *c, *g; /* CPU, CUDA */
+    ct_model *c, *g; /* CPU, CUDA */
 } pair;
 
 /* Both models for micro-batches up to B x T, with the same bf16-exact weights. */
 static void pair_init(pair *p, int B, int T)
 {
     char err[512];
-    if (ct_gpt2_init(&p->c, &cfg, cpu, ck, B, T, 1, err, sizeof err) ||
-        ct_gpt2_init(&p->g, &cfg, gpu, gk, B, T, 1, err, sizeof err)) {
-        fprintf(stderr, "ct_gpt2_init: %s\n", err);
+    if (ct_model_init(&p->c, &cfg, cpu, ck, B, T, 1, err, sizeof err) ||
+        ct_model_init(&p->g, &cfg, gpu, gk, B, T, 1, err, sizeof err)) {
+        fprintf(stderr, "ct_model_init: %s\n", err);
         exit(1);
     }
-    size_t n = ct_gpt2_numel(p->c);
-    if (ct_gpt2_numel(p->g) != n || ct_gpt2_num_tensors(p->g) != ct_gpt2_num_tensors(p->c)) {
+    size_t n = ct_model_numel(p->c);
+    if (ct_model_numel(p->g) != n || ct_model_num_tensors(p->g) != ct_model_num_tensors(p->c)) {
         fprintf(stderr, "the CPU and CUDA models have different layouts\n");
         exit(1);
     }
-    ct_gpt2_init_weights(p->c, ct_test_rand_u64(&rng));
-    float *w = ct_gpt2_params(p->c);
-    for (int i = 0; i < ct_gpt2_num_tensors(p->c); i++) {
-        const ct_param *t = ct_gpt2_tensor(p->c, i);
+    ct_model_init_weights(p->c, ct_test_rand_u64(&rng));
+    float *w = ct_model_params(p->c);
+    for (int i = 0; i < ct_model_num_tensors(p->c); i++) {
+        const ct_param *t = ct_model_tensor(p->c, i);
         if (t->ndim != 1) continue; /* biases (0) and layernorm weights (1): off their init values */
         float *noise = ct_test_alloc(t->numel);
         ct_test_fill(noise, t->numel, &rng, -0.1f, 0.1f);
@@ -252,13 +252,13 @@ static void pair_init(pair *p, int B, int T)
         free(noise);
     }
     for (size_t i = 0; i < n; i++) w[i] = bf16r(w[i]);
-    from_host(gpu, gk, ct_gpt2_params(p->g), w, n);
+    from_host(gpu, gk, ct_model_params(p->g), w, n);
 }
 
 static void pair_free(pair *p)
 {
-    ct_gpt2_free(p->c);
-    ct_gpt2_free(p->g);
+    ct_model_free(p->c);
+    ct_model_free(p->g);
 }
 
 /* Adapters beside every linear of both models (r 4, scale 2, dropout 0.1), with the same
@@ -267,17 +267,17 @@ static void pair_free(pair *p)
 static void pair_add_lora(pair *p)
 {
     unsigned char select[64];
-    int nlin = ct_gpt2_num_linears(p->c);
+    int nlin = ct_model_num_linears(p->c);
     if (nlin > (int)sizeof select) exit(2);
     memset(select, 1, (size_t)nlin);
     char err[512];
-    if (ct_gpt2_add_lora(p->c, select, 4, 2.0f, 0.1f, 1, err, sizeof err) ||
-        ct_gpt2_add_lora(p->g, select, 4, 2.0f, 0.1f, 1, err, sizeof err)) {
-        fprintf(stderr, "ct_gpt2_add_lora: %s\n", err);
+    if (ct_model_add_lora(p->c, select, 4, 2.0f, 0.1f, 1, err, sizeof err) ||
+        ct_model_add_lora(p->g, select, 4, 2.0f, 0.1f, 1, err, sizeof err)) {
+        fprintf(stderr, "ct_model_add_lora: %s\n", err);
         exit(1);
     }
-    CHECK(ct_gpt2_grads(p->g) == NULL); /* the frozen base has no gradient buffer */
-    ct_trainable tc = ct_gpt2_trainable(p->c), tg = ct_gpt2_trainable(p->g);
+    CHECK(ct_model_grads(p->g) == NULL); /* the frozen base has no gradient buffer */
+    ct_trainable tc = ct_model_trainable(p->c), tg = ct_model_trainable(p->g);
     if (tc.numel != tg.numel || tc.ntensors != tg.ntensors) {
         fprintf(stderr, "the CPU and CUDA adapters have different layouts\n");
         exit(1);
@@ -292,9 +292,9 @@ static void pair_add_lora(pair *p)
     from_host(gpu, gk, tg.params, a, tg.numel);
     free(a);
     for (int side = 0; side < 2; side++) {
-        ct_gpt2 *m = side ? p->g : p->c;
-        ct_gpt2_set_training(m, 1);
-        ct_gpt2_set_dropout_seed(m, 1234);
+        ct_model *m = side ? p->g : p->c;
+        ct_model_set_training(m, 1);
+        ct_model_set_dropout_seed(m, 1234);
     }
 }
 
@@ -307,7 +307,7 @@ static void check_step(const char *what, pair *p, int B, int T, const grad_tol *
 {
     const int N = B * T;
     char err[512];
-    ct_trainable tc = ct_gpt2_trainable(p->c), tg = ct_gpt2_trainable(p->g);
+    ct_trainable tc = ct_model_trainable(p->c), tg = ct_model_trainable(p->g);
     const size_t n = tc.numel;
 
     /* a size-1 communicator never overlaps */
@@ -335,23 +335,23 @@ static void check_step(const char *what, pair *p, int B, int T, const grad_tol *
     const float dloss = 1.0f / (float)count;
     double lc, lg;
     long nc, ng;
-    if (ct_gpt2_forward(p->c, tok, tgt, B, T, dloss, &lc, &nc, err, sizeof err) ||
-        ct_gpt2_forward(p->g, tok, tgt, B, T, dloss, &lg, &ng, err, sizeof err)) {
-        fprintf(stderr, "%s: ct_gpt2_forward: %s\n", what, err);
+    if (ct_model_forward(p->c, tok, tgt, B, T, dloss, &lc, &nc, err, sizeof err) ||
+        ct_model_forward(p->g, tok, tgt, B, T, dloss, &lg, &ng, err, sizeof err)) {
+        fprintf(stderr, "%s: ct_model_forward: %s\n", what, err);
         exit(1);
     }
     CHECK(nc == count && ng == count);
     CHECK_REL("mean loss (cuda, cpu)", lg / (double)ng, lc / (double)nc, LOSS_RTOL);
 
     /* backward, each range snapshotted as announced */
-    ct_gpt2_zero_grad(p->c);
-    ct_gpt2_zero_grad(p->g);
+    ct_model_zero_grad(p->c);
+    ct_model_zero_grad(p->g);
     ready_rec rc, rg;
     ready_init(&rc, cpu, ck, tc.grads, n);
     ready_init(&rg, gpu, gk, tg.grads, n);
     if (via_ready) rg.next = ct_optim_grad_ready, rg.next_user = og;
-    ct_gpt2_backward(p->c, ready_cb, &rc);
-    ct_gpt2_backward(p->g, ready_cb, &rg);
+    ct_model_backward(p->c, ready_cb, &rc);
+    ct_model_backward(p->g, ready_cb, &rg);
     float *gc = to_host(cpu, ck, tc.grads, n), *gg = to_host(gpu, gk, tg.grads, n);
     ready_check("cpu ready ranges", &rc, gc);
     ready_check("cuda ready ranges", &rg, gg);

@@ -14,8 +14,8 @@
 #include <string.h>
 
 #include "config.h"
-#include "gpt2.h"
-#include "hf_gpt2.h"
+#include "model.h"
+#include "hf_model.h"
 #include "run.h"
 #include "safetensors.h"
 
@@ -48,7 +48,7 @@ int main(int argc, char **argv)
 
     const ct_backend *be = ct_backend_cpu();
     ct_kctx *ctx = be->kctx_init(0);
-    ct_gpt2 *m;
+    ct_model *m;
     size_t len = strlen(model_dir);
     int from_config = len > 5 && !strcmp(model_dir + len - 5, ".json");
     if (from_config) {
@@ -61,42 +61,42 @@ int main(int argc, char **argv)
         ct_comm_free(single);
         fprintf(stderr, "ct_refdump: model %s\n", from);
     } else {
-        ct_gpt2_config mc;
-        if (ct_hf_gpt2_read_config(model_dir, &mc, err, sizeof err)) return die(err);
-        if (ct_gpt2_init(&m, &mc, be, ctx, B, T, 1, err, sizeof err)) return die(err);
-        if (reinit >= 0) ct_gpt2_init_weights(m, (uint64_t)reinit);
-        else if (ct_hf_gpt2_load(m, model_dir, err, sizeof err)) return die(err);
+        ct_model_config mc;
+        if (ct_hf_read_config(model_dir, &mc, err, sizeof err)) return die(err);
+        if (ct_model_init(&m, &mc, be, ctx, B, T, 1, err, sizeof err)) return die(err);
+        if (reinit >= 0) ct_model_init_weights(m, (uint64_t)reinit);
+        else if (ct_hf_load(m, model_dir, err, sizeof err)) return die(err);
     }
-    ct_gpt2_config cfg = *ct_gpt2_config_of(m);
-    if (export_dir && ct_hf_gpt2_save(m, export_dir, err, sizeof err)) return die(err);
+    ct_model_config cfg = *ct_model_config_of(m);
+    if (export_dir && ct_hf_save(m, export_dir, NULL, 0, err, sizeof err)) return die(err);
 
     size_t nlogits = (size_t)B * T * cfg.vocab_size;
     float *logits = malloc(nlogits * sizeof(float));
     double loss_sum;
     long ntok;
-    if (ct_gpt2_forward(m, tokens, NULL, B, T, 0.0f, NULL, NULL, err, sizeof err)) return die(err);
-    const float *lg = ct_gpt2_logits(m); /* cpu: host memory, fp32; rows padded */
+    if (ct_model_forward(m, tokens, NULL, B, T, 0.0f, NULL, NULL, err, sizeof err)) return die(err);
+    const float *lg = ct_model_logits(m); /* cpu: host memory, fp32; rows padded */
     for (int i = 0; i < B * T; i++)
-        memcpy(logits + (size_t)i * cfg.vocab_size, lg + (size_t)i * ct_gpt2_logits_stride(m),
+        memcpy(logits + (size_t)i * cfg.vocab_size, lg + (size_t)i * ct_model_logits_stride(m),
                (size_t)cfg.vocab_size * sizeof(float));
     long counted = 0;
     for (int i = 0; i < B * T; i++) counted += targets[i] >= 0;
-    if (ct_gpt2_forward(m, tokens, targets, B, T, counted ? 1.0f / (float)counted : 0.0f, &loss_sum, &ntok, err,
+    if (ct_model_forward(m, tokens, targets, B, T, counted ? 1.0f / (float)counted : 0.0f, &loss_sum, &ntok, err,
                         sizeof err))
         return die(err);
-    ct_gpt2_zero_grad(m);
-    ct_gpt2_backward(m, NULL, NULL);
+    ct_model_zero_grad(m);
+    ct_model_backward(m, NULL, NULL);
     float loss = (float)(loss_sum / (double)ntok);
 
-    int nt = from_config ? 0 : ct_gpt2_num_tensors(m); /* gradients: of the plain model only */
+    int nt = from_config ? 0 : ct_model_num_tensors(m); /* gradients: of the plain model only */
     ct_st_entry *e = calloc((size_t)nt + 2, sizeof *e);
     char (*names)[80] = calloc((size_t)nt, sizeof *names);
     float **bufs = calloc((size_t)nt, sizeof *bufs);
-    const float *grads = ct_gpt2_grads(m);
+    const float *grads = ct_model_grads(m);
     e[0] = (ct_st_entry){.name = "logits", .data = logits, .ndim = 3, .shape = {B, T, cfg.vocab_size}};
     e[1] = (ct_st_entry){.name = "loss", .data = &loss, .ndim = 1, .shape = {1}};
     for (int i = 0; i < nt; i++) {
-        const ct_param *p = ct_gpt2_tensor(m, i);
+        const ct_param *p = ct_model_tensor(m, i);
         snprintf(names[i], sizeof names[i], "grad.%s", p->name);
         bufs[i] = malloc(p->numel * sizeof(float));
         const float *g = grads + p->offset;
@@ -118,7 +118,7 @@ int main(int argc, char **argv)
     free(logits);
     free(tokens);
     free(targets);
-    ct_gpt2_free(m);
+    ct_model_free(m);
     be->kctx_free(ctx);
     return 0;
 }

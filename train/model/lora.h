@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #include "config.h"
-#include "gpt2.h"
+#include "model.h"
 
 /* The adapter settings: from the config's lora section, or from a PEFT adapter_config.json. */
 typedef struct {
@@ -30,24 +30,24 @@ int ct_lora_spec_from_config(const ct_config *cfg, ct_lora_spec *spec, char *err
  * is every linear of the blocks. A target that matches nothing is an error listing the module
  * names. A is initialised as PEFT does (Kaiming-uniform: U(-1/sqrt(in), 1/sqrt(in))) from
  * seed, B to zero. The base is frozen. */
-int ct_lora_add(ct_gpt2 *m, const ct_lora_spec *spec, uint64_t seed, int shards, char *err, size_t errlen);
+int ct_lora_add(ct_model *m, const ct_lora_spec *spec, uint64_t seed, int shards, char *err, size_t errlen);
 
 /* Reads a PEFT adapter_config.json. */
 int ct_lora_read_peft_config(const char *dir, ct_lora_spec *spec, char *err, size_t errlen);
 /* Loads adapter_model.safetensors of dir into m's adapters: every adapter of m must be there
  * with its shape (errors name the tensor); extra tensors are errors. */
-int ct_lora_load_peft(ct_gpt2 *m, const char *dir, char *err, size_t errlen);
+int ct_lora_load_peft(ct_model *m, const char *dir, char *err, size_t errlen);
 /* Writes adapter_config.json + adapter_model.safetensors that peft's PeftModel.from_pretrained
  * loads onto the base; base_model names the base (model.init_from). */
-int ct_lora_save_peft(ct_gpt2 *m, const ct_lora_spec *spec, const char *base_model, const char *dir, char *err,
+int ct_lora_save_peft(ct_model *m, const ct_lora_spec *spec, const char *base_model, const char *dir, char *err,
                       size_t errlen);
 
 /* Folds every adapter into its base weight (W += scale * B . A) and removes nothing else:
  * afterwards ct_hf_gpt2_save writes the merged model. */
-int ct_lora_merge(ct_gpt2 *m, char *err, size_t errlen);
+int ct_lora_merge(ct_model *m, char *err, size_t errlen);
 
 /* "trainable params: 294,912 || all params: 124,734,720 || trainable%: 0.2364", as PEFT's
  * print_trainable_parameters. */
-void ct_lora_describe(ct_gpt2 *m, char *out, size_t n);
+void ct_lora_describe(ct_model *m, char *out, size_t n);
 
 #endif

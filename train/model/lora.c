@@ -92,9 +92,9 @@ static int matches(const char *module, const char *target, size_t tlen)
     return mlen > tlen && module[mlen - tlen - 1] == '.' && !strncmp(module + mlen - tlen, target, tlen);
 }
 
-int ct_lora_add(ct_gpt2 *m, const ct_lora_spec *spec, uint64_t seed, int shards, char *err, size_t errlen)
+int ct_lora_add(ct_model *m, const ct_lora_spec *spec, uint64_t seed, int shards, char *err, size_t errlen)
 {
-    int n = ct_gpt2_num_linears(m);
+    int n = ct_model_num_linears(m);
     unsigned char *select = calloc((size_t)n, 1);
     if (!select) return snprintf(err, errlen, "out of memory"), -1;
     char name[128];
@@ -106,7 +106,7 @@ int ct_lora_add(ct_gpt2 *m, const ct_lora_spec *spec, uint64_t seed, int shards,
         if (!len) break;
         int hit = 0;
         for (int i = 0; i < n; i++) {
-            ct_gpt2_linear_name(m, i, name, sizeof name);
+            ct_model_linear_name(m, i, name, sizeof name);
             if (matches(name, t, len)) select[i] = 1, hit = 1;
         }
         if (!hit) {
@@ -120,14 +120,14 @@ int ct_lora_add(ct_gpt2 *m, const ct_lora_spec *spec, uint64_t seed, int shards,
         while (*t && *t != ',') t++;
     }
     for (int i = 0; all && i < n; i++) select[i] = 1;
-    int rc = ct_gpt2_add_lora(m, select, spec->r, spec_scale(spec), spec->dropout, shards, err, errlen);
+    int rc = ct_model_add_lora(m, select, spec->r, spec_scale(spec), spec->dropout, shards, err, errlen);
     free(select);
     if (rc) return -1;
 
     /* A ~ kaiming_uniform_(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)); B = 0 (PEFT's default) */
-    const ct_backend *be = ct_gpt2_backend(m);
-    ct_kctx *ctx = ct_gpt2_kctx(m);
-    ct_trainable tr = ct_gpt2_trainable(m);
+    const ct_backend *be = ct_model_backend(m);
+    ct_kctx *ctx = ct_model_kctx(m);
+    ct_trainable tr = ct_model_trainable(m);
     float *host = calloc(tr.numel ? tr.numel : 1, sizeof(float));
     void *tmp = be->alloc(tr.numel * sizeof(float));
     if (!host || !tmp) {
@@ -152,11 +152,11 @@ int ct_lora_add(ct_gpt2 *m, const ct_lora_spec *spec, uint64_t seed, int shards,
 }
 
 /* fp32 host copy of the trainable buffer (the adapters); NULL when out of memory. */
-static float *adapters_to_host(ct_gpt2 *m)
+static float *adapters_to_host(ct_model *m)
 {
-    const ct_backend *be = ct_gpt2_backend(m);
-    ct_kctx *ctx = ct_gpt2_kctx(m);
-    ct_trainable tr = ct_gpt2_trainable(m);
+    const ct_backend *be = ct_model_backend(m);
+    ct_kctx *ctx = ct_model_kctx(m);
+    ct_trainable tr = ct_model_trainable(m);
     float *host = malloc(tr.numel * sizeof(float) + 1);
     void *tmp = be->alloc(tr.numel * sizeof(float));
     if (host && tmp) {
@@ -169,15 +169,15 @@ static float *adapters_to_host(ct_gpt2 *m)
     return host;
 }
 
-int ct_lora_load_peft(ct_gpt2 *m, const char *dir, char *err, size_t errlen)
+int ct_lora_load_peft(ct_model *m, const char *dir, char *err, size_t errlen)
 {
     char path[CT_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     ct_safetensors *st = NULL;
     if (ct_st_open(&st, path, err, errlen)) return -1;
-    ct_trainable tr = ct_gpt2_trainable(m);
-    const ct_backend *be = ct_gpt2_backend(m);
-    ct_kctx *ctx = ct_gpt2_kctx(m);
+    ct_trainable tr = ct_model_trainable(m);
+    const ct_backend *be = ct_model_backend(m);
+    ct_kctx *ctx = ct_model_kctx(m);
     float *host = calloc(tr.numel + 1, sizeof(float));
     int rc = -1;
     if (!host) {
@@ -224,7 +224,7 @@ done:
     return rc;
 }
 
-int ct_lora_save_peft(ct_gpt2 *m, const ct_lora_spec *spec, const char *base_model, const char *dir, char *err,
+int ct_lora_save_peft(ct_model *m, const ct_lora_spec *spec, const char *base_model, const char *dir, char *err,
                       size_t errlen)
 {
     if (mkdir(dir, 0777) != 0 && errno != EEXIST)
@@ -266,7 +266,7 @@ int ct_lora_save_peft(ct_gpt2 *m, const ct_lora_spec *spec, const char *base_mod
     free(text);
     if (!ok) return snprintf(err, errlen, "%s: cannot write: %s", path, strerror(errno)), -1;
 
-    ct_trainable tr = ct_gpt2_trainable(m);
+    ct_trainable tr = ct_model_trainable(m);
     float *host = adapters_to_host(m);
     ct_st_entry *e = calloc((size_t)tr.ntensors, sizeof *e);
     int rc = -1;
@@ -286,13 +286,13 @@ int ct_lora_save_peft(ct_gpt2 *m, const ct_lora_spec *spec, const char *base_mod
     return rc;
 }
 
-int ct_lora_merge(ct_gpt2 *m, char *err, size_t errlen)
+int ct_lora_merge(ct_model *m, char *err, size_t errlen)
 {
-    if (!ct_gpt2_has_lora(m)) return snprintf(err, errlen, "merge: the model has no LoRA adapters"), -1;
-    const ct_backend *be = ct_gpt2_backend(m);
-    ct_kctx *ctx = ct_gpt2_kctx(m);
-    ct_trainable tr = ct_gpt2_trainable(m);
-    size_t n = ct_gpt2_numel(m);
+    if (!ct_model_has_lora(m)) return snprintf(err, errlen, "merge: the model has no LoRA adapters"), -1;
+    const ct_backend *be = ct_model_backend(m);
+    ct_kctx *ctx = ct_model_kctx(m);
+    ct_trainable tr = ct_model_trainable(m);
+    size_t n = ct_model_numel(m);
     float *ad = adapters_to_host(m), *w = malloc(n * sizeof(float) + 1);
     void *tmp = be->alloc((n > tr.numel ? n : tr.numel) * sizeof(float));
     int rc = -1;
@@ -300,16 +300,16 @@ int ct_lora_merge(ct_gpt2 *m, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory merging the adapters");
         goto done;
     }
-    be->to_f32(ctx, tmp, ct_gpt2_params(m), n);
+    be->to_f32(ctx, tmp, ct_model_params(m), n);
     be->download(ctx, w, tmp, n * sizeof(float));
-    float scale = ct_gpt2_lora_scale(m);
+    float scale = ct_model_lora_scale(m);
     for (int i = 0; i + 1 < tr.ntensors; i += 2) {
         const ct_param *A = &tr.tensors[i], *B = &tr.tensors[i + 1]; /* added in pairs: A then B */
         /* "base_model.model.<module>.lora_A.weight" -> "<module>.weight" */
         char base[128];
         const char *mod = A->name + strlen("base_model.model.");
         snprintf(base, sizeof base, "%.*s.weight", (int)(strstr(mod, ".lora_A.") - mod), mod);
-        const ct_param *W = ct_gpt2_find(m, base);
+        const ct_param *W = ct_model_find(m, base);
         if (!W) {
             snprintf(err, errlen, "internal: no base weight %s for %s", base, A->name);
             goto done;
@@ -325,7 +325,7 @@ int ct_lora_merge(ct_gpt2 *m, char *err, size_t errlen)
         memset(ad + B->offset, 0, B->numel * sizeof(float)); /* the adapter is in the base now */
     }
     be->upload(ctx, tmp, w, n * sizeof(float));
-    be->to_storage(ctx, ct_gpt2_params(m), tmp, n);
+    be->to_storage(ctx, ct_model_params(m), tmp, n);
     be->upload(ctx, tmp, ad, tr.numel * sizeof(float));
     be->to_storage(ctx, tr.params, tmp, tr.numel);
     be->sync(ctx);
@@ -348,12 +348,12 @@ static void with_commas(char *out, size_t n, size_t v)
     out[w] = 0;
 }
 
-void ct_lora_describe(ct_gpt2 *m, char *out, size_t n)
+void ct_lora_describe(ct_model *m, char *out, size_t n)
 {
-    ct_trainable tr = ct_gpt2_trainable(m);
-    size_t trainable = 0, base = ct_gpt2_count(m);
+    ct_trainable tr = ct_model_trainable(m);
+    size_t trainable = 0, base = ct_model_count(m);
     for (int i = 0; i < tr.ntensors; i++) trainable += tr.tensors[i].numel;
-    size_t all = ct_gpt2_has_lora(m) ? base + trainable : base;
+    size_t all = ct_model_has_lora(m) ? base + trainable : base;
     char a[32], b[32];
     with_commas(a, sizeof a, trainable);
     with_commas(b, sizeof b, all);

@@ -1,0 +1,643 @@
+/* model.c — what every architecture shares: the flat layout derived from its tensor table,
+ * allocation, initialisation, LoRA adapters, and the forward / backward / decode entry points
+ * around the architecture's own functions (arch.h). */
+#include "arch.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rng.h"
+
+/* Tensor offsets are rounded up to this many elements so every tensor starts 64-byte aligned
+ * in fp32 (vector loads, cuBLASLt alignment in bf16 too). */
+#define CT_ALIGN_ELEMS 16
+
+/* The LM head computes logits for the vocabulary padded to a multiple of this: logits rows
+ * (and the head's matrix products) then start 128-byte aligned in bf16, which tensor-core
+ * GEMM kernels need (50257 -> 50304 for GPT-2). */
+#define CT_VOCAB_ALIGN 64
+
+static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+/* ---------------------------------------------------------------- config */
+
+int ct_model_config_check(ct_model_config *c, char *err, size_t errlen)
+{
+    const char *field = NULL, *what = NULL;
+    if (!c->arch) c->arch = &ct_arch_gpt2;
+    if (!c->model_type[0]) snprintf(c->model_type, sizeof c->model_type, "%s", c->arch->model_types[0]);
+    if (c->vocab_size <= 0) field = "vocab_size", what = "must be positive";
+    else if (c->max_seq_len <= 0) field = "max_seq_len", what = "must be positive";
+    else if (c->n_layer <= 0) field = "n_layer", what = "must be positive";
+    else if (c->n_head <= 0) field = "n_head", what = "must be positive";
+    else if (c->n_embd <= 0) field = "n_embd", what = "must be positive";
+    else if (!c->head_dim && c->n_embd % c->n_head) field = "n_embd", what = "must be a multiple of n_head";
+    else if (c->n_kv_head < 0 || (c->n_kv_head && c->n_head % c->n_kv_head))
+        field = "n_kv_head", what = "must divide n_head";
+    else if (c->head_dim < 0 || c->head_dim % 2) field = "head_dim", what = "must be a positive even number";
+    else if (c->n_inner < 0) field = "n_inner", what = "must be positive";
+    else if (!(c->norm_eps > 0) || !isfinite(c->norm_eps)) field = "norm_eps", what = "must be a positive number";
+    else if (c->window < 0) field = "sliding_window", what = "must not be negative";
+    if (!field) {
+        if (!c->n_kv_head) c->n_kv_head = c->n_head;
+        if (!c->head_dim) c->head_dim = c->n_embd / c->n_head;
+        if (!c->n_inner) c->n_inner = 4 * c->n_embd;
+        if (!(c->rope_theta > 0)) c->rope_theta = 10000.0;
+        double C = c->n_embd, W = (double)c->n_head * c->head_dim + c->n_inner;
+        if (c->head_dim % 2) field = "head_dim", what = "must be even";
+        else if ((double)c->vocab_size * C > 1e12 || C * W * c->n_layer > 1e13) field = "n_embd", what = "model too large";
+    }
+    if (!field) return 0;
+    snprintf(err, errlen, "model.%s: %s", field, what);
+    return -1;
+}
+
+static int dim(const ct_model_config *c, ct_dim d)
+{
+    int q = c->n_head * c->head_dim, kv = c->n_kv_head * c->head_dim;
+    switch (d) {
+    case DIM_C: return c->n_embd;
+    case DIM_V: return c->vocab_size;
+    case DIM_POS: return c->max_seq_len;
+    case DIM_Q: return q;
+    case DIM_KV: return kv;
+    case DIM_QKV: return q + 2 * kv;
+    case DIM_I: return c->n_inner;
+    default: return 0;
+    }
+}
+
+static int present(const ct_model_config *c, ct_when w)
+{
+    switch (w) {
+    case WHEN_QKV_BIAS: return c->qkv_bias;
+    case WHEN_O_BIAS: return c->o_bias;
+    case WHEN_MLP_BIAS: return c->mlp_bias;
+    case WHEN_UNTIED: return c->untied;
+    default: return 1;
+    }
+}
+
+/* ---------------------------------------------------------------- layout */
+
+static void add_tensors(ct_model *m, size_t *off, const ct_tensor_spec *specs, int n, int layer)
+{
+    const ct_model_config *c = &m->cfg;
+    for (int i = 0; i < n; i++) {
+        const ct_tensor_spec *s = &specs[i];
+        if (!present(c, s->when)) continue;
+        int index = m->ntensors++;
+        ct_param *p = &m->tensors[index];
+        if (layer >= 0) snprintf(p->name, sizeof p->name, "%s%d.%s", m->arch->layer_prefix, layer, s->name);
+        else snprintf(p->name, sizeof p->name, "%s", s->name);
+        p->ndim = s->cols ? 2 : 1;
+        p->shape[0] = dim(c, s->rows);
+        p->shape[1] = s->cols ? dim(c, s->cols) : 0;
+        p->numel = (size_t)p->shape[0] * (s->cols ? (size_t)p->shape[1] : 1);
+        p->offset = *off;
+        p->conv1d = s->conv1d;
+        p->decay = s->decay;
+        p->layer = layer;
+        p->lora = s->lora;
+        m->slot[(layer >= 0 ? layer : c->n_layer) * m->arch->nslots + s->slot] = index;
+        /* the LM head's rows past V are no tensor's: zero, never loaded, saved or updated */
+        size_t rows = s->rows == DIM_V ? (size_t)m->Vp : (size_t)p->shape[0];
+        *off = align_up(*off + rows * (s->cols ? (size_t)p->shape[1] : 1), CT_ALIGN_ELEMS);
+    }
+}
+
+static void build_layout(ct_model *m)
+{
+    const ct_arch *a = m->arch;
+    int L = m->cfg.n_layer;
+    size_t off = 0;
+    for (int i = 0; i < (L + 1) * a->nslots; i++) m->slot[i] = -1;
+    m->Vp = (int)align_up((size_t)m->cfg.vocab_size, CT_VOCAB_ALIGN);
+    add_tensors(m, &off, a->pre, a->npre, -1);
+    for (int l = 0; l < L; l++) {
+        m->layer_start[l] = off;
+        add_tensors(m, &off, a->block, a->nblock, l);
+    }
+    m->layer_start[L] = off;
+    add_tensors(m, &off, a->post, a->npost, -1);
+    m->numel = off;
+}
+
+/* ---------------------------------------------------------------- life cycle */
+
+void *ct_model_balloc(ct_model *m, size_t bytes)
+{
+    if (m->nalloc == m->capalloc) {
+        int cap = m->capalloc ? 2 * m->capalloc : 64;
+        void **grown = realloc(m->allocations, (size_t)cap * sizeof *grown);
+        if (!grown) return NULL;
+        m->allocations = grown;
+        m->capalloc = cap;
+    }
+    void *p = m->be->alloc(bytes ? bytes : 1);
+    if (p) m->allocations[m->nalloc++] = p;
+    return p;
+}
+
+/* RoPE frequencies as transformers computes them: inv_freq[i] = theta^(-2i/D) (in fp32, from
+ * int64 exponents as torch.arange does), with llama3 scaling where the config asks. */
+static int rope_freqs(ct_model *m)
+{
+    const ct_model_config *c = &m->cfg;
+    int half = c->head_dim / 2;
+    float *f = malloc((size_t)half * sizeof(float));
+    if (!f || !(m->inv_freq = ct_model_balloc(m, (size_t)half * sizeof(float)))) return free(f), -1;
+    for (int i = 0; i < half; i++) {
+        float expo = (float)(2 * i) / (float)c->head_dim;
+        f[i] = 1.0f / powf((float)c->rope_theta, expo);
+        if (c->rope_llama3) {
+            /* _compute_llama3_parameters: long wavelengths slowed by factor, short ones kept,
+             * a smooth blend between */
+            double L0 = c->rope_orig_max, lo_wl = L0 / c->rope_low_freq, hi_wl = L0 / c->rope_high_freq;
+            double wl = 2.0 * M_PI / f[i];
+            if (wl > lo_wl) f[i] = (float)(f[i] / c->rope_factor);
+            else if (wl >= hi_wl) {
+                double s = (L0 / wl - c->rope_low_freq) / (c->rope_high_freq - c->rope_low_freq);
+                f[i] = (float)((1.0 - s) * f[i] / c->rope_factor + s * f[i]);
+            }
+        }
+    }
+    m->be->upload(m->ctx, m->inv_freq, f, (size_t)half * sizeof(float));
+    m->be->sync(m->ctx);
+    free(f);
+    return 0;
+}
+
+int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *be, ct_kctx *ctx, int B, int T,
+                  int shards, char *err, size_t errlen)
+{
+    *out = NULL;
+    ct_model_config c = *cfg;
+    if (ct_model_config_check(&c, err, errlen)) return -1;
+    if (B <= 0 || T <= 0 || T > c.max_seq_len) {
+        snprintf(err, errlen, "micro-batch %d x %d tokens does not fit the model (max_seq_len %d)", B, T,
+                 c.max_seq_len);
+        return -1;
+    }
+    const char *missing = c.arch->missing_op(be);
+    if (missing) {
+        snprintf(err, errlen, "the %s backend has no %s op, which %s models need: run on another backend "
+                 "(run.device)", be->name, missing, c.model_type);
+        return -1;
+    }
+    ct_model *m = calloc(1, sizeof *m);
+    int L = c.n_layer;
+    if (!m) goto oom;
+    m->cfg = c;
+    m->arch = c.arch;
+    m->be = be;
+    m->ctx = ctx;
+    m->maxB = B;
+    m->maxT = T;
+    const ct_arch *a = c.arch;
+    m->tensors = calloc((size_t)(a->npre + a->nblock * L + a->npost), sizeof *m->tensors);
+    m->slot = calloc((size_t)(L + 1) * a->nslots, sizeof *m->slot);
+    m->layer_start = calloc((size_t)L + 1, sizeof *m->layer_start);
+    m->losses_host = calloc((size_t)B * T, sizeof(float));
+    if (!m->tensors || !m->slot || !m->layer_start || !m->losses_host) goto oom;
+    build_layout(m);
+    if (shards > 1) m->numel = align_up(m->numel, (size_t)shards);
+
+    size_t es = be->elem_size, BT = (size_t)B * T;
+    int ok = (m->params = ct_model_balloc(m, m->numel * es)) && (m->grads = ct_model_balloc(m, m->numel * es)) &&
+             (m->logits = ct_model_balloc(m, BT * (size_t)m->Vp * es)) &&
+             (m->losses = ct_model_balloc(m, BT * 4)) && (m->tokens_dev = ct_model_balloc(m, BT * 4)) &&
+             (m->targets_dev = ct_model_balloc(m, BT * 4)) && (m->pos_dev = ct_model_balloc(m, BT * 4)) &&
+             rope_freqs(m) == 0 && a->alloc(m, B, T) == 0;
+    if (!ok) goto oom;
+    *out = m;
+    return 0;
+oom:
+    snprintf(err, errlen, "out of memory allocating a %s model (%d layers, width %d, vocab %d) for %d x %d tokens",
+             c.model_type, c.n_layer, c.n_embd, c.vocab_size, B, T);
+    ct_model_free(m);
+    return -1;
+}
+
+void ct_model_free(ct_model *m)
+{
+    if (!m) return;
+    if (m->acts) m->arch->free(m);
+    for (int i = 0; i < m->nalloc; i++)
+        if (m->allocations[i]) m->be->free(m->allocations[i]);
+    free(m->allocations);
+    free(m->tensors);
+    free(m->slot);
+    free(m->layer_start);
+    free(m->adapters);
+    free(m->lora_tensors);
+    free(m->lora_bound);
+    free(m->kcache);
+    free(m->vcache);
+    free(m->losses_host);
+    free(m->hf_json);
+    free(m);
+}
+
+const char *ct_model_hf_config(const ct_model *m) { return m->hf_json; }
+
+int ct_model_set_hf_config(ct_model *m, const char *json, int dtype)
+{
+    char *copy = json ? strdup(json) : NULL;
+    if (json && !copy) return -1;
+    free(m->hf_json);
+    m->hf_json = copy;
+    m->cfg.dtype = dtype;
+    return 0;
+}
+
+const ct_model_config *ct_model_config_of(const ct_model *m) { return &m->cfg; }
+const char *ct_model_arch_name(const ct_model *m) { return m->arch->name; }
+const ct_backend *ct_model_backend(const ct_model *m) { return m->be; }
+ct_kctx *ct_model_kctx(const ct_model *m) { return m->ctx; }
+int ct_model_num_tensors(const ct_model *m) { return m->ntensors; }
+const ct_param *ct_model_tensor(const ct_model *m, int i) { return &m->tensors[i]; }
+size_t ct_model_numel(const ct_model *m) { return m->numel; }
+void *ct_model_params(ct_model *m) { return m->params; }
+void *ct_model_grads(ct_model *m) { return m->grads; }
+const void *ct_model_logits(const ct_model *m) { return m->logits; }
+int ct_model_logits_stride(const ct_model *m) { return m->Vp; }
+const char *ct_model_hf_prefix(const ct_model *m) { return m->arch->hf_prefix; }
+int ct_model_hf_ignorable(const ct_model *m, const char *name) { return m->arch->ignorable && m->arch->ignorable(name); }
+double ct_model_step_flops(const ct_model_config *c, int B, int T)
+{
+    return (c->arch ? c->arch : &ct_arch_gpt2)->flops(c, B, T);
+}
+
+const ct_param *ct_model_find(const ct_model *m, const char *name)
+{
+    for (int i = 0; i < m->ntensors; i++)
+        if (!strcmp(m->tensors[i].name, name)) return &m->tensors[i];
+    return NULL;
+}
+
+size_t ct_model_count(const ct_model *m)
+{
+    size_t n = 0;
+    for (int i = 0; i < m->ntensors; i++) n += m->tensors[i].numel;
+    return n;
+}
+
+static int tensor_at(const ct_model *m, int layer, int slot)
+{
+    return m->slot[(layer >= 0 ? layer : m->cfg.n_layer) * m->arch->nslots + slot];
+}
+
+void *ct_model_w(const ct_model *m, void *base, int layer, int slot)
+{
+    int t = slot >= 0 ? tensor_at(m, layer, slot) : -1;
+    if (!base || t < 0) return NULL;
+    return (char *)base + m->tensors[t].offset * m->be->elem_size;
+}
+
+/* The initialisation each tensor's table row names, drawn in buffer order. */
+static const ct_tensor_spec *spec_of(const ct_model *m, const ct_param *p)
+{
+    const ct_arch *a = m->arch;
+    const ct_tensor_spec *tables[3] = {a->pre, a->block, a->post};
+    int counts[3] = {a->npre, a->nblock, a->npost};
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; i < counts[k]; i++)
+            if (tensor_at(m, k == 1 ? p->layer : -1, tables[k][i].slot) == (int)(p - m->tensors) &&
+                (k == 1) == (p->layer >= 0))
+                return &tables[k][i];
+    return NULL;
+}
+
+void ct_model_init_weights(ct_model *m, uint64_t seed)
+{
+    ct_rng rng;
+    ct_rng_seed(&rng, seed);
+    float resid_std = 0.02f / sqrtf(2.0f * m->cfg.n_layer);
+    size_t maxn = 0;
+    for (int i = 0; i < m->ntensors; i++)
+        if (m->tensors[i].numel > maxn) maxn = m->tensors[i].numel;
+    float *host = malloc(maxn * sizeof(float));
+    float *staged = m->be->alloc(maxn * sizeof(float)); /* fp32 in backend memory */
+    if (!host || !staged) { fprintf(stderr, "ctrain: error: out of memory initialising weights\n"); abort(); }
+    for (int i = 0; i < m->ntensors; i++) {
+        const ct_param *p = &m->tensors[i];
+        ct_init init = spec_of(m, p)->init;
+        for (size_t k = 0; k < p->numel; k++) {
+            if (init == INIT_ONES) host[k] = 1.0f;
+            else if (init == INIT_ZEROS) host[k] = 0.0f;
+            else host[k] = ct_rng_normal(&rng) * (init == INIT_RESID ? resid_std : 0.02f);
+        }
+        m->be->upload(m->ctx, staged, host, p->numel * sizeof(float));
+        m->be->to_storage(m->ctx, (char *)m->params + p->offset * m->be->elem_size, staged, p->numel);
+    }
+    m->be->sync(m->ctx);
+    m->be->free(staged);
+    free(host);
+}
+
+/* ---------------------------------------------------------------- LoRA */
+
+/* The i-th tensor LoRA may wrap, or -1. */
+static int linear_tensor(const ct_model *m, int i)
+{
+    for (int t = 0; t < m->ntensors; t++)
+        if (m->tensors[t].lora && i-- == 0) return t;
+    return -1;
+}
+
+int ct_model_num_linears(const ct_model *m)
+{
+    int n = 0;
+    for (int t = 0; t < m->ntensors; t++) n += m->tensors[t].lora;
+    return n;
+}
+
+void ct_model_linear_name(const ct_model *m, int i, char *out, size_t n)
+{
+    const char *name = m->tensors[linear_tensor(m, i)].name;
+    snprintf(out, n, "%.*s", (int)(strlen(name) - strlen(".weight")), name);
+}
+
+int ct_model_add_lora(ct_model *m, const unsigned char *select, int r, float scale, float dropout, int shards,
+                      char *err, size_t errlen)
+{
+    int nlin = ct_model_num_linears(m), count = 0, L = m->cfg.n_layer;
+    for (int i = 0; i < nlin; i++) count += select[i] != 0;
+    if (m->adapters || r <= 0 || !count) {
+        snprintf(err, errlen, "lora: %s", m->adapters ? "adapters already added" : r <= 0 ? "r must be positive"
+                                                                                   : "no linear layer selected");
+        return -1;
+    }
+    size_t es = m->be->elem_size, BT = (size_t)m->maxB * m->maxT;
+    m->adapters = calloc((size_t)m->ntensors, sizeof *m->adapters);
+    m->lora_tensors = calloc((size_t)count * 2, sizeof *m->lora_tensors);
+    m->lora_bound = calloc((size_t)L + 1, sizeof *m->lora_bound);
+    if (!m->adapters || !m->lora_tensors || !m->lora_bound) goto oom;
+    size_t off = 0, scratch = 0;
+    for (int l = 0; l <= L; l++) m->lora_bound[l] = (size_t)-1;
+    for (int i = 0, t = -1; i < nlin; i++) {
+        t = linear_tensor(m, i);
+        if (!select[i]) continue;
+        const ct_param *w = &m->tensors[t];
+        int in = w->shape[1], out = w->shape[0];
+        if (w->layer >= 0 && m->lora_bound[w->layer] == (size_t)-1) m->lora_bound[w->layer] = off;
+        for (int ab = 0; ab < 2; ab++) {
+            ct_param *p = &m->lora_tensors[m->lora_ntensors++];
+            snprintf(p->name, sizeof p->name, "base_model.model.%.*s.lora_%c.weight",
+                     (int)(strlen(w->name) - strlen(".weight")), w->name, ab ? 'B' : 'A');
+            p->ndim = 2;
+            p->shape[0] = ab ? out : r;
+            p->shape[1] = ab ? r : in;
+            p->numel = (size_t)r * (ab ? out : in);
+            p->offset = off;
+            p->decay = 1;
+            p->layer = w->layer;
+            off = align_up(off + p->numel, CT_ALIGN_ELEMS);
+        }
+        size_t need = m->be->lora_scratch_len((int)BT, in, r);
+        if (need > scratch) scratch = need;
+    }
+    if (shards > 1) off = align_up(off, (size_t)shards);
+    m->lora_numel = off;
+    /* a block without adapters spans nothing: it starts where the next one does */
+    m->lora_bound[L] = off;
+    for (int l = L - 1; l >= 0; l--)
+        if (m->lora_bound[l] == (size_t)-1) m->lora_bound[l] = m->lora_bound[l + 1];
+    if (!(m->lora_params = ct_model_balloc(m, off * es)) || !(m->lora_grads = ct_model_balloc(m, off * es)) ||
+        !(m->lora_scratch = ct_model_balloc(m, scratch * es)))
+        goto oom;
+    for (int i = 0, k = 0; i < nlin; i++) {
+        if (!select[i]) continue;
+        ct_adapter *a = &m->adapters[linear_tensor(m, i)];
+        a->A = (char *)m->lora_params + m->lora_tensors[k].offset * es;
+        a->dA = (char *)m->lora_grads + m->lora_tensors[k].offset * es;
+        a->B = (char *)m->lora_params + m->lora_tensors[k + 1].offset * es;
+        a->dB = (char *)m->lora_grads + m->lora_tensors[k + 1].offset * es;
+        k += 2;
+        if (!(a->h = ct_model_balloc(m, BT * (size_t)r * es))) goto oom;
+    }
+    m->lora_r = r;
+    m->lora_scale = scale;
+    m->lora_dropout = dropout;
+    /* the base is frozen: its gradients are never computed, so their buffer goes */
+    for (int i = 0; i < m->nalloc; i++)
+        if (m->allocations[i] == m->grads) m->be->free(m->grads), m->allocations[i] = NULL;
+    m->grads = NULL;
+    m->frozen = 1;
+    return 0;
+oom:
+    snprintf(err, errlen, "lora: out of memory for rank-%d adapters on %d linear layers", r, count);
+    return -1;
+}
+
+int ct_model_has_lora(const ct_model *m) { return m->adapters != NULL; }
+float ct_model_lora_scale(const ct_model *m) { return m->lora_scale; }
+void ct_model_set_dropout_seed(ct_model *m, uint64_t seed) { m->dropout_seed = seed; }
+void ct_model_set_training(ct_model *m, int on) { m->training = on; }
+
+ct_trainable ct_model_trainable(ct_model *m)
+{
+    if (m->adapters)
+        return (ct_trainable){.ntensors = m->lora_ntensors, .tensors = m->lora_tensors, .numel = m->lora_numel,
+                              .params = m->lora_params, .grads = m->lora_grads};
+    return (ct_trainable){.ntensors = m->ntensors, .tensors = m->tensors, .numel = m->numel, .params = m->params,
+                          .grads = m->grads};
+}
+
+/* Each adapter's dropout mask differs: the step's seed mixed with the linear's index. */
+static uint64_t adapter_seed(const ct_model *m, int t)
+{
+    uint64_t i = 0;
+    for (int k = 0; k < t; k++) i += m->tensors[k].lora;
+    return m->dropout_seed ^ (0x9E3779B97F4A7C15ull * (i + 1));
+}
+
+/* ---------------------------------------------------------------- linears */
+
+void ct_model_linear_fwd(ct_model *m, int layer, int wslot, int bslot, void *out, const void *x, int N)
+{
+    int t = tensor_at(m, layer, wslot);
+    const ct_param *w = &m->tensors[t];
+    int K = w->shape[1], M = w->shape[0];
+    m->be->matmul_fwd(m->ctx, out, x, ct_model_w(m, m->params, layer, wslot),
+                      ct_model_w(m, m->params, layer, bslot), N, K, M);
+    ct_adapter *a = m->adapters ? &m->adapters[t] : NULL;
+    if (a && a->A)
+        m->be->lora_fwd(m->ctx, out, a->h, x, a->A, a->B, m->lora_scratch, N, K, M, m->lora_r, m->lora_scale,
+                        m->training ? m->lora_dropout : 0.0f, adapter_seed(m, t));
+}
+
+void ct_model_linear_bwd(ct_model *m, int layer, int wslot, int bslot, void *dx, const void *dout, const void *x,
+                         int N)
+{
+    int t = tensor_at(m, layer, wslot);
+    const ct_param *w = &m->tensors[t];
+    int K = w->shape[1], M = w->shape[0];
+    m->be->matmul_bwd(m->ctx, dx, ct_model_w(m, m->grads, layer, wslot), ct_model_w(m, m->grads, layer, bslot), dout,
+                      x, ct_model_w(m, m->params, layer, wslot), N, K, M);
+    ct_adapter *a = m->adapters ? &m->adapters[t] : NULL;
+    if (a && a->A)
+        m->be->lora_bwd(m->ctx, dx, a->dA, a->dB, dout, x, a->h, a->A, a->B, m->lora_scratch, N, K, M, m->lora_r,
+                        m->lora_scale, m->training ? m->lora_dropout : 0.0f, adapter_seed(m, t));
+}
+
+/* ---------------------------------------------------------------- ready ranges */
+
+/* Where block l's part of the trainable buffer starts; l == L: where the head's starts. */
+static size_t bound(const ct_model *m, int l) { return m->adapters ? m->lora_bound[l] : m->layer_start[l]; }
+
+static void report(ct_grad_ready_fn ready, void *user, size_t lo, size_t hi)
+{
+    if (ready && lo < hi) ready(user, lo, hi);
+}
+
+void ct_model_layer_ready(ct_model *m, int l, ct_grad_ready_fn ready, void *user)
+{
+    report(ready, user, bound(m, l), bound(m, l + 1));
+}
+
+void ct_model_head_ready(ct_model *m, ct_grad_ready_fn ready, void *user)
+{
+    report(ready, user, bound(m, m->cfg.n_layer), ct_model_trainable(m).numel);
+}
+
+void ct_model_embed_ready(ct_model *m, ct_grad_ready_fn ready, void *user) { report(ready, user, 0, bound(m, 0)); }
+
+/* ---------------------------------------------------------------- forward, backward, decode */
+
+static int upload_positions(ct_model *m, int B, int T, int pos0)
+{
+    int32_t *pos = malloc((size_t)B * T * sizeof *pos);
+    if (!pos) return -1;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) pos[b * T + t] = pos0 + t;
+    m->be->upload(m->ctx, m->pos_dev, pos, (size_t)B * T * sizeof *pos);
+    m->be->sync(m->ctx); /* pos is freed below */
+    free(pos);
+    return 0;
+}
+
+static int check_tokens(const ct_model *m, const int32_t *tokens, const int32_t *targets, int N, char *err,
+                        size_t errlen)
+{
+    int V = m->cfg.vocab_size;
+    for (int i = 0; i < N; i++) {
+        if (tokens[i] < 0 || tokens[i] >= V) {
+            snprintf(err, errlen, "token %d at position %d is outside the vocabulary (size %d)", tokens[i], i, V);
+            return -1;
+        }
+        if (targets && targets[i] >= V) {
+            snprintf(err, errlen, "target %d at position %d is outside the vocabulary (size %d)", targets[i], i, V);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int ct_model_forward(ct_model *m, const int32_t *tokens, const int32_t *targets, int B, int T, float dloss,
+                     double *loss_sum, long *ntok, char *err, size_t errlen)
+{
+    const ct_backend *be = m->be;
+    ct_kctx *ctx = m->ctx;
+    int N = B * T;
+    m->have_targets = 0;
+    if (B <= 0 || T <= 0 || B > m->maxB || T > m->maxT) {
+        snprintf(err, errlen, "batch %d x %d is outside the model's allocation of %d x %d", B, T, m->maxB, m->maxT);
+        return -1;
+    }
+    if (check_tokens(m, tokens, targets, N, err, errlen)) return -1;
+    if (upload_positions(m, B, T, 0)) return snprintf(err, errlen, "out of memory"), -1;
+    be->upload(ctx, m->tokens_dev, tokens, (size_t)N * sizeof(int32_t));
+    if (targets) be->upload(ctx, m->targets_dev, targets, (size_t)N * sizeof(int32_t));
+    m->arch->forward(m, B, T);
+    m->curB = B;
+    m->curT = T;
+    if (!targets) {
+        be->sync(ctx);
+        return 0;
+    }
+    be->xent(ctx, m->losses, m->logits, m->targets_dev, dloss, N, m->cfg.vocab_size, m->Vp); /* logits become their gradient */
+    be->download(ctx, m->losses_host, m->losses, (size_t)N * sizeof(float));
+    double sum = 0.0;
+    long count = 0;
+    for (int i = 0; i < N; i++) {
+        if (targets[i] < 0) continue;
+        sum += m->losses_host[i];
+        count++;
+    }
+    *loss_sum = sum;
+    *ntok = count;
+    m->have_targets = 1;
+    return 0;
+}
+
+void ct_model_zero_grad(ct_model *m)
+{
+    ct_trainable t = ct_model_trainable(m);
+    m->be->zero(m->ctx, t.grads, t.numel * m->be->elem_size);
+}
+
+void ct_model_backward(ct_model *m, ct_grad_ready_fn ready, void *user)
+{
+    if (!m->have_targets) {
+        fprintf(stderr, "ctrain: internal error: ct_model_backward without a forward with targets\n");
+        abort();
+    }
+    m->have_targets = 0; /* the probabilities are consumed */
+    m->arch->backward(m, m->curB, m->curT, ready, user);
+}
+
+int ct_model_kv_alloc(ct_model *m)
+{
+    if (m->kcache) return 0;
+    int L = m->cfg.n_layer;
+    size_t bytes = (size_t)m->maxB * m->maxT * m->cfg.n_kv_head * m->cfg.head_dim * m->be->elem_size;
+    m->kcache = calloc((size_t)L, sizeof *m->kcache);
+    m->vcache = calloc((size_t)L, sizeof *m->vcache);
+    if (!m->kcache || !m->vcache) return -1;
+    for (int l = 0; l < L; l++)
+        if (!(m->kcache[l] = ct_model_balloc(m, bytes)) || !(m->vcache[l] = ct_model_balloc(m, bytes))) return -1;
+    return 0;
+}
+
+void ct_model_attend_cached(ct_model *m, int l, void *out, const void *q, int ldq, const void *k, const void *v,
+                            int ldkv, int B, int Tq, int pos0, int window)
+{
+    const ct_model_config *c = &m->cfg;
+    int KV = c->n_kv_head * c->head_dim;
+    size_t es = m->be->elem_size;
+    for (int b = 0; b < B; b++) {
+        size_t dst = ((size_t)b * m->maxT + pos0) * KV * es, src = (size_t)b * Tq * ldkv * es;
+        m->be->copy_rows(m->ctx, (char *)m->kcache[l] + dst, KV, (const char *)k + src, ldkv, Tq, KV);
+        m->be->copy_rows(m->ctx, (char *)m->vcache[l] + dst, KV, (const char *)v + src, ldkv, Tq, KV);
+    }
+    m->be->attention_decode(m->ctx, out, q, m->kcache[l], m->vcache[l], B, Tq, pos0, m->maxT, c->n_head,
+                            c->n_kv_head, c->head_dim, ldq, window);
+}
+
+int ct_model_decode(ct_model *m, const int32_t *tokens, int B, int Tq, int pos0, char *err, size_t errlen)
+{
+    m->have_targets = 0;
+    if (!m->be->attention_decode || !m->be->copy_rows) {
+        snprintf(err, errlen, "the %s backend has no %s op, which sampling needs", m->be->name,
+                 m->be->attention_decode ? "copy_rows" : "attention_decode");
+        return -1;
+    }
+    if (B <= 0 || Tq <= 0 || pos0 < 0 || B > m->maxB || pos0 + Tq > m->maxT) {
+        snprintf(err, errlen, "decode of %d x %d tokens at position %d is outside the model's allocation of %d x %d",
+                 B, Tq, pos0, m->maxB, m->maxT);
+        return -1;
+    }
+    if (check_tokens(m, tokens, NULL, B * Tq, err, errlen)) return -1;
+    if (ct_model_kv_alloc(m) || upload_positions(m, B, Tq, pos0)) {
+        snprintf(err, errlen, "out of memory for the KV cache (%d x %d positions)", m->maxB, m->maxT);
+        return -1;
+    }
+    m->be->upload(m->ctx, m->tokens_dev, tokens, (size_t)B * Tq * sizeof(int32_t));
+    m->arch->decode(m, B, Tq, pos0);
+    m->be->sync(m->ctx);
+    return 0;
+}
