@@ -1,7 +1,9 @@
-/* encoder.c — GPT-2 input embedding on the CPU: token embedding plus position embedding,
- * out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:], and its backward (a scatter-add into dwte).
+/* encoder.c — input embedding on the CPU: token embedding plus position embedding,
+ * out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:] (GPT-2), or the token embedding alone when wpe
+ * is NULL (Llama: positions enter through RoPE), and its backward (a scatter-add into dwte).
  * Token ids are trusted to lie in [0, V): the op is not given V and cannot check them. */
 #include <omp.h>
+#include <string.h>
 
 #include "cpu.h"
 
@@ -28,6 +30,10 @@ void ct_cpu_encoder_fwd(ct_kctx *ctx, void *out_, const int32_t *tokens, const v
     for (long bt = 0; bt < rows; bt++) {
         float *o = out + bt * C;
         const float *te = wte + (size_t)tokens[bt] * C;
+        if (!wpe) {
+            memcpy(o, te, (size_t)C * sizeof(float));
+            continue;
+        }
         const float *pe = wpe + (size_t)(bt % T) * C;
         for (int c = 0; c < C; c++) o[c] = te[c] + pe[c];
     }
