@@ -3,7 +3,22 @@
 #ifndef CT_KERNELS_CPU_H
 #define CT_KERNELS_CPU_H
 
+#include <omp.h>
+
 #include "kernels.h"
+
+/* Channel-slice width for backward reductions split by channel (each slice summed over all
+ * rows, in order, by one thread: no atomics): about C / threads rounded up to a multiple of
+ * 16 floats (whole cache lines), at least 16 and at most max (0: no cap). The summation
+ * order never depends on it. */
+static inline int ct_cpu_channel_slice(int C, int max)
+{
+    int nt = omp_get_max_threads();
+    int w = (C + nt - 1) / nt;
+    w = (w + 15) / 16 * 16;
+    if (max && w > max) w = max;
+    return w < 16 ? 16 : w;
+}
 
 void ct_cpu_encoder_fwd(ct_kctx *ctx, void *out, const int32_t *tokens, const void *wte, const void *wpe,
                         int B, int T, int C);

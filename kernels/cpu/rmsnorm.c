@@ -4,7 +4,6 @@
  * with the mean of squares summed in float as torch does (over fixed lanes in a fixed
  * order here, so results depend neither on the thread count nor on vectorisation). */
 #include <math.h>
-#include <omp.h>
 
 #include "cpu.h"
 #include "vmath.h"
@@ -38,11 +37,7 @@ void ct_cpu_rmsnorm_bwd(ct_kctx *ctx, void *dinp_, void *dw_, const void *dout_,
 {
     float *dinp = dinp_, *dw = dw_;
     const float *dout = dout_, *inp = inp_, *w = w_;
-    int nt = omp_get_max_threads();
-    int slice = (C + nt - 1) / nt;
-    slice = (slice + 15) / 16 * 16;
-    if (slice > RMS_SLICE_MAX) slice = RMS_SLICE_MAX;
-    if (slice < 16) slice = 16;
+    const int slice = ct_cpu_channel_slice(C, RMS_SLICE_MAX);
 
 #pragma omp parallel if ((long)N * C >= RMS_PAR_MIN)
     {
