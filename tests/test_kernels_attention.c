@@ -1,6 +1,10 @@
 /* test_kernels_attention.c — the CPU backend's attention and fused softmax/cross-entropy
- * against double-precision references: forward values, backward against central finite
- * differences of the reference, the "backward adds" contract, causality, determinism. */
+ * against double-precision references: forward values, backward against an analytic
+ * reference (itself checked against central finite differences) and against differences
+ * directly on small problems; grouped-query heads (groups 1..8), head sizes up to 128,
+ * sliding windows, q/k/v as views of one packed buffer or as separate buffers with their own
+ * strides; the "backward adds" contract, padding columns left alone, the statistics buffer
+ * not overrun, causality and window locality, determinism across thread counts. */
 #include <omp.h>
 #include <string.h>
 
@@ -9,72 +13,101 @@
 
 /* ---------------------------------------------------------------- attention reference */
 
-/* out[B*T,C] from qkv[B*T,3C], double throughout, straight from the definition. */
-static void ref_attn_fwd(double *out, const double *qkv, int B, int T, int C, int NH)
+/* One problem's shape and where q, k and v live: views into one array (packed, GPT-2's
+ * q|k|v rows, ldq = ldkv = (NH + 2 NKV) D) or three regions of it with their own strides. */
+typedef struct {
+    int B, T, NH, NKV, D, window, packed;
+    int ldq, ldkv;
+    size_t offq, offk, offv, n; /* element offsets of q, k, v; n: elements in all */
+} attn_dims;
+
+static attn_dims attn_layout(int B, int T, int NH, int NKV, int D, int window, int packed)
 {
-    const int hs = C / NH;
-    const double scale = 1.0 / sqrt((double)hs);
-    double *p = ct_test_alloc_d((size_t)T);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)
-            for (int t = 0; t < T; t++) {
-                const double *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
-                double mx = -INFINITY, sum = 0.0;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const double *k = qkv + ((size_t)b * T + t2) * 3 * C + C + h * hs;
-                    double s = 0.0;
-                    for (int i = 0; i < hs; i++) s += q[i] * k[i];
-                    p[t2] = s * scale;
-                    if (p[t2] > mx) mx = p[t2];
-                }
-                for (int t2 = 0; t2 <= t; t2++) sum += (p[t2] = exp(p[t2] - mx));
-                double *o = out + ((size_t)b * T + t) * C + h * hs;
-                for (int i = 0; i < hs; i++) o[i] = 0.0;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const double *v = qkv + ((size_t)b * T + t2) * 3 * C + 2 * C + h * hs;
-                    for (int i = 0; i < hs; i++) o[i] += p[t2] / sum * v[i];
-                }
+    attn_dims a = {B, T, NH, NKV, D, window, packed, 0, 0, 0, 0, 0, 0};
+    const size_t rows = (size_t)B * T;
+    if (packed) {
+        a.ldq = a.ldkv = (NH + 2 * NKV) * D;
+        a.offk = (size_t)NH * D;
+        a.offv = a.offk + (size_t)NKV * D;
+        a.n = rows * a.ldq;
+    } else { /* padded rows, strides that differ between q and k/v */
+        a.ldq = NH * D + 5;
+        a.ldkv = NKV * D + 3;
+        a.offk = rows * a.ldq;
+        a.offv = a.offk + rows * a.ldkv;
+        a.n = a.offv + rows * a.ldkv;
+    }
+    return a;
+}
+
+static size_t qidx(const attn_dims *a, int b, int t, int h) { return a->offq + ((size_t)b * a->T + t) * a->ldq + (size_t)h * a->D; }
+static size_t kidx(const attn_dims *a, int b, int t, int h) { return a->offk + ((size_t)b * a->T + t) * a->ldkv + (size_t)(h / (a->NH / a->NKV)) * a->D; }
+static size_t vidx(const attn_dims *a, int b, int t, int h) { return a->offv + ((size_t)b * a->T + t) * a->ldkv + (size_t)(h / (a->NH / a->NKV)) * a->D; }
+static int ref_lo(const attn_dims *a, int t) { return a->window > 0 && t - a->window + 1 > 0 ? t - a->window + 1 : 0; }
+
+/* p[s] = softmax over visible keys s of query (b,t) of head h, straight from the definition */
+static void ref_probs(double *p, const double *x, const attn_dims *a, int b, int t, int h)
+{
+    const double scale = 1.0 / sqrt((double)a->D);
+    const double *q = x + qidx(a, b, t, h);
+    double mx = -INFINITY, sum = 0.0;
+    for (int s = ref_lo(a, t); s <= t; s++) {
+        const double *k = x + kidx(a, b, s, h);
+        double dot = 0.0;
+        for (int i = 0; i < a->D; i++) dot += q[i] * k[i];
+        p[s] = dot * scale;
+        mx = p[s] > mx ? p[s] : mx;
+    }
+    for (int s = ref_lo(a, t); s <= t; s++) sum += (p[s] = exp(p[s] - mx));
+    for (int s = ref_lo(a, t); s <= t; s++) p[s] /= sum;
+}
+
+/* out[B*T, NH*D] from the q, k, v views in x */
+static void ref_attn_fwd(double *out, const double *x, const attn_dims *a)
+{
+    const int C = a->NH * a->D;
+    double *p = ct_test_alloc_d((size_t)a->T);
+    for (int b = 0; b < a->B; b++)
+        for (int h = 0; h < a->NH; h++)
+            for (int t = 0; t < a->T; t++) {
+                ref_probs(p, x, a, b, t, h);
+                double *o = out + ((size_t)b * a->T + t) * C + (size_t)h * a->D;
+                for (int i = 0; i < a->D; i++) o[i] = 0.0;
+                for (int s = ref_lo(a, t); s <= t; s++)
+                    for (int i = 0; i < a->D; i++) o[i] += p[s] * x[vidx(a, b, s, h) + i];
             }
     free(p);
 }
 
-/* dqkv = d(sum(dout . out))/dqkv, analytic, double; checked against differences below. */
-static void ref_attn_bwd(double *dqkv, const double *dout, const double *qkv, int B, int T, int C, int NH)
+/* dx = d(sum(dout . out))/dx over every element of x (0 in padding), analytic, double */
+static void ref_attn_bwd(double *dx, const double *dout, const double *x, const attn_dims *a)
 {
-    const int hs = C / NH;
-    const double scale = 1.0 / sqrt((double)hs);
-    double *p = ct_test_alloc_d((size_t)T), *dp = ct_test_alloc_d((size_t)T);
-    memset(dqkv, 0, (size_t)B * T * 3 * C * sizeof(double));
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)
-            for (int t = 0; t < T; t++) {
-                const size_t rq = ((size_t)b * T + t) * 3 * C + h * hs;
-                const double *q = qkv + rq, *dO = dout + ((size_t)b * T + t) * C + h * hs;
-                double mx = -INFINITY, sum = 0.0, d = 0.0;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const double *k = qkv + ((size_t)b * T + t2) * 3 * C + C + h * hs;
-                    double s = 0.0;
-                    for (int i = 0; i < hs; i++) s += q[i] * k[i];
-                    p[t2] = s * scale;
-                    if (p[t2] > mx) mx = p[t2];
-                }
-                for (int t2 = 0; t2 <= t; t2++) sum += (p[t2] = exp(p[t2] - mx));
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const size_t r2 = ((size_t)b * T + t2) * 3 * C + h * hs;
-                    p[t2] /= sum;
-                    dp[t2] = 0.0;
-                    for (int i = 0; i < hs; i++) {
-                        dp[t2] += dO[i] * qkv[r2 + 2 * C + i];
-                        dqkv[r2 + 2 * C + i] += p[t2] * dO[i];
+    const int C = a->NH * a->D;
+    const double scale = 1.0 / sqrt((double)a->D);
+    double *p = ct_test_alloc_d((size_t)a->T), *dp = ct_test_alloc_d((size_t)a->T);
+    memset(dx, 0, a->n * sizeof(double));
+    for (int b = 0; b < a->B; b++)
+        for (int h = 0; h < a->NH; h++)
+            for (int t = 0; t < a->T; t++) {
+                const double *dO = dout + ((size_t)b * a->T + t) * C + (size_t)h * a->D;
+                const size_t iq = qidx(a, b, t, h);
+                double d = 0.0;
+                ref_probs(p, x, a, b, t, h);
+                for (int s = ref_lo(a, t); s <= t; s++) {
+                    const size_t iv = vidx(a, b, s, h);
+                    dp[s] = 0.0;
+                    for (int i = 0; i < a->D; i++) {
+                        dp[s] += dO[i] * x[iv + i];
+                        dx[iv + i] += p[s] * dO[i];
                     }
-                    d += p[t2] * dp[t2];
+                    d += p[s] * dp[s];
                 }
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const size_t r2 = ((size_t)b * T + t2) * 3 * C + h * hs;
-                    const double ds = p[t2] * (dp[t2] - d) * scale;
-                    for (int i = 0; i < hs; i++) {
-                        dqkv[rq + i] += ds * qkv[r2 + C + i];
-                        dqkv[r2 + C + i] += ds * q[i];
+                for (int s = ref_lo(a, t); s <= t; s++) {
+                    const size_t ik = kidx(a, b, s, h);
+                    const double ds = p[s] * (dp[s] - d) * scale;
+                    for (int i = 0; i < a->D; i++) {
+                        dx[iq + i] += ds * x[ik + i];
+                        dx[ik + i] += ds * x[iq + i];
                     }
                 }
             }
@@ -82,146 +115,193 @@ static void ref_attn_bwd(double *dqkv, const double *dout, const double *qkv, in
     free(dp);
 }
 
-static double ref_attn_loss(const double *qkv, const double *g, double *out, int B, int T, int C, int NH)
+static double ref_attn_loss(const double *x, const double *g, double *out, const attn_dims *a)
 {
-    ref_attn_fwd(out, qkv, B, T, C, NH);
+    ref_attn_fwd(out, x, a);
     double L = 0.0;
-    for (size_t i = 0; i < (size_t)B * T * C; i++) L += g[i] * out[i];
+    for (size_t i = 0; i < (size_t)a->B * a->T * a->NH * a->D; i++) L += g[i] * out[i];
     return L;
 }
 
-static double *to_double(const float *x, size_t n)
+/* used[i] = 1 where element i of the storage is a channel of q, k or v (0: padding) */
+static unsigned char *attn_used(const attn_dims *a)
 {
-    double *d = ct_test_alloc_d(n);
-    for (size_t i = 0; i < n; i++) d[i] = x[i];
-    return d;
+    unsigned char *u = calloc(a->n, 1);
+    if (!u) exit(2);
+    for (int b = 0; b < a->B; b++)
+        for (int t = 0; t < a->T; t++) {
+            memset(u + qidx(a, b, t, 0), 1, (size_t)a->NH * a->D);
+            memset(u + a->offk + ((size_t)b * a->T + t) * a->ldkv, 1, (size_t)a->NKV * a->D);
+            memset(u + a->offv + ((size_t)b * a->T + t) * a->ldkv, 1, (size_t)a->NKV * a->D);
+        }
+    return u;
 }
 
-/* The op on one problem: forward vs the reference, backward vs the analytic reference (and,
- * when fd, vs central differences of the reference loss), adding into a prefilled dqkv. */
-static void attn_case(const ct_backend *be, ct_kctx *ctx, int B, int T, int C, int NH, int fd, uint64_t seed)
+static void be_attn_fwd(const ct_backend *be, ct_kctx *ctx, float *out, float *stats, const float *x,
+                        const attn_dims *a)
 {
-    char what[96];
-    const size_t nqkv = (size_t)B * T * 3 * C, nout = (size_t)B * T * C;
-    float *qkv = ct_test_alloc(nqkv), *out = ct_test_alloc(nout), *dout = ct_test_alloc(nout);
-    float *dqkv = ct_test_alloc(nqkv), *d0 = ct_test_alloc(nqkv);
-    float *stats = be->alloc(be->attention_stats_len(B, T, NH) * sizeof(float));
-    ct_test_fill(qkv, nqkv, &seed, -2.0f, 2.0f);
+    be->attention_fwd(ctx, out, stats, x + a->offq, x + a->offk, x + a->offv, a->B, a->T, a->NH, a->NKV, a->D,
+                      a->ldq, a->ldkv, a->window);
+}
+
+static void be_attn_bwd(const ct_backend *be, ct_kctx *ctx, float *dx, float *stats, const float *dout,
+                        const float *x, const float *out, const attn_dims *a)
+{
+    be->attention_bwd(ctx, dx + a->offq, dx + a->offk, dx + a->offv, stats, dout, x + a->offq, x + a->offk,
+                      x + a->offv, out, a->B, a->T, a->NH, a->NKV, a->D, a->ldq, a->ldkv, a->window);
+}
+
+#define STATS_GUARD 64 /* floats past attention_stats_len that must survive fwd + bwd */
+
+/* The op on one problem: forward vs the reference, backward (adding into a prefilled
+ * gradient buffer of the inputs' layout) vs the analytic reference and, when fd, vs central
+ * differences of the reference loss. Padding and the memory past the statistics stay. */
+static void attn_case(const ct_backend *be, ct_kctx *ctx, int B, int T, int NH, int NKV, int D, int window,
+                      int packed, int fd, uint64_t seed)
+{
+    char what[160], shape[96];
+    const attn_dims a = attn_layout(B, T, NH, NKV, D, window, packed);
+    const size_t nout = (size_t)B * T * NH * D, nstats = be->attention_stats_len(B, T, NH);
+    snprintf(shape, sizeof shape, "B=%d T=%d NH=%d NKV=%d D=%d window=%d %s", B, T, NH, NKV, D, window,
+             packed ? "packed" : "separate");
+    float *x = ct_test_alloc(a.n), *out = ct_test_alloc(nout), *dout = ct_test_alloc(nout);
+    float *dx = ct_test_alloc(a.n), *d0 = ct_test_alloc(a.n), *stats = ct_test_alloc(nstats + STATS_GUARD);
+    ct_test_fill(x, a.n, &seed, -2.0f, 2.0f);
     ct_test_fill(dout, nout, &seed, -1.0f, 1.0f);
-    ct_test_fill(d0, nqkv, &seed, -1.0f, 1.0f);
-    memcpy(dqkv, d0, nqkv * sizeof(float));
+    ct_test_fill(d0, a.n, &seed, -1.0f, 1.0f);
+    ct_test_fill(stats, nstats + STATS_GUARD, &seed, -9.0f, 9.0f); /* garbage the op must not rely on */
+    float *guard = ct_test_copy(stats + nstats, STATS_GUARD);
+    memcpy(dx, d0, a.n * sizeof(float));
 
-    double *qkv_d = to_double(qkv, nqkv), *g_d = to_double(dout, nout);
-    double *out_ref = ct_test_alloc_d(nout), *dqkv_ref = ct_test_alloc_d(nqkv), *want = ct_test_alloc_d(nqkv);
-    ref_attn_fwd(out_ref, qkv_d, B, T, C, NH);
-    ref_attn_bwd(dqkv_ref, g_d, qkv_d, B, T, C, NH);
+    double *x_d = ct_test_to_d(x, a.n), *g_d = ct_test_to_d(dout, nout);
+    double *out_ref = ct_test_alloc_d(nout), *dx_ref = ct_test_alloc_d(a.n);
+    ref_attn_fwd(out_ref, x_d, &a);
+    ref_attn_bwd(dx_ref, g_d, x_d, &a);
 
-    be->attention_fwd(ctx, out, stats, qkv, B, T, C, NH);
-    snprintf(what, sizeof what, "attention fwd B=%d T=%d C=%d NH=%d", B, T, C, NH);
-    CHECK_CLOSE(what, out, out_ref, nout, 1e-5, 1e-6);
+    be_attn_fwd(be, ctx, out, stats, x, &a);
+    snprintf(what, sizeof what, "attention fwd %s", shape);
+    CHECK_CLOSE(what, out, out_ref, nout, 1e-5, 5e-6);
 
-    be->attention_bwd(ctx, dqkv, stats, dout, qkv, out, B, T, C, NH);
-    for (size_t i = 0; i < nqkv; i++) want[i] = d0[i] + dqkv_ref[i];
-    snprintf(what, sizeof what, "attention bwd (adds) B=%d T=%d C=%d NH=%d", B, T, C, NH);
-    CHECK_CLOSE(what, dqkv, want, nqkv, 1e-4, 1e-5);
+    be_attn_bwd(be, ctx, dx, stats, dout, x, out, &a);
+    double *want = ct_test_plus_prefill(dx_ref, d0, a.n);
+    snprintf(what, sizeof what, "attention bwd (adds) %s", shape);
+    CHECK_CLOSE(what, dx, want, a.n, 1e-5, 3e-6);
+    unsigned char *used = attn_used(&a);
+    size_t pad_changed = 0;
+    for (size_t i = 0; i < a.n; i++) pad_changed += !used[i] && memcmp(&dx[i], &d0[i], sizeof(float)) != 0;
+    CHECK(pad_changed == 0);
+    CHECK(memcmp(guard, stats + nstats, sizeof(float) * STATS_GUARD) == 0);
 
     if (fd) {
-        /* central differences of L = sum(dout . out) in double, every input perturbed */
+        /* central differences of L = sum(dout . out) in double, every element perturbed */
         const double h = 1e-5;
-        double *scratch = ct_test_alloc_d(nout), *num = ct_test_alloc_d(nqkv);
-        float *grad = ct_test_alloc(nqkv);
-        for (size_t i = 0; i < nqkv; i++) {
-            const double x = qkv_d[i];
-            qkv_d[i] = x + h;
-            const double lp = ref_attn_loss(qkv_d, g_d, scratch, B, T, C, NH);
-            qkv_d[i] = x - h;
-            const double lm = ref_attn_loss(qkv_d, g_d, scratch, B, T, C, NH);
-            qkv_d[i] = x;
+        double *scratch = ct_test_alloc_d(nout), *num = ct_test_alloc_d(a.n);
+        float *grad = ct_test_alloc(a.n);
+        for (size_t i = 0; i < a.n; i++) {
+            const double x0 = x_d[i];
+            x_d[i] = x0 + h;
+            const double lp = ref_attn_loss(x_d, g_d, scratch, &a);
+            x_d[i] = x0 - h;
+            const double lm = ref_attn_loss(x_d, g_d, scratch, &a);
+            x_d[i] = x0;
             num[i] = (lp - lm) / (2 * h);
         }
-        for (size_t i = 0; i < nqkv; i++) grad[i] = dqkv[i] - d0[i];
-        snprintf(what, sizeof what, "attention bwd vs differences B=%d T=%d C=%d NH=%d", B, T, C, NH);
-        CHECK_CLOSE(what, grad, num, nqkv, 1e-4, 1e-5);
+        for (size_t i = 0; i < a.n; i++) grad[i] = dx[i] - d0[i];
+        snprintf(what, sizeof what, "attention bwd vs differences %s", shape);
+        CHECK_CLOSE(what, grad, num, a.n, 1e-4, 1e-5);
         /* and the analytic reference itself, which the larger cases rely on */
-        for (size_t i = 0; i < nqkv; i++) grad[i] = (float)dqkv_ref[i];
-        CHECK_CLOSE("reference attention bwd vs differences", grad, num, nqkv, 1e-6, 1e-7);
-        free(scratch);
-        free(num);
-        free(grad);
+        for (size_t i = 0; i < a.n; i++) grad[i] = (float)dx_ref[i];
+        snprintf(what, sizeof what, "reference attention bwd vs differences %s", shape);
+        CHECK_CLOSE(what, grad, num, a.n, 1e-6, 1e-7);
+        free(scratch), free(num), free(grad);
     }
 
-    free(qkv), free(out), free(dout), free(dqkv), free(d0);
-    free(qkv_d), free(g_d), free(out_ref), free(dqkv_ref), free(want);
-    be->free(stats);
+    free(x), free(out), free(dout), free(dx), free(d0), free(stats), free(guard), free(used);
+    free(x_d), free(g_d), free(out_ref), free(dx_ref), free(want);
 }
 
-/* Changing token t0 (its q, k and v) leaves every earlier output bit-identical, and a
- * gradient flowing only from outputs before t0 leaves exactly zero at t0 and after. */
-static void attn_causality(const ct_backend *be, ct_kctx *ctx)
+/* Changing token t0 (its q, k and v) leaves every output before t0 bit-identical, and with a
+ * window every output from t0 + window on too; a gradient flowing only from output row t1
+ * reaches q only at t1 and k, v only at the keys t1 sees, leaving exact zeros elsewhere. */
+static void attn_locality(const ct_backend *be, ct_kctx *ctx, int window)
 {
-    const int B = 2, T = 70, C = 16, NH = 2, t0 = 41;
-    const size_t nqkv = (size_t)B * T * 3 * C, nout = (size_t)B * T * C;
-    uint64_t seed = 7;
-    float *qkv = ct_test_alloc(nqkv), *out1 = ct_test_alloc(nout), *out2 = ct_test_alloc(nout);
-    float *dout = ct_test_alloc(nout), *dqkv = ct_test_alloc(nqkv);
-    float *stats = be->alloc(be->attention_stats_len(B, T, NH) * sizeof(float));
-    ct_test_fill(qkv, nqkv, &seed, -2.0f, 2.0f);
-    be->attention_fwd(ctx, out1, stats, qkv, B, T, C, NH);
-    for (int b = 0; b < B; b++) ct_test_fill(qkv + ((size_t)b * T + t0) * 3 * C, 3 * C, &seed, -2.0f, 2.0f);
-    be->attention_fwd(ctx, out2, stats, qkv, B, T, C, NH);
+    const int B = 2, T = 150, NH = 4, NKV = 2, D = 8, t0 = 41, t1 = 97, C = NH * D;
+    const attn_dims a = attn_layout(B, T, NH, NKV, D, window, 0);
+    const size_t nout = (size_t)B * T * C;
+    uint64_t seed = 7 + window;
+    float *x = ct_test_alloc(a.n), *out1 = ct_test_alloc(nout), *out2 = ct_test_alloc(nout);
+    float *dout = ct_test_alloc(nout), *dx = ct_test_alloc(a.n);
+    float *stats = ct_test_alloc(be->attention_stats_len(B, T, NH));
+    ct_test_fill(x, a.n, &seed, -2.0f, 2.0f);
+    be_attn_fwd(be, ctx, out1, stats, x, &a);
+    for (int b = 0; b < B; b++) {
+        ct_test_fill(x + qidx(&a, b, t0, 0), (size_t)NH * D, &seed, -2.0f, 2.0f);
+        ct_test_fill(x + kidx(&a, b, t0, 0), (size_t)NKV * D, &seed, -2.0f, 2.0f);
+        ct_test_fill(x + vidx(&a, b, t0, 0), (size_t)NKV * D, &seed, -2.0f, 2.0f);
+    }
+    be_attn_fwd(be, ctx, out2, stats, x, &a);
+    const int t_end = window ? t0 + window : T; /* first output the change cannot reach */
     for (int b = 0; b < B; b++) {
         const size_t row = (size_t)b * T;
         CHECK(memcmp(out1 + row * C, out2 + row * C, (size_t)t0 * C * sizeof(float)) == 0);
-        int differs = 0; /* the changed token and a later one must see the change */
+        CHECK(memcmp(out1 + (row + t_end) * C, out2 + (row + t_end) * C, (size_t)(T - t_end) * C * sizeof(float)) == 0);
+        int differs = 0; /* the changed token and the last one it reaches must see the change */
         for (int c = 0; c < C; c++)
             differs += out1[(row + t0) * C + c] != out2[(row + t0) * C + c] &&
-                       out1[(row + T - 1) * C + c] != out2[(row + T - 1) * C + c];
+                       out1[(row + t_end - 1) * C + c] != out2[(row + t_end - 1) * C + c];
         CHECK(differs > 0);
     }
 
-    for (int b = 0; b < B; b++) ct_test_fill(dout + (size_t)b * T * C, (size_t)t0 * C, &seed, -1.0f, 1.0f);
-    be->attention_bwd(ctx, dqkv, stats, dout, qkv, out2, B, T, C, NH);
-    int nonzero_after = 0, nonzero_before = 0;
+    for (int b = 0; b < B; b++) ct_test_fill(dout + ((size_t)b * T + t1) * C, C, &seed, -1.0f, 1.0f);
+    be_attn_bwd(be, ctx, dx, stats, dout, x, out2, &a);
+    const int lo = window && t1 - window + 1 > 0 ? t1 - window + 1 : 0;
+    size_t stray = 0, reached = 0;
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++)
-            for (int c = 0; c < 3 * C; c++) {
-                const float d = dqkv[((size_t)b * T + t) * 3 * C + c];
-                if (t >= t0) nonzero_after += d != 0.0f;
-                else nonzero_before += d != 0.0f;
+            for (int c = 0; c < NH * D; c++) {
+                const int qin = t == t1, kvin = t >= lo && t <= t1;
+                const float gq = dx[qidx(&a, b, t, 0) + c];
+                stray += !qin && gq != 0.0f;
+                reached += qin && gq != 0.0f;
+                if (c < NKV * D) {
+                    const float gk = dx[kidx(&a, b, t, 0) + c], gv = dx[vidx(&a, b, t, 0) + c];
+                    stray += !kvin && (gk != 0.0f || gv != 0.0f);
+                    reached += kvin && gk != 0.0f && gv != 0.0f;
+                }
             }
-    CHECK(nonzero_after == 0);
-    CHECK(nonzero_before > 0);
-    free(qkv), free(out1), free(out2), free(dout), free(dqkv);
-    be->free(stats);
+    CHECK(stray == 0);
+    CHECK(reached > (size_t)B * (t1 - lo) * NKV * D / 2);
+    free(x), free(out1), free(out2), free(dout), free(dx), free(stats);
 }
 
-/* fwd + bwd twice with two threads and once with one: all three bit-identical. */
-static void attn_determinism(const ct_backend *be, ct_kctx *ctx)
+/* fwd + bwd twice with two threads, once with one and once with three: all bit-identical. */
+static void attn_determinism(const ct_backend *be, ct_kctx *ctx, int B, int T, int NH, int NKV, int D, int window,
+                             int packed)
 {
-    const int B = 2, T = 150, C = 24, NH = 3;
-    const size_t nqkv = (size_t)B * T * 3 * C, nout = (size_t)B * T * C;
+    enum { RUNS = 4 };
+    static const int threads[RUNS] = {2, 2, 1, 3};
+    const attn_dims a = attn_layout(B, T, NH, NKV, D, window, packed);
+    const size_t nout = (size_t)B * T * NH * D;
     uint64_t seed = 11;
-    float *qkv = ct_test_alloc(nqkv), *dout = ct_test_alloc(nout);
-    float *out[3], *dqkv[3];
-    float *stats = be->alloc(be->attention_stats_len(B, T, NH) * sizeof(float));
-    ct_test_fill(qkv, nqkv, &seed, -2.0f, 2.0f);
+    float *x = ct_test_alloc(a.n), *dout = ct_test_alloc(nout), *out[RUNS], *dx[RUNS];
+    float *stats = ct_test_alloc(be->attention_stats_len(B, T, NH));
+    ct_test_fill(x, a.n, &seed, -2.0f, 2.0f);
     ct_test_fill(dout, nout, &seed, -1.0f, 1.0f);
     const int saved = omp_get_max_threads();
-    for (int r = 0; r < 3; r++) {
-        omp_set_num_threads(r < 2 ? 2 : 1);
+    for (int r = 0; r < RUNS; r++) {
+        omp_set_num_threads(threads[r]);
         out[r] = ct_test_alloc(nout);
-        dqkv[r] = ct_test_alloc(nqkv);
-        be->attention_fwd(ctx, out[r], stats, qkv, B, T, C, NH);
-        be->attention_bwd(ctx, dqkv[r], stats, dout, qkv, out[r], B, T, C, NH);
+        dx[r] = ct_test_alloc(a.n);
+        be_attn_fwd(be, ctx, out[r], stats, x, &a);
+        be_attn_bwd(be, ctx, dx[r], stats, dout, x, out[r], &a);
     }
     omp_set_num_threads(saved);
-    for (int r = 1; r < 3; r++) {
+    for (int r = 1; r < RUNS; r++) {
         CHECK(memcmp(out[0], out[r], nout * sizeof(float)) == 0);
-        CHECK(memcmp(dqkv[0], dqkv[r], nqkv * sizeof(float)) == 0);
+        CHECK(memcmp(dx[0], dx[r], a.n * sizeof(float)) == 0);
     }
-    for (int r = 0; r < 3; r++) free(out[r]), free(dqkv[r]);
-    free(qkv), free(dout);
-    be->free(stats);
+    for (int r = 0; r < RUNS; r++) free(out[r]), free(dx[r]);
+    free(x), free(dout), free(stats);
 }
 
 /* ---------------------------------------------------------------- cross-entropy */
@@ -257,7 +337,7 @@ static void xent_case(const ct_backend *be, ct_kctx *ctx, float *logits, const i
     char what[64];
     const size_t n = (size_t)N * V;
     const float dloss = 0.37f;
-    double *x = to_double(logits, n), *loss_ref = ct_test_alloc_d(N), *probs_ref = ct_test_alloc_d(n);
+    double *x = ct_test_to_d(logits, n), *loss_ref = ct_test_alloc_d(N), *probs_ref = ct_test_alloc_d(n);
     float *losses = ct_test_alloc(N), *eval = ct_test_copy(logits, n), *eval_losses = ct_test_alloc(N);
     ref_xent(loss_ref, probs_ref, x, tg, N, V);
 
@@ -355,14 +435,27 @@ int main(void)
     ct_kctx *ctx = be->kctx_init(0);
     CHECK(ctx != NULL);
 
-    attn_case(be, ctx, 2, 7, 12, 3, 1, 1);
-    attn_case(be, ctx, 1, 5, 8, 1, 1, 2);
-    attn_case(be, ctx, 1, 3, 6, 2, 1, 3);
-    attn_case(be, ctx, 2, 70, 16, 2, 0, 4);  /* more than one row block, ragged last block */
-    attn_case(be, ctx, 1, 193, 8, 1, 0, 5);
-    attn_case(be, ctx, 1, 128, 32, 4, 0, 6); /* block boundary exactly at T */
-    attn_causality(be, ctx);
-    attn_determinism(be, ctx);
+    /* against finite differences too: B, T, NH, NKV, D, window, packed */
+    attn_case(be, ctx, 2, 7, 3, 3, 4, 0, 1, 1, 1);  /* GPT-2's layout */
+    attn_case(be, ctx, 1, 9, 4, 2, 4, 3, 0, 1, 2);  /* GQA, window */
+    attn_case(be, ctx, 1, 6, 8, 1, 2, 0, 1, 1, 3);  /* group of 8 */
+    attn_case(be, ctx, 2, 1, 2, 1, 4, 0, 0, 1, 4);  /* one token */
+    attn_case(be, ctx, 1, 8, 4, 4, 3, 1, 0, 1, 5);  /* window 1: each query sees itself only */
+    /* against the analytic reference: several row blocks, ragged last blocks, wide heads */
+    attn_case(be, ctx, 2, 97, 2, 2, 32, 0, 1, 0, 6);   /* GPT-2: ld = 3C */
+    attn_case(be, ctx, 1, 130, 4, 2, 64, 16, 0, 0, 7);
+    attn_case(be, ctx, 1, 256, 4, 1, 32, 33, 1, 0, 8);
+    attn_case(be, ctx, 1, 130, 8, 1, 32, 0, 0, 0, 9);
+    attn_case(be, ctx, 1, 97, 2, 1, 128, 33, 0, 0, 10);
+    attn_case(be, ctx, 2, 1, 8, 1, 128, 0, 1, 0, 11);
+    attn_case(be, ctx, 1, 256, 2, 1, 64, 0, 0, 0, 12);
+    attn_case(be, ctx, 1, 130, 4, 1, 32, 64, 1, 0, 13);  /* window = the row-block size */
+    attn_case(be, ctx, 1, 97, 2, 2, 16, 100, 0, 0, 14);  /* window beyond T: no window */
+    attn_case(be, ctx, 1, 130, 8, 2, 128, 16, 0, 0, 15);
+    attn_locality(be, ctx, 0);
+    attn_locality(be, ctx, 20);
+    attn_determinism(be, ctx, 2, 150, 3, 3, 24, 0, 1);
+    attn_determinism(be, ctx, 2, 150, 6, 2, 24, 40, 0);
     xent_tests(be, ctx);
 
     be->kctx_free(ctx);

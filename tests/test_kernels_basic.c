@@ -4,7 +4,7 @@
  *   - backward against central finite differences of L = sum(g * f(x)) on that reference,
  *     with every gradient output pre-filled, so each check also tests "backward ADDS";
  *   - matmul_bwd, layernorm_bwd and encoder_bwd with NULL gradient outputs (a frozen model);
- *     encoder_bwd with repeated tokens;
+ *     encoder_bwd with repeated tokens; encoder_fwd without position embeddings (wpe NULL);
  *   - determinism: bit-identical results run to run and across thread counts 1..4.
  * Exit status is non-zero on any failed check. */
 #include <omp.h>
@@ -154,6 +154,24 @@ static void test_encoder_null(int B, int T, int C, int V)
     free(one);
     be->encoder_bwd(kc, NULL, NULL, g, tokens, B, T, C); /* nothing to do, nothing to crash on */
     free(tokens); free(g); free(p_wte); free(p_wpe); free(dwte); free(dwpe);
+}
+
+/* No learned positions (Llama: wpe NULL): each output row is its token's embedding row, bit
+ * for bit, at a small size and at one large enough for the parallel path. */
+static void test_encoder_nopos(int B, int T, int C, int V)
+{
+    uint64_t s = 23;
+    const size_t n = (size_t)B * T * C;
+    int32_t *tokens = malloc((size_t)B * T * sizeof *tokens);
+    CHECK(tokens != NULL);
+    for (int i = 0; i < B * T; i++) tokens[i] = (int32_t)(ct_test_rand_u64(&s) % V);
+    float *wte = rand_f((size_t)V * C, -1, 1), *out = rand_f(n, -9, 9);
+    be->encoder_fwd(kc, out, tokens, wte, NULL, B, T, C);
+    size_t bad = 0;
+    for (int bt = 0; bt < B * T; bt++)
+        bad += memcmp(out + (size_t)bt * C, wte + (size_t)tokens[bt] * C, (size_t)C * sizeof(float)) != 0;
+    CHECK(bad == 0);
+    free(tokens); free(wte); free(out);
 }
 
 /* ------------------------------------------------------------------ layernorm */
@@ -573,6 +591,8 @@ int main(void)
     test_encoder();
     test_encoder_null(3, 5, 37, 13);
     test_encoder_null(4, 64, 771, 50);
+    test_encoder_nopos(3, 5, 37, 13);
+    test_encoder_nopos(4, 64, 771, 50);
     test_layernorm();
     test_layernorm_null(7, 37);
     test_layernorm_null(129, 771);

@@ -622,9 +622,19 @@ int ct_st_read_f32(ct_safetensors *st, const ct_st_tensor *t, float *dst, size_t
 
 /* ---- writing ---- */
 
-/* Validates the arguments of ct_st_write before any file is touched. */
+/* Product of the dimensions; only for shapes check_entries accepted (no overflow). */
+static size_t entry_numel(const ct_st_entry *e)
+{
+    size_t numel = 1;
+    for (int d = 0; d < e->ndim; d++)
+        numel *= (size_t)e->shape[d];
+    return numel;
+}
+
+/* Validates the arguments of a write before any file is touched; the data pointers only when
+ * need_data. Duplicate names are found by sorting (sharded models have up to ~10^5 tensors). */
 static int check_entries(const char *path, const ct_st_entry *entries, int n, ct_dtype dtype, const char *const *meta,
-                         char *err, size_t errlen)
+                         int need_data, char *err, size_t errlen)
 {
     if (dtype != CT_DT_F32 && dtype != CT_DT_BF16 && dtype != CT_DT_F16)
         return fail(err, errlen, "%s: dtype: cannot write %s (F32, BF16 or F16 only)", path, ct_dtype_name(dtype));
@@ -651,12 +661,22 @@ static int check_entries(const char *path, const ct_st_entry *entries, int n, ct
         if (!shape_numel(e->shape, e->ndim, ct_dtype_size(dtype), &numel) || numel > (size_t)ST_MAX_JSON_INT)
             return fail(err, errlen, "%s: tensor '%s': shape %s is too large", path, name,
                         shape_str(sbuf, sizeof sbuf, e->shape, e->ndim));
-        if (numel && !e->data)
+        if (need_data && numel && !e->data)
             return fail(err, errlen, "%s: tensor '%s': data is NULL", path, name);
-        for (int j = 0; j < i; j++) /* quadratic, but writers have hundreds of tensors, not millions */
-            if (!strcmp(entries[j].name, name))
-                return fail(err, errlen, "%s: tensor '%s': duplicate tensor name", path, name);
     }
+    const char **names = malloc((n > 0 ? (size_t)n : 1) * sizeof *names);
+    if (!names)
+        return fail(err, errlen, "%s: out of memory", path);
+    for (int i = 0; i < n; i++)
+        names[i] = entries[i].name;
+    qsort(names, (size_t)n, sizeof *names, cmp_str);
+    int rc = 0;
+    for (int i = 1; i < n && !rc; i++)
+        if (!strcmp(names[i - 1], names[i]))
+            rc = fail(err, errlen, "%s: tensor '%s': duplicate tensor name", path, names[i]);
+    free(names);
+    if (rc)
+        return rc;
     for (int i = 0; meta && meta[i]; i += 2) {
         if (!meta[i + 1])
             return fail(err, errlen, "%s: __metadata__: key '%s' has no value", path, meta[i]);
@@ -668,6 +688,12 @@ static int check_entries(const char *path, const ct_st_entry *entries, int n, ct
                 return fail(err, errlen, "%s: __metadata__: duplicate key '%s'", path, meta[i]);
     }
     return 0;
+}
+
+int ct_st_check_entries(const char *path, const ct_st_entry *entries, int n, ct_dtype dtype, const char *const *meta,
+                        int need_data, char *err, size_t errlen)
+{
+    return check_entries(path ? path : "safetensors", entries, n, dtype, meta, need_data, err, errlen);
 }
 
 /* An unquoted JSON integer (cJSON would print large doubles in exponent form, which strict
@@ -693,9 +719,7 @@ static char *build_header(const ct_st_entry *entries, int n, ct_dtype dtype, con
     uint64_t off = 0;
     for (int i = 0; ok && i < n; i++) {
         const ct_st_entry *e = &entries[i];
-        size_t numel = 1;
-        for (int d = 0; d < e->ndim; d++)
-            numel *= (size_t)e->shape[d]; /* checked in check_entries */
+        size_t numel = entry_numel(e); /* shape checked in check_entries */
         cJSON *t = cJSON_AddObjectToObject(root, e->name);
         cJSON *shape = t ? cJSON_CreateArray() : NULL, *offs = shape ? cJSON_CreateArray() : NULL;
         ok = offs && cJSON_AddStringToObject(t, "dtype", ct_dtype_name(dtype));
@@ -772,16 +796,27 @@ static void sync_parent_dir(const char *path)
     }
 }
 
-/* Fails without touching path for bad arguments (unsupported dtype, duplicate or empty names,
- * bad shapes, NULL data, malformed meta); fails leaving path as it was (and no "<path>.tmp")
- * when writing, syncing or renaming fails. Exports for `transformers` should put "format" = "pt"
- * in meta (as save_pretrained does): older (4.x) versions refuse metadata without it. */
-int ct_st_write(const char *path, const ct_st_entry *entries, int n, ct_dtype dtype, const char *const *meta,
-                char *err, size_t errlen)
+
+/* ---- streaming writer: header first, then each tensor's data in entry order ---- */
+
+struct ct_st_writer {
+    char *path;
+    FILE *f;
+    const ct_st_entry *entries; /* the caller's, valid until close */
+    int n, next;                /* tensors in all, tensors written */
+    ct_dtype dtype;
+    int failed;                 /* a write failed: the file is incomplete */
+};
+
+/* Validates like ct_st_write (data pointers are not looked at), creates path itself (no temporary
+ * name: the caller renames) and writes the 8-byte length and the padded header. */
+int ct_st_writer_open(ct_st_writer **out, const char *path, const ct_st_entry *entries, int n, ct_dtype dtype,
+                      const char *const *meta, char *err, size_t errlen)
 {
-    if (!path || !*path)
-        return fail(err, errlen, "safetensors: no output path given");
-    if (check_entries(path, entries, n, dtype, meta, err, errlen))
+    if (!out || !path || !*path)
+        return fail(err, errlen, "safetensors: no %s given", out ? "output path" : "output handle");
+    *out = NULL;
+    if (check_entries(path, entries, n, dtype, meta, 0, err, errlen))
         return -1;
     size_t hlen = 0;
     char *hdr = build_header(entries, n, dtype, meta, &hlen);
@@ -792,57 +827,129 @@ int ct_st_write(const char *path, const ct_st_entry *entries, int n, ct_dtype dt
         return fail(err, errlen, "%s: header: %zu bytes is more than readers accept (%llu)", path, hlen,
                     ST_MAX_HEADER);
     }
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 5);
-    if (!tmp) {
+    ct_st_writer *w = calloc(1, sizeof *w);
+    if (!w || !(w->path = malloc(strlen(path) + 1))) {
+        free(w);
         free(hdr);
         return fail(err, errlen, "%s: out of memory", path);
     }
+    strcpy(w->path, path);
+    w->entries = entries;
+    w->n = n;
+    w->dtype = dtype;
+    if (!(w->f = fopen(path, "wb"))) {
+        fail(err, errlen, "%s: cannot create: %s", path, strerror(errno));
+        free(w->path);
+        free(w);
+        free(hdr);
+        return -1;
+    }
+    unsigned char lenbuf[8];
+    for (int i = 0; i < 8; i++)
+        lenbuf[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
+    int ok = fwrite(lenbuf, 1, 8, w->f) == 8 && fwrite(hdr, 1, hlen, w->f) == hlen;
+    free(hdr);
+    if (!ok) {
+        fail(err, errlen, "%s: header: write failed: %s", path, strerror(errno));
+        ct_st_writer_abort(w);
+        return -1;
+    }
+    *out = w;
+    return 0;
+}
+
+/* The next tensor's data: numel fp32 values, converted to the writer's dtype. */
+int ct_st_writer_put(ct_st_writer *w, const float *data, size_t numel, char *err, size_t errlen)
+{
+    if (!w)
+        return fail(err, errlen, "safetensors: no writer given");
+    if (w->failed)
+        return fail(err, errlen, "%s: an earlier write failed", w->path);
+    if (w->next >= w->n)
+        return fail(err, errlen, "%s: all %d tensors are already written", w->path, w->n);
+    const ct_st_entry *e = &w->entries[w->next];
+    size_t want = entry_numel(e);
+    if (numel != want)
+        return fail(err, errlen, "%s: tensor '%s': %zu values given, its shape holds %zu", w->path, e->name, numel,
+                    want);
+    if (numel && !data)
+        return fail(err, errlen, "%s: tensor '%s': data is NULL", w->path, e->name);
+    if (write_data(w->f, data, numel, w->dtype) != 0) {
+        w->failed = 1;
+        return fail(err, errlen, "%s: tensor '%s': write failed: %s", w->path, e->name, strerror(errno));
+    }
+    w->next++;
+    return 0;
+}
+
+/* Frees w; the file stays only when every tensor was written and flushing, syncing and closing
+ * succeeded. */
+int ct_st_writer_close(ct_st_writer *w, char *err, size_t errlen)
+{
+    if (!w)
+        return fail(err, errlen, "safetensors: no writer given");
+    int rc = 0;
+    if (w->failed)
+        rc = fail(err, errlen, "%s: an earlier write failed", w->path);
+    else if (w->next < w->n)
+        rc = fail(err, errlen, "%s: tensor '%s': no data written (%d of %d tensors)", w->path,
+                  w->entries[w->next].name, w->next, w->n);
+    else if (fflush(w->f) != 0)
+        rc = fail(err, errlen, "%s: write failed: %s", w->path, strerror(errno));
+    else if (fsync(fileno(w->f)) != 0)
+        rc = fail(err, errlen, "%s: cannot sync: %s", w->path, strerror(errno));
+    if (fclose(w->f) != 0 && !rc)
+        rc = fail(err, errlen, "%s: write failed: %s", w->path, strerror(errno));
+    if (rc)
+        unlink(w->path);
+    free(w->path);
+    free(w);
+    return rc;
+}
+
+void ct_st_writer_abort(ct_st_writer *w)
+{
+    if (!w)
+        return;
+    fclose(w->f);
+    unlink(w->path);
+    free(w->path);
+    free(w);
+}
+
+/* Fails without touching path for bad arguments (unsupported dtype, duplicate or empty names,
+ * bad shapes, NULL data, malformed meta); fails leaving path as it was (and no "<path>.tmp")
+ * when writing, syncing or renaming fails. Exports for `transformers` should put "format" = "pt"
+ * in meta (as save_pretrained does): older (4.x) versions refuse metadata without it. */
+int ct_st_write(const char *path, const ct_st_entry *entries, int n, ct_dtype dtype, const char *const *meta,
+                char *err, size_t errlen)
+{
+    if (!path || !*path)
+        return fail(err, errlen, "safetensors: no output path given");
+    if (check_entries(path, entries, n, dtype, meta, 1, err, errlen))
+        return -1;
+    size_t plen = strlen(path);
+    char *tmp = malloc(plen + 5);
+    if (!tmp)
+        return fail(err, errlen, "%s: out of memory", path);
     memcpy(tmp, path, plen);
     memcpy(tmp + plen, ".tmp", 5);
 
-    int rc = -1;
-    const char *what = "create";
-    FILE *f = fopen(tmp, "wb");
-    if (f) {
-        unsigned char lenbuf[8];
-        for (int i = 0; i < 8; i++)
-            lenbuf[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
-        what = "write";
-        int ok = fwrite(lenbuf, 1, 8, f) == 8 && fwrite(hdr, 1, hlen, f) == hlen;
-        for (int i = 0; ok && i < n; i++) {
-            size_t numel = 1;
-            for (int d = 0; d < entries[i].ndim; d++)
-                numel *= (size_t)entries[i].shape[d];
-            ok = write_data(f, entries[i].data, numel, dtype) == 0;
-        }
-        if (ok && fflush(f) != 0)
-            ok = 0;
-        if (ok && fsync(fileno(f)) != 0) {
-            ok = 0;
-            what = "sync";
-        }
-        int saved = errno; /* fclose must not hide why writing failed */
-        if (fclose(f) != 0 && ok) {
-            ok = 0;
-            saved = errno;
-        }
-        errno = saved;
-        if (ok && rename(tmp, path) != 0)
-            what = "rename";
-        else if (ok)
-            rc = 0;
-    }
-    if (rc != 0) {
-        int saved = errno;
-        fail(err, errlen, "%s: cannot %s %s: %s", path, what, !strcmp(what, "rename") ? "it into place" : tmp,
-             strerror(saved));
-        if (f)
+    ct_st_writer *w = NULL;
+    int rc = ct_st_writer_open(&w, tmp, entries, n, dtype, meta, err, errlen);
+    for (int i = 0; rc == 0 && i < n; i++)
+        rc = ct_st_writer_put(w, entries[i].data, entry_numel(&entries[i]), err, errlen);
+    if (rc == 0) {
+        rc = ct_st_writer_close(w, err, errlen); /* removes tmp on failure */
+        if (rc == 0 && rename(tmp, path) != 0) {
+            rc = fail(err, errlen, "%s: cannot rename %s into place: %s", path, tmp, strerror(errno));
             unlink(tmp);
+        }
     } else {
-        sync_parent_dir(path);
+        ct_st_writer_abort(w); /* NULL when open failed */
     }
+    if (rc == 0)
+        sync_parent_dir(path);
     free(tmp);
-    free(hdr);
     return rc;
 }

@@ -58,6 +58,26 @@ typedef struct {
 int ct_st_write(const char *path, const ct_st_entry *entries, int n, ct_dtype dtype, const char *const *meta,
                 char *err, size_t errlen);
 
+/* The checks ct_st_write makes before touching a file (dtype, names non-empty, UTF-8, unique and not
+ * "__metadata__", shapes, meta); data pointers only when need_data. path only names the output in err. */
+int ct_st_check_entries(const char *path, const ct_st_entry *entries, int n, ct_dtype dtype, const char *const *meta,
+                        int need_data, char *err, size_t errlen);
+
+/* Streaming writer: the header is written at open from the entries (their data pointers are not
+ * used), then each tensor's data is given in entry order, so no more than one tensor need be in
+ * memory. It writes path itself (no temporary name, no rename: that is the caller's business,
+ * ct_st_write and ct_hf_weights_write do it). entries must stay valid until close or abort. */
+typedef struct ct_st_writer ct_st_writer;
+int ct_st_writer_open(ct_st_writer **out, const char *path, const ct_st_entry *entries, int n, ct_dtype dtype,
+                      const char *const *meta, char *err, size_t errlen);
+/* The next tensor's data: numel fp32 values (must equal its shape's count), converted to dtype. */
+int ct_st_writer_put(ct_st_writer *w, const float *data, size_t numel, char *err, size_t errlen);
+/* Flushes, fsyncs and closes; fails (naming the first one) when a tensor was not written. Always
+ * frees w; on failure path is removed. */
+int ct_st_writer_close(ct_st_writer *w, char *err, size_t errlen);
+/* Closes, removes path and frees w (after an error); NULL is a no-op. */
+void ct_st_writer_abort(ct_st_writer *w);
+
 const char *ct_dtype_name(ct_dtype dt);
 size_t ct_dtype_size(ct_dtype dt);
 

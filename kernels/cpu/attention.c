@@ -1,19 +1,34 @@
-/* attention.c — causal multi-head self-attention (GPT-2), fp32 on the CPU.
+/* attention.c — causal self-attention with grouped-query heads and an optional sliding
+ * window, fp32 on the CPU (GPT-2: NKV = NH, window 0; Llama/Mistral: NKV < NH, window).
  *
- * qkv[B*T,3C]: row (b,t) holds q | k | v, head h in channels h*hs..(h+1)*hs-1 of each
- * (hs = C/NH). out[B*T,C] holds head h's result in channels h*hs... .
+ * Row (b,t) of q (stride ldq) holds NH heads of D channels, rows of k and v (stride ldkv)
+ * NKV heads; query head h reads kv head h / G, G = NH / NKV. Key s is visible to query t
+ * iff lo(t) <= s <= t, lo(t) = window ? max(0, t - window + 1) : 0. out[B*T, NH*D].
  *
  * stats layout, attention_stats_len(B,T,NH) floats:
- *   probs   [B,NH,T,T]      softmax rows; row t holds P[t,0..t], zeros after t
+ *   probs   [B,NH,T,T]      softmax rows (row stride T); see "bands" below for which
+ *                           entries are written
  *   scratch [B,NH,RB',T]    RB' = min(RB,T): one row block of dP per (b,h) for backward
  * Backward overwrites probs with scale*dS (the pre-softmax gradient), so it runs once per
  * forward.
  *
- * Each (b,h) pair is one OpenMP work item: dk/dv of a position collect terms from every
- * later query of the same head, so whole heads per thread need no atomics and give the
- * same bits for any thread count. Inside a head the products go through single-threaded
- * sgemm on row blocks of RB queries, computing only the blocks on or below the causal
- * diagonal. */
+ * Bands. Queries go in row blocks of RB; row block [r0,r1) sees keys [cb(r0), r1), where
+ * cb(r0) = lo(r0) rounded down to a multiple of RB: only those columns of its rows are
+ * computed (blocks right of the diagonal and, with a window, left of it are skipped) and
+ * written, invisible entries inside them as exact zeros. The backward's column blocks
+ * [c0,c1) read rows c0 .. last(c1) = min(T, c1 - 1 + window) (all of T without a window);
+ * each such row's band contains [c0,c1) because cb is block-aligned, so every probability
+ * the backward reads was written by the forward.
+ *
+ * Parallelism, deterministic for any thread count (each output element is produced by one
+ * work item in a fixed order, no atomics; BLAS runs single-threaded inside the region):
+ *   forward        one item per (b, h, row block): it owns those rows of probs and out;
+ *   backward dV    one item per (b, kv head, column block): it owns those rows of dv and
+ *                  sums the G query heads' contributions in head order;
+ *   backward dS,dQ one item per (b, h): row blocks in order through the head's scratch;
+ *   backward dK    as dV, over dS.
+ * GQA makes G query heads add into one kv head's dk/dv: splitting by kv head and column
+ * block (not by query head) is what keeps those sums race-free and ordered. */
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
@@ -26,48 +41,23 @@
 #define RB 64
 
 static int imin(int a, int b) { return a < b ? a : b; }
+static int imax(int a, int b) { return a > b ? a : b; }
 
-/* Sums with 16 fixed lanes: vectorises without reassociation, so the result does not
- * depend on the data's address. */
-static float sum_f32(const float *x, int n)
-{
-    float acc[16] = {0};
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++) acc[j] += x[i + j];
-    for (; i < n; i++) acc[i & 15] += x[i];
-    float s = 0.0f;
-    for (int j = 0; j < 16; j++) s += acc[j];
-    return s;
-}
+/* first key visible to query t */
+static int vis_lo(int t, int window) { return window > 0 ? imax(0, t - window + 1) : 0; }
 
-static float dot_f32(const float *x, const float *y, int n)
-{
-    float acc[16] = {0};
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++) acc[j] += x[i + j] * y[i + j];
-    for (; i < n; i++) acc[i & 15] += x[i] * y[i];
-    float s = 0.0f;
-    for (int j = 0; j < 16; j++) s += acc[j];
-    return s;
-}
+/* first column computed for the row block starting at r0 (block-aligned, see "Bands") */
+static int band_lo(int r0, int window) { return vis_lo(r0, window) / RB * RB; }
 
-/* Maximum is exact in any order, so an OpenMP simd reduction is safe here. */
-static float max_f32(const float *x, int n)
-{
-    float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-    for (int i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
-    return m;
-}
+/* one past the last query that sees a key in [c0, c1) */
+static int rows_end(int c1, int T, int window) { return window > 0 ? imin(T, c1 - 1 + window) : T; }
 
 /* Softmax of row[0..len) in place (row holds scaled scores). */
 static void softmax_row(float *row, int len)
 {
-    float mx = max_f32(row, len);
+    float mx = ct_vmax(row, len);
     for (int i = 0; i < len; i++) row[i] = ct_vexpf(row[i] - mx);
-    float inv = 1.0f / sum_f32(row, len);
+    float inv = 1.0f / ct_vsum(row, len);
     for (int i = 0; i < len; i++) row[i] *= inv;
 }
 
@@ -76,90 +66,118 @@ size_t ct_cpu_attention_stats_len(int B, int T, int NH)
     return (size_t)B * NH * T * ((size_t)T + (size_t)imin(RB, T));
 }
 
-void ct_cpu_attention_fwd(ct_kctx *ctx, void *out_, float *stats, const void *qkv_, int B, int T, int C, int NH)
+void ct_cpu_attention_fwd(ct_kctx *ctx, void *out_, float *stats, const void *q_, const void *k_, const void *v_,
+                          int B, int T, int NH, int NKV, int D, int ldq, int ldkv, int window)
 {
     float *out = out_;
-    const float *qkv = qkv_;
-    const int hs = C / NH, C3 = 3 * C;
-    const float scale = 1.0f / sqrtf((float)hs);
+    const float *qall = q_, *kall = k_, *vall = v_;
+    const int G = NH / NKV, C = NH * D, nb = (T + RB - 1) / RB;
+    const float scale = 1.0f / sqrtf((float)D);
 
-#pragma omp parallel for schedule(static)
-    for (int bh = 0; bh < B * NH; bh++) {
-        const int b = bh / NH, h = bh % NH;
-        const float *q = qkv + (size_t)b * T * C3 + (size_t)h * hs;
-        const float *k = q + C, *v = q + 2 * C;
-        float *o = out + (size_t)b * T * C + (size_t)h * hs;
+    /* later row blocks cost more (longer rows): dynamic scheduling balances them, and
+     * which thread runs an item never changes its result */
+#pragma omp parallel for schedule(dynamic)
+    for (long item = 0; item < (long)B * NH * nb; item++) {
+        const int bh = (int)(item / nb), b = bh / NH, h = bh % NH;
+        const int r0 = (int)(item % nb) * RB, r1 = imin(T, r0 + RB), m = r1 - r0, c0 = band_lo(r0, window);
+        const float *q = qall + (size_t)b * T * ldq + (size_t)h * D;
+        const float *k = kall + (size_t)b * T * ldkv + (size_t)(h / G) * D;
+        const float *v = vall + (size_t)b * T * ldkv + (size_t)(h / G) * D;
+        float *o = out + (size_t)b * T * C + (size_t)h * D;
         float *P = stats + (size_t)bh * T * T;
 
-        for (int r0 = 0; r0 < T; r0 += RB) {
-            const int r1 = imin(T, r0 + RB), m = r1 - r0;
-            /* S[r0:r1, 0:r1] = scale * Q[r0:r1] K[0:r1]^T */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, r1, hs, scale, q + (size_t)r0 * C3, C3, k,
-                        C3, 0.0f, P + (size_t)r0 * T, T);
-            for (int t = r0; t < r1; t++) {
-                float *row = P + (size_t)t * T;
-                softmax_row(row, t + 1);
-                /* zeros above the diagonal: the block products below read them */
-                memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
-            }
-            /* O[r0:r1] = P[r0:r1, 0:r1] V[0:r1] */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, hs, r1, 1.0f, P + (size_t)r0 * T, T, v, C3,
-                        0.0f, o + (size_t)r0 * C, C);
+        /* S[r0:r1, c0:r1] = scale * Q[r0:r1] K[c0:r1]^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, r1 - c0, D, scale, q + (size_t)r0 * ldq, ldq,
+                    k + (size_t)c0 * ldkv, ldkv, 0.0f, P + (size_t)r0 * T + c0, T);
+        for (int t = r0; t < r1; t++) {
+            float *row = P + (size_t)t * T;
+            const int lo = vis_lo(t, window);
+            /* zeros outside [lo, t] within the band: the block products read them */
+            memset(row + c0, 0, (size_t)(lo - c0) * sizeof(float));
+            softmax_row(row + lo, t + 1 - lo);
+            memset(row + t + 1, 0, (size_t)(r1 - t - 1) * sizeof(float));
         }
+        /* O[r0:r1] = P[r0:r1, c0:r1] V[c0:r1] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, r1 - c0, 1.0f, P + (size_t)r0 * T + c0, T,
+                    v + (size_t)c0 * ldkv, ldkv, 0.0f, o + (size_t)r0 * C, C);
     }
 }
 
-void ct_cpu_attention_bwd(ct_kctx *ctx, void *dqkv_, float *stats, const void *dout_, const void *qkv_,
-                          const void *out_, int B, int T, int C, int NH)
+/* dX[c0:c1] += sum over the G query heads g of kv head kvh of A_g[c0:e, c0:c1]^T Y_g[c0:e],
+ * A_g = head g's probs (dV, Y = dO) or dS (dK, Y = Q), e = rows_end(c1): one column block of
+ * a kv head's dk or dv, its heads summed in order. */
+static void kv_block_grad(float *dX, int ldx, const float *A, const float *Y, int ldy, int b, int kvh, int c0,
+                          int T, int NH, int G, int D, int window)
 {
-    float *dqkv = dqkv_;
-    const float *dout = dout_, *qkv = qkv_;
-    const int hs = C / NH, C3 = 3 * C;
-    const float scale = 1.0f / sqrtf((float)hs);
+    const int c1 = imin(T, c0 + RB), e = rows_end(c1, T, window);
+    for (int g = 0; g < G; g++) {
+        const int h = kvh * G + g;
+        const float *Ag = A + ((size_t)b * NH + h) * T * T;
+        const float *Yg = Y + (size_t)b * T * ldy + (size_t)h * D;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c1 - c0, D, e - c0, 1.0f, Ag + (size_t)c0 * T + c0, T,
+                    Yg + (size_t)c0 * ldy, ldy, 1.0f, dX + (size_t)c0 * ldx, ldx);
+    }
+}
+
+void ct_cpu_attention_bwd(ct_kctx *ctx, void *dq_, void *dk_, void *dv_, float *stats, const void *dout_,
+                          const void *q_, const void *k_, const void *v_, const void *out_, int B, int T, int NH,
+                          int NKV, int D, int ldq, int ldkv, int window)
+{
+    float *dqall = dq_, *dkall = dk_, *dvall = dv_;
+    const float *dout = dout_, *qall = q_, *kall = k_, *vall = v_;
+    const int G = NH / NKV, C = NH * D, nb = (T + RB - 1) / RB;
+    const float scale = 1.0f / sqrtf((float)D);
     float *scratch_all = stats + (size_t)B * NH * T * T;
     const size_t scratch_len = (size_t)imin(RB, T) * T;
+    const long kv_items = (long)B * NKV * nb;
 
-#pragma omp parallel for schedule(static)
-    for (int bh = 0; bh < B * NH; bh++) {
-        const int b = bh / NH, h = bh % NH;
-        const float *q = qkv + (size_t)b * T * C3 + (size_t)h * hs;
-        const float *k = q + C, *v = q + 2 * C;
-        const float *dO = dout + (size_t)b * T * C + (size_t)h * hs;
-        float *dq = dqkv + (size_t)b * T * C3 + (size_t)h * hs;
-        float *dk = dq + C, *dv = dq + 2 * C;
-        float *P = stats + (size_t)bh * T * T;
-        float *dP = scratch_all + (size_t)bh * scratch_len;
-
-        /* dV[c0:c1] += P[c0:T, c0:c1]^T dO[c0:T]; rows above c0 are zero in those columns */
-        for (int c0 = 0; c0 < T; c0 += RB) {
-            const int c1 = imin(T, c0 + RB);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c1 - c0, hs, T - c0, 1.0f,
-                        P + (size_t)c0 * T + c0, T, dO + (size_t)c0 * C, C, 1.0f, dv + (size_t)c0 * C3, C3);
+#pragma omp parallel
+    {
+        /* dV[c0:c1] += sum_g P_g[c0:e, c0:c1]^T dO_g[c0:e], before dS overwrites P */
+#pragma omp for schedule(dynamic)
+        for (long item = 0; item < kv_items; item++) {
+            const int bk = (int)(item / nb), b = bk / NKV, kvh = bk % NKV;
+            float *dv = dvall + (size_t)b * T * ldkv + (size_t)kvh * D;
+            kv_block_grad(dv, ldkv, stats, dout, C, b, kvh, (int)(item % nb) * RB, T, NH, G, D, window);
         }
 
-        for (int r0 = 0; r0 < T; r0 += RB) {
-            const int r1 = imin(T, r0 + RB), m = r1 - r0;
-            /* dP[0:m, 0:r1] = dO[r0:r1] V[0:r1]^T */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, r1, hs, 1.0f, dO + (size_t)r0 * C, C, v, C3,
-                        0.0f, dP, T);
-            /* softmax backward, in place over P: dS = P * (dP - sum(P * dP)), scaled
-             * here once so the two products below need no alpha */
-            for (int t = r0; t < r1; t++) {
-                float *p = P + (size_t)t * T;
-                const float *dp = dP + (size_t)(t - r0) * T;
-                const float d = dot_f32(p, dp, t + 1);
-                for (int t2 = 0; t2 <= t; t2++) p[t2] = scale * (p[t2] * (dp[t2] - d));
+#pragma omp for schedule(static)
+        for (int bh = 0; bh < B * NH; bh++) {
+            const int b = bh / NH, h = bh % NH;
+            const float *k = kall + (size_t)b * T * ldkv + (size_t)(h / G) * D;
+            const float *v = vall + (size_t)b * T * ldkv + (size_t)(h / G) * D;
+            const float *dO = dout + (size_t)b * T * C + (size_t)h * D;
+            float *dq = dqall + (size_t)b * T * ldq + (size_t)h * D;
+            float *P = stats + (size_t)bh * T * T;
+            float *dP = scratch_all + (size_t)bh * scratch_len; /* row t of the block at dP + (t-r0)*T */
+
+            for (int r0 = 0; r0 < T; r0 += RB) {
+                const int r1 = imin(T, r0 + RB), m = r1 - r0, c0 = band_lo(r0, window);
+                /* dP[0:m, c0:r1] = dO[r0:r1] V[c0:r1]^T */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, r1 - c0, D, 1.0f, dO + (size_t)r0 * C, C,
+                            v + (size_t)c0 * ldkv, ldkv, 0.0f, dP + c0, T);
+                /* softmax backward, in place over P: dS = P * (dP - sum(P * dP)), scaled here
+                 * once so the products need no alpha; invisible entries stay 0 */
+                for (int t = r0; t < r1; t++) {
+                    const int lo = vis_lo(t, window);
+                    float *p = P + (size_t)t * T;
+                    const float *dp = dP + (size_t)(t - r0) * T;
+                    const float d = ct_vdot(p + lo, dp + lo, t + 1 - lo);
+                    for (int s = lo; s <= t; s++) p[s] = scale * (p[s] * (dp[s] - d));
+                }
+                /* dQ[r0:r1] += dS[r0:r1, c0:r1] K[c0:r1] */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, r1 - c0, 1.0f,
+                            P + (size_t)r0 * T + c0, T, k + (size_t)c0 * ldkv, ldkv, 1.0f, dq + (size_t)r0 * ldq,
+                            ldq);
             }
-            /* dQ[r0:r1] += dS[r0:r1, 0:r1] K[0:r1] */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, hs, r1, 1.0f, P + (size_t)r0 * T, T, k, C3,
-                        1.0f, dq + (size_t)r0 * C3, C3);
         }
 
-        /* dK[c0:c1] += dS[c0:T, c0:c1]^T Q[c0:T] */
-        for (int c0 = 0; c0 < T; c0 += RB) {
-            const int c1 = imin(T, c0 + RB);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c1 - c0, hs, T - c0, 1.0f,
-                        P + (size_t)c0 * T + c0, T, q + (size_t)c0 * C3, C3, 1.0f, dk + (size_t)c0 * C3, C3);
+        /* dK[c0:c1] += sum_g dS_g[c0:e, c0:c1]^T Q_g[c0:e] */
+#pragma omp for schedule(dynamic)
+        for (long item = 0; item < kv_items; item++) {
+            const int bk = (int)(item / nb), b = bk / NKV, kvh = bk % NKV;
+            float *dk = dkall + (size_t)b * T * ldkv + (size_t)kvh * D;
+            kv_block_grad(dk, ldkv, stats, qall, ldq, b, kvh, (int)(item % nb) * RB, T, NH, G, D, window);
         }
     }
 }

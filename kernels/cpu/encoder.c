@@ -1,22 +1,13 @@
-/* encoder.c — GPT-2 input embedding on the CPU: token embedding plus position embedding,
- * out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:], and its backward (a scatter-add into dwte).
+/* encoder.c — input embedding on the CPU: token embedding plus position embedding,
+ * out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:] (GPT-2), or the token embedding alone when wpe
+ * is NULL (Llama: positions enter through RoPE), and its backward (a scatter-add into dwte).
  * Token ids are trusted to lie in [0, V): the op is not given V and cannot check them. */
-#include <omp.h>
+#include <string.h>
 
 #include "cpu.h"
 
 /* Below this many output elements a parallel region costs more than it saves. */
 #define ENC_PAR_MIN 16384
-
-/* Channel slice width for the backward: a multiple of 16 floats (whole cache lines), wide
- * enough that each thread gets one slice. Summation order never depends on it. */
-static int enc_slice(int C)
-{
-    int nt = omp_get_max_threads();
-    int w = (C + nt - 1) / nt;
-    w = (w + 15) / 16 * 16;
-    return w < 16 ? 16 : w;
-}
 
 void ct_cpu_encoder_fwd(ct_kctx *ctx, void *out_, const int32_t *tokens, const void *wte_, const void *wpe_,
                         int B, int T, int C)
@@ -28,6 +19,10 @@ void ct_cpu_encoder_fwd(ct_kctx *ctx, void *out_, const int32_t *tokens, const v
     for (long bt = 0; bt < rows; bt++) {
         float *o = out + bt * C;
         const float *te = wte + (size_t)tokens[bt] * C;
+        if (!wpe) {
+            memcpy(o, te, (size_t)C * sizeof(float));
+            continue;
+        }
         const float *pe = wpe + (size_t)(bt % T) * C;
         for (int c = 0; c < C; c++) o[c] = te[c] + pe[c];
     }
@@ -46,7 +41,7 @@ void ct_cpu_encoder_bwd(ct_kctx *ctx, void *dwte_, void *dwpe_, const void *dout
     const float *dout = dout_;
     long rows = (long)B * T;
     if (!dwte && !dwpe) return;
-    int w = enc_slice(C);
+    int w = ct_cpu_channel_slice(C, 0); /* one slice per thread */
 #pragma omp parallel for schedule(static) if (rows * C >= ENC_PAR_MIN)
     for (int c0 = 0; c0 < C; c0 += w) {
         int n = C - c0 < w ? C - c0 : w;

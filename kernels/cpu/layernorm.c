@@ -4,7 +4,6 @@
  * Row sums use a fixed set of lanes combined in a fixed order, so results depend neither on
  * the thread count nor on how the compiler vectorises. */
 #include <math.h>
-#include <omp.h>
 
 #include "cpu.h"
 
@@ -73,11 +72,7 @@ void ct_cpu_layernorm_bwd(ct_kctx *ctx, void *dinp_, void *dw_, void *db_, const
 {
     float *dinp = dinp_, *dw = dw_, *db = db_;
     const float *dout = dout_, *inp = inp_, *w = w_;
-    int nt = omp_get_max_threads();
-    int slice = (C + nt - 1) / nt;
-    slice = (slice + 15) / 16 * 16;
-    if (slice > LN_SLICE_MAX) slice = LN_SLICE_MAX;
-    if (slice < 16) slice = 16;
+    const int slice = ct_cpu_channel_slice(C, LN_SLICE_MAX);
 
 #pragma omp parallel if ((long)N * C >= LN_PAR_MIN)
     {

@@ -3,6 +3,7 @@
 #ifndef CT_KERNELS_CPU_VMATH_H
 #define CT_KERNELS_CPU_VMATH_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -32,6 +33,41 @@ static inline float ct_vexpf(float x)
     y *= scale;
     y = x < lo ? 0.0f : y;
     return x != x ? x : y;
+}
+
+/* Row reductions with 16 fixed lanes: they vectorise without reassociation, so a result
+ * depends neither on the data's address nor on the compiler's choice of vector width. */
+static inline float ct_vsum(const float *x, int n)
+{
+    float acc[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] += x[i + j];
+    for (; i < n; i++) acc[i & 15] += x[i];
+    float s = 0.0f;
+    for (int j = 0; j < 16; j++) s += acc[j];
+    return s;
+}
+
+static inline float ct_vdot(const float *x, const float *y, int n)
+{
+    float acc[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] += x[i + j] * y[i + j];
+    for (; i < n; i++) acc[i & 15] += x[i] * y[i];
+    float s = 0.0f;
+    for (int j = 0; j < 16; j++) s += acc[j];
+    return s;
+}
+
+/* Maximum is exact in any order, so an OpenMP simd reduction is safe here. */
+static inline float ct_vmax(const float *x, int n)
+{
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
 }
 
 #endif
