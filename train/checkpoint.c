@@ -2,6 +2,8 @@
  * any slice, and the run directory's checkpoint files (tmp + rename, `latest`, rotation). */
 #include "checkpoint.h"
 
+#include "hf_config.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -188,6 +190,10 @@ static int write_root_attrs(hid_t file, const ct_model *m, const ct_optim *o, co
     rc |= attr_i64(file, "cursor_micro", st->cursor.micro);
     rc |= attr_write(file, "rng", H5T_NATIVE_UINT64, 4, st->rng.s);
     rc |= attr_string(file, "config", config_json ? config_json : "{}");
+    /* the model: its config.json (the source's, carried over), and for older readers GPT-2's shape */
+    char *hf = ct_hf_config_text(c, ct_model_hf_config(m));
+    rc |= hf ? attr_string(file, "hf_config", hf) : -1;
+    free(hf);
     rc |= attr_i64(file, "vocab_size", c->vocab_size);
     rc |= attr_i64(file, "n_positions", c->max_seq_len);
     rc |= attr_i64(file, "n_layer", c->n_layer);
@@ -366,6 +372,17 @@ int ct_ckpt_read_config(const char *path, ct_model_config *mc, char *err, size_t
 {
     hid_t file;
     if (open_checked(path, &file, err, errlen)) return -1;
+    char *hf = attr_read_string(file, "hf_config");
+    if (hf) {
+        /* the architecture and its whole config, as config.json says them */
+        H5Fclose(file);
+        char name[4200];
+        snprintf(name, sizeof name, "%s: attribute hf_config", path);
+        int rc = ct_hf_config_parse_text(hf, name, mc, err, errlen);
+        free(hf);
+        return rc;
+    }
+    /* checkpoints written before the model interface: GPT-2, its shape in attributes */
     int64_t v[5];
     static const char *const names[] = {"vocab_size", "n_positions", "n_layer", "n_head", "n_embd"};
     double eps = 1e-5;
@@ -378,7 +395,7 @@ int ct_ckpt_read_config(const char *path, ct_model_config *mc, char *err, size_t
     H5Fclose(file);
     if (rc) return -1;
     *mc = (ct_model_config){.vocab_size = (int)v[0], .max_seq_len = (int)v[1], .n_layer = (int)v[2],
-                           .n_head = (int)v[3], .n_embd = (int)v[4], .norm_eps = (float)eps};
+                            .n_head = (int)v[3], .n_embd = (int)v[4], .norm_eps = (float)eps};
     char cerr[256];
     if (ct_model_config_check(mc, cerr, sizeof cerr)) return fail(err, errlen, "%s: %s", path, cerr);
     return 0;
@@ -471,11 +488,11 @@ int ct_ckpt_read(const char *path, ct_model *m, ct_optim *o, ct_ckpt_state *st, 
     ct_model_config mc;
     const ct_model_config *have = ct_model_config_of(m);
     if (ct_ckpt_read_config(path, &mc, err, errlen)) goto agree;
-    if (mc.vocab_size != have->vocab_size || mc.max_seq_len != have->max_seq_len || mc.n_layer != have->n_layer ||
-        mc.n_head != have->n_head || mc.n_embd != have->n_embd) {
-        fail(err, errlen, "%s: the checkpoint's model (%d layers, %d heads, width %d, vocab %d, %d positions) is not "
-             "this config's (%d, %d, %d, %d, %d)", path, mc.n_layer, mc.n_head, mc.n_embd, mc.vocab_size,
-             mc.max_seq_len, have->n_layer, have->n_head, have->n_embd, have->vocab_size, have->max_seq_len);
+    if (!ct_model_config_same(&mc, have)) {
+        fail(err, errlen, "%s: the checkpoint's model (%s, %d layers, %d heads, width %d, vocab %d, %d positions) is "
+             "not this config's (%s, %d, %d, %d, %d, %d)", path, mc.model_type, mc.n_layer, mc.n_head, mc.n_embd,
+             mc.vocab_size, mc.max_seq_len, have->model_type, have->n_layer, have->n_head, have->n_embd,
+             have->vocab_size, have->max_seq_len);
         goto agree;
     }
     for (int i = 0; i < nt; i++) {
@@ -534,6 +551,14 @@ agree:
         if (st) *st = got;
     }
     be->sync(ctx);
+    if (!ct_model_has_lora(m)) {
+        /* the model's config.json travels on: an export of this checkpoint writes it back */
+        hid_t again;
+        char *hf = NULL;
+        if (open_checked(path, &again, err, errlen) == 0) hf = attr_read_string(again, "hf_config"), H5Fclose(again);
+        if (hf) ct_model_set_hf_config(m, hf, mc.dtype);
+        free(hf);
+    }
 done:
     free(params);
     for (int k = 0; k < 3; k++) free(state[k]);

@@ -27,12 +27,18 @@ static const key_info keys[] = {
     {"run.dir", K_STR, F(run.dir), "\"runs/default\"", 0, 0, NULL, "run directory: metrics.jsonl, ctrain.json, final weights"},
     {"run.seed", K_I64, F(run.seed), "1337", 0, 9007199254740991.0, NULL, "seed for initialisation, shuffling and sampling"},
     {"run.device", K_STR, F(run.device), "\"auto\"", 0, 0, "auto|cpu|cuda", "compute backend; auto picks CUDA where a GPU is found"},
-    {"model.init_from", K_STR, F(model.init_from), "\"\"", 0, 0, NULL, "\"\": random GPT-2 init from the keys below; else a Hugging Face GPT-2 folder (its config.json wins)"},
+    {"model.init_from", K_STR, F(model.init_from), "\"\"", 0, 0, NULL, "\"\": random init from the keys below; else a Hugging Face model folder (gpt2, llama, mistral, qwen2: its config.json wins) or a checkpoint"},
+    {"model.arch", K_STR, F(model.arch), "\"gpt2\"", 0, 0, "gpt2|llama", "family of a random init: gpt2 (LayerNorm, GELU, learned positions) or llama (RMSNorm, SwiGLU, RoPE, grouped-query attention)"},
     {"model.vocab_size", K_INT, F(model.vocab_size), "257", 1, 1 << 24, NULL, "vocabulary size (257: the byte tokenizer)"},
     {"model.max_seq_len", K_INT, F(model.max_seq_len), "256", 1, 1 << 20, NULL, "positions the model has (n_positions)"},
     {"model.n_layer", K_INT, F(model.n_layer), "4", 1, 4096, NULL, "transformer blocks"},
     {"model.n_head", K_INT, F(model.n_head), "4", 1, 4096, NULL, "attention heads"},
     {"model.n_embd", K_INT, F(model.n_embd), "128", 1, 1 << 20, NULL, "width; a multiple of n_head"},
+    {"model.n_kv_head", K_INT, F(model.n_kv_head), "0", 0, 4096, NULL, "llama: key/value heads (grouped-query attention; 0: n_head)"},
+    {"model.n_inner", K_INT, F(model.n_inner), "0", 0, 1 << 24, NULL, "llama: the MLP's width (intermediate_size; 0: 4 * n_embd)"},
+    {"model.rope_theta", K_REAL, F(model.rope_theta), "10000", 1, 1e12, NULL, "llama: RoPE base"},
+    {"model.norm_eps", K_REAL, F(model.norm_eps), "1e-05", 1e-12, 1, NULL, "llama: RMSNorm epsilon (GPT-2 uses 1e-5)"},
+    {"model.tie_embeddings", K_BOOL, F(model.tie_embeddings), "true", 0, 1, NULL, "llama: the LM head shares the embedding (GPT-2 always does)"},
     {"data.text", K_STR, F(data.text), "\"\"", 0, 0, NULL, "text file that `ctrain prepare` turns into data.train and data.val"},
     {"data.val_fraction", K_REAL, F(data.val_fraction), "0.05", 1e-9, 1 - 1e-9, NULL, "share of data.text that becomes the val set"},
     {"data.train", K_STR, F(data.train), "\"\"", 0, 0, NULL, "HDF5 token dataset to train on"},
@@ -292,6 +298,11 @@ int ct_config_load(ct_config *cfg, const char *path, const char *const *override
 
 int ct_config_check(const ct_config *c, char *err, size_t errlen)
 {
+    if (c->model.n_kv_head && c->model.n_head % c->model.n_kv_head) {
+        snprintf(err, errlen, "model.n_kv_head: %d does not divide model.n_head (%d)", c->model.n_kv_head,
+                 c->model.n_head);
+        return -1;
+    }
     if (c->model.n_embd % c->model.n_head) {
         snprintf(err, errlen, "model.n_embd: %d is not a multiple of model.n_head (%d)", c->model.n_embd,
                  c->model.n_head);

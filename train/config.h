@@ -19,8 +19,12 @@ typedef struct {
         char device[8];            /* auto | cpu | cuda */
     } run;
     struct {
-        char init_from[CT_PATH_MAX]; /* "" (random init) or a Hugging Face GPT-2 folder */
+        char init_from[CT_PATH_MAX]; /* "" (random init) or a Hugging Face model folder or checkpoint */
+        char arch[8];              /* random init: gpt2 | llama */
         int vocab_size, max_seq_len, n_layer, n_head, n_embd;
+        int n_kv_head, n_inner;    /* 0: n_head, 4 * n_embd */
+        double rope_theta, norm_eps;
+        int tie_embeddings;
     } model;
     struct {
         char text[CT_PATH_MAX];    /* `ctrain prepare` input */

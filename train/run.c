@@ -70,7 +70,7 @@ int ct_run_model_source(const ct_config *cfg, ct_weights_source source, ct_model
         *is_ckpt = latest;
         if (!path[0] && !cfg->model.init_from[0]) {
             snprintf(err, errlen, "run.dir: \"%s\" holds no trained model (model.safetensors or a checkpoint) and "
-                     "model.init_from is empty: train first, or name a Hugging Face GPT-2 folder or checkpoint in "
+                     "model.init_from is empty: train first, or name a Hugging Face model folder or checkpoint in "
                      "model.init_from", cfg->run.dir);
             return -1;
         }
@@ -81,10 +81,17 @@ int ct_run_model_source(const ct_config *cfg, ct_weights_source source, ct_model
     }
     if (*is_ckpt) return ct_ckpt_read_config(path, mc, err, errlen);
     if (path[0]) return ct_hf_read_config(path, mc, err, errlen);
-    *mc = (ct_model_config){.vocab_size = cfg->model.vocab_size, .max_seq_len = cfg->model.max_seq_len,
-                           .n_layer = cfg->model.n_layer, .n_head = cfg->model.n_head, .n_embd = cfg->model.n_embd,
-                           .norm_eps = 1e-5f};
-    return 0;
+    *mc = (ct_model_config){.arch = ct_arch_by_name(cfg->model.arch), .vocab_size = cfg->model.vocab_size,
+                            .max_seq_len = cfg->model.max_seq_len, .n_layer = cfg->model.n_layer,
+                            .n_head = cfg->model.n_head, .n_embd = cfg->model.n_embd, .norm_eps = 1e-5f};
+    if (!strcmp(cfg->model.arch, "llama")) {
+        mc->n_kv_head = cfg->model.n_kv_head;
+        mc->n_inner = cfg->model.n_inner;
+        mc->rope_theta = cfg->model.rope_theta;
+        mc->norm_eps = (float)cfg->model.norm_eps;
+        mc->untied = !cfg->model.tie_embeddings;
+    }
+    return ct_model_config_check(mc, err, errlen);
 }
 
 int ct_run_lora(const ct_config *cfg) { return cfg->lora.targets[0] || cfg->lora.init_from[0]; }

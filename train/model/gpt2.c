@@ -2,6 +2,7 @@
  * tanh-GELU MLP, the LM head tied to the token embedding. Hugging Face keeps its linears as
  * transposed Conv1D weights. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 

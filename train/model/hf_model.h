@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hf_config.h"
 #include "model.h"
 
 /* Shards are cut above this many bytes of weights, as save_pretrained's default "5GB". */

@@ -3,6 +3,7 @@
  * window), a SwiGLU MLP, an LM head tied to the embedding or not. Hugging Face names and
  * [out, in] layouts are used as they are: nothing is permuted on the way in or out. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 

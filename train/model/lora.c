@@ -92,6 +92,24 @@ static int matches(const char *module, const char *target, size_t tlen)
     return mlen > tlen && module[mlen - tlen - 1] == '.' && !strncmp(module + mlen - tlen, target, tlen);
 }
 
+/* "q_proj, k_proj, ...": the distinct last parts of the linears' module names, for messages. */
+static void module_names(const ct_model *m, char *out, size_t n)
+{
+    char name[128];
+    out[0] = 0;
+    for (int i = 0; i < ct_model_num_linears(m); i++) {
+        ct_model_linear_name(m, i, name, sizeof name);
+        const char *last = strrchr(name, '.') + 1; /* module paths always have a block prefix */
+        int seen = 0;
+        for (int j = 0; j < i && !seen; j++) {
+            char other[128];
+            ct_model_linear_name(m, j, other, sizeof other);
+            seen = !strcmp(strrchr(other, '.') + 1, last);
+        }
+        if (!seen) snprintf(out + strlen(out), n - strlen(out), "%s%s", out[0] ? ", " : "", last);
+    }
+}
+
 int ct_lora_add(ct_model *m, const ct_lora_spec *spec, uint64_t seed, int shards, char *err, size_t errlen)
 {
     int n = ct_model_num_linears(m);
@@ -110,9 +128,11 @@ int ct_lora_add(ct_model *m, const ct_lora_spec *spec, uint64_t seed, int shards
             if (matches(name, t, len)) select[i] = 1, hit = 1;
         }
         if (!hit) {
-            snprintf(err, errlen, "lora.targets: '%.*s' matches no module; GPT-2's linear modules are c_attn, "
-                     "c_proj (attn.c_proj and mlp.c_proj), c_fc, or full names such as transformer.h.0.attn.c_attn "
-                     "(\"all-linear\": all of them)", (int)len, t);
+            char known[512];
+            module_names(m, known, sizeof known);
+            ct_model_linear_name(m, 0, name, sizeof name);
+            snprintf(err, errlen, "lora.targets: '%.*s' matches no module; the model's linear modules are %s, or "
+                     "full names such as %s (\"all-linear\": all of them)", (int)len, t, known, name);
             free(select);
             return -1;
         }
@@ -239,7 +259,10 @@ int ct_lora_save_peft(ct_model *m, const ct_lora_spec *spec, const char *base_mo
     cJSON_AddNumberToObject(root, "lora_alpha", spec->alpha);
     cJSON_AddNumberToObject(root, "lora_dropout", spec->dropout);
     cJSON_AddBoolToObject(root, "use_rslora", spec->rslora);
-    cJSON_AddBoolToObject(root, "fan_in_fan_out", 1); /* GPT-2's Conv1D stores [in, out] */
+    /* GPT-2's Conv1D stores [in, out]; nn.Linear (the Llama family) [out, in] */
+    int conv1d = 0;
+    for (int i = 0; i < ct_model_num_tensors(m); i++) conv1d |= ct_model_tensor(m, i)->lora && ct_model_tensor(m, i)->conv1d;
+    cJSON_AddBoolToObject(root, "fan_in_fan_out", conv1d);
     cJSON_AddStringToObject(root, "bias", "none");
     cJSON_AddBoolToObject(root, "inference_mode", 1);
     if (!strcmp(spec->targets, "all-linear")) {

@@ -2,7 +2,7 @@
  * initialisation, and adapters to and from PEFT's format; merging them into the base.
  *
  * A PEFT adapter folder holds adapter_config.json (peft_type "LORA", r, lora_alpha,
- * lora_dropout, target_modules, use_rslora, fan_in_fan_out true for GPT-2's Conv1D) and
+ * lora_dropout, target_modules, use_rslora, fan_in_fan_out true for GPT-2's Conv1D, false for nn.Linear) and
  * adapter_model.safetensors ("base_model.model.<module>.lora_A.weight" [r, in],
  * "...lora_B.weight" [out, r]). Errors name the file or config key and return -1. */
 #ifndef CT_TRAIN_LORA_H
@@ -43,7 +43,7 @@ int ct_lora_save_peft(ct_model *m, const ct_lora_spec *spec, const char *base_mo
                       size_t errlen);
 
 /* Folds every adapter into its base weight (W += scale * B . A) and removes nothing else:
- * afterwards ct_hf_gpt2_save writes the merged model. */
+ * afterwards ct_hf_save writes the merged model. */
 int ct_lora_merge(ct_model *m, char *err, size_t errlen);
 
 /* "trainable params: 294,912 || all params: 124,734,720 || trainable%: 0.2364", as PEFT's

@@ -54,6 +54,18 @@ int ct_model_config_check(ct_model_config *c, char *err, size_t errlen)
     return -1;
 }
 
+int ct_model_config_same(const ct_model_config *a, const ct_model_config *b)
+{
+    return a->arch == b->arch && !strcmp(a->model_type, b->model_type) && a->vocab_size == b->vocab_size &&
+           a->max_seq_len == b->max_seq_len && a->n_layer == b->n_layer && a->n_head == b->n_head &&
+           a->n_kv_head == b->n_kv_head && a->head_dim == b->head_dim && a->n_embd == b->n_embd &&
+           a->n_inner == b->n_inner && a->norm_eps == b->norm_eps && a->untied == b->untied &&
+           a->qkv_bias == b->qkv_bias && a->o_bias == b->o_bias && a->mlp_bias == b->mlp_bias &&
+           a->rope_theta == b->rope_theta && a->rope_llama3 == b->rope_llama3 && a->rope_factor == b->rope_factor &&
+           a->rope_low_freq == b->rope_low_freq && a->rope_high_freq == b->rope_high_freq &&
+           a->rope_orig_max == b->rope_orig_max && a->window == b->window && a->window_from == b->window_from;
+}
+
 static int dim(const ct_model_config *c, ct_dim d)
 {
     int q = c->n_head * c->head_dim, kv = c->n_kv_head * c->head_dim;

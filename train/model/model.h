@@ -62,6 +62,9 @@ typedef struct ct_model ct_model;
  * naming the field ("model.<field>: ...") and returns -1. */
 int ct_model_config_check(ct_model_config *cfg, char *err, size_t errlen);
 
+/* Whether two checked configs describe the same tensors and computation (dtype aside). */
+int ct_model_config_same(const ct_model_config *a, const ct_model_config *b);
+
 /* Allocates parameters, gradients and activations for micro-batches of up to B x T tokens on
  * backend be (ctx from be->kctx_init). The flat buffers' length is padded to a multiple of
  * `shards` (the world size under ZeRO-1, so every rank's slice has the same length).
