@@ -61,6 +61,7 @@ typedef struct {
         char prompt[1024];
         double temperature;
         int top_k, max_tokens;
+        char format[8];            /* text (bytes) | ids (token ids, space-separated) */
     } sample;
 } ct_config;
 

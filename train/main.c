@@ -134,9 +134,16 @@ static int cmd_info(const args *a, ct_comm *comm)
     if (ct_model_init(&m, &cfg, be, ctx, 1, 1, 1, err, sizeof err)) return fail(err);
     int rc = ct_hf_load(m, a->path, err, sizeof err);
     if (rc == 0) {
-        printf("model      gpt2\n");
-        printf("layers     %d\nheads      %d\nwidth      %d\nvocab      %d\npositions  %d\nln_eps     %g\n",
-               cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size, cfg.max_seq_len, cfg.norm_eps);
+        const ct_model_config *c = ct_model_config_of(m);
+        printf("model      %s (%s family)\n", c->model_type, ct_model_arch_name(m));
+        printf("layers     %d\nheads      %d (key/value %d, size %d)\nwidth      %d\nmlp        %d\nvocab      %d\n"
+               "positions  %d\nnorm_eps   %g\nhead       %s\n",
+               c->n_layer, c->n_head, c->n_kv_head, c->head_dim, c->n_embd, c->n_inner, c->vocab_size,
+               c->max_seq_len, c->norm_eps, c->untied ? "untied" : "tied to the embedding");
+        if (ct_model_hf_prefix(m)[0] == 'm')
+            printf("rope       theta %g%s\nwindow     %d%s\n", c->rope_theta, c->rope_llama3 ? ", llama3 scaling" : "",
+                   c->window, c->window && c->window_from ? " (from a later layer on)" : c->window ? "" : " (none)");
+        printf("dtype      %s\n", c->dtype == 2 ? "bfloat16" : c->dtype == 1 ? "float16" : "float32");
         printf("parameters %zu\n", ct_model_count(m));
     }
     ct_model_free(m);
@@ -169,7 +176,7 @@ static int cmd_export(const args *a, ct_comm *comm)
     }
     if (rc == 0) rc = ct_ckpt_read(a->path, m, NULL, NULL, comm, err, sizeof err);
     if (rc == 0) rc = lora ? ct_lora_save_peft(m, &spec, saved.model.init_from, a->extra, err, sizeof err)
-                           : ct_hf_save(m, a->extra, NULL, 0, err, sizeof err);
+                           : ct_hf_save(m, a->extra, ct_run_hf_source(&saved), 0, err, sizeof err);
     if (rc == 0)
         printf("ctrain: wrote %s/%s from %s\n", a->extra,
                lora ? "adapter_model.safetensors and adapter_config.json" : "model.safetensors and config.json",
@@ -193,7 +200,7 @@ static int cmd_merge(const args *a, ct_comm *comm)
     snprintf(out, sizeof out, "%s/merged", cfg.run.dir);
     int rc = ct_run_model(&cfg, CT_WEIGHTS_TRAINED, be, ctx, 1, 1, 1, comm, &m, from, sizeof from, err, sizeof err);
     if (rc == 0) rc = ct_lora_merge(m, err, sizeof err);
-    if (rc == 0) rc = ct_hf_save(m, out, NULL, 0, err, sizeof err);
+    if (rc == 0) rc = ct_hf_save(m, out, ct_run_hf_source(&cfg), 0, err, sizeof err);
     if (rc == 0) printf("ctrain: merged %s into %s (model.safetensors, config.json)\n", from, out);
     ct_model_free(m);
     be->kctx_free(ctx);
@@ -207,7 +214,7 @@ static const verb verbs[] = {
      "(one JSON object per step and per evaluation) and, at the end, run.dir/model.safetensors + config.json.",
      1, cmd_train},
     {"eval", "ctrain eval CONFIG [--set key=value]...",
-     "Evaluates the model of run.dir (or model.init_from, a Hugging Face GPT-2 folder) on the whole of\n"
+     "Evaluates the model of run.dir (or model.init_from, a Hugging Face model folder) on the whole of\n"
      "data.val. The last line is `val_loss <float>`.",
      1, cmd_eval},
     {"sample", "ctrain sample CONFIG [--set key=value]...",
@@ -233,7 +240,7 @@ static const verb verbs[] = {
      "the merged model as a Hugging Face folder, run.dir/merged.",
      1, cmd_merge},
     {"info", "ctrain info MODEL_DIR",
-     "Loads a Hugging Face GPT-2 folder (config.json + model.safetensors), checks every tensor's\n"
+     "Loads a Hugging Face model folder (config.json + model.safetensors), checks every tensor's\n"
      "name and shape against the config, and prints the architecture and parameter count.",
      0, cmd_info},
 };

@@ -94,6 +94,13 @@ int ct_run_model_source(const ct_config *cfg, ct_weights_source source, ct_model
     return ct_model_config_check(mc, err, errlen);
 }
 
+const char *ct_run_hf_source(const ct_config *cfg)
+{
+    struct stat sb;
+    const char *dir = cfg->model.init_from;
+    return dir[0] && stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode) ? dir : NULL;
+}
+
 int ct_run_lora(const ct_config *cfg) { return cfg->lora.targets[0] || cfg->lora.init_from[0]; }
 
 /* Adds the config's adapters to m and fills them: for a trained model, from run.dir's PEFT

@@ -25,6 +25,10 @@ typedef enum {
     CT_WEIGHTS_TRAINED,  /* run.dir's final weights, else its latest checkpoint, else model.init_from */
 } ct_weights_source;
 
+/* model.init_from when it names a Hugging Face folder (whose tokenizer and generation files an
+ * exported model carries), else NULL. */
+const char *ct_run_hf_source(const ct_config *cfg);
+
 /* Whether the config fine-tunes with LoRA (lora.targets or lora.init_from set). */
 int ct_run_lora(const ct_config *cfg);
 

@@ -1,4 +1,5 @@
-/* sample.c — autoregressive sampling with temperature and top-k, on the byte tokenizer. */
+/* sample.c — autoregressive sampling with temperature and top-k over a KV cache, on the byte
+ * tokenizer or token ids. */
 #include "sample.h"
 
 #include <math.h>
@@ -6,6 +7,7 @@
 #include <string.h>
 
 #include "data.h"
+#include "hf_config.h"
 #include "model.h"
 #include "rng.h"
 #include "run.h"
@@ -45,21 +47,60 @@ static int pick(const float *logits, int V, double temperature, int top_k, ct_rn
     return best;
 }
 
-/* The model to sample from, on this process's backend; -1 with err filled. */
-static int sample_model(const ct_config *cfg, ct_comm *single, const ct_backend *be, ct_kctx *ctx, ct_model **m,
-                        char *from, size_t fromlen, char *err, size_t errlen)
+/* The model to sample from, on this process's backend, with room for `need` positions (the
+ * prompt and what follows, at most the model's context); src receives the folder or file its
+ * weights come from. -1 with err filled. */
+static int sample_model(const ct_config *cfg, ct_comm *single, const ct_backend *be, ct_kctx *ctx, size_t need,
+                        ct_model **m, char *src, char *from, size_t fromlen, char *err, size_t errlen)
 {
     ct_model_config probe;
     int is_ckpt;
-    if (ct_run_model_source(cfg, CT_WEIGHTS_TRAINED, &probe, from, fromlen, &is_ckpt, err, errlen)) return -1;
-    if (probe.vocab_size != CT_TOK_BYTES_VOCAB) {
-        snprintf(err, errlen, "model: vocabulary of %d tokens; sample knows only the byte tokenizer (%d)",
-                 probe.vocab_size, CT_TOK_BYTES_VOCAB);
+    if (ct_run_model_source(cfg, CT_WEIGHTS_TRAINED, &probe, src, fromlen, &is_ckpt, err, errlen)) return -1;
+    if (!strcmp(cfg->sample.format, "text") && probe.vocab_size < 256) {
+        snprintf(err, errlen, "model: vocabulary of %d tokens; sample.format \"text\" speaks the byte tokenizer "
+                 "(256 bytes and end-of-text): use sample.format \"ids\"", probe.vocab_size);
         return -1;
     }
-    /* one sequence of the model's full length */
-    return ct_run_model(cfg, CT_WEIGHTS_TRAINED, be, ctx, 1, probe.max_seq_len, 1, single, m, from, fromlen, err,
-                        errlen);
+    int T = need < (size_t)probe.max_seq_len ? (int)need : probe.max_seq_len;
+    return ct_run_model(cfg, CT_WEIGHTS_TRAINED, be, ctx, 1, T, 1, single, m, from, fromlen, err, errlen);
+}
+
+/* The prompt as tokens: bytes of the text, or the ids it lists (sample.format "ids"). */
+static long encode_prompt(const ct_config *cfg, int32_t *seq, int V, char *err, size_t errlen)
+{
+    const char *p = cfg->sample.prompt;
+    if (!strcmp(cfg->sample.format, "text")) return (long)ct_tok_bytes_encode(p, strlen(p), seq);
+    long n = 0;
+    for (char *end; *p;) {
+        while (*p == ' ' || *p == ',') p++;
+        if (!*p) break;
+        long id = strtol(p, &end, 10);
+        if (end == p || id < 0 || id >= V) {
+            snprintf(err, errlen, "sample.prompt: \"%.40s\" is not a token id below the vocabulary size %d", p, V);
+            return -1;
+        }
+        seq[n++] = (int32_t)id;
+        p = end;
+    }
+    return n;
+}
+
+/* The ids that end a sample: generation_config.json's or config.json's eos_token_id (one or a
+ * list) in the model's folder or model.init_from, else the byte tokenizer's end-of-text. */
+static int eos_ids(const ct_config *cfg, const char *src, int V, int *eos)
+{
+    int n = ct_hf_eos_ids(src, eos, CT_EOS_MAX);
+    if (!n && cfg->model.init_from[0]) n = ct_hf_eos_ids(cfg->model.init_from, eos, CT_EOS_MAX);
+    if (!n && V == CT_TOK_BYTES_VOCAB) eos[n++] = CT_TOK_BYTES_EOT;
+    return n;
+}
+
+static void emit(FILE *out, int ids, int tok)
+{
+    if (ids) fprintf(out, " %d", tok);
+    else if (tok < 256) fputc(tok, out);
+    else fprintf(out, "<|%d|>", tok);
+    fflush(out);
 }
 
 int ct_sample(const ct_config *cfg, FILE *out, char *err, size_t errlen)
@@ -70,48 +111,60 @@ int ct_sample(const ct_config *cfg, FILE *out, char *err, size_t errlen)
     ct_kctx *ctx = NULL;
     int device;
     ct_model *m = NULL;
-    char from[CT_PATH_MAX + 64];
+    char from[CT_PATH_MAX + 64], src[CT_PATH_MAX + 64];
     int32_t *seq = NULL;
     float *logits = NULL, *work = NULL, *row = NULL;
-    int rc = -1;
+    int rc = -1, ids = !strcmp(cfg->sample.format, "ids");
     if (!single) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    if (ct_run_backend(cfg, single, &be, &ctx, &device, err, errlen) ||
-        sample_model(cfg, single, be, ctx, &m, from, sizeof from, err, errlen))
-        goto done;
-    int T = ct_model_config_of(m)->max_seq_len;
-    int V = ct_model_config_of(m)->vocab_size;
     size_t plen = strlen(cfg->sample.prompt);
-    size_t cap = plen + (size_t)cfg->sample.max_tokens + 1;
+    size_t cap = plen + 1 + (size_t)cfg->sample.max_tokens;
+    if (ct_run_backend(cfg, single, &be, &ctx, &device, err, errlen) ||
+        sample_model(cfg, single, be, ctx, cap, &m, src, from, sizeof from, err, errlen))
+        goto done;
+    int V = ct_model_config_of(m)->vocab_size, Vp = ct_model_logits_stride(m);
+    int window = ct_model_max_tokens(m); /* positions the KV cache holds */
+    int eos[CT_EOS_MAX], neos = eos_ids(cfg, src, V, eos);
     seq = malloc(sizeof(int32_t) * cap);
     logits = malloc(sizeof(float) * V);
     work = malloc(sizeof(float) * V);
-    row = be->alloc(sizeof(float) * V); /* the last position's logits as fp32, backend memory */
+    row = be->alloc(sizeof(float) * V); /* the newest position's logits as fp32, backend memory */
     if (!seq || !logits || !work || !row) {
         snprintf(err, errlen, "out of memory");
         goto done;
     }
-    size_t n = 0;
-    if (plen) n = ct_tok_bytes_encode(cfg->sample.prompt, plen, seq);
-    else seq[n++] = CT_TOK_BYTES_EOT; /* no prompt: start as a new document */
-    fprintf(stderr, "ctrain: sampling from %s (temperature %g, top-k %d)\n", from, cfg->sample.temperature,
-            cfg->sample.top_k);
-    fwrite(cfg->sample.prompt, 1, plen, out);
+    long n = encode_prompt(cfg, seq, V, err, errlen);
+    if (n < 0) goto done;
+    if (n == 0) seq[n++] = neos ? eos[0] : V - 1; /* no prompt: start as a new document */
+    fprintf(stderr, "ctrain: sampling from %s (temperature %g, top-k %d, KV cache of %d positions)\n", from,
+            cfg->sample.temperature, cfg->sample.top_k, window);
+    if (ids) fputs(cfg->sample.prompt, out);
+    else fwrite(cfg->sample.prompt, 1, plen, out);
     ct_rng rng;
     ct_rng_seed(&rng, (uint64_t)cfg->run.seed);
+    int cached = 0; /* the cache holds seq[n - 1 - cached .. n - 1) at positions 0 .. cached - 1 */
     for (int i = 0; i < cfg->sample.max_tokens; i++) {
-        size_t len = n < (size_t)T ? n : (size_t)T; /* the model sees the last T tokens */
-        if (ct_model_forward(m, seq + n - len, NULL, 1, (int)len, 0.0f, NULL, NULL, err, errlen)) goto done;
-        be->to_f32(ctx, row, (const char *)ct_model_logits(m) + (len - 1) * ct_model_logits_stride(m) * be->elem_size,
-                   V);
+        int fed; /* tokens this decode runs; the newest is its last row */
+        if (cached == 0 || cached >= window) {
+            /* the prompt, or, once the cache is full, the newest half window again from position 0 */
+            long keep = cached == 0 ? (n < window ? n : window) : (window / 2 > 0 ? window / 2 : 1);
+            if (ct_model_decode(m, seq + n - keep, 1, (int)keep, 0, err, errlen)) goto done;
+            fed = (int)keep;
+            cached = (int)keep;
+        } else {
+            if (ct_model_decode(m, seq + n - 1, 1, 1, cached, err, errlen)) goto done;
+            fed = 1;
+            cached++;
+        }
+        be->to_f32(ctx, row, (const char *)ct_model_logits(m) + (size_t)(fed - 1) * Vp * be->elem_size, V);
         be->download(ctx, logits, row, sizeof(float) * V);
-        int next = pick(logits, V, cfg->sample.temperature, cfg->sample.top_k, &rng, work);
-        if (next == CT_TOK_BYTES_EOT) break;
+        int next = pick(logits, V, cfg->sample.temperature, cfg->sample.top_k, &rng, work), stop = 0;
+        for (int k = 0; k < neos; k++) stop |= next == eos[k];
+        if (stop) break;
         seq[n++] = next;
-        fputc(next, out);
-        fflush(out);
+        emit(out, ids, next);
     }
     fputc('\n', out);
     rc = 0;

@@ -270,8 +270,9 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         free(line);
         printf("ctrain: %d rank%s (%s), %s backend, %d threads per rank\n", world, world > 1 ? "s" : "",
                ct_comm_transport(comm), s.be->name, omp_get_max_threads());
-        printf("ctrain: GPT-2 %d layers, %d heads, width %d, vocab %d: %zu parameters, from %s\n", mc->n_layer,
-               mc->n_head, mc->n_embd, mc->vocab_size, ct_model_count(s.model), from);
+        printf("ctrain: %s %d layers, %d heads (%d key/value), width %d, vocab %d: %zu parameters, from %s\n",
+               mc->model_type, mc->n_layer, mc->n_head, mc->n_kv_head, mc->n_embd, mc->vocab_size,
+               ct_model_count(s.model), from);
         char counts[256];
         ct_lora_describe(s.model, counts, sizeof counts);
         printf("ctrain: %s\n", counts);
@@ -384,7 +385,7 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         printf("ctrain: %.3f MiB passed to collectives per step per rank; flat buffer %zu floats (%.3f MiB)\n",
                comm_per_step / 1048576.0, flat, flat * 4 / 1048576.0);
         ct_lora_spec spec;
-        if (!ct_run_lora(cfg)) rc = ct_hf_save(s.model, cfg->run.dir, NULL, 0, err, sizeof err);
+        if (!ct_run_lora(cfg)) rc = ct_hf_save(s.model, cfg->run.dir, ct_run_hf_source(cfg), 0, err, sizeof err);
         else if ((rc = ct_lora_spec_from_config(cfg, &spec, err, sizeof err)) == 0)
             rc = ct_lora_save_peft(s.model, &spec, cfg->model.init_from, cfg->run.dir, err, sizeof err);
         if (rc == 0) {

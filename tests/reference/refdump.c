@@ -2,10 +2,13 @@
  * against PyTorch: logits, the mean loss, and every parameter's gradient under its Hugging
  * Face name and layout.
  *
- * usage: ct_refdump MODEL_DIR TOKENS_TXT OUT.safetensors [--reinit SEED] [--export DIR]
+ * usage: ct_refdump MODEL_DIR TOKENS_TXT OUT.safetensors [--reinit SEED] [--export DIR] [--adamw LR WD]
  *   TOKENS_TXT: "B T", then B*T input tokens, then B*T targets (-1: not counted)
  *   --reinit SEED: replace the loaded weights by ctrain's own initialisation
  *   --export DIR: write the model (after --reinit) as a Hugging Face folder
+ *   --adamw LR WD: then one AdamW step (betas 0.9, 0.999, eps 1e-8, weight decay WD on the
+ *     tensors ctrain decays, no clipping) on the mean loss's gradient; "after.<name>" holds the
+ *     updated weights
  * With a ctrain config (a .json path) as MODEL_DIR, the model is the one `ctrain eval` would use
  * (run.dir's trained model or adapters, else model.init_from + lora.init_from), and only logits
  * and loss are dumped. */
@@ -16,8 +19,29 @@
 #include "config.h"
 #include "model.h"
 #include "hf_model.h"
+#include "optim.h"
 #include "run.h"
 #include "safetensors.h"
+
+/* Tensor i of base (a flat buffer in the model's layout, host fp32) in Hugging Face's layout. */
+static void dump_all(const ct_model *m, const float *base, const char *prefix, int nt, ct_st_entry *e,
+                     char (*names)[112], float **bufs)
+{
+    for (int i = 0; i < nt; i++) {
+        const ct_param *p = ct_model_tensor(m, i);
+        snprintf(names[i], sizeof names[i], "%s%s", prefix, p->name);
+        bufs[i] = malloc(p->numel * sizeof(float));
+        const float *g = base + p->offset;
+        if (p->conv1d) { /* to Hugging Face's [in, out] */
+            for (int r = 0; r < p->shape[0]; r++)
+                for (int c = 0; c < p->shape[1]; c++) bufs[i][(size_t)c * p->shape[0] + r] = g[(size_t)r * p->shape[1] + c];
+        } else {
+            memcpy(bufs[i], g, p->numel * sizeof(float));
+        }
+        e[i] = (ct_st_entry){.name = names[i], .data = bufs[i], .ndim = p->ndim,
+                             .shape = {p->conv1d ? p->shape[1] : p->shape[0], p->conv1d ? p->shape[0] : p->shape[1]}};
+    }
+}
 
 static int die(const char *msg)
 {
@@ -30,9 +54,11 @@ int main(int argc, char **argv)
     if (argc < 4) return die("usage: ct_refdump MODEL_DIR TOKENS_TXT OUT.safetensors [--reinit SEED] [--export DIR]");
     const char *model_dir = argv[1], *tokens_path = argv[2], *out_path = argv[3], *export_dir = NULL;
     long reinit = -1;
+    double lr = -1, wd = 0;
     for (int i = 4; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--reinit")) reinit = atol(argv[i + 1]);
         else if (!strcmp(argv[i], "--export")) export_dir = argv[i + 1];
+        else if (!strcmp(argv[i], "--adamw") && i + 2 < argc) lr = atof(argv[i + 1]), wd = atof(argv[++i + 1]);
         else return die("unknown option");
     }
     char err[1024];
@@ -89,26 +115,24 @@ int main(int argc, char **argv)
     float loss = (float)(loss_sum / (double)ntok);
 
     int nt = from_config ? 0 : ct_model_num_tensors(m); /* gradients: of the plain model only */
-    ct_st_entry *e = calloc((size_t)nt + 2, sizeof *e);
-    char (*names)[80] = calloc((size_t)nt, sizeof *names);
-    float **bufs = calloc((size_t)nt, sizeof *bufs);
-    const float *grads = ct_model_grads(m);
+    int groups = lr >= 0 ? 2 : 1;
+    ct_st_entry *e = calloc((size_t)nt * groups + 2, sizeof *e);
+    char (*names)[112] = calloc((size_t)nt * groups, sizeof *names);
+    float **bufs = calloc((size_t)nt * groups, sizeof *bufs);
     e[0] = (ct_st_entry){.name = "logits", .data = logits, .ndim = 3, .shape = {B, T, cfg.vocab_size}};
     e[1] = (ct_st_entry){.name = "loss", .data = &loss, .ndim = 1, .shape = {1}};
-    for (int i = 0; i < nt; i++) {
-        const ct_param *p = ct_model_tensor(m, i);
-        snprintf(names[i], sizeof names[i], "grad.%s", p->name);
-        bufs[i] = malloc(p->numel * sizeof(float));
-        const float *g = grads + p->offset;
-        if (p->conv1d) { /* to Hugging Face's [in, out] */
-            for (int r = 0; r < p->shape[0]; r++)
-                for (int c = 0; c < p->shape[1]; c++) bufs[i][(size_t)c * p->shape[0] + r] = g[(size_t)r * p->shape[1] + c];
-        } else {
-            memcpy(bufs[i], g, p->numel * sizeof(float));
-        }
-        e[i + 2] = (ct_st_entry){.name = names[i], .data = bufs[i], .ndim = p->ndim,
-                                 .shape = {p->conv1d ? p->shape[1] : p->shape[0], p->conv1d ? p->shape[0] : p->shape[1]}};
+    dump_all(m, ct_model_grads(m), "grad.", nt, e + 2, names, bufs);
+    if (lr >= 0) {
+        ct_comm *single = ct_comm_init_single();
+        ct_optim *o = NULL;
+        ct_optim_hparams h = {.lr = (float)lr, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = (float)wd};
+        float norm;
+        if (ct_optim_init(&o, m, single, 0, 0, err, sizeof err) || ct_optim_step(o, &h, &norm)) return die(err);
+        dump_all(m, ct_model_params(m), "after.", nt, e + 2 + nt, names + nt, bufs + nt);
+        ct_optim_free(o);
+        ct_comm_free(single);
     }
+    nt *= groups;
     if (ct_st_write(out_path, e, nt + 2, CT_DT_F32, NULL, err, sizeof err)) return die(err);
     printf("loss %.7f over %ld tokens\n", loss, ntok);
     for (int i = 0; i < nt; i++) free(bufs[i]);

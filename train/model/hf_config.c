@@ -212,3 +212,27 @@ char *ct_hf_config_text(const ct_model_config *c, const char *source)
     cJSON_Delete(root);
     return text;
 }
+
+static int eos_from(const char *path, int *ids, int max)
+{
+    char err[512];
+    cJSON *root = ct_json_load(path, 1 << 20, err, sizeof err);
+    const cJSON *v = root ? cJSON_GetObjectItemCaseSensitive(root, "eos_token_id") : NULL;
+    int n = 0;
+    if (whole(v) && v->valuedouble >= 0) ids[n++] = (int)v->valuedouble;
+    const cJSON *e;
+    if (cJSON_IsArray(v))
+        cJSON_ArrayForEach(e, v) if (n < max && whole(e) && e->valuedouble >= 0) ids[n++] = (int)e->valuedouble;
+    cJSON_Delete(root);
+    return n;
+}
+
+int ct_hf_eos_ids(const char *dir, int *ids, int max)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    int n = eos_from(path, ids, max);
+    if (n) return n;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    return eos_from(path, ids, max);
+}

@@ -27,6 +27,11 @@ int ct_hf_read_config(const char *dir, ct_model_config *c, char *err, size_t err
  * dtype set to c->dtype's; without a source, the family's keys from c. Malloc'd text or NULL. */
 char *ct_hf_config_text(const ct_model_config *c, const char *source);
 
+/* The end-of-sequence ids of a model folder: generation_config.json's eos_token_id (a number
+ * or a list), else config.json's. Returns how many (at most max); 0 when neither says. */
+#define CT_EOS_MAX 8
+int ct_hf_eos_ids(const char *dir, int *ids, int max);
+
 /* ---- typed readers: a missing required key is an error; optional ones take dflt when absent
  * or null. */
 int ct_hfc_int(const cJSON *root, const char *key, const char *alt, int *out, const char *path, char *err,

@@ -266,6 +266,7 @@ int ct_model_set_hf_config(ct_model *m, const char *json, int dtype)
 }
 
 const ct_model_config *ct_model_config_of(const ct_model *m) { return &m->cfg; }
+int ct_model_max_tokens(const ct_model *m) { return m->maxT; }
 const char *ct_model_arch_name(const ct_model *m) { return m->arch->name; }
 const ct_backend *ct_model_backend(const ct_model *m) { return m->be; }
 ct_kctx *ct_model_kctx(const ct_model *m) { return m->ctx; }

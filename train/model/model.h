@@ -75,6 +75,7 @@ int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *
 void ct_model_free(ct_model *m);
 
 const ct_model_config *ct_model_config_of(const ct_model *m);
+int ct_model_max_tokens(const ct_model *m); /* T of the allocation: the longest sequence, the KV cache's length */
 const char *ct_model_arch_name(const ct_model *m);
 const ct_backend *ct_model_backend(const ct_model *m);
 ct_kctx *ct_model_kctx(const ct_model *m);
