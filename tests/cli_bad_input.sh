@@ -32,7 +32,7 @@ expect 1 "badjson/config.json: malformed JSON at line 3" -- info "$tmp/badjson"
 
 mkdir "$tmp/nohead"
 echo "$good_config" > "$tmp/nohead/config.json"
-expect 1 "nohead/model.safetensors: missing" -- info "$tmp/nohead"
+expect 1 "nohead: no model.safetensors or model.safetensors.index.json" -- info "$tmp/nohead"
 
 mkdir "$tmp/liar"
 echo "$good_config" > "$tmp/liar/config.json"
