@@ -70,6 +70,10 @@ expect "lora.alpha: 0 is out of range" -- train "$tmp/cfg.json" --set lora.alpha
 expect "lora.dropout: 1 is out of range" -- train "$tmp/cfg.json" --set lora.dropout=1
 expect "lora.rslora: expected true or false" -- train "$tmp/cfg.json" --set lora.rslora=yes
 expect "checkpoint.keep: 0 is out of range" -- train "$tmp/cfg.json" --set checkpoint.keep=0
+expect 'model.arch: "mamba"' -- train "$tmp/cfg.json" --set model.arch=mamba
+expect "model.n_kv_head: 3 does not divide model.n_head (2)" -- train "$tmp/cfg.json" --set model.arch=llama \
+  --set model.n_kv_head=3
+expect 'sample.format: "tokens"' -- sample "$tmp/cfg.json" --set sample.format=tokens
 expect "$tmp/none.h5: cannot open" -- export "$tmp/none.h5" "$tmp/out"
 expect "$tmp/text.txt: not a readable HDF5 file" -- export "$tmp/text.txt" "$tmp/out"
 expect "export: missing OUT_DIR" -- export "$tmp/none.h5"
@@ -84,6 +88,10 @@ if "$ctrain" train "$tmp/cfg.json" > "$tmp/train.log" 2>&1; then
     --set model.init_from="$tmp/run" --set lora.targets=q_proj
   expect "adapter_config.json: cannot open" -- train "$tmp/cfg.json" --set run.dir="$tmp/lora" \
     --set model.init_from="$tmp/run" --set lora.init_from="$tmp/nowhere"
+  expect 'sample.prompt: "x1" is not a token id' -- sample "$tmp/cfg.json" --set sample.format=ids \
+    --set sample.prompt="3 x1"
+  expect 'sample.prompt: "300" is not a token id below the vocabulary size 257' -- sample "$tmp/cfg.json" \
+    --set sample.format=ids --set sample.prompt="3 300"
   out=$("$ctrain" sample "$tmp/cfg.json" --set sample.max_tokens=20 --set sample.prompt=line 2>/dev/null)
   if [[ $out == line* ]]; then echo "ok: sample: ${out//$'\n'/ }"; else
     echo "FAIL: sample: '$out'" >&2; failures=$((failures + 1)); fi
