@@ -21,31 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-RTOL = 1e-4
-failures = []
-
-
-def rel_err(got, want):
-    got, want = got.double(), want.double()
-    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
-
-
-def check(name, got, want, rtol=RTOL):
-    if tuple(got.shape) != tuple(want.shape):
-        failures.append(f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}")
-        return
-    err = rel_err(got, want)
-    if not err <= rtol:  # also catches NaN
-        failures.append(f"{name}: relative error {err:.3g} > {rtol:g}")
-    return err
-
-
-def write_tokens(path, tokens, targets):
-    B, T = tokens.shape
-    with open(path, "w") as f:
-        f.write(f"{B} {T}\n")
-        f.write(" ".join(str(int(t)) for t in tokens.flatten()) + "\n")
-        f.write(" ".join(str(int(t)) for t in targets.flatten()) + "\n")
+from reftools import check, failures, finish, write_tokens
 
 
 def tiny_model(seed):
@@ -164,10 +140,7 @@ def main():
         test_against_transformers(args.refdump, work)
         test_export_round_trip(args.refdump, work)
         test_ctrain_info(args.ctrain, work)
-    for f in failures:
-        print("FAIL:", f, file=sys.stderr)
-    print("reference_gpt2:", "FAILED" if failures else "all checks passed")
-    return 1 if failures else 0
+    return finish("reference_gpt2")
 
 
 if __name__ == "__main__":

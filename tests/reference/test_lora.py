@@ -12,8 +12,6 @@ A tiny random GPT-2 from transformers (every parameter perturbed) is the base.
 """
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,29 +22,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-RTOL = 1e-4
-failures = []
-
-
-def check(name, got, want):
-    err = ((got.double() - want.double()).abs().max() / want.double().abs().max()).item()
-    print(f"{name}: relative error {err:.2e}")
-    if not err <= RTOL:
-        failures.append(f"{name}: relative error {err:.3g} > {RTOL}")
-
-
-def run(cmd, env):
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"{' '.join(map(str, cmd))} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    return r.stdout
-
-
-def write_tokens(path, tokens):
-    B, T = tokens.shape
-    with open(path, "w") as f:
-        f.write(f"{B} {T}\n" + " ".join(map(str, tokens.flatten().tolist())) + "\n")
-        f.write(" ".join(map(str, tokens.flatten().tolist())) + "\n")
+from reftools import check, failures, finish, mpi_env, run, write_tokens
 
 
 def ctrain_logits(refdump, config, tokens_path, work, env):
@@ -61,7 +37,7 @@ def main():
     ap.add_argument("--refdump", required=True)
     ap.add_argument("--mpiexec", default="")
     a = ap.parse_args()
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
+    env = mpi_env()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -100,7 +76,7 @@ def main():
         peft_model = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(work / "base"), work / "run").eval()
         with torch.no_grad():
             theirs = peft_model(tokens).logits
-        check("peft on ctrain's adapters vs ctrain", ours, theirs)
+        check("peft on ctrain's adapters vs ctrain", ours, theirs, show=True)
         base_only = base(tokens).logits.detach()
         if ((theirs - base_only).abs().max() < 1e-6):
             failures.append("the trained adapters change nothing: B stayed zero")
@@ -109,7 +85,7 @@ def main():
         run([a.ctrain, "merge", str(cfg_path)], env)
         merged = GPT2LMHeadModel.from_pretrained(work / "run" / "merged").eval()
         with torch.no_grad():
-            check("transformers on ctrain's merged model vs ctrain", merged(tokens).logits, ours)
+            check("transformers on ctrain's merged model vs ctrain", merged(tokens).logits, ours, show=True)
 
         # 3. a peft-made adapter, loaded by ctrain
         lc = LoraConfig(r=4, lora_alpha=12, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True,
@@ -123,7 +99,7 @@ def main():
         cfg2_path = work / "peft_made.json"
         cfg2_path.write_text(json.dumps(cfg2))
         check("ctrain on peft's adapter vs peft", ctrain_logits(a.refdump, cfg2_path, work / "tokens.txt", work, env),
-              theirs)
+              theirs, show=True)
 
         # 4. ctrain continues training peft's adapter; peft loads the result
         cfg3 = dict(cfg2, run={"dir": str(work / "continued")}, optim={"lr": 1e-2, "max_steps": 3, "warmup_steps": 1})
@@ -139,11 +115,9 @@ def main():
         cont = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(work / "base"), work / "continued").eval()
         with torch.no_grad():
             check("peft on the continued adapter vs ctrain",
-                  ctrain_logits(a.refdump, cfg3_path, work / "tokens.txt", work, env), cont(tokens).logits)
-    for f in failures:
-        print("FAIL:", f, file=sys.stderr)
-    print("reference_lora:", "FAILED" if failures else "all checks passed")
-    return 1 if failures else 0
+                  ctrain_logits(a.refdump, cfg3_path, work / "tokens.txt", work, env), cont(tokens).logits,
+                  show=True)
+    return finish("reference_lora")
 
 
 if __name__ == "__main__":
