@@ -33,6 +33,11 @@ static const char *P(const char *fmt, const char *a)
     return p;
 }
 
+/* A copy of a path that outlives P()'s ring of buffers. */
+#define KEEP(var, path) \
+    char var[600];      \
+    snprintf(var, sizeof var, "%s", path)
+
 static int exists(const char *path)
 {
     struct stat sb;
@@ -189,6 +194,19 @@ static float bf16_round(float x)
 
 static const char *const META[] = {"format", "pt", NULL};
 
+/* Writes a model whose tensors were not fetched yet: must succeed, fetching each tensor once. */
+static int write_fresh(const char *dir, model *m, ct_dtype dtype, uint64_t limit)
+{
+    char err[ERRLEN] = "";
+    int rc = ct_hf_weights_write(dir, m->t, m->n, dtype, limit, fetch, m, META, err, sizeof err);
+    if (rc)
+        fprintf(stderr, "write %s: %s\n", dir, err);
+    CHECK(rc == 0);
+    for (int i = 0; i < m->n; i++)
+        CHECK(m->calls[i] == 1);
+    return rc;
+}
+
 /* Opens dir and checks every tensor of m: shape, stored dtype, values (rounded as dtype stores them,
  * which must come back bit-exact), and the shard holding it (want_file[i], a file name, or NULL). */
 static void check_folder(const char *dir, const model *m, ct_dtype dtype, const char *const *want_file)
@@ -248,8 +266,7 @@ static void check_folder(const char *dir, const model *m, ct_dtype dtype, const 
 
 static void test_single(ct_dtype dtype)
 {
-    char dir[600];
-    snprintf(dir, sizeof dir, "%s", P("single_%s", ct_dtype_name(dtype))); /* P()'s buffers are reused */
+    KEEP(dir, P("single_%s", ct_dtype_name(dtype)));
     fresh_dir(dir);
     uint64_t seed = 11 + (uint64_t)dtype;
     model m = {.fail_at = -1};
@@ -257,13 +274,8 @@ static void test_single(ct_dtype dtype)
     model_add(&m, "model.norm.weight", 1, 8, 0, &seed, dtype == CT_DT_F16);
     model_add(&m, "scale", 0, 0, 0, &seed, dtype == CT_DT_F16);
     model_add(&m, "empty", 2, 0, 4, &seed, 0);
+    write_fresh(dir, &m, dtype, 0);
     char err[ERRLEN] = "";
-    int rc = ct_hf_weights_write(dir, m.t, m.n, dtype, 0, fetch, &m, META, err, sizeof err);
-    if (rc)
-        fprintf(stderr, "write: %s\n", err);
-    CHECK(rc == 0);
-    for (int i = 0; i < m.n; i++)
-        CHECK(m.calls[i] == 1);
     CHECK_LISTING(dir, "model.safetensors");
     const char *files[MAXT] = {"model.safetensors", "model.safetensors", "model.safetensors", "model.safetensors"};
     check_folder(dir, &m, dtype, files);
@@ -274,7 +286,7 @@ static void test_single(ct_dtype dtype)
     CHECK(st && ct_st_metadata(st, "format") && !strcmp(ct_st_metadata(st, "format"), "pt"));
     ct_st_close(st);
     /* a limit larger than the data: still one file */
-    rc = ct_hf_weights_write(dir, m.t, m.n, dtype, 1u << 20, fetch, &m, META, err, sizeof err);
+    int rc = ct_hf_weights_write(dir, m.t, m.n, dtype, 1u << 20, fetch, &m, META, err, sizeof err);
     CHECK(rc == 0);
     CHECK_LISTING(dir, "model.safetensors");
     model_free(&m);
@@ -302,20 +314,21 @@ static const char *const SAMPLE_FILES[] = {"model-00002-of-00003.safetensors", "
     "model-00001-of-00003.safetensors model-00002-of-00003.safetensors model-00003-of-00003.safetensors " \
     "model.safetensors.index.json"
 
+/* A fresh folder root/name (its path into dir[600]) holding the sample model m, written once. */
+static void sample_folder(char *dir, const char *name, model *m, ct_dtype dtype, uint64_t limit)
+{
+    snprintf(dir, 600, "%s", P(name, NULL));
+    fresh_dir(dir);
+    sample_model(m);
+    write_fresh(dir, m, dtype, limit);
+}
+
 static void test_sharded(void)
 {
     char dir[600];
-    snprintf(dir, sizeof dir, "%s", P("sharded", NULL)); /* P()'s buffers are reused */
-    fresh_dir(dir);
     model m;
-    sample_model(&m);
+    sample_folder(dir, "sharded", &m, CT_DT_BF16, 50);
     char err[ERRLEN] = "";
-    int rc = ct_hf_weights_write(dir, m.t, m.n, CT_DT_BF16, 50, fetch, &m, META, err, sizeof err);
-    if (rc)
-        fprintf(stderr, "write: %s\n", err);
-    CHECK(rc == 0);
-    for (int i = 0; i < m.n; i++)
-        CHECK(m.calls[i] == 1);
     CHECK_LISTING(dir, SAMPLE_LISTING);
     check_folder(dir, &m, CT_DT_BF16, (const char *const *)SAMPLE_FILES);
 
@@ -337,7 +350,7 @@ static void test_sharded(void)
     free(text);
 
     /* F32 with a limit every tensor exceeds: a shard each, in tensor order */
-    rc = ct_hf_weights_write(dir, m.t, m.n, CT_DT_F32, 8, fetch, &m, META, err, sizeof err);
+    int rc = ct_hf_weights_write(dir, m.t, m.n, CT_DT_F32, 8, fetch, &m, META, err, sizeof err);
     CHECK(rc == 0);
     CHECK_LISTING(dir, "model-00001-of-00005.safetensors model-00002-of-00005.safetensors "
                        "model-00003-of-00005.safetensors model-00004-of-00005.safetensors "
@@ -362,8 +375,7 @@ static void test_sharded(void)
 /* Switching single <-> sharded, and 3 shards -> 2: files of the earlier save go, others stay. */
 static void test_stale(void)
 {
-    char dir[600];
-    snprintf(dir, sizeof dir, "%s", P("stale", NULL)); /* P()'s buffers are reused */
+    KEEP(dir, P("stale", NULL));
     fresh_dir(dir);
     put_text(P("stale/config.json", NULL), "{}\n");
     put_text(P("stale/notes-00001-of-00002.safetensors", NULL), "not ours\n");
@@ -377,13 +389,15 @@ static void test_stale(void)
     CHECK_LISTING(dir, "config.json model-00001-of-00002.bin model.safetensors notes-00001-of-00002.safetensors");
 
     CHECK(ct_hf_weights_write(dir, m.t, m.n, CT_DT_BF16, 50, fetch, &m, META, err, sizeof err) == 0);
-    CHECK_LISTING(dir, "config.json model-00001-of-00002.bin " SAMPLE_LISTING " notes-00001-of-00002.safetensors"); /* model.safetensors removed: it would win over the index */
+    /* model.safetensors removed: it would win over the index */
+    CHECK_LISTING(dir, "config.json model-00001-of-00002.bin " SAMPLE_LISTING " notes-00001-of-00002.safetensors");
     check_folder(dir, &m, CT_DT_BF16, (const char *const *)SAMPLE_FILES);
 
     /* 2 shards now: 00001-of-00003 .. 00003-of-00003 all go */
     CHECK(ct_hf_weights_write(dir, m.t, m.n, CT_DT_BF16, 140, fetch, &m, META, err, sizeof err) == 0);
     CHECK_LISTING(dir, "config.json model-00001-of-00002.bin model-00001-of-00002.safetensors "
-                       "model-00002-of-00002.safetensors model.safetensors.index.json notes-00001-of-00002.safetensors");
+                       "model-00002-of-00002.safetensors model.safetensors.index.json "
+                       "notes-00001-of-00002.safetensors");
     check_folder(dir, &m, CT_DT_BF16, NULL);
 
     CHECK(ct_hf_weights_write(dir, m.t, m.n, CT_DT_F16, 0, fetch, &m, META, err, sizeof err) == 0);
@@ -446,8 +460,7 @@ static void test_bad_folders(void)
     snprintf(index, sizeof index, "%s", P("bad/model.safetensors.index.json", NULL));
     snprintf(s1, sizeof s1, "%s", P("bad/s1.safetensors", NULL));
     snprintf(s2, sizeof s2, "%s", P("bad/s2.safetensors", NULL));
-    char dir[600];
-    snprintf(dir, sizeof dir, "%s", bad_folder(NULL, NULL, NULL)); /* P()'s buffers are reused */
+    KEEP(dir, bad_folder(NULL, NULL, NULL));
     expect_open_fail(dir, "empty folder", dir, "no model.safetensors or model.safetensors.index.json", NULL);
     expect_open_fail(P("no_such_folder", NULL), "missing folder", P("no_such_folder", NULL), "cannot open", NULL);
     put_text(P("bad/plain", NULL), "x");
@@ -537,14 +550,10 @@ static void test_bad_folders(void)
 static void test_truncated(void)
 {
     char dir[600];
-    snprintf(dir, sizeof dir, "%s", P("trunc", NULL)); /* P()'s buffers are reused */
-    fresh_dir(dir);
     model m;
-    sample_model(&m);
+    sample_folder(dir, "trunc", &m, CT_DT_BF16, 50);
     char err[ERRLEN] = "";
-    CHECK(ct_hf_weights_write(dir, m.t, m.n, CT_DT_BF16, 50, fetch, &m, META, err, sizeof err) == 0);
-    char shard[600];
-    snprintf(shard, sizeof shard, "%s", P("trunc/model-00003-of-00003.safetensors", NULL)); /* P()'s buffers are reused */
+    KEEP(shard, P("trunc/model-00003-of-00003.safetensors", NULL));
     struct stat sb;
     CHECK(stat(shard, &sb) == 0);
 
@@ -574,12 +583,9 @@ static void test_truncated(void)
 static void test_write_errors(void)
 {
     char dir[600];
-    snprintf(dir, sizeof dir, "%s", P("werr", NULL)); /* P()'s buffers are reused */
-    fresh_dir(dir);
     model m;
-    sample_model(&m);
+    sample_folder(dir, "werr", &m, CT_DT_F32, 0);
     char err[ERRLEN] = "";
-    CHECK(ct_hf_weights_write(dir, m.t, m.n, CT_DT_F32, 0, fetch, &m, META, err, sizeof err) == 0);
     size_t before_len = 0, after_len = 0;
     char *before = get_text(P("werr/model.safetensors", NULL), &before_len);
 
@@ -648,9 +654,8 @@ static void test_write_errors(void)
 
 static void test_side_files(void)
 {
-    char src[600], dst[600];
-    snprintf(src, sizeof src, "%s", P("side_src", NULL));
-    snprintf(dst, sizeof dst, "%s", P("side_dst", NULL));
+    KEEP(src, P("side_src", NULL));
+    KEEP(dst, P("side_dst", NULL));
     fresh_dir(src);
     rm_rf(dst);
     put_text(P("side_src/tokenizer.json", NULL), "{\"model\": {}}\n");
@@ -688,10 +693,7 @@ int main(int argc, char **argv)
     if (argc > 1) { /* by hand: write the sample folder for other readers */
         model m;
         sample_model(&m);
-        char err[ERRLEN] = "";
-        int rc = ct_hf_weights_write(argv[1], m.t, m.n, CT_DT_BF16, 50, fetch, &m, META, err, sizeof err);
-        if (rc)
-            fprintf(stderr, "%s\n", err);
+        int rc = write_fresh(argv[1], &m, CT_DT_BF16, 50);
         model_free(&m);
         return rc ? 1 : 0;
     }
@@ -707,11 +709,9 @@ int main(int argc, char **argv)
     test_stale();
     test_bad_folders();
     { /* a second folder for test_truncated's foreign-tensor case */
+        char dir[600];
         model m;
-        sample_model(&m);
-        char err[ERRLEN];
-        CHECK(ct_hf_weights_write(P("single_ok", NULL), m.t, m.n, CT_DT_F32, 0, fetch, &m, META, err, sizeof err) ==
-              0);
+        sample_folder(dir, "single_ok", &m, CT_DT_F32, 0);
         model_free(&m);
     }
     test_truncated();

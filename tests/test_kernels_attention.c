@@ -274,7 +274,9 @@ static void attn_locality(const ct_backend *be, ct_kctx *ctx, int window)
     free(x), free(out1), free(out2), free(dout), free(dx), free(stats);
 }
 
-/* fwd + bwd twice with two threads, once with one and once with three: all bit-identical. */
+/* fwd + bwd twice with two threads, once with one and once with three: all bit-identical.
+ * The backward picks its schedule by thread count (one item per (b, kv head) when
+ * B * NKV >= 2 * threads, else phased): B * NKV = 4 runs both, with 1 and with 3 threads. */
 static void attn_determinism(const ct_backend *be, ct_kctx *ctx, int B, int T, int NH, int NKV, int D, int window,
                              int packed)
 {

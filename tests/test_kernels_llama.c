@@ -356,7 +356,7 @@ static size_t det_llama(float *res)
 
     float *sw = rp + n_rope;
     be->swiglu_fwd(kc, sw, x, g, SW);
-    be->swiglu_bwd(kc, sw + SW, sw + 2 * SW, g, x, x + SW, SW);
+    be->swiglu_bwd(kc, sw + SW, sw + 2 * SW, out, x, g, SW); /* dout: rmsnorm's output, in bounds */
 
     decode_run(DB, DT, 20, DT + 5, DNH, DNKV, DD, 24, sw + n_sw);
     free(x), free(w), free(g);

@@ -22,15 +22,16 @@
  *
  * Parallelism, deterministic for any thread count (each output element is produced by one
  * work item in a fixed order, no atomics; BLAS runs single-threaded inside the region):
- *   forward        one item per (b, h, row block): it owns those rows of probs and out;
- *   backward dV    one item per (b, kv head, column block): it owns those rows of dv and
- *                  sums the G query heads' contributions in head order;
- *   backward dS,dQ one item per (b, h): row blocks in order through the head's scratch;
- *   backward dK    as dV, over dS.
- * GQA makes G query heads add into one kv head's dk/dv: splitting by kv head and column
- * block (not by query head) is what keeps those sums race-free and ordered. */
+ *   forward   one item per (b, h, row block): it owns those rows of probs and out;
+ *   backward  one item per (b, kv head), its query heads in order, when there are enough
+ *             of them for the threads; otherwise three phases: dV per (b, kv head, column
+ *             block), dS and dQ per (b, h), dK per (b, kv head, column block). Both give
+ *             the same bits (see ct_cpu_attention_bwd).
+ * GQA makes G query heads add into one kv head's dk/dv: splitting by kv head (and column
+ * block), not by query head, is what keeps those sums race-free and ordered. */
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 #include "cpu.h"
@@ -103,22 +104,65 @@ void ct_cpu_attention_fwd(ct_kctx *ctx, void *out_, float *stats, const void *q_
     }
 }
 
-/* dX[c0:c1] += sum over the G query heads g of kv head kvh of A_g[c0:e, c0:c1]^T Y_g[c0:e],
- * A_g = head g's probs (dV, Y = dO) or dS (dK, Y = Q), e = rows_end(c1): one column block of
- * a kv head's dk or dv, its heads summed in order. */
-static void kv_block_grad(float *dX, int ldx, const float *A, const float *Y, int ldy, int b, int kvh, int c0,
-                          int T, int NH, int G, int D, int window)
+/* dX[c0:c1] += sum over query heads h in [h0, h1) (all of one kv head's group) of
+ * A_h[c0:e, c0:c1]^T Y_h[c0:e], A_h = head h's probs (dV, Y = dO) or dS (dK, Y = Q),
+ * e = rows_end(c1): one column block of a kv head's dk or dv, its heads summed in order. */
+static void kv_block_grad(float *dX, int ldx, const float *A, const float *Y, int ldy, int b, int h0, int h1, int c0,
+                          int T, int NH, int D, int window)
 {
     const int c1 = imin(T, c0 + RB), e = rows_end(c1, T, window);
-    for (int g = 0; g < G; g++) {
-        const int h = kvh * G + g;
-        const float *Ag = A + ((size_t)b * NH + h) * T * T;
-        const float *Yg = Y + (size_t)b * T * ldy + (size_t)h * D;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c1 - c0, D, e - c0, 1.0f, Ag + (size_t)c0 * T + c0, T,
-                    Yg + (size_t)c0 * ldy, ldy, 1.0f, dX + (size_t)c0 * ldx, ldx);
+    for (int h = h0; h < h1; h++) {
+        const float *Ah = A + ((size_t)b * NH + h) * T * T;
+        const float *Yh = Y + (size_t)b * T * ldy + (size_t)h * D;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c1 - c0, D, e - c0, 1.0f, Ah + (size_t)c0 * T + c0, T,
+                    Yh + (size_t)c0 * ldy, ldy, 1.0f, dX + (size_t)c0 * ldx, ldx);
     }
 }
 
+/* Query head (b,h): dS over its probs in place, row block by row block through its scratch
+ * dP, and dQ += dS K. */
+static void head_ds_dq(float *dqall, float *stats, const float *dout, const float *kall, const float *vall, int b,
+                       int h, int B, int T, int NH, int G, int D, int ldq, int ldkv, int window)
+{
+    const int C = NH * D;
+    const float scale = 1.0f / sqrtf((float)D);
+    const float *k = kall + (size_t)b * T * ldkv + (size_t)(h / G) * D;
+    const float *v = vall + (size_t)b * T * ldkv + (size_t)(h / G) * D;
+    const float *dO = dout + (size_t)b * T * C + (size_t)h * D;
+    float *dq = dqall + (size_t)b * T * ldq + (size_t)h * D;
+    float *P = stats + ((size_t)b * NH + h) * T * T;
+    /* scratch after all probs; row t of the block at dP + (t-r0)*T */
+    float *dP = stats + (size_t)B * NH * T * T + ((size_t)b * NH + h) * imin(RB, T) * T;
+
+    for (int r0 = 0; r0 < T; r0 += RB) {
+        const int r1 = imin(T, r0 + RB), m = r1 - r0, c0 = band_lo(r0, window);
+        /* dP[0:m, c0:r1] = dO[r0:r1] V[c0:r1]^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, r1 - c0, D, 1.0f, dO + (size_t)r0 * C, C,
+                    v + (size_t)c0 * ldkv, ldkv, 0.0f, dP + c0, T);
+        /* softmax backward, in place over P: dS = P * (dP - sum(P * dP)), scaled here once
+         * so the products need no alpha; invisible entries stay 0 */
+        for (int t = r0; t < r1; t++) {
+            const int lo = vis_lo(t, window);
+            float *p = P + (size_t)t * T;
+            const float *dp = dP + (size_t)(t - r0) * T;
+            const float d = ct_vdot(p + lo, dp + lo, t + 1 - lo);
+            for (int s = lo; s <= t; s++) p[s] = scale * (p[s] * (dp[s] - d));
+        }
+        /* dQ[r0:r1] += dS[r0:r1, c0:r1] K[c0:r1] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, r1 - c0, 1.0f, P + (size_t)r0 * T + c0, T,
+                    k + (size_t)c0 * ldkv, ldkv, 1.0f, dq + (size_t)r0 * ldq, ldq);
+    }
+}
+
+/* Two schedules, the same BLAS calls on the same operands, and every gradient element
+ * receiving its terms in the same order (query heads ascending): identical bits, so the
+ * choice may depend on the thread count.
+ *   - per kv head: one item per (b, kv head) runs each query head's whole backward in turn
+ *     (dV, dS and dQ, dK), while that head's probs are still in cache. Used when there are
+ *     enough items to occupy the threads.
+ *   - phased: dV over (b, kv head, column block) items, then dS/dQ over (b, h), then dK
+ *     over (b, kv head, column block): finer work, but each phase streams every head's
+ *     probs through memory. */
 void ct_cpu_attention_bwd(ct_kctx *ctx, void *dq_, void *dk_, void *dv_, float *stats, const void *dout_,
                           const void *q_, const void *k_, const void *v_, const void *out_, int B, int T, int NH,
                           int NKV, int D, int ldq, int ldkv, int window)
@@ -126,58 +170,45 @@ void ct_cpu_attention_bwd(ct_kctx *ctx, void *dq_, void *dk_, void *dv_, float *
     float *dqall = dq_, *dkall = dk_, *dvall = dv_;
     const float *dout = dout_, *qall = q_, *kall = k_, *vall = v_;
     const int G = NH / NKV, C = NH * D, nb = (T + RB - 1) / RB;
-    const float scale = 1.0f / sqrtf((float)D);
-    float *scratch_all = stats + (size_t)B * NH * T * T;
-    const size_t scratch_len = (size_t)imin(RB, T) * T;
     const long kv_items = (long)B * NKV * nb;
+#define DK(b, kvh) (dkall + (size_t)(b) * T * ldkv + (size_t)(kvh) * D)
+#define DV(b, kvh) (dvall + (size_t)(b) * T * ldkv + (size_t)(kvh) * D)
+
+    if (B * NKV >= 2 * omp_get_max_threads()) {
+#pragma omp parallel for schedule(dynamic)
+        for (int bk = 0; bk < B * NKV; bk++) {
+            const int b = bk / NKV, kvh = bk % NKV;
+            for (int h = kvh * G; h < (kvh + 1) * G; h++) {
+                for (int c0 = 0; c0 < T; c0 += RB)
+                    kv_block_grad(DV(b, kvh), ldkv, stats, dout, C, b, h, h + 1, c0, T, NH, D, window);
+                head_ds_dq(dqall, stats, dout, kall, vall, b, h, B, T, NH, G, D, ldq, ldkv, window);
+                for (int c0 = 0; c0 < T; c0 += RB)
+                    kv_block_grad(DK(b, kvh), ldkv, stats, qall, ldq, b, h, h + 1, c0, T, NH, D, window);
+            }
+        }
+        return;
+    }
 
 #pragma omp parallel
     {
-        /* dV[c0:c1] += sum_g P_g[c0:e, c0:c1]^T dO_g[c0:e], before dS overwrites P */
+        /* dV[c0:c1] += sum_h P_h[c0:e, c0:c1]^T dO_h[c0:e], before dS overwrites P */
 #pragma omp for schedule(dynamic)
         for (long item = 0; item < kv_items; item++) {
             const int bk = (int)(item / nb), b = bk / NKV, kvh = bk % NKV;
-            float *dv = dvall + (size_t)b * T * ldkv + (size_t)kvh * D;
-            kv_block_grad(dv, ldkv, stats, dout, C, b, kvh, (int)(item % nb) * RB, T, NH, G, D, window);
+            kv_block_grad(DV(b, kvh), ldkv, stats, dout, C, b, kvh * G, (kvh + 1) * G, (int)(item % nb) * RB, T,
+                          NH, D, window);
         }
-
 #pragma omp for schedule(static)
-        for (int bh = 0; bh < B * NH; bh++) {
-            const int b = bh / NH, h = bh % NH;
-            const float *k = kall + (size_t)b * T * ldkv + (size_t)(h / G) * D;
-            const float *v = vall + (size_t)b * T * ldkv + (size_t)(h / G) * D;
-            const float *dO = dout + (size_t)b * T * C + (size_t)h * D;
-            float *dq = dqall + (size_t)b * T * ldq + (size_t)h * D;
-            float *P = stats + (size_t)bh * T * T;
-            float *dP = scratch_all + (size_t)bh * scratch_len; /* row t of the block at dP + (t-r0)*T */
-
-            for (int r0 = 0; r0 < T; r0 += RB) {
-                const int r1 = imin(T, r0 + RB), m = r1 - r0, c0 = band_lo(r0, window);
-                /* dP[0:m, c0:r1] = dO[r0:r1] V[c0:r1]^T */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, r1 - c0, D, 1.0f, dO + (size_t)r0 * C, C,
-                            v + (size_t)c0 * ldkv, ldkv, 0.0f, dP + c0, T);
-                /* softmax backward, in place over P: dS = P * (dP - sum(P * dP)), scaled here
-                 * once so the products need no alpha; invisible entries stay 0 */
-                for (int t = r0; t < r1; t++) {
-                    const int lo = vis_lo(t, window);
-                    float *p = P + (size_t)t * T;
-                    const float *dp = dP + (size_t)(t - r0) * T;
-                    const float d = ct_vdot(p + lo, dp + lo, t + 1 - lo);
-                    for (int s = lo; s <= t; s++) p[s] = scale * (p[s] * (dp[s] - d));
-                }
-                /* dQ[r0:r1] += dS[r0:r1, c0:r1] K[c0:r1] */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, r1 - c0, 1.0f,
-                            P + (size_t)r0 * T + c0, T, k + (size_t)c0 * ldkv, ldkv, 1.0f, dq + (size_t)r0 * ldq,
-                            ldq);
-            }
-        }
-
-        /* dK[c0:c1] += sum_g dS_g[c0:e, c0:c1]^T Q_g[c0:e] */
+        for (int bh = 0; bh < B * NH; bh++)
+            head_ds_dq(dqall, stats, dout, kall, vall, bh / NH, bh % NH, B, T, NH, G, D, ldq, ldkv, window);
+        /* dK[c0:c1] += sum_h dS_h[c0:e, c0:c1]^T Q_h[c0:e] */
 #pragma omp for schedule(dynamic)
         for (long item = 0; item < kv_items; item++) {
             const int bk = (int)(item / nb), b = bk / NKV, kvh = bk % NKV;
-            float *dk = dkall + (size_t)b * T * ldkv + (size_t)kvh * D;
-            kv_block_grad(dk, ldkv, stats, qall, ldq, b, kvh, (int)(item % nb) * RB, T, NH, G, D, window);
+            kv_block_grad(DK(b, kvh), ldkv, stats, qall, ldq, b, kvh * G, (kvh + 1) * G, (int)(item % nb) * RB, T,
+                          NH, D, window);
         }
     }
+#undef DK
+#undef DV
 }

@@ -169,7 +169,14 @@ static int cmp_str(const void *a, const void *b)
 /* Parses the index and opens the shards it names, checking that both agree exactly. */
 static int open_index(ct_hf_weights *w, const char *index, char *err, size_t errlen)
 {
-    cJSON *root = ct_json_load(index, HF_INDEX_MAX, err, errlen);
+    /* ct_json_load allocates its limit up front: give it the file's size, bounded */
+    struct stat sb;
+    if (stat(index, &sb) != 0)
+        return fail(err, errlen, "%s: cannot open: %s", index, strerror(errno));
+    if ((uint64_t)sb.st_size > HF_INDEX_MAX)
+        return fail(err, errlen, "%s: %lld bytes, more than the %zu an index may have", index,
+                    (long long)sb.st_size, HF_INDEX_MAX);
+    cJSON *root = ct_json_load(index, (size_t)sb.st_size, err, errlen);
     if (!root)
         return -1;
     int rc = -1, m = 0, nfiles = 0;
