@@ -267,7 +267,7 @@ static void write_hf_config(cJSON *root, const ct_model_config *c)
     ct_hfc_set(root, "n_head", cJSON_CreateNumber(c->n_head));
     ct_hfc_set(root, "n_inner", cJSON_CreateNull());
     ct_hfc_set(root, "activation_function", cJSON_CreateString("gelu_new"));
-    ct_hfc_set(root, "layer_norm_epsilon", cJSON_CreateNumber(c->norm_eps));
+    ct_hfc_set(root, "layer_norm_epsilon", cJSON_CreateNumber(ct_hfc_short(c->norm_eps)));
     ct_hfc_set(root, "tie_word_embeddings", cJSON_CreateBool(1));
     /* ctrain trains without dropout; say so, so a model continued elsewhere behaves the same */
     ct_hfc_set(root, "resid_pdrop", cJSON_CreateNumber(0.0));

@@ -127,6 +127,16 @@ int ct_hfc_one_of(const cJSON *root, const char *key, const char *const *allowed
     return -1;
 }
 
+double ct_hfc_short(float f)
+{
+    char buf[32];
+    for (int digits = 1; digits < 10; digits++) {
+        snprintf(buf, sizeof buf, "%.*g", digits, (double)f);
+        if ((float)strtod(buf, NULL) == f) break;
+    }
+    return strtod(buf, NULL);
+}
+
 void ct_hfc_set(cJSON *root, const char *key, cJSON *value)
 {
     if (cJSON_GetObjectItemCaseSensitive(root, key)) cJSON_ReplaceItemInObjectCaseSensitive(root, key, value);

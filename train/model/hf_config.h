@@ -47,6 +47,9 @@ int ct_hfc_bool_is(const cJSON *root, const char *key, int want, const char *pat
 /* A string key that must be absent or one of allowed (NULL-terminated). */
 int ct_hfc_one_of(const cJSON *root, const char *key, const char *const *allowed, const char *path, char *err,
                   size_t errlen);
+/* The shortest decimal that reads back as f (1e-06, not 9.99999997e-07), for writing a float
+ * a person wrote. */
+double ct_hfc_short(float f);
 /* Sets root[key] = value, replacing what was there. */
 void ct_hfc_set(cJSON *root, const char *key, cJSON *value);
 

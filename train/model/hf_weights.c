@@ -130,8 +130,10 @@ static int shard_of(const ct_hf_weights *w, const ct_st_tensor *t)
     return e && e->t == t ? e->shard : -1;
 }
 
-/* Opens shard k; a failure keeps the shard's own message and adds the index that names it. */
-static int open_shard(ct_hf_weights *w, int k, const char *file, const char *index, char *err, size_t errlen)
+/* Opens shard k; a failure keeps the shard's own message and adds the index that names it and
+ * a tensor it names the shard for. */
+static int open_shard(ct_hf_weights *w, int k, const char *file, const char *index, const char *tensor, char *err,
+                      size_t errlen)
 {
     char *path = join(w->dir, file, NULL);
     if (!path)
@@ -140,7 +142,7 @@ static int open_shard(ct_hf_weights *w, int k, const char *file, const char *ind
     free(path);
     if (rc && index && err && errlen) {
         size_t l = strlen(err);
-        snprintf(err + l, errlen - l, " (a shard named in %s)", index);
+        snprintf(err + l, errlen - l, " (a shard named in %s, for tensor '%s')", index, tensor);
     }
     return rc;
 }
@@ -251,9 +253,13 @@ static int open_index(ct_hf_weights *w, const char *index, char *err, size_t err
         goto done;
     }
     w->nshards = nfiles;
-    for (int k = 0; k < nfiles; k++)
-        if (open_shard(w, k, files[k], index, err, errlen))
+    for (int k = 0; k < nfiles; k++) {
+        const char *tensor = "";
+        for (i = 0; i < m && !tensor[0]; i++)
+            if (!strcmp(ents[i].file, files[k])) tensor = ents[i].name;
+        if (open_shard(w, k, files[k], index, tensor, err, errlen))
             goto done;
+    }
     /* every listed tensor is in the shard the index names ... */
     for (i = 0; i < m; i++) {
         const char **f = bsearch(&ents[i].file, files, (size_t)nfiles, sizeof *files, cmp_str);
@@ -348,7 +354,7 @@ int ct_hf_weights_open(ct_hf_weights **out, const char *dir, char *err, size_t e
             goto done;
         }
         w->nshards = 1;
-        if (open_shard(w, 0, HF_SINGLE, NULL, err, errlen))
+        if (open_shard(w, 0, HF_SINGLE, NULL, NULL, err, errlen))
             goto done;
     } else if (entry_exists(index)) {
         if (open_index(w, index, err, errlen))

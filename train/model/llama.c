@@ -374,7 +374,7 @@ static void write_hf_config(cJSON *root, const ct_model_config *c)
     ct_hfc_set(root, "num_key_value_heads", cJSON_CreateNumber(c->n_kv_head));
     ct_hfc_set(root, "head_dim", cJSON_CreateNumber(c->head_dim));
     ct_hfc_set(root, "max_position_embeddings", cJSON_CreateNumber(c->max_seq_len));
-    ct_hfc_set(root, "rms_norm_eps", cJSON_CreateNumber(c->norm_eps));
+    ct_hfc_set(root, "rms_norm_eps", cJSON_CreateNumber(ct_hfc_short(c->norm_eps)));
     ct_hfc_set(root, "hidden_act", cJSON_CreateString("silu"));
     ct_hfc_set(root, "tie_word_embeddings", cJSON_CreateBool(!c->untied));
     ct_hfc_set(root, "rope_theta", cJSON_CreateNumber(c->rope_theta));
