@@ -636,6 +636,58 @@ static void test_version(void)
     EXPECT_READ_ERROR(p, "version");
 }
 
+/* Replaces (text != NULL) or deletes the hf_config attribute, the model's config.json. */
+static void set_hf_config(const char *path, const char *text)
+{
+    hid_t f = h5_open(path, H5F_ACC_RDWR);
+    CHECK(H5Adelete(f, "hf_config") >= 0);
+    if (text) {
+        hid_t t = H5Tcopy(H5T_C_S1), s = H5Screate(H5S_SCALAR);
+        H5Tset_size(t, strlen(text) + 1);
+        hid_t a = H5Acreate2(f, "hf_config", t, s, H5P_DEFAULT, H5P_DEFAULT);
+        CHECK(a >= 0 && H5Awrite(a, t, text) >= 0);
+        H5Aclose(a);
+        H5Sclose(s);
+        H5Tclose(t);
+    }
+    H5Fclose(f);
+}
+
+/* Checkpoints written before the model interface carry GPT-2's shape as attributes and no
+ * hf_config: they still resume. A broken or foreign hf_config is an error naming it. */
+static void test_model_config_attribute(void)
+{
+    const char *p = damaged("legacy.h5");
+    set_hf_config(p, NULL);
+    char err[1024] = "";
+    ct_model_config cfg, want = tiny;
+    CHECK(ct_ckpt_read_config(p, &cfg, err, sizeof err) == 0);
+    CHECK(ct_model_config_check(&want, err, sizeof err) == 0);
+    CHECK(ct_model_config_same(&cfg, &want));
+    ct_model *m, *m2;
+    ct_optim *o, *o2;
+    make(&tiny, 41, &m, &o);
+    make(&tiny, 42, &m2, &o2);
+    ct_ckpt_state st1 = {0}, st2 = {0};
+    CHECK(ct_ckpt_read(p, m, o, &st1, comm, err, sizeof err) == 0);
+    CHECK(ct_ckpt_read(good, m2, o2, &st2, comm, err, sizeof err) == 0);
+    snapshot a = take(m, o), b = take(m2, o2);
+    CHECK(same(&a, &b));
+    drop(&a);
+    drop(&b);
+    destroy(m, o);
+    destroy(m2, o2);
+
+    p = damaged("hf_config_broken.h5");
+    set_hf_config(p, "{\"model_type\": ");
+    EXPECT_CONFIG_ERROR(p, "hf_config", "malformed");
+    EXPECT_READ_ERROR(p, "hf_config");
+    p = damaged("hf_config_llama.h5");
+    set_hf_config(p, "{\"model_type\": \"llama\", \"vocab_size\": 13, \"hidden_size\": 8, \"num_hidden_layers\": 2, "
+                     "\"num_attention_heads\": 2, \"intermediate_size\": 32, \"max_position_embeddings\": 8}");
+    EXPECT_READ_ERROR(p, "llama", "is not this config's");
+}
+
 static void test_not_a_checkpoint(void)
 {
     /* random bytes */
@@ -728,6 +780,7 @@ int main(void)
     test_missing_datasets();
     test_wrong_model();
     test_version();
+    test_model_config_attribute();
     test_not_a_checkpoint();
     test_target_still_usable();
 

@@ -373,6 +373,10 @@ int ct_ckpt_read_config(const char *path, ct_model_config *mc, char *err, size_t
     hid_t file;
     if (open_checked(path, &file, err, errlen)) return -1;
     char *hf = attr_read_string(file, "hf_config");
+    if (!hf && H5Aexists(file, "hf_config") > 0) {
+        H5Fclose(file);
+        return fail(err, errlen, "%s: attribute hf_config: not a fixed-length string (the model's config.json)", path);
+    }
     if (hf) {
         /* the architecture and its whole config, as config.json says them */
         H5Fclose(file);
