@@ -1,32 +1,44 @@
-// attention.cu — causal multi-head self-attention on CUDA, fused FlashAttention-2 style: the
-// T x T score matrix never exists in memory. Forward streams key blocks past a block of
-// queries with an online softmax; backward recomputes the probabilities block by block from
-// the saved row logsumexps.
+// attention.cu — causal self-attention on CUDA with grouped-query heads and an optional sliding
+// window, fused FlashAttention-2 style: the T x T score matrix never exists in memory. Forward
+// streams key blocks past a block of queries with an online softmax; backward recomputes the
+// probabilities block by block from the saved row logsumexps. Also attention_decode, the
+// KV-cache inference op (a plain kernel, at the end of the file).
 //
-// qkv[B*T,3C]: row (b,t) holds q | k | v, head h in channels h*hs..(h+1)*hs-1 (hs = C/NH);
-// out[B*T,C]. stats layout, attention_stats_len(B,T,NH) = 2*B*NH*T floats (BH = B*NH):
+// Layout (kernels.h): row (b,t) of q (stride ldq) holds NH heads of hs channels, rows of k and v
+// (stride ldkv) NKV heads; query head h reads kv head h / G, G = NH / NKV. out, dout [B*T, NH*hs].
+// Key s is visible to query t iff s <= t and t - s < wlim (wlim = window, or INT_MAX for no
+// window). stats layout, attention_stats_len(B,T,NH) = 2*B*NH*T floats (BH = B*NH):
 //   lse  fp32 [BH,T]  written by forward: the row logsumexp of the scaled scores in base 2,
 //                     log2(sum_j 2^(s_ij)) with s_ij = log2(e) * q_i.k_j / sqrt(hs)
 //   D    fp32 [BH,T]  written by backward: D_i = sum_c dO_ic * O_ic
 // Backward only reads lse, so it may run more than once per forward.
 //
 // Products run on bf16 tensor cores (WMMA 16x16x16, fp32 accumulators); everything else is
-// fp32. Head dims are padded to HSP in {16,32,64,128} with zeros in shared memory. Each warp
-// owns 16 rows of a tile; WMMA's accumulator layout is opaque, so score tiles go through a
-// per-warp fp32 shared buffer where lane pair (2r, 2r+1) handles row r, column pairs
-// 4j+2*half, +1 — the same lanes keep that row's softmax state and output accumulators.
-// P is rounded to bf16 only where it feeds a product (P.V forward, P^T.dO backward); the
-// softmax row sums and dS = P (dP - D) use fp32 P, and dS is rounded to bf16 for its two
-// products. exp2 with log2(e) folded into the scale, the same constant in both directions.
+// fp32. Head dims are padded to HSP in {16,32,64,128} with zeros in shared memory (any hs <=
+// 128 works; 16-byte loads where hs, ldq, ldkv are multiples of 8 and q, k, v (and dout) are
+// 16-byte aligned, element loads otherwise). Each warp owns 16 rows of a tile; WMMA's
+// accumulator layout is opaque, so score tiles go through a per-warp fp32 shared buffer where
+// lane pair (2r, 2r+1) handles row r, column pairs 4j+2*half, +1 — the same lanes keep that
+// row's softmax state and output accumulators. P is rounded to bf16 only where it feeds a
+// product (P.V forward, P^T.dO backward); the softmax row sums and dS = P (dP - D) use fp32 P,
+// and dS is rounded to bf16 for its two products. exp2 with log2(e) folded into the scale, the
+// same constant in both directions.
 //
-// Backward: kernel dq (one block per query block) computes D for its rows, then
-// dQ = scale * dS K over the key blocks at or left of the diagonal; kernel dkv (one block per
-// key block, launched after) accumulates dV = P^T dO and dK = scale * dS^T Q over the query
-// blocks at or below it. P is recomputed in both, but every output element has one owner
-// thread that reads, adds and writes it once: no atomics, deterministic.
+// Sliding window: a query block visits only the key tiles from band_start (the tile holding
+// the first key its first query sees) to its diagonal, a key block only the query tiles up to
+// the last query its last key is visible to; the mask inside those tiles is exact.
 //
-// All tiles fit 48 KB of static shared memory (no per-device opt-in needed); blocks are
-// scheduled longest first.
+// Backward: kernel dq (one block per (query head, query block)) computes D for its rows, then
+// dQ = scale * dS K over the key blocks in its band; kernel dkv (one block per (kv head, key
+// block), launched after) accumulates dV = P^T dO and dK = scale * dS^T Q over the G query heads
+// of its group in ascending order, and for each over the query blocks in the band. P is
+// recomputed in both, but every output element has one owner thread that reads, adds and
+// writes it once: no atomics, deterministic, for any G.
+//
+// Grids: blockIdx.x is the head (B*NH or B*NKV of them, up to 2^31-1), blockIdx.y the row
+// block (at most 65535: T <= 65535 * 32), scheduled longest first across all heads. All tiles
+// fit 48 KB of static shared memory (no per-device opt-in needed).
+#include <limits.h>
 #include <math.h>
 #include <mma.h>
 #include <stdint.h>
@@ -72,16 +84,25 @@ __device__ __forceinline__ void load_tile(bf16 *dst, const bf16 *src, int nrows,
     }
 }
 
-// K and V rows [k0, k0 + n) of a head into ks and vs; base is the head's q channels in row 0 of
-// its sequence (k and v follow at +C, +2C, rows 3C apart).
+// K and V rows [k0, k0 + n) of a kv head into ks and vs; kb and vb point at the head's
+// channels in row 0 of its sequence, rows ldkv elements apart.
 template <int HSP, int LD, int NT>
-__device__ __forceinline__ void load_kv(bf16 *ks, bf16 *vs, const bf16 *base, int k0, int n, int T, int C, int hs,
-                                        int vec)
+__device__ __forceinline__ void load_kv(bf16 *ks, bf16 *vs, const bf16 *kb, const bf16 *vb, int k0, int n, int T,
+                                        int ldkv, int hs, int vec)
 {
-    const int C3 = 3 * C;
-    load_tile<HSP, LD, NT>(ks, base + C + (size_t)k0 * C3, n, T - k0, C3, hs, vec);
-    load_tile<HSP, LD, NT>(vs, base + 2 * C + (size_t)k0 * C3, n, T - k0, C3, hs, vec);
+    load_tile<HSP, LD, NT>(ks, kb + (size_t)k0 * ldkv, n, T - k0, ldkv, hs, vec);
+    load_tile<HSP, LD, NT>(vs, vb + (size_t)k0 * ldkv, n, T - k0, ldkv, hs, vec);
 }
+
+// Head `head` (hs channels) of row 0 of sequence b in a [B*T, ld] tensor.
+template <class P> __device__ __forceinline__ P *head_rows(P *base, int b, int T, int ld, int head, int hs)
+{
+    return base + (size_t)b * T * ld + (size_t)head * hs;
+}
+
+// The first tile (of `tile` rows, tiles aligned to multiples of it) holding a key that query
+// q0 or a later one sees: key s is visible to query t iff s <= t and t - s < wlim.
+__device__ __forceinline__ int band_start(int q0, int wlim, int tile) { return max(0, q0 - wlim + 1) / tile * tile; }
 
 // A block of rows staged through shared memory into register fragments, each warp taking its
 // own 16 rows. The barrier inside publishes the tile; the caller must make sure stage is free
@@ -224,9 +245,18 @@ __device__ __forceinline__ void store_add(bf16 *g, const frag_c (&acc)[HSP / 16]
     }
 }
 
+// The shape every attention kernel takes (host-checked by attn_shape_of)
+struct attn_shape {
+    int T, NH, G;  // sequence length, query heads, query heads per kv head
+    int hs;        // head size, <= HSP
+    int ldq, ldkv; // row strides of q (and dq) and of k, v (and dk, dv), elements
+    int wlim;      // key s visible to query t iff s <= t and t - s < wlim
+    int vec;       // 16-byte tile loads allowed
+};
+
 // ---- forward ----------------------------------------------------------------------------------
-// One block per (64-query block, b*NH+h), 4 warps of 16 query rows. Q lives in registers as
-// fragments; K and V tiles of BC keys stream through shared memory.
+// One block per (query head b*NH+h, 64-query block), 4 warps of 16 query rows. Q lives in
+// registers as fragments; K and V tiles of BC keys stream through shared memory.
 template <int HSP> struct fwd_cfg {
     static constexpr int NW = 4, NT = 32 * NW, BR = 16 * NW;
     static constexpr int BC = HSP == 128 ? 32 : 64; // keys per step (48 KB bound at HSP 128)
@@ -238,7 +268,7 @@ template <int HSP> struct fwd_cfg {
 
 template <int HSP>
 __global__ void __launch_bounds__(fwd_cfg<HSP>::NT, 2)
-    attn_fwd_kernel(bf16 *out, float *lse, const bf16 *qkv, int T, int C, int NH, float sl2, int vec)
+    attn_fwd_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, attn_shape s, float sl2)
 {
     typedef fwd_cfg<HSP> K;
     constexpr int NT = K::NT, BR = K::BR, BC = K::BC, LD = K::LD, FLD = K::FLD, PLD = K::PLD, CW = K::CW;
@@ -246,36 +276,38 @@ __global__ void __launch_bounds__(fwd_cfg<HSP>::NT, 2)
     __shared__ __align__(128) float f_s[K::NW][16 * FLD];
     __shared__ __align__(128) bf16 p_s[K::NW][16 * PLD];
 
-    const int hs = C / NH, C3 = 3 * C;
-    const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
-    const int q0 = (gridDim.x - 1 - blockIdx.x) * BR; // the longest (last) query blocks first
+    const int T = s.T, hs = s.hs, wlim = s.wlim, ldo = s.NH * s.hs;
+    const int bh = blockIdx.x, b = bh / s.NH, h = bh % s.NH;
+    const int q0 = (gridDim.y - 1 - blockIdx.y) * BR; // the longest (last) query blocks first
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 1, half = lane & 1;
     const int i = q0 + warp * 16 + r; // this lane's query row
-    const int lim = min(i, T - 1);    // last key it sees (padded rows see all keys: no NaN anywhere)
-    const bf16 *base = qkv + (size_t)b * T * C3 + (size_t)h * hs;
+    const int lim = min(i, T - 1);    // padded rows act as row T-1: every row sees a key, no NaN anywhere
+    const bf16 *qb = head_rows(q, b, T, s.ldq, h, hs);
+    const bf16 *kb = head_rows(k, b, T, s.ldkv, h / s.G, hs), *vb = head_rows(v, b, T, s.ldkv, h / s.G, hs);
     float *F = f_s[warp];
     bf16 *P = p_s[warp];
 
     frag_a qf[HSP / 16];
-    load_frags<HSP, LD, NT>(qf, kv_s, base + (size_t)q0 * C3, BR, T - q0, C3, hs, vec);
+    load_frags<HSP, LD, NT>(qf, kv_s, qb + (size_t)q0 * s.ldq, BR, T - q0, s.ldq, hs, s.vec);
 
     float o[HSP / 2]; // row r, columns 4j+2*half, +1 of every CW-wide chunk
 #pragma unroll
     for (int x = 0; x < HSP / 2; x++) o[x] = 0.0f;
     float m = -INFINITY, l = 0.0f; // running max (base 2) and this lane's half of the row sum
 
+    const auto vis = [=](int key) { return key <= lim && lim - key < wlim; };
     const int kend = min(q0 + BR, T);
-    for (int k0 = 0; k0 < kend; k0 += BC) {
+    for (int k0 = band_start(q0, wlim, BC); k0 < kend; k0 += BC) {
         __syncthreads(); // everyone is done with kv_s (Q staging or the previous K/V)
-        load_kv<HSP, LD, NT>(kv_s, kv_s + BC * LD, base, k0, BC, T, C, hs, vec);
+        load_kv<HSP, LD, NT>(kv_s, kv_s + BC * LD, kb, vb, k0, BC, T, s.ldkv, hs, s.vec);
         __syncthreads();
 
         // S = Q K^T (unscaled) for this warp's 16 rows
         scores_tile<HSP, BC, LD, FLD>(F, qf, kv_s);
 
-        // online softmax over this block: keys > lim get -inf, hence p = 0 exactly. Two passes
-        // over F (max, then exponentials) rather than holding the row in registers.
-        const auto vis = [=](int key) { return key <= lim; };
+        // online softmax over this block: invisible keys get p = 0 exactly. Two passes over F
+        // (max, then exponentials) rather than holding the row in registers. A row may see no
+        // key of this block (window): mx = -inf, alpha = 0 while m is -inf, p = 0, no NaN.
         float mx = -INFINITY;
         row_pairs<BC, FLD>(F, r, half, [&](int, int c, float2 x) {
             const int key = k0 + c;
@@ -284,8 +316,8 @@ __global__ void __launch_bounds__(fwd_cfg<HSP>::NT, 2)
         });
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1)) * sl2; // sl2 > 0: max commutes with it
         const float mn = fmaxf(m, mx);
-        const float mref = mn == -INFINITY ? 0.0f : mn; // guard; key 0 is always visible, so mn is finite
-        const float alpha = exp2f(m - mref);            // 0 on the first block (m = -inf)
+        const float mref = mn == -INFINITY ? 0.0f : mn; // no key seen yet: any finite reference
+        const float alpha = exp2f(m - mref);            // 0 while m = -inf
         m = mn;
         float ls = 0.0f;
         probs<BC, FLD>(F, r, half, k0, sl2, mref, vis, [&](int, int c, float p0, float p1) {
@@ -315,25 +347,26 @@ __global__ void __launch_bounds__(fwd_cfg<HSP>::NT, 2)
         }
     }
 
-    const float lt = l + __shfl_xor_sync(0xffffffffu, l, 1); // >= 1: the max term is 2^0
+    // every row saw key lim (visible to itself), so m is finite and lt >= 1 (the max term is 2^0)
+    const float lt = l + __shfl_xor_sync(0xffffffffu, l, 1);
     const float inv = 1.0f / lt;
     if (half == 0 && i < T) lse[(size_t)bh * T + i] = m + log2f(lt);
 
     // normalised O through F, then written row by row (coalesced)
-    bf16 *ob = out + (size_t)b * T * C + (size_t)h * hs;
+    bf16 *ob = head_rows(out, b, T, ldo, h, hs);
 #pragma unroll
     for (int ch = 0; ch < HSP / CW; ch++) {
 #pragma unroll
         for (int j = 0; j < CW / 4; j++)
             *(float2 *)(F + r * FLD + 4 * j + 2 * half) =
                 make_float2(o[ch * (CW / 2) + 2 * j] * inv, o[ch * (CW / 2) + 2 * j + 1] * inv);
-        write_rows<CW, FLD, false>(ob, F, q0 + warp * 16, T, C, ch * CW, hs, 1.0f);
+        write_rows<CW, FLD, false>(ob, F, q0 + warp * 16, T, ldo, ch * CW, hs, 1.0f);
     }
 }
 
 // ---- backward: dQ (and D) ---------------------------------------------------------------------
-// One block per (64-query block, b*NH+h), 4 warps of 16 query rows; Q and dO in registers as
-// fragments, K and V tiles of BK keys through shared memory.
+// One block per (query head b*NH+h, 64-query block), 4 warps of 16 query rows; Q and dO in
+// registers as fragments, K and V tiles of BK keys through shared memory.
 template <int HSP> struct dq_cfg {
     static constexpr int NW = 4, NT = 32 * NW, BQ = 16 * NW;
     static constexpr int BK = HSP == 128 ? 32 : 64;
@@ -343,8 +376,8 @@ template <int HSP> struct dq_cfg {
 
 template <int HSP>
 __global__ void __launch_bounds__(dq_cfg<HSP>::NT)
-    attn_bwd_dq_kernel(bf16 *dqkv, float *Dst, const float *lse, const bf16 *dout, const bf16 *qkv, const bf16 *out,
-                       int T, int C, int NH, float sl2, float scale, int vec)
+    attn_bwd_dq_kernel(bf16 *dq, float *Dst, const float *lse, const bf16 *dout, const bf16 *q, const bf16 *k,
+                       const bf16 *v, const bf16 *out, attn_shape s, float sl2, float scale)
 {
     typedef dq_cfg<HSP> K;
     constexpr int NT = K::NT, BQ = K::BQ, BK = K::BK, LD = K::LD, FLD = K::FLD, HLD = K::HLD, CH = K::CH;
@@ -352,15 +385,15 @@ __global__ void __launch_bounds__(dq_cfg<HSP>::NT)
     __shared__ __align__(128) float f_s[K::NW][16 * FLD];
     __shared__ __align__(128) bf16 h_s[K::NW][16 * HLD];
 
-    const int hs = C / NH, C3 = 3 * C;
-    const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
-    const int q0 = (gridDim.x - 1 - blockIdx.x) * BQ;
+    const int T = s.T, hs = s.hs, wlim = s.wlim, ldo = s.NH * s.hs;
+    const int bh = blockIdx.x, b = bh / s.NH, h = bh % s.NH;
+    const int q0 = (gridDim.y - 1 - blockIdx.y) * BQ;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 1, half = lane & 1;
     const int i = q0 + warp * 16 + r;
     const int lim = i < T ? i : -1; // padded rows see nothing: p = 0
-    const bf16 *base = qkv + (size_t)b * T * C3 + (size_t)h * hs;
-    const bf16 *dob = dout + (size_t)b * T * C + (size_t)h * hs;
-    const bf16 *oob = out + (size_t)b * T * C + (size_t)h * hs;
+    const bf16 *qb = head_rows(q, b, T, s.ldq, h, hs);
+    const bf16 *kb = head_rows(k, b, T, s.ldkv, h / s.G, hs), *vb = head_rows(v, b, T, s.ldkv, h / s.G, hs);
+    const bf16 *dob = head_rows(dout, b, T, ldo, h, hs), *oob = head_rows(out, b, T, ldo, h, hs);
     float *F = f_s[warp];
     bf16 *H = h_s[warp];
 
@@ -371,7 +404,7 @@ __global__ void __launch_bounds__(dq_cfg<HSP>::NT)
         float d = 0.0f;
         if (row < T)
             for (int c = lane; c < hs; c += 32)
-                d += ct_ld(dob + (size_t)row * C + c) * ct_ld(oob + (size_t)row * C + c);
+                d += ct_ld(dob + (size_t)row * ldo + c) * ct_ld(oob + (size_t)row * ldo + c);
         d = ct_warp_sum(d);
         if (row < T && lane == 0) Dst[(size_t)bh * T + row] = d;
         if (rr == r) Di = d;
@@ -379,24 +412,24 @@ __global__ void __launch_bounds__(dq_cfg<HSP>::NT)
     const float Li = i < T ? lse[(size_t)bh * T + i] : 0.0f;
 
     frag_a qf[HSP / 16], dof[HSP / 16];
-    load_frags<HSP, LD, NT>(qf, kv_s, base + (size_t)q0 * C3, BQ, T - q0, C3, hs, vec);
+    load_frags<HSP, LD, NT>(qf, kv_s, qb + (size_t)q0 * s.ldq, BQ, T - q0, s.ldq, hs, s.vec);
     __syncthreads(); // every warp has its Q before dO overwrites the staging area
-    load_frags<HSP, LD, NT>(dof, kv_s, dob + (size_t)q0 * C, BQ, T - q0, C, hs, vec);
+    load_frags<HSP, LD, NT>(dof, kv_s, dob + (size_t)q0 * ldo, BQ, T - q0, ldo, hs, s.vec);
 
-    frag_c dq[HSP / 16];
+    frag_c dqa[HSP / 16];
 #pragma unroll
-    for (int n = 0; n < HSP / 16; n++) wmma::fill_fragment(dq[n], 0.0f);
+    for (int n = 0; n < HSP / 16; n++) wmma::fill_fragment(dqa[n], 0.0f);
 
     const int kend = min(q0 + BQ, T);
-    for (int k0 = 0; k0 < kend; k0 += BK) {
+    for (int k0 = band_start(q0, wlim, BK); k0 < kend; k0 += BK) {
         __syncthreads();
-        load_kv<HSP, LD, NT>(kv_s, kv_s + BK * LD, base, k0, BK, T, C, hs, vec);
+        load_kv<HSP, LD, NT>(kv_s, kv_s + BK * LD, kb, vb, k0, BK, T, s.ldkv, hs, s.vec);
         __syncthreads();
 
         // S = Q K^T -> P (fp32, kept in registers)
         scores_tile<HSP, BK, LD, FLD>(F, qf, kv_s);
         float p[BK / 2];
-        probs<BK, FLD>(F, r, half, k0, sl2, Li, [=](int key) { return key <= lim; },
+        probs<BK, FLD>(F, r, half, k0, sl2, Li, [=](int key) { return key <= lim && lim - key < wlim; },
                        [&](int j, int, float p0, float p1) {
                            p[2 * j] = p0;
                            p[2 * j + 1] = p1;
@@ -408,17 +441,17 @@ __global__ void __launch_bounds__(dq_cfg<HSP>::NT)
         ds_rows<BK, FLD, HLD>(H, F, p, r, half, Di);
 
         // dQ += dS K (scale applied at the end)
-        mma_acc<BK / 16, HLD, LD>(dq, H, kv_s);
+        mma_acc<BK / 16, HLD, LD>(dqa, H, kv_s);
     }
 
     // dq += scale * dQ
-    bf16 *dqb = dqkv + (size_t)b * T * C3 + (size_t)h * hs;
-    store_add<HSP, CH, FLD>(dqb, dq, F, q0 + warp * 16, T, C3, hs, scale);
+    store_add<HSP, CH, FLD>(head_rows(dq, b, T, s.ldq, h, hs), dqa, F, q0 + warp * 16, T, s.ldq, hs, scale);
 }
 
 // ---- backward: dK, dV ---------------------------------------------------------------------------
-// One block per (BKV-key block, b*NH+h), warps of 16 keys; K and V tiles stay in shared
-// memory, Q and dO tiles of BQ queries stream through it from the diagonal to T. Works on
+// One block per (kv head b*NKV+g, BKV-key block), warps of 16 keys; K and V tiles stay in shared
+// memory, Q and dO tiles of BQ queries stream through it, for each query head of the group in
+// turn, from the diagonal to the last query the block's keys are visible to. Works on
 // transposed tiles (keys are rows): S^T = K Q^T, dP^T = V dO^T.
 template <int HSP> struct dkv_cfg {
     static constexpr int NW = HSP == 128 ? 2 : 4, NT = 32 * NW, BKV = 16 * NW;
@@ -429,8 +462,8 @@ template <int HSP> struct dkv_cfg {
 
 template <int HSP>
 __global__ void __launch_bounds__(dkv_cfg<HSP>::NT)
-    attn_bwd_dkv_kernel(bf16 *dqkv, const float *Dst, const float *lse, const bf16 *dout, const bf16 *qkv, int T,
-                        int C, int NH, float sl2, float scale, int vec)
+    attn_bwd_dkv_kernel(bf16 *dk, bf16 *dv, const float *Dst, const float *lse, const bf16 *dout, const bf16 *q,
+                        const bf16 *k, const bf16 *v, attn_shape s, float sl2, float scale)
 {
     typedef dkv_cfg<HSP> K;
     constexpr int NT = K::NT, BKV = K::BKV, BQ = K::BQ, LD = K::LD, FLD = K::FLD, HLD = K::HLD, CH = K::CH;
@@ -442,143 +475,269 @@ __global__ void __launch_bounds__(dkv_cfg<HSP>::NT)
     __shared__ __align__(128) bf16 h_s[K::NW][16 * HLD];
     __shared__ float lse_s[BQ], d_s[BQ];
 
-    const int hs = C / NH, C3 = 3 * C;
-    const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
-    const int k0 = blockIdx.x * BKV; // key block 0 loops over all queries: it goes first
+    const int T = s.T, hs = s.hs, wlim = s.wlim, ldo = s.NH * s.hs, NKV = s.NH / s.G;
+    const int bg = blockIdx.x, b = bg / NKV, g = bg % NKV;
+    const int k0 = blockIdx.y * BKV; // key block 0 loops over the most queries: it goes first
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 1, half = lane & 1;
     const int key = k0 + warp * 16 + r; // this lane's key row
-    const bf16 *base = qkv + (size_t)b * T * C3 + (size_t)h * hs;
-    const bf16 *dob = dout + (size_t)b * T * C + (size_t)h * hs;
-    const float *lseb = lse + (size_t)bh * T, *Db = Dst + (size_t)bh * T;
+    const bf16 *kb = head_rows(k, b, T, s.ldkv, g, hs), *vb = head_rows(v, b, T, s.ldkv, g, hs);
     float *F = f_s[warp];
     bf16 *H = h_s[warp];
     const bf16 *kw = k_s + warp * 16 * LD, *vw = v_s + warp * 16 * LD;
 
-    load_kv<HSP, LD, NT>(k_s, v_s, base, k0, BKV, T, C, hs, vec);
+    load_kv<HSP, LD, NT>(k_s, v_s, kb, vb, k0, BKV, T, s.ldkv, hs, s.vec);
 
-    frag_c dk[HSP / 16], dv[HSP / 16];
+    frag_c dka[HSP / 16], dva[HSP / 16];
 #pragma unroll
     for (int n = 0; n < HSP / 16; n++) {
-        wmma::fill_fragment(dk[n], 0.0f);
-        wmma::fill_fragment(dv[n], 0.0f);
+        wmma::fill_fragment(dka[n], 0.0f);
+        wmma::fill_fragment(dva[n], 0.0f);
     }
 
-    for (int q0 = k0; q0 < T; q0 += BQ) { // queries before k0 see none of these keys
-        __syncthreads(); // previous step done with q_s, do_s, lse_s, d_s
-        load_tile<HSP, LD, NT>(q_s, base + (size_t)q0 * C3, BQ, T - q0, C3, hs, vec);
-        load_tile<HSP, LD, NT>(do_s, dob + (size_t)q0 * C, BQ, T - q0, C, hs, vec);
-        for (int t = threadIdx.x; t < BQ; t += NT) {
-            lse_s[t] = q0 + t < T ? lseb[q0 + t] : 0.0f;
-            d_s[t] = q0 + t < T ? Db[q0 + t] : 0.0f;
+    // queries before k0 see none of these keys, queries from qend on none either (window)
+    const int qend = wlim >= T ? T : min(T, k0 + BKV - 1 + wlim);
+    const auto vis = [=](int qq) { return key <= qq && qq < T && qq - key < wlim; };
+    for (int hh = 0; hh < s.G; hh++) { // the group's query heads in a fixed order: deterministic
+        const int h = g * s.G + hh, bh = b * s.NH + h;
+        const bf16 *qb = head_rows(q, b, T, s.ldq, h, hs), *dob = head_rows(dout, b, T, ldo, h, hs);
+        const float *lseb = lse + (size_t)bh * T, *Db = Dst + (size_t)bh * T;
+        for (int q0 = k0; q0 < qend; q0 += BQ) {
+            __syncthreads(); // previous step done with q_s, do_s, lse_s, d_s
+            load_tile<HSP, LD, NT>(q_s, qb + (size_t)q0 * s.ldq, BQ, T - q0, s.ldq, hs, s.vec);
+            load_tile<HSP, LD, NT>(do_s, dob + (size_t)q0 * ldo, BQ, T - q0, ldo, hs, s.vec);
+            for (int t = threadIdx.x; t < BQ; t += NT) {
+                lse_s[t] = q0 + t < T ? lseb[q0 + t] : 0.0f;
+                d_s[t] = q0 + t < T ? Db[q0 + t] : 0.0f;
+            }
+            __syncthreads(); // (first pass: K and V are in too)
+
+            // S^T = K Q^T for this warp's 16 keys -> P^T, kept fp32 in registers and bf16 in H. K
+            // is read from shared memory: as fragments it would cost registers the loop lacks.
+            scores_tile<HSP, BQ, LD, FLD>(F, kw, q_s);
+            float p[BQ / 2];
+            probs<BQ, FLD>(F, r, half, q0, sl2, lse_s, vis, [&](int j, int c, float p0, float p1) {
+                p[2 * j] = p0;
+                p[2 * j + 1] = p1;
+                *(__nv_bfloat162 *)(H + r * HLD + c) = __floats2bfloat162_rn(p0, p1);
+            });
+            __syncwarp(); // H complete, F reads done
+
+            // dV += P^T dO
+            mma_acc<BQ / 16, HLD, LD>(dva, H, do_s);
+
+            // dP^T = V dO^T -> dS^T = P^T (dP^T - D) in bf16; the warp barrier closing the product
+            // also keeps the dV product's H reads before dS overwrites H
+            scores_tile<HSP, BQ, LD, FLD>(F, vw, do_s);
+            ds_rows<BQ, FLD, HLD>(H, F, p, r, half, d_s);
+
+            // dK += dS^T Q (scale applied at the end)
+            mma_acc<BQ / 16, HLD, LD>(dka, H, q_s);
         }
-        __syncthreads(); // (first pass: K and V are in too)
-
-        // S^T = K Q^T for this warp's 16 keys -> P^T, kept fp32 in registers and bf16 in H. K
-        // is read from shared memory: as fragments it would cost registers the loop lacks.
-        scores_tile<HSP, BQ, LD, FLD>(F, kw, q_s);
-        float p[BQ / 2];
-        probs<BQ, FLD>(F, r, half, q0, sl2, lse_s, [=](int q) { return key <= q && q < T; },
-                       [&](int j, int c, float p0, float p1) {
-                           p[2 * j] = p0;
-                           p[2 * j + 1] = p1;
-                           *(__nv_bfloat162 *)(H + r * HLD + c) = __floats2bfloat162_rn(p0, p1);
-                       });
-        __syncwarp(); // H complete, F reads done
-
-        // dV += P^T dO
-        mma_acc<BQ / 16, HLD, LD>(dv, H, do_s);
-
-        // dP^T = V dO^T -> dS^T = P^T (dP^T - D) in bf16; the warp barrier closing the product
-        // also keeps the dV product's H reads before dS overwrites H
-        scores_tile<HSP, BQ, LD, FLD>(F, vw, do_s);
-        ds_rows<BQ, FLD, HLD>(H, F, p, r, half, d_s);
-
-        // dK += dS^T Q (scale applied at the end)
-        mma_acc<BQ / 16, HLD, LD>(dk, H, q_s);
     }
 
     // dv += dV, dk += scale * dK
-    bf16 *dkb = dqkv + (size_t)b * T * C3 + C + (size_t)h * hs;
-    store_add<HSP, CH, FLD>(dkb, dk, F, k0 + warp * 16, T, C3, hs, scale);
-    store_add<HSP, CH, FLD>(dkb + C, dv, F, k0 + warp * 16, T, C3, hs, 1.0f);
+    store_add<HSP, CH, FLD>(head_rows(dk, b, T, s.ldkv, g, hs), dka, F, k0 + warp * 16, T, s.ldkv, hs, scale);
+    store_add<HSP, CH, FLD>(head_rows(dv, b, T, s.ldkv, g, hs), dva, F, k0 + warp * 16, T, s.ldkv, hs, 1.0f);
+}
+
+// ---- decode (KV-cache inference) --------------------------------------------------------------
+// One block per (query row b*Tq+tq, head h), DEC_NW warps; warp w takes keys start+w, start+w+
+// DEC_NW, ... of the band [start, p] (p = pos0 + tq), lanes over channels (CPL a lane). Each warp
+// keeps its own online softmax in fp32 (scores reduced over the warp, identical on every lane);
+// the warps' states are merged through shared memory at the end. Keys past p are never read.
+#define DEC_NW 4
+
+template <int CPL>
+__global__ void __launch_bounds__(32 * DEC_NW)
+    attn_decode_kernel(bf16 *out, const bf16 *q, const bf16 *kc, const bf16 *vc, int Tq, int pos0, int maxT, int NH,
+                       int G, int hs, int ldq, int wlim, float sl2)
+{
+    __shared__ float m_s[DEC_NW], l_s[DEC_NW], o_s[DEC_NW][32 * CPL];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int row = blockIdx.x / NH, h = blockIdx.x % NH; // row = b*Tq + tq
+    const int b = row / Tq, p = pos0 + row % Tq;
+    const int ldkv = NH / G * hs;
+    const bf16 *qr = q + (size_t)row * ldq + (size_t)h * hs;
+    const size_t kvoff = (size_t)b * maxT * ldkv + (size_t)(h / G) * hs;
+
+    float qv[CPL], o[CPL];
+#pragma unroll
+    for (int j = 0; j < CPL; j++) {
+        const int c = lane + 32 * j;
+        qv[j] = c < hs ? ct_ld(qr + c) : 0.0f;
+        o[j] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f; // running max (base 2) and sum, the same on every lane
+    for (int t = max(0, p - wlim + 1) + warp; t <= p; t += DEC_NW) {
+        const bf16 *kr = kc + kvoff + (size_t)t * ldkv, *vr = vc + kvoff + (size_t)t * ldkv;
+        float d = 0.0f;
+#pragma unroll
+        for (int j = 0; j < CPL; j++)
+            if (lane + 32 * j < hs) d += qv[j] * ct_ld(kr + lane + 32 * j);
+        const float x = ct_warp_sum(d) * sl2;
+        const float mn = fmaxf(m, x), alpha = exp2f(m - mn), e = exp2f(x - mn); // alpha = 0 on the first key
+        l = l * alpha + e;
+#pragma unroll
+        for (int j = 0; j < CPL; j++)
+            if (lane + 32 * j < hs) o[j] = o[j] * alpha + e * ct_ld(vr + lane + 32 * j);
+        m = mn;
+    }
+    if (lane == 0) {
+        m_s[warp] = m;
+        l_s[warp] = l;
+    }
+#pragma unroll
+    for (int j = 0; j < CPL; j++) o_s[warp][lane + 32 * j] = o[j];
+    __syncthreads();
+
+    // merge: warp 0 saw key `start`, so M is finite; a warp that saw no key has m = -inf, l = o = 0
+    float M = -INFINITY, L = 0.0f;
+    for (int w = 0; w < DEC_NW; w++) M = fmaxf(M, m_s[w]);
+    for (int w = 0; w < DEC_NW; w++) L += l_s[w] * exp2f(m_s[w] - M);
+    bf16 *orow = out + (size_t)row * NH * hs + (size_t)h * hs;
+    for (int c = threadIdx.x; c < hs; c += 32 * DEC_NW) {
+        float acc = 0.0f;
+        for (int w = 0; w < DEC_NW; w++) acc += o_s[w][c] * exp2f(m_s[w] - M);
+        orow[c] = ct_bf(acc / L);
+    }
 }
 
 // ---- host -------------------------------------------------------------------------------------
+#define ATTN_MAX_ROW_BLOCKS 65535 // gridDim.y
+#define ATTN_MIN_ROW_BLOCK 32     // the smallest row block of the three kernels (dkv at HSP 128)
+
 size_t ct_cuda_attention_stats_len(int B, int T, int NH)
 {
     if (B <= 0 || T <= 0 || NH <= 0) return 0;
     return 2 * (size_t)B * NH * T;
 }
 
-// head dim padded to the next supported tile width
-static int padded_hs(int hs)
+// Aborts with the op's name and shape when the kernels cannot run it (a wrong answer would be
+// worse). Tq < 0: the training kernels (T bounded by the grid); else decode's cache bounds.
+static void attn_check(const char *op, int B, int T, int NH, int NKV, int D, int ldq, long long ldkv, int window,
+                       int Tq, int pos0, int maxT)
 {
-    if (hs > 128) {
-        fprintf(stderr, "attention: head size %d > 128 is not supported by the CUDA backend\n", hs);
-        fflush(stderr);
-        abort();
-    }
-    return hs <= 16 ? 16 : hs <= 32 ? 32 : hs <= 64 ? 64 : 128;
+    const char *why = NULL;
+    if (NH <= 0 || NKV <= 0 || NH % NKV) why = "NH must be a positive multiple of NKV";
+    else if (D < 1 || D > 128) why = "head size D must be 1..128 on the CUDA backend";
+    else if ((long long)NH * D > ldq) why = "ldq < NH*D";
+    else if ((long long)NKV * D > ldkv) why = "ldkv < NKV*D";
+    else if (window < 0) why = "window < 0";
+    else if (Tq < 0 && (long long)B * NH > INT_MAX) why = "B*NH > 2^31-1 (grid x)";
+    else if (Tq < 0 && (T + ATTN_MIN_ROW_BLOCK - 1) / ATTN_MIN_ROW_BLOCK > ATTN_MAX_ROW_BLOCKS)
+        why = "T > 65535*32 (grid y)";
+    else if (Tq >= 0 && (pos0 < 0 || maxT <= 0 || (long long)pos0 + Tq > maxT)) why = "pos0 + Tq > maxT";
+    else if (Tq >= 0 && (long long)B * Tq * NH > INT_MAX) why = "B*Tq*NH > 2^31-1 (grid x)";
+    if (!why) return;
+    fprintf(stderr, "ctrain: cuda %s: unsupported shape B=%d T=%d NH=%d NKV=%d D=%d ldq=%d ldkv=%lld window=%d", op, B,
+            T, NH, NKV, D, ldq, ldkv, window);
+    if (Tq >= 0) fprintf(stderr, " Tq=%d pos0=%d maxT=%d", Tq, pos0, maxT);
+    fprintf(stderr, ": %s\n", why);
+    fflush(stderr);
+    abort();
 }
 
-static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+// head size padded to the next tile width (attn_check bounds it by 128)
+static int padded_hs(int hs) { return hs <= 16 ? 16 : hs <= 32 ? 32 : hs <= 64 ? 64 : 128; }
+
+// After attn_check. 16-byte tile loads need every row start and head offset 8-element aligned.
+static attn_shape shape_of(int T, int NH, int NKV, int D, int ldq, int ldkv, int window, const void *q, const void *k,
+                           const void *v, const void *dout)
+{
+    attn_shape s;
+    s.T = T;
+    s.NH = NH;
+    s.G = NH / NKV;
+    s.hs = D;
+    s.ldq = ldq;
+    s.ldkv = ldkv;
+    s.wlim = window ? window : INT_MAX;
+    s.vec = D % 8 == 0 && ldq % 8 == 0 && ldkv % 8 == 0 && ct_aligned16(q) && ct_aligned16(k) && ct_aligned16(v) &&
+            (!dout || ct_aligned16(dout));
+    return s;
+}
+
+static unsigned row_blocks(int T, int rows) { return (unsigned)((T + rows - 1) / rows); }
 
 template <int HSP>
-static void fwd_launch(ct_kctx *ctx, bf16 *out, float *lse, const bf16 *qkv, int B, int T, int C, int NH, float sl2,
-                       int vec)
+static void fwd_launch(ct_kctx *ctx, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int B,
+                       const attn_shape &s, float sl2)
 {
     typedef fwd_cfg<HSP> K;
-    const dim3 grid((unsigned)((T + K::BR - 1) / K::BR), (unsigned)(B * NH));
-    attn_fwd_kernel<HSP><<<grid, K::NT, 0, ctx->stream>>>(out, lse, qkv, T, C, NH, sl2, vec);
+    const dim3 grid((unsigned)(B * s.NH), row_blocks(s.T, K::BR));
+    attn_fwd_kernel<HSP><<<grid, K::NT, 0, ctx->stream>>>(out, lse, q, k, v, s, sl2);
     CT_LAUNCH_CHECK(ctx);
 }
 
 template <int HSP>
-static void bwd_launch(ct_kctx *ctx, bf16 *dqkv, float *D, const float *lse, const bf16 *dout, const bf16 *qkv,
-                       const bf16 *out, int B, int T, int C, int NH, float sl2, float scale, int vec)
+static void bwd_launch(ct_kctx *ctx, bf16 *dq, bf16 *dk, bf16 *dv, float *D, const float *lse, const bf16 *dout,
+                       const bf16 *q, const bf16 *k, const bf16 *v, const bf16 *out, int B, const attn_shape &s,
+                       float sl2, float scale)
 {
     typedef dq_cfg<HSP> KQ;
     typedef dkv_cfg<HSP> KKV;
     // dq first: it writes D, which dkv reads (same stream)
-    const dim3 gq((unsigned)((T + KQ::BQ - 1) / KQ::BQ), (unsigned)(B * NH));
-    attn_bwd_dq_kernel<HSP><<<gq, KQ::NT, 0, ctx->stream>>>(dqkv, D, lse, dout, qkv, out, T, C, NH, sl2, scale, vec);
+    const dim3 gq((unsigned)(B * s.NH), row_blocks(s.T, KQ::BQ));
+    attn_bwd_dq_kernel<HSP><<<gq, KQ::NT, 0, ctx->stream>>>(dq, D, lse, dout, q, k, v, out, s, sl2, scale);
     CT_LAUNCH_CHECK(ctx);
-    const dim3 gkv((unsigned)((T + KKV::BKV - 1) / KKV::BKV), (unsigned)(B * NH));
-    attn_bwd_dkv_kernel<HSP><<<gkv, KKV::NT, 0, ctx->stream>>>(dqkv, D, lse, dout, qkv, T, C, NH, sl2, scale, vec);
+    const dim3 gkv((unsigned)(B * (s.NH / s.G)), row_blocks(s.T, KKV::BKV));
+    attn_bwd_dkv_kernel<HSP><<<gkv, KKV::NT, 0, ctx->stream>>>(dk, dv, D, lse, dout, q, k, v, s, sl2, scale);
     CT_LAUNCH_CHECK(ctx);
 }
 
-void ct_cuda_attention_fwd(ct_kctx *ctx, void *out, float *stats, const void *qkv, int B, int T, int C, int NH)
+void ct_cuda_attention_fwd(ct_kctx *ctx, void *out, float *stats, const void *q, const void *k, const void *v, int B,
+                           int T, int NH, int NKV, int D, int ldq, int ldkv, int window)
 {
-    if (B <= 0 || T <= 0 || C <= 0 || NH <= 0) return;
-    const int hs = C / NH, hsp = padded_hs(hs);
-    const float scale = 1.0f / sqrtf((float)hs), sl2 = LOG2E * scale; // as in backward, bit for bit
-    const int vec = hs % 8 == 0 && C % 8 == 0 && aligned16(qkv);
+    if (B <= 0 || T <= 0) return;
+    attn_check("attention_fwd", B, T, NH, NKV, D, ldq, ldkv, window, -1, 0, 0);
+    const attn_shape s = shape_of(T, NH, NKV, D, ldq, ldkv, window, q, k, v, NULL);
+    const float scale = 1.0f / sqrtf((float)D), sl2 = LOG2E * scale; // as in backward, bit for bit
     bf16 *o = (bf16 *)out;
-    const bf16 *x = (const bf16 *)qkv;
-    switch (hsp) {
-    case 16: fwd_launch<16>(ctx, o, stats, x, B, T, C, NH, sl2, vec); break;
-    case 32: fwd_launch<32>(ctx, o, stats, x, B, T, C, NH, sl2, vec); break;
-    case 64: fwd_launch<64>(ctx, o, stats, x, B, T, C, NH, sl2, vec); break;
-    default: fwd_launch<128>(ctx, o, stats, x, B, T, C, NH, sl2, vec); break;
+    const bf16 *xq = (const bf16 *)q, *xk = (const bf16 *)k, *xv = (const bf16 *)v;
+    switch (padded_hs(D)) {
+    case 16: fwd_launch<16>(ctx, o, stats, xq, xk, xv, B, s, sl2); break;
+    case 32: fwd_launch<32>(ctx, o, stats, xq, xk, xv, B, s, sl2); break;
+    case 64: fwd_launch<64>(ctx, o, stats, xq, xk, xv, B, s, sl2); break;
+    default: fwd_launch<128>(ctx, o, stats, xq, xk, xv, B, s, sl2); break;
     }
 }
 
-void ct_cuda_attention_bwd(ct_kctx *ctx, void *dqkv, float *stats, const void *dout, const void *qkv,
-                           const void *out, int B, int T, int C, int NH)
+void ct_cuda_attention_bwd(ct_kctx *ctx, void *dq, void *dk, void *dv, float *stats, const void *dout, const void *q,
+                           const void *k, const void *v, const void *out, int B, int T, int NH, int NKV, int D,
+                           int ldq, int ldkv, int window)
 {
-    if (B <= 0 || T <= 0 || C <= 0 || NH <= 0) return;
-    const int hs = C / NH, hsp = padded_hs(hs);
-    const float scale = 1.0f / sqrtf((float)hs), sl2 = LOG2E * scale;
-    const int vec = hs % 8 == 0 && C % 8 == 0 && aligned16(qkv) && aligned16(dout);
+    if (B <= 0 || T <= 0) return;
+    attn_check("attention_bwd", B, T, NH, NKV, D, ldq, ldkv, window, -1, 0, 0);
+    const attn_shape s = shape_of(T, NH, NKV, D, ldq, ldkv, window, q, k, v, dout);
+    const float scale = 1.0f / sqrtf((float)D), sl2 = LOG2E * scale;
     const float *lse = stats;
-    float *D = stats + (size_t)B * NH * T;
-    bf16 *g = (bf16 *)dqkv;
-    const bf16 *d = (const bf16 *)dout, *x = (const bf16 *)qkv, *o = (const bf16 *)out;
-    switch (hsp) {
-    case 16: bwd_launch<16>(ctx, g, D, lse, d, x, o, B, T, C, NH, sl2, scale, vec); break;
-    case 32: bwd_launch<32>(ctx, g, D, lse, d, x, o, B, T, C, NH, sl2, scale, vec); break;
-    case 64: bwd_launch<64>(ctx, g, D, lse, d, x, o, B, T, C, NH, sl2, scale, vec); break;
-    default: bwd_launch<128>(ctx, g, D, lse, d, x, o, B, T, C, NH, sl2, scale, vec); break;
+    float *Dst = stats + (size_t)B * NH * T;
+    bf16 *gq = (bf16 *)dq, *gk = (bf16 *)dk, *gv = (bf16 *)dv;
+    const bf16 *d = (const bf16 *)dout, *xq = (const bf16 *)q, *xk = (const bf16 *)k, *xv = (const bf16 *)v,
+               *o = (const bf16 *)out;
+    switch (padded_hs(D)) {
+    case 16: bwd_launch<16>(ctx, gq, gk, gv, Dst, lse, d, xq, xk, xv, o, B, s, sl2, scale); break;
+    case 32: bwd_launch<32>(ctx, gq, gk, gv, Dst, lse, d, xq, xk, xv, o, B, s, sl2, scale); break;
+    case 64: bwd_launch<64>(ctx, gq, gk, gv, Dst, lse, d, xq, xk, xv, o, B, s, sl2, scale); break;
+    default: bwd_launch<128>(ctx, gq, gk, gv, Dst, lse, d, xq, xk, xv, o, B, s, sl2, scale); break;
     }
+}
+
+void ct_cuda_attention_decode(ct_kctx *ctx, void *out, const void *q, const void *kc, const void *vc, int B, int Tq,
+                              int pos0, int maxT, int NH, int NKV, int D, int ldq, int window)
+{
+    if (B <= 0 || Tq <= 0) return;
+    attn_check("attention_decode", B, 0, NH, NKV, D, ldq, (long long)NKV * D, window, Tq, pos0, maxT);
+    const float sl2 = LOG2E / sqrtf((float)D);
+    const int G = NH / NKV, wlim = window ? window : INT_MAX;
+    const unsigned grid = (unsigned)(B * Tq * NH);
+    bf16 *o = (bf16 *)out;
+    const bf16 *xq = (const bf16 *)q, *xk = (const bf16 *)kc, *xv = (const bf16 *)vc;
+    if (D <= 32)
+        attn_decode_kernel<1><<<grid, 32 * DEC_NW, 0, ctx->stream>>>(o, xq, xk, xv, Tq, pos0, maxT, NH, G, D, ldq, wlim, sl2);
+    else if (D <= 64)
+        attn_decode_kernel<2><<<grid, 32 * DEC_NW, 0, ctx->stream>>>(o, xq, xk, xv, Tq, pos0, maxT, NH, G, D, ldq, wlim, sl2);
+    else
+        attn_decode_kernel<4><<<grid, 32 * DEC_NW, 0, ctx->stream>>>(o, xq, xk, xv, Tq, pos0, maxT, NH, G, D, ldq, wlim, sl2);
+    CT_LAUNCH_CHECK(ctx);
 }

@@ -1,6 +1,6 @@
 // backend.cu — the CUDA backend's table: device memory, bf16 storage, one stream per context.
 //
-// ct_cuda_backend_table() returns the table only when every slot is filled (slots_complete
+// ct_cuda_backend_table() returns the table only when every slot is filled (missing_slot
 // below lists them all) and a CUDA device is present; otherwise NULL, so ctrain falls back to
 // the CPU backend and never calls a missing slot or a driver that is not there.
 #include <stdlib.h>
@@ -17,7 +17,10 @@
 #include "lora.cuh"
 #include "matmul.cuh"
 #include "residual.cuh"
+#include "rmsnorm.cuh"
+#include "rope.cuh"
 #include "sumsq.cuh"
+#include "swiglu.cuh"
 #include "xent.cuh"
 
 // ---- context ----------------------------------------------------------------------------------
@@ -133,6 +136,20 @@ static void cuda_download(ct_kctx *ctx, void *host, const void *src, size_t byte
     CT_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
 }
 
+// KV-cache appends: one strided 2-D copy on the stream (bf16 rows of cols elements)
+static void cuda_copy_rows(ct_kctx *ctx, void *dst, int ldd, const void *src, int lds, int rows, int cols)
+{
+    if (rows <= 0 || cols <= 0) return;
+    if (ldd < cols || lds < cols) {
+        fprintf(stderr, "ctrain: cuda copy_rows: unsupported shape rows=%d cols=%d ldd=%d lds=%d: strides < cols\n", rows,
+                cols, ldd, lds);
+        fflush(stderr);
+        abort();
+    }
+    CT_CUDA_CHECK(cudaMemcpy2DAsync(dst, (size_t)ldd * sizeof(bf16), src, (size_t)lds * sizeof(bf16),
+                                    (size_t)cols * sizeof(bf16), (size_t)rows, cudaMemcpyDeviceToDevice, ctx->stream));
+}
+
 static void cuda_sync(ct_kctx *ctx) { CT_CUDA_CHECK(cudaStreamSynchronize(ctx->stream)); }
 
 // ---- the table --------------------------------------------------------------------------------
@@ -165,6 +182,14 @@ static ct_backend make_table(void)
     t.attention_stats_len = ct_cuda_attention_stats_len;
     t.attention_fwd = ct_cuda_attention_fwd;
     t.attention_bwd = ct_cuda_attention_bwd;
+    t.attention_decode = ct_cuda_attention_decode;
+    t.copy_rows = cuda_copy_rows;
+    t.rmsnorm_fwd = ct_cuda_rmsnorm_fwd;
+    t.rmsnorm_bwd = ct_cuda_rmsnorm_bwd;
+    t.rope_fwd = ct_cuda_rope_fwd;
+    t.rope_bwd = ct_cuda_rope_bwd;
+    t.swiglu_fwd = ct_cuda_swiglu_fwd;
+    t.swiglu_bwd = ct_cuda_swiglu_bwd;
     t.gelu_fwd = ct_cuda_gelu_fwd;
     t.gelu_bwd = ct_cuda_gelu_bwd;
     t.residual_fwd = ct_cuda_residual_fwd;
@@ -189,15 +214,16 @@ static const char *missing_slot(const ct_backend *t)
     CT_SLOT(upload) CT_SLOT(download) CT_SLOT(to_storage) CT_SLOT(to_f32) CT_SLOT(sync)
     CT_SLOT(encoder_fwd) CT_SLOT(encoder_bwd) CT_SLOT(layernorm_fwd) CT_SLOT(layernorm_bwd)
     CT_SLOT(matmul_fwd) CT_SLOT(matmul_bwd) CT_SLOT(attention_stats_len) CT_SLOT(attention_fwd)
-    CT_SLOT(attention_bwd) CT_SLOT(gelu_fwd) CT_SLOT(gelu_bwd) CT_SLOT(residual_fwd) CT_SLOT(residual_bwd)
+    CT_SLOT(attention_bwd) CT_SLOT(attention_decode) CT_SLOT(copy_rows) CT_SLOT(rmsnorm_fwd) CT_SLOT(rmsnorm_bwd)
+    CT_SLOT(rope_fwd) CT_SLOT(rope_bwd) CT_SLOT(swiglu_fwd) CT_SLOT(swiglu_bwd) CT_SLOT(gelu_fwd) CT_SLOT(gelu_bwd) CT_SLOT(residual_fwd) CT_SLOT(residual_bwd)
     CT_SLOT(xent) CT_SLOT(adamw) CT_SLOT(sumsq) CT_SLOT(lora_fwd)
     CT_SLOT(lora_scratch_len) CT_SLOT(lora_bwd)
 #undef CT_SLOT
     return NULL;
 }
 // If kernels.h grows a slot, ct_backend grows: this fails to compile until the list above
-// (and make_table) are revisited. 32 function pointers after name, abi and elem_size.
-static_assert(sizeof(ct_backend) == 3 * sizeof(void *) + 32 * sizeof(void *),
+// (and make_table) are revisited. 40 function pointers after name, abi and elem_size.
+static_assert(sizeof(ct_backend) == 3 * sizeof(void *) + 40 * sizeof(void *),
               "ct_backend changed: update make_table and missing_slot in kernels/cuda/backend.cu");
 
 extern "C" const ct_backend *ct_cuda_backend_table(void)

@@ -4,7 +4,8 @@
 #define COLSUM_ROWS 8 // threadIdx.y: rows a block reads at once (32 columns x 8 rows)
 
 // Stage one: block (x, y) sums columns c0 + 32x .. +31 over row chunk y. With LN, a is the
-// layernorm weight's term dout * xhat and b the bias's dout; without, a is src itself.
+// layernorm weight's term dout * xhat and b the bias's dout (mean NULL: RMSNorm's xhat = inp *
+// rstd); without, a is src itself.
 template <bool LN>
 __global__ void colsum_part_kernel(float *part_a, float *part_b, const bf16 *src, const bf16 *inp,
                                    const float *mean, const float *rstd, int N, int M, int c0, int ncols,
@@ -18,7 +19,7 @@ __global__ void colsum_part_kernel(float *part_a, float *part_b, const bf16 *src
         for (int n = n0 + ty; n < n1; n += COLSUM_ROWS) {
             const float d = ct_ld(src + (size_t)n * M + c);
             if (LN) {
-                a += d * ((ct_ld(inp + (size_t)n * M + c) - mean[n]) * rstd[n]);
+                a += d * ((ct_ld(inp + (size_t)n * M + c) - (mean ? mean[n] : 0.0f)) * rstd[n]);
                 b += d;
             } else {
                 a += d;
@@ -81,4 +82,10 @@ void ct_cuda_layernorm_param_add(ct_kctx *ctx, bf16 *dw, bf16 *db, const bf16 *d
                                  const float *mean, const float *rstd, int N, int C)
 {
     colsum<true>(ctx, dw, db, dout, inp, mean, rstd, N, C);
+}
+
+void ct_cuda_rmsnorm_param_add(ct_kctx *ctx, bf16 *dw, const bf16 *dout, const bf16 *inp, const float *rstd, int N,
+                               int C)
+{
+    colsum<true>(ctx, dw, NULL, dout, inp, NULL, rstd, N, C);
 }

@@ -1,5 +1,6 @@
 // encoder.cu — GPT-2 input embedding on CUDA: out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:], and
-// its backward. bf16 storage, fp32 sums, one rounding per output element.
+// its backward. bf16 storage, fp32 sums, one rounding per output element. wpe may be NULL (no
+// learned positions, as Llama): out is the embedding row, copied exactly.
 //
 // dwte's scatter is deterministic and atomic-free: the block of position bt first checks
 // whether an earlier position holds the same token; only the first one ("leader") works, and
@@ -20,7 +21,8 @@ __global__ void encoder_fwd_kernel(bf16 *out, const int32_t *tokens, const bf16 
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         size_t bt = i / C;
         int c = (int)(i % C), t = (int)(bt % T);
-        out[i] = ct_bf(ct_ld(wte + (size_t)tokens[bt] * C + c) + ct_ld(wpe + (size_t)t * C + c));
+        const bf16 *e = wte + (size_t)tokens[bt] * C + c;
+        out[i] = wpe ? ct_bf(ct_ld(e) + ct_ld(wpe + (size_t)t * C + c)) : *e;
     }
 }
 
