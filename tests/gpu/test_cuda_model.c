@@ -1,5 +1,5 @@
-/* test_cuda_model.c — the whole GPT-2 on the CUDA backend against the CPU backend: a full
- * training step and a LoRA step (tests/gpu, ctest -L gpu).
+/* test_cuda_model.c — whole models (GPT-2, a Llama) on the CUDA backend against the CPU backend:
+ * a full training step, a LoRA step and KV-cache decoding (tests/gpu, ctest -L gpu).
  *
  * test_cuda_ops checks each op alone; this checks them composed as ct_model and ct_optim use
  * them: the flat-buffer layout, activations reused across layers, the fused classifier, the
@@ -35,6 +35,7 @@
 
 #include "gpu_test.h"
 #include "comm.h"
+#include "hf_config.h"
 #include "model.h"
 #include "kernels.h"
 #include "optim.h"
@@ -48,8 +49,17 @@ typedef struct {
 static const grad_tol full_tol = {5e-2, 3e-2, 3e-2};
 static const grad_tol lora_tol = {5e-2, 4e-2, 5e-2};
 
-static const ct_model_config cfg = {.vocab_size = 97, .max_seq_len = 32, .n_layer = 2, .n_head = 4, .n_embd = 64,
-                                   .norm_eps = 1e-5f};
+/* the model under test: GPT-2, then a Llama with grouped-query heads, q/k/v biases, an untied
+ * head and a sliding window on its second layer (main sets it) */
+static ct_model_config cfg;
+static const ct_model_config gpt2_cfg = {.vocab_size = 97, .max_seq_len = 32, .n_layer = 2, .n_head = 4,
+                                         .n_embd = 64, .norm_eps = 1e-5f};
+static ct_model_config llama_cfg(void)
+{
+    return (ct_model_config){.arch = ct_arch_by_name("llama"), .model_type = "llama", .vocab_size = 97, .max_seq_len = 32, .n_layer = 2,
+                             .n_head = 4, .n_kv_head = 2, .n_embd = 64, .n_inner = 96, .norm_eps = 1e-5f,
+                             .untied = 1, .qkv_bias = 1, .rope_theta = 10000.0, .window = 8, .window_from = 1};
+}
 static const ct_optim_hparams hparams = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f,
                                          .weight_decay = 0.1f, .grad_clip = 1.0f};
 
@@ -436,6 +446,42 @@ static void test_lora(int allocB, int allocT, int B, int T, int zero_stage, int 
     pair_free(&p);
 }
 
+/* Decode over the KV cache on both backends: the prompt, then tokens one at a time; every
+ * row of logits within bf16 tolerance of the CPU's (relative L2 per row). */
+static void test_decode(void)
+{
+    pair p;
+    pair_init(&p, 1, 32);
+    char err[512];
+    int32_t toks[20];
+    for (int i = 0; i < 20; i++) toks[i] = (int32_t)(ct_test_rand_u64(&rng) % (uint64_t)cfg.vocab_size);
+    int Vp = ct_model_logits_stride(p.c), V = cfg.vocab_size;
+    for (int step = 0, pos = 0; pos < 20; step++) {
+        int n = step ? 1 : 12; /* the prompt, then one token at a time */
+        if (ct_model_decode(p.c, toks + pos, 1, n, pos, err, sizeof err) ||
+            ct_model_decode(p.g, toks + pos, 1, n, pos, err, sizeof err)) {
+            fprintf(stderr, "ct_model_decode: %s\n", err);
+            exit(1);
+        }
+        float *got = to_host(gpu, gk, ct_model_logits(p.g), (size_t)n * Vp);
+        const float *want = ct_model_logits(p.c);
+        for (int r = 0; r < n; r++) {
+            double d = 0, w = 0;
+            for (int v = 0; v < V; v++) {
+                double e = got[(size_t)r * Vp + v] - want[(size_t)r * Vp + v];
+                d += e * e, w += (double)want[(size_t)r * Vp + v] * want[(size_t)r * Vp + v];
+            }
+            if (!(sqrt(d) <= 3e-2 * sqrt(w))) {
+                fprintf(stderr, "decode: position %d: relative L2 %.3g > 3e-2\n", pos + r, sqrt(d / w));
+                CHECK(0);
+            }
+        }
+        free(got);
+        pos += n;
+    }
+    pair_free(&p);
+}
+
 int main(void)
 {
     int start = ct_gpu_test_start("test_cuda_model", &cpu, &gpu, &ck, &gk, &rng);
@@ -450,11 +496,15 @@ int main(void)
         return 1;
     }
 
-#define RUN(call) do { printf("  %s\n", #call); fflush(stdout); call; } while (0)
-    RUN(test_full(2, 32, 2, 32, 1, 1));
-    RUN(test_full(3, 17, 3, 17, 0, 0));
-    RUN(test_lora(2, 32, 2, 17, 1, 1)); /* a batch smaller than the allocation */
-    RUN(test_lora(2, 32, 2, 32, 0, 0));
+#define RUN(call) do { printf("  %s: %s\n", cfg.model_type[0] ? cfg.model_type : "gpt2", #call); fflush(stdout); call; } while (0)
+    for (int family = 0; family < 2; family++) {
+        cfg = family ? llama_cfg() : gpt2_cfg;
+        RUN(test_full(2, 32, 2, 32, 1, 1));
+        RUN(test_full(3, 17, 3, 17, 0, 0));
+        RUN(test_lora(2, 32, 2, 17, 1, 1)); /* a batch smaller than the allocation */
+        RUN(test_lora(2, 32, 2, 32, 0, 0));
+        RUN(test_decode());
+    }
 
     ct_comm_free(gcomm); /* tears NCCL down */
     ct_comm_free(ccomm);

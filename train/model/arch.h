@@ -62,6 +62,11 @@ struct ct_arch {
     int (*ignorable)(const char *name);
 };
 
+/* The three tensor tables of an architecture, for its ct_arch initializer. */
+#define CT_ARCH_TABLES(pre_, block_, post_)                                                        \
+    .pre = pre_, .npre = (int)(sizeof pre_ / sizeof pre_[0]), .block = block_,                      \
+    .nblock = (int)(sizeof block_ / sizeof block_[0]), .post = post_, .npost = (int)(sizeof post_ / sizeof post_[0])
+
 extern const ct_arch ct_arch_gpt2;
 extern const ct_arch ct_arch_llama;
 
