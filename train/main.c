@@ -141,8 +141,9 @@ static int cmd_info(const args *a, ct_comm *comm)
                c->n_layer, c->n_head, c->n_kv_head, c->head_dim, c->n_embd, c->n_inner, c->vocab_size,
                c->max_seq_len, c->norm_eps, c->untied ? "untied" : "tied to the embedding");
         if (ct_model_hf_prefix(m)[0] == 'm')
-            printf("rope       theta %g%s\nwindow     %d%s\n", c->rope_theta, c->rope_llama3 ? ", llama3 scaling" : "",
-                   c->window, c->window && c->window_from ? " (from a later layer on)" : c->window ? "" : " (none)");
+            printf("rope       theta %g%s\nwindow     %d%s", c->rope_theta, c->rope_llama3 ? ", llama3 scaling" : "",
+                   c->window, c->window ? "" : " (none)\n");
+        if (c->window) printf(" (layers %d to %d)\n", c->window_from, c->n_layer - 1);
         printf("dtype      %s\n", c->dtype == 2 ? "bfloat16" : c->dtype == 1 ? "float16" : "float32");
         printf("parameters %zu\n", ct_model_count(m));
     }

@@ -1,8 +1,9 @@
 // backend.cu — the CUDA backend's table: device memory, bf16 storage, one stream per context.
 //
-// ct_cuda_backend_table() returns the table only when every slot is filled (missing_slot
-// below lists them all) and a CUDA device is present; otherwise NULL, so ctrain falls back to
-// the CPU backend and never calls a missing slot or a driver that is not there.
+// ct_cuda_backend_table() returns the table only when every slot every model needs is filled
+// (missing_slot below lists them) and a CUDA device is present; otherwise NULL, so ctrain falls
+// back to the CPU backend and never calls a driver that is not there. The optional slots
+// (kernels.h: the Llama family's and sampling's) may be NULL: a model that needs one names it.
 #include <stdlib.h>
 #include <string.h>
 
@@ -205,8 +206,8 @@ static ct_backend make_table(void)
 
 static const ct_backend cuda_backend = make_table();
 
-// Every slot of kernels.h, by name: a slot left NULL (an op not written yet) keeps the whole
-// backend off. Returns the first missing slot's name, or NULL when all are filled.
+// The slots every model needs, by name: one left NULL keeps the whole backend off. Returns the
+// first missing one's name, or NULL when all are filled.
 static const char *missing_slot(const ct_backend *t)
 {
 #define CT_SLOT(s) if (!t->s) return #s;
@@ -214,15 +215,14 @@ static const char *missing_slot(const ct_backend *t)
     CT_SLOT(upload) CT_SLOT(download) CT_SLOT(to_storage) CT_SLOT(to_f32) CT_SLOT(sync)
     CT_SLOT(encoder_fwd) CT_SLOT(encoder_bwd) CT_SLOT(layernorm_fwd) CT_SLOT(layernorm_bwd)
     CT_SLOT(matmul_fwd) CT_SLOT(matmul_bwd) CT_SLOT(attention_stats_len) CT_SLOT(attention_fwd)
-    CT_SLOT(attention_bwd) CT_SLOT(attention_decode) CT_SLOT(copy_rows) CT_SLOT(rmsnorm_fwd) CT_SLOT(rmsnorm_bwd)
-    CT_SLOT(rope_fwd) CT_SLOT(rope_bwd) CT_SLOT(swiglu_fwd) CT_SLOT(swiglu_bwd) CT_SLOT(gelu_fwd) CT_SLOT(gelu_bwd) CT_SLOT(residual_fwd) CT_SLOT(residual_bwd)
+    CT_SLOT(attention_bwd) CT_SLOT(gelu_fwd) CT_SLOT(gelu_bwd) CT_SLOT(residual_fwd) CT_SLOT(residual_bwd)
     CT_SLOT(xent) CT_SLOT(adamw) CT_SLOT(sumsq) CT_SLOT(lora_fwd)
     CT_SLOT(lora_scratch_len) CT_SLOT(lora_bwd)
 #undef CT_SLOT
     return NULL;
 }
 // If kernels.h grows a slot, ct_backend grows: this fails to compile until the list above
-// (and make_table) are revisited. 40 function pointers after name, abi and elem_size.
+// (and make_table) are revisited (optional slots stay off the list). 40 function pointers after name, abi and elem_size.
 static_assert(sizeof(ct_backend) == 3 * sizeof(void *) + 40 * sizeof(void *),
               "ct_backend changed: update make_table and missing_slot in kernels/cuda/backend.cu");
 
