@@ -165,8 +165,9 @@ static void expect_targets(const char *tg, const char *const *modules)
     ct_lora_spec s = make_spec(tg, r, 3.0f, 0.0f, 0);
     ct_model *m = make_base();
     size_t base_count = ct_model_count(m);
-    CHECK(ct_model_grads(m) != NULL && !ct_model_has_lora(m));
     char err[1024] = "";
+    CHECK(ct_model_grads(m) == NULL); /* made on first need */
+    CHECK(ct_model_alloc_grads(m, err, sizeof err) == 0 && ct_model_grads(m) != NULL && !ct_model_has_lora(m));
     int rc = ct_lora_add(m, &s, 5, 1, err, sizeof err);
     CHECK(rc == 0);
     if (rc) {
@@ -256,7 +257,7 @@ static void expect_no_match(const char *tg, const char *bad)
     CHECK(ct_lora_add(m, &s, 5, 1, err, sizeof err) == -1);
     const char *needles[] = {bad, "c_attn", "c_fc", "c_proj", NULL};
     expect_err(tg, err, needles);
-    CHECK(!ct_model_has_lora(m) && ct_model_grads(m) != NULL);
+    CHECK(!ct_model_has_lora(m) && ct_model_alloc_grads(m, err, sizeof err) == 0 && ct_model_grads(m) != NULL);
     ct_model_free(m);
 }
 
@@ -293,7 +294,7 @@ static void test_targets(void)
     ct_model *m = make_base();
     char err[1024] = "";
     CHECK(ct_lora_add(m, &s, 5, 1, err, sizeof err) == -1 && strstr(err, "r must be positive"));
-    CHECK(!ct_model_has_lora(m) && ct_model_grads(m) != NULL);
+    CHECK(!ct_model_has_lora(m) && ct_model_alloc_grads(m, err, sizeof err) == 0 && ct_model_grads(m) != NULL);
     ct_model_free(m);
 
     /* sharded: the adapters' flat length is padded to the shard count */

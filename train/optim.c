@@ -32,6 +32,7 @@ struct ct_optim {
 int ct_optim_init(ct_optim **out, ct_model *m, ct_comm *comm, int zero_stage, int overlap, char *err, size_t errlen)
 {
     *out = NULL;
+    if (ct_model_alloc_grads(m, err, errlen)) return -1;
     ct_trainable tr = ct_model_trainable(m);
     size_t n = tr.numel, world = (size_t)ct_comm_size(comm);
     if (n % world) {

@@ -218,7 +218,7 @@ int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *
     if (shards > 1) m->numel = align_up(m->numel, (size_t)shards);
 
     size_t es = be->elem_size, BT = (size_t)B * T;
-    int ok = (m->params = ct_model_balloc(m, m->numel * es)) && (m->grads = ct_model_balloc(m, m->numel * es)) &&
+    int ok = (m->params = ct_model_balloc(m, m->numel * es)) &&
              (m->logits = ct_model_balloc(m, BT * (size_t)m->Vp * es)) &&
              (m->losses = ct_model_balloc(m, BT * 4)) && (m->tokens_dev = ct_model_balloc(m, BT * 4)) &&
              (m->targets_dev = ct_model_balloc(m, BT * 4)) && (m->pos_dev = ct_model_balloc(m, BT * 4)) &&
@@ -435,8 +435,8 @@ int ct_model_add_lora(ct_model *m, const unsigned char *select, int r, float sca
     m->lora_r = r;
     m->lora_scale = scale;
     m->lora_dropout = dropout;
-    /* the base is frozen: its gradients are never computed, so their buffer goes */
-    for (int i = 0; i < m->nalloc; i++)
+    /* the base is frozen: its gradients are never computed, so a buffer made for them goes */
+    for (int i = 0; m->grads && i < m->nalloc; i++)
         if (m->allocations[i] == m->grads) m->be->free(m->grads), m->allocations[i] = NULL;
     m->grads = NULL;
     m->frozen = 1;
@@ -587,8 +587,22 @@ int ct_model_forward(ct_model *m, const int32_t *tokens, const int32_t *targets,
     return 0;
 }
 
+int ct_model_alloc_grads(ct_model *m, char *err, size_t errlen)
+{
+    if (m->frozen || m->grads) return 0;
+    if ((m->grads = ct_model_balloc(m, m->numel * m->be->elem_size))) return 0;
+    snprintf(err, errlen, "out of memory for the gradients of a %s model (%.1f MiB)", m->cfg.model_type,
+             (double)m->numel * m->be->elem_size / 1048576.0);
+    return -1;
+}
+
 void ct_model_zero_grad(ct_model *m)
 {
+    char err[256];
+    if (ct_model_alloc_grads(m, err, sizeof err)) {
+        fprintf(stderr, "ctrain: error: %s\n", err);
+        exit(1);
+    }
     ct_trainable t = ct_model_trainable(m);
     m->be->zero(m->ctx, t.grads, t.numel * m->be->elem_size);
 }
@@ -597,6 +611,10 @@ void ct_model_backward(ct_model *m, ct_grad_ready_fn ready, void *user)
 {
     if (!m->have_targets) {
         fprintf(stderr, "ctrain: internal error: ct_model_backward without a forward with targets\n");
+        abort();
+    }
+    if (!m->frozen && !m->grads) {
+        fprintf(stderr, "ctrain: internal error: ct_model_backward before the gradients exist (ct_model_zero_grad)\n");
         abort();
     }
     m->have_targets = 0; /* the probabilities are consumed */

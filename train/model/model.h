@@ -85,7 +85,11 @@ const ct_param *ct_model_find(const ct_model *m, const char *name); /* NULL if a
 size_t ct_model_numel(const ct_model *m);  /* length of the flat buffers, padding included */
 size_t ct_model_count(const ct_model *m);  /* number of parameters, padding excluded */
 void *ct_model_params(ct_model *m);        /* flat parameters, backend memory, storage dtype */
-void *ct_model_grads(ct_model *m);         /* flat gradients, same layout; NULL once frozen (LoRA) */
+void *ct_model_grads(ct_model *m);         /* flat gradients, same layout; NULL until allocated, and once frozen (LoRA) */
+/* The gradient buffer of a model that trains whole, made on first need (ct_optim_init and
+ * ct_model_zero_grad call this): a model that only evaluates or samples, or whose base LoRA
+ * freezes, never holds one. -1 with err filled when memory runs out; 0 when frozen. */
+int ct_model_alloc_grads(ct_model *m, char *err, size_t errlen);
 /* The config.json the weights came with (its text, carried into exports and checkpoints), or
  * NULL for a model ctrain made. Setting it copies json (NULL clears it) and records the dtype
  * the weights were published in (export writes that dtype back). */
@@ -150,8 +154,10 @@ int ct_model_forward(ct_model *m, const int32_t *tokens, const int32_t *targets,
 typedef void (*ct_grad_ready_fn)(void *user, size_t lo, size_t hi);
 
 /* Adds the gradient of the last forward's dloss * loss_sum to the gradient buffer; ready
- * (may be NULL) hears of each finished range. */
+ * (may be NULL) hears of each finished range. Needs the buffer: ct_model_zero_grad first. */
 void ct_model_backward(ct_model *m, ct_grad_ready_fn ready, void *user);
+/* Zeroes the trainable gradients, making the buffer first where there is none (ending the
+ * process with a message when memory runs out: call ct_model_alloc_grads to handle that). */
 void ct_model_zero_grad(ct_model *m);
 
 /* Inference with a KV cache: runs the Tq new tokens of each of B sequences (tokens[B*Tq]),
