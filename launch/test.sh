@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs ctrain's tests, in tiers (DESIGN.md "Tests, in tiers"):
+# Runs ctrain's tests, in tiers (docs/DESIGN.md "Tests, in tiers"):
 #   bash launch/test.sh            every tier that can run on this machine
 #   bash launch/test.sh unit       C unit, gradient and bad-input tests (no Python needed)
 #   bash launch/test.sh reference  against PyTorch / transformers, in .venv (installed from PyPI)

@@ -1,7 +1,7 @@
 /* checkpoint.h — HDF5 checkpoints: one file per save, written by every rank at once, resumable
  * exactly on any number of ranks.
  *
- * Layout (DESIGN.md "Formats"; `h5dump -H` shows it):
+ * Layout (docs/DESIGN.md "Formats"; `h5dump -H` shows it):
  *   /model/<HF name>                     fp32, full shape, ctrain's layout ([out, in]; the
  *                                        attribute hf_transposed = 1 marks Conv1D weights, which
  *                                        Hugging Face stores as [in, out])

@@ -1,6 +1,6 @@
 /* config.h — an experiment: one JSON file, validated, with every default in one table.
  *
- * Sections and keys are DESIGN.md's ("Formats"); `ctrain train --help` lists them all with
+ * Sections and keys: docs/DESIGN.md ("Formats"); `ctrain train --help` lists them all with
  * their defaults and meaning (ct_config_describe). Strings are fixed-size buffers so the
  * struct is plain data: copied, printed and saved whole. */
 #ifndef CT_TRAIN_CONFIG_H

@@ -16,7 +16,7 @@ extern "C" {
 // ---- error checks -------------------------------------------------------------------------
 // One macro generates every library's check: evaluate, compare with the library's success
 // code, and on failure print file:line, the failing expression and the library's own error
-// string, then abort. (Inside a backend a CUDA failure is a broken invariant: DESIGN.md says
+// string, then abort. (A CUDA failure inside a backend is a broken invariant; docs/DESIGN.md "Conventions" says
 // abort; under MPI the abort takes the job down.) A NCCL check is one more line like these.
 #define CT_GPU_CHECK_GEN(lib, expr, ok, errstr)                                                       \
     do {                                                                                             \
