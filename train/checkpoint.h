@@ -10,7 +10,9 @@
  * (element index, value bits), order-free so each rank adds its own part; verified on load.
  * Root attributes: format "ctrain-checkpoint", version, step, tokens, optim_steps, world (at
  * save), zero_stage, cursor_epoch/step/micro (data loader), rng (uint64[4]), config (the
- * resolved ctrain config as JSON), and the model's shape: vocab_size, n_positions, n_layer,
+ * resolved ctrain config as JSON), hf_config (the model's config.json: its family and whole
+ * shape, which ct_ckpt_read_config parses), and, as checkpoints before hf_config carried the
+ * shape of a GPT-2 (still read when hf_config is absent): vocab_size, n_positions, n_layer,
  * n_head, n_embd, layer_norm_epsilon.
  *
  * Each rank writes the slice [r*S, (r+1)*S) of the flat buffer of every group (S = padded

@@ -6,7 +6,8 @@
  * LoRA may wrap it, storage layout, when it exists). The functions: forward up to the logits,
  * backward from the logits' gradient, and decode over the KV cache. model.c derives the flat
  * layout, name lookup, initialisation and LoRA from the table; hf_model.c the Hugging Face
- * mapping. Adding a family is one file (see gpt2.c, llama.c) and a line in model.c's list. */
+ * mapping. Adding a family is one file (see gpt2.c, llama.c) and a line in hf_config.c's list
+ * (docs/DESIGN.md "Models"). */
 #ifndef CT_MODEL_ARCH_H
 #define CT_MODEL_ARCH_H
 
