@@ -44,12 +44,13 @@ int ct_comm_allreduce_sum_f64(ct_comm *c, double *buf, size_t n);
 /* In place, modulo 2^64 (checksums combined across ranks). */
 int ct_comm_allreduce_sum_u64(ct_comm *c, uint64_t *buf, size_t n);
 /* send[n * size] summed over ranks; rank r receives elements [r*n, (r+1)*n) in recv[n].
- * send and recv must not overlap. */
+ * send and recv must not overlap (with one rank they may be the same buffer: nothing moves). */
 int ct_comm_reduce_scatter_sum(ct_comm *c, const float *send, float *recv, size_t n);
 /* In place on buf[n * size]: every rank contributes its chunk [rank*n, (rank+1)*n) and
  * receives everyone's. */
 int ct_comm_allgather(ct_comm *c, float *buf, size_t n);
-/* send[n] summed over ranks into recv[n] on root; recv is not touched elsewhere. */
+/* send[n] summed over ranks into recv[n] on root; recv is not touched elsewhere. send and recv
+ * must not overlap (with one rank, as above, they may be the same buffer). */
 int ct_comm_reduce_sum(ct_comm *c, const float *send, float *recv, size_t n, int root);
 /* Every rank receives root's bytes. */
 int ct_comm_broadcast(ct_comm *c, void *buf, size_t bytes, int root);

@@ -9,11 +9,10 @@ static int single_allreduce_sum(ct_comm *c, float *buf, size_t n) { return 0; }
 static int single_allreduce_sum_f64(ct_comm *c, double *buf, size_t n) { return 0; }
 static int single_allreduce_sum_u64(ct_comm *c, uint64_t *buf, size_t n) { return 0; }
 
-/* The one rank's slice is the whole send buffer (in place, as the size-1 device side allows:
- * nothing to do). */
+/* The one rank's slice is the whole send buffer. */
 static int single_reduce_scatter_sum(ct_comm *c, const float *send, float *recv, size_t n)
 {
-    if (recv != send) memcpy(recv, send, n * sizeof *recv);
+    memcpy(recv, send, n * sizeof *recv);
     return 0;
 }
 

@@ -369,6 +369,7 @@ int main(int argc, char **argv)
     ct_comm_set_max_count(c, 0);
     check_bytes(c);
     check_device_refused(c);
+    if (size == 1) check_single_buffers(c); /* plainly, and the MPI transport under mpiexec -n 1 */
 
     /* The size-1 communicator stands alone, whatever the launcher. */
     ct_comm *one = ct_comm_init_single();
