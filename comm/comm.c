@@ -116,9 +116,9 @@ int ct_comm_init(ct_comm **out, int *argc, char ***argv, char *err, size_t errle
 void ct_comm_free(ct_comm *c)
 {
     if (!c) return;
-#if CTRAIN_HAVE_NCCL
-    ct_comm_nccl_free(c);
-#endif
+    if (c->dev_ops) c->dev_ops->free(c);
+    c->dev_ops = NULL;
+    c->dev = NULL;
     c->ops->free(c);
     free(c);
 }
@@ -168,6 +168,7 @@ int ct_comm_reduce_scatter_sum(ct_comm *c, const float *send, float *recv, size_
     if (n == 0) return 0;
     if (!send || !recv) return -1;
     c->bytes += (uint64_t)n * (uint64_t)c->size * sizeof(float);
+    if (c->size == 1 && send == recv) return 0; /* one rank, in place: the sum is there already */
     return c->ops->reduce_scatter_sum(c, send, recv, n);
 }
 
@@ -177,6 +178,7 @@ int ct_comm_reduce_sum(ct_comm *c, const float *send, float *recv, size_t n, int
     if (n == 0) return 0;
     if (!send || (c->rank == root && !recv)) return -1;
     c->bytes += (uint64_t)n * sizeof(float);
+    if (c->size == 1 && send == recv) return 0;
     return c->ops->reduce_sum(c, send, recv, n, root);
 }
 
@@ -210,102 +212,90 @@ _Noreturn void ct_comm_abort(ct_comm *c, int code)
     exit(code);
 }
 
-/* ---- buffer collectives: NCCL when a device is attached, else the host collectives */
+/* ---- buffer collectives: the device side when one is attached, else the host collectives */
 
 int ct_comm_attach_device(ct_comm *c, int device, char *err, size_t errlen)
 {
+    if (c->dev_ops) return 0;
+#if CTRAIN_HAVE_CUDA
+    /* One rank: every reduction is a copy on the GPU, so no NCCL, no id, nothing sent. */
+    if (c->size == 1) return ct_comm_copy_attach(c, device, err, errlen);
+#endif
 #if CTRAIN_HAVE_NCCL
-    if (c->dev) return 0;
     return ct_comm_nccl_attach(c, device, err, errlen);
+#elif CTRAIN_HAVE_CUDA
+    /* Decided from the size alone, before anything is sent: every rank fails alike. */
+    ct_comm_set_err(err, errlen, "comm: NCCL is missing: this ctrain was built without it and trains on one GPU per "
+            "job, but this job has %d ranks; install NCCL and rebuild (-DCTRAIN_NCCL=ON, see README, \"On GPUs\") "
+            "to use %d GPUs, or run one rank", c->size, c->size);
+    return -1;
 #else
-    (void)c;
-    ct_comm_set_err(err, errlen, "comm: this ctrain was built without NCCL, so gradients cannot be reduced on GPU %d: "
-            "install NCCL (it comes with the CUDA toolkit in /usr/local/cuda) and rebuild", device);
+    ct_comm_set_err(err, errlen, "comm: this ctrain was built without the CUDA backend, so it cannot reduce on GPU %d",
+            device);
     return -1;
 #endif
 }
 
-int ct_comm_has_device(const ct_comm *c) { return c->dev != NULL; }
+int ct_comm_has_device(const ct_comm *c) { return c->dev_ops != NULL; }
+
+const char *ct_comm_device_transport(const ct_comm *c) { return c->dev_ops ? c->dev_ops->name : "none"; }
 
 static size_t dtype_size(ct_comm_dtype dt) { return dt == CT_COMM_BF16 ? 2 : 4; }
 
 /* Host buffers are fp32 only; a device buffer call is checked the same way on every rank. */
 static int buf_args_ok(const ct_comm *c, ct_comm_dtype dt)
 {
-    return c->dev != NULL || dt == CT_COMM_F32;
+    return c->dev_ops != NULL || dt == CT_COMM_F32;
 }
 
 int ct_comm_buf_reduce_scatter(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, void *stream)
 {
     if (n == 0) return 0;
     if (!send || !recv || !buf_args_ok(c, dt)) return -1;
-    if (!c->dev) return ct_comm_reduce_scatter_sum(c, send, recv, n);
+    if (!c->dev_ops) return ct_comm_reduce_scatter_sum(c, send, recv, n);
     c->bytes += (uint64_t)n * (uint64_t)c->size * dtype_size(dt);
-#if CTRAIN_HAVE_NCCL
-    return ct_comm_nccl_reduce_scatter(c, send, recv, n, dt, stream);
-#else
-    return -1;
-#endif
+    return c->dev_ops->reduce_scatter(c, send, recv, n, dt, stream);
 }
 
 int ct_comm_buf_allgather(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream)
 {
     if (n == 0) return 0;
     if (!buf || !buf_args_ok(c, dt)) return -1;
-    if (!c->dev) return ct_comm_allgather(c, buf, n);
+    if (!c->dev_ops) return ct_comm_allgather(c, buf, n);
     c->bytes += (uint64_t)n * (uint64_t)c->size * dtype_size(dt);
-#if CTRAIN_HAVE_NCCL
-    return ct_comm_nccl_allgather(c, buf, n, dt, stream);
-#else
-    return -1;
-#endif
+    return c->dev_ops->allgather(c, buf, n, dt, stream);
 }
 
 int ct_comm_buf_allreduce(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream)
 {
     if (n == 0) return 0;
     if (!buf || !buf_args_ok(c, dt)) return -1;
-    if (!c->dev) return ct_comm_allreduce_sum(c, buf, n);
+    if (!c->dev_ops) return ct_comm_allreduce_sum(c, buf, n);
     c->bytes += (uint64_t)n * dtype_size(dt);
-#if CTRAIN_HAVE_NCCL
-    return ct_comm_nccl_allreduce(c, buf, n, dt, stream);
-#else
-    return -1;
-#endif
+    return c->dev_ops->allreduce(c, buf, n, dt, stream);
 }
 
 int ct_comm_buf_reduce(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, int root, void *stream)
 {
-    if (!c->dev) return buf_args_ok(c, dt) ? ct_comm_reduce_sum(c, send, recv, n, root) : -1;
+    if (!c->dev_ops) return buf_args_ok(c, dt) ? ct_comm_reduce_sum(c, send, recv, n, root) : -1;
     if (root < 0 || root >= c->size) return -1;
     if (n == 0) return 0;
     if (!send || !recv) return -1;
     c->bytes += (uint64_t)n * dtype_size(dt);
-#if CTRAIN_HAVE_NCCL
-    return ct_comm_nccl_reduce(c, send, recv, n, dt, root, stream);
-#else
-    return -1;
-#endif
+    return c->dev_ops->reduce(c, send, recv, n, dt, root, stream);
 }
 
 void ct_comm_buf_group_begin(ct_comm *c)
 {
-#if CTRAIN_HAVE_NCCL
-    if (c->dev) ct_comm_nccl_group(c, 1);
-#endif
+    if (c->dev_ops) c->dev_ops->group(c, 1);
 }
 
 void ct_comm_buf_group_end(ct_comm *c)
 {
-#if CTRAIN_HAVE_NCCL
-    if (c->dev) ct_comm_nccl_group(c, 0);
-#endif
+    if (c->dev_ops) c->dev_ops->group(c, 0);
 }
 
 int ct_comm_buf_wait(ct_comm *c, void *stream)
 {
-#if CTRAIN_HAVE_NCCL
-    if (c->dev) return ct_comm_nccl_wait(c, stream);
-#endif
-    return 0;
+    return c->dev_ops ? c->dev_ops->wait(c, stream) : 0;
 }

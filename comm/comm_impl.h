@@ -36,7 +36,8 @@ struct ct_comm {
     int local_rank, local_size; /* among the ranks sharing this node's memory */
     int node;                   /* index of this node among the job's nodes, 0-based */
     uint64_t bytes;             /* payload bytes passed to collectives, see ct_comm_bytes */
-    void *dev;                  /* the device side (NCCL), once attached: comm_nccl.c */
+    const struct ct_comm_dev_ops *dev_ops; /* the device side, once attached (else NULL) */
+    void *dev;                  /* its own state */
     size_t max_count;           /* largest element count one transport call may carry */
     void *impl;                 /* the transport's own state */
 };
@@ -55,19 +56,33 @@ void ct_comm_set_err(char *err, size_t errlen, const char *fmt, ...);
 int ct_comm_mpi_init(ct_comm *c, int *argc, char ***argv, int expect_size, char *err, size_t errlen);
 #endif
 
-/* The NCCL side (comm_nccl.c, built with CTRAIN_HAVE_NCCL). Buffers are device memory; every
- * call is ordered after the work enqueued on `stream` so far and runs on the device side's own
- * stream; ct_comm_nccl_wait orders `stream` after everything issued. NCCL failures print
- * file:line and end the job (ct_comm_abort). */
+/* The device side of a communicator: collectives on device memory, attached by
+ * ct_comm_attach_device. comm.c validates arguments and counts bytes first, as for the host
+ * transports. Every call is ordered after the work enqueued on `stream` so far and runs on the
+ * device side's own stream; wait orders `stream` after everything issued. Failures print
+ * file:line and end the job (ct_comm_abort). Every slot is required. */
+typedef struct ct_comm_dev_ops {
+    const char *name; /* what ct_comm_device_transport returns */
+    int (*reduce_scatter)(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, void *stream);
+    int (*allgather)(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream);
+    int (*allreduce)(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream);
+    int (*reduce)(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, int root, void *stream);
+    void (*group)(ct_comm *c, int begin); /* ct_comm_buf_group_begin (1) and _end (0) */
+    int (*wait)(ct_comm *c, void *stream);
+    /* Releases the device side's state (dev); comm.c clears dev and dev_ops. */
+    void (*free)(ct_comm *c);
+} ct_comm_dev_ops;
+
+/* Each attach fills c->dev and c->dev_ops, or returns -1 with err filled and c untouched.
+ * The copy (comm_cuda.c, built with CTRAIN_HAVE_CUDA): a communicator of one rank, where every
+ * reduction is a device-to-device copy or nothing; it starts no NCCL and sends nothing. NCCL
+ * (comm_nccl.c, built with CTRAIN_HAVE_NCCL): any size, its unique id made on rank 0 and
+ * broadcast over the host transport. */
+#if CTRAIN_HAVE_CUDA
+int ct_comm_copy_attach(ct_comm *c, int device, char *err, size_t errlen);
+#endif
 #if CTRAIN_HAVE_NCCL
 int ct_comm_nccl_attach(ct_comm *c, int device, char *err, size_t errlen);
-void ct_comm_nccl_free(ct_comm *c);
-int ct_comm_nccl_reduce_scatter(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, void *stream);
-int ct_comm_nccl_allgather(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream);
-int ct_comm_nccl_allreduce(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream);
-int ct_comm_nccl_reduce(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, int root, void *stream);
-void ct_comm_nccl_group(ct_comm *c, int begin);
-int ct_comm_nccl_wait(ct_comm *c, void *stream);
 #endif
 
 /* For tests: caps the element (or byte, for broadcast) count of a single transport call so

@@ -1,48 +1,116 @@
-/* comm_nccl.c — the device side of a communicator: NCCL collectives on CUDA device memory.
- * Compiled only when CTRAIN_HAVE_NCCL.
+/* comm_nccl.c — the device side of a communicator of several ranks: NCCL collectives on CUDA
+ * device memory. Compiled only when CTRAIN_HAVE_NCCL (a communicator of one rank needs no NCCL:
+ * comm_cuda.c).
  *
  * One NCCL communicator spans the same ranks as the host transport; rank 0 makes its unique id
- * and the host transport broadcasts it (MPI, or nothing at all with one rank). Collectives run
- * on a stream of their own: each call first makes that stream wait for an event recorded on
- * the caller's compute stream, so it sees every kernel enqueued before it while the compute
- * stream goes on (gradient reduction overlapped with backward); ct_comm_nccl_wait makes the
- * compute stream wait for the communication stream in turn. NCCL and CUDA failures print
- * file:line and end the whole job: a rank must not go on after a failed collective. */
-#include "comm_impl.h"
+ * and the host transport broadcasts it. Collectives run on the device side's own stream, after
+ * the caller's work so far (comm_cuda.h), so gradient reduction overlaps with backward. NCCL
+ * and CUDA failures print file:line and end the whole job: a rank must not go on after a
+ * failed collective. */
+#include "comm_cuda.h"
 
-#include <cuda_runtime.h>
 #include <nccl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 typedef struct nccl_state {
+    ct_comm_cuda cu; /* device, stream and events */
     ncclComm_t comm;
-    int device;
-    cudaStream_t stream; /* where the collectives run */
-    cudaEvent_t ready;   /* recorded on the caller's stream: the work a collective must follow */
-    cudaEvent_t done;    /* recorded on `stream`: what the caller's stream must wait for */
-    int in_group;        /* inside ct_comm_buf_group_begin/end */
+    int in_group;    /* inside ct_comm_buf_group_begin/end */
 } nccl_state;
-
-static _Noreturn void nccl_fail(ct_comm *c, const char *what, const char *msg, const char *file, int line)
-{
-    fprintf(stderr, "%s:%d: rank %d: %s failed: %s\n", file, line, c->rank, what, msg);
-    ct_comm_abort(c, 1);
-}
 
 #define NCCL_CHECK(c, call)                                                                     \
     do {                                                                                        \
         ncclResult_t nccl_rc_ = (call);                                                         \
-        if (nccl_rc_ != ncclSuccess) nccl_fail(c, #call, ncclGetErrorString(nccl_rc_), __FILE__, __LINE__); \
-    } while (0)
-#define CUDA_CHECK(c, call)                                                                     \
-    do {                                                                                        \
-        cudaError_t cuda_rc_ = (call);                                                          \
-        if (cuda_rc_ != cudaSuccess) nccl_fail(c, #call, cudaGetErrorString(cuda_rc_), __FILE__, __LINE__); \
+        if (nccl_rc_ != ncclSuccess) ct_comm_dev_fail(c, #call, ncclGetErrorString(nccl_rc_), __FILE__, __LINE__); \
     } while (0)
 
 static ncclDataType_t nccl_type(ct_comm_dtype dt) { return dt == CT_COMM_BF16 ? ncclBfloat16 : ncclFloat32; }
+
+/* The collective about to be issued follows everything enqueued on the caller's stream. */
+static nccl_state *after(ct_comm *c, void *stream)
+{
+    nccl_state *s = c->dev;
+    ct_comm_cuda_after(c, &s->cu, stream);
+    return s;
+}
+
+static int nccl_reduce_scatter(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, void *stream)
+{
+    nccl_state *s = after(c, stream);
+    NCCL_CHECK(c, ncclReduceScatter(send, recv, n, nccl_type(dt), ncclSum, s->comm, s->cu.stream));
+    return 0;
+}
+
+/* In place: rank r's chunk sits at buf + r * n, where NCCL's in-place all-gather wants it. */
+static int nccl_allgather(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream)
+{
+    nccl_state *s = after(c, stream);
+    const size_t es = dt == CT_COMM_BF16 ? 2 : 4;
+    NCCL_CHECK(c, ncclAllGather((const char *)buf + (size_t)c->rank * n * es, buf, n, nccl_type(dt), s->comm,
+                                s->cu.stream));
+    return 0;
+}
+
+static int nccl_allreduce(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream)
+{
+    nccl_state *s = after(c, stream);
+    NCCL_CHECK(c, ncclAllReduce(buf, buf, n, nccl_type(dt), ncclSum, s->comm, s->cu.stream));
+    return 0;
+}
+
+static int nccl_reduce(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, int root, void *stream)
+{
+    nccl_state *s = after(c, stream);
+    NCCL_CHECK(c, ncclReduce(send, recv, n, nccl_type(dt), ncclSum, root, s->comm, s->cu.stream));
+    return 0;
+}
+
+static void nccl_group(ct_comm *c, int begin)
+{
+    nccl_state *s = c->dev;
+    if (begin) {
+        NCCL_CHECK(c, ncclGroupStart());
+        s->in_group = 1;
+    } else {
+        s->in_group = 0;
+        NCCL_CHECK(c, ncclGroupEnd());
+    }
+}
+
+static int nccl_wait(ct_comm *c, void *stream)
+{
+    nccl_state *s = c->dev;
+    if (s->in_group) {
+        fprintf(stderr, "comm: internal error: ct_comm_buf_wait inside a group\n");
+        ct_comm_abort(c, 1);
+    }
+    ct_comm_cuda_wait(c, &s->cu, stream);
+    return 0;
+}
+
+static void nccl_free(ct_comm *c)
+{
+    nccl_state *s = c->dev;
+    /* NCCL goes first, with nothing of it left in flight on the stream */
+    cudaSetDevice(s->cu.device);
+    cudaStreamSynchronize(s->cu.stream);
+    ncclCommDestroy(s->comm);
+    ct_comm_cuda_close(&s->cu);
+    free(s);
+}
+
+static const ct_comm_dev_ops nccl_ops = {
+    .name = "nccl",
+    .reduce_scatter = nccl_reduce_scatter,
+    .allgather = nccl_allgather,
+    .allreduce = nccl_allreduce,
+    .reduce = nccl_reduce,
+    .group = nccl_group,
+    .wait = nccl_wait,
+    .free = nccl_free,
+};
 
 int ct_comm_nccl_attach(ct_comm *c, int device, char *err, size_t errlen)
 {
@@ -66,106 +134,19 @@ int ct_comm_nccl_attach(ct_comm *c, int device, char *err, size_t errlen)
         ct_comm_set_err(err, errlen, "comm: out of memory");
         return -1;
     }
-    s->device = device;
-    cudaError_t ce = cudaSetDevice(device);
-    if (ce == cudaSuccess) ce = cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking);
-    if (ce == cudaSuccess) ce = cudaEventCreateWithFlags(&s->ready, cudaEventDisableTiming);
-    if (ce == cudaSuccess) ce = cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming);
-    if (ce != cudaSuccess) {
-        ct_comm_set_err(err, errlen, "comm: GPU %d: %s", device, cudaGetErrorString(ce));
-        goto fail;
+    if (ct_comm_cuda_open(&s->cu, device, err, errlen)) {
+        free(s);
+        return -1;
     }
     ncclResult_t nr = ncclCommInitRank(&s->comm, c->size, hello.id, c->rank);
     if (nr != ncclSuccess) {
-        s->comm = NULL;
         ct_comm_set_err(err, errlen, "comm: NCCL could not start on GPU %d (rank %d of %d): %s", device, c->rank, c->size,
                 ncclGetErrorString(nr));
-        goto fail;
+        ct_comm_cuda_close(&s->cu);
+        free(s);
+        return -1;
     }
     c->dev = s;
-    return 0;
-fail:
-    if (s->done) cudaEventDestroy(s->done);
-    if (s->ready) cudaEventDestroy(s->ready);
-    if (s->stream) cudaStreamDestroy(s->stream);
-    free(s);
-    return -1;
-}
-
-void ct_comm_nccl_free(ct_comm *c)
-{
-    nccl_state *s = c->dev;
-    if (!s) return;
-    cudaSetDevice(s->device);
-    cudaStreamSynchronize(s->stream);
-    ncclCommDestroy(s->comm);
-    cudaEventDestroy(s->done);
-    cudaEventDestroy(s->ready);
-    cudaStreamDestroy(s->stream);
-    free(s);
-    c->dev = NULL;
-}
-
-/* The collective about to be issued follows everything enqueued on the caller's stream. */
-static nccl_state *after(ct_comm *c, void *stream)
-{
-    nccl_state *s = c->dev;
-    CUDA_CHECK(c, cudaEventRecord(s->ready, (cudaStream_t)stream));
-    CUDA_CHECK(c, cudaStreamWaitEvent(s->stream, s->ready, 0));
-    return s;
-}
-
-int ct_comm_nccl_reduce_scatter(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, void *stream)
-{
-    nccl_state *s = after(c, stream);
-    NCCL_CHECK(c, ncclReduceScatter(send, recv, n, nccl_type(dt), ncclSum, s->comm, s->stream));
-    return 0;
-}
-
-/* In place: rank r's chunk sits at buf + r * n, where NCCL's in-place all-gather wants it. */
-int ct_comm_nccl_allgather(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream)
-{
-    nccl_state *s = after(c, stream);
-    const size_t es = dt == CT_COMM_BF16 ? 2 : 4;
-    NCCL_CHECK(c, ncclAllGather((const char *)buf + (size_t)c->rank * n * es, buf, n, nccl_type(dt), s->comm,
-                                s->stream));
-    return 0;
-}
-
-int ct_comm_nccl_allreduce(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream)
-{
-    nccl_state *s = after(c, stream);
-    NCCL_CHECK(c, ncclAllReduce(buf, buf, n, nccl_type(dt), ncclSum, s->comm, s->stream));
-    return 0;
-}
-
-int ct_comm_nccl_reduce(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, int root, void *stream)
-{
-    nccl_state *s = after(c, stream);
-    NCCL_CHECK(c, ncclReduce(send, recv, n, nccl_type(dt), ncclSum, root, s->comm, s->stream));
-    return 0;
-}
-
-void ct_comm_nccl_group(ct_comm *c, int begin)
-{
-    nccl_state *s = c->dev;
-    if (begin) {
-        NCCL_CHECK(c, ncclGroupStart());
-        s->in_group = 1;
-    } else {
-        s->in_group = 0;
-        NCCL_CHECK(c, ncclGroupEnd());
-    }
-}
-
-int ct_comm_nccl_wait(ct_comm *c, void *stream)
-{
-    nccl_state *s = c->dev;
-    if (s->in_group) {
-        fprintf(stderr, "comm: internal error: ct_comm_buf_wait inside a group\n");
-        ct_comm_abort(c, 1);
-    }
-    CUDA_CHECK(c, cudaEventRecord(s->done, s->stream));
-    CUDA_CHECK(c, cudaStreamWaitEvent((cudaStream_t)stream, s->done, 0));
+    c->dev_ops = &nccl_ops;
     return 0;
 }

@@ -1,10 +1,13 @@
 # comm tests, included from tests/CMakeLists.txt: include(${CMAKE_CURRENT_SOURCE_DIR}/comm.cmake)
-# test_comm runs plainly (the size-1 transport) and, with MPI, under mpiexec -n 2, 3 and 4;
+# test_comm runs plainly (the size-1 transport) and, with MPI, under mpiexec -n 1, 2, 3 and 4;
 # comm_abort_np2 checks that one rank's ct_comm_abort ends the whole job quickly.
 # They link ct_comm alone: comm must not need the rest of ctrain.
 add_executable(test_comm ${CMAKE_CURRENT_LIST_DIR}/test_comm.c)
 target_link_libraries(test_comm PRIVATE ct_comm)
 target_include_directories(test_comm PRIVATE ${CMAKE_CURRENT_LIST_DIR})
+# what attaching a device must do in this build (test_comm checks the refusals)
+target_compile_definitions(test_comm PRIVATE CTRAIN_HAVE_CUDA=$<BOOL:${CTRAIN_HAVE_CUDA}>
+  CTRAIN_HAVE_NCCL=$<BOOL:${CTRAIN_HAVE_NCCL}>)
 add_test(NAME test_comm COMMAND test_comm)
 set_tests_properties(test_comm PROPERTIES LABELS unit TIMEOUT 60)
 
@@ -23,7 +26,7 @@ if(CTRAIN_HAVE_MPI)
     set(ct_comm_oversubscribe --oversubscribe)
   endif()
   set(ct_comm_env "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMP_NUM_THREADS=1")
-  foreach(np 2 3 4)
+  foreach(np 1 2 3 4)
     add_test(NAME test_comm_np${np}
       COMMAND ${ct_comm_mpiexec} ${MPIEXEC_NUMPROC_FLAG} ${np} ${ct_comm_oversubscribe}
               ${MPIEXEC_PREFLAGS} $<TARGET_FILE:test_comm> ${MPIEXEC_POSTFLAGS})

@@ -3,7 +3,11 @@
  * Rank r contributes r*1000 + i, so every sum has a closed form and every value stays an
  * integer below 2^24: float comparisons are exact. Each case runs twice, the second time with
  * the per-call count capped (ct_comm_set_max_count) so the chunked paths that large buffers
- * take are checked too. Also checks local rank, local size and node against host names. */
+ * take are checked too. Also checks local rank, local size and node against host names, and
+ * the device side as far as a machine without a GPU can: the size-1 buffer collectives (what
+ * the size-1 device side does on the GPU: copies, or nothing in place), and attaching a device
+ * where this build must refuse before anything is sent (no CUDA backend; no NCCL and several
+ * ranks). CTRAIN_HAVE_CUDA and CTRAIN_HAVE_NCCL come from comm.cmake. */
 #include "check.h"
 #include "comm.h"
 #include "comm_impl.h"
@@ -125,6 +129,87 @@ static void check_buffers(ct_comm *c, size_t n)
     free(b);
     free(recv);
     free(want_f);
+}
+
+/* Without a device the buffer collectives say so; attaching one is refused, identically on
+ * every rank and before anything is sent, wherever this build cannot reduce on GPUs: no CUDA
+ * backend at all, or no NCCL and more than one rank. (With NCCL and several ranks, attaching
+ * would start NCCL: for the GPU tests.) */
+static void check_device_refused(ct_comm *c)
+{
+    CHECK(!ct_comm_has_device(c));
+    CHECK(strcmp(ct_comm_device_transport(c), "none") == 0);
+    if (CTRAIN_HAVE_CUDA && (CTRAIN_HAVE_NCCL || size == 1)) return;
+    char err[512] = "", want[64];
+    uint64_t before = ct_comm_bytes(c);
+    CHECK(ct_comm_attach_device(c, 0, err, sizeof err) == -1);
+    CHECK(ct_comm_bytes(c) == before);
+    CHECK(!ct_comm_has_device(c));
+    CHECK(strcmp(ct_comm_device_transport(c), "none") == 0);
+    CHECK(strncmp(err, "comm: ", 6) == 0);
+    if (CTRAIN_HAVE_CUDA) {
+        snprintf(want, sizeof want, "this job has %d ranks", size);
+        CHECK(strstr(err, "NCCL is missing") && strstr(err, want));
+        snprintf(want, sizeof want, "to use %d GPUs", size);
+        CHECK(strstr(err, want) != NULL);
+    } else {
+        CHECK(strstr(err, "without the CUDA backend") != NULL);
+    }
+    /* the host collectives go on as before */
+    float x = 1;
+    CHECK(ct_comm_buf_allreduce(c, &x, 1, CT_COMM_F32, NULL) == 0 && x == (float)size);
+    if (rank == 0) printf("test_comm: attaching a device refused as it must: %s\n", err);
+}
+
+/* A communicator of one rank: reduce-scatter and reduce copy send into recv, and leave the
+ * buffer as it was when send == recv; all-reduce and all-gather leave it as it was. Bytes count
+ * as with several ranks. On the host here; the size-1 device side does the same on the GPU. */
+static void check_single_buffers(ct_comm *one)
+{
+    enum { N = 37 };
+    float a[N], b[N], orig[N];
+    for (int i = 0; i < N; i++) orig[i] = a[i] = (float)(i * 3 - 50);
+    uint64_t before = ct_comm_bytes(one);
+    for (int i = 0; i < N; i++) b[i] = -1;
+    CHECK(ct_comm_buf_reduce_scatter(one, a, b, N, CT_COMM_F32, NULL) == 0);
+    CHECK(!memcmp(b, orig, sizeof b) && !memcmp(a, orig, sizeof a));
+    for (int i = 0; i < N; i++) b[i] = -1;
+    CHECK(ct_comm_buf_reduce(one, a, b, N, CT_COMM_F32, 0, NULL) == 0);
+    CHECK(!memcmp(b, orig, sizeof b) && !memcmp(a, orig, sizeof a));
+    CHECK(ct_comm_buf_reduce_scatter(one, a, a, N, CT_COMM_F32, NULL) == 0);
+    CHECK(!memcmp(a, orig, sizeof a));
+    CHECK(ct_comm_buf_reduce(one, a, a, N, CT_COMM_F32, 0, NULL) == 0);
+    CHECK(!memcmp(a, orig, sizeof a));
+    ct_comm_buf_group_begin(one);
+    CHECK(ct_comm_buf_allreduce(one, a, N, CT_COMM_F32, NULL) == 0);
+    CHECK(ct_comm_buf_allgather(one, a, N, CT_COMM_F32, NULL) == 0);
+    ct_comm_buf_group_end(one);
+    CHECK(ct_comm_buf_wait(one, NULL) == 0);
+    CHECK(!memcmp(a, orig, sizeof a));
+    CHECK(ct_comm_buf_reduce(one, a, b, N, CT_COMM_F32, 1, NULL) == -1); /* the only root is 0 */
+    CHECK(ct_comm_bytes(one) - before == 6 * N * sizeof(float));
+}
+
+/* Attaching a GPU to a communicator of one rank starts no NCCL and sends nothing (no unique id
+ * is broadcast): it either fails here, where there is no GPU, with the GPU named, or gives the
+ * copy device side. */
+static void check_single_attach(ct_comm *one)
+{
+    if (!CTRAIN_HAVE_CUDA) return; /* refused: check_device_refused */
+    char err[512] = "";
+    uint64_t before = ct_comm_bytes(one);
+    if (ct_comm_attach_device(one, 0, err, sizeof err) == 0) {
+        CHECK(ct_comm_has_device(one));
+        CHECK(strcmp(ct_comm_device_transport(one), "copy") == 0);
+        CHECK(ct_comm_attach_device(one, 0, err, sizeof err) == 0); /* attached already */
+        printf("test_comm: a GPU is here: one rank attached it with the copy device side\n");
+    } else {
+        CHECK(strncmp(err, "comm: GPU 0: ", 13) == 0);
+        CHECK(!ct_comm_has_device(one));
+        CHECK(strcmp(ct_comm_device_transport(one), "none") == 0);
+        printf("test_comm: no GPU for the size-1 device side here (%s)\n", err);
+    }
+    CHECK(ct_comm_bytes(one) == before);
 }
 
 static void check_allgather(ct_comm *c, size_t n)
@@ -283,6 +368,8 @@ int main(int argc, char **argv)
     run_all(c);
     ct_comm_set_max_count(c, 0);
     check_bytes(c);
+    check_device_refused(c);
+    if (size == 1) check_single_buffers(c); /* plainly, and the MPI transport under mpiexec -n 1 */
 
     /* The size-1 communicator stands alone, whatever the launcher. */
     ct_comm *one = ct_comm_init_single();
@@ -293,6 +380,8 @@ int main(int argc, char **argv)
         CHECK(ct_comm_broadcast(one, s, sizeof s, 1) == -1);
         CHECK(ct_comm_all_ok(one, 0) == 0);
         CHECK(strcmp(ct_comm_transport(one), "single") == 0);
+        check_single_buffers(one);
+        if (rank == 0) check_single_attach(one); /* one GPU context per node is plenty */
         ct_comm_free(one);
     }
 

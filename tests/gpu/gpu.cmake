@@ -22,9 +22,11 @@ ctrain_gpu_test(test_cuda_ops LIBS ct_kernels SYNC TIMEOUT 300)
 # test_cuda_model: a full training step and a LoRA step of a tiny GPT-2 (forward, backward, the
 # ready-callback contract, two optimizer steps over NCCL) against the CPU backend.
 ctrain_gpu_test(test_cuda_model LIBS ct_train SYNC TIMEOUT 300)
-# test_nccl: comm.h's buffer collectives over NCCL on device memory (world 1), stream order
+# test_nccl: comm.h's buffer collectives on device memory (world 1), on the copy device side a
+# one-rank job gets (no NCCL started) and, in builds with NCCL, on NCCL itself; stream order
 # included, so without CTRAIN_CUDA_SYNC (synchronising every launch would hide an ordering bug).
 ctrain_gpu_test(test_nccl LIBS ct_comm ct_kernels TIMEOUT 120)
+target_compile_definitions(test_nccl PRIVATE CTRAIN_HAVE_NCCL=$<BOOL:${CTRAIN_HAVE_NCCL}>)
 
 # cuda_train_resume: ctrain end to end on the GPU: train, resume in place exactly, against the
 # CPU backend, eval and sample. Exits 77 where nvidia-smi lists no GPU or ctrain cannot use one.

@@ -1,5 +1,7 @@
-/* test_nccl.c — the buffer collectives of comm.h over NCCL on device memory, world size 1
- * (tests/gpu, ctest -L gpu).
+/* test_nccl.c — the buffer collectives of comm.h on device memory, world size 1 (tests/gpu,
+ * ctest -L gpu): twice, once on the device side a one-rank job gets (ct_comm_attach_device:
+ * copies, no NCCL started, no unique id sent), once on NCCL itself, attached by hand
+ * (comm_impl.h's ct_comm_nccl_attach, in builds with NCCL), so its plumbing is tested on one GPU.
  *
  * With one rank every collective's result is known exactly (reduce-scatter and reduce copy,
  * all-gather and all-reduce leave the buffer as it was), so what is tested is the plumbing
@@ -22,6 +24,7 @@
 
 #include "check.h"
 #include "comm.h"
+#include "comm_impl.h" /* ct_comm_nccl_attach; CTRAIN_HAVE_NCCL comes from gpu.cmake */
 #include "kernels.h"
 
 static const ct_backend *gpu;
@@ -141,6 +144,15 @@ static void test_collectives(size_t n, ct_comm_dtype dt)
     expect_pattern("reduce recv", b, n, dt, k);
     CHECK_BYTES("reduce");
 
+    /* reduce-scatter and reduce in place (recv == send: rank 0's chunk, where NCCL wants it):
+     * unchanged */
+    write_pattern(a, n, dt, ++k);
+    CHECK(ct_comm_buf_reduce_scatter(comm, a, a, n, dt, stream) == 0);
+    CHECK(ct_comm_buf_reduce(comm, a, a, n, dt, 0, stream) == 0);
+    want_bytes += (uint64_t)n * ((uint64_t)world + 1) * es;
+    expect_pattern("reduce_scatter and reduce in place", a, n, dt, k);
+    CHECK_BYTES("in place");
+
     /* a group of reduces into slices of one buffer, as the optimizer's overlapped reduction
      * does; cut unevenly, one piece a single element */
     poison(b, n, dt);
@@ -189,6 +201,25 @@ static void test_collectives(size_t n, ct_comm_dtype dt)
     gpu->free(b);
 }
 
+static const size_t sizes[] = {17, 3000001}; /* elements; the last is the largest */
+
+/* Every size and dtype on the attached comm; attaching again does nothing. */
+static void run_all(const char *transport)
+{
+    static const ct_comm_dtype dtypes[] = {CT_COMM_F32, CT_COMM_BF16};
+    char err[512] = "";
+    CHECK(ct_comm_attach_device(comm, 0, err, sizeof err) == 0); /* attached already: nothing to do */
+    CHECK(strcmp(ct_comm_device_transport(comm), transport) == 0);
+    want_bytes = ct_comm_bytes(comm);
+    CHECK(ct_comm_buf_wait(comm, stream) == 0); /* nothing issued yet */
+    for (int s = 0; s < 2; s++)
+        for (int d = 0; d < 2; d++) {
+            printf("  %s: %s, %zu elements\n", transport, dtypes[d] == CT_COMM_BF16 ? "bf16" : "fp32", sizes[s]);
+            fflush(stdout);
+            test_collectives(sizes[s], dtypes[d]);
+        }
+}
+
 int main(void)
 {
     /* synchronising after every launch would complete each write before its collective */
@@ -205,40 +236,49 @@ int main(void)
     }
     stream = gpu->stream(gk);
     CHECK(stream != NULL);
-    const size_t sizes[] = {17, 3000001};
-    const ct_comm_dtype dtypes[] = {CT_COMM_F32, CT_COMM_BF16};
     busy_a = dalloc(BUSY_BYTES);
     busy_b = dalloc(BUSY_BYTES);
     stage = dalloc(sizes[1] * sizeof(float));
     host = ct_test_alloc(sizes[1]);
 
+    /* what a one-rank job gets: the copy device side */
     comm = ct_comm_init_single();
     if (!comm) return 2;
     CHECK(ct_comm_size(comm) == 1 && ct_comm_rank(comm) == 0);
     CHECK(ct_comm_has_device(comm) == 0);
+    CHECK(strcmp(ct_comm_device_transport(comm), "none") == 0);
     /* without a device the buffer collectives are the host ones: fp32 only */
     float vals[5] = {1, 2, 3, 4, 5};
     CHECK(ct_comm_buf_allreduce(comm, vals, 5, CT_COMM_BF16, NULL) == -1);
     CHECK(ct_comm_buf_allreduce(comm, vals, 5, CT_COMM_F32, NULL) == 0 && vals[4] == 5);
 
     char err[512] = "";
+    want_bytes = ct_comm_bytes(comm);
     if (ct_comm_attach_device(comm, 0, err, sizeof err) != 0) {
         fprintf(stderr, "test_nccl: ct_comm_attach_device(0) failed: %s\n", err);
         return 1;
     }
     CHECK(ct_comm_has_device(comm) == 1);
-    CHECK(ct_comm_attach_device(comm, 0, err, sizeof err) == 0); /* attached already: nothing to do */
-    want_bytes = ct_comm_bytes(comm); /* attaching broadcast the NCCL id */
-    CHECK(ct_comm_buf_wait(comm, stream) == 0); /* nothing issued yet */
+    /* no NCCL communicator: the copy side, and nothing sent (NCCL's start broadcasts its id) */
+    CHECK(strcmp(ct_comm_device_transport(comm), "copy") == 0);
+    CHECK_BYTES("attaching one rank");
+    run_all("copy");
+    ct_comm_free(comm);
 
-    for (int s = 0; s < 2; s++)
-        for (int d = 0; d < 2; d++) {
-            printf("  %s, %zu elements\n", dtypes[d] == CT_COMM_BF16 ? "bf16" : "fp32", sizes[s]);
-            fflush(stdout);
-            test_collectives(sizes[s], dtypes[d]);
-        }
-
+#if CTRAIN_HAVE_NCCL
+    /* NCCL on one rank, as several ranks would use it */
+    comm = ct_comm_init_single();
+    if (!comm) return 2;
+    if (ct_comm_nccl_attach(comm, 0, err, sizeof err) != 0) {
+        fprintf(stderr, "test_nccl: ct_comm_nccl_attach(0) failed: %s\n", err);
+        return 1;
+    }
+    CHECK(strcmp(ct_comm_device_transport(comm), "nccl") == 0);
+    run_all("nccl");
     ct_comm_free(comm); /* tears NCCL down */
+#else
+    printf("  (no NCCL in this build: its collectives are not tested)\n");
+#endif
     gpu->free(busy_a);
     gpu->free(busy_b);
     gpu->free(stage);
