@@ -3,7 +3,7 @@
  * --device cpu (default): the CPU backend: tokens/s, achieved GFLOP/s, the share of time in
  * matmuls and their GFLOP/s, and this machine's sgemm GFLOP/s measured in the same run.
  * --device cuda: the CUDA backend (bf16 storage, fp32 master weights) with the trainer's own
- * optimizer (ct_optim: ZeRO-1 AdamW on a one-rank communicator over NCCL, gradient clipping
+ * optimizer (ct_optim: ZeRO-1 AdamW on a one-rank communicator (device-side copies, no NCCL), gradient clipping
  * at 1.0): ms/step, tokens/s, TFLOP/s, MFU against --peak-tflops (dense bf16 of the GPU), and
  * the GPU memory in use at the end (total - free from cudaMemGetInfo: the CUDA context and
  * cuBLASLt workspace included; the backend allocates everything up front and frees nothing

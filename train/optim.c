@@ -1,7 +1,7 @@
 /* optim.c — ZeRO-1 AdamW: reduce-scatter, clip, update this rank's slice, all-gather.
  *
  * Gradients and parameters are reduced and gathered where the backend keeps them: over NCCL
- * in the storage dtype (bf16) on a GPU, over the host transport in fp32 on the CPU. With
+ * in the storage dtype (bf16) on several GPUs (a device-to-device copy on one), over the host transport in fp32 on the CPU. With
  * overlap on, the step's last backward hands over each finished range of gradients as it
  * completes (ct_optim_grad_ready) and its reduction starts at once: under ZeRO-1 the range is
  * cut at the rank slices and each piece reduced onto the rank that owns it, which moves the

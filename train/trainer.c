@@ -242,8 +242,9 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         run_free(&s);
         return -1;
     }
-    /* GPU memory: gradients and parameters are reduced over NCCL. Only now, with every rank
-     * set up: a rank failing here may leave the others inside NCCL's start, so it ends the job. */
+    /* GPU memory: gradients and parameters are reduced over NCCL (copied, with one rank). Only
+     * now, with every rank set up: a rank failing here may leave the others inside NCCL's
+     * start, so it ends the job. */
     if (s.be->stream(s.ctx) && ct_comm_attach_device(comm, s.device, err, sizeof err)) ct_run_die(comm, err);
     ct_rng_seed(&s.st.rng, (uint64_t)cfg->run.seed);
     double load_s = omp_get_wtime();

@@ -4,7 +4,7 @@
  * test_cuda_ops checks each op alone; this checks them composed as ct_model and ct_optim use
  * them: the flat-buffer layout, activations reused across layers, the fused classifier, the
  * ready-callback contract on an asynchronous stream, LoRA's frozen base and dropout, and the
- * optimizer's reduction over NCCL (a size-1 communicator with device 0 attached).
+ * optimizer's reduction (a size-1 communicator with device 0 attached: its device-side copies).
  *
  * Both models get the same weights: initialised on the CPU model (biases and layernorm
  * parameters moved off 0 and 1, so a mis-wired bias would show), rounded to bf16, copied into
@@ -65,7 +65,7 @@ static const ct_optim_hparams hparams = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.
 
 static const ct_backend *cpu, *gpu;
 static ct_kctx *ck, *gk;
-static ct_comm *ccomm, *gcomm; /* size 1 each; gcomm has device 0 attached (NCCL) */
+static ct_comm *ccomm, *gcomm; /* size 1 each; gcomm has device 0 attached (the copy side) */
 static uint64_t rng;
 
 
@@ -506,7 +506,7 @@ int main(void)
         RUN(test_decode());
     }
 
-    ct_comm_free(gcomm); /* tears NCCL down */
+    ct_comm_free(gcomm); /* tears the device side down */
     ct_comm_free(ccomm);
     gpu->kctx_free(gk);
     cpu->kctx_free(ck);
