@@ -522,24 +522,19 @@ static void test_rope(int N, int nh, int D, int ld)
     for (int i = 0; i < D / 2; i++) inv[i] = powf(10000.0f, -2.0f * i / D);
     int32_t *gpos = up_raw(pos, N * sizeof *pos);
     float *ginv = up_raw(inv, D / 2 * sizeof(float));
-    char what[80];
-
-    float *x = rnd(n, -2, 2), *cx = dup_f(x, n);
-    void *gx = up(x, n);
-    cpu->rope_fwd(ck, cx, pos, inv, N, nh, D, ld);
-    gpu->rope_fwd(gk, gx, gpos, ginv, N, nh, D, ld);
-    snprintf(what, sizeof what, "rope_fwd N%d nh%d D%d ld%d", N, nh, D, ld);
-    CMP(what, down(gx, n), cx, n, RTOL, AFRAC);
-    gpu->rope_bwd(gk, gx, gpos, ginv, N, nh, D, ld); /* the transpose undoes the rotation */
-    snprintf(what, sizeof what, "rope_bwd(rope_fwd(x)) = x, D%d", D);
-    CMP(what, down(gx, n), x, n, RTOL, AFRAC);
-
-    float *g = rnd(n, -2, 2), *cg = dup_f(g, n);
-    void *gg = up(g, n);
-    cpu->rope_bwd(ck, cg, pos, inv, N, nh, D, ld);
-    gpu->rope_bwd(gk, gg, gpos, ginv, N, nh, D, ld);
-    snprintf(what, sizeof what, "rope_bwd N%d nh%d D%d ld%d", N, nh, D, ld);
-    CMP(what, down(gg, n), cg, n, RTOL, AFRAC);
+    char what[96];
+    for (int dir = 0; dir < 2; dir++) { /* rope_fwd, then rope_bwd (the transpose), on fresh data */
+        const char *op = dir ? "rope_bwd" : "rope_fwd", *inv_op = dir ? "rope_fwd" : "rope_bwd";
+        float *x = rnd(n, -2, 2), *cx = dup_f(x, n);
+        void *gx = up(x, n);
+        (dir ? cpu->rope_bwd : cpu->rope_fwd)(ck, cx, pos, inv, N, nh, D, ld);
+        (dir ? gpu->rope_bwd : gpu->rope_fwd)(gk, gx, gpos, ginv, N, nh, D, ld);
+        snprintf(what, sizeof what, "%s N%d nh%d D%d ld%d", op, N, nh, D, ld);
+        CMP(what, down(gx, n), cx, n, RTOL, AFRAC);
+        (dir ? gpu->rope_fwd : gpu->rope_bwd)(gk, gx, gpos, ginv, N, nh, D, ld); /* undoes the rotation */
+        snprintf(what, sizeof what, "%s(%s(x)) = x, D%d", inv_op, op, D);
+        CMP(what, down(gx, n), x, n, RTOL, AFRAC);
+    }
 }
 
 /* ---- swiglu: 16-byte steps with a tail, and an unaligned view (element path) --------------- */
