@@ -245,7 +245,7 @@ __device__ __forceinline__ void store_add(bf16 *g, const frag_c (&acc)[HSP / 16]
     }
 }
 
-// The shape every attention kernel takes (host-checked by attn_shape_of)
+// The shape every attention kernel takes (checked by attn_check, filled by shape_of)
 struct attn_shape {
     int T, NH, G;  // sequence length, query heads, query heads per kv head
     int hs;        // head size, <= HSP
@@ -624,7 +624,7 @@ static void attn_check(const char *op, int B, int T, int NH, int NKV, int D, int
     else if ((long long)NKV * D > ldkv) why = "ldkv < NKV*D";
     else if (window < 0) why = "window < 0";
     else if (Tq < 0 && (long long)B * NH > INT_MAX) why = "B*NH > 2^31-1 (grid x)";
-    else if (Tq < 0 && (T + ATTN_MIN_ROW_BLOCK - 1) / ATTN_MIN_ROW_BLOCK > ATTN_MAX_ROW_BLOCKS)
+    else if (Tq < 0 && ((long long)T + ATTN_MIN_ROW_BLOCK - 1) / ATTN_MIN_ROW_BLOCK > ATTN_MAX_ROW_BLOCKS)
         why = "T > 65535*32 (grid y)";
     else if (Tq >= 0 && (pos0 < 0 || maxT <= 0 || (long long)pos0 + Tq > maxT)) why = "pos0 + Tq > maxT";
     else if (Tq >= 0 && (long long)B * Tq * NH > INT_MAX) why = "B*Tq*NH > 2^31-1 (grid x)";

@@ -222,7 +222,8 @@ static const char *missing_slot(const ct_backend *t)
     return NULL;
 }
 // If kernels.h grows a slot, ct_backend grows: this fails to compile until the list above
-// (and make_table) are revisited (optional slots stay off the list). 40 function pointers after name, abi and elem_size.
+// (and make_table) are revisited (optional slots stay off the list). 40 function pointers
+// after name, abi and elem_size.
 static_assert(sizeof(ct_backend) == 3 * sizeof(void *) + 40 * sizeof(void *),
               "ct_backend changed: update make_table and missing_slot in kernels/cuda/backend.cu");
 

@@ -83,10 +83,42 @@ __device__ __forceinline__ void ct_st8(bf16 *p, const float *f)
 }
 static inline int ct_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
+// out[i] = bf16(f(a[i], b[i])) for i < n, f on fp32, grid-stride. VEC (out, a and b 16-byte
+// aligned): eight elements per step through ct_ld8/ct_st8, then the tail one at a time; the same
+// arithmetic either way. out may equal a or b (each element is read before it is written).
+template <bool VEC, class F>
+__device__ __forceinline__ void ct_map2(bf16 *out, const bf16 *a, const bf16 *b, size_t n, const F &f)
+{
+    const size_t stride = (size_t)gridDim.x * blockDim.x, t = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    size_t head = 0;
+    if (VEC) {
+        head = n / 8 * 8;
+        for (size_t i = t * 8; i < head; i += stride * 8) {
+            float x[8], y[8];
+            ct_ld8(x, a + i);
+            ct_ld8(y, b + i);
+#pragma unroll
+            for (int k = 0; k < 8; k++) x[k] = f(x[k], y[k]);
+            ct_st8(out + i, x);
+        }
+    }
+    for (size_t i = head + t; i < n; i += stride) out[i] = ct_bf(f(ct_ld(a + i), ct_ld(b + i)));
+}
+
 static inline unsigned ct_blocks(size_t n, unsigned threads)
 {
     size_t b = (n + threads - 1) / threads;
     return (unsigned)(b < 65535u * 32u ? b : 65535u * 32u); // kernels use grid-stride loops beyond this
+}
+
+// The elementwise kernels' launch, on the context's stream and checked: vec (eight elements a
+// thread, 16-byte accesses) when `aligned`, else scalar (one element a thread); n elements.
+template <class... P, class... A>
+static void ct_launch_map(ct_kctx *ctx, void (*vec)(P...), void (*scalar)(P...), int aligned, size_t n, A... args)
+{
+    if (aligned) vec<<<ct_blocks((n + 7) / 8, 256), 256, 0, ctx->stream>>>(args...);
+    else scalar<<<ct_blocks(n, 256), 256, 0, ctx->stream>>>(args...);
+    CT_LAUNCH_CHECK(ctx);
 }
 
 // ---- reductions -----------------------------------------------------------------------------

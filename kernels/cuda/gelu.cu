@@ -72,21 +72,14 @@ template <bool VEC> __global__ void gelu_bwd_kernel(bf16 *dinp, const bf16 *inp,
 void ct_cuda_gelu_fwd(ct_kctx *ctx, void *out, const void *inp, size_t n)
 {
     if (n == 0) return;
-    if (ct_aligned16(out) && ct_aligned16(inp))
-        gelu_fwd_kernel<true><<<ct_blocks((n + 7) / 8, 256), 256, 0, ctx->stream>>>((bf16 *)out, (const bf16 *)inp, n);
-    else
-        gelu_fwd_kernel<false><<<ct_blocks(n, 256), 256, 0, ctx->stream>>>((bf16 *)out, (const bf16 *)inp, n);
-    CT_LAUNCH_CHECK(ctx);
+    ct_launch_map(ctx, gelu_fwd_kernel<true>, gelu_fwd_kernel<false>, ct_aligned16(out) && ct_aligned16(inp), n,
+                  (bf16 *)out, (const bf16 *)inp, n);
 }
 
 void ct_cuda_gelu_bwd(ct_kctx *ctx, void *dinp, const void *inp, const void *dout, size_t n)
 {
     if (n == 0) return;
-    if (ct_aligned16(dinp) && ct_aligned16(inp) && ct_aligned16(dout))
-        gelu_bwd_kernel<true><<<ct_blocks((n + 7) / 8, 256), 256, 0, ctx->stream>>>((bf16 *)dinp, (const bf16 *)inp,
-                                                                                 (const bf16 *)dout, n);
-    else
-        gelu_bwd_kernel<false><<<ct_blocks(n, 256), 256, 0, ctx->stream>>>((bf16 *)dinp, (const bf16 *)inp,
-                                                                          (const bf16 *)dout, n);
-    CT_LAUNCH_CHECK(ctx);
+    ct_launch_map(ctx, gelu_bwd_kernel<true>, gelu_bwd_kernel<false>,
+                  ct_aligned16(dinp) && ct_aligned16(inp) && ct_aligned16(dout), n, (bf16 *)dinp, (const bf16 *)inp,
+                  (const bf16 *)dout, n);
 }

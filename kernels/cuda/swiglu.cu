@@ -2,30 +2,14 @@
 // sigmoid(x) = 1 / (1 + exp(-x)) with full-precision expf: exp(-x) = inf for x < -88 gives
 // sigmoid 0 and silu -0, never NaN. Eight elements per thread per step with 16-byte accesses
 // where every pointer allows (VEC), one at a time otherwise and for the tail: the same
-// arithmetic either way (as gelu.cu).
+// arithmetic either way (forward through common.cuh's ct_map2, backward as gelu.cu's).
 #include "swiglu.cuh"
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 template <bool VEC> __global__ void swiglu_fwd_kernel(bf16 *out, const bf16 *gate, const bf16 *up, size_t n)
 {
-    const size_t stride = (size_t)gridDim.x * blockDim.x, t = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    size_t head = 0;
-    if (VEC) {
-        head = n / 8 * 8;
-        for (size_t i = t * 8; i < head; i += stride * 8) {
-            float g[8], u[8];
-            ct_ld8(g, gate + i);
-            ct_ld8(u, up + i);
-#pragma unroll
-            for (int k = 0; k < 8; k++) g[k] = g[k] * sigmoid(g[k]) * u[k];
-            ct_st8(out + i, g);
-        }
-    }
-    for (size_t i = head + t; i < n; i += stride) {
-        const float g = ct_ld(gate + i);
-        out[i] = ct_bf(g * sigmoid(g) * ct_ld(up + i));
-    }
+    ct_map2<VEC>(out, gate, up, n, [](float g, float u) { return g * sigmoid(g) * u; });
 }
 
 // dgate += dout * up * silu'(gate), silu'(x) = s (1 + x (1 - s)); dup += dout * silu(gate).
@@ -69,24 +53,17 @@ __global__ void swiglu_bwd_kernel(bf16 *dgate, bf16 *dup, const bf16 *dout, cons
 void ct_cuda_swiglu_fwd(ct_kctx *ctx, void *out, const void *gate, const void *up, size_t n)
 {
     if (n == 0) return;
-    if (ct_aligned16(out) && ct_aligned16(gate) && ct_aligned16(up))
-        swiglu_fwd_kernel<true><<<ct_blocks((n + 7) / 8, 256), 256, 0, ctx->stream>>>((bf16 *)out, (const bf16 *)gate,
-                                                                                   (const bf16 *)up, n);
-    else
-        swiglu_fwd_kernel<false><<<ct_blocks(n, 256), 256, 0, ctx->stream>>>((bf16 *)out, (const bf16 *)gate,
-                                                                            (const bf16 *)up, n);
-    CT_LAUNCH_CHECK(ctx);
+    ct_launch_map(ctx, swiglu_fwd_kernel<true>, swiglu_fwd_kernel<false>,
+                  ct_aligned16(out) && ct_aligned16(gate) && ct_aligned16(up), n, (bf16 *)out, (const bf16 *)gate,
+                  (const bf16 *)up, n);
 }
 
 void ct_cuda_swiglu_bwd(ct_kctx *ctx, void *dgate, void *dup, const void *dout, const void *gate, const void *up,
                         size_t n)
 {
     if (n == 0) return;
-    bf16 *dg = (bf16 *)dgate, *du = (bf16 *)dup;
-    const bf16 *d = (const bf16 *)dout, *g = (const bf16 *)gate, *u = (const bf16 *)up;
-    if (ct_aligned16(dgate) && ct_aligned16(dup) && ct_aligned16(dout) && ct_aligned16(gate) && ct_aligned16(up))
-        swiglu_bwd_kernel<true><<<ct_blocks((n + 7) / 8, 256), 256, 0, ctx->stream>>>(dg, du, d, g, u, n);
-    else
-        swiglu_bwd_kernel<false><<<ct_blocks(n, 256), 256, 0, ctx->stream>>>(dg, du, d, g, u, n);
-    CT_LAUNCH_CHECK(ctx);
+    const int aligned = ct_aligned16(dgate) && ct_aligned16(dup) && ct_aligned16(dout) && ct_aligned16(gate) &&
+                        ct_aligned16(up);
+    ct_launch_map(ctx, swiglu_bwd_kernel<true>, swiglu_bwd_kernel<false>, aligned, n, (bf16 *)dgate, (bf16 *)dup,
+                  (const bf16 *)dout, (const bf16 *)gate, (const bf16 *)up, n);
 }

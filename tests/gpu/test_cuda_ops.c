@@ -104,6 +104,17 @@ static float *down_f32(const float *d, size_t n)
 }
 
 
+/* The CPU twin of a slot after attention_bwd may be missing (kernels.h allows NULL): then the
+ * op cannot be compared, which counts as a failure here, named, instead of a crash. */
+static int twin(const char *op, int present)
+{
+    if (!present) {
+        fprintf(stderr, "%s: the CPU backend has no %s to compare with\n", "test_cuda_ops", op);
+        ct_test_failures++;
+    }
+    return present;
+}
+
 /* ---- conversions -------------------------------------------------------------------------- */
 static void test_convert(void)
 {
@@ -121,18 +132,20 @@ static void test_convert(void)
 }
 
 /* ---- encoder ------------------------------------------------------------------------------ */
-static void test_encoder(int B, int T, int C, int V)
+static void test_encoder(int B, int T, int C, int V, int learned_pos)
 {
     size_t BT = (size_t)B * T;
     int32_t *tok = malloc(BT * sizeof *tok);
     for (size_t i = 0; i < BT; i++) tok[i] = (int32_t)(ct_test_rand_u64(&rng) % (uint64_t)V);
     float *wte = rnd((size_t)V * C, -1, 1), *wpe = rnd((size_t)T * C, -1, 1);
     float *out = ct_test_alloc(BT * C);
-    cpu->encoder_fwd(ck, out, tok, wte, wpe, B, T, C);
+    cpu->encoder_fwd(ck, out, tok, wte, learned_pos ? wpe : NULL, B, T, C);
     int32_t *dtok = up_raw(tok, BT * sizeof *tok);
     void *dout_ = poison(BT * C, 2);
-    gpu->encoder_fwd(gk, dout_, dtok, up(wte, (size_t)V * C), up(wpe, (size_t)T * C), B, T, C);
-    CMP("encoder_fwd out", down(dout_, BT * C), out, BT * C, RTOL, AFRAC);
+    gpu->encoder_fwd(gk, dout_, dtok, up(wte, (size_t)V * C), learned_pos ? up(wpe, (size_t)T * C) : NULL, B, T, C);
+    if (learned_pos) CMP("encoder_fwd out", down(dout_, BT * C), out, BT * C, RTOL, AFRAC);
+    else CMP("encoder_fwd out (wpe NULL: the embedding rows, exactly)", down(dout_, BT * C), out, BT * C, 0, 0);
+    if (!learned_pos) return; /* backward without wpe is encoder_bwd's dwpe = NULL mode below */
 
     float *g = rnd(BT * C, -1, 1), *pte = rnd((size_t)V * C, -1, 1), *ppe = rnd((size_t)T * C, -1, 1);
     void *dg = up(g, BT * C);
@@ -306,24 +319,245 @@ static void test_sumsq(size_t n)
 }
 
 /* ---- attention ---------------------------------------------------------------------------- */
-static void test_attention(int B, int T, int C, int NH)
+/* Layouts of q, k, v (and of dq, dk, dv, which take the same views of their own buffers):
+ *   PACKED:   one buffer of rows q | k | v, ldq = ldkv = (NH + 2 NKV) D: GPT-2's qkv views at +C
+ *             and +2C when NH == NKV, a fused Llama projection otherwise;
+ *   SEPARATE: three buffers, ldq = NH D, ldkv = NKV D;
+ *   STRIDED:  three buffers with 3 extra elements a row, each view 1 element past its buffer's
+ *             start: no 16-byte alignment anywhere, the kernels' element-load path.
+ * On the GPU the padding columns of the inputs are NaN (a kernel that reads them fails); the
+ * gradient buffers' padding is pre-filled like the rest and must come back unchanged. */
+enum { PACKED, SEPARATE, STRIDED };
+
+typedef struct {
+    size_t n;                    /* elements per buffer (one buffer when PACKED) */
+    int ld[3];                   /* row strides of q, k, v */
+    size_t off[3];               /* element offsets of the q, k, v views in their buffers */
+} attn_layout;
+
+static attn_layout attn_layout_of(int layout, size_t BT, int NH, int NKV, int D)
 {
-    size_t nq = (size_t)B * T * 3 * C, no = (size_t)B * T * C;
-    float *qkv = rnd(nq, -1, 1), *out = ct_test_alloc(no);
-    float *stats = ct_test_alloc(cpu->attention_stats_len(B, T, NH));
-    cpu->attention_fwd(ck, out, stats, qkv, B, T, C, NH);
-    void *gq = up(qkv, nq), *gout = poison(no, 2);
+    attn_layout L;
+    memset(&L, 0, sizeof L);
+    if (layout == PACKED) {
+        const int ld = (NH + 2 * NKV) * D;
+        L.ld[0] = L.ld[1] = L.ld[2] = ld;
+        L.off[1] = (size_t)NH * D;
+        L.off[2] = (size_t)(NH + NKV) * D;
+        L.n = BT * ld;
+        return L;
+    }
+    const int pad = layout == STRIDED ? 3 : 0, skew = layout == STRIDED ? 1 : 0;
+    L.ld[0] = NH * D + pad;
+    L.ld[1] = L.ld[2] = NKV * D + pad;
+    for (int i = 0; i < 3; i++) L.off[i] = skew;
+    L.n = BT * L.ld[0] + skew; /* q's buffer; k's and v's are no larger */
+    return L;
+}
+
+/* buffer i (0 q, 1 k, 2 v; all one when PACKED), host: n floats; view i starts at off[i] */
+static int attn_buf(int layout, int i) { return layout == PACKED ? 0 : i; }
+
+/* is element e of buffer `buf` outside every view's D-wide heads (padding)? */
+static int attn_is_pad(const attn_layout *L, int layout, int buf, size_t e, int NH, int NKV, int D)
+{
+    if (layout == PACKED) return 0;
+    if (e < L->off[buf]) return 1;
+    const int width = (buf == 0 ? NH : NKV) * D;
+    return (int)((e - L->off[buf]) % (size_t)L->ld[buf]) >= width;
+}
+
+/* views into three device buffers (or one), element offsets as bf16 */
+static void *view(void *base, size_t off) { return (char *)base + 2 * off; }
+
+static void test_attention(int B, int T, int NH, int NKV, int D, int window, int layout)
+{
+    static const char *lname[] = {"packed", "separate", "strided"};
+    char tag[96], what[160];
+    snprintf(tag, sizeof tag, "B%d T%d NH%d NKV%d D%d window %d %s", B, T, NH, NKV, D, window, lname[layout]);
+    if (!twin("attention_decode/copy_rows", cpu->attention_decode && cpu->copy_rows)) return;
+    const size_t BT = (size_t)B * T, no = BT * NH * D;
+    const attn_layout L = attn_layout_of(layout, BT, NH, NKV, D);
+    const int nbuf = layout == PACKED ? 1 : 3, ldq = L.ld[0], ldkv = L.ld[1];
+
+    /* inputs: q and k in [-3, 3] so each softmax row is peaked (a key tile skipped or masked
+     * wrongly moves the output by O(1), not by an average over hundreds of keys), v in [-1, 1];
+     * the CPU's padding is 0, the GPU's NaN */
+    float *hx[3], *gx_h[3];
+    void *gx[3];
+    for (int i = 0; i < nbuf; i++) {
+        hx[i] = rnd(L.n, -1, 1);
+        gx_h[i] = dup_f(hx[i], L.n);
+        for (size_t e = 0; e < L.n; e++) {
+            const int c = layout == PACKED ? (int)(e % (size_t)L.ld[0]) : 0;
+            const int qk = layout == PACKED ? c < (NH + NKV) * D : i < 2;
+            if (qk) gx_h[i][e] = hx[i][e] = bf16r(3.0f * hx[i][e]);
+            if (attn_is_pad(&L, layout, i, e, NH, NKV, D)) {
+                hx[i][e] = 0.0f;
+                gx_h[i][e] = NAN;
+            }
+        }
+        gx[i] = up(gx_h[i], L.n);
+    }
+    const float *q = hx[attn_buf(layout, 0)] + L.off[0], *k = hx[attn_buf(layout, 1)] + L.off[1],
+                *v = hx[attn_buf(layout, 2)] + L.off[2];
+    void *vq = view(gx[attn_buf(layout, 0)], L.off[0]), *vk = view(gx[attn_buf(layout, 1)], L.off[1]),
+         *vv = view(gx[attn_buf(layout, 2)], L.off[2]);
+
+    float *out = ct_test_alloc(no), *stats = ct_test_alloc(cpu->attention_stats_len(B, T, NH));
+    cpu->attention_fwd(ck, out, stats, q, k, v, B, T, NH, NKV, D, ldq, ldkv, window);
+    void *gout = poison(no, 2);
     float *gstats = poison(gpu->attention_stats_len(B, T, NH), 4);
-    gpu->attention_fwd(gk, gout, gstats, gq, B, T, C, NH);
-    char what[80];
-    snprintf(what, sizeof what, "attention_fwd B%d T%d C%d NH%d", B, T, C, NH);
+    gpu->attention_fwd(gk, gout, gstats, vq, vk, vv, B, T, NH, NKV, D, ldq, ldkv, window);
+    snprintf(what, sizeof what, "attention_fwd %s", tag);
     CMP(what, down(gout, no), out, no, RTOL, AFRAC);
-    float *d = rnd(no, -1, 1), *dq = rnd(nq, -1, 1);
-    void *gdq = up(dq, nq);
-    cpu->attention_bwd(ck, dq, stats, d, qkv, out, B, T, C, NH);
-    gpu->attention_bwd(gk, gdq, gstats, up(d, no), gq, gout, B, T, C, NH);
-    snprintf(what, sizeof what, "attention_bwd dqkv B%d T%d C%d NH%d", B, T, C, NH);
-    CMP(what, down(gdq, nq), dq, nq, RTOL, AFRAC);
+
+    /* backward: gradients pre-filled alike on both sides, the same views of their own buffers */
+    float *d = rnd(no, -1, 1), *pre[3], *cg[3];
+    void *gd = up(d, no), *gg[3], *gg2[3];
+    for (int i = 0; i < nbuf; i++) {
+        pre[i] = rnd(L.n, -1, 1);
+        cg[i] = dup_f(pre[i], L.n);
+        gg[i] = up(pre[i], L.n);
+        gg2[i] = up(pre[i], L.n);
+    }
+    cpu->attention_bwd(ck, cg[attn_buf(layout, 0)] + L.off[0], cg[attn_buf(layout, 1)] + L.off[1],
+                       cg[attn_buf(layout, 2)] + L.off[2], stats, d, q, k, v, out, B, T, NH, NKV, D, ldq, ldkv, window);
+    for (int run = 0; run < 2; run++) { /* twice, from the same pre-fill: the bits must repeat */
+        void **g = run ? gg2 : gg;
+        gpu->attention_bwd(gk, view(g[attn_buf(layout, 0)], L.off[0]), view(g[attn_buf(layout, 1)], L.off[1]),
+                           view(g[attn_buf(layout, 2)], L.off[2]), gstats, gd, vq, vk, vv, gout, B, T, NH, NKV, D,
+                           ldq, ldkv, window);
+    }
+    for (int i = 0; i < nbuf; i++) {
+        static const char *gname[] = {"dq", "dk", "dv"};
+        float *got = down(gg[i], L.n), *again = down(gg2[i], L.n);
+        snprintf(what, sizeof what, "attention_bwd %s %s", layout == PACKED ? "dqkv" : gname[i], tag);
+        CMP(what, got, cg[i], L.n, RTOL, AFRAC);
+        if (memcmp(got, again, L.n * sizeof(float))) {
+            fprintf(stderr, "%s: not deterministic (two runs differ)\n", what);
+            ct_test_failures++;
+        }
+    }
+
+    /* decode: Tq queries at pos0.. against a KV cache of maxT > T rows, filled by copy_rows up to
+     * pos0 + Tq only (the GPU cache's later rows stay NaN: decode must not read them); the q rows
+     * gathered by copy_rows too, with a row stride wider than NH*D */
+    const int Tq = T < 3 ? T : 3, pos0 = (T - Tq) * 2 / 3, maxT = T + 5, kvw = NKV * D, qld = NH * D + 8;
+    const int filled = pos0 + Tq;
+    const size_t ncache = (size_t)B * maxT * kvw, nqd = (size_t)B * Tq * qld, nod = (size_t)B * Tq * NH * D;
+    float *kc = ct_test_alloc(ncache), *vc = ct_test_alloc(ncache), *qd = ct_test_alloc(nqd);
+    void *gkc = poison(ncache, 2), *gvc = poison(ncache, 2), *gqd = poison(nqd, 2);
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < filled; t++)
+            for (int c = 0; c < kvw; c++) {
+                kc[((size_t)b * maxT + t) * kvw + c] = k[((size_t)b * T + t) * ldkv + c];
+                vc[((size_t)b * maxT + t) * kvw + c] = v[((size_t)b * T + t) * ldkv + c];
+            }
+        for (int t = 0; t < Tq; t++)
+            for (int c = 0; c < NH * D; c++) qd[((size_t)b * Tq + t) * qld + c] = q[((size_t)b * T + pos0 + t) * ldq + c];
+        gpu->copy_rows(gk, view(gkc, (size_t)b * maxT * kvw), kvw, view(vk, (size_t)b * T * ldkv), ldkv, filled, kvw);
+        gpu->copy_rows(gk, view(gvc, (size_t)b * maxT * kvw), kvw, view(vv, (size_t)b * T * ldkv), ldkv, filled, kvw);
+        gpu->copy_rows(gk, view(gqd, (size_t)b * Tq * qld), qld, view(vq, ((size_t)b * T + pos0) * ldq), ldq, Tq,
+                       NH * D);
+    }
+    float *od = ct_test_alloc(nod), *want = ct_test_alloc(nod);
+    void *god = poison(nod, 2);
+    cpu->attention_decode(ck, od, qd, kc, vc, B, Tq, pos0, maxT, NH, NKV, D, qld, window);
+    gpu->attention_decode(gk, god, gqd, gkc, gvc, B, Tq, pos0, maxT, NH, NKV, D, qld, window);
+    for (int b = 0; b < B; b++)
+        memcpy(want + (size_t)b * Tq * NH * D, out + ((size_t)b * T + pos0) * NH * D, (size_t)Tq * NH * D * sizeof(float));
+    float *got = down(god, nod);
+    snprintf(what, sizeof what, "attention_decode Tq%d pos0 %d %s", Tq, pos0, tag);
+    CMP(what, got, od, nod, RTOL, AFRAC);
+    snprintf(what, sizeof what, "attention_decode = attention_fwd's rows, %s", tag);
+    CMP(what, got, want, nod, RTOL, AFRAC);
+}
+
+/* ---- copy_rows: a strided block, the columns past it untouched ---------------------------- */
+static void test_copy_rows(int rows, int cols, int lds, int ldd)
+{
+    if (!twin("copy_rows", gpu->copy_rows != NULL)) return;
+    float *src = rnd((size_t)rows * lds, -1, 1), *dst = rnd((size_t)rows * ldd, -1, 1);
+    void *gdst = up(dst, (size_t)rows * ldd);
+    gpu->copy_rows(gk, gdst, ldd, up(src, (size_t)rows * lds), lds, rows, cols);
+    for (int r = 0; r < rows; r++) memcpy(dst + (size_t)r * ldd, src + (size_t)r * lds, cols * sizeof(float));
+    CMP("copy_rows", down(gdst, (size_t)rows * ldd), dst, (size_t)rows * ldd, 0, 0);
+}
+
+/* ---- rmsnorm ------------------------------------------------------------------------------ */
+static void test_rmsnorm(int N, int C)
+{
+    if (!twin("rmsnorm", cpu->rmsnorm_fwd && cpu->rmsnorm_bwd)) return;
+    size_t n = (size_t)N * C;
+    float *x = rnd(n, -2, 3), *w = rnd(C, 0.5f, 1.5f);
+    float *out = ct_test_alloc(n), *rstd = ct_test_alloc(N);
+    cpu->rmsnorm_fwd(ck, out, rstd, x, w, N, C, 1e-5f);
+    void *gx = up(x, n), *gw = up(w, C), *gout = poison(n, 2);
+    float *grstd = poison(N, 4);
+    gpu->rmsnorm_fwd(gk, gout, grstd, gx, gw, N, C, 1e-5f);
+    CMP("rmsnorm_fwd out", down(gout, n), out, n, RTOL, AFRAC);
+    CMP("rmsnorm_fwd rstd", down_f32(grstd, N), rstd, N, 1e-3, 1e-4);
+
+    float *d = rnd(n, -1, 1), *pdx = rnd(n, -1, 1), *pdw = rnd(C, -1, 1);
+    void *gd = up(d, n);
+    for (int frozen = 0; frozen < 2; frozen++) {
+        float *cdx = dup_f(pdx, n), *cdw = dup_f(pdw, C);
+        void *gdx = up(pdx, n), *gdw = up(pdw, C);
+        cpu->rmsnorm_bwd(ck, cdx, frozen ? NULL : cdw, d, x, w, rstd, N, C);
+        gpu->rmsnorm_bwd(gk, gdx, frozen ? NULL : gdw, gd, gx, gw, grstd, N, C);
+        CMP(frozen ? "rmsnorm_bwd dinp (frozen)" : "rmsnorm_bwd dinp", down(gdx, n), cdx, n, RTOL, AFRAC);
+        CMP(frozen ? "rmsnorm_bwd dw (NULL: unchanged)" : "rmsnorm_bwd dw", down(gdw, C), cdw, C, RTOL, AFRAC);
+    }
+}
+
+/* ---- rope: nh heads of D channels in rows of ld, positions up to 8191 ---------------------- */
+static void test_rope(int N, int nh, int D, int ld)
+{
+    if (!twin("rope", cpu->rope_fwd && cpu->rope_bwd)) return;
+    size_t n = (size_t)N * ld;
+    int32_t *pos = malloc(N * sizeof *pos);
+    for (int i = 0; i < N; i++) pos[i] = (int32_t)(ct_test_rand_u64(&rng) % 8192);
+    float *inv = ct_test_alloc(D / 2);
+    for (int i = 0; i < D / 2; i++) inv[i] = powf(10000.0f, -2.0f * i / D);
+    int32_t *gpos = up_raw(pos, N * sizeof *pos);
+    float *ginv = up_raw(inv, D / 2 * sizeof(float));
+    char what[96];
+    for (int dir = 0; dir < 2; dir++) { /* rope_fwd, then rope_bwd (the transpose), on fresh data */
+        const char *op = dir ? "rope_bwd" : "rope_fwd", *inv_op = dir ? "rope_fwd" : "rope_bwd";
+        float *x = rnd(n, -2, 2), *cx = dup_f(x, n);
+        void *gx = up(x, n);
+        (dir ? cpu->rope_bwd : cpu->rope_fwd)(ck, cx, pos, inv, N, nh, D, ld);
+        (dir ? gpu->rope_bwd : gpu->rope_fwd)(gk, gx, gpos, ginv, N, nh, D, ld);
+        snprintf(what, sizeof what, "%s N%d nh%d D%d ld%d", op, N, nh, D, ld);
+        CMP(what, down(gx, n), cx, n, RTOL, AFRAC);
+        (dir ? gpu->rope_fwd : gpu->rope_bwd)(gk, gx, gpos, ginv, N, nh, D, ld); /* undoes the rotation */
+        snprintf(what, sizeof what, "%s(%s(x)) = x, D%d", inv_op, op, D);
+        CMP(what, down(gx, n), x, n, RTOL, AFRAC);
+    }
+}
+
+/* ---- swiglu: 16-byte steps with a tail, and an unaligned view (element path) --------------- */
+static void test_swiglu(size_t n, int skew)
+{
+    if (!twin("swiglu", cpu->swiglu_fwd && cpu->swiglu_bwd)) return;
+    float *gate = rnd(n + 1, -12, 12), *upv = rnd(n + 1, -2, 2), *out = ct_test_alloc(n + 1);
+    gate[skew] = -100.0f; /* exp overflows: silu -> -0, silu' -> 0, never NaN */
+    gate[skew + 1] = 100.0f;
+    cpu->swiglu_fwd(ck, out + skew, gate + skew, upv + skew, n);
+    void *gg = up(gate, n + 1), *gu = up(upv, n + 1), *gout = poison(n + 1, 2);
+    gpu->swiglu_fwd(gk, view(gout, skew), view(gg, skew), view(gu, skew), n);
+    char what[64];
+    snprintf(what, sizeof what, "swiglu_fwd n%zu skew %d", n, skew);
+    CMP(what, (float *)down(gout, n + 1) + skew, out + skew, n, RTOL, AFRAC);
+    float *d = rnd(n + 1, -1, 1), *dg = rnd(n + 1, -1, 1), *du = rnd(n + 1, -1, 1);
+    void *gdg = up(dg, n + 1), *gdu = up(du, n + 1);
+    cpu->swiglu_bwd(ck, dg + skew, du + skew, d + skew, gate + skew, upv + skew, n);
+    gpu->swiglu_bwd(gk, view(gdg, skew), view(gdu, skew), view(up(d, n + 1), skew), view(gg, skew), view(gu, skew), n);
+    snprintf(what, sizeof what, "swiglu_bwd dgate n%zu skew %d", n, skew);
+    CMP(what, down(gdg, n + 1), dg, n + 1, RTOL, AFRAC);
+    snprintf(what, sizeof what, "swiglu_bwd dup n%zu skew %d", n, skew);
+    CMP(what, down(gdu, n + 1), du, n + 1, RTOL, AFRAC);
 }
 
 /* ---- lora --------------------------------------------------------------------------------- */
@@ -374,16 +608,27 @@ int main(void)
 
 #define RUN(call) do { printf("  %s\n", #call); fflush(stdout); call; } while (0)
     RUN(test_convert());
-    RUN(test_encoder(3, 7, 40, 11));
-    RUN(test_encoder(4, 80, 1100, 50)); /* > 256 positions, > 1024 channels: every loop of the dwte kernel */
+    RUN(test_encoder(3, 7, 40, 11, 1));
+    RUN(test_encoder(4, 80, 1100, 50, 1)); /* > 256 positions, > 1024 channels: every loop of the dwte kernel */
+    RUN(test_encoder(2, 9, 40, 11, 0));    /* wpe NULL (Llama) */
     RUN(test_layernorm(13, 77));
     RUN(test_layernorm(64, 768));
+    RUN(test_rmsnorm(13, 77));
+    RUN(test_rmsnorm(64, 768));
     RUN(test_matmul(7, 13, 9));
     RUN(test_matmul(64, 96, 80));
     RUN(test_matmul(33, 64, 48));
     RUN(test_gelu(5000));
     RUN(test_gelu(5003)); /* 16-byte steps, then a tail of 3 */
     RUN(test_residual(3001)); /* 16-byte steps, then a tail of 1 */
+    RUN(test_swiglu(5000, 0));
+    RUN(test_swiglu(5003, 0)); /* 16-byte steps, then a tail of 3 */
+    RUN(test_swiglu(1001, 1)); /* views 2 bytes off alignment: the element path */
+    RUN(test_rope(37, 3, 64, 3 * 3 * 64)); /* q's heads in a fused qkv row */
+    RUN(test_rope(16, 2, 128, 2 * 128));
+    RUN(test_rope(9, 4, 32, 4 * 32 + 6));
+    RUN(test_copy_rows(5, 7, 11, 9));
+    RUN(test_copy_rows(3, 64, 64, 64));
     RUN(test_xent(9, 1003, 1));
     RUN(test_xent(4, 50257, 1));
     RUN(test_xent(3, 100, 0));
@@ -391,9 +636,21 @@ int main(void)
     RUN(test_adamw(1000, 0.3f)); /* 1 - beta1 >= 0.5: the other lerp form */
     RUN(test_sumsq(100003));
     RUN(test_sumsq(1));
-    RUN(test_attention(2, 17, 32, 4));
-    RUN(test_attention(1, 64, 128, 2));
-    RUN(test_attention(2, 1, 16, 2));
+    /* attention (and decode, copy_rows): B, T, NH, NKV, D, window, layout; every path of the
+     * fused kernels: T 1024 and odd lengths, D 16..128 (48: padded tiles), GQA groups 1, 2, 4, 8,
+     * windows 0, 1, < T and >= T, GPT-2's packed views, separate and unaligned strided buffers */
+    RUN(test_attention(2, 17, 2, 2, 32, 0, PACKED));
+    RUN(test_attention(2, 97, 4, 4, 64, 0, PACKED));      /* GPT-2 views, odd T */
+    RUN(test_attention(1, 1024, 2, 2, 64, 0, PACKED));    /* GPT-2 views, long */
+    RUN(test_attention(1, 1024, 8, 1, 32, 256, SEPARATE)); /* group 8, window < T */
+    RUN(test_attention(1, 1024, 4, 2, 128, 100, SEPARATE)); /* group 2, D 128, window */
+    RUN(test_attention(1, 130, 8, 2, 128, 37, PACKED));   /* group 4, fused Llama qkv, window off the tiles */
+    RUN(test_attention(2, 130, 4, 1, 64, 0, SEPARATE));   /* group 4 */
+    RUN(test_attention(1, 97, 4, 1, 32, 1, SEPARATE));    /* window 1: each query sees itself */
+    RUN(test_attention(1, 130, 2, 1, 48, 0, STRIDED));    /* D 48, no alignment: element loads */
+    RUN(test_attention(1, 200, 8, 1, 16, 70, STRIDED));   /* group 8, D 16 */
+    RUN(test_attention(1, 130, 2, 2, 64, 2000, SEPARATE)); /* window >= T: no window */
+    RUN(test_attention(3, 1, 2, 1, 64, 0, SEPARATE));     /* T 1 */
     RUN(test_lora(37, 50, 29, 4, 0.0f));
     RUN(test_lora(37, 50, 29, 4, 0.25f));
     RUN(test_lora(128, 64, 96, 8, 0.1f));
