@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "gpt2_test.h"
+#include "model_test.h"
 #include "config.h"
 #include "model.h"
 #include "hf_model.h"

@@ -140,7 +140,7 @@ static int cmd_info(const args *a, ct_comm *comm)
                "positions  %d\nnorm_eps   %g\nhead       %s\n",
                c->n_layer, c->n_head, c->n_kv_head, c->head_dim, c->n_embd, c->n_inner, c->vocab_size,
                c->max_seq_len, c->norm_eps, c->untied ? "untied" : "tied to the embedding");
-        if (ct_model_hf_prefix(m)[0] == 'm')
+        if (ct_model_has_rope(m))
             printf("rope       theta %g%s\nwindow     %d%s", c->rope_theta, c->rope_llama3 ? ", llama3 scaling" : "",
                    c->window, c->window ? "" : " (none)\n");
         if (c->window) printf(" (layers %d to %d)\n", c->window_from, c->n_layer - 1);

@@ -41,6 +41,7 @@ struct ct_arch {
     const ct_tensor_spec *pre, *block, *post; /* embeddings, one block, the head: in buffer order */
     int npre, nblock, npost;
     int nslots;                       /* slots are numbered [0, nslots) across the three tables */
+    int rope;                         /* positions are rotary (m->inv_freq is made) */
 
     /* Reads the family's keys of a config.json (model_type already matched) into c; errors
      * name path and key. */

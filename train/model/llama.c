@@ -412,6 +412,7 @@ const ct_arch ct_arch_llama = {
     .layer_prefix = "model.layers.",
     CT_ARCH_TABLES(pre, block, post),
     .nslots = NSLOTS,
+    .rope = 1,
     .read_hf_config = read_hf_config,
     .write_hf_config = write_hf_config,
     .missing_op = missing_op,

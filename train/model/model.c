@@ -222,7 +222,7 @@ int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *
              (m->logits = ct_model_balloc(m, BT * (size_t)m->Vp * es)) &&
              (m->losses = ct_model_balloc(m, BT * 4)) && (m->tokens_dev = ct_model_balloc(m, BT * 4)) &&
              (m->targets_dev = ct_model_balloc(m, BT * 4)) && (m->pos_dev = ct_model_balloc(m, BT * 4)) &&
-             rope_freqs(m) == 0 && a->alloc(m, B, T) == 0;
+             (!a->rope || rope_freqs(m) == 0) && a->alloc(m, B, T) == 0;
     if (!ok) goto oom;
     *out = m;
     return 0;
@@ -268,6 +268,7 @@ int ct_model_set_hf_config(ct_model *m, const char *json, int dtype)
 const ct_model_config *ct_model_config_of(const ct_model *m) { return &m->cfg; }
 int ct_model_max_tokens(const ct_model *m) { return m->maxT; }
 const char *ct_model_arch_name(const ct_model *m) { return m->arch->name; }
+int ct_model_has_rope(const ct_model *m) { return m->arch->rope; }
 const ct_backend *ct_model_backend(const ct_model *m) { return m->be; }
 ct_kctx *ct_model_kctx(const ct_model *m) { return m->ctx; }
 int ct_model_num_tensors(const ct_model *m) { return m->ntensors; }

@@ -77,6 +77,7 @@ void ct_model_free(ct_model *m);
 const ct_model_config *ct_model_config_of(const ct_model *m);
 int ct_model_max_tokens(const ct_model *m); /* T of the allocation: the longest sequence, the KV cache's length */
 const char *ct_model_arch_name(const ct_model *m);
+int ct_model_has_rope(const ct_model *m); /* rotary positions (rope_theta, scaling, window apply) */
 const ct_backend *ct_model_backend(const ct_model *m);
 ct_kctx *ct_model_kctx(const ct_model *m);
 int ct_model_num_tensors(const ct_model *m);

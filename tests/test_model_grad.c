@@ -1,18 +1,32 @@
-/* test_gpt2_grad.c — the whole GPT-2's gradient against central finite differences on a tiny
- * config, plus the model's contracts: gradients accumulate across backward calls, runs are
- * bit-identical, bad tokens and shapes are errors. (tests/reference/ compares every gradient
- * with PyTorch's to 1e-4; this test needs no Python.) */
+/* test_model_grad.c — each family's whole gradient against central finite differences on a
+ * tiny config (GPT-2; a Llama with grouped-query heads, every bias, an untied head, llama3 RoPE
+ * and a sliding window shorter than the sequence), plus the model's contracts: gradients
+ * accumulate across backward calls, runs are bit-identical, decoding over the KV cache gives
+ * the forward's logits, bad tokens and shapes are errors. (tests/reference/ compares every
+ * gradient with PyTorch's to 1e-4; this test needs no Python.) */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
-#include "gpt2_test.h"
+#include "model_test.h"
 #include "model.h"
 
-static const ct_model_config cfg = {.vocab_size = 11, .max_seq_len = 7, .n_layer = 2, .n_head = 2, .n_embd = 8,
-                                   .norm_eps = 1e-5f};
+#include "hf_config.h"
+
+static ct_model_config cfg; /* the family under test (main) */
+static const ct_model_config gpt2_cfg = {.vocab_size = 11, .max_seq_len = 7, .n_layer = 2, .n_head = 2,
+                                         .n_embd = 8, .norm_eps = 1e-5f};
+static ct_model_config llama_cfg(void)
+{
+    return (ct_model_config){.arch = ct_arch_by_name("llama"), .model_type = "llama", .vocab_size = 11,
+                             .max_seq_len = 7, .n_layer = 2, .n_head = 4, .n_kv_head = 2, .n_embd = 16,
+                             .n_inner = 12, .norm_eps = 1e-5f, .untied = 1, .qkv_bias = 1, .o_bias = 1,
+                             .mlp_bias = 1, .rope_theta = 100.0, .rope_llama3 = 1, .rope_factor = 4,
+                             .rope_low_freq = 1, .rope_high_freq = 4, .rope_orig_max = 4, .window = 3,
+                             .window_from = 1};
+}
 enum { B = 2, T = 5 };
 
 static int32_t tokens[B * T], targets[B * T];
@@ -45,13 +59,19 @@ static void test_finite_differences(ct_model *m, uint64_t *rng)
         memcpy(saved, w, t->numel * sizeof(float));
         double analytic = 0;
         for (size_t k = 0; k < t->numel; k++) analytic += (double)gw[k] * d[k];
-        for (size_t k = 0; k < t->numel; k++) w[k] = (float)(saved[k] + h * d[k]);
-        double lp = mean_loss(m);
-        for (size_t k = 0; k < t->numel; k++) w[k] = (float)(saved[k] - h * d[k]);
-        double lm = mean_loss(m);
+        /* central differences at h and h/2, Richardson-extrapolated: the O(h^2) error cancels */
+        double diff[2], lp = 0, lm = 0;
+        for (int r = 0; r < 2; r++) {
+            double hr = r ? h / 2 : h;
+            for (size_t k = 0; k < t->numel; k++) w[k] = (float)(saved[k] + hr * d[k]);
+            lp = mean_loss(m);
+            for (size_t k = 0; k < t->numel; k++) w[k] = (float)(saved[k] - hr * d[k]);
+            lm = mean_loss(m);
+            diff[r] = (lp - lm) / (2 * hr);
+        }
         memcpy(w, saved, t->numel * sizeof(float));
         float got = (float)analytic;
-        double want = (lp - lm) / (2 * h);
+        double want = (4 * diff[1] - diff[0]) / 3;
         char what[128];
         snprintf(what, sizeof what, "%s: directional derivative", t->name);
         CHECK_CLOSE(what, &got, &want, 1, 1e-2, 3e-4);
@@ -147,6 +167,33 @@ static void test_contracts(ct_model *m)
     free(again);
 }
 
+/* Decoding row 0 over the KV cache (a prefix of 3, then one token at a time) gives the logits
+ * a forward of the whole row gives. */
+static void test_decode(ct_model *m)
+{
+    char err[256];
+    const int ld = ct_model_logits_stride(m), V = cfg.vocab_size;
+    CHECK(ct_model_forward(m, tokens, NULL, 1, T, 0.0f, NULL, NULL, err, sizeof err) == 0);
+    float *want_f = malloc(sizeof(float) * T * ld);
+    memcpy(want_f, ct_model_logits(m), sizeof(float) * T * ld);
+    for (int pos = 0; pos < T;) {
+        int n = pos ? 1 : 3;
+        CHECK(ct_model_decode(m, tokens + pos, 1, n, pos, err, sizeof err) == 0);
+        const float *got = ct_model_logits(m);
+        for (int r = 0; r < n; r++) {
+            double want[64];
+            for (int v = 0; v < V; v++) want[v] = want_f[(size_t)(pos + r) * ld + v];
+            char what[64];
+            snprintf(what, sizeof what, "%s decode: position %d", cfg.model_type, pos + r);
+            CHECK_CLOSE(what, got + (size_t)r * ld, want, (size_t)V, 1e-5, 1e-6);
+        }
+        pos += n;
+    }
+    CHECK(ct_model_decode(m, tokens, 1, 2, T - 1, err, sizeof err) == -1 && strstr(err, "allocation"));
+    CHECK(ct_model_decode(m, tokens, B + 1, 1, 0, err, sizeof err) == -1);
+    free(want_f);
+}
+
 static void test_bad_configs(void)
 {
     const ct_backend *be = ct_backend_cpu();
@@ -163,7 +210,7 @@ static void test_bad_configs(void)
           strstr(err, "max_seq_len"));
 }
 
-int main(void)
+static void test_family(void)
 {
     const ct_backend *be = ct_backend_cpu();
     ct_kctx *ctx = be->kctx_init(0);
@@ -171,7 +218,7 @@ int main(void)
     char err[256];
     if (ct_model_init(&m, &cfg, be, ctx, B, T, 1, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
-        return 2;
+        exit(2);
     }
     ct_model_init_weights(m, 1);
     /* move norms and biases off 1 and 0, and make weights larger than GPT-2's 0.02 so every
@@ -192,7 +239,16 @@ int main(void)
     targets[1] = targets[7] = -1;
     test_finite_differences(m, &rng);
     test_contracts(m);
-    test_bad_configs();
+    test_decode(m);
     ct_model_free(m);
-    return ct_test_finish("test_gpt2_grad");
+}
+
+int main(void)
+{
+    cfg = gpt2_cfg;
+    test_family();
+    test_bad_configs();
+    cfg = llama_cfg();
+    test_family();
+    return ct_test_finish("test_model_grad");
 }

@@ -1,6 +1,6 @@
-/* gpt2_test.h — the loss helpers the model tests share (test_gpt2_grad, test_lora). */
-#ifndef CT_TESTS_GPT2_TEST_H
-#define CT_TESTS_GPT2_TEST_H
+/* model_test.h — the loss helpers the model tests share (test_model_grad, test_lora). */
+#ifndef CT_TESTS_MODEL_TEST_H
+#define CT_TESTS_MODEL_TEST_H
 
 #include <stdint.h>
 #include <stdio.h>
