@@ -23,11 +23,16 @@
  * timed ones: new tokens/s (B * N / the whole generation, the prefill included, as a
  * transformers generate call is timed), the prefill's time, and the per-token decode rate.
  *
- * usage: bench_step [--device cpu|cuda] [--hf-config config.json] [--layers 6] [--width 384]
- *                   [--heads 6] [--vocab 50257] [--seq 256] [--batch 8] [--steps 5] [--warmup 1]
- *                   [--lora R] [--lora-alpha A] [--decode N] [--probe 1] [--peak-tflops 989.4]
+ * usage: bench_step [--device cpu|cuda] [--hf-config config.json | --init-from DIR] [--layers 6]
+ *                   [--width 384] [--heads 6] [--vocab 50257] [--seq 256] [--batch 8] [--steps 5]
+ *                   [--warmup 1] [--lora R] [--lora-alpha A] [--decode N] [--probe 1]
+ *                   [--peak-tflops 989.4]
  * With --hf-config, --layers and --vocab (when given) override the file's num_hidden_layers and
  * vocab_size (a smaller model of the same shape); --width and --heads are GPT-2's only.
+ * --init-from DIR: the model of a Hugging Face folder (config.json and its weights, ct_hf_load)
+ * instead of random weights: with bench/bench_hf.py --save DIR, both sides run the same weights.
+ * The tokens (training batch, prompt) come from ct_rng seeded 7, token = u64 % vocab, the
+ * targets the next token of the flattened batch (the last 0): bench_hf.py draws the same.
  * Threads: OMP_NUM_THREADS. Prints a human summary and one JSON line (prefix "json: "). */
 #include <cblas.h>
 #include <omp.h>
@@ -42,6 +47,7 @@
 
 #include "comm.h"
 #include "hf_config.h"
+#include "hf_model.h"
 #include "json_file.h"
 #include "lora.h"
 #include "model.h"
@@ -127,6 +133,7 @@ typedef struct {
     int decode;        /* N new tokens; 0: training */
     int probe;         /* the sgemm probe (cpu) */
     double peak_tflops;
+    const char *init_from; /* a Hugging Face folder whose weights to load, or NULL: random */
 } bench_opts;
 
 /* The model on backend be, random weights, adapters when asked; NULL with a message. */
@@ -138,7 +145,12 @@ static ct_model *make_model(const bench_opts *o, const ct_backend *be, ct_kctx *
         fprintf(stderr, "bench_step: %s\n", err);
         return NULL;
     }
-    ct_model_init_weights(m, 42);
+    if (!o->init_from) ct_model_init_weights(m, 42);
+    else if (ct_hf_load(m, o->init_from, err, sizeof err)) {
+        fprintf(stderr, "bench_step: --init-from: %s\n", err);
+        ct_model_free(m);
+        return NULL;
+    }
     if (o->lora_r > 0) {
         ct_lora_spec spec = {.targets = "all-linear", .r = o->lora_r, .alpha = o->lora_alpha, .dropout = 0.0f};
         if (ct_lora_add(m, &spec, 1, 1, err, sizeof err)) {
@@ -408,7 +420,11 @@ static int run_decode(const bench_opts *o, int cuda)
     }
     make_batch(prompt, NULL, B * P, V);
     double prefill = 0, total = 0;
-    int first_ids[4] = {0};
+    int *ids = calloc((size_t)N, sizeof(int)); /* sequence 0's new tokens, the last generation */
+    if (!ids) {
+        fprintf(stderr, "bench_step: out of memory\n");
+        return 1;
+    }
     for (int s = 0; s < warmup + steps; s++) {
         be->sync(ctx);
         double t0 = omp_get_wtime(), t1 = t0;
@@ -428,7 +444,7 @@ static int run_decode(const bench_opts *o, int cuda)
                     if (logits[v] > logits[best]) best = v;
                 next[b] = best;
             }
-            if (i < 4) first_ids[i] = next[0];
+            ids[i] = next[0];
             if (i == 0) t1 = omp_get_wtime();
         }
         double dt = omp_get_wtime() - t0;
@@ -447,14 +463,17 @@ static int run_decode(const bench_opts *o, int cuda)
     printf("  generation %.1f ms (median %.1f): prefill %.1f ms, then %.2f ms per token; %.1f new tokens/s "
            "(prefill included), %.1f tokens/s decoding; first ids %d %d %d %d; peak RSS %.0f MiB\n",
            gen_s * 1e3, median_s * 1e3, prefill_s * 1e3, per_tok_s * 1e3, B * N / gen_s,
-           per_tok_s > 0 ? B / per_tok_s : 0, first_ids[0], first_ids[1], first_ids[2], first_ids[3], rss);
+           per_tok_s > 0 ? B / per_tok_s : 0, ids[0], N > 1 ? ids[1] : -1, N > 2 ? ids[2] : -1, N > 3 ? ids[3] : -1,
+           rss);
     json_model(m, o, cuda ? "cuda" : "cpu");
     printf("\"mode\": \"decode\", \"threads\": %d, \"new_tokens\": %d, \"ms_generate\": %.3f, \"ms_median\": %.3f, "
            "\"ms_prefill\": %.3f, \"ms_per_token\": %.4f, \"tokens_per_s\": %.2f, \"decode_tokens_per_s\": %.2f, "
-           "\"peak_rss_mib\": %.1f, \"gpu_mem_used_mib\": %.0f}\n",
+           "\"peak_rss_mib\": %.1f, \"gpu_mem_used_mib\": %.0f, \"ids\": [",
            threads, N, gen_s * 1e3, median_s * 1e3, prefill_s * 1e3, per_tok_s * 1e3, B * N / gen_s,
            per_tok_s > 0 ? B / per_tok_s : 0, rss, used_mib);
-    free(prompt), free(next), free(logits), free(times);
+    for (int i = 0; i < N; i++) printf("%s%d", i ? ", " : "", ids[i]);
+    printf("]}\n");
+    free(prompt), free(next), free(logits), free(times), free(ids);
     be->free(row);
     ct_model_free(m);
     be->kctx_free(ctx);
@@ -497,6 +516,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--warmup")) o.warmup = v;
         else if (!strcmp(argv[i], "--peak-tflops")) o.peak_tflops = atof(a);
         else if (!strcmp(argv[i], "--hf-config")) hf = a;
+        else if (!strcmp(argv[i], "--init-from")) o.init_from = a;
         else if (!strcmp(argv[i], "--lora")) o.lora_r = v;
         else if (!strcmp(argv[i], "--lora-alpha")) o.lora_alpha = (float)atof(a), lora_alpha_set = 1;
         else if (!strcmp(argv[i], "--decode")) o.decode = v;
@@ -523,7 +543,23 @@ int main(int argc, char **argv)
         return 2;
     }
     if (!lora_alpha_set) o.lora_alpha = 2.0f * (float)o.lora_r;
-    if (hf) {
+    if (hf && o.init_from) {
+        fprintf(stderr, "bench_step: --init-from DIR reads DIR/config.json: leave out --hf-config\n");
+        return 2;
+    }
+    if (o.init_from && (layers || vocab || width || heads)) {
+        fprintf(stderr, "bench_step: --init-from: the folder's weights fix the shape: leave out --layers, --vocab, "
+                        "--width and --heads\n");
+        return 2;
+    }
+    if (o.init_from) {
+        char err[1024];
+        if (ct_hf_read_config(o.init_from, &o.cfg, err, sizeof err)) {
+            fprintf(stderr, "bench_step: --init-from: %s\n", err);
+            return 1;
+        }
+        snprintf(o.model, sizeof o.model, "%s", o.init_from);
+    } else if (hf) {
         if (width || heads) {
             fprintf(stderr, "bench_step: --width and --heads shape a GPT-2: with --hf-config the file gives them\n");
             return 2;
