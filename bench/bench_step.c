@@ -26,9 +26,11 @@
  * usage: bench_step [--device cpu|cuda] [--hf-config config.json | --init-from DIR] [--layers 6]
  *                   [--width 384] [--heads 6] [--vocab 50257] [--seq 256] [--batch 8] [--steps 5]
  *                   [--warmup 1] [--lora R] [--lora-alpha A] [--decode N] [--probe 1]
- *                   [--peak-tflops 989.4]
+ *                   [--init rng|fast] [--peak-tflops 989.4]
  * With --hf-config, --layers and --vocab (when given) override the file's num_hidden_layers and
  * vocab_size (a smaller model of the same shape); --width and --heads are GPT-2's only.
+ * --init fast: random weights of the same scale without ct_model_init_weights' serial normal
+ * draws (see fast_init_weights): for big models on a GPU, where those take half a minute.
  * --init-from DIR: the model of a Hugging Face folder (config.json and its weights, ct_hf_load)
  * instead of random weights: with bench/bench_hf.py --save DIR, both sides run the same weights.
  * The tokens (training batch, prompt) come from ct_rng seeded 7, token = u64 % vocab, the
@@ -134,7 +136,51 @@ typedef struct {
     int probe;         /* the sgemm probe (cpu) */
     double peak_tflops;
     const char *init_from; /* a Hugging Face folder whose weights to load, or NULL: random */
+    int fast_init;         /* --init fast: fast_init_weights instead of ct_model_init_weights */
 } bench_opts;
+
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* --init fast: weights of the same scale as ct_model_init_weights' in a fraction of its time
+ * (which draws every normal on one host thread: half a minute for a 1B model, device time a GPU
+ * pass cannot spare): matrices and embeddings uniform with standard deviation 0.02 from a
+ * counter-based hash (parallel), vectors named *.weight (the norms) 1, the other vectors
+ * (biases) 0. Speed does not depend on the values; losses differ from a --init rng run. */
+static void fast_init_weights(ct_model *m, uint64_t seed)
+{
+    const ct_backend *be = ct_model_backend(m);
+    ct_kctx *ctx = ct_model_kctx(m);
+    size_t maxn = 0;
+    for (int i = 0; i < ct_model_num_tensors(m); i++)
+        if (ct_model_tensor(m, i)->numel > maxn) maxn = ct_model_tensor(m, i)->numel;
+    float *host = malloc(maxn * sizeof(float));
+    float *staged = be->alloc(maxn * sizeof(float));
+    if (!host || !staged) {
+        fprintf(stderr, "bench_step: out of memory initialising weights\n");
+        exit(1);
+    }
+    const float a = 0.02f * 1.7320508f; /* U(-a, a) has standard deviation a / sqrt(3) */
+    for (int i = 0; i < ct_model_num_tensors(m); i++) {
+        const ct_param *p = ct_model_tensor(m, i);
+        size_t n = p->numel, len = strlen(p->name);
+        int ones = p->ndim == 1 && len > 7 && !strcmp(p->name + len - 7, ".weight");
+        uint64_t base = mix64(seed * 0x9E3779B97F4A7C15ull + (uint64_t)i + 1);
+#pragma omp parallel for schedule(static)
+        for (size_t k = 0; k < n; k++)
+            host[k] = p->ndim == 1 ? (ones ? 1.0f : 0.0f)
+                                   : a * (2.0f * (float)(mix64(base + k) >> 40) * 0x1.0p-24f - 1.0f);
+        be->upload(ctx, staged, host, n * sizeof(float));
+        be->to_storage(ctx, (char *)ct_model_params(m) + p->offset * be->elem_size, staged, n);
+    }
+    be->sync(ctx);
+    be->free(staged);
+    free(host);
+}
 
 /* The model on backend be, random weights, adapters when asked; NULL with a message. */
 static ct_model *make_model(const bench_opts *o, const ct_backend *be, ct_kctx *ctx, int T)
@@ -145,12 +191,16 @@ static ct_model *make_model(const bench_opts *o, const ct_backend *be, ct_kctx *
         fprintf(stderr, "bench_step: %s\n", err);
         return NULL;
     }
-    if (!o->init_from) ct_model_init_weights(m, 42);
+    double t0 = omp_get_wtime();
+    if (!o->init_from && o->fast_init) fast_init_weights(m, 42);
+    else if (!o->init_from) ct_model_init_weights(m, 42);
     else if (ct_hf_load(m, o->init_from, err, sizeof err)) {
         fprintf(stderr, "bench_step: --init-from: %s\n", err);
         ct_model_free(m);
         return NULL;
     }
+    fprintf(stderr, "bench_step: weights (%s) in %.1f s\n",
+            o->init_from ? o->init_from : o->fast_init ? "--init fast" : "ct_model_init_weights", omp_get_wtime() - t0);
     if (o->lora_r > 0) {
         ct_lora_spec spec = {.targets = "all-linear", .r = o->lora_r, .alpha = o->lora_alpha, .dropout = 0.0f};
         if (ct_lora_add(m, &spec, 1, 1, err, sizeof err)) {
@@ -521,6 +571,13 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--lora-alpha")) o.lora_alpha = (float)atof(a), lora_alpha_set = 1;
         else if (!strcmp(argv[i], "--decode")) o.decode = v;
         else if (!strcmp(argv[i], "--probe")) o.probe = v;
+        else if (!strcmp(argv[i], "--init")) {
+            if (strcmp(a, "rng") && strcmp(a, "fast")) {
+                fprintf(stderr, "bench_step: --init: \"%s\" is not one of rng|fast\n", a);
+                return 2;
+            }
+            o.fast_init = !strcmp(a, "fast");
+        }
         else if (!strcmp(argv[i], "--device")) {
             if (strcmp(a, "cpu") && strcmp(a, "cuda")) {
                 fprintf(stderr, "bench_step: --device: \"%s\" is not one of cpu|cuda\n", a);

@@ -91,7 +91,7 @@ echo "--- model: $PYTHON bench/bench_hf.py ${make[*]} --save $work/model --save-
 "${pt[@]}" "${make[@]}" --save "$work/model" --save-only 2>"$errlog" || { cat "$errlog"; exit 1; }
 
 # (a) full training step
-run full_ctrain "${ct[@]}" "${train[@]}" --probe 0
+run full_ctrain "${ct[@]}" "${train[@]}"
 if [ "$pt_attn" = auto ]; then
   run full_pytorch_sdpa "${pt[@]}" "${train[@]}" --attn sdpa
   run full_pytorch_eager "${pt[@]}" "${train[@]}" --attn eager
