@@ -4,7 +4,8 @@
 # thread count, every figure measured in this one run:
 #   (a) full training step (forward, cross-entropy, backward, AdamW), fp32: ctrain
 #       (bench_step --hf-config) against PyTorch eager (bench/bench_hf.py: transformers'
-#       LlamaForCausalLM, SDPA and eager attention both measured, the faster one kept);
+#       LlamaForCausalLM, SDPA and eager attention both measured, the faster one kept); ctrain's
+#       line adds its matmuls' share and rate against cblas_sgemm alone (measured after the steps);
 #   (b) LoRA step, r=16 on every linear of the blocks, alpha 32: ctrain (bench_step --lora)
 #       against transformers + peft (bench_hf.py --lora: LoraConfig target_modules="all-linear");
 #   (c) greedy sampling with a KV cache: ctrain (bench_step --decode: ct_model_decode token by
