@@ -3,7 +3,10 @@ writes OUT/bench_gpu.json (every figure, the device, the date, the commands) and
 OUT/bench_gpu.md (a section ready for bench/RESULTS.md), and prints the tables.
 
 usage: python gpu_summary.py --work DIR --out DIR --gpu NAME --gpu-mem MIB --driver V --cuda V
-                             --peak TFLOPS [--smoke 0|1] [--elapsed S]
+                             --peak TFLOPS [--smoke 0|1] [--elapsed S] [--pre-batch B] [--lora-batch B]
+                             [--seq T] [--llama-batch B] [--llama-seq T] [--llama-config FILE]
+                             [--invocation CMD]
+Without a work folder's phases it writes the files anyway (every figure "-"): a dry run.
 """
 import argparse
 import datetime
@@ -51,6 +54,9 @@ def main():
     ap.add_argument("--pre-batch", default="?")
     ap.add_argument("--lora-batch", default="?")
     ap.add_argument("--seq", default="?")
+    ap.add_argument("--llama-batch", default="?")
+    ap.add_argument("--llama-seq", default="?")
+    ap.add_argument("--llama-config", default="bench/configs/llama-3.2-1b.json")
     ap.add_argument("--invocation", default="bash bench/run_gpu.sh")
     a = ap.parse_args()
     w = a.work
@@ -109,6 +115,23 @@ def main():
                          "peft_bf16_base": mem("lora_peft_bf16")},
         "targets": {"ctrain_over_peft": 2.0, "lower_peak_memory": True},
     }
+    llct, llpf, lfct, lfeg = res("llama_lora_ctrain"), res("llama_lora_peft"), res("llama_full_ctrain"), \
+        res("llama_full_eager")
+
+    def lower_mem(a_name, b_name):
+        ma, mb = mem(a_name), mem(b_name)
+        return None if ma is None or mb is None else ma < mb
+
+    llama = {
+        "model": f"{a.llama_config}: Llama-3.2-1B's shape (16 layers, width 2048, 32 heads, 8 kv heads, MLP 8192, "
+                 f"vocab 128256, tied), random weights; micro-batch {a.llama_batch} x {a.llama_seq}",
+        "lora": {"ctrain": llct, "peft_bf16_base": llpf, "ctrain_over_peft": ratio(llct, llpf),
+                 "mem_peak_mib": {"ctrain": mem("llama_lora_ctrain"), "peft_bf16_base": mem("llama_lora_peft")},
+                 "lower_peak_memory": lower_mem("llama_lora_ctrain", "llama_lora_peft")},
+        "full": {"ctrain": lfct, "pytorch_eager": lfeg, "mfu": lfct.get("mfu") if lfct else None,
+                 "ctrain_over_eager": ratio(lfct, lfeg),
+                 "mem_peak_mib": {"ctrain": mem("llama_full_ctrain"), "pytorch_eager": mem("llama_full_eager")}},
+    }
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     summary = {
         "date": date, "smoke": a.smoke == "1", "elapsed_s": a.elapsed, "invocation": a.invocation,
@@ -117,7 +140,7 @@ def main():
         "memory_note": "mem_peak_mib: nvidia-smi memory.used sampled every 100 ms during the run, less the idle "
                        "reading just before it (the whole device: CUDA context, library workspaces, allocator "
                        "caches included)",
-        "pretrain": pre, "lora": lora, "phases": phases,
+        "pretrain": pre, "lora": lora, "llama": llama, "phases": phases,
     }
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "bench_gpu.json"), "w") as f:
@@ -131,7 +154,8 @@ def main():
         return re.sub(r"\S*/(build-device|build)/", r"\1/", c)
 
     L = []
-    L.append("## GPU: GPT-2 124M pretraining and GPT-2 medium LoRA (CUDA backend)")
+    L.append("## GPU: GPT-2 124M pretraining, GPT-2 medium LoRA, Llama-3.2-1B-shaped LoRA and full fine-tuning "
+             "(CUDA backend)")
     L.append("")
     if a.smoke == "1":
         L.append("**SMOKE RUN (tiny sizes on the CPU): these figures mean nothing.**")
@@ -225,11 +249,56 @@ def main():
                  f"peak memory {fmt(mc)} vs {fmt(mp)} MiB "
                  f"({'-' if lower is None else ('lower: met' if lower else 'NOT lower')})")
     L.append("")
+    LB, LT = a.llama_batch, a.llama_seq
+    L.append(f"### Llama-3.2-1B's shape, bf16, micro-batch {LB} x {LT} tokens")
+    L.append("")
+    L.append(f"`{a.llama_config}` (16 layers, width 2048, 32 heads, 8 kv heads, MLP 8192, vocab 128256, tied "
+             "embeddings, llama3 RoPE), random weights on both sides. LoRA: r=16, alpha 32, no dropout, on every "
+             "linear of the blocks (q, k, v, o, gate, up, down), AdamW on the adapters, clipping at 1.0. ctrain: "
+             "`bench_step --device cuda --hf-config ... --lora 16` (bf16 base, the trainer's ZeRO-1 AdamW on one rank); "
+             "peft: `bench/bench_hf.py --device cuda --lora 16` (transformers `LlamaForCausalLM`, SDPA, the base "
+             "stored in bf16, bf16 autocast, `LoraConfig(target_modules=\"all-linear\")`, fused AdamW). Full "
+             "fine-tuning: `bench_step --device cuda --hf-config ...` (every weight trains; MFU from "
+             "`ct_model_step_flops` against the dense bf16 peak).")
+    L.append("")
+    L.append("| run | ms/step | tokens/s | TFLOP/s | MFU | peak memory | in use at the end | allocator peak |")
+    L.append("|---|---|---|---|---|---|---|---|")
+
+    def llama_row(label, r, name):
+        if not r:
+            st = (phases.get(name) or {}).get("status", "not run")
+            L.append(f"| {label} | {st} |" + " |" * 6)
+            return
+        alloc = (f"{fmt(r.get('peak_mem_allocated_mib'))} / {fmt(r.get('peak_mem_reserved_mib'))} MiB"
+                 if r.get("peak_mem_allocated_mib") is not None else "-")
+        end = r.get("gpu_mem_used_mib")
+        cols = [fmt(r.get("ms_per_step"), ".1f"), fmt(r.get("tokens_per_s")), fmt(r.get("tflops"), ".1f"),
+                fmt(r.get("mfu"), ".1%"), mib(mem(name)), mib(end if end is not None and end >= 0 else None), alloc]
+        L.append(f"| {label} | " + " | ".join(cols) + " |")
+
+    llama_row("LoRA r=16: ctrain", llct, "llama_lora_ctrain")
+    llama_row("LoRA r=16: transformers + peft, bf16 base", llpf, "llama_lora_peft")
+    llama_row("full fine-tuning: ctrain", lfct, "llama_full_ctrain")
+    if lfeg or "llama_full_eager" in phases:
+        llama_row("full fine-tuning: PyTorch eager (fp32 parameters, bf16 autocast)", lfeg, "llama_full_eager")
+    L.append("")
+    x = llama["lora"]["ctrain_over_peft"]
+    lower = llama["lora"]["lower_peak_memory"]
+    L.append(f"- LoRA: ctrain / peft tokens/s **{fmt(x, '.2f')}x**; peak memory (nvidia-smi, less idle) "
+             f"{fmt(mem('llama_lora_ctrain'))} vs {fmt(mem('llama_lora_peft'))} MiB "
+             f"({'-' if lower is None else ('ctrain lower' if lower else 'ctrain NOT lower')})")
+    L.append(f"- Full fine-tuning MFU (ctrain): **{fmt(llama['full']['mfu'], '.1%')}**"
+             + (f"; ctrain / PyTorch eager tokens/s {fmt(llama['full']['ctrain_over_eager'], '.2f')}x" if lfeg else ""))
+    L.append("- Memory columns: peak = nvidia-smi memory.used sampled every 100 ms less the idle reading; in use at "
+             "the end = cudaMemGetInfo's total - free (ctrain) and torch.cuda.mem_get_info's (PyTorch), the CUDA "
+             "context included; allocator peak = torch.cuda.max_memory_allocated / max_memory_reserved.")
+    L.append("")
     L.append("Commands (`bench/run_gpu.sh` runs them; sizes as above):")
     L.append("")
     L.append("```")
     for name in ("pre_ctrain", "pre_eager", "pre_compile", "pre_ctrain_extra", "lora_base", "lora_ctrain",
-                 "lora_peft", "lora_peft_bf16"):
+                 "lora_peft", "lora_peft_bf16", "llama_lora_ctrain", "llama_lora_peft", "llama_full_ctrain",
+                 "llama_full_eager"):
         if name in phases:
             c = cmd(name)
             if name == "lora_ctrain":

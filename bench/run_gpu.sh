@@ -9,6 +9,16 @@
 #      train (the real trainer, from the same random base as a Hugging Face folder) against
 #      transformers + peft (bench/bench_lora_peft.py), fp32 base under bf16 autocast and bf16
 #      base; tokens/s and peak GPU memory. Target: >= 2x tokens/s at lower peak memory.
+#   3. Llama-3.2-1B's shape (bench/configs/llama-3.2-1b.json: 16 layers, width 2048, 32 heads,
+#      8 kv heads, MLP 8192, vocab 128256, tied; random weights), micro-batch 4 x 2048 tokens:
+#      LoRA r=16 on every linear of the blocks with a bf16 base: ctrain (bench_step --device
+#      cuda --hf-config ... --lora 16) against transformers + peft (bench/bench_hf.py --device
+#      cuda --lora 16: bf16 base, bf16 autocast, LoraConfig target_modules="all-linear"),
+#      tokens/s and peak memory (nvidia-smi for both; cudaMemGetInfo's total - free at the end
+#      against torch.cuda.max_memory_allocated / mem_get_info); and full fine-tuning of the same
+#      model with ctrain (bench_step --device cuda --hf-config ...): tokens/s and MFU.
+#      CTRAIN_BENCH_LLAMA_EAGER=1 adds full fine-tuning in transformers (fp32 parameters under
+#      bf16 autocast) for comparison. CTRAIN_BENCH_LLAMA=0 leaves the Llama phases out.
 #
 # Peak GPU memory is sampled the same way for every run: nvidia-smi memory.used every 100 ms
 # (the whole device: CUDA context, cuBLAS workspaces, caching allocators included), reported
@@ -32,7 +42,10 @@
 # micro-batch, 16), CTRAIN_BENCH_EXTRA_BATCH (a second ctrain-only 124M run at this batch, 32;
 # empty: none), CTRAIN_BENCH_LORA_BATCH (8), CTRAIN_BENCH_STEPS (timed steps, 20),
 # CTRAIN_BENCH_COMPILE=0 (skip torch.compile), CTRAIN_BENCH_ONLY (e.g. "pre_compile,lora_peft":
-# rerun only these phases on a warm machine, the rest reported from the last pass), CTRAIN_BENCH_WHEELS (the wheel folder, default
+# rerun only these phases on a warm machine, the rest reported from the last pass; "llama" names
+# every Llama phase, "gpt2" every GPT-2 one: CTRAIN_BENCH_ONLY=llama runs section 3 alone),
+# CTRAIN_BENCH_LLAMA_BATCH (4), CTRAIN_BENCH_LLAMA_SEQ (2048), CTRAIN_BENCH_LLAMA_CONFIG (the
+# config.json, default bench/configs/llama-3.2-1b.json), CTRAIN_BENCH_WHEELS (the wheel folder, default
 # .devdeps/wheels), CTRAIN_BENCH_INVOCATION (the command line bench_gpu.md names), CTRAIN_BENCH_SMOKE=1
 # (tiny sizes on the CPU: a rehearsal of this script where there is no GPU; figures mean nothing).
 # Exit status: 0 when every phase ran, 1 when one failed or timed out, 77 without a GPU.
@@ -54,6 +67,7 @@ if [ "$smoke" = 1 ]; then
   PRE=(--layers 2 --heads 2 --width 64 --vocab 50257 --seq 64)
   PRE_B=2 PRE_STEPS=2 PRE_WARM=1 EXTRA_B=
   LORA_L=2 LORA_H=2 LORA_C=64 LORA_T=64 LORA_B=2 LORA_STEPS=2 LORA_WARM=1 CT_LORA_STEPS=6 CT_LORA_SKIP=2
+  LLAMA_SHAPE=(--layers 1 --vocab 512) LLAMA_B=1 LLAMA_T=32 LLAMA_STEPS=2 LLAMA_WARM=1
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 else
   DEV=cuda
@@ -62,7 +76,10 @@ else
   EXTRA_B=${CTRAIN_BENCH_EXTRA_BATCH-32}
   LORA_L=24 LORA_H=16 LORA_C=1024 LORA_T=1024 LORA_B=${CTRAIN_BENCH_LORA_BATCH:-8}
   LORA_STEPS=${CTRAIN_BENCH_STEPS:-20} LORA_WARM=3 CT_LORA_STEPS=$((${CTRAIN_BENCH_STEPS:-20} + 10)) CT_LORA_SKIP=5
+  LLAMA_SHAPE=() LLAMA_B=${CTRAIN_BENCH_LLAMA_BATCH:-4} LLAMA_T=${CTRAIN_BENCH_LLAMA_SEQ:-2048}
+  LLAMA_STEPS=${CTRAIN_BENCH_STEPS:-20} LLAMA_WARM=3
 fi
+LLAMA_CFG=${CTRAIN_BENCH_LLAMA_CONFIG:-bench/configs/llama-3.2-1b.json}
 LORA_R=16 LORA_ALPHA=32 LORA_DROPOUT=0.05
 
 smi=$(command -v nvidia-smi || ls /usr/local/nvidia/bin/nvidia-smi /usr/bin/nvidia-smi 2>/dev/null | head -1)
@@ -76,7 +93,13 @@ elapsed() { echo $(( $(date +%s) - start )); }
 failed=0
 # CTRAIN_BENCH_ONLY=a,b: run only these phases (and pydeps); the others keep their results from
 # an earlier pass on this machine (build-device/bench-work), which the summary reports again.
-selected() { [ -z "${CTRAIN_BENCH_ONLY:-}" ] || [[ ",$CTRAIN_BENCH_ONLY,pydeps," == *",$1,"* ]]; }
+# "llama" and "gpt2" name their sections' phases.
+llama_phases=llama_lora_ctrain,llama_lora_peft,llama_full_ctrain,llama_full_eager
+gpt2_phases=pre_ctrain,pre_eager,lora_base,lora_data,lora_ctrain,lora_peft,lora_peft_bf16,pre_compile,pre_ctrain_extra
+only=,${CTRAIN_BENCH_ONLY:-},
+only=${only//,llama,/,$llama_phases,}
+only=${only//,gpt2,/,$gpt2_phases,}
+selected() { [ -z "${CTRAIN_BENCH_ONLY:-}" ] || [[ "${only}pydeps," == *",$1,"* ]]; }
 run_phase() {
   local name=$1 limit=$2 left rc idle peak t0 t1 sampler=
   shift 2
@@ -269,6 +292,18 @@ run_phase lora_peft 180 "$PY" bench/bench_lora_peft.py "${LORA_MODEL[@]}" --step
 run_phase lora_peft_bf16 180 "$PY" bench/bench_lora_peft.py "${LORA_MODEL[@]}" --steps "$LORA_STEPS" \
   --warmup "$LORA_WARM" --base-dtype bf16
 
+# ---- 3. Llama-3.2-1B's shape: LoRA (ctrain, peft) and full fine-tuning (ctrain), bf16.
+# ctrain's random weights come from bench_step --init fast (ct_model_init_weights draws 1.2B
+# normals on one host thread: half a minute of device time); transformers initialises on the GPU.
+if [ "${CTRAIN_BENCH_LLAMA:-1}" = 1 ]; then
+  LLAMA=(--hf-config "$LLAMA_CFG" "${LLAMA_SHAPE[@]}" --seq "$LLAMA_T" --batch "$LLAMA_B" --steps "$LLAMA_STEPS"
+    --warmup "$LLAMA_WARM" --device "$DEV" --peak-tflops "$peak")
+  run_phase llama_lora_ctrain 150 "$bench_step" "${LLAMA[@]}" --lora "$LORA_R" --init fast
+  run_phase llama_lora_peft 240 "$PY" bench/bench_hf.py "${LLAMA[@]}" --lora "$LORA_R"
+  run_phase llama_full_ctrain 180 "$bench_step" "${LLAMA[@]}" --init fast
+  [ "${CTRAIN_BENCH_LLAMA_EAGER:-0}" = 1 ] && run_phase llama_full_eager 240 "$PY" bench/bench_hf.py "${LLAMA[@]}"
+fi
+
 # ---- 1b. torch.compile (compile time counted in its warm-up, reported apart), and ctrain at a
 # larger batch (its MFU where memory allows; no PyTorch counterpart)
 if [ "${CTRAIN_BENCH_COMPILE:-1}" = 1 ]; then
@@ -277,12 +312,14 @@ if [ "${CTRAIN_BENCH_COMPILE:-1}" = 1 ]; then
 fi
 [ -n "$EXTRA_B" ] && run_phase pre_ctrain_extra 120 "${CT_PRE[@]}" --batch "$EXTRA_B"
 
+
 # ---- summary: bench_gpu.json, bench_gpu.md, and the table
 echo
 echo "=== summary ($(elapsed) s into the pass)"
 "$PY" bench/gpu_summary.py --work "$work" --out "$out" --gpu "$gpu_name" --gpu-mem "$gpu_mem" --driver "$driver" \
   --cuda "${cuda_version:-?}" --peak "$peak" --smoke "$smoke" --elapsed "$(elapsed)" --pre-batch "$PRE_B" \
-  --lora-batch "$LORA_B" --seq "$LORA_T" --invocation "${CTRAIN_BENCH_INVOCATION:-bash bench/run_gpu.sh}" ||
+  --lora-batch "$LORA_B" --seq "$LORA_T" --llama-batch "$LLAMA_B" --llama-seq "$LLAMA_T" \
+  --llama-config "$LLAMA_CFG${LLAMA_SHAPE[*]:+ ${LLAMA_SHAPE[*]}}" --invocation "${CTRAIN_BENCH_INVOCATION:-bash bench/run_gpu.sh}" ||
   { echo "run_gpu: the summary failed" >&2; failed=1; }
 return $failed
 }
