@@ -37,7 +37,7 @@ threads=${OMP_NUM_THREADS:-$(nproc)}
 export OMP_NUM_THREADS=$threads
 build=${CTRAIN_BUILD:-build}
 if [ -z "${PYTHON:-}" ]; then
-  for p in .venv/bin/python /work/main/.venv/bin/python python3; do
+  for p in .venv/bin/python python3; do
     command -v "$p" >/dev/null && { PYTHON=$p; break; }
   done
 fi

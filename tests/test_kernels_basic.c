@@ -322,6 +322,19 @@ static void test_matmul(void)
         for (int m = 0; m < M; m++) want[n * M + m] = mm_ref(&a_nobias, n, m);
     CHECK_CLOSE("matmul_fwd out (bias NULL)", out, want, N * M, FWD_RTOL, FWD_ATOL);
 
+    /* one and two rows (decoding) take another path; out again starts as NaN */
+    for (int rows = 1; rows <= 2; rows++) {
+        for (int with_bias = 0; with_bias < 2; with_bias++) {
+            for (int i = 0; i < N * M; i++) out[i] = NAN;
+            be->matmul_fwd(kc, out, inp, w, with_bias ? bias : NULL, rows, K, M);
+            for (int n = 0; n < rows; n++)
+                for (int m = 0; m < M; m++) want[n * M + m] = mm_ref(with_bias ? &a : &a_nobias, n, m);
+            CHECK_CLOSE(with_bias ? "matmul_fwd, few rows (bias)" : "matmul_fwd, few rows", out, want,
+                        (size_t)rows * M, FWD_RTOL, FWD_ATOL);
+            CHECK(isnan(out[rows * M])); /* nothing past the rows */
+        }
+    }
+
     double *fd_inp = fd_grad(mm_loss, &a, inp_d, N * K), *fd_w = fd_grad(mm_loss, &a, w_d, M * K);
     double *fd_bias = fd_grad(mm_loss, &a, bias_d, M);
     float *p_inp = rand_f(N * K, -1, 1), *p_w = rand_f(M * K, -1, 1), *p_bias = rand_f(M, -1, 1);

@@ -27,6 +27,14 @@ void ct_cpu_matmul_fwd(ct_kctx *ctx, void *out_, const void *inp_, const void *w
         if (!bias) memset(out, 0, (size_t)N * M * sizeof(float));
         return;
     }
+    /* One or two rows (decoding a token at a time): sgemm would copy all of w into its packed
+     * layout for each call, which costs more than the product; sgemv reads w once per row. */
+    if (N <= 2) {
+        for (int n = 0; n < N; n++)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, M, K, 1.0f, w, K, inp + (size_t)n * K, 1, bias ? 1.0f : 0.0f,
+                        out + (size_t)n * M, 1);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, M, K, 1.0f, inp, K, w, K, bias ? 1.0f : 0.0f, out, M);
 }
 
