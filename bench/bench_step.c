@@ -257,6 +257,10 @@ static int run_cpu(const bench_opts *o)
     if (!m) return 1;
     const ct_model_config *cfg = ct_model_config_of(m);
     ct_model_set_training(m, 1);
+    if (ct_model_alloc_grads(m, err, sizeof err)) {
+        fprintf(stderr, "bench_step: %s\n", err);
+        return 1;
+    }
     ct_trainable tr = ct_model_trainable(m);
     float *mom = calloc(tr.numel, 4), *vel = calloc(tr.numel, 4);
     int32_t *tokens = malloc(sizeof(int32_t) * B * T), *targets = malloc(sizeof(int32_t) * B * T);

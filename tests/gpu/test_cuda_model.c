@@ -263,6 +263,11 @@ static void pair_init(pair *p, int B, int T)
     }
     for (size_t i = 0; i < n; i++) w[i] = bf16r(w[i]);
     from_host(gpu, gk, ct_model_params(p->g), w, n);
+    /* the gradient buffers the steps read (a LoRA pair frees them again) */
+    if (ct_model_alloc_grads(p->c, err, sizeof err) || ct_model_alloc_grads(p->g, err, sizeof err)) {
+        fprintf(stderr, "ct_model_alloc_grads: %s\n", err);
+        exit(1);
+    }
 }
 
 static void pair_free(pair *p)
