@@ -23,8 +23,8 @@
 #   bash bench/run_llama_cpu.sh --small    # 4 layers, 2 x 64 tokens: a check that it all runs (~1-2 min)
 #
 # Environment: OMP_NUM_THREADS (threads for both; default all cores), CTRAIN_BUILD (default
-# build), PYTHON (with torch, transformers and peft; default .venv/bin/python, else
-# /work/main/.venv/bin/python, else python3), CONFIG (the config.json), LAYERS (override the
+# build), PYTHON (with torch, transformers and peft; default .venv/bin/python, else python3),
+# CONFIG (the config.json), LAYERS (override the
 # config's), SEQ, BATCH, STEPS (timed steps), WARMUP, LORA_R, PROMPT and NEW (sampling: prompt
 # length and new tokens; batch 1), PT_ATTN (auto: measure sdpa and eager in (a), use the faster
 # for (b) and (c); or sdpa / eager), WORK (where the saved model goes, default
