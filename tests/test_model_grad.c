@@ -243,8 +243,27 @@ static void test_family(void)
     ct_model_free(m);
 }
 
+/* A backend without an op a family needs: the model names the op instead of running. */
+static void test_missing_ops(void)
+{
+    ct_backend partial = *ct_backend_cpu();
+    partial.rope_fwd = NULL;
+    ct_model *m = NULL;
+    char err[256] = "";
+    ct_model_config c = llama_cfg();
+    CHECK(ct_model_init(&m, &c, &partial, partial.kctx_init(0), 1, 4, 1, err, sizeof err) == -1 && m == NULL &&
+          strstr(err, "no rope_fwd op") && strstr(err, "llama"));
+    c = gpt2_cfg; /* GPT-2 needs no RoPE */
+    CHECK(ct_model_init(&m, &c, &partial, partial.kctx_init(0), 1, 4, 1, err, sizeof err) == 0);
+    partial.attention_decode = NULL; /* the model keeps the table: decoding now lacks an op */
+    int32_t tok[1] = {1};
+    CHECK(ct_model_decode(m, tok, 1, 1, 0, err, sizeof err) == -1 && strstr(err, "attention_decode"));
+    ct_model_free(m);
+}
+
 int main(void)
 {
+    test_missing_ops();
     cfg = gpt2_cfg;
     test_family();
     test_bad_configs();
