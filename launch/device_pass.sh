@@ -15,9 +15,13 @@
 #   configure  -DCTRAIN_MPI=OFF -DCTRAIN_CUDA=ON Release, HDF5/cJSON/OpenBLAS from .devdeps/root
 #   build      all cores
 #   check      the cache names the carried paths; ldd resolves the carried libraries
-#   gpu        ctest -L gpu --output-on-failure
-#   bench      bench/run_gpu.sh: GPT-2 124M pretraining against PyTorch (eager, compile) and
-#              GPT-2 medium LoRA against transformers + peft (skipped where no GPU is listed)
+#   gpu        ctest -L gpu --output-on-failure (every CUDA op, GPT-2 and Llama steps and decoding
+#              against the CPU backend, the device side's collectives, end to end train/resume)
+#   bench      bench/run_gpu.sh: GPT-2 124M pretraining against PyTorch (eager, compile), GPT-2
+#              medium LoRA against transformers + peft, then a Llama-3.2-1B shape (LoRA against
+#              transformers + peft, full fine-tuning MFU); what no longer fits the deadline is
+#              skipped, so the Llama section usually needs a call of its own:
+#              CTRAIN_DEVICE_PHASES=bench CTRAIN_BENCH_ONLY=llama bash launch/device_pass.sh
 #   unit       ctest -L unit -LE mpi --output-on-failure (the CPU unit tests that need no MPI)
 # Logs go to $OUT when set (the device tool), else build-device/logs: device_pass.log (all of the
 # above), CMakeCache.txt, LastTest_gpu.log and LastTest_unit.log (every test's full output),
