@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "check.h"
 #include "model.h"
 
 /* The mean loss over the counted targets; the logits keep the gradient of dloss * the summed
@@ -21,6 +22,32 @@ static inline double ct_test_mean_loss(ct_model *m, const int32_t *tokens, const
         exit(2);
     }
     return sum / (double)ntok;
+}
+
+/* A tiny model of cfg for B x T on be, its init scaled by `scale` plus U(-noise, noise): norms
+ * and biases off 1 and 0, weights larger than the 0.02 init, so every path carries a gradient
+ * well above finite-difference noise (3 and 0.3 suit GPT-2). The same weights on every call.
+ * Exits on an init error. */
+static inline ct_model *ct_test_tiny_model(const ct_model_config *cfg, const ct_backend *be, ct_kctx *ctx, int B,
+                                           int T, float scale, float noise_amp)
+{
+    ct_model *m = NULL;
+    char err[512];
+    if (ct_model_init(&m, cfg, be, ctx, B, T, 1, err, sizeof err)) {
+        fprintf(stderr, "init: %s\n", err);
+        exit(2);
+    }
+    ct_model_init_weights(m, 1);
+    uint64_t rng = 99;
+    float *p = ct_model_params(m);
+    for (int i = 0; i < ct_model_num_tensors(m); i++) {
+        const ct_param *t = ct_model_tensor(m, i);
+        float *noise = ct_test_alloc(t->numel);
+        ct_test_fill(noise, t->numel, &rng, -noise_amp, noise_amp);
+        for (size_t k = 0; k < t->numel; k++) p[t->offset + k] = p[t->offset + k] * scale + noise[k];
+        free(noise);
+    }
+    return m;
 }
 
 static inline long ct_test_count_targets(const int32_t *targets, int n)

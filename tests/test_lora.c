@@ -31,29 +31,8 @@ static ct_kctx *ctx;
 
 /* ---------------------------------------------------------------- helpers */
 
-/* The base: GPT-2's initialisation, then norms and biases moved off 1 and 0 and weights made
- * larger than 0.02, so every path carries a gradient well above finite-difference noise.
- * The same weights on every call. */
-static ct_model *make_base(void)
-{
-    ct_model *m = NULL;
-    char err[512];
-    if (ct_model_init(&m, &cfg, be, ctx, B, T, 1, err, sizeof err)) {
-        fprintf(stderr, "init: %s\n", err);
-        exit(2);
-    }
-    ct_model_init_weights(m, 1);
-    uint64_t rng = 99;
-    float *p = ct_model_params(m);
-    for (int i = 0; i < ct_model_num_tensors(m); i++) {
-        const ct_param *t = ct_model_tensor(m, i);
-        float *noise = ct_test_alloc(t->numel);
-        ct_test_fill(noise, t->numel, &rng, -0.3f, 0.3f);
-        for (size_t k = 0; k < t->numel; k++) p[t->offset + k] = p[t->offset + k] * 3.0f + noise[k];
-        free(noise);
-    }
-    return m;
-}
+/* The base: a tiny GPT-2 with perturbed weights (model_test.h), the same on every call. */
+static ct_model *make_base(void) { return ct_test_tiny_model(&cfg, be, ctx, B, T, 3.0f, 0.3f); }
 
 static ct_lora_spec make_spec(const char *tg, int r, float alpha, float dropout, int rslora)
 {

@@ -36,6 +36,24 @@ static double mean_loss_w(ct_model *m, float dloss) { return ct_test_mean_loss(m
 static double mean_loss(ct_model *m) { return mean_loss_w(m, 0.0f); }
 static long count_targets(void) { return ct_test_count_targets(targets, B * T); }
 
+/* The mean loss's derivative along d (n elements of w, whose values are in saved): central
+ * differences at h and h/2, Richardson-extrapolated so the O(h^2) error cancels. w is restored. */
+static double fd_along(ct_model *m, float *w, const float *saved, const float *d, size_t n)
+{
+    const double h = 1e-3;
+    double diff[2];
+    for (int r = 0; r < 2; r++) {
+        double hr = r ? h / 2 : h;
+        for (size_t k = 0; k < n; k++) w[k] = (float)(saved[k] + hr * d[k]);
+        double lp = mean_loss(m);
+        for (size_t k = 0; k < n; k++) w[k] = (float)(saved[k] - hr * d[k]);
+        double lm = mean_loss(m);
+        diff[r] = (lp - lm) / (2 * hr);
+    }
+    memcpy(w, saved, n * sizeof(float));
+    return (4 * diff[1] - diff[0]) / 3;
+}
+
 /* Per tensor: the directional derivative along a random direction, and the few elements with
  * the largest gradient, against central differences of the fp32 loss. */
 static void test_finite_differences(ct_model *m, uint64_t *rng)
@@ -48,7 +66,6 @@ static void test_finite_differences(ct_model *m, uint64_t *rng)
     ct_model_zero_grad(m);
     ct_model_backward(m, NULL, NULL);
     memcpy(g, ct_model_grads(m), n * sizeof(float));
-    const double h = 1e-3;
     for (int i = 0; i < ct_model_num_tensors(m); i++) {
         const ct_param *t = ct_model_tensor(m, i);
         float *w = p + t->offset;
@@ -59,19 +76,8 @@ static void test_finite_differences(ct_model *m, uint64_t *rng)
         memcpy(saved, w, t->numel * sizeof(float));
         double analytic = 0;
         for (size_t k = 0; k < t->numel; k++) analytic += (double)gw[k] * d[k];
-        /* central differences at h and h/2, Richardson-extrapolated: the O(h^2) error cancels */
-        double diff[2], lp = 0, lm = 0;
-        for (int r = 0; r < 2; r++) {
-            double hr = r ? h / 2 : h;
-            for (size_t k = 0; k < t->numel; k++) w[k] = (float)(saved[k] + hr * d[k]);
-            lp = mean_loss(m);
-            for (size_t k = 0; k < t->numel; k++) w[k] = (float)(saved[k] - hr * d[k]);
-            lm = mean_loss(m);
-            diff[r] = (lp - lm) / (2 * hr);
-        }
-        memcpy(w, saved, t->numel * sizeof(float));
         float got = (float)analytic;
-        double want = (4 * diff[1] - diff[0]) / 3;
+        double want = fd_along(m, w, saved, d, t->numel);
         char what[128];
         snprintf(what, sizeof what, "%s: directional derivative", t->name);
         CHECK_CLOSE(what, &got, &want, 1, 1e-2, 3e-4);
@@ -81,13 +87,8 @@ static void test_finite_differences(ct_model *m, uint64_t *rng)
             for (size_t k = 0; k < t->numel; k++)
                 if (fabsf(gw[k]) * (d[k] != 2.0f) > fabsf(gw[best]) * (d[best] != 2.0f)) best = k;
             d[best] = 2.0f; /* mark as used */
-            float orig = w[best];
-            w[best] = (float)(orig + h);
-            lp = mean_loss(m);
-            w[best] = (float)(orig - h);
-            lm = mean_loss(m);
-            w[best] = orig;
-            want = (lp - lm) / (2 * h);
+            const float one = 1.0f;
+            want = fd_along(m, w + best, saved + best, &one, 1);
             snprintf(what, sizeof what, "%s[%zu]", t->name, best);
             CHECK_CLOSE(what, &gw[best], &want, 1, 1e-2, 3e-4);
         }
@@ -185,7 +186,7 @@ static void test_decode(ct_model *m)
             for (int v = 0; v < V; v++) want[v] = want_f[(size_t)(pos + r) * ld + v];
             char what[64];
             snprintf(what, sizeof what, "%s decode: position %d", cfg.model_type, pos + r);
-            CHECK_CLOSE(what, got + (size_t)r * ld, want, (size_t)V, 1e-5, 1e-6);
+            CHECK_CLOSE(what, got + (size_t)r * ld, want, (size_t)V, 1e-4, 1e-5); /* another summation order */
         }
         pos += n;
     }
@@ -214,24 +215,11 @@ static void test_family(void)
 {
     const ct_backend *be = ct_backend_cpu();
     ct_kctx *ctx = be->kctx_init(0);
-    ct_model *m;
-    char err[256];
-    if (ct_model_init(&m, &cfg, be, ctx, B, T, 1, err, sizeof err)) {
-        fprintf(stderr, "%s\n", err);
-        exit(2);
-    }
-    ct_model_init_weights(m, 1);
-    /* move norms and biases off 1 and 0, and make weights larger than GPT-2's 0.02 so every
-     * path carries a gradient well above finite-difference noise */
+    /* GPT-2's perturbation makes this Llama's scores so sharp that fp32 rounding of the loss
+     * swamps finite differences: smaller weights keep it smooth */
+    int llama = cfg.arch == ct_arch_by_name("llama");
+    ct_model *m = ct_test_tiny_model(&cfg, be, ctx, B, T, llama ? 1.0f : 3.0f, llama ? 0.15f : 0.3f);
     uint64_t rng = 99;
-    float *p = ct_model_params(m);
-    for (int i = 0; i < ct_model_num_tensors(m); i++) {
-        const ct_param *t = ct_model_tensor(m, i);
-        float *noise = ct_test_alloc(t->numel);
-        ct_test_fill(noise, t->numel, &rng, -0.3f, 0.3f);
-        for (size_t k = 0; k < t->numel; k++) p[t->offset + k] = p[t->offset + k] * 3.0f + noise[k];
-        free(noise);
-    }
     for (int i = 0; i < B * T; i++) {
         tokens[i] = (int32_t)(ct_test_rand_u64(&rng) % cfg.vocab_size);
         targets[i] = (int32_t)(ct_test_rand_u64(&rng) % cfg.vocab_size);
