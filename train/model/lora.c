@@ -309,46 +309,56 @@ int ct_lora_save_peft(ct_model *m, const ct_lora_spec *spec, const char *base_mo
     return rc;
 }
 
+/* The base weight an adapter pair (A, B) sits beside. */
+static const ct_param *base_of(const ct_model *m, const ct_param *A)
+{
+    /* "base_model.model.<module>.lora_A.weight" -> "<module>.weight" */
+    char base[160];
+    const char *mod = A->name + strlen("base_model.model.");
+    snprintf(base, sizeof base, "%.*s.weight", (int)(strstr(mod, ".lora_A.") - mod), mod);
+    return ct_model_find(m, base);
+}
+
 int ct_lora_merge(ct_model *m, char *err, size_t errlen)
 {
     if (!ct_model_has_lora(m)) return snprintf(err, errlen, "merge: the model has no LoRA adapters"), -1;
     const ct_backend *be = ct_model_backend(m);
     ct_kctx *ctx = ct_model_kctx(m);
     ct_trainable tr = ct_model_trainable(m);
-    size_t n = ct_model_numel(m);
-    float *ad = adapters_to_host(m), *w = malloc(n * sizeof(float) + 1);
-    void *tmp = be->alloc((n > tr.numel ? n : tr.numel) * sizeof(float));
+    /* one base weight at a time: memory beyond the model is its largest adapted weight */
+    size_t big = tr.numel;
+    for (int i = 0; i + 1 < tr.ntensors; i += 2) {
+        const ct_param *W = base_of(m, &tr.tensors[i]);
+        if (!W) return snprintf(err, errlen, "internal: no base weight for %s", tr.tensors[i].name), -1;
+        if (W->numel > big) big = W->numel;
+    }
+    float *ad = adapters_to_host(m), *w = malloc(big * sizeof(float));
+    void *tmp = be->alloc(big * sizeof(float));
     int rc = -1;
     if (!ad || !w || !tmp) {
         snprintf(err, errlen, "out of memory merging the adapters");
         goto done;
     }
-    be->to_f32(ctx, tmp, ct_model_params(m), n);
-    be->download(ctx, w, tmp, n * sizeof(float));
     float scale = ct_model_lora_scale(m);
     for (int i = 0; i + 1 < tr.ntensors; i += 2) {
-        const ct_param *A = &tr.tensors[i], *B = &tr.tensors[i + 1]; /* added in pairs: A then B */
-        /* "base_model.model.<module>.lora_A.weight" -> "<module>.weight" */
-        char base[128];
-        const char *mod = A->name + strlen("base_model.model.");
-        snprintf(base, sizeof base, "%.*s.weight", (int)(strstr(mod, ".lora_A.") - mod), mod);
-        const ct_param *W = ct_model_find(m, base);
-        if (!W) {
-            snprintf(err, errlen, "internal: no base weight %s for %s", base, A->name);
-            goto done;
-        }
+        const ct_param *A = &tr.tensors[i], *B = &tr.tensors[i + 1], *W = base_of(m, A); /* pairs: A, B */
+        void *wp = (char *)ct_model_params(m) + W->offset * be->elem_size;
+        be->to_f32(ctx, tmp, wp, W->numel);
+        be->download(ctx, w, tmp, W->numel * sizeof(float));
         int out = B->shape[0], in = A->shape[1], r = A->shape[0];
         const float *a = ad + A->offset, *b = ad + B->offset;
+#pragma omp parallel for schedule(static)
         for (int o = 0; o < out; o++)
             for (int k = 0; k < in; k++) {
                 double d = 0;
                 for (int j = 0; j < r; j++) d += (double)b[(size_t)o * r + j] * a[(size_t)j * in + k];
-                w[W->offset + (size_t)o * in + k] += (float)(scale * d);
+                w[(size_t)o * in + k] += (float)(scale * d);
             }
+        be->upload(ctx, tmp, w, W->numel * sizeof(float));
+        be->to_storage(ctx, wp, tmp, W->numel);
+        be->sync(ctx); /* w and tmp serve the next weight */
         memset(ad + B->offset, 0, B->numel * sizeof(float)); /* the adapter is in the base now */
     }
-    be->upload(ctx, tmp, w, n * sizeof(float));
-    be->to_storage(ctx, ct_model_params(m), tmp, n);
     be->upload(ctx, tmp, ad, tr.numel * sizeof(float));
     be->to_storage(ctx, tr.params, tmp, tr.numel);
     be->sync(ctx);
