@@ -204,6 +204,13 @@ static void test_bad_configs(void)
     c.n_embd = 9;
     CHECK(ct_model_init(&m, &c, be, be->kctx_init(0), 1, 4, 1, err, sizeof err) == -1 && m == NULL &&
           strstr(err, "n_head"));
+    c = gpt2_cfg; /* GPT-2 takes odd head sizes; rotary positions need even ones */
+    c.n_embd = 9, c.n_head = 3;
+    CHECK(ct_model_init(&m, &c, be, be->kctx_init(0), 1, 4, 1, err, sizeof err) == 0);
+    ct_model_free(m);
+    c = llama_cfg();
+    c.n_embd = 12, c.n_head = 4; /* head_dim 3 */
+    CHECK(ct_model_init(&m, &c, be, be->kctx_init(0), 1, 4, 1, err, sizeof err) == -1 && strstr(err, "head_dim"));
     c = cfg;
     c.n_layer = 0;
     CHECK(ct_model_init(&m, &c, be, be->kctx_init(0), 1, 4, 1, err, sizeof err) == -1 && strstr(err, "n_layer"));

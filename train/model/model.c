@@ -36,7 +36,7 @@ int ct_model_config_check(ct_model_config *c, char *err, size_t errlen)
     else if (!c->head_dim && c->n_embd % c->n_head) field = "n_embd", what = "must be a multiple of n_head";
     else if (c->n_kv_head < 0 || (c->n_kv_head && c->n_head % c->n_kv_head))
         field = "n_kv_head", what = "must divide n_head";
-    else if (c->head_dim < 0 || c->head_dim % 2) field = "head_dim", what = "must be a positive even number";
+    else if (c->head_dim < 0) field = "head_dim", what = "must be positive";
     else if (c->n_inner < 0) field = "n_inner", what = "must be positive";
     else if (!(c->norm_eps > 0) || !isfinite(c->norm_eps)) field = "norm_eps", what = "must be a positive number";
     else if (c->window < 0) field = "sliding_window", what = "must not be negative";
@@ -46,7 +46,7 @@ int ct_model_config_check(ct_model_config *c, char *err, size_t errlen)
         if (!c->n_inner) c->n_inner = 4 * c->n_embd;
         if (!(c->rope_theta > 0)) c->rope_theta = 10000.0;
         double C = c->n_embd, W = (double)c->n_head * c->head_dim + c->n_inner;
-        if (c->head_dim % 2) field = "head_dim", what = "must be even";
+        if (c->arch->rope && c->head_dim % 2) field = "head_dim", what = "must be even (rotary positions pair channels)";
         else if ((double)c->vocab_size * C > 1e12 || C * W * c->n_layer > 1e13) field = "n_embd", what = "model too large";
     }
     if (!field) return 0;
