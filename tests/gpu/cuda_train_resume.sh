@@ -12,9 +12,12 @@
 # The schedule is constant after warmup: a cosine decay depends on max_steps, which (b)'s first
 # leg sets to 10. Exits 77 (ctest: skipped) where nvidia-smi lists no GPU or ctrain finds no
 # usable CUDA device (a build without the CUDA backend).
-# usage: cuda_train_resume.sh CTRAIN
+# usage: cuda_train_resume.sh CTRAIN [--set KEY=VALUE]...   (the --set pairs go to every ctrain
+# call: e.g. --set model.arch=llama makes it a Llama)
 set -euo pipefail
 ctrain=$1
+shift
+model=("$@")
 export OMP_NUM_THREADS=2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -38,8 +41,8 @@ tiny_run "$tmp" 5 100 '"checkpoint": {"every": 10},'
 train() {
   local name=$1 device=$2
   shift 2
-  if ! timeout 300 "$ctrain" train "$tmp/base.json" --set "run.dir=$tmp/$name" --set "run.device=$device" \
-      --set optim.schedule=constant "$@" > "$tmp/$name.log" 2>&1; then
+  if ! timeout 300 "$ctrain" train "$tmp/base.json" "${model[@]}" --set "run.dir=$tmp/$name" \
+      --set "run.device=$device" --set optim.schedule=constant "$@" > "$tmp/$name.log" 2>&1; then
     bad "run $name ($device) exited non-zero:"
     tail -20 "$tmp/$name.log" >&2
     return 1
@@ -67,7 +70,7 @@ close() {
 }
 
 # ---- a. uninterrupted, 20 steps; the first CUDA run also tells whether ctrain can use the GPU
-if ! timeout 300 "$ctrain" train "$tmp/base.json" --set "run.dir=$tmp/a" --set run.device=cuda \
+if ! timeout 300 "$ctrain" train "$tmp/base.json" "${model[@]}" --set "run.dir=$tmp/a" --set run.device=cuda \
     --set optim.schedule=constant > "$tmp/a.log" 2>&1; then
   if grep -q "no CUDA device is usable" "$tmp/a.log"; then
     echo "SKIPPED: ctrain finds no usable CUDA device:"
@@ -123,7 +126,7 @@ fi
 # ---- d. eval and sample on the GPU, from (a)'s finished run
 val=()
 for device in cuda cpu; do
-  if timeout 300 "$ctrain" eval "$tmp/base.json" --set "run.dir=$tmp/a" --set "run.device=$device" \
+  if timeout 300 "$ctrain" eval "$tmp/base.json" "${model[@]}" --set "run.dir=$tmp/a" --set "run.device=$device" \
       > "$tmp/eval_$device.log" 2>&1; then
     last=$(tail -1 "$tmp/eval_$device.log")
     if [[ $last =~ ^val_loss\ [0-9]+\.[0-9]+$ ]]; then
@@ -141,7 +144,7 @@ if [ "${#val[@]}" -eq 2 ]; then close "eval val_loss, cuda vs cpu (same weights)
 
 prompt="the "
 for i in 1 2; do
-  if ! timeout 300 "$ctrain" sample "$tmp/base.json" --set "run.dir=$tmp/a" --set run.device=cuda \
+  if ! timeout 300 "$ctrain" sample "$tmp/base.json" "${model[@]}" --set "run.dir=$tmp/a" --set run.device=cuda \
       --set "sample.prompt=$prompt" --set sample.max_tokens=60 --set sample.temperature=0 \
       > "$tmp/sample$i.txt" 2> "$tmp/sample$i.err"; then
     bad "sample (cuda, greedy, try $i) exited non-zero:"
@@ -155,7 +158,7 @@ else
   bad "sample (cuda, greedy): empty, not starting with the prompt, or different twice: '$(cat "$tmp/sample1.txt" 2>/dev/null)' | '$(cat "$tmp/sample2.txt" 2>/dev/null)'"
 fi
 # sampled at a temperature, longer than the model's 32 positions: the window slides
-if timeout 300 "$ctrain" sample "$tmp/base.json" --set "run.dir=$tmp/a" --set run.device=cuda \
+if timeout 300 "$ctrain" sample "$tmp/base.json" "${model[@]}" --set "run.dir=$tmp/a" --set run.device=cuda \
     --set "sample.prompt=$prompt" --set sample.max_tokens=80 > "$tmp/sample3.txt" 2> "$tmp/sample3.err"; then
   ok "sample (cuda, temperature 0.8): $(head -1 "$tmp/sample3.txt")"
 else

@@ -32,3 +32,7 @@ target_compile_definitions(test_nccl PRIVATE CTRAIN_HAVE_NCCL=$<BOOL:${CTRAIN_HA
 # CPU backend, eval and sample. Exits 77 where nvidia-smi lists no GPU or ctrain cannot use one.
 add_test(NAME cuda_train_resume COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/cuda_train_resume.sh $<TARGET_FILE:ctrain>)
 set_tests_properties(cuda_train_resume PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 600)
+# the same with a Llama (grouped-query heads, RoPE, SwiGLU, an untied head)
+add_test(NAME cuda_train_resume_llama COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/cuda_train_resume.sh $<TARGET_FILE:ctrain>
+  --set model.arch=llama --set model.n_kv_head=1 --set model.n_inner=64 --set model.tie_embeddings=false)
+set_tests_properties(cuda_train_resume_llama PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 600)
