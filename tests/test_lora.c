@@ -804,6 +804,22 @@ static void test_peft_io(void)
                         "\"target_modules\": [\"c_attn\"]}",
                         "lora_dropout");
     expect_config_error(cdir, "{\"peft_type\": \"LORA\", \"r\": 2,,}", "malformed JSON");
+    /* what PEFT would compute differently and ctrain does not run: refused, the key named */
+#define PEFT_OK "\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 3"
+    expect_config_error(cdir, "{" PEFT_OK ", \"target_modules\": [\"c_attn\"], \"use_dora\": true}", "use_dora");
+    expect_config_error(cdir, "{" PEFT_OK ", \"target_modules\": [\"c_attn\"], \"bias\": \"all\"}", "bias");
+    expect_config_error(cdir, "{" PEFT_OK ", \"target_modules\": [\"c_attn\"], \"rank_pattern\": {\"c_attn\": 4}}",
+                        "rank_pattern");
+    expect_config_error(cdir, "{" PEFT_OK ", \"target_modules\": [\"c_attn\"], \"layers_to_transform\": [0]}",
+                        "layers_to_transform");
+    expect_config_error(cdir, "{" PEFT_OK ", \"target_modules\": [\"c_attn\"], \"modules_to_save\": [\"lm_head\"]}",
+                        "modules_to_save");
+    expect_config_error(cdir, "{" PEFT_OK ", \"target_modules\": \".*attn.*\"}", "regular expression");
+    write_file(cdir, "adapter_config.json", /* what peft writes by default is accepted */
+               "{" PEFT_OK ", \"target_modules\": [\"c_attn\"], \"use_dora\": false, \"bias\": \"none\", "
+               "\"rank_pattern\": {}, \"alpha_pattern\": {}, \"layers_to_transform\": null, \"modules_to_save\": null}");
+    CHECK(ct_lora_read_peft_config(cdir, &back, err, sizeof err) == 0);
+#undef PEFT_OK
     char *nocfg = subdir("peft_nocfg");
     ct_lora_spec dummy;
     CHECK(ct_lora_read_peft_config(nocfg, &dummy, err, sizeof err) == -1 && strstr(err, "adapter_config.json"));

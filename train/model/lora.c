@@ -9,11 +9,34 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "hf_config.h"
 #include "json_file.h"
 #include "rng.h"
 #include "safetensors.h"
 
 static float spec_scale(const ct_lora_spec *s) { return s->rslora ? s->alpha / sqrtf((float)s->r) : s->alpha / s->r; }
+
+/* PEFT options that would change what the adapter computes and that ctrain does not run: an
+ * error naming the key, never a silent difference. */
+static int unsupported_peft(const cJSON *root, const char *path, char *err, size_t errlen)
+{
+    static const char *const no_bias[] = {"none", NULL};
+    if (ct_hfc_bool_is(root, "use_dora", 0, path, err, errlen) || ct_hfc_one_of(root, "bias", no_bias, path, err, errlen))
+        return -1;
+    static const char *const empty_when_set[] = {"rank_pattern", "alpha_pattern", "layers_to_transform",
+                                                 "modules_to_save", "layers_pattern", NULL};
+    for (const char *const *k = empty_when_set; *k; k++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, *k);
+        if (v && !cJSON_IsNull(v) && cJSON_GetArraySize(v) > 0)
+            return snprintf(err, errlen, "%s: %s: not supported (ctrain gives every adapter the same r and alpha, "
+                            "on every layer, and trains nothing else)", path, *k), -1;
+    }
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "target_modules");
+    if (cJSON_IsString(t) && strcmp(t->valuestring, "all-linear"))
+        return snprintf(err, errlen, "%s: target_modules: \"%s\" is a regular expression to PEFT, which ctrain does "
+                        "not match: list the module names", path, t->valuestring), -1;
+    return 0;
+}
 
 int ct_lora_read_peft_config(const char *dir, ct_lora_spec *spec, char *err, size_t errlen)
 {
@@ -29,7 +52,9 @@ int ct_lora_read_peft_config(const char *dir, ct_lora_spec *spec, char *err, siz
     const cJSON *targets = cJSON_GetObjectItemCaseSensitive(root, "target_modules");
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "use_rslora");
     memset(spec, 0, sizeof *spec);
-    if (!cJSON_IsString(type) || strcmp(type->valuestring, "LORA"))
+    if (unsupported_peft(root, path, err, errlen))
+        ; /* err names the key */
+    else if (!cJSON_IsString(type) || strcmp(type->valuestring, "LORA"))
         snprintf(err, errlen, "%s: peft_type: expected \"LORA\"", path);
     else if (!cJSON_IsNumber(r) || r->valuedouble < 1 || r->valuedouble > 65536 ||
              r->valuedouble != floor(r->valuedouble))
