@@ -9,7 +9,7 @@ LM head; AdamW (betas 0.9/0.95, weight decay 0.1 on matrices and embeddings). On
 and the loss under torch.autocast(bfloat16), fused AdamW, gradient clipping at 1.0 (as ctrain's
 optimizer), TF32 allowed for what stays fp32; --compile wraps the model in torch.compile (its
 compile time, the warm-up steps, is reported apart and not in the timed steps). Adds MFU
-(ctrain's FLOP count, ct_gpt2_step_flops, against --peak-tflops) and peak memory
+(ctrain's FLOP count, ct_model_step_flops, against --peak-tflops) and peak memory
 (torch.cuda.max_memory_allocated / max_memory_reserved).
 
 usage: python bench_torch.py [--layers 6] [--width 384] [--heads 6] [--seq 256] [--batch 8]
@@ -71,7 +71,7 @@ class GPT(nn.Module):
 
 
 def step_flops(V, L, C, B, T):
-    """ct_gpt2_step_flops (train/gpt2.c): matmuls and causal attention, backward twice the forward."""
+    """ct_model_step_flops (train/model/gpt2.c): matmuls and causal attention, backward twice the forward."""
     N = B * T
     matmul_fwd = 2.0 * N * (L * 12.0 * C * C + C * V)
     attn_fwd = 2.0 * 2.0 * B * L * C * (T * (T + 1) / 2.0)

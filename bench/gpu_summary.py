@@ -178,7 +178,7 @@ def main():
     L.append("One training step (forward, backward, AdamW with clipping at 1.0); ctrain: `bench_step --device cuda` "
              "(CUDA backend, the trainer's ZeRO-1 AdamW on one rank); PyTorch: `bench/bench_torch.py` (the same "
              "model, fp32 parameters under bf16 autocast, SDPA attention, fused AdamW). Model FLOPs: "
-             "`ct_gpt2_step_flops` for both.")
+             "`ct_model_step_flops` for both.")
     L.append("")
     L.append("| implementation | ms/step | tokens/s | TFLOP/s | MFU | peak memory | allocator peak |")
     L.append("|---|---|---|---|---|---|---|")
