@@ -128,8 +128,13 @@ static void cmp_tensors(const char *what, const ct_param *t, int nt, const float
         }
         double rel = w2 > 0 ? sqrt(d2 / w2) : sqrt(d2);
         if (!(rel <= worst)) worst = rel, wi = i; /* NaN sticks */
-        if (l2 > 0 && !(rel <= l2)) {
-            fprintf(stderr, "%s: relative L2 difference %.3g > %g\n", label, rel, l2);
+        /* A query or key bias's gradient sums dS . k (or q) over every token and nearly cancels
+         * (exactly, without RoPE): bf16 rounding of the attention backward's score gradients is
+         * large against what is left. An emulation of the CUDA kernels measured up to 0.043 for
+         * it over 22 seeds (every other tensor <= 0.02), so it gets twice the bound. */
+        double bound = strstr(t[i].name, "q_proj.bias") || strstr(t[i].name, "k_proj.bias") ? 2 * l2 : l2;
+        if (l2 > 0 && !(rel <= bound)) {
+            fprintf(stderr, "%s: relative L2 difference %.3g > %g\n", label, rel, bound);
             ct_test_failures++;
         }
     }
