@@ -144,7 +144,7 @@ def build(a, torch, dev):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--hf-config", help="a config.json (bench/configs/): random weights")
+    src.add_argument("--hf-config", help="a config.json (tests/hf_configs/): random weights")
     src.add_argument("--init-from", metavar="DIR", help="a Hugging Face folder: its config and weights")
     ap.add_argument("--save", metavar="DIR", help="with --hf-config: save the random model there (fp32), for "
                     "bench_step --init-from DIR")

@@ -56,7 +56,7 @@ def main():
     ap.add_argument("--seq", default="?")
     ap.add_argument("--llama-batch", default="?")
     ap.add_argument("--llama-seq", default="?")
-    ap.add_argument("--llama-config", default="bench/configs/llama-3.2-1b.json")
+    ap.add_argument("--llama-config", default="tests/hf_configs/llama-3.2-1b.json")
     ap.add_argument("--invocation", default="bash bench/run_gpu.sh")
     a = ap.parse_args()
     w = a.work

@@ -9,7 +9,7 @@
 #      train (the real trainer, from the same random base as a Hugging Face folder) against
 #      transformers + peft (bench/bench_lora_peft.py), fp32 base under bf16 autocast and bf16
 #      base; tokens/s and peak GPU memory. Target: >= 2x tokens/s at lower peak memory.
-#   3. Llama-3.2-1B's shape (bench/configs/llama-3.2-1b.json: 16 layers, width 2048, 32 heads,
+#   3. Llama-3.2-1B's shape (tests/hf_configs/llama-3.2-1b.json: 16 layers, width 2048, 32 heads,
 #      8 kv heads, MLP 8192, vocab 128256, tied; random weights), micro-batch 4 x 2048 tokens:
 #      LoRA r=16 on every linear of the blocks with a bf16 base: ctrain (bench_step --device
 #      cuda --hf-config ... --lora 16) against transformers + peft (bench/bench_hf.py --device
@@ -45,7 +45,7 @@
 # rerun only these phases on a warm machine, the rest reported from the last pass; "llama" names
 # every Llama phase, "gpt2" every GPT-2 one: CTRAIN_BENCH_ONLY=llama runs section 3 alone),
 # CTRAIN_BENCH_LLAMA_BATCH (4), CTRAIN_BENCH_LLAMA_SEQ (2048), CTRAIN_BENCH_LLAMA_CONFIG (the
-# config.json, default bench/configs/llama-3.2-1b.json), CTRAIN_BENCH_WHEELS (the wheel folder, default
+# config.json, default tests/hf_configs/llama-3.2-1b.json), CTRAIN_BENCH_WHEELS (the wheel folder, default
 # .devdeps/wheels), CTRAIN_BENCH_INVOCATION (the command line bench_gpu.md names), CTRAIN_BENCH_SMOKE=1
 # (tiny sizes on the CPU: a rehearsal of this script where there is no GPU; figures mean nothing).
 # Exit status: 0 when every phase ran, 1 when one failed or timed out, 77 without a GPU.
@@ -79,7 +79,7 @@ else
   LLAMA_SHAPE=() LLAMA_B=${CTRAIN_BENCH_LLAMA_BATCH:-4} LLAMA_T=${CTRAIN_BENCH_LLAMA_SEQ:-2048}
   LLAMA_STEPS=${CTRAIN_BENCH_STEPS:-20} LLAMA_WARM=3
 fi
-LLAMA_CFG=${CTRAIN_BENCH_LLAMA_CONFIG:-bench/configs/llama-3.2-1b.json}
+LLAMA_CFG=${CTRAIN_BENCH_LLAMA_CONFIG:-tests/hf_configs/llama-3.2-1b.json}
 LORA_R=16 LORA_ALPHA=32 LORA_DROPOUT=0.05
 
 smi=$(command -v nvidia-smi || ls /usr/local/nvidia/bin/nvidia-smi /usr/bin/nvidia-smi 2>/dev/null | head -1)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Llama family on the CPU: ctrain against transformers (+ peft), the same model from the same
-# config.json (bench/configs/smollm2-135m.json: SmolLM2-135M's shape, random weights), the same
+# config.json (tests/hf_configs/smollm2-135m.json: SmolLM2-135M's shape, random weights), the same
 # thread count, every figure measured in this one run:
 #   (a) full training step (forward, cross-entropy, backward, AdamW), fp32: ctrain
 #       (bench_step --hf-config) against PyTorch eager (bench/bench_hf.py: transformers'
@@ -41,7 +41,7 @@ if [ -z "${PYTHON:-}" ]; then
     command -v "$p" >/dev/null && { PYTHON=$p; break; }
   done
 fi
-config=${CONFIG:-bench/configs/smollm2-135m.json}
+config=${CONFIG:-tests/hf_configs/smollm2-135m.json}
 if [ $small = 1 ]; then
   layers=${LAYERS:-4} seq=${SEQ:-64} batch=${BATCH:-2} steps=${STEPS:-2} warmup=${WARMUP:-1}
   prompt=${PROMPT:-32} new=${NEW:-16}

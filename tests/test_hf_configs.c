@@ -1,6 +1,7 @@
-/* test_hf_configs.c — the config.json files of published models (tests/hf_configs/: Llama-3.2-1B,
- * Qwen2.5-0.5B, SmolLM2-135M, Mistral-7B-v0.1, as their Hugging Face folders hold them) read into
- * the shape their model cards give, every key they carry accepted; SmolLM2's parameter count. */
+/* test_hf_configs.c — the config.json files of published models (tests/hf_configs/, which the
+ * benchmarks use too: Llama-3.2-1B, Qwen2.5-0.5B, SmolLM2-135M, Mistral-7B-v0.1, as their Hugging
+ * Face folders hold them) read into the shapes their model cards give, every key they carry
+ * accepted; SmolLM2's parameter count. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
