@@ -10,6 +10,7 @@ packages=(
   libhdf5-openmpi-dev hdf5-tools      # parallel HDF5: datasets and checkpoints; h5dump
   libcjson-dev                        # configs, safetensors headers
   libopenblas-openmp-dev              # sgemm, sharing OpenMP's threads
+  libpcre2-dev libutf8proc-dev        # tokenizer.json: pre-tokenizer regexes (PCRE2 JIT), NFC
   bible-kjv                           # the bundled corpus: the King James Bible (public domain)
   python3 python3-venv                # reference tests and benchmarks only, never the trainer
 )
