@@ -21,6 +21,43 @@ size_t ct_tok_bytes_encode(const char *text, size_t len, int32_t *out);
  * outside the vocabulary are skipped. Returns the number of bytes written. */
 size_t ct_tok_bytes_decode(const int32_t *tokens, size_t n, char *out, size_t cap);
 
+/* ---- Hugging Face tokenizer.json, with ids identical to the `tokenizers` library's.
+ * Supported: the BPE model (vocab; merges as "a b" or ["a", "b"]; ignore_merges; byte_fallback to
+ * <0xXX>; unk_token; fuse_unk); normalizers NFC, Prepend, Replace, Sequence; pre-tokenizers
+ * ByteLevel, Split (String or Regex pattern, every behavior, invert), Metaspace, Digits, Sequence;
+ * added tokens (special or not; lstrip, rstrip, single_word; normalized false: matched on the raw
+ * text, true: on the normalized text); post-processors TemplateProcessing (single sequences),
+ * ByteLevel, Sequence; decoders ByteLevel, Metaspace, Replace, ByteFallback, Fuse, Strip, Sequence.
+ * Anything else (another model, normalizer, pre-tokenizer, ...; BPE dropout,
+ * continuing_subword_prefix, end_of_word_suffix; truncation; fixed padding) is refused at load with
+ * an error naming it. Regexes run on PCRE2 (UTF + UCP, JIT) with \s as Oniguruma's White_Space. */
+typedef struct ct_tokenizer ct_tokenizer;
+
+/* path: a tokenizer.json file, or a folder holding tokenizer.json and, optionally,
+ * tokenizer_config.json: when its tokenizer_class is LlamaTokenizer(Fast) or
+ * CodeLlamaTokenizer(Fast) and it sets add_bos_token or add_eos_token, the post-processor is
+ * rebuilt as transformers does (BOS when add_bos_token, default true; EOS when add_eos_token,
+ * default false). Errors: "<file>: <component or key>: <what>". */
+int ct_tokenizer_load(ct_tokenizer **out, const char *path, char *err, size_t errlen);
+void ct_tokenizer_free(ct_tokenizer *t);
+int ct_tokenizer_vocab_size(const ct_tokenizer *t); /* max id + 1, added tokens included */
+/* FNV-1a of tokenizer.json's bytes (and of the tokenizer_config.json overrides): for datasets to
+ * name their tokenizer. */
+uint64_t ct_tokenizer_digest(const ct_tokenizer *t);
+/* Encodes text[len] (UTF-8) and appends the ids to *ids (grown with realloc; *cap its capacity,
+ * both may start as NULL/0). add_special: apply the post-processor (BOS/EOS). Returns the number
+ * of ids written, or -1 with err. Invalid UTF-8 is refused: "encode: invalid UTF-8 at byte N"
+ * (N: the offset of the first byte of the first invalid sequence), nothing written. Thread-safe:
+ * a loaded tokenizer is read-only, so several threads may encode with it at once. */
+long ct_tokenizer_encode(const ct_tokenizer *t, const char *text, size_t len, int add_special, int32_t **ids,
+                         size_t *cap, char *err, size_t errlen);
+/* ids -> malloc'd NUL-terminated UTF-8 text, as tokenizers' decode(ids, skip_special_tokens).
+ * An id outside the vocabulary (which tokenizers would silently drop) is an error: NULL, with
+ * err naming the id and its position. */
+char *ct_tokenizer_decode(const ct_tokenizer *t, const int32_t *ids, size_t n, int skip_special, char *err,
+                          size_t errlen);
+int ct_tokenizer_id(const ct_tokenizer *t, const char *token); /* -1 if absent */
+
 /* ---- token datasets */
 typedef struct ct_dataset ct_dataset;
 

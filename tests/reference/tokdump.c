@@ -1,0 +1,96 @@
+/* tokdump — the C side of the tokenizer reference test: loads a tokenizer.json (file or folder)
+ * and answers requests, one per input line:
+ *   E <hex of UTF-8 text>  ->  <ids with special tokens>|<ids without>|<hex decode>|<hex decode, skip special>
+ *   D <id> <id> ...        ->  <hex decode>|<hex decode, skip special>
+ * ids space-separated; an error line is "ERR <message>". Usage: tokdump TOKENIZER IN OUT */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "data.h"
+
+static void put_hex(FILE *f, const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) fprintf(f, "%02x", *p);
+}
+
+static void put_ids(FILE *f, const int32_t *v, long n)
+{
+    for (long i = 0; i < n; i++) fprintf(f, i ? " %d" : "%d", (int)v[i]);
+}
+
+static int decode_both(FILE *f, const ct_tokenizer *t, const int32_t *v, size_t n, char *err, size_t errlen)
+{
+    char *a = ct_tokenizer_decode(t, v, n, 0, err, errlen);
+    char *b = a ? ct_tokenizer_decode(t, v, n, 1, err, errlen) : NULL;
+    if (!a || !b) {
+        free(a);
+        return -1;
+    }
+    put_hex(f, a);
+    fputc('|', f);
+    put_hex(f, b);
+    free(a), free(b);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 4) {
+        fprintf(stderr, "usage: tokdump TOKENIZER IN OUT\n");
+        return 2;
+    }
+    char err[512];
+    ct_tokenizer *t;
+    if (ct_tokenizer_load(&t, argv[1], err, sizeof err)) {
+        fprintf(stderr, "tokdump: %s\n", err);
+        return 1;
+    }
+    FILE *in = fopen(argv[2], "r"), *out = fopen(argv[3], "w");
+    if (!in || !out) {
+        perror("tokdump");
+        return 1;
+    }
+    char *line = NULL;
+    size_t lcap = 0, cap = 0, cap2 = 0;
+    ssize_t ln;
+    int32_t *ids = NULL, *ids2 = NULL;
+    while ((ln = getline(&line, &lcap, in)) > 0) {
+        if (line[ln - 1] == '\n') line[--ln] = 0;
+        if (line[0] == 'E') {
+            size_t n = (size_t)(ln - 2) / 2;
+            char *text = malloc(n + 1);
+            for (size_t i = 0; i < n; i++) {
+                unsigned v;
+                sscanf(line + 2 + 2 * i, "%2x", &v);
+                text[i] = (char)v;
+            }
+            long a = ct_tokenizer_encode(t, text, n, 1, &ids, &cap, err, sizeof err);
+            long b = a < 0 ? -1 : ct_tokenizer_encode(t, text, n, 0, &ids2, &cap2, err, sizeof err);
+            free(text);
+            if (a < 0 || b < 0) {
+                fprintf(out, "ERR %s\n", err);
+                continue;
+            }
+            put_ids(out, ids, a);
+            fputc('|', out);
+            put_ids(out, ids2, b);
+            fputc('|', out);
+            if (decode_both(out, t, ids, (size_t)a, err, sizeof err)) fprintf(out, "ERR %s", err);
+            fputc('\n', out);
+        } else if (line[0] == 'D') {
+            size_t n = 0;
+            char *p = line + 1, *e;
+            for (long v; (v = strtol(p, &e, 10)), e != p; p = e) {
+                if (n == cap && !(ids = realloc(ids, (cap = cap ? 2 * cap : 64) * sizeof *ids))) return 1;
+                ids[n++] = (int32_t)v;
+            }
+            if (decode_both(out, t, ids, n, err, sizeof err)) fprintf(out, "ERR %s", err);
+            fputc('\n', out);
+        }
+    }
+    free(line), free(ids), free(ids2);
+    fclose(in), fclose(out);
+    ct_tokenizer_free(t);
+    return 0;
+}
