@@ -56,6 +56,9 @@ long ct_tokenizer_encode(const ct_tokenizer *t, const char *text, size_t len, in
  * err naming the id and its position. */
 char *ct_tokenizer_decode(const ct_tokenizer *t, const int32_t *ids, size_t n, int skip_special, char *err,
                           size_t errlen);
+/* The same, with the length in *len: the text may hold NUL bytes (a token of byte 0). */
+char *ct_tokenizer_decode_n(const ct_tokenizer *t, const int32_t *ids, size_t n, int skip_special, size_t *len,
+                            char *err, size_t errlen);
 int ct_tokenizer_id(const ct_tokenizer *t, const char *token); /* -1 if absent */
 
 /* ---- token datasets */

@@ -672,6 +672,12 @@ done:
 char *ct_tokenizer_decode(const ct_tokenizer *t, const int32_t *ids, size_t n, int skip_special, char *err,
                           size_t errlen)
 {
+    return ct_tokenizer_decode_n(t, ids, n, skip_special, NULL, err, errlen);
+}
+
+char *ct_tokenizer_decode_n(const ct_tokenizer *t, const int32_t *ids, size_t n, int skip_special, size_t *len,
+                            char *err, size_t errlen)
+{
     tk_pieces toks = {0};
     for (size_t i = 0; i < n; i++) {
         if (ids[i] < 0 || ids[i] >= t->vocab_size || !t->id_tok[ids[i]]) {
@@ -691,6 +697,7 @@ char *ct_tokenizer_decode(const ct_tokenizer *t, const int32_t *ids, size_t n, i
             goto oom;
         }
     tk_pieces_free(&toks);
+    if (len) *len = b.n;
     return b.p;
 oom:
     tk_pieces_free(&toks);

@@ -181,7 +181,7 @@ int tk_regex_compile(tk_regex *r, const char *pat, int literal, char *err, size_
     tk_buf b = {0};
     uint32_t opts = PCRE2_UTF | PCRE2_UCP;
     if (literal) {
-        opts |= PCRE2_LITERAL;
+        opts = PCRE2_UTF | PCRE2_LITERAL; /* UCP is not allowed with LITERAL (and not needed) */
         if (tk_buf_add(&b, pat, strlen(pat))) goto oom;
     } else {
         int in_class = 0;
@@ -313,46 +313,39 @@ tail:
     return 0;
 }
 
-/* Applies behavior to the runs (in place): afterwards r->v[i].m = 1 marks a run to drop. */
-static void apply_behavior(runs *r, int behavior, int invert)
+/* Applies behavior to the runs: afterwards r->v[i].m = 1 marks a run to drop. -1 out of memory. */
+static int apply_behavior(runs *r, int behavior, int invert)
 {
     if (invert)
         for (size_t i = 0; i < r->n; i++) r->v[i].m = !r->v[i].m;
+    if (behavior == TK_B_REMOVED) return 0;
+    if (behavior == TK_B_ISOLATED) {
+        for (size_t i = 0; i < r->n; i++) r->v[i].m = 0;
+        return 0;
+    }
+    run *o = malloc((r->n + 1) * sizeof *o);
+    if (!o) return -1;
     size_t k = 0;
     int prevm = 0;
-    switch (behavior) {
-    case TK_B_ISOLATED:
-        for (size_t i = 0; i < r->n; i++) r->v[i].m = 0;
-        return;
-    case TK_B_REMOVED:
-        return;
-    case TK_B_CONTIGUOUS:
-        for (size_t i = 0; i < r->n; i++) {
-            if (r->v[i].m == prevm && k) r->v[k - 1].e = r->v[i].e;
-            else r->v[k++] = (run){r->v[i].s, r->v[i].e, 0};
-            prevm = r->v[i].m;
-        }
-        break;
-    case TK_B_PREV:
-        for (size_t i = 0; i < r->n; i++) {
-            if (r->v[i].m && !prevm && k) r->v[k - 1].e = r->v[i].e;
-            else r->v[k++] = (run){r->v[i].s, r->v[i].e, 0};
-            prevm = r->v[i].m;
-        }
-        break;
-    case TK_B_NEXT: /* right to left, then back in order */
+    if (behavior == TK_B_NEXT) { /* right to left, then back in order */
         for (size_t i = r->n; i-- > 0;) {
-            if (r->v[i].m && !prevm && k) r->v[k - 1].s = r->v[i].s;
-            else r->v[k++] = (run){r->v[i].s, r->v[i].e, 0};
+            if (r->v[i].m && !prevm && k) o[k - 1].s = r->v[i].s;
+            else o[k++] = (run){r->v[i].s, r->v[i].e, 0};
             prevm = r->v[i].m;
         }
-        for (size_t i = 0; i < k / 2; i++) {
-            run t = r->v[i];
-            r->v[i] = r->v[k - 1 - i], r->v[k - 1 - i] = t;
+        for (size_t i = 0; i < k; i++) r->v[i] = o[k - 1 - i];
+    } else {
+        for (size_t i = 0; i < r->n; i++) {
+            int merge = behavior == TK_B_CONTIGUOUS ? r->v[i].m == prevm : r->v[i].m && !prevm;
+            if (merge && k) o[k - 1].e = r->v[i].e;
+            else o[k++] = (run){r->v[i].s, r->v[i].e, 0};
+            prevm = r->v[i].m;
         }
-        break;
+        memcpy(r->v, o, k * sizeof *o);
     }
+    free(o);
     r->n = k;
+    return 0;
 }
 
 /* Splits piece p into out (orig0 kept by a first sub-piece at offset 0). */
@@ -368,8 +361,7 @@ static int split_piece(const tk_piece *p, const tk_regex *re, int (*pred)(uint32
         free(r.v);
         return -1;
     }
-    apply_behavior(&r, behavior, invert);
-    int rc = 0;
+    int rc = apply_behavior(&r, behavior, invert);
     for (size_t i = 0; i < r.n && !rc; i++)
         if (!r.v[i].m && r.v[i].e > r.v[i].s)
             rc = tk_pieces_push(out, p->s + r.v[i].s, r.v[i].e - r.v[i].s, p->orig0 && r.v[i].s == 0, -1);

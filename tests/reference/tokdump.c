@@ -9,9 +9,9 @@
 
 #include "data.h"
 
-static void put_hex(FILE *f, const char *s)
+static void put_hex(FILE *f, const char *s, size_t n)
 {
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) fprintf(f, "%02x", *p);
+    for (size_t i = 0; i < n; i++) fprintf(f, "%02x", (unsigned char)s[i]);
 }
 
 static void put_ids(FILE *f, const int32_t *v, long n)
@@ -21,15 +21,16 @@ static void put_ids(FILE *f, const int32_t *v, long n)
 
 static int decode_both(FILE *f, const ct_tokenizer *t, const int32_t *v, size_t n, char *err, size_t errlen)
 {
-    char *a = ct_tokenizer_decode(t, v, n, 0, err, errlen);
-    char *b = a ? ct_tokenizer_decode(t, v, n, 1, err, errlen) : NULL;
+    size_t an = 0, bn = 0;
+    char *a = ct_tokenizer_decode_n(t, v, n, 0, &an, err, errlen);
+    char *b = a ? ct_tokenizer_decode_n(t, v, n, 1, &bn, err, errlen) : NULL;
     if (!a || !b) {
         free(a);
         return -1;
     }
-    put_hex(f, a);
+    put_hex(f, a, an);
     fputc('|', f);
-    put_hex(f, b);
+    put_hex(f, b, bn);
     free(a), free(b);
     return 0;
 }
