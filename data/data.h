@@ -35,9 +35,10 @@ typedef struct ct_tokenizer ct_tokenizer;
 
 /* path: a tokenizer.json file, or a folder holding tokenizer.json and, optionally,
  * tokenizer_config.json: when its tokenizer_class is LlamaTokenizer(Fast) or
- * CodeLlamaTokenizer(Fast) and it sets add_bos_token or add_eos_token, the post-processor is
- * rebuilt as transformers does (BOS when add_bos_token, default true; EOS when add_eos_token,
- * default false). Errors: "<file>: <component or key>: <what>". */
+ * CodeLlamaTokenizer(Fast), the post-processor is rebuilt as transformers 4.x does (BOS when
+ * add_bos_token, default true; EOS when add_eos_token, default false; bos_token/eos_token name
+ * them). transformers 5 no longer does this: it keeps tokenizer.json's post-processor. A file path
+ * reads tokenizer.json alone. Errors: "<file>: <component or key>: <what>". */
 int ct_tokenizer_load(ct_tokenizer **out, const char *path, char *err, size_t errlen);
 void ct_tokenizer_free(ct_tokenizer *t);
 int ct_tokenizer_vocab_size(const ct_tokenizer *t); /* max id + 1, added tokens included */

@@ -418,8 +418,9 @@ static int build_ids(const char *F, ct_tokenizer *t, char *err, size_t errlen)
     return 0;
 }
 
-/* tokenizer_config.json beside tokenizer.json: transformers' LlamaTokenizer(Fast) rebuilds the
- * post-processor from add_bos_token (default true) and add_eos_token (default false). */
+/* tokenizer_config.json beside tokenizer.json: transformers 4.x's LlamaTokenizerFast (and
+ * CodeLlama's) rebuilds the post-processor from add_bos_token (default true) and add_eos_token
+ * (default false) whenever it loads. (transformers 5 keeps tokenizer.json's post-processor.) */
 static int load_config(const char *dir, ct_tokenizer *t, char *err, size_t errlen)
 {
     char path[4096];
@@ -434,8 +435,7 @@ static int load_config(const char *dir, ct_tokenizer *t, char *err, size_t errle
     if (!c) return FAIL("%s: malformed JSON", path);
     const char *cls = jstr(c, "tokenizer_class");
     int llama = cls && (!strncmp(cls, "LlamaTokenizer", 14) || !strncmp(cls, "CodeLlamaTokenizer", 18));
-    int has = cJSON_GetObjectItemCaseSensitive(c, "add_bos_token") || cJSON_GetObjectItemCaseSensitive(c, "add_eos_token");
-    if (!llama || !has) {
+    if (!llama) {
         cJSON_Delete(c);
         return 0;
     }
