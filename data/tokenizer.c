@@ -228,6 +228,10 @@ static int add_ids(int32_t **v, int *n, const int32_t *ids, int k, int front)
 {
     int32_t *g = realloc(*v, (size_t)(*n + k + 1) * sizeof *g);
     if (!g) return -1;
+    if (!k) {
+        *v = g;
+        return 0;
+    }
     if (front) {
         memmove(g + k, g, (size_t)*n * sizeof *g);
         memcpy(g, ids, (size_t)k * sizeof *g);

@@ -19,3 +19,18 @@ set_tests_properties(test_data_asan PROPERTIES LABELS "unit;asan")
 # with the HDF5 C API, as test_data does.
 ct_unit_test(test_sft test_sft.c)
 target_link_libraries(test_sft PRIVATE ct_hdf5)
+
+# tokenizer.json: hand-written files, bad input, threads, and a fuzz-style loop; again under
+# ASan/UBSan with the tokenizer sources rebuilt instrumented.
+ct_linked_test(test_tokenizer ct_data test_tokenizer.c)
+target_link_libraries(test_tokenizer PRIVATE Threads::Threads)
+set(ct_tokenizer_sources ${CMAKE_SOURCE_DIR}/data/tokenizer.c ${CMAKE_SOURCE_DIR}/data/tokenizer_bpe.c
+  ${CMAKE_SOURCE_DIR}/data/tokenizer_text.c ${CMAKE_SOURCE_DIR}/data/read_file.c)
+add_executable(test_tokenizer_asan test_tokenizer.c ${ct_tokenizer_sources})
+target_include_directories(test_tokenizer_asan PRIVATE ${CMAKE_CURRENT_SOURCE_DIR} ${CMAKE_SOURCE_DIR}/data)
+target_compile_options(test_tokenizer_asan PRIVATE -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
+  -fno-sanitize-recover=all)
+target_link_options(test_tokenizer_asan PRIVATE -fsanitize=address,undefined)
+target_link_libraries(test_tokenizer_asan PRIVATE cjson PkgConfig::PCRE2 PkgConfig::UTF8PROC Threads::Threads)
+add_test(NAME test_tokenizer_asan COMMAND test_tokenizer_asan)
+set_tests_properties(test_tokenizer_asan PROPERTIES LABELS "unit;asan")
