@@ -27,6 +27,7 @@ struct ct_tokenizer {
     int npre, npost;
     added_tok *added;
     int nadded;
+    uint8_t added_first[2][256]; /* [normalized pass][byte]: some added token starts with it */
     int32_t vocab_size;
     char **id_tok;  /* id -> token (borrowed from the vocabulary keys or added contents) */
     uint8_t *special;
@@ -404,6 +405,7 @@ static int added_match_forms(const char *F, ct_tokenizer *t, char *err, size_t e
             if (!(k->match = dupstr(k->content))) return FAIL("%s: out of memory", F);
             k->match_len = strlen(k->content);
         }
+        if (k->match_len) t->added_first[k->normalized][(unsigned char)k->match[0]] = 1;
     }
     return 0;
 }
@@ -572,9 +574,13 @@ static int split_added(const ct_tokenizer *t, int norm_pass, const char *s, size
     size_t prev = 0, i = 0;
     while (i < n) {
         int best = -1;
+        if (!t->added_first[norm_pass][(unsigned char)s[i]]) {
+            i++;
+            continue;
+        }
         for (int k = 0; k < t->nadded; k++) {
             const added_tok *a = &t->added[k];
-            if (a->normalized != norm_pass || a->match_len > n - i || a->match[0] != s[i]) continue;
+            if (a->normalized != norm_pass || !a->match_len || a->match_len > n - i || a->match[0] != s[i]) continue;
             if ((best < 0 || a->match_len > t->added[best].match_len) && !memcmp(s + i, a->match, a->match_len)) best = k;
         }
         if (best < 0) {

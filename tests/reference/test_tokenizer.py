@@ -89,14 +89,14 @@ def edit(tok, fn):
     return Tokenizer.from_str(json.dumps(j))
 
 
-def byte_level(lines, pre, special, **model_kw):
+def byte_level(lines, pre, special, vocab_size=600, **model_kw):
     tok = Tokenizer(models.BPE(**model_kw))
     tok.pre_tokenizer = pre
     tok.decoder = decoders.ByteLevel()
-    return train(lines, tok, special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    return train(lines, tok, special, vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
 
 
-def build_all(lines):
+def build_all(lines, all_lines):
     toks = {}
     # GPT-2
     t = byte_level(lines, pre_tokenizers.ByteLevel(add_prefix_space=False), ["<|endoftext|>"])
@@ -116,6 +116,13 @@ def build_all(lines):
         single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
         special_tokens=[("<|begin_of_text|>", bos)])])
     toks["llama3"] = edit(t, lambda j: j["model"].update(ignore_merges=True))
+    # Llama-3 again at a realistic depth of merges: 8000 tokens from the whole corpus, 256 reserved specials
+    t = byte_level(all_lines, pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_RE), behavior="isolated"),
+                                                       pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
+                   ["<|begin_of_text|>"] + [f"<|reserved_special_token_{i}|>" for i in range(256)], vocab_size=8000)
+    t.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[
+        ("<|begin_of_text|>", t.token_to_id("<|begin_of_text|>"))])
+    toks["llama3_8k"] = edit(t, lambda j: j["model"].update(ignore_merges=True))
     # Qwen2
     t = byte_level(lines, pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_RE), behavior="isolated"),
                                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
@@ -277,7 +284,7 @@ def main():
     total = 0
     with tempfile.TemporaryDirectory() as w:
         work = Path(w)
-        toks = build_all(train_lines)
+        toks = build_all(train_lines, lines)
         for name, tok in toks.items():
             path = work / f"{name}.json"
             tok.save(str(path))
