@@ -61,6 +61,24 @@ STRESS = [
 ]
 
 
+def random_texts(rng, n):
+    """Strings of code points drawn from ranges where regex engines and Unicode tables may
+    disagree: controls, every White_Space character, Latin with combining marks, Greek, CJK,
+    Hangul, Arabic, Devanagari, emoji with modifiers and ZWJ, digits of other scripts, specials."""
+    pools = [range(0x00, 0x80), range(0x09, 0x0E), range(0x1C, 0x21), [0x85, 0xA0, 0x1680, 0x180E, 0x2028, 0x2029,
+             0x202F, 0x205F, 0x3000, 0x200B, 0x200D, 0xFEFF], range(0x2000, 0x200B), range(0xC0, 0x250),
+             range(0x300, 0x370), range(0x370, 0x400), range(0x4E00, 0x4E80), range(0xAC00, 0xAC40),
+             range(0x600, 0x700), range(0x900, 0x980), range(0x1F300, 0x1F340), range(0x1F3FB, 0x1F400),
+             range(0x660, 0x66A), range(0xFF10, 0xFF1A), range(0x2150, 0x2190), range(0xE000, 0xE010),
+             range(0x10000, 0x10040), range(0x1D400, 0x1D440)]
+    out = []
+    for _ in range(n):
+        k = rng.randint(1, 40)
+        out.append("".join(chr(rng.choice(rng.choice(pools))) if rng.random() < 0.7 else rng.choice(
+            [" ", "  ", "\n", "'s", "'LL", "123", "a", "The", "<s>", "<|endoftext|>", "<mask>", "\u2581"]) for _ in range(k)))
+    return out
+
+
 def corpus_lines():
     kjv = ROOT / "datasets" / "kjv.txt"
     if kjv.exists():
@@ -280,7 +298,7 @@ def main():
     train_lines = lines[:4000]
     rng = random.Random(0)
     eval_lines = rng.sample(lines, min(args.lines, len(lines)))
-    texts = eval_lines + STRESS + ["".join(rng.sample(STRESS, 3)) for _ in range(50)]
+    texts = eval_lines + STRESS + ["".join(rng.sample(STRESS, 3)) for _ in range(50)] + random_texts(rng, 1000)
     total = 0
     with tempfile.TemporaryDirectory() as w:
         work = Path(w)
