@@ -24,7 +24,8 @@
 # torch (pip install --no-index --find-links .devdeps/wheels).
 #
 # Packages:
-#   - PRIMARY: what ctrain links (serial HDF5, cJSON, OpenBLAS's OpenMP build) and the libraries
+#   - PRIMARY: what ctrain links (serial HDF5, cJSON, OpenBLAS's OpenMP build, utf8proc, PCRE2's
+#     headers and link name; libpcre2-8.so.0 itself is a FALLBACK: every image has it) and the libraries
 #     they need that no Ubuntu image ships (libsz2, libaec0). device_pass.sh always puts these
 #     first on the library path.
 #   - FALLBACK: the rest of their run-time closure (libgfortran5 for OpenBLAS; libcurl4 and its
@@ -42,8 +43,8 @@ debs=$top/debs
 root=$top/root
 
 PRIMARY=(libhdf5-dev libhdf5-103-1 libsz2 libaec0 libcjson1 libcjson-dev
-  libopenblas0-openmp libopenblas-openmp-dev)
-FALLBACK=(libgfortran5 libquadmath0
+  libopenblas0-openmp libopenblas-openmp-dev libutf8proc2 libutf8proc-dev libpcre2-dev)
+FALLBACK=(libpcre2-8-0 libgfortran5 libquadmath0
   libcurl4 libssl3 zlib1g libzstd1 libbrotli1 libnghttp2-14 libidn2-0 libunistring2 libpsl5
   librtmp1 libgnutls30 libhogweed6 libnettle8 libgmp10 libtasn1-6 libp11-kit0 libffi8
   libssh2-1 libgssapi-krb5-2 libkrb5-3 libk5crypto3 libkrb5support0 libcom-err2 libkeyutils1

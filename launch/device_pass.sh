@@ -65,7 +65,7 @@ for tool in cmake ninja; do
 done
 
 # Sonames ctrain links from the carried tree, whatever the machine has.
-PRIMARY_SONAMES=(libhdf5_serial.so.103 libsz.so.2 libaec.so.0 libcjson.so.1 libopenblas.so.0)
+PRIMARY_SONAMES=(libhdf5_serial.so.103 libsz.so.2 libaec.so.0 libcjson.so.1 libopenblas.so.0 libutf8proc.so.2)
 
 pass_start=$(date +%s)
 budget_end=$((pass_start + ${CTRAIN_DEVICE_BUDGET_S:-570}))
@@ -162,8 +162,9 @@ configure() {
   # a system HDF5 is picked up; the carried tree has no h5cc (its paths would be Debian's /usr);
   # the include folder and library are given as the cache entries FindHDF5 fills itself.
   # cJSON: its package file (rewritten relative by device_deps.sh). OpenBLAS: the two cache
-  # entries the top-level CMakeLists.txt searches for. -rpath-link lets the linker follow
-  # libhdf5's own dependencies (libsz, libcurl...) into the carried tree.
+  # entries the top-level CMakeLists.txt searches for; PCRE2 and utf8proc: data/'s four.
+  # -rpath-link lets the linker follow libhdf5's own dependencies (libsz, libcurl...) into the
+  # carried tree.
   cmake -S "$src" -B "$build" "${gen[@]}" \
     -DCMAKE_BUILD_TYPE=Release -DCTRAIN_MPI=OFF -DCTRAIN_CUDA=ON \
     -DHDF5_ROOT="$deps/usr" -DHDF5_NO_FIND_PACKAGE_CONFIG_FILE=ON -DHDF5_USE_STATIC_LIBRARIES=OFF \
@@ -172,6 +173,8 @@ configure() {
     -DcJSON_DIR="$libdir/cmake/cJSON" \
     -DCBLAS_INCLUDE_DIR="$deps/usr/include/x86_64-linux-gnu/openblas-openmp" \
     -DCBLAS_LIBRARY="$libdir/openblas-openmp/libopenblas.so" \
+    -DPCRE2_INCLUDE_DIR="$deps/usr/include" -DPCRE2_LIBRARY="$libdir/libpcre2-8.so" \
+    -DUTF8PROC_INCLUDE_DIR="$deps/usr/include" -DUTF8PROC_LIBRARY="$libdir/libutf8proc.so" \
     -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,$devlib" \
     -DCMAKE_SHARED_LINKER_FLAGS="-Wl,-rpath-link,$devlib" \
     "${arch[@]}" "${extra[@]}"

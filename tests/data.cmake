@@ -31,6 +31,6 @@ target_include_directories(test_tokenizer_asan PRIVATE ${CMAKE_CURRENT_SOURCE_DI
 target_compile_options(test_tokenizer_asan PRIVATE -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
   -fno-sanitize-recover=all)
 target_link_options(test_tokenizer_asan PRIVATE -fsanitize=address,undefined)
-target_link_libraries(test_tokenizer_asan PRIVATE cjson PkgConfig::PCRE2 PkgConfig::UTF8PROC Threads::Threads)
+target_link_libraries(test_tokenizer_asan PRIVATE cjson ct_pcre2 ct_utf8proc Threads::Threads)
 add_test(NAME test_tokenizer_asan COMMAND test_tokenizer_asan)
 set_tests_properties(test_tokenizer_asan PROPERTIES LABELS "unit;asan")
