@@ -45,9 +45,9 @@ int ct_tokenizer_vocab_size(const ct_tokenizer *t); /* max id + 1, added tokens 
 /* FNV-1a of tokenizer.json's bytes (and of the tokenizer_config.json overrides): for datasets to
  * name their tokenizer. */
 uint64_t ct_tokenizer_digest(const ct_tokenizer *t);
-/* Encodes text[len] (UTF-8) and appends the ids to *ids (grown with realloc; *cap its capacity,
- * both may start as NULL/0). add_special: apply the post-processor (BOS/EOS). Returns the number
- * of ids written, or -1 with err. Invalid UTF-8 is refused: "encode: invalid UTF-8 at byte N"
+/* Encodes text[len] (UTF-8) into (*ids)[0..count), *ids grown with realloc (*cap its capacity;
+ * both may start as NULL/0, and one buffer serves call after call). add_special: apply the
+ * post-processor (BOS/EOS). Returns the number of ids written, or -1 with err. Invalid UTF-8 is refused: "encode: invalid UTF-8 at byte N"
  * (N: the offset of the first byte of the first invalid sequence), nothing written. Thread-safe:
  * a loaded tokenizer is read-only, so several threads may encode with it at once. */
 long ct_tokenizer_encode(const ct_tokenizer *t, const char *text, size_t len, int add_special, int32_t **ids,
