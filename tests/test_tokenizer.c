@@ -297,8 +297,8 @@ static void test_fuzz(void)
     /* mutated files: flip, delete or insert bytes (JSON punctuation and digits are likelier) */
     static const char alphabet[] = "{}[]\":,0123456789-. abtrue\\u2581nullfalse";
     char *buf = malloc(lens[0] + lens[1] + 64);
-    int loaded = 0;
-    for (int r = 0; r < 1500; r++) {
+    int loaded = 0, rounds = getenv("CT_FUZZ_ROUNDS") ? atoi(getenv("CT_FUZZ_ROUNDS")) : 1500;
+    for (int r = 0; r < rounds; r++) {
         int s = r & 1;
         size_t n = lens[s];
         memcpy(buf, srcs[s], n);
@@ -323,7 +323,7 @@ static void test_fuzz(void)
             ct_tokenizer_free(t);
         }
     }
-    printf("fuzz: %d of 1500 mutated files loaded\n", loaded);
+    printf("fuzz: %d of %d mutated files loaded (CT_FUZZ_ROUNDS sets the count)\n", loaded, rounds);
     free(buf);
 }
 
