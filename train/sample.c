@@ -47,28 +47,65 @@ static int pick(const float *logits, int V, double temperature, int top_k, ct_rn
     return best;
 }
 
+/* The tokenizer the model speaks: tokenizer.json beside its weights (src: a Hugging Face folder
+ * or a finished run, which carries its source's) or in model.init_from. NULL without error when
+ * neither has one (the byte tokenizer's models); NULL with err when one is there and unreadable. */
+static ct_tokenizer *model_tokenizer(const ct_config *cfg, const char *src, char *err, size_t errlen)
+{
+    const char *dirs[2] = {src, cfg->model.init_from};
+    err[0] = 0;
+    for (int i = 0; i < 2; i++) {
+        char path[CT_PATH_MAX + 32];
+        snprintf(path, sizeof path, "%s/tokenizer.json", dirs[i]);
+        FILE *f = dirs[i][0] ? fopen(path, "rb") : NULL;
+        if (!f) continue;
+        fclose(f);
+        ct_tokenizer *t = NULL;
+        ct_tokenizer_load(&t, dirs[i], err, errlen);
+        return t;
+    }
+    return NULL;
+}
+
 /* The model to sample from, on this process's backend, with room for `need` positions (the
  * prompt and what follows, at most the model's context); src receives the folder or file its
  * weights come from. -1 with err filled. */
 static int sample_model(const ct_config *cfg, ct_comm *single, const ct_backend *be, ct_kctx *ctx, size_t need,
-                        ct_model **m, char *src, char *from, size_t fromlen, char *err, size_t errlen)
+                        ct_model **m, ct_tokenizer **tok, char *src, char *from, size_t fromlen, char *err,
+                        size_t errlen)
 {
     ct_model_config probe;
     int is_ckpt;
     if (ct_run_model_source(cfg, CT_WEIGHTS_TRAINED, &probe, src, fromlen, &is_ckpt, err, errlen)) return -1;
-    if (!strcmp(cfg->sample.format, "text") && probe.vocab_size < 256) {
+    if (!strcmp(cfg->sample.format, "text") && !(*tok = model_tokenizer(cfg, src, err, errlen)) && err[0]) return -1;
+    if (!strcmp(cfg->sample.format, "text") && !*tok && probe.vocab_size < 256) {
         snprintf(err, errlen, "model: vocabulary of %d tokens; sample.format \"text\" speaks the byte tokenizer "
-                 "(256 bytes and end-of-text): use sample.format \"ids\"", probe.vocab_size);
+                 "(256 bytes and end-of-text) and the model's folder has no tokenizer.json: use sample.format \"ids\"",
+                 probe.vocab_size);
         return -1;
     }
     int T = need < (size_t)probe.max_seq_len ? (int)need : probe.max_seq_len;
     return ct_run_model(cfg, CT_WEIGHTS_TRAINED, be, ctx, 1, T, 1, single, m, from, fromlen, err, errlen);
 }
 
-/* The prompt as tokens: bytes of the text, or the ids it lists (sample.format "ids"). */
-static long encode_prompt(const ct_config *cfg, int32_t *seq, int V, char *err, size_t errlen)
+/* The prompt as tokens: with the model's tokenizer (its post-processor's BOS included), bytes of
+ * the text, or the ids it lists (sample.format "ids"). */
+static long encode_prompt(const ct_config *cfg, const ct_tokenizer *tok, int32_t *seq, size_t cap, int V, char *err,
+                          size_t errlen)
 {
     const char *p = cfg->sample.prompt;
+    if (!strcmp(cfg->sample.format, "text") && tok) {
+        int32_t *ids = NULL;
+        size_t icap = 0;
+        long n = ct_tokenizer_encode(tok, p, strlen(p), 1, &ids, &icap, err, errlen);
+        if (n > (long)cap) {
+            snprintf(err, errlen, "sample.prompt: %ld tokens do not fit the %zu the sample holds", n, cap);
+            n = -1;
+        }
+        if (n > 0) memcpy(seq, ids, (size_t)n * sizeof *seq);
+        free(ids);
+        return n;
+    }
     if (!strcmp(cfg->sample.format, "text")) return (long)ct_tok_bytes_encode(p, strlen(p), seq);
     long n = 0;
     for (char *end; *p;) {
@@ -95,11 +132,25 @@ static int eos_ids(const ct_config *cfg, const char *src, int V, int *eos)
     return n;
 }
 
-static void emit(FILE *out, int ids, int tok)
+/* Prints the newest token: its id, its byte, or, with the model's tokenizer, the text of every
+ * generated token decoded again (a token may complete a character or change how the previous
+ * ones read) past what was printed, held back while it ends in an unfinished character (U+FFFD)
+ * until `last` (the sample is over) flushes it. */
+static void emit(FILE *out, int ids, const ct_tokenizer *tok, const int32_t *gen, size_t ngen, size_t *printed,
+                 int last)
 {
-    if (ids) fprintf(out, " %d", tok);
-    else if (tok < 256) fputc(tok, out);
-    else fprintf(out, "<|%d|>", tok);
+    int t = gen[ngen - 1];
+    if (ids) fprintf(out, " %d", t);
+    else if (!tok && t < 256) fputc(t, out);
+    else if (!tok) fprintf(out, "<|%d|>", t);
+    else {
+        char err[256];
+        size_t len = 0;
+        char *text = ct_tokenizer_decode_n(tok, gen, ngen, 1, &len, err, sizeof err);
+        int pending = len >= 3 && !memcmp(text + len - 3, "\xEF\xBF\xBD", 3);
+        if (text && (!pending || last) && len > *printed) fwrite(text + *printed, 1, len - *printed, out), *printed = len;
+        free(text);
+    }
     fflush(out);
 }
 
@@ -111,6 +162,7 @@ int ct_sample(const ct_config *cfg, FILE *out, char *err, size_t errlen)
     ct_kctx *ctx = NULL;
     int device;
     ct_model *m = NULL;
+    ct_tokenizer *tok = NULL;
     char from[CT_PATH_MAX + 64], src[CT_PATH_MAX + 64];
     int32_t *seq = NULL;
     float *logits = NULL, *work = NULL, *row = NULL;
@@ -122,7 +174,7 @@ int ct_sample(const ct_config *cfg, FILE *out, char *err, size_t errlen)
     size_t plen = strlen(cfg->sample.prompt);
     size_t cap = plen + 1 + (size_t)cfg->sample.max_tokens;
     if (ct_run_backend(cfg, single, &be, &ctx, &device, err, errlen) ||
-        sample_model(cfg, single, be, ctx, cap, &m, src, from, sizeof from, err, errlen))
+        sample_model(cfg, single, be, ctx, cap, &m, &tok, src, from, sizeof from, err, errlen))
         goto done;
     int V = ct_model_config_of(m)->vocab_size, Vp = ct_model_logits_stride(m);
     int window = ct_model_max_tokens(m); /* positions the KV cache holds */
@@ -135,11 +187,14 @@ int ct_sample(const ct_config *cfg, FILE *out, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         goto done;
     }
-    long n = encode_prompt(cfg, seq, V, err, errlen);
+    long n = encode_prompt(cfg, tok, seq, cap, V, err, errlen);
     if (n < 0) goto done;
+    long prompt_n = n;
+    size_t printed = 0;
     if (n == 0) seq[n++] = neos ? eos[0] : V - 1; /* no prompt: start as a new document */
-    fprintf(stderr, "ctrain: sampling from %s (temperature %g, top-k %d, KV cache of %d positions)\n", from,
-            cfg->sample.temperature, cfg->sample.top_k, window);
+    fprintf(stderr, "ctrain: sampling from %s (temperature %g, top-k %d, KV cache of %d positions, %s)\n", from,
+            cfg->sample.temperature, cfg->sample.top_k, window,
+            ids ? "token ids" : tok ? "the model's tokenizer.json" : "bytes");
     if (ids) fputs(cfg->sample.prompt, out);
     else fwrite(cfg->sample.prompt, 1, plen, out);
     ct_rng rng;
@@ -164,8 +219,9 @@ int ct_sample(const ct_config *cfg, FILE *out, char *err, size_t errlen)
         for (int k = 0; k < neos; k++) stop |= next == eos[k];
         if (stop) break;
         seq[n++] = next;
-        emit(out, ids, next);
+        emit(out, ids, tok, seq + prompt_n, (size_t)(n - prompt_n), &printed, 0);
     }
+    if (tok && !ids && n > prompt_n) emit(out, ids, tok, seq + prompt_n, (size_t)(n - prompt_n), &printed, 1);
     fputc('\n', out);
     rc = 0;
 done:
@@ -174,6 +230,7 @@ done:
     free(work);
     if (row) be->free(row);
     ct_model_free(m);
+    ct_tokenizer_free(tok);
     if (ctx) be->kctx_free(ctx);
     ct_comm_free(single);
     return rc;
