@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "check.h"
 #include "model.h"
@@ -48,6 +49,24 @@ static inline ct_model *ct_test_tiny_model(const ct_model_config *cfg, const ct_
         free(noise);
     }
     return m;
+}
+
+/* The mean loss's derivative along d (n elements of w, whose values are in saved): central
+ * differences at steps h and h/2 combined by Richardson extrapolation, which cancels the h^2
+ * term (smaller steps would drown in the fp32 loss's rounding). w is restored. */
+static inline double ct_test_fd(ct_model *m, const int32_t *tokens, const int32_t *targets, int B, int T, float *w,
+                                const float *saved, const float *d, size_t n, double h)
+{
+    double D[2];
+    for (int s = 0; s < 2; s++, h /= 2) {
+        for (size_t k = 0; k < n; k++) w[k] = (float)(saved[k] + h * d[k]);
+        double lp = ct_test_mean_loss(m, tokens, targets, B, T, 0.0f);
+        for (size_t k = 0; k < n; k++) w[k] = (float)(saved[k] - h * d[k]);
+        double lm = ct_test_mean_loss(m, tokens, targets, B, T, 0.0f);
+        D[s] = (lp - lm) / (2 * h);
+    }
+    memcpy(w, saved, n * sizeof(float));
+    return (4 * D[1] - D[0]) / 3;
 }
 
 static inline long ct_test_count_targets(const int32_t *targets, int n)

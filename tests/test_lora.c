@@ -334,23 +334,12 @@ static void test_starts_as_base(void)
 
 /* ---------------------------------------------------------------- 3. gradients */
 
-/* The derivative of the mean loss at w = saved along d (n elements): central differences at
- * steps h and h/2 combined by Richardson extrapolation, which cancels the h^2 term. The
- * adapted tiny model is strongly curved (large B, scale 1.5), so a plain central difference
- * at h = 1e-3 is off by more than the tolerance where the terms of a directional derivative
- * cancel; smaller steps would drown in the fp32 loss's rounding. w is restored. */
+/* The derivative of the mean loss along d, Richardson-extrapolated (model_test.h): the adapted
+ * tiny model is strongly curved (large B, scale 1.5), so a plain central difference at h = 1e-3
+ * is off by more than the tolerance where the terms of a directional derivative cancel. */
 static double fd_derivative(ct_model *m, float *w, const float *saved, const float *d, size_t n, double h)
 {
-    double D[2];
-    for (int s = 0; s < 2; s++, h /= 2) {
-        for (size_t k = 0; k < n; k++) w[k] = (float)(saved[k] + h * d[k]);
-        double lp = mean_loss(m);
-        for (size_t k = 0; k < n; k++) w[k] = (float)(saved[k] - h * d[k]);
-        double lm = mean_loss(m);
-        D[s] = (lp - lm) / (2 * h);
-    }
-    memcpy(w, saved, n * sizeof(float));
-    return (4 * D[1] - D[0]) / 3;
+    return ct_test_fd(m, tokens, targets, B, T, w, saved, d, n, h);
 }
 
 /* Per adapter tensor: the directional derivative along a random direction, and the three

@@ -33,25 +33,12 @@ static int32_t tokens[B * T], targets[B * T];
 
 /* on this file's tokens and targets */
 static double mean_loss_w(ct_model *m, float dloss) { return ct_test_mean_loss(m, tokens, targets, B, T, dloss); }
-static double mean_loss(ct_model *m) { return mean_loss_w(m, 0.0f); }
 static long count_targets(void) { return ct_test_count_targets(targets, B * T); }
 
-/* The mean loss's derivative along d (n elements of w, whose values are in saved): central
- * differences at h and h/2, Richardson-extrapolated so the O(h^2) error cancels. w is restored. */
+/* The derivative along d by Richardson-extrapolated central differences (model_test.h). */
 static double fd_along(ct_model *m, float *w, const float *saved, const float *d, size_t n)
 {
-    const double h = 1e-3;
-    double diff[2];
-    for (int r = 0; r < 2; r++) {
-        double hr = r ? h / 2 : h;
-        for (size_t k = 0; k < n; k++) w[k] = (float)(saved[k] + hr * d[k]);
-        double lp = mean_loss(m);
-        for (size_t k = 0; k < n; k++) w[k] = (float)(saved[k] - hr * d[k]);
-        double lm = mean_loss(m);
-        diff[r] = (lp - lm) / (2 * hr);
-    }
-    memcpy(w, saved, n * sizeof(float));
-    return (4 * diff[1] - diff[0]) / 3;
+    return ct_test_fd(m, tokens, targets, B, T, w, saved, d, n, 1e-3);
 }
 
 /* Per tensor: the directional derivative along a random direction, and the few elements with

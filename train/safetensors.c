@@ -28,6 +28,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fail.h"
+
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors.c assumes a little-endian host (safetensors data is little-endian)"
 #endif
@@ -69,21 +71,6 @@ const char *ct_dtype_name(ct_dtype dt)
 size_t ct_dtype_size(ct_dtype dt)
 {
     return (int)dt >= 0 && (int)dt < ST_NDTYPES ? dtype_info[dt].size : 0;
-}
-
-/* Fills err (when given) and returns -1, so error paths read `return fail(...)`. */
-#if defined(__GNUC__)
-__attribute__((format(printf, 3, 4)))
-#endif
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
 }
 
 /* ---- fp16 / bf16 conversions (bit-exact, no dependence on compiler half-float support) ---- */
@@ -256,40 +243,40 @@ static int parse_entry(const char *path, const cJSON *e, uint64_t data_len, ct_s
 {
     const char *name = e->string;
     if (!cJSON_IsObject(e))
-        return fail(err, errlen, "%s: tensor '%s': entry is not a JSON object", path, name);
+        return ct_fail(err, errlen, "%s: tensor '%s': entry is not a JSON object", path, name);
     const cJSON *jdt = NULL, *jshape = NULL, *joff = NULL;
     for (const cJSON *f = e->child; f; f = f->next) { /* cJSON keeps duplicate keys: refuse them */
         const cJSON **slot = !strcmp(f->string, "dtype") ? &jdt
                            : !strcmp(f->string, "shape") ? &jshape
                            : !strcmp(f->string, "data_offsets") ? &joff : NULL;
         if (slot && *slot)
-            return fail(err, errlen, "%s: tensor '%s': duplicate field \"%s\"", path, name, f->string);
+            return ct_fail(err, errlen, "%s: tensor '%s': duplicate field \"%s\"", path, name, f->string);
         if (slot)
             *slot = f;
     }
     t->name = name;
 
     if (!jdt)
-        return fail(err, errlen, "%s: tensor '%s': missing \"dtype\"", path, name);
+        return ct_fail(err, errlen, "%s: tensor '%s': missing \"dtype\"", path, name);
     if (!cJSON_IsString(jdt))
-        return fail(err, errlen, "%s: tensor '%s': \"dtype\" is not a string", path, name);
+        return ct_fail(err, errlen, "%s: tensor '%s': \"dtype\" is not a string", path, name);
     int dt = -1;
     for (int i = 0; i < ST_NDTYPES; i++)
         if (!strcmp(jdt->valuestring, dtype_info[i].name))
             dt = i;
     if (dt < 0)
-        return fail(err, errlen,
+        return ct_fail(err, errlen,
                     "%s: tensor '%s': unknown or unsupported dtype '%s' (supported: F32, F16, BF16, F64, I64, "
                     "I32, U8, BOOL)", path, name, jdt->valuestring);
     t->dtype = (ct_dtype)dt;
 
     if (!jshape)
-        return fail(err, errlen, "%s: tensor '%s': missing \"shape\"", path, name);
+        return ct_fail(err, errlen, "%s: tensor '%s': missing \"shape\"", path, name);
     if (!cJSON_IsArray(jshape))
-        return fail(err, errlen, "%s: tensor '%s': \"shape\" is not an array", path, name);
+        return ct_fail(err, errlen, "%s: tensor '%s': \"shape\" is not an array", path, name);
     int ndim = cJSON_GetArraySize(jshape);
     if (ndim > CT_ST_MAX_DIMS)
-        return fail(err, errlen, "%s: tensor '%s': shape has %d dims, at most %d are supported", path, name, ndim,
+        return ct_fail(err, errlen, "%s: tensor '%s': shape has %d dims, at most %d are supported", path, name, ndim,
                     CT_ST_MAX_DIMS);
     t->ndim = ndim;
     int i = 0;
@@ -297,34 +284,34 @@ static int parse_entry(const char *path, const cJSON *e, uint64_t data_len, ct_s
         uint64_t v;
         if (!json_uint(d, &v)) {
             if (cJSON_IsNumber(d))
-                return fail(err, errlen, "%s: tensor '%s': shape[%d] = %.17g is not a non-negative integer",
+                return ct_fail(err, errlen, "%s: tensor '%s': shape[%d] = %.17g is not a non-negative integer",
                             path, name, i, d->valuedouble);
-            return fail(err, errlen, "%s: tensor '%s': shape[%d] is not a number", path, name, i);
+            return ct_fail(err, errlen, "%s: tensor '%s': shape[%d] is not a number", path, name, i);
         }
         t->shape[i] = (int64_t)v;
     }
     char sbuf[256];
     if (!shape_numel(t->shape, ndim, dtype_info[dt].size, &t->numel))
-        return fail(err, errlen, "%s: tensor '%s': shape %s has too many elements (size overflows 64 bits)", path,
+        return ct_fail(err, errlen, "%s: tensor '%s': shape %s has too many elements (size overflows 64 bits)", path,
                     name, shape_str(sbuf, sizeof sbuf, t->shape, ndim));
 
     if (!joff)
-        return fail(err, errlen, "%s: tensor '%s': missing \"data_offsets\"", path, name);
+        return ct_fail(err, errlen, "%s: tensor '%s': missing \"data_offsets\"", path, name);
     if (!cJSON_IsArray(joff) || cJSON_GetArraySize(joff) != 2)
-        return fail(err, errlen, "%s: tensor '%s': \"data_offsets\" is not an array [begin, end]", path, name);
+        return ct_fail(err, errlen, "%s: tensor '%s': \"data_offsets\" is not an array [begin, end]", path, name);
     if (!json_uint(joff->child, &t->begin) || !json_uint(joff->child->next, &t->end))
-        return fail(err, errlen, "%s: tensor '%s': \"data_offsets\" entries are not non-negative integers", path,
+        return ct_fail(err, errlen, "%s: tensor '%s': \"data_offsets\" entries are not non-negative integers", path,
                     name);
     if (t->end < t->begin)
-        return fail(err, errlen, "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] end is before begin",
+        return ct_fail(err, errlen, "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] end is before begin",
                     path, name, t->begin, t->end);
     if (t->end > data_len)
-        return fail(err, errlen,
+        return ct_fail(err, errlen,
                     "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] end beyond the data section (%" PRIu64
                     " bytes; file truncated?)", path, name, t->begin, t->end, data_len);
     uint64_t want = (uint64_t)t->numel * dtype_info[dt].size;
     if (t->end - t->begin != want)
-        return fail(err, errlen,
+        return ct_fail(err, errlen,
                     "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] span %" PRIu64 " bytes but shape %s of "
                     "%s needs %" PRIu64, path, name, t->begin, t->end, t->end - t->begin,
                     shape_str(sbuf, sizeof sbuf, t->shape, ndim), dtype_info[dt].name, want);
@@ -341,14 +328,14 @@ static int cmp_str(const void *a, const void *b)
 static int check_metadata(const char *path, const cJSON *m, char *err, size_t errlen)
 {
     if (!cJSON_IsObject(m))
-        return fail(err, errlen, "%s: __metadata__: not a JSON object", path);
+        return ct_fail(err, errlen, "%s: __metadata__: not a JSON object", path);
     size_t n = 0;
     for (const cJSON *a = m->child; a; a = a->next, n++)
         if (!cJSON_IsString(a))
-            return fail(err, errlen, "%s: __metadata__: key '%s': value is not a string", path, a->string);
+            return ct_fail(err, errlen, "%s: __metadata__: key '%s': value is not a string", path, a->string);
     const char **keys = malloc((n ? n : 1) * sizeof *keys);
     if (!keys)
-        return fail(err, errlen, "%s: __metadata__: out of memory", path);
+        return ct_fail(err, errlen, "%s: __metadata__: out of memory", path);
     n = 0;
     for (const cJSON *a = m->child; a; a = a->next)
         keys[n++] = a->string;
@@ -356,7 +343,7 @@ static int check_metadata(const char *path, const cJSON *m, char *err, size_t er
     int rc = 0;
     for (size_t i = 1; i < n && !rc; i++)
         if (!strcmp(keys[i - 1], keys[i]))
-            rc = fail(err, errlen, "%s: __metadata__: duplicate key '%s'", path, keys[i]);
+            rc = ct_fail(err, errlen, "%s: __metadata__: duplicate key '%s'", path, keys[i]);
     free(keys);
     return rc;
 }
@@ -388,11 +375,11 @@ static int check_names_and_overlaps(ct_safetensors *st, char *err, size_t errlen
     qsort(st->sorted, (size_t)n, sizeof *st->sorted, cmp_by_name);
     for (int i = 1; i < n; i++)
         if (!strcmp(st->sorted[i - 1]->name, st->sorted[i]->name))
-            return fail(err, errlen, "%s: tensor '%s': duplicate tensor name", st->path, st->sorted[i]->name);
+            return ct_fail(err, errlen, "%s: tensor '%s': duplicate tensor name", st->path, st->sorted[i]->name);
 
     const ct_st_tensor **by_off = malloc((n > 0 ? (size_t)n : 1) * sizeof *by_off);
     if (!by_off)
-        return fail(err, errlen, "%s: out of memory", st->path);
+        return ct_fail(err, errlen, "%s: out of memory", st->path);
     int k = 0;
     for (int i = 0; i < n; i++)
         if (st->tensors[i].end > st->tensors[i].begin) /* empty tensors occupy no bytes */
@@ -401,7 +388,7 @@ static int check_names_and_overlaps(ct_safetensors *st, char *err, size_t errlen
     int rc = 0;
     for (int i = 1; i < k && !rc; i++)
         if (by_off[i]->begin < by_off[i - 1]->end)
-            rc = fail(err, errlen,
+            rc = ct_fail(err, errlen,
                       "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] overlap tensor '%s' [%" PRIu64
                       ", %" PRIu64 "]", st->path, by_off[i]->name, by_off[i]->begin, by_off[i]->end,
                       by_off[i - 1]->name, by_off[i - 1]->begin, by_off[i - 1]->end);
@@ -414,25 +401,25 @@ static int parse_header(ct_safetensors *st, const char *buf, size_t len, char *e
 {
     const char *path = st->path;
     if (memchr(buf, '\0', len))
-        return fail(err, errlen, "%s: header: contains a NUL byte", path);
+        return ct_fail(err, errlen, "%s: header: contains a NUL byte", path);
     if (!utf8_valid((const unsigned char *)buf, len))
-        return fail(err, errlen, "%s: header: not valid UTF-8", path);
+        return ct_fail(err, errlen, "%s: header: not valid UTF-8", path);
     const char *end = NULL;
     st->root = cJSON_ParseWithLengthOpts(buf, len, &end, 0);
     if (!st->root)
-        return fail(err, errlen, "%s: header: not valid JSON (error near byte %td of %zu)", path,
+        return ct_fail(err, errlen, "%s: header: not valid JSON (error near byte %td of %zu)", path,
                     end ? end - buf : (ptrdiff_t)0, len);
     for (const char *p = end; p < buf + len; p++) /* writers pad with spaces; anything else is junk */
         if (!strchr(" \t\r\n", *p))
-            return fail(err, errlen, "%s: header: unexpected data after the JSON object at byte %td", path, p - buf);
+            return ct_fail(err, errlen, "%s: header: unexpected data after the JSON object at byte %td", path, p - buf);
     if (!cJSON_IsObject(st->root))
-        return fail(err, errlen, "%s: header: not a JSON object", path);
+        return ct_fail(err, errlen, "%s: header: not a JSON object", path);
 
     int n = 0;
     for (const cJSON *e = st->root->child; e; e = e->next) {
         if (!strcmp(e->string, "__metadata__")) {
             if (st->meta)
-                return fail(err, errlen, "%s: __metadata__: appears twice", path);
+                return ct_fail(err, errlen, "%s: __metadata__: appears twice", path);
             if (check_metadata(path, e, err, errlen))
                 return -1;
             st->meta = e;
@@ -443,7 +430,7 @@ static int parse_header(ct_safetensors *st, const char *buf, size_t len, char *e
     st->tensors = calloc(n > 0 ? (size_t)n : 1, sizeof *st->tensors);
     st->sorted = calloc(n > 0 ? (size_t)n : 1, sizeof *st->sorted);
     if (!st->tensors || !st->sorted)
-        return fail(err, errlen, "%s: out of memory for %d tensor entries", path, n);
+        return ct_fail(err, errlen, "%s: out of memory for %d tensor entries", path, n);
     for (const cJSON *e = st->root->child; e; e = e->next) {
         if (e == st->meta)
             continue;
@@ -459,13 +446,13 @@ static int parse_header(ct_safetensors *st, const char *buf, size_t len, char *e
 int ct_st_open(ct_safetensors **out, const char *path, char *err, size_t errlen)
 {
     if (!out || !path)
-        return fail(err, errlen, "safetensors: no %s given", out ? "path" : "output handle");
+        return ct_fail(err, errlen, "safetensors: no %s given", out ? "path" : "output handle");
     *out = NULL;
     ct_safetensors *st = calloc(1, sizeof *st);
     char *hdr = NULL;
     if (!st || !(st->path = malloc(strlen(path) + 1))) {
         free(st);
-        return fail(err, errlen, "%s: out of memory", path);
+        return ct_fail(err, errlen, "%s: out of memory", path);
     }
     strcpy(st->path, path);
     st->fd = -1;
@@ -475,48 +462,48 @@ int ct_st_open(ct_safetensors **out, const char *path, char *err, size_t errlen)
     unsigned char lenbuf[8];
     st->fd = open(path, O_RDONLY | O_CLOEXEC);
     if (st->fd < 0) {
-        fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        ct_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         goto done;
     }
     if (fstat(st->fd, &sb) != 0) {
-        fail(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
+        ct_fail(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
         goto done;
     }
     if (!S_ISREG(sb.st_mode)) {
-        fail(err, errlen, "%s: not a regular file", path);
+        ct_fail(err, errlen, "%s: not a regular file", path);
         goto done;
     }
     uint64_t size = (uint64_t)sb.st_size;
     if (size < 8) {
-        fail(err, errlen, "%s: header length: file is %" PRIu64 " bytes, too short for the 8-byte header length",
+        ct_fail(err, errlen, "%s: header length: file is %" PRIu64 " bytes, too short for the 8-byte header length",
              path, size);
         goto done;
     }
     if (pread_full(st->fd, lenbuf, 8, 0) != 0) {
-        fail(err, errlen, "%s: header length: read failed: %s", path, strerror(errno));
+        ct_fail(err, errlen, "%s: header length: read failed: %s", path, strerror(errno));
         goto done;
     }
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--)
         hlen = hlen << 8 | lenbuf[i];
     if (hlen > ST_MAX_HEADER) {
-        fail(err, errlen, "%s: header length: %" PRIu64 " bytes is more than the %llu-byte limit (corrupt file?)",
+        ct_fail(err, errlen, "%s: header length: %" PRIu64 " bytes is more than the %llu-byte limit (corrupt file?)",
              path, hlen, ST_MAX_HEADER);
         goto done;
     }
     if (hlen > size - 8) {
-        fail(err, errlen, "%s: header length: %" PRIu64 " bytes exceeds the file size (%" PRIu64 " bytes)", path,
+        ct_fail(err, errlen, "%s: header length: %" PRIu64 " bytes exceeds the file size (%" PRIu64 " bytes)", path,
              hlen, size);
         goto done;
     }
     st->data_start = 8 + hlen;
     st->data_len = size - st->data_start;
     if (!(hdr = malloc(hlen ? hlen : 1))) {
-        fail(err, errlen, "%s: header: out of memory for %" PRIu64 " bytes", path, hlen);
+        ct_fail(err, errlen, "%s: header: out of memory for %" PRIu64 " bytes", path, hlen);
         goto done;
     }
     if (pread_full(st->fd, hdr, hlen, 8) != 0) {
-        fail(err, errlen, "%s: header: read failed: %s", path, strerror(errno));
+        ct_fail(err, errlen, "%s: header: read failed: %s", path, strerror(errno));
         goto done;
     }
     if (parse_header(st, hdr, hlen, err, errlen) != 0)
@@ -579,23 +566,23 @@ const char *ct_st_metadata(const ct_safetensors *st, const char *key)
 int ct_st_read_f32(ct_safetensors *st, const ct_st_tensor *t, float *dst, size_t n, char *err, size_t errlen)
 {
     if (!st || !t)
-        return fail(err, errlen, "%s: no tensor given", st ? st->path : "safetensors");
+        return ct_fail(err, errlen, "%s: no tensor given", st ? st->path : "safetensors");
     if (t < st->tensors || t >= st->tensors + st->n)
-        return fail(err, errlen, "%s: tensor '%s': not a tensor of this file", st->path, t->name ? t->name : "?");
+        return ct_fail(err, errlen, "%s: tensor '%s': not a tensor of this file", st->path, t->name ? t->name : "?");
     if (t->dtype != CT_DT_F32 && t->dtype != CT_DT_F16 && t->dtype != CT_DT_BF16 && t->dtype != CT_DT_F64)
-        return fail(err, errlen, "%s: tensor '%s': dtype %s cannot be read as fp32 (floating dtypes only)",
+        return ct_fail(err, errlen, "%s: tensor '%s': dtype %s cannot be read as fp32 (floating dtypes only)",
                     st->path, t->name, ct_dtype_name(t->dtype));
     if (n != t->numel)
-        return fail(err, errlen, "%s: tensor '%s': has %zu elements but the destination holds %zu", st->path,
+        return ct_fail(err, errlen, "%s: tensor '%s': has %zu elements but the destination holds %zu", st->path,
                     t->name, t->numel, n);
     if (!n)
         return 0;
     if (!dst)
-        return fail(err, errlen, "%s: tensor '%s': destination is NULL", st->path, t->name);
+        return ct_fail(err, errlen, "%s: tensor '%s': destination is NULL", st->path, t->name);
     uint64_t off = st->data_start + t->begin;
     if (t->dtype == CT_DT_F32) {
         if (pread_full(st->fd, dst, n * 4, off) != 0)
-            return fail(err, errlen, "%s: tensor '%s': read failed: %s", st->path, t->name, strerror(errno));
+            return ct_fail(err, errlen, "%s: tensor '%s': read failed: %s", st->path, t->name, strerror(errno));
         return 0;
     }
     /* Other dtypes go through a small bounce buffer, so no allocation scales with the tensor. */
@@ -604,7 +591,7 @@ int ct_st_read_f32(ct_safetensors *st, const ct_st_tensor *t, float *dst, size_t
     for (size_t i = 0; i < n; i += per) {
         size_t m = n - i < per ? n - i : per;
         if (pread_full(st->fd, buf, m * esz, off + i * esz) != 0)
-            return fail(err, errlen, "%s: tensor '%s': read failed: %s", st->path, t->name, strerror(errno));
+            return ct_fail(err, errlen, "%s: tensor '%s': read failed: %s", st->path, t->name, strerror(errno));
         for (size_t j = 0; j < m; j++) {
             const unsigned char *p = buf + j * esz;
             if (t->dtype == CT_DT_F64) {
@@ -637,55 +624,55 @@ static int check_entries(const char *path, const ct_st_entry *entries, int n, ct
                          int need_data, char *err, size_t errlen)
 {
     if (dtype != CT_DT_F32 && dtype != CT_DT_BF16 && dtype != CT_DT_F16)
-        return fail(err, errlen, "%s: dtype: cannot write %s (F32, BF16 or F16 only)", path, ct_dtype_name(dtype));
+        return ct_fail(err, errlen, "%s: dtype: cannot write %s (F32, BF16 or F16 only)", path, ct_dtype_name(dtype));
     if (n < 0 || (n > 0 && !entries))
-        return fail(err, errlen, "%s: entries: invalid count %d", path, n);
+        return ct_fail(err, errlen, "%s: entries: invalid count %d", path, n);
     for (int i = 0; i < n; i++) {
         const ct_st_entry *e = &entries[i];
         const char *name = e->name;
         size_t numel;
         char sbuf[256];
         if (!name || !*name)
-            return fail(err, errlen, "%s: entry %d: empty tensor name", path, i);
+            return ct_fail(err, errlen, "%s: entry %d: empty tensor name", path, i);
         if (!strcmp(name, "__metadata__"))
-            return fail(err, errlen, "%s: tensor '%s': name is reserved", path, name);
+            return ct_fail(err, errlen, "%s: tensor '%s': name is reserved", path, name);
         if (!utf8_valid((const unsigned char *)name, strlen(name)))
-            return fail(err, errlen, "%s: entry %d: tensor name is not valid UTF-8", path, i);
+            return ct_fail(err, errlen, "%s: entry %d: tensor name is not valid UTF-8", path, i);
         if (e->ndim < 0 || e->ndim > CT_ST_MAX_DIMS)
-            return fail(err, errlen, "%s: tensor '%s': ndim %d is not in [0, %d]", path, name, e->ndim,
+            return ct_fail(err, errlen, "%s: tensor '%s': ndim %d is not in [0, %d]", path, name, e->ndim,
                         CT_ST_MAX_DIMS);
         for (int d = 0; d < e->ndim; d++)
             if (e->shape[d] < 0)
-                return fail(err, errlen, "%s: tensor '%s': shape[%d] = %" PRId64 " is negative", path, name, d,
+                return ct_fail(err, errlen, "%s: tensor '%s': shape[%d] = %" PRId64 " is negative", path, name, d,
                             e->shape[d]);
         if (!shape_numel(e->shape, e->ndim, ct_dtype_size(dtype), &numel) || numel > (size_t)ST_MAX_JSON_INT)
-            return fail(err, errlen, "%s: tensor '%s': shape %s is too large", path, name,
+            return ct_fail(err, errlen, "%s: tensor '%s': shape %s is too large", path, name,
                         shape_str(sbuf, sizeof sbuf, e->shape, e->ndim));
         if (need_data && numel && !e->data)
-            return fail(err, errlen, "%s: tensor '%s': data is NULL", path, name);
+            return ct_fail(err, errlen, "%s: tensor '%s': data is NULL", path, name);
     }
     const char **names = malloc((n > 0 ? (size_t)n : 1) * sizeof *names);
     if (!names)
-        return fail(err, errlen, "%s: out of memory", path);
+        return ct_fail(err, errlen, "%s: out of memory", path);
     for (int i = 0; i < n; i++)
         names[i] = entries[i].name;
     qsort(names, (size_t)n, sizeof *names, cmp_str);
     int rc = 0;
     for (int i = 1; i < n && !rc; i++)
         if (!strcmp(names[i - 1], names[i]))
-            rc = fail(err, errlen, "%s: tensor '%s': duplicate tensor name", path, names[i]);
+            rc = ct_fail(err, errlen, "%s: tensor '%s': duplicate tensor name", path, names[i]);
     free(names);
     if (rc)
         return rc;
     for (int i = 0; meta && meta[i]; i += 2) {
         if (!meta[i + 1])
-            return fail(err, errlen, "%s: __metadata__: key '%s' has no value", path, meta[i]);
+            return ct_fail(err, errlen, "%s: __metadata__: key '%s' has no value", path, meta[i]);
         if (!utf8_valid((const unsigned char *)meta[i], strlen(meta[i])) ||
             !utf8_valid((const unsigned char *)meta[i + 1], strlen(meta[i + 1])))
-            return fail(err, errlen, "%s: __metadata__: key '%s': not valid UTF-8", path, meta[i]);
+            return ct_fail(err, errlen, "%s: __metadata__: key '%s': not valid UTF-8", path, meta[i]);
         for (int j = 0; j < i; j += 2)
             if (!strcmp(meta[j], meta[i]))
-                return fail(err, errlen, "%s: __metadata__: duplicate key '%s'", path, meta[i]);
+                return ct_fail(err, errlen, "%s: __metadata__: duplicate key '%s'", path, meta[i]);
     }
     return 0;
 }
@@ -814,31 +801,31 @@ int ct_st_writer_open(ct_st_writer **out, const char *path, const ct_st_entry *e
                       const char *const *meta, char *err, size_t errlen)
 {
     if (!out || !path || !*path)
-        return fail(err, errlen, "safetensors: no %s given", out ? "output path" : "output handle");
+        return ct_fail(err, errlen, "safetensors: no %s given", out ? "output path" : "output handle");
     *out = NULL;
     if (check_entries(path, entries, n, dtype, meta, 0, err, errlen))
         return -1;
     size_t hlen = 0;
     char *hdr = build_header(entries, n, dtype, meta, &hlen);
     if (!hdr)
-        return fail(err, errlen, "%s: out of memory building the header", path);
+        return ct_fail(err, errlen, "%s: out of memory building the header", path);
     if (hlen > ST_MAX_HEADER) {
         free(hdr);
-        return fail(err, errlen, "%s: header: %zu bytes is more than readers accept (%llu)", path, hlen,
+        return ct_fail(err, errlen, "%s: header: %zu bytes is more than readers accept (%llu)", path, hlen,
                     ST_MAX_HEADER);
     }
     ct_st_writer *w = calloc(1, sizeof *w);
     if (!w || !(w->path = malloc(strlen(path) + 1))) {
         free(w);
         free(hdr);
-        return fail(err, errlen, "%s: out of memory", path);
+        return ct_fail(err, errlen, "%s: out of memory", path);
     }
     strcpy(w->path, path);
     w->entries = entries;
     w->n = n;
     w->dtype = dtype;
     if (!(w->f = fopen(path, "wb"))) {
-        fail(err, errlen, "%s: cannot create: %s", path, strerror(errno));
+        ct_fail(err, errlen, "%s: cannot create: %s", path, strerror(errno));
         free(w->path);
         free(w);
         free(hdr);
@@ -850,7 +837,7 @@ int ct_st_writer_open(ct_st_writer **out, const char *path, const ct_st_entry *e
     int ok = fwrite(lenbuf, 1, 8, w->f) == 8 && fwrite(hdr, 1, hlen, w->f) == hlen;
     free(hdr);
     if (!ok) {
-        fail(err, errlen, "%s: header: write failed: %s", path, strerror(errno));
+        ct_fail(err, errlen, "%s: header: write failed: %s", path, strerror(errno));
         ct_st_writer_abort(w);
         return -1;
     }
@@ -862,21 +849,21 @@ int ct_st_writer_open(ct_st_writer **out, const char *path, const ct_st_entry *e
 int ct_st_writer_put(ct_st_writer *w, const float *data, size_t numel, char *err, size_t errlen)
 {
     if (!w)
-        return fail(err, errlen, "safetensors: no writer given");
+        return ct_fail(err, errlen, "safetensors: no writer given");
     if (w->failed)
-        return fail(err, errlen, "%s: an earlier write failed", w->path);
+        return ct_fail(err, errlen, "%s: an earlier write failed", w->path);
     if (w->next >= w->n)
-        return fail(err, errlen, "%s: all %d tensors are already written", w->path, w->n);
+        return ct_fail(err, errlen, "%s: all %d tensors are already written", w->path, w->n);
     const ct_st_entry *e = &w->entries[w->next];
     size_t want = entry_numel(e);
     if (numel != want)
-        return fail(err, errlen, "%s: tensor '%s': %zu values given, its shape holds %zu", w->path, e->name, numel,
+        return ct_fail(err, errlen, "%s: tensor '%s': %zu values given, its shape holds %zu", w->path, e->name, numel,
                     want);
     if (numel && !data)
-        return fail(err, errlen, "%s: tensor '%s': data is NULL", w->path, e->name);
+        return ct_fail(err, errlen, "%s: tensor '%s': data is NULL", w->path, e->name);
     if (write_data(w->f, data, numel, w->dtype) != 0) {
         w->failed = 1;
-        return fail(err, errlen, "%s: tensor '%s': write failed: %s", w->path, e->name, strerror(errno));
+        return ct_fail(err, errlen, "%s: tensor '%s': write failed: %s", w->path, e->name, strerror(errno));
     }
     w->next++;
     return 0;
@@ -887,19 +874,19 @@ int ct_st_writer_put(ct_st_writer *w, const float *data, size_t numel, char *err
 int ct_st_writer_close(ct_st_writer *w, char *err, size_t errlen)
 {
     if (!w)
-        return fail(err, errlen, "safetensors: no writer given");
+        return ct_fail(err, errlen, "safetensors: no writer given");
     int rc = 0;
     if (w->failed)
-        rc = fail(err, errlen, "%s: an earlier write failed", w->path);
+        rc = ct_fail(err, errlen, "%s: an earlier write failed", w->path);
     else if (w->next < w->n)
-        rc = fail(err, errlen, "%s: tensor '%s': no data written (%d of %d tensors)", w->path,
+        rc = ct_fail(err, errlen, "%s: tensor '%s': no data written (%d of %d tensors)", w->path,
                   w->entries[w->next].name, w->next, w->n);
     else if (fflush(w->f) != 0)
-        rc = fail(err, errlen, "%s: write failed: %s", w->path, strerror(errno));
+        rc = ct_fail(err, errlen, "%s: write failed: %s", w->path, strerror(errno));
     else if (fsync(fileno(w->f)) != 0)
-        rc = fail(err, errlen, "%s: cannot sync: %s", w->path, strerror(errno));
+        rc = ct_fail(err, errlen, "%s: cannot sync: %s", w->path, strerror(errno));
     if (fclose(w->f) != 0 && !rc)
-        rc = fail(err, errlen, "%s: write failed: %s", w->path, strerror(errno));
+        rc = ct_fail(err, errlen, "%s: write failed: %s", w->path, strerror(errno));
     if (rc)
         unlink(w->path);
     free(w->path);
@@ -925,13 +912,13 @@ int ct_st_write(const char *path, const ct_st_entry *entries, int n, ct_dtype dt
                 char *err, size_t errlen)
 {
     if (!path || !*path)
-        return fail(err, errlen, "safetensors: no output path given");
+        return ct_fail(err, errlen, "safetensors: no output path given");
     if (check_entries(path, entries, n, dtype, meta, 1, err, errlen))
         return -1;
     size_t plen = strlen(path);
     char *tmp = malloc(plen + 5);
     if (!tmp)
-        return fail(err, errlen, "%s: out of memory", path);
+        return ct_fail(err, errlen, "%s: out of memory", path);
     memcpy(tmp, path, plen);
     memcpy(tmp + plen, ".tmp", 5);
 
@@ -942,7 +929,7 @@ int ct_st_write(const char *path, const ct_st_entry *entries, int n, ct_dtype dt
     if (rc == 0) {
         rc = ct_st_writer_close(w, err, errlen); /* removes tmp on failure */
         if (rc == 0 && rename(tmp, path) != 0) {
-            rc = fail(err, errlen, "%s: cannot rename %s into place: %s", path, tmp, strerror(errno));
+            rc = ct_fail(err, errlen, "%s: cannot rename %s into place: %s", path, tmp, strerror(errno));
             unlink(tmp);
         }
     } else {

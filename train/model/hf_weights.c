@@ -11,6 +11,7 @@
 
 #include "hf_weights.h"
 
+
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
@@ -23,26 +24,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fail.h"
 #include "json_file.h"
 
 #define HF_SINGLE "model.safetensors"
 #define HF_INDEX "model.safetensors.index.json"
 /* Index files of the largest public models are ~10 MB (DeepSeek-V3: ~90k tensors). */
 #define HF_INDEX_MAX ((size_t)256 << 20)
-
-#if defined(__GNUC__)
-__attribute__((format(printf, 3, 4)))
-#endif
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 /* "<dir>/<name><suffix>" (no doubled slash), malloc'd; NULL when out of memory. */
 static char *join(const char *dir, const char *name, const char *suffix)
@@ -73,9 +61,9 @@ static int ensure_dir(const char *dir, char *err, size_t errlen)
 {
     struct stat sb;
     if (stat(dir, &sb) == 0)
-        return S_ISDIR(sb.st_mode) ? 0 : fail(err, errlen, "%s: not a directory", dir);
+        return S_ISDIR(sb.st_mode) ? 0 : ct_fail(err, errlen, "%s: not a directory", dir);
     if (errno != ENOENT || (mkdir(dir, 0777) != 0 && errno != EEXIST))
-        return fail(err, errlen, "%s: cannot create directory: %s", dir, strerror(errno));
+        return ct_fail(err, errlen, "%s: cannot create directory: %s", dir, strerror(errno));
     return 0;
 }
 
@@ -137,7 +125,7 @@ static int open_shard(ct_hf_weights *w, int k, const char *file, const char *ind
 {
     char *path = join(w->dir, file, NULL);
     if (!path)
-        return fail(err, errlen, "%s: out of memory", w->dir);
+        return ct_fail(err, errlen, "%s: out of memory", w->dir);
     int rc = ct_st_open(&w->shards[k], path, err, errlen);
     free(path);
     if (rc && index && err && errlen) {
@@ -174,9 +162,9 @@ static int open_index(ct_hf_weights *w, const char *index, char *err, size_t err
     /* ct_json_load allocates its limit up front: give it the file's size, bounded */
     struct stat sb;
     if (stat(index, &sb) != 0)
-        return fail(err, errlen, "%s: cannot open: %s", index, strerror(errno));
+        return ct_fail(err, errlen, "%s: cannot open: %s", index, strerror(errno));
     if ((uint64_t)sb.st_size > HF_INDEX_MAX)
-        return fail(err, errlen, "%s: %lld bytes, more than the %zu an index may have", index,
+        return ct_fail(err, errlen, "%s: %lld bytes, more than the %zu an index may have", index,
                     (long long)sb.st_size, HF_INDEX_MAX);
     cJSON *root = ct_json_load(index, (size_t)sb.st_size, err, errlen);
     if (!root)
@@ -186,32 +174,32 @@ static int open_index(ct_hf_weights *w, const char *index, char *err, size_t err
     const char **files = NULL;
     const cJSON *wm = NULL;
     if (!cJSON_IsObject(root)) {
-        fail(err, errlen, "%s: not a JSON object", index);
+        ct_fail(err, errlen, "%s: not a JSON object", index);
         goto done;
     }
     for (const cJSON *c = root->child; c; c = c->next) { /* cJSON keeps duplicate keys */
         if (!strcmp(c->string, "weight_map")) {
             if (wm) {
-                fail(err, errlen, "%s: weight_map: appears twice", index);
+                ct_fail(err, errlen, "%s: weight_map: appears twice", index);
                 goto done;
             }
             wm = c;
         } else if (!strcmp(c->string, "metadata") && !cJSON_IsObject(c) && !cJSON_IsNull(c)) {
-            fail(err, errlen, "%s: metadata: not a JSON object", index);
+            ct_fail(err, errlen, "%s: metadata: not a JSON object", index);
             goto done;
         }
     }
     if (!wm) {
-        fail(err, errlen, "%s: weight_map: missing", index);
+        ct_fail(err, errlen, "%s: weight_map: missing", index);
         goto done;
     }
     if (!cJSON_IsObject(wm)) {
-        fail(err, errlen, "%s: weight_map: not a JSON object", index);
+        ct_fail(err, errlen, "%s: weight_map: not a JSON object", index);
         goto done;
     }
     for (const cJSON *e = wm->child; e; e = e->next) {
         if (m == INT32_MAX) {
-            fail(err, errlen, "%s: weight_map: too many entries", index);
+            ct_fail(err, errlen, "%s: weight_map: too many entries", index);
             goto done;
         }
         m++;
@@ -219,18 +207,18 @@ static int open_index(ct_hf_weights *w, const char *index, char *err, size_t err
     ents = calloc(m ? (size_t)m : 1, sizeof *ents);
     files = calloc(m ? (size_t)m : 1, sizeof *files);
     if (!ents || !files) {
-        fail(err, errlen, "%s: out of memory for %d entries", index, m);
+        ct_fail(err, errlen, "%s: out of memory for %d entries", index, m);
         goto done;
     }
     int i = 0;
     for (const cJSON *e = wm->child; e; e = e->next, i++) {
         if (!cJSON_IsString(e)) {
-            fail(err, errlen, "%s: tensor '%s': weight_map value is not a string (a shard file name)", index,
+            ct_fail(err, errlen, "%s: tensor '%s': weight_map value is not a string (a shard file name)", index,
                  e->string);
             goto done;
         }
         if (!plain_file_name(e->valuestring)) {
-            fail(err, errlen, "%s: tensor '%s': shard '%s' is not a plain file name in the folder", index, e->string,
+            ct_fail(err, errlen, "%s: tensor '%s': shard '%s' is not a plain file name in the folder", index, e->string,
                  e->valuestring);
             goto done;
         }
@@ -240,7 +228,7 @@ static int open_index(ct_hf_weights *w, const char *index, char *err, size_t err
     qsort(ents, (size_t)m, sizeof *ents, cmp_idx);
     for (i = 1; i < m; i++)
         if (!strcmp(ents[i - 1].name, ents[i].name)) {
-            fail(err, errlen, "%s: tensor '%s': listed twice in weight_map", index, ents[i].name);
+            ct_fail(err, errlen, "%s: tensor '%s': listed twice in weight_map", index, ents[i].name);
             goto done;
         }
     qsort(files, (size_t)m, sizeof *files, cmp_str);
@@ -249,7 +237,7 @@ static int open_index(ct_hf_weights *w, const char *index, char *err, size_t err
             files[nfiles++] = files[i];
     w->shards = calloc(nfiles ? (size_t)nfiles : 1, sizeof *w->shards);
     if (!w->shards) {
-        fail(err, errlen, "%s: out of memory", index);
+        ct_fail(err, errlen, "%s: out of memory", index);
         goto done;
     }
     w->nshards = nfiles;
@@ -265,7 +253,7 @@ static int open_index(ct_hf_weights *w, const char *index, char *err, size_t err
         const char **f = bsearch(&ents[i].file, files, (size_t)nfiles, sizeof *files, cmp_str);
         ents[i].shard = (int)(f - files);
         if (!ct_st_find(w->shards[ents[i].shard], ents[i].name)) {
-            fail(err, errlen, "%s: tensor '%s': weight_map names shard '%s', which does not hold it", index,
+            ct_fail(err, errlen, "%s: tensor '%s': weight_map names shard '%s', which does not hold it", index,
                  ents[i].name, ents[i].file);
             goto done;
         }
@@ -277,11 +265,11 @@ static int open_index(ct_hf_weights *w, const char *index, char *err, size_t err
             const char *name = ct_st_at(st, j)->name;
             const idx_entry *e = bsearch(name, ents, (size_t)m, sizeof *ents, cmp_idx_key);
             if (!e) {
-                fail(err, errlen, "%s: tensor '%s': not listed in %s", ct_st_path(st), name, index);
+                ct_fail(err, errlen, "%s: tensor '%s': not listed in %s", ct_st_path(st), name, index);
                 goto done;
             }
             if (e->shard != k) {
-                fail(err, errlen, "%s: tensor '%s': also in %s, where the index puts it (a tensor in two shards)",
+                ct_fail(err, errlen, "%s: tensor '%s': also in %s, where the index puts it (a tensor in two shards)",
                      ct_st_path(st), name, ct_st_path(w->shards[e->shard]));
                 goto done;
             }
@@ -302,11 +290,11 @@ static int build_tables(ct_hf_weights *w, char *err, size_t errlen)
     for (int k = 0; k < w->nshards; k++)
         n += (size_t)ct_st_count(w->shards[k]);
     if (n > INT32_MAX)
-        return fail(err, errlen, "%s: too many tensors", w->dir);
+        return ct_fail(err, errlen, "%s: too many tensors", w->dir);
     w->order = calloc(n ? n : 1, sizeof *w->order);
     w->sorted = calloc(n ? n : 1, sizeof *w->sorted);
     if (!w->order || !w->sorted)
-        return fail(err, errlen, "%s: out of memory", w->dir);
+        return ct_fail(err, errlen, "%s: out of memory", w->dir);
     uint64_t count[3] = {0, 0, 0}; /* F32, BF16, F16 */
     for (int k = 0; k < w->nshards; k++)
         for (int j = 0; j < ct_st_count(w->shards[k]); j++) {
@@ -322,7 +310,7 @@ static int build_tables(ct_hf_weights *w, char *err, size_t errlen)
     qsort(w->sorted, (size_t)w->n, sizeof *w->sorted, cmp_entry);
     for (int i = 1; i < w->n; i++) /* unreachable after the index checks; kept as the invariant find relies on */
         if (!strcmp(w->sorted[i - 1].t->name, w->sorted[i].t->name))
-            return fail(err, errlen, "%s: tensor '%s': in two files", w->dir, w->sorted[i].t->name);
+            return ct_fail(err, errlen, "%s: tensor '%s': in two files", w->dir, w->sorted[i].t->name);
     w->dtype = count[0] >= count[1] && count[0] >= count[2] ? CT_DT_F32
              : count[1] >= count[2]                          ? CT_DT_BF16
                                                              : CT_DT_F16;
@@ -332,25 +320,25 @@ static int build_tables(ct_hf_weights *w, char *err, size_t errlen)
 int ct_hf_weights_open(ct_hf_weights **out, const char *dir, char *err, size_t errlen)
 {
     if (!out || !dir || !*dir)
-        return fail(err, errlen, "hf weights: no %s given", out ? "folder" : "output handle");
+        return ct_fail(err, errlen, "hf weights: no %s given", out ? "folder" : "output handle");
     *out = NULL;
     struct stat sb;
     if (stat(dir, &sb) != 0)
-        return fail(err, errlen, "%s: cannot open: %s", dir, strerror(errno));
+        return ct_fail(err, errlen, "%s: cannot open: %s", dir, strerror(errno));
     if (!S_ISDIR(sb.st_mode))
-        return fail(err, errlen, "%s: not a directory", dir);
+        return ct_fail(err, errlen, "%s: not a directory", dir);
     ct_hf_weights *w = calloc(1, sizeof *w);
     char *single = NULL, *index = NULL;
     int rc = -1;
     if (!w || !(w->dir = malloc(strlen(dir) + 1)) || !(single = join(dir, HF_SINGLE, NULL)) ||
         !(index = join(dir, HF_INDEX, NULL))) {
-        fail(err, errlen, "%s: out of memory", dir);
+        ct_fail(err, errlen, "%s: out of memory", dir);
         goto done;
     }
     strcpy(w->dir, dir);
     if (entry_exists(single)) { /* transformers' order: the single file first, the index ignored then */
         if (!(w->shards = calloc(1, sizeof *w->shards))) {
-            fail(err, errlen, "%s: out of memory", dir);
+            ct_fail(err, errlen, "%s: out of memory", dir);
             goto done;
         }
         w->nshards = 1;
@@ -360,7 +348,7 @@ int ct_hf_weights_open(ct_hf_weights **out, const char *dir, char *err, size_t e
         if (open_index(w, index, err, errlen))
             goto done;
     } else {
-        fail(err, errlen, "%s: no " HF_SINGLE " or " HF_INDEX, dir);
+        ct_fail(err, errlen, "%s: no " HF_SINGLE " or " HF_INDEX, dir);
         goto done;
     }
     if (build_tables(w, err, errlen))
@@ -412,10 +400,10 @@ const char *ct_hf_weights_file(const ct_hf_weights *w, const ct_st_tensor *t)
 int ct_hf_weights_read_f32(ct_hf_weights *w, const ct_st_tensor *t, float *dst, size_t n, char *err, size_t errlen)
 {
     if (!w || !t)
-        return fail(err, errlen, "%s: no tensor given", w ? w->dir : "hf weights");
+        return ct_fail(err, errlen, "%s: no tensor given", w ? w->dir : "hf weights");
     int k = shard_of(w, t);
     if (k < 0)
-        return fail(err, errlen, "%s: tensor '%s': not a tensor of this folder", w->dir, t->name ? t->name : "?");
+        return ct_fail(err, errlen, "%s: tensor '%s': not a tensor of this folder", w->dir, t->name ? t->name : "?");
     return ct_st_read_f32(w->shards[k], t, dst, n, err, errlen);
 }
 
@@ -469,7 +457,7 @@ static int write_index(const char *path, const ct_hf_out_tensor *t, int n, char 
 {
     wm_entry *wm = malloc((n ? (size_t)n : 1) * sizeof *wm);
     if (!wm)
-        return fail(err, errlen, "%s: out of memory", path);
+        return ct_fail(err, errlen, "%s: out of memory", path);
     for (int i = 0; i < n; i++) {
         wm[i].name = t[i].name;
         wm[i].file = files[shard[i]];
@@ -478,7 +466,7 @@ static int write_index(const char *path, const ct_hf_out_tensor *t, int n, char 
     FILE *f = fopen(path, "wb");
     if (!f) {
         free(wm);
-        return fail(err, errlen, "%s: cannot create: %s", path, strerror(errno));
+        return ct_fail(err, errlen, "%s: cannot create: %s", path, strerror(errno));
     }
     int ok = fprintf(f, "{\n  \"metadata\": {\n    \"total_size\": %" PRIu64 "\n  },\n  \"weight_map\": {", total) > 0;
     for (int i = 0; ok && i < n; i++)
@@ -495,7 +483,7 @@ static int write_index(const char *path, const ct_hf_out_tensor *t, int n, char 
     free(wm);
     if (!ok) {
         unlink(path);
-        return fail(err, errlen, "%s: cannot %s: %s", path, what, strerror(saved));
+        return ct_fail(err, errlen, "%s: cannot %s: %s", path, what, strerror(saved));
     }
     return 0;
 }
@@ -506,7 +494,7 @@ static int remove_stale(const char *dir, int sharded, char *const *files, int nf
 {
     DIR *d = opendir(dir);
     if (!d)
-        return fail(err, errlen, "%s: cannot list it to remove stale weight files: %s", dir, strerror(errno));
+        return ct_fail(err, errlen, "%s: cannot list it to remove stale weight files: %s", dir, strerror(errno));
     char **stale = NULL;
     size_t ns = 0, cap = 0;
     int rc = 0;
@@ -524,13 +512,13 @@ static int remove_stale(const char *dir, int sharded, char *const *files, int nf
         if (ns == cap) {
             char **p = realloc(stale, (cap = cap ? 2 * cap : 8) * sizeof *stale);
             if (!p) {
-                rc = fail(err, errlen, "%s: out of memory", dir);
+                rc = ct_fail(err, errlen, "%s: out of memory", dir);
                 break;
             }
             stale = p;
         }
         if (!(stale[ns] = join(dir, name, NULL)))
-            rc = fail(err, errlen, "%s: out of memory", dir);
+            rc = ct_fail(err, errlen, "%s: out of memory", dir);
         else
             ns++;
     }
@@ -540,7 +528,7 @@ static int remove_stale(const char *dir, int sharded, char *const *files, int nf
         /* regular files and links only: a directory of that name is not ours to remove */
         if (!rc && lstat(stale[i], &sb) == 0 && (S_ISREG(sb.st_mode) || S_ISLNK(sb.st_mode)) &&
             unlink(stale[i]) != 0 && errno != ENOENT)
-            rc = fail(err, errlen, "%s: cannot remove this stale weight file of an earlier save: %s", stale[i],
+            rc = ct_fail(err, errlen, "%s: cannot remove this stale weight file of an earlier save: %s", stale[i],
                       strerror(errno));
         free(stale[i]);
     }
@@ -587,11 +575,11 @@ int ct_hf_weights_write(const char *dir, const ct_hf_out_tensor *t, int n, ct_dt
                         ct_hf_fetch_fn fetch, void *user, const char *const *meta, char *err, size_t errlen)
 {
     if (!dir || !*dir)
-        return fail(err, errlen, "hf weights: no output folder given");
+        return ct_fail(err, errlen, "hf weights: no output folder given");
     if (n < 0 || (n > 0 && !t))
-        return fail(err, errlen, "%s: invalid tensor count %d", dir, n);
+        return ct_fail(err, errlen, "%s: invalid tensor count %d", dir, n);
     if (n > 0 && !fetch)
-        return fail(err, errlen, "%s: no fetch function given", dir);
+        return ct_fail(err, errlen, "%s: no fetch function given", dir);
     int rc = -1, nfiles = 0, sharded = 0;
     ct_st_entry *entries = calloc(n ? (size_t)n : 1, sizeof *entries), *sub = NULL;
     uint64_t *bytes = calloc(n ? (size_t)n : 1, sizeof *bytes);
@@ -601,7 +589,7 @@ int ct_hf_weights_write(const char *dir, const ct_hf_out_tensor *t, int n, ct_dt
     ct_st_writer *sw = NULL;
     int index_written = 0;
     if (!entries || !bytes || !shard) {
-        fail(err, errlen, "%s: out of memory", dir);
+        ct_fail(err, errlen, "%s: out of memory", dir);
         goto done;
     }
     for (int i = 0; i < n; i++) {
@@ -636,7 +624,7 @@ int ct_hf_weights_write(const char *dir, const ct_hf_out_tensor *t, int n, ct_dt
     sub = calloc(n ? (size_t)n : 1, sizeof *sub);
     buf = malloc(max_numel * sizeof *buf);
     if (!files || !tmps || !first || !members || !sub || !buf) {
-        fail(err, errlen, "%s: out of memory (the largest tensor has %zu elements)", dir, max_numel);
+        ct_fail(err, errlen, "%s: out of memory (the largest tensor has %zu elements)", dir, max_numel);
         goto done;
     }
     for (int k = 0; k < nfiles; k++) {
@@ -646,7 +634,7 @@ int ct_hf_weights_write(const char *dir, const ct_hf_out_tensor *t, int n, ct_dt
         else
             snprintf(name, sizeof name, "%s", HF_SINGLE);
         if (!(files[k] = strdup(name))) {
-            fail(err, errlen, "%s: out of memory", dir);
+            ct_fail(err, errlen, "%s: out of memory", dir);
             goto done;
         }
     }
@@ -658,7 +646,7 @@ int ct_hf_weights_write(const char *dir, const ct_hf_out_tensor *t, int n, ct_dt
     {
         int *fill = calloc((size_t)nfiles, sizeof *fill);
         if (!fill) {
-            fail(err, errlen, "%s: out of memory", dir);
+            ct_fail(err, errlen, "%s: out of memory", dir);
             goto done;
         }
         for (int i = 0; i < n; i++)
@@ -672,7 +660,7 @@ int ct_hf_weights_write(const char *dir, const ct_hf_out_tensor *t, int n, ct_dt
             sub[j] = entries[members[first[k] + j]];
         char *path = join(dir, files[k], ".tmp");
         if (!path) {
-            fail(err, errlen, "%s: out of memory", dir);
+            ct_fail(err, errlen, "%s: out of memory", dir);
             goto done;
         }
         if (ct_st_writer_open(&sw, path, sub, cnt, dtype, meta, err, errlen)) {
@@ -687,7 +675,7 @@ int ct_hf_weights_write(const char *dir, const ct_hf_out_tensor *t, int n, ct_dt
                 err[0] = '\0';
             if (fetch(user, i, buf, err, errlen) != 0) {
                 if (err && errlen && !err[0])
-                    fail(err, errlen, "%s: tensor '%s': could not be fetched", dir, t[i].name);
+                    ct_fail(err, errlen, "%s: tensor '%s': could not be fetched", dir, t[i].name);
                 goto done;
             }
             if (ct_st_writer_put(sw, buf, numel, err, errlen))
@@ -700,7 +688,7 @@ int ct_hf_weights_write(const char *dir, const ct_hf_out_tensor *t, int n, ct_dt
     }
     if (sharded) {
         if (!(index = join(dir, HF_INDEX, NULL)) || !(index_tmp = join(dir, HF_INDEX, ".tmp"))) {
-            fail(err, errlen, "%s: out of memory", dir);
+            ct_fail(err, errlen, "%s: out of memory", dir);
             goto done;
         }
         if (write_index(index_tmp, t, n, files, shard, total, err, errlen))
@@ -714,7 +702,7 @@ int ct_hf_weights_write(const char *dir, const ct_hf_out_tensor *t, int n, ct_dt
         int r = final ? rename(tmps[k], final) : -1;
         int saved = errno;
         if (r != 0) {
-            fail(err, errlen, "%s: cannot rename %s into place: %s", final ? final : dir, tmps[k],
+            ct_fail(err, errlen, "%s: cannot rename %s into place: %s", final ? final : dir, tmps[k],
                  final ? strerror(saved) : "out of memory");
             free(final);
             goto done;
@@ -725,7 +713,7 @@ int ct_hf_weights_write(const char *dir, const ct_hf_out_tensor *t, int n, ct_dt
     }
     if (sharded) {
         if (rename(index_tmp, index) != 0) {
-            fail(err, errlen, "%s: cannot rename %s into place: %s", index, index_tmp, strerror(errno));
+            ct_fail(err, errlen, "%s: cannot rename %s into place: %s", index, index_tmp, strerror(errno));
             goto done;
         }
         index_written = 0;
@@ -777,12 +765,12 @@ static int copy_file(const char *src, const char *dst, int *skipped, char *err, 
             *skipped = 1;
             return 0;
         }
-        return fail(err, errlen, "%s: cannot open: %s", src, strerror(errno));
+        return ct_fail(err, errlen, "%s: cannot open: %s", src, strerror(errno));
     }
     struct stat sb;
     int bad_stat = fstat(in, &sb) != 0;
     if (bad_stat || !S_ISREG(sb.st_mode)) {
-        int rc = fail(err, errlen, "%s: %s", src, bad_stat ? "cannot stat" : "not a regular file");
+        int rc = ct_fail(err, errlen, "%s: %s", src, bad_stat ? "cannot stat" : "not a regular file");
         close(in);
         return rc;
     }
@@ -790,14 +778,14 @@ static int copy_file(const char *src, const char *dst, int *skipped, char *err, 
     char *tmp = malloc(dl + 5);
     if (!tmp) {
         close(in);
-        return fail(err, errlen, "%s: out of memory", dst);
+        return ct_fail(err, errlen, "%s: out of memory", dst);
     }
     memcpy(tmp, dst, dl);
     memcpy(tmp + dl, ".tmp", 5);
     int rc = -1;
     int out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
     if (out < 0) {
-        fail(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
+        ct_fail(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
         goto done;
     }
     char buf[1 << 15];
@@ -806,7 +794,7 @@ static int copy_file(const char *src, const char *dst, int *skipped, char *err, 
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            fail(err, errlen, "%s: read failed: %s", src, strerror(errno));
+            ct_fail(err, errlen, "%s: read failed: %s", src, strerror(errno));
             goto done;
         }
         if (r == 0)
@@ -816,24 +804,24 @@ static int copy_file(const char *src, const char *dst, int *skipped, char *err, 
             if (wr < 0 && errno == EINTR)
                 continue;
             if (wr <= 0) {
-                fail(err, errlen, "%s: write failed: %s", tmp, wr < 0 ? strerror(errno) : "no progress");
+                ct_fail(err, errlen, "%s: write failed: %s", tmp, wr < 0 ? strerror(errno) : "no progress");
                 goto done;
             }
             off += wr;
         }
     }
     if (fsync(out) != 0) {
-        fail(err, errlen, "%s: cannot sync: %s", tmp, strerror(errno));
+        ct_fail(err, errlen, "%s: cannot sync: %s", tmp, strerror(errno));
         goto done;
     }
     int c = close(out);
     out = -1;
     if (c != 0) {
-        fail(err, errlen, "%s: write failed: %s", tmp, strerror(errno));
+        ct_fail(err, errlen, "%s: write failed: %s", tmp, strerror(errno));
         goto done;
     }
     if (rename(tmp, dst) != 0) {
-        fail(err, errlen, "%s: cannot rename %s into place: %s", dst, tmp, strerror(errno));
+        ct_fail(err, errlen, "%s: cannot rename %s into place: %s", dst, tmp, strerror(errno));
         goto done;
     }
     rc = 0;
@@ -850,12 +838,12 @@ done:
 int ct_hf_copy_side_files(const char *src, const char *dst, char *err, size_t errlen)
 {
     if (!src || !*src || !dst || !*dst)
-        return fail(err, errlen, "hf side files: no %s folder given", !src || !*src ? "source" : "destination");
+        return ct_fail(err, errlen, "hf side files: no %s folder given", !src || !*src ? "source" : "destination");
     struct stat ss, ds;
     if (stat(src, &ss) != 0)
-        return fail(err, errlen, "%s: cannot open: %s", src, strerror(errno));
+        return ct_fail(err, errlen, "%s: cannot open: %s", src, strerror(errno));
     if (!S_ISDIR(ss.st_mode))
-        return fail(err, errlen, "%s: not a directory", src);
+        return ct_fail(err, errlen, "%s: not a directory", src);
     if (ensure_dir(dst, err, errlen))
         return -1;
     if (stat(dst, &ds) == 0 && ds.st_dev == ss.st_dev && ds.st_ino == ss.st_ino)
@@ -864,7 +852,7 @@ int ct_hf_copy_side_files(const char *src, const char *dst, char *err, size_t er
     for (size_t i = 0; i < sizeof side_files / sizeof side_files[0]; i++) {
         char *s = join(src, side_files[i], NULL), *d = join(dst, side_files[i], NULL);
         int skipped = 0;
-        int rc = s && d ? copy_file(s, d, &skipped, err, errlen) : fail(err, errlen, "%s: out of memory", dst);
+        int rc = s && d ? copy_file(s, d, &skipped, err, errlen) : ct_fail(err, errlen, "%s: out of memory", dst);
         free(s);
         free(d);
         if (rc)
