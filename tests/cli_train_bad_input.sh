@@ -74,6 +74,10 @@ expect 'model.arch: "mamba"' -- train "$tmp/cfg.json" --set model.arch=mamba
 expect "model.n_kv_head: 3 does not divide model.n_head (2)" -- train "$tmp/cfg.json" --set model.arch=llama \
   --set model.n_kv_head=3
 expect 'sample.format: "tokens"' -- sample "$tmp/cfg.json" --set sample.format=tokens
+expect "model.n_inner: -1 is out of range" -- train "$tmp/cfg.json" --set model.arch=llama --set model.n_inner=-1
+expect "model.rope_theta: 0 is out of range" -- train "$tmp/cfg.json" --set model.arch=llama --set model.rope_theta=0
+expect "model.norm_eps: 2 is out of range" -- train "$tmp/cfg.json" --set model.arch=llama --set model.norm_eps=2
+expect "model.tie_embeddings: expected true or false" -- train "$tmp/cfg.json" --set model.tie_embeddings=yes
 expect "$tmp/none.h5: cannot open" -- export "$tmp/none.h5" "$tmp/out"
 expect "$tmp/text.txt: not a readable HDF5 file" -- export "$tmp/text.txt" "$tmp/out"
 expect "export: missing OUT_DIR" -- export "$tmp/none.h5"
@@ -92,6 +96,11 @@ if "$ctrain" train "$tmp/cfg.json" > "$tmp/train.log" 2>&1; then
     --set sample.prompt="3 x1"
   expect 'sample.prompt: "300" is not a token id below the vocabulary size 257' -- sample "$tmp/cfg.json" \
     --set sample.format=ids --set sample.prompt="3 300"
+  echo '{"eos_token_id": "end"}' > "$tmp/run/generation_config.json"
+  expect "generation_config.json: eos_token_id: expected a token id" -- sample "$tmp/cfg.json"
+  echo '{"eos_token_id": [256,' > "$tmp/run/generation_config.json"
+  expect "generation_config.json: malformed JSON" -- sample "$tmp/cfg.json"
+  rm "$tmp/run/generation_config.json"
   out=$("$ctrain" sample "$tmp/cfg.json" --set sample.max_tokens=20 --set sample.prompt=line 2>/dev/null)
   if [[ $out == line* ]]; then echo "ok: sample: ${out//$'\n'/ }"; else
     echo "FAIL: sample: '$out'" >&2; failures=$((failures + 1)); fi

@@ -123,11 +123,12 @@ static long encode_prompt(const ct_config *cfg, const ct_tokenizer *tok, int32_t
 }
 
 /* The ids that end a sample: generation_config.json's or config.json's eos_token_id (one or a
- * list) in the model's folder or model.init_from, else the byte tokenizer's end-of-text. */
-static int eos_ids(const ct_config *cfg, const char *src, int V, int *eos)
+ * list) in the model's folder or model.init_from, else the byte tokenizer's end-of-text; -1
+ * with err when a file that says is malformed. */
+static int eos_ids(const ct_config *cfg, const char *src, int V, int *eos, char *err, size_t errlen)
 {
-    int n = ct_hf_eos_ids(src, eos, CT_EOS_MAX);
-    if (!n && cfg->model.init_from[0]) n = ct_hf_eos_ids(cfg->model.init_from, eos, CT_EOS_MAX);
+    int n = ct_hf_eos_ids(src, eos, CT_EOS_MAX, err, errlen);
+    if (!n && cfg->model.init_from[0]) n = ct_hf_eos_ids(cfg->model.init_from, eos, CT_EOS_MAX, err, errlen);
     if (!n && V == CT_TOK_BYTES_VOCAB) eos[n++] = CT_TOK_BYTES_EOT;
     return n;
 }
@@ -178,7 +179,8 @@ int ct_sample(const ct_config *cfg, FILE *out, char *err, size_t errlen)
         goto done;
     int V = ct_model_config_of(m)->vocab_size, Vp = ct_model_logits_stride(m);
     int window = ct_model_max_tokens(m); /* positions the KV cache holds */
-    int eos[CT_EOS_MAX], neos = eos_ids(cfg, src, V, eos);
+    int eos[CT_EOS_MAX], neos = eos_ids(cfg, src, V, eos, err, errlen);
+    if (neos < 0) goto done;
     seq = malloc(sizeof(int32_t) * cap);
     logits = malloc(sizeof(float) * V);
     work = malloc(sizeof(float) * V);

@@ -223,26 +223,35 @@ char *ct_hf_config_text(const ct_model_config *c, const char *source)
     return text;
 }
 
-static int eos_from(const char *path, int *ids, int max)
+/* eos_token_id of a JSON file: how many ids (at most max), 0 when the file or the key is
+ * absent, -1 with err when the file is unreadable or the key not an id or a list of ids. */
+static int eos_from(const char *path, int *ids, int max, char *err, size_t errlen)
 {
-    char err[512];
-    cJSON *root = ct_json_load(path, 1 << 20, err, sizeof err);
-    const cJSON *v = root ? cJSON_GetObjectItemCaseSensitive(root, "eos_token_id") : NULL;
-    int n = 0;
-    if (whole(v) && v->valuedouble >= 0) ids[n++] = (int)v->valuedouble;
-    const cJSON *e;
-    if (cJSON_IsArray(v))
-        cJSON_ArrayForEach(e, v) if (n < max && whole(e) && e->valuedouble >= 0) ids[n++] = (int)e->valuedouble;
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    fclose(f);
+    cJSON *root = ct_json_load(path, 1 << 20, err, errlen);
+    if (!root) return -1;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id"), *e;
+    int n = 0, ok = !v || cJSON_IsNull(v) || (whole(v) && v->valuedouble >= 0) || cJSON_IsArray(v);
+    if (ok && whole(v)) ids[n++] = (int)v->valuedouble;
+    if (ok && cJSON_IsArray(v))
+        cJSON_ArrayForEach(e, v)
+        {
+            if (!whole(e) || e->valuedouble < 0) ok = 0;
+            else if (n < max) ids[n++] = (int)e->valuedouble;
+        }
     cJSON_Delete(root);
+    if (!ok) return snprintf(err, errlen, "%s: eos_token_id: expected a token id or a list of them", path), -1;
     return n;
 }
 
-int ct_hf_eos_ids(const char *dir, int *ids, int max)
+int ct_hf_eos_ids(const char *dir, int *ids, int max, char *err, size_t errlen)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/generation_config.json", dir);
-    int n = eos_from(path, ids, max);
+    int n = eos_from(path, ids, max, err, errlen);
     if (n) return n;
     snprintf(path, sizeof path, "%s/config.json", dir);
-    return eos_from(path, ids, max);
+    return eos_from(path, ids, max, err, errlen);
 }

@@ -28,9 +28,10 @@ int ct_hf_read_config(const char *dir, ct_model_config *c, char *err, size_t err
 char *ct_hf_config_text(const ct_model_config *c, const char *source);
 
 /* The end-of-sequence ids of a model folder: generation_config.json's eos_token_id (a number
- * or a list), else config.json's. Returns how many (at most max); 0 when neither says. */
+ * or a list), else config.json's. Returns how many (at most max); 0 when neither says; -1 with
+ * err naming the file when one is malformed or its eos_token_id is not ids. */
 #define CT_EOS_MAX 8
-int ct_hf_eos_ids(const char *dir, int *ids, int max);
+int ct_hf_eos_ids(const char *dir, int *ids, int max, char *err, size_t errlen);
 
 /* ---- typed readers: a missing required key is an error; optional ones take dflt when absent
  * or null. */
