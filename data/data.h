@@ -3,7 +3,10 @@
  *
  * Dataset layout (one HDF5 file): /tokens uint32 [n]; optional /loss_mask uint8 [n] (1: the
  * token counts as a target); optional /doc_offsets uint64 [ndocs] (start of each document);
- * attributes on the root group: "tokenizer" (string, e.g. "bytes") and "vocab_size" (int).
+ * attributes on the root group: "tokenizer" (string: a name, e.g. "bytes" or the tokenizer's
+ * folder name), "tokenizer_digest" (string: 16 hex digits of ct_tokenizer_digest, or "bytes";
+ * datasets written before it existed lack it: "bytes" is then assumed for tokenizer "bytes"),
+ * "vocab_size" (int) and "packing" (string: plain | masked | none; absent: plain).
  * Errors fill err with "<file>: <dataset or attribute>: <what is wrong>" and return -1. */
 #ifndef CT_DATA_H
 #define CT_DATA_H
@@ -14,6 +17,7 @@
 /* ---- byte-level tokenizer: token i < 256 is byte i; 256 is end-of-text */
 #define CT_TOK_BYTES_EOT 256
 #define CT_TOK_BYTES_VOCAB 257
+#define CT_TOK_BYTES_DIGEST "bytes" /* its identity in datasets (it has no file to digest) */
 
 /* Encodes len bytes of text into out[len] (one token per byte); returns len. */
 size_t ct_tok_bytes_encode(const char *text, size_t len, int32_t *out);
@@ -61,16 +65,41 @@ char *ct_tokenizer_decode(const ct_tokenizer *t, const int32_t *ids, size_t n, i
 char *ct_tokenizer_decode_n(const ct_tokenizer *t, const int32_t *ids, size_t n, int skip_special, size_t *len,
                             char *err, size_t errlen);
 int ct_tokenizer_id(const ct_tokenizer *t, const char *token); /* -1 if absent */
+/* The byte-level tokenizer behind the same API (a static object: ct_tokenizer_free ignores it):
+ * encode gives one id per byte (any bytes, no UTF-8 check), add_special appends end-of-text
+ * (256); decode skips 256 with skip_special and writes "<|endoftext|>" for it otherwise. */
+const ct_tokenizer *ct_tokenizer_bytes(void);
+int ct_tokenizer_is_bytes(const ct_tokenizer *t);
+/* Its name: "bytes", or the folder's name (a file path: the name of the folder holding it). */
+const char *ct_tokenizer_name(const ct_tokenizer *t);
+/* The identity datasets record: 16 lowercase hex digits of the digest, or "bytes". */
+void ct_tokenizer_digest_str(const ct_tokenizer *t, char out[17]);
+/* End-of-sequence and beginning-of-sequence ids, or -1: tokenizer_config.json's eos_token /
+ * bos_token when the folder has one (a string or {"content": ...}), else the post-processor's
+ * last added token (eos) and first (bos); a tokenizer.json alone with neither: "<|endoftext|>"
+ * if the vocabulary has it (GPT-2 style). The byte tokenizer: eos 256, no bos. */
+int32_t ct_tokenizer_eos(const ct_tokenizer *t);
+int32_t ct_tokenizer_bos(const ct_tokenizer *t);
 
 /* ---- token datasets */
 typedef struct ct_dataset ct_dataset;
 
+/* What a dataset says about itself (its root attributes). */
+typedef struct {
+    char tokenizer[256]; /* name */
+    char digest[24];     /* ct_tokenizer_digest_str */
+    int vocab_size;
+    char packing[8];     /* plain | masked | none ("" written as plain) */
+} ct_dataset_meta;
+/* The meta of datasets that t makes, with that packing. */
+void ct_dataset_meta_for(ct_dataset_meta *m, const ct_tokenizer *t, const char *packing);
+
 /* Writes a dataset (to "<path>.tmp", renamed when complete; contiguous, uncompressed). loss_mask
- * and doc_offsets may be NULL. Refuses n = 0, a token >= vocab_size, and doc_offsets that are
- * not strictly increasing or not below n. On any error path is left as it was, and path.tmp
- * is removed. */
+ * and doc_offsets may be NULL. Refuses n = 0, a token >= vocab_size, an empty tokenizer name or
+ * digest, and doc_offsets that are not strictly increasing or not below n. On any error path is
+ * left as it was, and path.tmp is removed. */
 int ct_dataset_write(const char *path, const uint32_t *tokens, size_t n, const uint8_t *loss_mask,
-                     const uint64_t *doc_offsets, size_t ndocs, const char *tokenizer, int vocab_size, char *err,
+                     const uint64_t *doc_offsets, size_t ndocs, const ct_dataset_meta *meta, char *err,
                      size_t errlen);
 /* Opens and validates a dataset: /tokens present, 1-D, an integer type (any width or sign,
  * as h5py writes numpy arrays: values are converted to uint32 on read, and one that does not
@@ -82,6 +111,7 @@ const char *ct_dataset_path(const ct_dataset *ds);
 size_t ct_dataset_len(const ct_dataset *ds);
 int ct_dataset_vocab_size(const ct_dataset *ds);
 const char *ct_dataset_tokenizer(const ct_dataset *ds);
+const ct_dataset_meta *ct_dataset_meta_of(const ct_dataset *ds);
 int ct_dataset_has_mask(const ct_dataset *ds);
 /* Reads tokens [start, start+n) (when tokens != NULL) and, when mask != NULL, their loss mask
  * (all 1 when the file has none). Reads only that range from the file. */

@@ -22,9 +22,8 @@
 
 struct ct_dataset {
     char *path;
-    char *tokenizer;
+    ct_dataset_meta meta;     /* root attributes */
     size_t n;                 /* tokens */
-    int vocab_size;
     hid_t file;
     hid_t tokens, mask;       /* mask: H5I_INVALID_HID when the file has none */
     hid_t tok_space, mask_space;  /* file dataspaces, reselected by every read */
@@ -170,45 +169,67 @@ static hid_t open_attr(ct_dataset *ds, hid_t root, const char *name, H5T_class_t
     return a;
 }
 
+/* The string attribute name into out[cap] (NUL-terminated; longer values are an error).
+ * Returns 1 when read, 0 when absent and optional, -1 with a message. */
+static int read_str_attr(ct_dataset *ds, hid_t root, const char *name, int required, const char *want, char *out,
+                         size_t cap, char *err, size_t errlen)
+{
+    if (!required && H5Aexists(root, name) <= 0) return 0;
+    hid_t type = H5I_INVALID_HID, mem = H5I_INVALID_HID;
+    hid_t a = open_attr(ds, root, name, H5T_STRING, want, &type, err, errlen);
+    if (a < 0) return -1;
+    mem = H5Tcopy(H5T_C_S1);
+    H5Tset_cset(mem, H5Tget_cset(type)); /* HDF5 does not convert between ASCII and UTF-8 */
+    char *s = NULL;
+    int ok = 0;
+    if (H5Tis_variable_str(type) > 0) { /* h5py's str */
+        H5Tset_size(mem, H5T_VARIABLE);
+        if (H5Aread(a, mem, &s) >= 0 && s) {
+            ok = strlen(s) < cap;
+            if (ok) strcpy(out, s);
+            H5free_memory(s);
+            s = out;
+        }
+    } else {
+        size_t size = H5Tget_size(type);
+        char *buf = calloc(size + 2, 1);
+        H5Tset_size(mem, size + 1);
+        H5Tset_strpad(mem, H5T_STR_NULLTERM);
+        if (buf && H5Aread(a, mem, buf) >= 0) {
+            s = out;
+            ok = strlen(buf) < cap;
+            if (ok) strcpy(out, buf);
+        }
+        free(buf);
+    }
+    H5Aclose(a);
+    H5Tclose(type);
+    H5Tclose(mem);
+    if (!s) return ct_data_fail(err, errlen, "%s: attribute %s: cannot be read as a string", ds->path, name);
+    if (!ok) return ct_data_fail(err, errlen, "%s: attribute %s: longer than %zu bytes", ds->path, name, cap - 1);
+    if (!out[0]) return ct_data_fail(err, errlen, "%s: attribute %s: empty; must be %s", ds->path, name, want);
+    return 1;
+}
+
 static int read_attrs(ct_dataset *ds, char *err, size_t errlen)
 {
     hid_t root = H5Gopen2(ds->file, "/", H5P_DEFAULT);
     if (root < 0) return ct_data_fail(err, errlen, "%s: /: cannot open the root group", ds->path);
     int rc = -1;
-    hid_t type = H5I_INVALID_HID, mem = H5I_INVALID_HID;
-
-    /* tokenizer: a variable-length (h5py's str) or fixed-length string */
-    hid_t a = open_attr(ds, root, "tokenizer", H5T_STRING, "a string naming the tokenizer, e.g. \"bytes\"",
-                        &type, err, errlen);
-    if (a < 0) goto out;
-    mem = H5Tcopy(H5T_C_S1);
-    H5Tset_cset(mem, H5Tget_cset(type)); /* HDF5 does not convert between ASCII and UTF-8 */
-    if (H5Tis_variable_str(type) > 0) {
-        char *s = NULL;
-        H5Tset_size(mem, H5T_VARIABLE);
-        if (H5Aread(a, mem, &s) >= 0 && s) {
-            ds->tokenizer = strdup(s);
-            H5free_memory(s);
-        }
-    } else {
-        size_t size = H5Tget_size(type);
-        H5Tset_size(mem, size + 1);
-        H5Tset_strpad(mem, H5T_STR_NULLTERM);
-        ds->tokenizer = calloc(size + 2, 1);
-        if (ds->tokenizer && H5Aread(a, mem, ds->tokenizer) < 0) {
-            free(ds->tokenizer);
-            ds->tokenizer = NULL;
-        }
-    }
-    H5Aclose(a);
-    close_id(&type, H5Tclose);
-    close_id(&mem, H5Tclose);
-    if (!ds->tokenizer) {
-        ct_data_fail(err, errlen, "%s: attribute tokenizer: cannot be read as a string", ds->path);
+    hid_t type = H5I_INVALID_HID;
+    hid_t a;
+    ct_dataset_meta *m = &ds->meta;
+    if (read_str_attr(ds, root, "tokenizer", 1, "a string naming the tokenizer, e.g. \"bytes\"", m->tokenizer,
+                      sizeof m->tokenizer, err, errlen) < 0)
         goto out;
-    }
-    if (!ds->tokenizer[0]) {
-        ct_data_fail(err, errlen, "%s: attribute tokenizer: empty; must name the tokenizer, e.g. \"bytes\"", ds->path);
+    int r = read_str_attr(ds, root, "tokenizer_digest", 0, "16 hex digits", m->digest, sizeof m->digest, err, errlen);
+    if (r < 0) goto out;
+    if (r == 0 && !strcmp(m->tokenizer, "bytes")) strcpy(m->digest, CT_TOK_BYTES_DIGEST); /* written before digests */
+    r = read_str_attr(ds, root, "packing", 0, "plain, masked or none", m->packing, sizeof m->packing, err, errlen);
+    if (r < 0) goto out;
+    if (r == 0) strcpy(m->packing, "plain");
+    if (strcmp(m->packing, "plain") && strcmp(m->packing, "masked") && strcmp(m->packing, "none")) {
+        ct_data_fail(err, errlen, "%s: attribute packing: \"%s\"; must be plain, masked or none", ds->path, m->packing);
         goto out;
     }
 
@@ -227,11 +248,10 @@ static int read_attrs(ct_dataset *ds, char *err, size_t errlen)
         ct_data_fail(err, errlen, "%s: attribute vocab_size: %lld; must be between 1 and %d", ds->path, v, INT_MAX);
         goto out;
     }
-    ds->vocab_size = (int)v;
+    m->vocab_size = (int)v;
     rc = 0;
 out:
     close_id(&type, H5Tclose);
-    close_id(&mem, H5Tclose);
     H5Gclose(root);
     return rc;
 }
@@ -319,15 +339,26 @@ void ct_dataset_close(ct_dataset *ds)
     close_id(&ds->tokens, H5Dclose);
     close_id(&ds->file, H5Fclose);
     quiet_off(q);
-    free(ds->tokenizer);
     free(ds->path);
     free(ds);
 }
 
 const char *ct_dataset_path(const ct_dataset *ds) { return ds->path; }
 size_t ct_dataset_len(const ct_dataset *ds) { return ds->n; }
-int ct_dataset_vocab_size(const ct_dataset *ds) { return ds->vocab_size; }
-const char *ct_dataset_tokenizer(const ct_dataset *ds) { return ds->tokenizer; }
+int ct_dataset_vocab_size(const ct_dataset *ds) { return ds->meta.vocab_size; }
+const char *ct_dataset_tokenizer(const ct_dataset *ds) { return ds->meta.tokenizer; }
+const ct_dataset_meta *ct_dataset_meta_of(const ct_dataset *ds) { return &ds->meta; }
+
+void ct_dataset_meta_for(ct_dataset_meta *m, const ct_tokenizer *t, const char *packing)
+{
+    memset(m, 0, sizeof *m);
+    snprintf(m->tokenizer, sizeof m->tokenizer, "%s", ct_tokenizer_name(t));
+    char d[17];
+    ct_tokenizer_digest_str(t, d);
+    snprintf(m->digest, sizeof m->digest, "%s", d);
+    m->vocab_size = ct_tokenizer_vocab_size(t);
+    snprintf(m->packing, sizeof m->packing, "%s", packing && *packing ? packing : "plain");
+}
 int ct_dataset_has_mask(const ct_dataset *ds) { return ds->mask >= 0; }
 
 /* ---- reads */
@@ -394,19 +425,28 @@ static int write_1d(hid_t file, const char *name, hid_t filetype, hid_t memtype,
     return st < 0 ? -1 : 0;
 }
 
-/* Root attributes: tokenizer as a variable-length UTF-8 string (h5py reads it as str) and
+static int write_str_attr(hid_t file, hid_t space, hid_t str, const char *name, const char *value)
+{
+    hid_t a = H5Acreate2(file, name, str, space, H5P_DEFAULT, H5P_DEFAULT);
+    int rc = a < 0 || H5Awrite(a, str, &value) < 0 ? -1 : 0;
+    if (a >= 0) H5Aclose(a);
+    return rc;
+}
+
+/* Root attributes: the strings as variable-length UTF-8 (h5py reads them as str) and
  * vocab_size as int64 (what h5py writes for a Python int). On failure, detail gets HDF5's reason. */
-static int write_attrs(hid_t file, const char *tokenizer, int vocab_size, char *detail)
+static int write_attrs(hid_t file, const ct_dataset_meta *m, char *detail)
 {
     int rc = -1;
     hid_t space = H5Screate(H5S_SCALAR);
     hid_t str = H5Tcopy(H5T_C_S1);
     hid_t a = H5I_INVALID_HID;
     if (space < 0 || str < 0 || H5Tset_size(str, H5T_VARIABLE) < 0 || H5Tset_cset(str, H5T_CSET_UTF8) < 0) goto out;
-    a = H5Acreate2(file, "tokenizer", str, space, H5P_DEFAULT, H5P_DEFAULT);
-    if (a < 0 || H5Awrite(a, str, &tokenizer) < 0) goto out;
-    close_id(&a, H5Aclose);
-    long long v = vocab_size;
+    if (write_str_attr(file, space, str, "tokenizer", m->tokenizer) ||
+        write_str_attr(file, space, str, "tokenizer_digest", m->digest) ||
+        write_str_attr(file, space, str, "packing", m->packing[0] ? m->packing : "plain"))
+        goto out;
+    long long v = m->vocab_size;
     a = H5Acreate2(file, "vocab_size", H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT);
     if (a < 0 || H5Awrite(a, H5T_NATIVE_LLONG, &v) < 0) goto out;
     rc = 0;
@@ -420,9 +460,11 @@ out:
 
 /* Checks the arguments so that what is written always opens cleanly. */
 static int check_write_args(const char *path, const uint32_t *tokens, size_t n, const uint64_t *docs, size_t ndocs,
-                            const char *tokenizer, int vocab_size, char *err, size_t errlen)
+                            const ct_dataset_meta *m, char *err, size_t errlen)
 {
-    if (!tokenizer || !*tokenizer) return ct_data_fail(err, errlen, "%s: attribute tokenizer: empty", path);
+    if (!m || !m->tokenizer[0]) return ct_data_fail(err, errlen, "%s: attribute tokenizer: empty", path);
+    if (!m->digest[0]) return ct_data_fail(err, errlen, "%s: attribute tokenizer_digest: empty", path);
+    const int vocab_size = m->vocab_size;
     if (vocab_size <= 0) return ct_data_fail(err, errlen, "%s: attribute vocab_size: %d; must be positive", path, vocab_size);
     if (n == 0 || !tokens) return ct_data_fail(err, errlen, "%s: /tokens: no tokens to write", path);
     for (size_t i = 0; i < n; i++)
@@ -450,12 +492,11 @@ static int sync_file(const char *path)
 }
 
 int ct_dataset_write(const char *path, const uint32_t *tokens, size_t n, const uint8_t *loss_mask,
-                     const uint64_t *doc_offsets, size_t ndocs, const char *tokenizer, int vocab_size, char *err,
-                     size_t errlen)
+                     const uint64_t *doc_offsets, size_t ndocs, const ct_dataset_meta *meta, char *err, size_t errlen)
 {
     char detail[200];
     if (!path || !*path) return ct_data_fail(err, errlen, "dataset: no path given");
-    if (check_write_args(path, tokens, n, doc_offsets, ndocs, tokenizer, vocab_size, err, errlen)) return -1;
+    if (check_write_args(path, tokens, n, doc_offsets, ndocs, meta, err, errlen)) return -1;
     size_t plen = strlen(path);
     char *tmp = malloc(plen + 5);
     if (!tmp) return ct_data_fail(err, errlen, "%s: out of memory", path);
@@ -494,7 +535,7 @@ int ct_dataset_write(const char *path, const uint32_t *tokens, size_t n, const u
     }
     if (!st) {
         what = "attributes";
-        st = write_attrs(file, tokenizer, vocab_size, detail);
+        st = write_attrs(file, meta, detail);
     }
     if (st) {
         ct_data_fail(err, errlen, "%s: %s: write failed (%s)", tmp, what, detail);

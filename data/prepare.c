@@ -42,7 +42,9 @@ static int write_part(const char *path, const char *text, size_t n, uint32_t *bu
     ct_tok_bytes_encode(text, n, (int32_t *)buf);
     buf[n] = CT_TOK_BYTES_EOT;
     uint64_t doc0 = 0;
-    return ct_dataset_write(path, buf, n + 1, NULL, &doc0, 1, "bytes", CT_TOK_BYTES_VOCAB, err, errlen);
+    ct_dataset_meta meta;
+    ct_dataset_meta_for(&meta, ct_tokenizer_bytes(), "plain");
+    return ct_dataset_write(path, buf, n + 1, NULL, &doc0, 1, &meta, err, errlen);
 }
 
 int ct_data_prepare_text(const char *text_path, const char *train_path, const char *val_path, double val_fraction,

@@ -285,7 +285,11 @@ static int write_part(const char *path, const stream *all, const example *ex, si
     if (!docs || pack(all, ex, n, seq_len, &s, docs))
         rc = ct_data_fail(err, errlen, "%s: out of memory packing %zu examples for %s", src, n, path);
     else
-        rc = ct_dataset_write(path, s.tok, s.n, s.mask, docs, n, "bytes", CT_TOK_BYTES_VOCAB, err, errlen);
+    {
+        ct_dataset_meta meta;
+        ct_dataset_meta_for(&meta, ct_tokenizer_bytes(), "plain");
+        rc = ct_dataset_write(path, s.tok, s.n, s.mask, docs, n, &meta, err, errlen);
+    }
     free(docs);
     stream_free(&s);
     return rc;

@@ -32,6 +32,9 @@ struct ct_tokenizer {
     char **id_tok;  /* id -> token (borrowed from the vocabulary keys or added contents) */
     uint8_t *special;
     uint64_t digest;
+    char name[256];
+    int32_t eos, bos;       /* -1: none */
+    int is_bytes;           /* the byte-level tokenizer: no tables, the static object below */
 };
 
 /* ---- loading helpers. F: the file name for errors; FAIL fills err and gives -1 */
@@ -439,6 +442,13 @@ static int load_config(const char *dir, ct_tokenizer *t, char *err, size_t errle
     cJSON *c = cJSON_ParseWithLength(buf, len);
     free(buf);
     if (!c) return FAIL("%s: malformed JSON", path);
+    const char *keys[2] = {"bos_token", "eos_token"};
+    for (int i = 0; i < 2; i++) { /* the named tokens, when the vocabulary has them */
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, keys[i]);
+        const char *tok = cJSON_IsString(v) ? v->valuestring : jstr(v, "content");
+        int32_t id = tok ? ct_tokenizer_id(t, tok) : -1;
+        if (id >= 0) *(i ? &t->eos : &t->bos) = id;
+    }
     const char *cls = jstr(c, "tokenizer_class");
     int llama = cls && (!strncmp(cls, "LlamaTokenizer", 14) || !strncmp(cls, "CodeLlamaTokenizer", 18));
     if (!llama) {
@@ -446,7 +456,6 @@ static int load_config(const char *dir, ct_tokenizer *t, char *err, size_t errle
         return 0;
     }
     int add[2] = {jbool(c, "add_bos_token", 1), jbool(c, "add_eos_token", 0)};
-    const char *keys[2] = {"bos_token", "eos_token"};
     int32_t ids[2] = {-1, -1};
     for (int i = 0; i < 2; i++) {
         if (add[i] < 0) {
@@ -473,6 +482,26 @@ static int load_config(const char *dir, ct_tokenizer *t, char *err, size_t errle
 oom:
     cJSON_Delete(c);
     return FAIL("%s: out of memory", path);
+}
+
+/* The name (the folder's) and, where tokenizer_config.json named none, eos and bos from the
+ * post-processor or GPT-2's <|endoftext|>. */
+static void name_and_ends(ct_tokenizer *t, const char *file)
+{
+    char dir[4096], real[4096];
+    snprintf(dir, sizeof dir, "%s", file);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = 0;
+    else snprintf(dir, sizeof dir, ".");
+    const char *d = realpath(dir, real) ? real : dir;
+    const char *base = strrchr(d, '/');
+    base = base && base[1] ? base + 1 : d;
+    size_t n = strlen(base) < sizeof t->name - 1 ? strlen(base) : sizeof t->name - 1;
+    memcpy(t->name, base, n);
+    t->name[n] = 0;
+    if (t->eos < 0 && t->npost) t->eos = t->post_ids[t->npost - 1];
+    if (t->bos < 0 && t->npre) t->bos = t->pre_ids[0];
+    if (t->eos < 0) t->eos = ct_tokenizer_id(t, "<|endoftext|>");
 }
 
 int ct_tokenizer_load(ct_tokenizer **out, const char *path, char *err, size_t errlen)
@@ -522,7 +551,9 @@ int ct_tokenizer_load(ct_tokenizer **out, const char *path, char *err, size_t er
         rc = load_post(F, x, t, err, errlen);
     if (!rc) rc = added_match_forms(F, t, err, errlen);
     if (!rc) rc = build_ids(F, t, err, errlen);
+    t->eos = t->bos = -1;
     if (!rc && is_dir) rc = load_config(path, t, err, errlen);
+    if (!rc) name_and_ends(t, file);
     cJSON_Delete(j);
     if (rc) {
         ct_tokenizer_free(t);
@@ -534,7 +565,7 @@ int ct_tokenizer_load(ct_tokenizer **out, const char *path, char *err, size_t er
 
 void ct_tokenizer_free(ct_tokenizer *t)
 {
-    if (!t) return;
+    if (!t || t->is_bytes) return;
     tk_strmap_free(&t->bpe.vocab);
     tk_pairmap_free(&t->bpe.merges);
     if (t->norm) tk_norm_free(t->norm);
@@ -548,9 +579,65 @@ void ct_tokenizer_free(ct_tokenizer *t)
 
 int ct_tokenizer_vocab_size(const ct_tokenizer *t) { return t->vocab_size; }
 uint64_t ct_tokenizer_digest(const ct_tokenizer *t) { return t->digest; }
+const char *ct_tokenizer_name(const ct_tokenizer *t) { return t->name; }
+int32_t ct_tokenizer_eos(const ct_tokenizer *t) { return t->eos; }
+int32_t ct_tokenizer_bos(const ct_tokenizer *t) { return t->bos; }
+int ct_tokenizer_is_bytes(const ct_tokenizer *t) { return t->is_bytes; }
+
+void ct_tokenizer_digest_str(const ct_tokenizer *t, char out[17])
+{
+    if (t->is_bytes) snprintf(out, 17, "%s", CT_TOK_BYTES_DIGEST);
+    else snprintf(out, 17, "%016llx", (unsigned long long)t->digest);
+}
+
+/* ---- the byte-level tokenizer */
+static char bytes_eot[] = "<|endoftext|>";
+static const ct_tokenizer bytes_tok = {.vocab_size = CT_TOK_BYTES_VOCAB, .name = "bytes", .eos = CT_TOK_BYTES_EOT,
+                                       .bos = -1, .is_bytes = 1};
+
+const ct_tokenizer *ct_tokenizer_bytes(void) { return &bytes_tok; }
+
+static long bytes_encode(const char *text, size_t len, int add_special, int32_t **ids, size_t *cap, char *err,
+                         size_t errlen)
+{
+    size_t n = len + (add_special ? 1 : 0);
+    if (*cap < n) {
+        int32_t *g = realloc(*ids, n * sizeof *g);
+        if (!g) return FAIL("encode: out of memory");
+        *ids = g, *cap = n;
+    }
+    ct_tok_bytes_encode(text, len, *ids);
+    if (add_special) (*ids)[len] = CT_TOK_BYTES_EOT;
+    return (long)n;
+}
+
+static char *bytes_decode(const int32_t *ids, size_t n, int skip_special, size_t *len, char *err, size_t errlen)
+{
+    tk_buf b = {0};
+    if (tk_buf_add(&b, "", 0)) goto oom;
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= CT_TOK_BYTES_VOCAB) {
+            free(b.p);
+            FAIL("decode: id %d (position %zu) is not in the vocabulary", (int)ids[i], i);
+            return NULL;
+        }
+        char c = (char)ids[i];
+        int r = ids[i] < 256 ? tk_buf_add(&b, &c, 1) : skip_special ? 0 : tk_buf_add(&b, bytes_eot, sizeof bytes_eot - 1);
+        if (r) {
+            free(b.p);
+            goto oom;
+        }
+    }
+    if (len) *len = b.n;
+    return b.p;
+oom:
+    FAIL("decode: out of memory");
+    return NULL;
+}
 
 int ct_tokenizer_id(const ct_tokenizer *t, const char *token)
 {
+    if (t->is_bytes) return !strcmp(token, bytes_eot) ? CT_TOK_BYTES_EOT : -1;
     for (int i = 0; i < t->nadded; i++)
         if (!strcmp(t->added[i].content, token)) return t->added[i].id;
     return tk_strmap_get(&t->bpe.vocab, token, strlen(token));
@@ -632,6 +719,7 @@ static int push_id(int32_t **v, size_t *n, size_t *cap, int32_t id)
 long ct_tokenizer_encode(const ct_tokenizer *t, const char *text, size_t len, int add_special, int32_t **ids,
                          size_t *cap, char *err, size_t errlen)
 {
+    if (t->is_bytes) return bytes_encode(text, len, add_special, ids, cap, err, errlen);
     size_t bad = tk_utf8_check(text, len);
     if (bad < len) return FAIL("encode: invalid UTF-8 at byte %zu", bad);
     tk_pieces raw = {0}, l = {0};
@@ -688,6 +776,7 @@ char *ct_tokenizer_decode(const ct_tokenizer *t, const int32_t *ids, size_t n, i
 char *ct_tokenizer_decode_n(const ct_tokenizer *t, const int32_t *ids, size_t n, int skip_special, size_t *len,
                             char *err, size_t errlen)
 {
+    if (t->is_bytes) return bytes_decode(ids, n, skip_special, len, err, errlen);
     tk_pieces toks = {0};
     for (size_t i = 0; i < n; i++) {
         if (ids[i] < 0 || ids[i] >= t->vocab_size || !t->id_tok[ids[i]]) {

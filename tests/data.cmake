@@ -3,18 +3,6 @@
 ct_unit_test(test_data test_data.c)
 target_link_libraries(test_data PRIVATE ct_hdf5)
 
-# The same cases under AddressSanitizer and UBSan, with the data sources rebuilt instrumented,
-# so an out-of-bounds read on a malformed file fails the test instead of passing by luck.
-add_executable(test_data_asan test_data.c ${CMAKE_SOURCE_DIR}/data/tokenizer_bytes.c
-  ${CMAKE_SOURCE_DIR}/data/dataset.c ${CMAKE_SOURCE_DIR}/data/prepare.c ${CMAKE_SOURCE_DIR}/data/read_file.c ${CMAKE_SOURCE_DIR}/data/loader.c)
-target_include_directories(test_data_asan PRIVATE ${CMAKE_CURRENT_SOURCE_DIR} ${CMAKE_SOURCE_DIR}/data)
-target_compile_options(test_data_asan PRIVATE -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
-  -fno-sanitize-recover=all)
-target_link_options(test_data_asan PRIVATE -fsanitize=address,undefined)
-target_link_libraries(test_data_asan PRIVATE ct_hdf5 m)
-add_test(NAME test_data_asan COMMAND test_data_asan)
-set_tests_properties(test_data_asan PROPERTIES LABELS "unit;asan")
-
 # The fine-tuning prepare step (JSON Lines -> packed, masked datasets). It reads /doc_offsets
 # with the HDF5 C API, as test_data does.
 ct_unit_test(test_sft test_sft.c)
@@ -25,7 +13,7 @@ target_link_libraries(test_sft PRIVATE ct_hdf5)
 ct_linked_test(test_tokenizer ct_data test_tokenizer.c)
 target_link_libraries(test_tokenizer PRIVATE Threads::Threads)
 set(ct_tokenizer_sources ${CMAKE_SOURCE_DIR}/data/tokenizer.c ${CMAKE_SOURCE_DIR}/data/tokenizer_bpe.c
-  ${CMAKE_SOURCE_DIR}/data/tokenizer_text.c ${CMAKE_SOURCE_DIR}/data/read_file.c)
+  ${CMAKE_SOURCE_DIR}/data/tokenizer_text.c ${CMAKE_SOURCE_DIR}/data/tokenizer_bytes.c ${CMAKE_SOURCE_DIR}/data/read_file.c)
 add_executable(test_tokenizer_asan test_tokenizer.c ${ct_tokenizer_sources})
 target_include_directories(test_tokenizer_asan PRIVATE ${CMAKE_CURRENT_SOURCE_DIR} ${CMAKE_SOURCE_DIR}/data)
 target_compile_options(test_tokenizer_asan PRIVATE -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
@@ -34,3 +22,15 @@ target_link_options(test_tokenizer_asan PRIVATE -fsanitize=address,undefined)
 target_link_libraries(test_tokenizer_asan PRIVATE cjson ct_pcre2 ct_utf8proc Threads::Threads)
 add_test(NAME test_tokenizer_asan COMMAND test_tokenizer_asan)
 set_tests_properties(test_tokenizer_asan PROPERTIES LABELS "unit;asan")
+
+# test_data's cases under AddressSanitizer and UBSan, with the data sources rebuilt instrumented,
+# so an out-of-bounds read on a malformed file fails the test instead of passing by luck.
+add_executable(test_data_asan test_data.c ${ct_tokenizer_sources} ${CMAKE_SOURCE_DIR}/data/dataset.c
+  ${CMAKE_SOURCE_DIR}/data/prepare.c ${CMAKE_SOURCE_DIR}/data/loader.c)
+target_include_directories(test_data_asan PRIVATE ${CMAKE_CURRENT_SOURCE_DIR} ${CMAKE_SOURCE_DIR}/data)
+target_compile_options(test_data_asan PRIVATE -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
+  -fno-sanitize-recover=all)
+target_link_options(test_data_asan PRIVATE -fsanitize=address,undefined)
+target_link_libraries(test_data_asan PRIVATE ct_hdf5 cjson ct_pcre2 ct_utf8proc Threads::Threads m)
+add_test(NAME test_data_asan COMMAND test_data_asan)
+set_tests_properties(test_data_asan PROPERTIES LABELS "unit;asan")

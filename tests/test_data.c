@@ -18,6 +18,18 @@
 
 
 
+/* A dataset meta with a made-up digest (a pointer into one static slot: use it at once). */
+static const ct_dataset_meta *meta(const char *tokenizer, int vocab_size)
+{
+    static ct_dataset_meta m;
+    memset(&m, 0, sizeof m);
+    snprintf(m.tokenizer, sizeof m.tokenizer, "%s", tokenizer);
+    snprintf(m.digest, sizeof m.digest, "%s", strcmp(tokenizer, "bytes") ? "0123456789abcdef" : CT_TOK_BYTES_DIGEST);
+    m.vocab_size = vocab_size;
+    snprintf(m.packing, sizeof m.packing, "plain");
+    return &m;
+}
+
 static void write_text(const char *path, const char *text, size_t len)
 {
     FILE *f = fopen(path, "wb");
@@ -156,7 +168,7 @@ static void test_roundtrip(void)
     }
     uint64_t docs[3] = {0, 100, 517};
     const char *p = ct_test_path("rt.h5");
-    CHECK(ct_dataset_write(p, tok, n, mask, docs, 3, "gpt2", 50257, err, ERRLEN) == 0);
+    CHECK(ct_dataset_write(p, tok, n, mask, docs, 3, meta("gpt2", 50257), err, ERRLEN) == 0);
     CHECK(access(ct_test_path("rt.h5.tmp"), F_OK) != 0); /* renamed, nothing left behind */
 
     ct_dataset *ds = NULL;
@@ -199,7 +211,7 @@ static void test_roundtrip(void)
 
     /* without a mask: has_mask 0 and a mask of all 1 */
     const char *q = ct_test_path("nomask.h5");
-    CHECK(ct_dataset_write(q, tok, n, NULL, NULL, 0, "bytes", 50257, err, ERRLEN) == 0);
+    CHECK(ct_dataset_write(q, tok, n, NULL, NULL, 0, meta("bytes", 50257), err, ERRLEN) == 0);
     CHECK(ct_dataset_open(&ds, q, err, ERRLEN) == 0);
     if (ds) {
         CHECK(ct_dataset_has_mask(ds) == 0);
@@ -215,16 +227,16 @@ static void test_roundtrip(void)
 
     /* the writer refuses what the opener or loader would reject */
     tok[37] = 50257;
-    CHECK_FAILS(ct_dataset_write(ct_test_path("w1.h5"), tok, n, NULL, NULL, 0, "gpt2", 50257, err, ERRLEN), err,
+    CHECK_FAILS(ct_dataset_write(ct_test_path("w1.h5"), tok, n, NULL, NULL, 0, meta("gpt2", 50257), err, ERRLEN), err,
                 "w1.h5", "position 37");
     CHECK(access(ct_test_path("w1.h5"), F_OK) != 0 && access(ct_test_path("w1.h5.tmp"), F_OK) != 0);
-    CHECK_FAILS(ct_dataset_write(ct_test_path("w2.h5"), tok, 0, NULL, NULL, 0, "gpt2", 50257, err, ERRLEN), err,
+    CHECK_FAILS(ct_dataset_write(ct_test_path("w2.h5"), tok, 0, NULL, NULL, 0, meta("gpt2", 50257), err, ERRLEN), err,
                 "w2.h5", "/tokens");
     uint64_t bad_docs[2] = {5, 5};
     tok[37] = 1;
-    CHECK_FAILS(ct_dataset_write(ct_test_path("w3.h5"), tok, n, NULL, bad_docs, 2, "gpt2", 50257, err, ERRLEN), err,
+    CHECK_FAILS(ct_dataset_write(ct_test_path("w3.h5"), tok, n, NULL, bad_docs, 2, meta("gpt2", 50257), err, ERRLEN), err,
                 "w3.h5", "/doc_offsets");
-    CHECK_FAILS(ct_dataset_write(ct_test_path("nodir/w4.h5"), tok, n, NULL, NULL, 0, "gpt2", 50257, err, ERRLEN), err,
+    CHECK_FAILS(ct_dataset_write(ct_test_path("nodir/w4.h5"), tok, n, NULL, NULL, 0, meta("gpt2", 50257), err, ERRLEN), err,
                 "nodir/w4.h5", "No such file");
     free(tok);
     free(got);
@@ -496,7 +508,7 @@ static const char *loader_dataset(const char *name, int with_mask, uint8_t **mas
     }
     const char *p = ct_test_path(name);
     char err[ERRLEN];
-    if (ct_dataset_write(p, tok, n, with_mask ? mask : NULL, NULL, 0, "test", (int)n, err, ERRLEN)) {
+    if (ct_dataset_write(p, tok, n, with_mask ? mask : NULL, NULL, 0, meta("test", (int)n), err, ERRLEN)) {
         fprintf(stderr, "%s\n", err);
         exit(2);
     }
@@ -729,7 +741,7 @@ static void test_loader_errors(void)
 
     /* 21 tokens: 5 windows of 4+1, G = 2 x 2 x 2 = 8 */
     const char *p = ct_test_path("short.h5");
-    CHECK(ct_dataset_write(p, tok, 21, NULL, NULL, 0, "bytes", 257, err, ERRLEN) == 0);
+    CHECK(ct_dataset_write(p, tok, 21, NULL, NULL, 0, meta("bytes", 257), err, ERRLEN) == 0);
     ct_loader_opts o = {p, T, 2, 2, 0, 2, 1, 1, 257};
     CHECK_FAILS(ct_loader_init(&l, &o, err, ERRLEN), err, p, "5 windows");
     CHECK(strstr(err, "global batch of 8") != NULL);
@@ -740,7 +752,7 @@ static void test_loader_errors(void)
     l = NULL;
 
     p = ct_test_path("bigvocab.h5");
-    CHECK(ct_dataset_write(p, tok, 64, NULL, NULL, 0, "gpt2", 50257, err, ERRLEN) == 0);
+    CHECK(ct_dataset_write(p, tok, 64, NULL, NULL, 0, meta("gpt2", 50257), err, ERRLEN) == 0);
     o.path = p;
     CHECK_FAILS(ct_loader_init(&l, &o, err, ERRLEN), err, p, "vocab_size");
     CHECK(strstr(err, "50257") != NULL);
