@@ -27,7 +27,12 @@ typedef struct {
         int tie_embeddings;
     } model;
     struct {
-        char text[CT_PATH_MAX];    /* `ctrain prepare` input */
+        char text[CT_PATH_MAX];    /* `ctrain prepare` input: file, folder or glob */
+        char text_field[64];       /* .jsonl documents: the field holding the text */
+        char tokenizer[CT_PATH_MAX]; /* "" (the model's), "bytes", or a folder / tokenizer.json */
+        char chat_template[16];    /* "" auto | chatml | llama3 | llama2 | mistral | gemma | plain */
+        int train_on_prompt;
+        char packing[8];           /* "" (by data kind) | masked | plain | none */
         double val_fraction;
         char train[CT_PATH_MAX], val[CT_PATH_MAX];
         int seq_len, micro_batch;
