@@ -66,8 +66,9 @@ char *ct_tokenizer_decode_n(const ct_tokenizer *t, const int32_t *ids, size_t n,
                             char *err, size_t errlen);
 int ct_tokenizer_id(const ct_tokenizer *t, const char *token); /* -1 if absent */
 /* The byte-level tokenizer behind the same API (a static object: ct_tokenizer_free ignores it):
- * encode gives one id per byte (any bytes, no UTF-8 check), add_special appends end-of-text
- * (256); decode skips 256 with skip_special and writes "<|endoftext|>" for it otherwise. */
+ * encode gives one id per byte (any bytes, no UTF-8 check; add_special adds nothing, as GPT-2's
+ * post-processor); eos is end-of-text (256); decode skips 256 with skip_special and writes
+ * "<|endoftext|>" for it otherwise. */
 const ct_tokenizer *ct_tokenizer_bytes(void);
 int ct_tokenizer_is_bytes(const ct_tokenizer *t);
 /* Its name: "bytes", or the folder's name (a file path: the name of the folder holding it). */

@@ -600,14 +600,14 @@ const ct_tokenizer *ct_tokenizer_bytes(void) { return &bytes_tok; }
 static long bytes_encode(const char *text, size_t len, int add_special, int32_t **ids, size_t *cap, char *err,
                          size_t errlen)
 {
-    size_t n = len + (add_special ? 1 : 0);
+    (void)add_special; /* no post-processor: documents get their end-of-text from whoever ends them */
+    size_t n = len;
     if (*cap < n) {
         int32_t *g = realloc(*ids, n * sizeof *g);
         if (!g) return FAIL("encode: out of memory");
         *ids = g, *cap = n;
     }
     ct_tok_bytes_encode(text, len, *ids);
-    if (add_special) (*ids)[len] = CT_TOK_BYTES_EOT;
     return (long)n;
 }
 

@@ -56,6 +56,19 @@ static int cmd_train(const args *a, ct_comm *comm)
     return ct_train(&cfg, comm) ? 1 : 0;
 }
 
+/* The val set must be in the language of the model eval loaded (from: where its weights came from,
+ * "<dir or file>[ + adapters ...]"). */
+static int eval_data_matches(const ct_config *cfg, const char *from, char *err, size_t errlen)
+{
+    char dir[CT_PATH_MAX + 64];
+    snprintf(dir, sizeof dir, "%s", from);
+    dir[strcspn(dir, " ")] = 0;
+    ct_tokenizer *tok = NULL;
+    int rc = ct_run_tokenizer(cfg, dir, &tok, err, errlen) || ct_run_check_dataset(tok, "data.val", cfg->data.val, err, errlen);
+    ct_tokenizer_free(tok);
+    return rc ? -1 : 0;
+}
+
 static int cmd_eval(const args *a, ct_comm *comm)
 {
     ct_config cfg;
@@ -71,7 +84,8 @@ static int cmd_eval(const args *a, ct_comm *comm)
     int rc = -1;
     if (!cfg.data.val[0]) snprintf(err, sizeof err, "data.val: empty: name the HDF5 token dataset to evaluate on");
     else if (ct_run_backend(&cfg, comm, &be, &ctx, &device, err, sizeof err) == 0 &&
-             ct_run_model(&cfg, CT_WEIGHTS_TRAINED, be, ctx, B, T, 1, comm, &m, from, sizeof from, err, sizeof err) == 0) {
+             ct_run_model(&cfg, CT_WEIGHTS_TRAINED, be, ctx, B, T, 1, comm, &m, from, sizeof from, err, sizeof err) == 0 &&
+             eval_data_matches(&cfg, from, err, sizeof err) == 0) {
         ct_loader_opts o = {.path = cfg.data.val, .seq_len = T, .micro_batch = B, .grad_accum = 1,
                             .rank = ct_comm_rank(comm), .world = ct_comm_size(comm), .seed = 0, .shuffle = 0,
                             .vocab_size = ct_model_config_of(m)->vocab_size};

@@ -101,6 +101,53 @@ const char *ct_run_hf_source(const ct_config *cfg)
     return dir[0] && stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode) ? dir : NULL;
 }
 
+static int has_tokenizer_json(const char *dir)
+{
+    char path[CT_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    return dir[0] && is_file(path);
+}
+
+int ct_run_tokenizer(const ct_config *cfg, const char *dir, ct_tokenizer **tok, char *err, size_t errlen)
+{
+    *tok = NULL;
+    const char *from = cfg->data.tokenizer;
+    if (!strcmp(from, "bytes")) from = "";
+    else if (from[0]) {
+        if (ct_tokenizer_load(tok, from, err, errlen) == 0) return 0;
+        size_t n = strlen(err); /* say which key named it */
+        snprintf(err + n, errlen - n, " (data.tokenizer)");
+        return -1;
+    } else if (dir && has_tokenizer_json(dir)) from = dir;
+    else if (ct_run_hf_source(cfg) && has_tokenizer_json(cfg->model.init_from)) from = cfg->model.init_from;
+    if (!from[0]) {
+        *tok = (ct_tokenizer *)ct_tokenizer_bytes(); /* static; ct_tokenizer_free leaves it */
+        return 0;
+    }
+    return ct_tokenizer_load(tok, from, err, errlen);
+}
+
+int ct_run_check_dataset(const ct_tokenizer *tok, const char *key, const char *path, char *err, size_t errlen)
+{
+    ct_dataset *ds = NULL;
+    if (ct_dataset_open(&ds, path, err, errlen)) return -1;
+    const ct_dataset_meta *m = ct_dataset_meta_of(ds);
+    char want[17];
+    ct_tokenizer_digest_str(tok, want);
+    int rc = 0;
+    if (strcmp(m->digest, want)) {
+        snprintf(err, errlen,
+                 "%s: %s: made with tokenizer \"%s\" (digest %s, vocabulary %d), but the model speaks \"%s\" "
+                 "(digest %s, vocabulary %d): prepare the data again with the model's tokenizer (ctrain prepare; "
+                 "data.tokenizer names another)",
+                 key, path, m->tokenizer, m->digest[0] ? m->digest : "none recorded", m->vocab_size,
+                 ct_tokenizer_name(tok), want, ct_tokenizer_vocab_size(tok));
+        rc = -1;
+    }
+    ct_dataset_close(ds);
+    return rc;
+}
+
 int ct_run_lora(const ct_config *cfg) { return cfg->lora.targets[0] || cfg->lora.init_from[0]; }
 
 /* Adds the config's adapters to m and fills them: for a trained model, from run.dir's PEFT

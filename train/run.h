@@ -7,6 +7,7 @@
 
 #include "comm.h"
 #include "config.h"
+#include "data.h"
 #include "model.h"
 
 /* run.device: auto picks CUDA where this build has it and a GPU is found; cuda insists on it.
@@ -28,6 +29,16 @@ typedef enum {
 /* model.init_from when it names a Hugging Face folder (whose tokenizer and generation files an
  * exported model carries), else NULL. */
 const char *ct_run_hf_source(const ct_config *cfg);
+
+/* The tokenizer the model speaks: data.tokenizer when set ("bytes", a folder or a tokenizer.json);
+ * else the tokenizer.json in dir (a folder the weights come from: a finished run carries its
+ * source's; may be NULL or "") or in model.init_from's folder; else the byte tokenizer. *tok is
+ * freed with ct_tokenizer_free. -1 with err naming the file when one is there and unreadable. */
+int ct_run_tokenizer(const ct_config *cfg, const char *dir, ct_tokenizer **tok, char *err, size_t errlen);
+
+/* Refuses a dataset (config key `key`, path) made with another tokenizer than tok, naming both;
+ * -1 with err. */
+int ct_run_check_dataset(const ct_tokenizer *tok, const char *key, const char *path, char *err, size_t errlen);
 
 /* Whether the config fine-tunes with LoRA (lora.targets or lora.init_from set). */
 int ct_run_lora(const ct_config *cfg);

@@ -47,26 +47,6 @@ static int pick(const float *logits, int V, double temperature, int top_k, ct_rn
     return best;
 }
 
-/* The tokenizer the model speaks: tokenizer.json beside its weights (src: a Hugging Face folder
- * or a finished run, which carries its source's) or in model.init_from. NULL without error when
- * neither has one (the byte tokenizer's models); NULL with err when one is there and unreadable. */
-static ct_tokenizer *model_tokenizer(const ct_config *cfg, const char *src, char *err, size_t errlen)
-{
-    const char *dirs[2] = {src, cfg->model.init_from};
-    err[0] = 0;
-    for (int i = 0; i < 2; i++) {
-        char path[CT_PATH_MAX + 32];
-        snprintf(path, sizeof path, "%s/tokenizer.json", dirs[i]);
-        FILE *f = dirs[i][0] ? fopen(path, "rb") : NULL;
-        if (!f) continue;
-        fclose(f);
-        ct_tokenizer *t = NULL;
-        ct_tokenizer_load(&t, dirs[i], err, errlen);
-        return t;
-    }
-    return NULL;
-}
-
 /* The model to sample from, on this process's backend, with room for `need` positions (the
  * prompt and what follows, at most the model's context); src receives the folder or file its
  * weights come from. -1 with err filled. */
@@ -77,8 +57,8 @@ static int sample_model(const ct_config *cfg, ct_comm *single, const ct_backend 
     ct_model_config probe;
     int is_ckpt;
     if (ct_run_model_source(cfg, CT_WEIGHTS_TRAINED, &probe, src, fromlen, &is_ckpt, err, errlen)) return -1;
-    if (!strcmp(cfg->sample.format, "text") && !(*tok = model_tokenizer(cfg, src, err, errlen)) && err[0]) return -1;
-    if (!strcmp(cfg->sample.format, "text") && !*tok && probe.vocab_size < 256) {
+    if (!strcmp(cfg->sample.format, "text") && ct_run_tokenizer(cfg, src, tok, err, errlen)) return -1;
+    if (!strcmp(cfg->sample.format, "text") && ct_tokenizer_is_bytes(*tok) && probe.vocab_size < 256) {
         snprintf(err, errlen, "model: vocabulary of %d tokens; sample.format \"text\" speaks the byte tokenizer "
                  "(256 bytes and end-of-text) and the model's folder has no tokenizer.json: use sample.format \"ids\"",
                  probe.vocab_size);
@@ -94,7 +74,7 @@ static long encode_prompt(const ct_config *cfg, const ct_tokenizer *tok, int32_t
                           size_t errlen)
 {
     const char *p = cfg->sample.prompt;
-    if (!strcmp(cfg->sample.format, "text") && tok) {
+    if (!strcmp(cfg->sample.format, "text") && !ct_tokenizer_is_bytes(tok)) {
         int32_t *ids = NULL;
         size_t icap = 0;
         long n = ct_tokenizer_encode(tok, p, strlen(p), 1, &ids, &icap, err, errlen);
@@ -142,8 +122,8 @@ static void emit(FILE *out, int ids, const ct_tokenizer *tok, const int32_t *gen
 {
     int t = gen[ngen - 1];
     if (ids) fprintf(out, " %d", t);
-    else if (!tok && t < 256) fputc(t, out);
-    else if (!tok) fprintf(out, "<|%d|>", t);
+    else if (ct_tokenizer_is_bytes(tok) && t < 256) fputc(t, out);
+    else if (ct_tokenizer_is_bytes(tok)) fprintf(out, "<|%d|>", t);
     else {
         char err[256];
         size_t len = 0;
@@ -196,7 +176,7 @@ int ct_sample(const ct_config *cfg, FILE *out, char *err, size_t errlen)
     if (n == 0) seq[n++] = neos ? eos[0] : V - 1; /* no prompt: start as a new document */
     fprintf(stderr, "ctrain: sampling from %s (temperature %g, top-k %d, KV cache of %d positions, %s)\n", from,
             cfg->sample.temperature, cfg->sample.top_k, window,
-            ids ? "token ids" : tok ? "the model's tokenizer.json" : "bytes");
+            ids ? "token ids" : ct_tokenizer_is_bytes(tok) ? "bytes" : "the model's tokenizer.json");
     if (ids) fputs(cfg->sample.prompt, out);
     else fwrite(cfg->sample.prompt, 1, plen, out);
     ct_rng rng;
@@ -223,7 +203,7 @@ int ct_sample(const ct_config *cfg, FILE *out, char *err, size_t errlen)
         seq[n++] = next;
         emit(out, ids, tok, seq + prompt_n, (size_t)(n - prompt_n), &printed, 0);
     }
-    if (tok && !ids && n > prompt_n) emit(out, ids, tok, seq + prompt_n, (size_t)(n - prompt_n), &printed, 1);
+    if (!ids && !ct_tokenizer_is_bytes(tok) && n > prompt_n) emit(out, ids, tok, seq + prompt_n, (size_t)(n - prompt_n), &printed, 1);
     fputc('\n', out);
     rc = 0;
 done:

@@ -133,6 +133,13 @@ static int setup(const ct_config *cfg, ct_comm *comm, run_state *s, char *from, 
         snprintf(err, errlen, "out of memory");
         return -1;
     }
+    /* the data must be in the model's language: the dataset names the tokenizer that made it */
+    ct_tokenizer *tok = NULL;
+    int bad = ct_run_tokenizer(cfg, NULL, &tok, err, errlen) ||
+              ct_run_check_dataset(tok, "data.train", cfg->data.train, err, errlen) ||
+              (cfg->data.val[0] && ct_run_check_dataset(tok, "data.val", cfg->data.val, err, errlen));
+    ct_tokenizer_free(tok);
+    if (bad) return -1;
     int V = ct_model_config_of(s->model)->vocab_size;
     ct_loader_opts lo = {.path = cfg->data.train, .seq_len = T, .micro_batch = B, .grad_accum = A, .rank = rank,
                          .world = world, .seed = (uint64_t)cfg->run.seed, .shuffle = 1, .vocab_size = V};
