@@ -52,6 +52,14 @@ expect "$tmp/text.txt" -- train "$tmp/cfg.json" --set data.train="$tmp/text.txt"
 expect "data.seq_len: 64 does not fit" -- train "$tmp/cfg.json" --set data.seq_len=64
 expect "fewer than one global batch" -- train "$tmp/cfg.json" --set data.micro_batch=1000
 expect "vocab" -- train "$tmp/cfg.json" --set model.vocab_size=100
+# a dataset in another tokenizer's ids than the model's: refused, naming both
+mkdir -p "$tmp/tok"
+printf '%s' '{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+  "pre_tokenizer": null, "post_processor": null, "decoder": null,
+  "model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": []}}' > "$tmp/tok/tokenizer.json"
+expect "data.train: $tmp/train.h5: made with tokenizer \"bytes\" (digest bytes, vocabulary 257), but the model speaks \"tok\"" \
+  -- train "$tmp/cfg.json" --set data.tokenizer="$tmp/tok"
+expect "$tmp/text.txt: malformed JSON near byte 0 (data.tokenizer)" -- train "$tmp/cfg.json" --set data.tokenizer="$tmp/text.txt"
 expect "holds no trained model" -- sample "$tmp/cfg.json"
 expect "holds no trained model" -- eval "$tmp/cfg.json"
 expect "unknown option '--sett'" -- train "$tmp/cfg.json" --sett optim.lr=1
