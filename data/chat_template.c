@@ -635,8 +635,18 @@ static const char *builtin_src(int fam)
     return src[fam];
 }
 
+/* Guards against what the renderers do not write: reasoning blocks (Qwen3, DeepSeek-R1 style) in
+ * any family, and ChatML templates that also write eos_token (zephyr-gemma ends with it). */
 static int analyse(ct_chat_template *t, const tmpl_form *f, const char **why)
 {
+    if (lit_has(f, "<think>") || has(f, "reasoning_content") || has(f, "enable_thinking")) {
+        *why = "it renders reasoning (<think>, reasoning_content), which ctrain does not";
+        return -1;
+    }
+    if (t->fam == F_CHATML && has(f, "eos_token")) {
+        *why = "it also writes eos_token";
+        return -1;
+    }
     switch (t->fam) {
     case F_CHATML: return analyse_chatml(t, f, why);
     case F_LLAMA3: return analyse_llama3(t, f, why);

@@ -75,7 +75,8 @@ int ct_tokenizer_id(const ct_tokenizer *t, const char *token); /* -1 if absent *
  * before the first user message, or before the last one when that is the last message), the
  * spaces around [INST]/[/INST] and replies, trimming, where BOS goes. A template whose markers name a
  * family but whose shape matches none of its known variants is refused rather than rendered
- * approximately. Rendering follows the template exactly, including its quirks (Llama-3 and Gemma
+ * approximately; so is a template that renders reasoning (<think>) and a ChatML one that also writes
+ * eos_token. Rendering follows the template exactly, including its quirks (Llama-3 and Gemma
  * trim contents; Mistral's v3 templates put the system message only into a last user message).
  *
  * Role rules: roles are "system", "user" and "assistant" (anything else is an error naming the

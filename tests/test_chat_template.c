@@ -6,7 +6,8 @@
  * unknown names and roles, roles out of order (with the message index and role), templates that
  * match no family or no variant of one, the end-of-turn token missing from the tokenizer, bos or
  * eos missing where the template writes them, malformed or odd tokenizer_config.json, invalid
- * UTF-8, no messages. The published templates are read from tests/chat_templates/ (the test runs
+ * UTF-8, no messages; and random mutations of the published templates, which must load or fail
+ * cleanly, never crash. The published templates are read from tests/chat_templates/ (the test runs
  * in the source directory). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -385,9 +386,62 @@ static void test_gemma_plain_names(void)
                  "{% endif %}");
     CHECK(!load("", err, sizeof err) && strstr(err, "a chatml template (by its markers), but") &&
           strstr(err, "data.chat_template"));
+    write_config("<s>", "<|im_end|>",
+                 "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+                 "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>' }}"
+                 "{% endif %}");
+    CHECK(!load("", err, sizeof err) && strstr(err, "renders reasoning"));
     write_config("<s>", "<|im_end|>", "{{ 'unterminated }}");
     CHECK(!load("", err, sizeof err) && strstr(err, "not closed"));
     free(ids), free(mask);
+}
+
+/* Each published template with random bytes deleted, doubled or replaced by Jinja's punctuation:
+ * loading fails with a message or succeeds, and a template that loads renders. */
+static void test_fuzz(void)
+{
+    static const char *const files[] = {"qwen2.5-7b-instruct", "llama-3.2-3b-instruct", "llama-2-13b-chat",
+                                        "mistral-nemo-instruct-2407", "gemma-2-2b-it", "mistral-7b-instruct-v0.2"};
+    static const char punct[] = "{}%#-'\"\\[]|+ \n";
+    uint64_t rng = 7;
+    char err[512];
+    int loaded = 0, failed = 0;
+    write_tokenizer(-1);
+    for (int f = 0; f < 6; f++) {
+        char *src = published(files[f]);
+        size_t n = strlen(src);
+        char *buf = malloc(n + 64);
+        for (int it = 0; it < 120; it++) {
+            memcpy(buf, src, n + 1);
+            size_t len = n;
+            for (int k = 0; k < 1 + (int)(ct_test_rand_u64(&rng) % 4); k++) {
+                size_t at = (size_t)(ct_test_rand_u64(&rng) % len);
+                int op = (int)(ct_test_rand_u64(&rng) % 3);
+                if (op == 0 && len > 1) memmove(buf + at, buf + at + 1, len - at), len--;
+                else if (op == 1) memmove(buf + at + 1, buf + at, len - at + 1), len++;
+                else buf[at] = punct[ct_test_rand_u64(&rng) % (sizeof punct - 1)];
+            }
+            write_config("<s>", "</s>", buf);
+            ct_chat_template *t = load("", err, sizeof err);
+            if (!t) {
+                CHECK(err[0]);
+                failed++;
+                continue;
+            }
+            loaded++;
+            int32_t *ids = NULL;
+            uint8_t *mask = NULL;
+            size_t cap = 0;
+            ct_chat_message sys[] = {{"system", "s"}, {"user", "u"}, {"assistant", "a"}};
+            long c1 = ct_chat_render(t, tok, sys, 3, 1, 0, &ids, &mask, &cap, err, sizeof err);
+            long c2 = ct_chat_render(t, tok, sys + 1, 2, 0, 0, &ids, &mask, &cap, err, sizeof err);
+            CHECK(c1 != 0 && c2 > 0);
+            free(ids), free(mask);
+            ct_chat_template_free(t);
+        }
+        free(buf), free(src);
+    }
+    printf("fuzz: %d mutated templates loaded, %d refused\n", loaded, failed);
 }
 
 int main(void)
@@ -397,6 +451,7 @@ int main(void)
     test_llama3();
     test_inst();
     test_gemma_plain_names();
+    test_fuzz();
     ct_tokenizer_free(tok);
     ct_test_dir_remove();
     return ct_test_finish("test_chat_template");
