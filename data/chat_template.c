@@ -35,24 +35,24 @@ enum { SYS_REFUSE, SYS_LLAMA2, SYS_FIRST_USER, SYS_LAST_USER };
 struct ct_chat_template {
     int fam;
     char desc[1024];
-    char *bos, *eos;      /* bos_token / eos_token text ("" when the folder names none) */
+    char *bos, *eos; /* bos_token / eos_token text ("" when the folder names none) */
     int has_bos, has_eos;
     int bos_at_start;     /* the template writes bos_token first */
     char *default_system; /* ChatML: inserted when the first message is not a system message */
     /* Llama-3 */
-    int sys_header;       /* Llama-3.1+: a system header with the knowledge date and today's date */
-    char *kd_line;        /* "Cutting Knowledge Date: December 2023\n" */
+    int sys_header; /* Llama-3.1+: a system header with the knowledge date and today's date */
+    char *kd_line;  /* "Cutting Knowledge Date: December 2023\n" */
     char date[64];
     /* [INST] families */
     int sys_mode, bos_per_user, user_strip, asst_trim;
     char *user_pre, *user_suf, *sys_sep, *asst_pre, *asst_mid, *asst_suf;
     char alt_msg[200], sys_msg[200];
-    const char *eot;      /* the end-of-turn marker's text */
+    const char *eot; /* the end-of-turn marker's text */
     int32_t stop[2];
     int nstop;
-    int32_t pre_ids[8];   /* plain: the post-processor's leading ids */
+    int32_t pre_ids[8]; /* plain: the post-processor's leading ids */
     int npre;
-    char *markers[8];     /* template texts that are single tokens: chunks are cut before them */
+    char *markers[8]; /* template texts that are single tokens: chunks are cut before them */
     int nmarkers;
 };
 
@@ -197,8 +197,12 @@ static int canon_lit(sbuf *c, const char *s, size_t n)
 {
     if (sb_add(c, "'", 1)) return -1;
     for (size_t i = 0; i < n; i++) {
-        const char *e = s[i] == '\\' ? "\\\\" : s[i] == '\'' ? "\\'" : s[i] == '\n' ? "\\n" : s[i] == '\t' ? "\\t"
-                        : s[i] == '\r' ? "\\r" : NULL;
+        const char *e = s[i] == '\\'   ? "\\\\"
+                        : s[i] == '\'' ? "\\'"
+                        : s[i] == '\n' ? "\\n"
+                        : s[i] == '\t' ? "\\t"
+                        : s[i] == '\r' ? "\\r"
+                                       : NULL;
         if (e ? sb_str(c, e) : sb_add(c, s + i, 1)) return -1;
     }
     return sb_add(c, "'", 1);
@@ -380,8 +384,10 @@ static int pat_find(const tmpl_form *f, const char *pat, char **caps, int ncaps)
         }
         if (ok && !*p) {
             for (int j = 0; j < k; j++) {
-                if (j < ncaps) caps[j] = got[j];
-                else free(got[j]);
+                if (j < ncaps)
+                    caps[j] = got[j];
+                else
+                    free(got[j]);
             }
             return 1;
         }
@@ -462,10 +468,12 @@ static int analyse_llama3(ct_chat_template *t, const tmpl_form *f, const char **
     }
     t->bos_at_start = starts_bos(f) || has(f, "set content = bos_token + content");
     if (!lit_has(f, "Cutting Knowledge Date:")) return 0;
-    if (!has(f, "'<|start_header_id|>system<|end_header_id|>\\n\\n'") || !has(f, "'Today Date: ' + date_string + '\\n\\n'") ||
+    if (!has(f, "'<|start_header_id|>system<|end_header_id|>\\n\\n'") ||
+        !has(f, "'Today Date: ' + date_string + '\\n\\n'") ||
         !has(f, "set system_message = messages [ 0 ] . content | trim")) {
-        *why = "its system header is not the Llama-3.1 one (system header, \"Cutting Knowledge Date\", \"Today Date: \" + "
-               "date_string, the first system message trimmed)";
+        *why =
+            "its system header is not the Llama-3.1 one (system header, \"Cutting Knowledge Date\", \"Today Date: \" + "
+            "date_string, the first system message trimmed)";
         return -1;
     }
     for (size_t i = 0; i < f->nlits; i++)
@@ -489,8 +497,9 @@ static int analyse_gemma(ct_chat_template *t, const tmpl_form *f, const char **w
 {
     if (!has(f, "'<start_of_turn>' + role + '\\n' + message . content | trim + '<end_of_turn>\\n'") ||
         !has(f, "set role = 'model'") || !has(f, "'<start_of_turn>model\\n'")) {
-        *why = "its turns are not written '<start_of_turn>' + role ('model' for the assistant) + '\\n' + content | trim "
-               "+ '<end_of_turn>\\n'";
+        *why =
+            "its turns are not written '<start_of_turn>' + role ('model' for the assistant) + '\\n' + content | trim "
+            "+ '<end_of_turn>\\n'";
         return -1;
     }
     if (!has(f, "( message . role == 'user' ) != ( loop . index0 % 2 == 0 )") ||
@@ -605,9 +614,9 @@ static const char *builtin_src(int fam)
         "'\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
         /* meta-llama/Meta-Llama-3-8B-Instruct */
         "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
-        "message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 "
-        "%}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ "
-        "'<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}",
+        "message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == "
+        "0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt "
+        "%}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}",
         /* meta-llama/Llama-2-13b-chat-hf */
         "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = "
         "messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif "
@@ -685,8 +694,10 @@ static cJSON *read_json(const char *path, char *err, size_t errlen)
     cJSON *j = cJSON_ParseWithLength(buf, len);
     if (!j) {
         const char *w = cJSON_GetErrorPtr();
-        if (w && w >= buf && w <= buf + len) FAIL("%s: malformed JSON near byte %zu", path, (size_t)(w - buf));
-        else FAIL("%s: malformed JSON", path);
+        if (w && w >= buf && w <= buf + len)
+            FAIL("%s: malformed JSON near byte %zu", path, (size_t)(w - buf));
+        else
+            FAIL("%s: malformed JSON", path);
     } else if (!cJSON_IsObject(j)) {
         FAIL("%s: not a JSON object", path);
         cJSON_Delete(j);
@@ -720,7 +731,8 @@ static int read_folder(const char *dir, char **tmpl, char *src, size_t srclen, c
         cJSON *c = read_json(path, err, errlen);
         if (!c) return -1;
         int rc = 0;
-        if (token_entry(c, "bos_token", bos, &bp) || token_entry(c, "eos_token", eos, &ep)) rc = FAIL("%s: out of memory", path);
+        if (token_entry(c, "bos_token", bos, &bp) || token_entry(c, "eos_token", eos, &ep))
+            rc = FAIL("%s: out of memory", path);
         const cJSON *ct = cJSON_GetObjectItemCaseSensitive(c, "chat_template");
         if (!rc && !*tmpl && ct && !cJSON_IsNull(ct)) {
             const char *s = NULL;
@@ -732,14 +744,15 @@ static int read_folder(const char *dir, char **tmpl, char *src, size_t srclen, c
                 {
                     const cJSON *nm = cJSON_GetObjectItemCaseSensitive(e, "name");
                     const cJSON *tp = cJSON_GetObjectItemCaseSensitive(e, "template");
-                    if (cJSON_IsString(nm) && !strcmp(nm->valuestring, "default") && cJSON_IsString(tp)) s = tp->valuestring;
+                    if (cJSON_IsString(nm) && !strcmp(nm->valuestring, "default") && cJSON_IsString(tp))
+                        s = tp->valuestring;
                 }
                 if (!s) rc = FAIL("%s: chat_template: a list of templates without a \"default\" one", path);
             } else {
                 rc = FAIL("%s: chat_template: not a string or a list of {\"name\", \"template\"}", path);
             }
             if (s && !(*tmpl = dup0(s))) rc = FAIL("%s: out of memory", path);
-            if (s) snprintf(src, srclen, "%s (chat_template)", path);
+            if (s) snprintf(src, srclen, "%s: chat_template", path);
         }
         cJSON_Delete(c);
         if (rc) return -1;
@@ -818,16 +831,20 @@ static void describe(ct_chat_template *t, const char *src)
                  t->default_system ? t->default_system : "", t->default_system ? "\"" : "");
         break;
     case F_LLAMA3:
-        if (t->sys_header) snprintf(d, sizeof d, "Llama-3.1+ system header, %.*s, date %s", (int)strcspn(t->kd_line, "\n"), t->kd_line, t->date);
-        else snprintf(d, sizeof d, "Llama-3 (no system header)");
+        if (t->sys_header)
+            snprintf(d, sizeof d, "Llama-3.1+ system header, %.*s, date %s", (int)strcspn(t->kd_line, "\n"), t->kd_line,
+                     t->date);
+        else
+            snprintf(d, sizeof d, "Llama-3 (no system header)");
         break;
     case F_LLAMA2: snprintf(d, sizeof d, "Llama-2-chat (<<SYS>> in the first user message)"); break;
     case F_MISTRAL:
-        snprintf(d, sizeof d, "user \"%s\"...\"%s\", assistant \"%s\"...%s+eos%s%s, system %s", t->user_pre, t->user_suf,
-                 t->asst_pre, t->asst_trim ? "(trimmed)" : "", *t->asst_suf ? "+\" \"" : "",
+        snprintf(d, sizeof d, "user \"%s\"...\"%s\", assistant \"%s\"...%s+eos%s%s, system %s", t->user_pre,
+                 t->user_suf, t->asst_pre, t->asst_trim ? "(trimmed)" : "", *t->asst_suf ? "+\" \"" : "",
                  t->bos_at_start ? ", BOS first" : "",
-                 t->sys_mode == SYS_REFUSE ? "refused" : t->sys_mode == SYS_FIRST_USER ? "before the first user message"
-                                                                                  : "before the last message when it is a user message");
+                 t->sys_mode == SYS_REFUSE       ? "refused"
+                 : t->sys_mode == SYS_FIRST_USER ? "before the first user message"
+                                                 : "before the last message when it is a user message");
         break;
     case F_GEMMA: snprintf(d, sizeof d, "Gemma (system role refused, assistant is 'model')"); break;
     case F_PLAIN: snprintf(d, sizeof d, "### System/User/Assistant headers, eos after each reply"); break;
@@ -835,8 +852,8 @@ static void describe(ct_chat_template *t, const char *src)
     snprintf(t->desc, sizeof t->desc, "%s: %.300s; from %.600s", family_names[t->fam], d, src);
 }
 
-int ct_chat_template_load(ct_chat_template **out, const char *dir, const char *name, const ct_tokenizer *tok,
-                          char *err, size_t errlen)
+int ct_chat_template_load(ct_chat_template **out, const char *dir, const char *name, const ct_tokenizer *tok, char *err,
+                          size_t errlen)
 {
     *out = NULL;
     ct_chat_template *t = calloc(1, sizeof *t);
@@ -879,7 +896,8 @@ int ct_chat_template_load(ct_chat_template **out, const char *dir, const char *n
     if (t->fam != F_PLAIN) {
         int own = fam == t->fam && !analyse(t, &f, &why);
         if (!own && want < 0) {
-            FAIL("%s: a %s template (by its markers), but %s, unlike the variants ctrain renders: set data.chat_template "
+            FAIL("%s: a %s template (by its markers), but %s, unlike the variants ctrain renders: set "
+                 "data.chat_template "
                  "to one of %s to render the family's standard form instead",
                  src, family_names[t->fam], why, KNOWN_NAMES);
             goto fail;
@@ -903,8 +921,12 @@ int ct_chat_template_load(ct_chat_template **out, const char *dir, const char *n
         }
     }
     /* the end-of-turn marker and the special tokens the template writes */
-    t->eot = t->fam == F_CHATML ? "<|im_end|>" : t->fam == F_LLAMA3 ? "<|eot_id|>" : t->fam == F_GEMMA ? "<end_of_turn>" : t->eos;
-    int needs_bos = t->bos_at_start || t->bos_per_user, needs_eos = t->fam == F_LLAMA2 || t->fam == F_MISTRAL || t->fam == F_PLAIN;
+    t->eot = t->fam == F_CHATML   ? "<|im_end|>"
+             : t->fam == F_LLAMA3 ? "<|eot_id|>"
+             : t->fam == F_GEMMA  ? "<end_of_turn>"
+                                  : t->eos;
+    int needs_bos = t->bos_at_start || t->bos_per_user,
+        needs_eos = t->fam == F_LLAMA2 || t->fam == F_MISTRAL || t->fam == F_PLAIN;
     if (needs_bos && !t->has_bos) {
         FAIL("%s: the %s template writes bos_token, but %s/tokenizer_config.json names none", src, family_names[t->fam],
              dir ? dir : ".");
@@ -917,18 +939,15 @@ int ct_chat_template_load(ct_chat_template **out, const char *dir, const char *n
     }
     int32_t eot = single_token(tok, t->eot);
     if (eot < 0) {
-        FAIL("%s: the %s template's end-of-turn marker \"%s\" is not one token of the tokenizer", src, family_names[t->fam],
-             t->eot);
+        FAIL("%s: the %s template's end-of-turn marker \"%s\" is not one token of the tokenizer", src,
+             family_names[t->fam], t->eot);
         goto fail;
     }
     add_stop(t, eot);
     if (*t->eos) add_stop(t, single_token(tok, t->eos));
-    static const char *const marks[F_COUNT][3] = {{"<|im_start|>", "<|im_end|>"},
-                                                    {"<|start_header_id|>", "<|eot_id|>"},
-                                                    {"[INST]", "[/INST]"},
-                                                    {"[INST]", "[/INST]"},
-                                                    {"<start_of_turn>", "<end_of_turn>"},
-                                                    {NULL}};
+    static const char *const marks[F_COUNT][3] = {
+        {"<|im_start|>", "<|im_end|>"}, {"<|start_header_id|>", "<|eot_id|>"}, {"[INST]", "[/INST]"},
+        {"[INST]", "[/INST]"},          {"<start_of_turn>", "<end_of_turn>"},  {NULL}};
     for (int i = 0; i < 3 && marks[t->fam][i]; i++)
         if (add_marker(t, tok, marks[t->fam][i])) goto oom;
     if (add_marker(t, tok, t->bos) || add_marker(t, tok, t->eos)) goto oom;
@@ -1079,7 +1098,8 @@ static int check_turns(render *r, const ct_chat_message *m, int n, int first)
                              : "a system message may only come first (the template would drop it or misplace it)");
         if ((k == 1) != ((i - first) % 2 == 0))
             return RFAIL("message %d (%s): %s", i, m[i].role,
-                         *t->alt_msg ? t->alt_msg : "Conversation roles must alternate user/assistant/user/assistant/...");
+                         *t->alt_msg ? t->alt_msg
+                                     : "Conversation roles must alternate user/assistant/user/assistant/...");
     }
     return 0;
 }
@@ -1108,7 +1128,8 @@ static int render_inst(render *r, const ct_chat_message *m, int n)
     int first = 0;
     const char *sys = NULL;
     if (!strcmp(m[0].role, "system")) {
-        if (t->sys_mode == SYS_REFUSE) return RFAIL("message 0 (system): %s", *t->sys_msg ? t->sys_msg : "system role not supported");
+        if (t->sys_mode == SYS_REFUSE)
+            return RFAIL("message 0 (system): %s", *t->sys_msg ? t->sys_msg : "system role not supported");
         sys = m[0].content, first = 1;
     }
     if (check_turns(r, m, n, first)) return -1;
@@ -1119,12 +1140,13 @@ static int render_inst(render *r, const ct_chat_message *m, int n)
         size_t sn = strlen(s);
         if (role_of(m[i].role) == 1) {
             u.n = 0;
-            int with_sys = sys && ((t->sys_mode == SYS_LLAMA2 && i == first) || (t->sys_mode == SYS_FIRST_USER && i == first) ||
-                                   (t->sys_mode == SYS_LAST_USER && i == n - 1));
+            int with_sys =
+                sys && ((t->sys_mode == SYS_LLAMA2 && i == first) || (t->sys_mode == SYS_FIRST_USER && i == first) ||
+                        (t->sys_mode == SYS_LAST_USER && i == n - 1));
             if (with_sys) {
-                int e = t->sys_mode == SYS_LLAMA2
-                            ? sb_str(&u, "<<SYS>>\n") || sb_str(&u, sys) || sb_str(&u, "\n<</SYS>>\n\n") || sb_add(&u, s, sn)
-                            : sb_str(&u, sys) || sb_str(&u, t->sys_sep) || sb_add(&u, s, sn);
+                int e = t->sys_mode == SYS_LLAMA2 ? sb_str(&u, "<<SYS>>\n") || sb_str(&u, sys) ||
+                                                        sb_str(&u, "\n<</SYS>>\n\n") || sb_add(&u, s, sn)
+                                                  : sb_str(&u, sys) || sb_str(&u, t->sys_sep) || sb_add(&u, s, sn);
                 if (e || sb_add(&u, "", 0)) goto oom;
                 s = u.p, sn = u.n;
             }

@@ -16,9 +16,21 @@
 #include "check.h"
 #include "data.h"
 
-static const char *const ADDED[] = {"<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|begin_of_text|>",
-                                    "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<s>", "</s>",
-                                    "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>", "[INST]", "[/INST]"};
+static const char *const ADDED[] = {"<|im_start|>",
+                                    "<|im_end|>",
+                                    "<|endoftext|>",
+                                    "<|begin_of_text|>",
+                                    "<|start_header_id|>",
+                                    "<|end_header_id|>",
+                                    "<|eot_id|>",
+                                    "<s>",
+                                    "</s>",
+                                    "<bos>",
+                                    "<eos>",
+                                    "<start_of_turn>",
+                                    "<end_of_turn>",
+                                    "[INST]",
+                                    "[/INST]"};
 #define NADDED (int)(sizeof ADDED / sizeof *ADDED)
 
 static void write_text(const char *name, const char *text)
@@ -52,9 +64,10 @@ static void write_tokenizer(int nadded)
     for (int i = 0; i < nadded; i++)
         p += sprintf(p, "%s{\"id\":%d,\"content\":\"%s\",\"special\":true,\"normalized\":false}", i ? "," : "", 256 + i,
                      ADDED[i]);
-    p += sprintf(p, "],\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,"
-                    "\"trim_offsets\":true,\"use_regex\":true},\"post_processor\":null,\"decoder\":{\"type\":\"ByteLevel\"},"
-                    "\"model\":{\"type\":\"BPE\",\"vocab\":{");
+    p += sprintf(
+        p, "],\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,"
+           "\"trim_offsets\":true,\"use_regex\":true},\"post_processor\":null,\"decoder\":{\"type\":\"ByteLevel\"},"
+           "\"model\":{\"type\":\"BPE\",\"vocab\":{");
     for (int b = 0; b < 256; b++) p += sprintf(p, "%s\"\\u%04x\":%d", b ? "," : "", byte_char(b), b);
     p += sprintf(p, "},\"merges\":[]}}");
     write_text("tokenizer.json", j);
@@ -81,9 +94,12 @@ static char *json_string(const char *s)
     *p++ = '"';
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') *p++ = '\\', *p++ = (char)c;
-        else if (c < 0x20) p += sprintf(p, "\\u%04x", c);
-        else *p++ = (char)c;
+        if (c == '"' || c == '\\')
+            *p++ = '\\', *p++ = (char)c;
+        else if (c < 0x20)
+            p += sprintf(p, "\\u%04x", c);
+        else
+            *p++ = (char)c;
     }
     *p++ = '"', *p = 0;
     return o;
@@ -201,8 +217,8 @@ static char *mask_of(const char *text, const char *const *targets, int nt)
     return m;
 }
 
-static const ct_chat_message CONV[] = {{"user", "Hi there"}, {"assistant", "  Hello!  "}, {"user", "Bye"},
-                                       {"assistant", "Bye."}};
+static const ct_chat_message CONV[] = {
+    {"user", "Hi there"}, {"assistant", "  Hello!  "}, {"user", "Bye"}, {"assistant", "Bye."}};
 
 static void test_chatml(void)
 {
@@ -211,9 +227,10 @@ static void test_chatml(void)
     ct_chat_template *t = load_published("qwen2.5-7b-instruct", NULL, "<|im_end|>", "chatml");
     if (!t) return;
     CHECK(strstr(ct_chat_template_describe(t), "You are Qwen, created by Alibaba Cloud."));
-    const char *want = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-                       "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n  Hello!  <|im_end|>\n"
-                       "<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\nBye.<|im_end|>\n";
+    const char *want =
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n  Hello!  <|im_end|>\n"
+        "<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\nBye.<|im_end|>\n";
     const char *tg[] = {"  Hello!  <|im_end|>", "Bye.<|im_end|>"};
     check_render(t, CONV, 4, 0, want, mask_of(want, tg, 2));
     /* a system message of its own replaces the default; the generation prompt */
@@ -259,14 +276,17 @@ static void test_llama3(void)
     ct_chat_template *t = load_published("llama-3.2-3b-instruct", "<|begin_of_text|>", "<|eot_id|>", "llama3");
     if (!t) return;
     ct_chat_message m[] = {{"system", "  Be kind. \n"}, {"user", " Hi "}, {"assistant", "\u3000Hello\t"}};
-    const char *want = "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December "
-                       "2023\nToday Date: 26 Jul 2024\n\nBe kind.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi"
-                       "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello<|eot_id|>";
+    const char *want =
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December "
+        "2023\nToday Date: 26 Jul 2024\n\nBe kind.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi"
+        "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello<|eot_id|>";
     const char *tg[] = {"Hello<|eot_id|>"};
     check_render(t, m, 3, 0, want, mask_of(want, tg, 1));
     ct_chat_template_set_date(t, "01 Jan 2030");
     char *text = ct_chat_render_text(t, m, 1, 1, err, sizeof err);
-    CHECK(text && strstr(text, "Today Date: 01 Jan 2030\n\nBe kind.<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"));
+    CHECK(
+        text &&
+        strstr(text, "Today Date: 01 Jan 2030\n\nBe kind.<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"));
     free(text);
     ct_chat_template_free(t);
     /* the template writes bos_token: the folder must name one */
@@ -274,7 +294,8 @@ static void test_llama3(void)
     write_config(NULL, "<|eot_id|>", l);
     CHECK(!load("", err, sizeof err) && strstr(err, "writes bos_token"));
     /* a chat_template list needs a "default" entry */
-    write_text("tokenizer_config.json", "{\"bos_token\":\"<s>\",\"chat_template\":[{\"name\":\"tool_use\",\"template\":\"x\"}]}");
+    write_text("tokenizer_config.json",
+               "{\"bos_token\":\"<s>\",\"chat_template\":[{\"name\":\"tool_use\",\"template\":\"x\"}]}");
     CHECK(!load("", err, sizeof err) && strstr(err, "chat_template: a list of templates without a \"default\""));
     write_text("tokenizer_config.json", "{\"chat_template\": 3}");
     CHECK(!load("", err, sizeof err) && strstr(err, "chat_template: not a string"));
@@ -341,8 +362,9 @@ static void test_gemma_plain_names(void)
     char err[512];
     write_tokenizer(-1);
     ct_chat_template *t = load_published("gemma-2-2b-it", "<bos>", "<eos>", "gemma");
-    const char *want = "<bos><start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
-                       "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\nBye.<end_of_turn>\n<start_of_turn>model\n";
+    const char *want =
+        "<bos><start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
+        "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\nBye.<end_of_turn>\n<start_of_turn>model\n";
     const char *tg[] = {"Hello!<end_of_turn>", "Bye.<end_of_turn>"};
     if (t) check_render(t, CONV, 4, 1, want, mask_of(want, tg, 2));
     int32_t *ids = NULL;
@@ -379,17 +401,19 @@ static void test_gemma_plain_names(void)
           strstr(err, "chatml, llama3, llama2, mistral, gemma, plain"));
     CHECK(!load("", err, sizeof err) && strstr(err, "does not recognise") && strstr(err, "data.chat_template"));
     /* a family's markers in an unknown shape (Qwen1.5's last message without <|im_end|>) */
-    write_config("<s>", "<|im_end|>",
-                 "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']}}{% if "
-                 "(loop.last and add_generation_prompt) or not loop.last %}{{ '<|im_end|>' + '\\n'}}{% endif %}{% endfor "
-                 "%}{% if add_generation_prompt and messages[-1]['role'] != 'assistant' %}{{ '<|im_start|>assistant\\n' }}"
-                 "{% endif %}");
+    write_config(
+        "<s>", "<|im_end|>",
+        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']}}{% if "
+        "(loop.last and add_generation_prompt) or not loop.last %}{{ '<|im_end|>' + '\\n'}}{% endif %}{% endfor "
+        "%}{% if add_generation_prompt and messages[-1]['role'] != 'assistant' %}{{ '<|im_start|>assistant\\n' }}"
+        "{% endif %}");
     CHECK(!load("", err, sizeof err) && strstr(err, "a chatml template (by its markers), but") &&
           strstr(err, "data.chat_template"));
-    write_config("<s>", "<|im_end|>",
-                 "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-                 "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>' }}"
-                 "{% endif %}");
+    write_config(
+        "<s>", "<|im_end|>",
+        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+        "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>' }}"
+        "{% endif %}");
     CHECK(!load("", err, sizeof err) && strstr(err, "renders reasoning"));
     write_config("<s>", "<|im_end|>", "{{ 'unterminated }}");
     CHECK(!load("", err, sizeof err) && strstr(err, "not closed"));
@@ -400,8 +424,9 @@ static void test_gemma_plain_names(void)
  * loading fails with a message or succeeds, and a template that loads renders. */
 static void test_fuzz(void)
 {
-    static const char *const files[] = {"qwen2.5-7b-instruct", "llama-3.2-3b-instruct", "llama-2-13b-chat",
-                                        "mistral-nemo-instruct-2407", "gemma-2-2b-it", "mistral-7b-instruct-v0.2"};
+    static const char *const files[] = {"qwen2.5-7b-instruct", "llama-3.2-3b-instruct",
+                                        "llama-2-13b-chat",    "mistral-nemo-instruct-2407",
+                                        "gemma-2-2b-it",       "mistral-7b-instruct-v0.2"};
     static const char punct[] = "{}%#-'\"\\[]|+ \n";
     uint64_t rng = 7;
     char err[512];
@@ -417,9 +442,12 @@ static void test_fuzz(void)
             for (int k = 0; k < 1 + (int)(ct_test_rand_u64(&rng) % 4); k++) {
                 size_t at = (size_t)(ct_test_rand_u64(&rng) % len);
                 int op = (int)(ct_test_rand_u64(&rng) % 3);
-                if (op == 0 && len > 1) memmove(buf + at, buf + at + 1, len - at), len--;
-                else if (op == 1) memmove(buf + at + 1, buf + at, len - at + 1), len++;
-                else buf[at] = punct[ct_test_rand_u64(&rng) % (sizeof punct - 1)];
+                if (op == 0 && len > 1)
+                    memmove(buf + at, buf + at + 1, len - at), len--;
+                else if (op == 1)
+                    memmove(buf + at + 1, buf + at, len - at + 1), len++;
+                else
+                    buf[at] = punct[ct_test_rand_u64(&rng) % (sizeof punct - 1)];
             }
             write_config("<s>", "</s>", buf);
             ct_chat_template *t = load("", err, sizeof err);

@@ -27,7 +27,8 @@ static int request(FILE *out, ct_chat_template *t, const ct_tokenizer *tok, cons
     ct_chat_message *m = calloc((size_t)n + 1, sizeof *m);
     cJSON_ArrayForEach(e, ms)
     {
-        const cJSON *r = cJSON_GetObjectItemCaseSensitive(e, "role"), *c = cJSON_GetObjectItemCaseSensitive(e, "content");
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(e, "role"),
+                    *c = cJSON_GetObjectItemCaseSensitive(e, "content");
         m[k].role = cJSON_IsString(r) ? r->valuestring : NULL;
         m[k].content = cJSON_IsString(c) ? c->valuestring : NULL;
         k++;
@@ -70,7 +71,8 @@ int main(int argc, char **argv)
     char err[600];
     ct_tokenizer *tok = NULL;
     ct_chat_template *t = NULL;
-    if (ct_tokenizer_load(&tok, argv[1], err, sizeof err) || ct_chat_template_load(&t, argv[1], argv[2], tok, err, sizeof err)) {
+    if (ct_tokenizer_load(&tok, argv[1], err, sizeof err) ||
+        ct_chat_template_load(&t, argv[1], argv[2], tok, err, sizeof err)) {
         fprintf(out, "ERR %s\n", err);
         fclose(out), fclose(in);
         ct_tokenizer_free(tok);
