@@ -82,6 +82,93 @@ void ct_tokenizer_digest_str(const ct_tokenizer *t, char out[17]);
 int32_t ct_tokenizer_eos(const ct_tokenizer *t);
 int32_t ct_tokenizer_bos(const ct_tokenizer *t);
 
+/* ---- chat templates, rendered without Jinja, with ids identical to transformers'
+ * apply_chat_template(messages, tokenize=True) (which tokenizes the rendered text without the
+ * post-processor: BOS appears once, where the template writes it, or not at all).
+ *
+ * A model's template (Jinja) is recognised by its markers, as llama.cpp does: <|im_start|> ChatML;
+ * <|start_header_id|> + <|end_header_id|> Llama-3; [INST] with <<SYS>> Llama-2, without it Mistral;
+ * <start_of_turn> Gemma. Each family's variants are told apart by fingerprints of the template's
+ * text, and what varies is read from that text: ChatML's default system message (Qwen2.5,
+ * SmolLM2), Llama-3.1+'s "Cutting Knowledge Date" header and its fallback date_string, whether the
+ * first message may be a system message and where it goes ([INST] variants: refused, in <<SYS>>,
+ * before the first user message, or before the last one when that is the last message), the
+ * spaces around [INST]/[/INST] and replies, trimming, where BOS goes. A template whose markers name a
+ * family but whose shape matches none of its known variants is refused rather than rendered
+ * approximately; so is a template that renders reasoning (<think>) and a ChatML one that also writes
+ * eos_token. Rendering follows the template exactly, including its quirks (Llama-3 and Gemma
+ * trim contents; Mistral's v3 templates put the system message only into a last user message).
+ *
+ * Role rules: roles are "system", "user" and "assistant" (anything else is an error naming the
+ * message). ChatML and Llama-3 take any order. Llama-2, Mistral and Gemma require user/assistant
+ * alternation starting with user after an optional first system message, and refuse a system
+ * message elsewhere (where their Jinja would drop it silently or render it as a turn); Gemma and
+ * Mistral v0.1 refuse a system message altogether. A conversation need not hold an assistant turn.
+ *
+ * The date in Llama-3.1+'s system header: transformers renders strftime_now("%d %b %Y") (today)
+ * where the template asks for it (Llama-3.2), or the template's fixed date_string (3.1, 3.3). ctrain
+ * renders the template's fallback literal date_string ("26 Jul 2024") so a dataset does not depend on
+ * the day it was prepared; ct_chat_template_set_date changes it (apply_chat_template(...,
+ * date_string=...) gives the same). */
+typedef struct {
+    const char *role;    /* "system", "user" or "assistant" */
+    const char *content; /* UTF-8 */
+} ct_chat_message;
+typedef struct ct_chat_template ct_chat_template;
+
+/* dir: the model or tokenizer folder. Its template is chat_template.jinja if present, else
+ * tokenizer_config.json's "chat_template" (a string, or a list of {"name", "template"} whose
+ * "default" entry is taken); bos_token and eos_token (a string or {"content": ...}) come from
+ * tokenizer_config.json, else special_tokens_map.json. name: "" recognises the folder's template
+ * (a folder without one gets "plain"), or one of "chatml", "llama3", "llama2", "mistral", "gemma",
+ * "plain" forces that family: with the folder's own details when its template is a known variant of
+ * that family, else the family's first published form (ChatML without a default system message;
+ * Llama-3 without the date header; Llama-2-chat; Mixtral-8x7B-Instruct-v0.1; Gemma-7b-it).
+ * "plain" is ctrain's template for models without one: "### System:\n", "### User:\n" or
+ * "### Assistant:\n", the content, "\n" per message, with eos_token after each assistant content,
+ * after the ids the tokenizer's post-processor puts before a sequence (BOS, if any).
+ * tok: the tokenizer render will be given. Errors ("<file>: <key>: <what>"): an unreadable or
+ * malformed file; a template whose markers match no family, or match a family but no variant of it
+ * (both say to set data.chat_template to one of the names above); an unknown name; the template's
+ * end-of-turn marker (<|im_end|>, <|eot_id|>, <end_of_turn>, eos_token) missing or not one token;
+ * bos_token or eos_token missing where the template writes it. */
+int ct_chat_template_load(ct_chat_template **out, const char *dir, const char *name, const ct_tokenizer *tok,
+                          char *err, size_t errlen);
+void ct_chat_template_free(ct_chat_template *t); /* NULL is a no-op */
+/* The family: "chatml", "llama3", "llama2", "mistral", "gemma" or "plain". */
+const char *ct_chat_template_name(const ct_chat_template *t);
+/* One line for logs: the family, the variant and what was read from the template, and its file. */
+const char *ct_chat_template_describe(const ct_chat_template *t);
+/* The date Llama-3.1+'s system header shows (any text, at most 63 bytes; longer is cut); other
+ * families ignore it. Not thread-safe against a concurrent render. */
+void ct_chat_template_set_date(ct_chat_template *t, const char *date);
+/* Renders m[0..n) into (*ids)[0..count) and (*mask)[0..count), both grown with realloc to the
+ * same capacity *cap (all may start as NULL/0; one pair of buffers serves call after call).
+ * mask 1 marks a target the model learns: each assistant message's content and what the template
+ * writes after it up to and including its end-of-turn token (e.g. "<|im_end|>"; Llama-2's
+ * " </s>"), and nothing else. A token that straddles the start of an assistant content (e.g. a
+ * SentencePiece "▁Sure" holding the template's space) is a target, as transformers'
+ * return_assistant_tokens_mask counts every token overlapping a span. train_on_prompt: every token
+ * but the very first is a target. add_generation_prompt appends the assistant header where the
+ * template has one (ChatML, Llama-3, Gemma, plain; the [INST] families end a user turn with
+ * [/INST] already), for generation. The ids are the tokenizer's encoding of the whole rendered text;
+ * the mask comes from encoding it in pieces cut before the template's special tokens (checked to
+ * give the same ids; where they do not, the mask is derived from prefixes of the whole text).
+ * Returns the count, or -1 with err: "message I (ROLE): <what>" for a role out of place (with the
+ * template's own message where it has one) or an unknown role; "message I (ROLE): invalid UTF-8 at
+ * byte N"; no messages; out of memory. Thread-safe on one template and tokenizer, which
+ * must be the one given at load. */
+long ct_chat_render(const ct_chat_template *t, const ct_tokenizer *tok, const ct_chat_message *m, int n,
+                    int add_generation_prompt, int train_on_prompt, int32_t **ids, uint8_t **mask, size_t *cap,
+                    char *err, size_t errlen);
+/* The rendered text itself (malloc'd, NUL-terminated), as apply_chat_template(tokenize=False)
+ * gives it, except for "plain", whose leading post-processor ids are not text. Errors as above. */
+char *ct_chat_render_text(const ct_chat_template *t, const ct_chat_message *m, int n, int add_generation_prompt,
+                          char *err, size_t errlen);
+/* The ids that end an assistant turn, for generation to stop at: the end-of-turn token first, then
+ * eos_token when it is another single token. Writes at most max; returns how many there are. */
+int ct_chat_template_stop_ids(const ct_chat_template *t, int32_t *ids, int max);
+
 /* ---- token datasets */
 typedef struct ct_dataset ct_dataset;
 

@@ -14,23 +14,30 @@ ct_linked_test(test_tokenizer ct_data test_tokenizer.c)
 target_link_libraries(test_tokenizer PRIVATE Threads::Threads)
 set(ct_tokenizer_sources ${CMAKE_SOURCE_DIR}/data/tokenizer.c ${CMAKE_SOURCE_DIR}/data/tokenizer_bpe.c
   ${CMAKE_SOURCE_DIR}/data/tokenizer_text.c ${CMAKE_SOURCE_DIR}/data/tokenizer_bytes.c ${CMAKE_SOURCE_DIR}/data/read_file.c)
-add_executable(test_tokenizer_asan test_tokenizer.c ${ct_tokenizer_sources})
-target_include_directories(test_tokenizer_asan PRIVATE ${CMAKE_CURRENT_SOURCE_DIR} ${CMAKE_SOURCE_DIR}/data)
-target_compile_options(test_tokenizer_asan PRIVATE -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
-  -fno-sanitize-recover=all)
-target_link_options(test_tokenizer_asan PRIVATE -fsanitize=address,undefined)
-target_link_libraries(test_tokenizer_asan PRIVATE cjson ct_pcre2 ct_utf8proc Threads::Threads)
-add_test(NAME test_tokenizer_asan COMMAND test_tokenizer_asan)
-set_tests_properties(test_tokenizer_asan PROPERTIES LABELS "unit;asan")
+# A data test again under ASan/UBSan, with the data sources it names rebuilt instrumented.
+function(ct_data_asan_test name)
+  add_executable(${name} ${ARGN})
+  target_include_directories(${name} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR} ${CMAKE_SOURCE_DIR}/data)
+  target_compile_options(${name} PRIVATE -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
+    -fno-sanitize-recover=all)
+  target_link_options(${name} PRIVATE -fsanitize=address,undefined)
+  target_link_libraries(${name} PRIVATE cjson ct_pcre2 ct_utf8proc Threads::Threads)
+  add_test(NAME ${name} COMMAND ${name})
+  set_tests_properties(${name} PROPERTIES LABELS "unit;asan")
+endfunction()
+ct_data_asan_test(test_tokenizer_asan test_tokenizer.c ${ct_tokenizer_sources})
 
-# test_data's cases under AddressSanitizer and UBSan, with the data sources rebuilt instrumented,
-# so an out-of-bounds read on a malformed file fails the test instead of passing by luck.
-add_executable(test_data_asan test_data.c ${ct_tokenizer_sources} ${CMAKE_SOURCE_DIR}/data/dataset.c
+# Chat templates on a byte-per-token tokenizer: text, ids and masks of each family, and the error
+# paths; the published templates are read from tests/chat_templates/, so it runs in the source
+# tree. Again under ASan/UBSan with the template and tokenizer sources rebuilt instrumented.
+ct_linked_test(test_chat_template ct_data test_chat_template.c)
+set_tests_properties(test_chat_template PROPERTIES WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+ct_data_asan_test(test_chat_template_asan test_chat_template.c ${CMAKE_SOURCE_DIR}/data/chat_template.c
+  ${ct_tokenizer_sources})
+set_tests_properties(test_chat_template_asan PROPERTIES WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+
+# test_data's cases under ASan/UBSan too, so an out-of-bounds read on a malformed file fails the
+# test instead of passing by luck.
+ct_data_asan_test(test_data_asan test_data.c ${ct_tokenizer_sources} ${CMAKE_SOURCE_DIR}/data/dataset.c
   ${CMAKE_SOURCE_DIR}/data/prepare.c ${CMAKE_SOURCE_DIR}/data/loader.c)
-target_include_directories(test_data_asan PRIVATE ${CMAKE_CURRENT_SOURCE_DIR} ${CMAKE_SOURCE_DIR}/data)
-target_compile_options(test_data_asan PRIVATE -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
-  -fno-sanitize-recover=all)
-target_link_options(test_data_asan PRIVATE -fsanitize=address,undefined)
-target_link_libraries(test_data_asan PRIVATE ct_hdf5 cjson ct_pcre2 ct_utf8proc Threads::Threads m)
-add_test(NAME test_data_asan COMMAND test_data_asan)
-set_tests_properties(test_data_asan PROPERTIES LABELS "unit;asan")
+target_link_libraries(test_data_asan PRIVATE ct_hdf5 m)
