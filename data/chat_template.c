@@ -52,6 +52,7 @@ struct ct_chat_template {
     int nstop;
     int32_t pre_ids[8]; /* plain: the post-processor's leading ids */
     int npre;
+    int32_t plain_eos;  /* plain: the id that ends each reply */
     char *markers[8]; /* template texts that are single tokens: chunks are cut before them */
     int nmarkers;
 };
@@ -925,8 +926,7 @@ int ct_chat_template_load(ct_chat_template **out, const char *dir, const char *n
              : t->fam == F_LLAMA3 ? "<|eot_id|>"
              : t->fam == F_GEMMA  ? "<end_of_turn>"
                                   : t->eos;
-    int needs_bos = t->bos_at_start || t->bos_per_user,
-        needs_eos = t->fam == F_LLAMA2 || t->fam == F_MISTRAL || t->fam == F_PLAIN;
+    int needs_bos = t->bos_at_start || t->bos_per_user, needs_eos = t->fam == F_LLAMA2 || t->fam == F_MISTRAL;
     if (needs_bos && !t->has_bos) {
         FAIL("%s: the %s template writes bos_token, but %s/tokenizer_config.json names none", src, family_names[t->fam],
              dir ? dir : ".");
@@ -937,7 +937,14 @@ int ct_chat_template_load(ct_chat_template **out, const char *dir, const char *n
              family_names[t->fam], dir ? dir : ".");
         goto fail;
     }
-    int32_t eot = single_token(tok, t->eot);
+    /* plain ends a reply with the eos id itself (the byte tokenizer has no text for it) */
+    t->plain_eos = t->fam != F_PLAIN ? -1 : *t->eos ? single_token(tok, t->eos) : ct_tokenizer_eos(tok);
+    if (t->fam == F_PLAIN && t->plain_eos < 0) {
+        FAIL("%s: the plain template ends a reply with eos, but the tokenizer has none (name eos_token in %s/"
+             "tokenizer_config.json)", src, dir && *dir ? dir : ".");
+        goto fail;
+    }
+    int32_t eot = t->fam == F_PLAIN ? t->plain_eos : single_token(tok, t->eot);
     if (eot < 0) {
         FAIL("%s: the %s template's end-of-turn marker \"%s\" is not one token of the tokenizer", src,
              family_names[t->fam], t->eot);
@@ -1168,16 +1175,18 @@ oom:
     return RFAIL("chat template: out of memory");
 }
 
+static const char *const plain_hdr[3] = {"### System:\n", "### User:\n", "### Assistant:\n"};
+
+/* The text of the plain template (ct_chat_render_text): eos as its token's text. */
 static int render_plain(render *r, const ct_chat_message *m, int n, int agp)
 {
-    static const char *const hdr[3] = {"### System:\n", "### User:\n", "### Assistant:\n"};
     for (int i = 0; i < n; i++) {
         int k = role_of(m[i].role), a = k == 2;
-        if (fixed(r, hdr[k], 0) || content(r, m[i].content, strlen(m[i].content), (uint8_t)a) ||
+        if (fixed(r, plain_hdr[k], 0) || content(r, m[i].content, strlen(m[i].content), (uint8_t)a) ||
             (a && fixed(r, r->t->eos, 1)) || fixed(r, "\n", 0))
             return -1;
     }
-    return agp ? fixed(r, hdr[2], 0) : 0;
+    return agp ? fixed(r, plain_hdr[2], 0) : 0;
 }
 
 static int render_all(render *r, const ct_chat_message *m, int n, int agp)
@@ -1275,6 +1284,43 @@ static int grow(int32_t **ids, uint8_t **mask, size_t *cap, size_t need)
     return 0;
 }
 
+/* ctrain's own template has no text form to agree with: its ids are the post-processor's
+ * leading ids, then piece by piece the header, the content, eos (the id) after a reply, "\n". */
+static long render_plain_ids(const ct_chat_template *t, const ct_tokenizer *tok, const ct_chat_message *m, int n,
+                             int agp, int train_on_prompt, int32_t **ids, uint8_t **mask, size_t *cap, char *err,
+                             size_t errlen)
+{
+    idbuf b = {0};
+    size_t total = 0;
+    long rc = -1;
+    if (grow(ids, mask, cap, (size_t)t->npre + 1)) goto oom;
+    memcpy(*ids, t->pre_ids, (size_t)t->npre * sizeof **ids);
+    memset(*mask, 0, (size_t)t->npre);
+    total = (size_t)t->npre;
+    for (int i = 0; i <= n; i++) {
+        int k = i < n ? role_of(m[i].role) : 2, a = k == 2 && i < n;
+        if (i == n && !agp) break;
+        const char *piece[3] = {plain_hdr[k], i < n ? m[i].content : "", i < n ? "\n" : ""};
+        for (int p = 0; p < 3; p++) {
+            long c = enc(tok, piece[p], strlen(piece[p]), &b, err, errlen);
+            if (c < 0) goto done;
+            if (grow(ids, mask, cap, total + (size_t)c + 1)) goto oom;
+            if (c) memcpy(*ids + total, b.v, (size_t)c * sizeof **ids);
+            memset(*mask + total, p == 1 && a, (size_t)c);
+            total += (size_t)c;
+            if (p == 1 && a) (*ids)[total] = t->plain_eos, (*mask)[total++] = 1;
+        }
+    }
+    if (train_on_prompt && total > 1) memset(*mask + 1, 1, total - 1);
+    rc = (long)total;
+    goto done;
+oom:
+    ct_data_fail(err, errlen, "chat template: out of memory");
+done:
+    free(b.v);
+    return rc;
+}
+
 long ct_chat_render(const ct_chat_template *t, const ct_tokenizer *tok, const ct_chat_message *m, int n,
                     int add_generation_prompt, int train_on_prompt, int32_t **ids, uint8_t **mask, size_t *cap,
                     char *err, size_t errlen)
@@ -1284,7 +1330,11 @@ long ct_chat_render(const ct_chat_template *t, const ct_tokenizer *tok, const ct
     r.err[0] = 0;
     idbuf whole = {0}, part = {0}, tmp = {0};
     long rc = -1;
-    if (render_all(&r, m, n, add_generation_prompt)) goto done;
+    if (render_all(&r, m, n, add_generation_prompt)) goto done; /* checks the messages for every family */
+    if (t->fam == F_PLAIN) {
+        rc = render_plain_ids(t, tok, m, n, add_generation_prompt, train_on_prompt, ids, mask, cap, r.err, r.errlen);
+        goto done;
+    }
     long nw = enc(tok, r.text.p, r.text.n, &whole, r.err, r.errlen);
     if (nw < 0) goto done;
     size_t np = (size_t)t->npre, total = np + (size_t)nw;

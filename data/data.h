@@ -215,44 +215,48 @@ int ct_dataset_read(ct_dataset *ds, size_t start, size_t n, uint32_t *tokens, ui
 int ct_data_prepare_text(const char *text_path, const char *train_path, const char *val_path, double val_fraction,
                          char *err, size_t errlen);
 
-/* ---- prepare for supervised fine-tuning: JSON Lines -> packed train and val datasets with the
- * byte tokenizer, a loss mask and doc_offsets.
+/* ---- prepare for supervised fine-tuning: JSON Lines -> packed train and val datasets in the
+ * model's tokenizer and chat template, with a loss mask and doc_offsets.
  *
  * Input: one example per line (blank lines and a leading UTF-8 byte order mark are skipped),
- * either {"prompt": "...", "response": "..."} or {"messages": [{"role": "system"|"user"|
- * "assistant", "content": "..."}, ...]}. Other keys are ignored; the two forms do not mix.
+ * either {"prompt": "...", "response": "..."} (a user turn and the assistant's answer) or
+ * {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}. Other keys are
+ * ignored; the two forms do not mix.
  *
- * Template (byte tokens; EOT is end-of-text, 256). [brackets] mark the tokens with mask 1, the
- * ones the model learns to write; everything else has mask 0:
- *   prompt/response:  "### Prompt:\n" prompt "\n### Response:\n" [response] [EOT]
- *   messages:         for each message in order: "### System:\n" | "### User:\n" |
- *                     "### Assistant:\n", then its content ([content] for assistant), then "\n";
- *                     after the last message [EOT].
- * So a model is prompted with "### Prompt:\n<prompt>\n### Response:\n" (or the messages so
- * far and "### Assistant:\n") and stops at end-of-text. The loader turns mask 0 on a target into
- * target -1, so exactly the response/assistant bytes and the closing EOT count in the loss.
+ * Rendering: ct_chat_render with the template and tokenizer of opts: mask 1 on each assistant
+ * turn's content and its end-of-turn token(s) (train_on_prompt: on every token but each
+ * example's first), so the loader's targets (-1 where the mask is 0) teach exactly the answers
+ * and where they stop.
  *
- * Packing: examples go into one stream per part in file order, one document each (doc_offsets
- * = each example's first token). With T = seq_len, the loader reads window w as tokens
- * [w*T, w*T + T]; an example that would straddle two windows instead starts at the next window
- * start, the gap filled with EOT of mask 0 (that padding belongs to the preceding document).
- * The stream's end is padded the same way to a window boundary (length a multiple of T, + 1),
- * so the last window holds the last example. An example longer than T + 1 tokens is an error
- * naming its line (never truncated: a cut response would teach the model to stop mid-answer).
- * Examples share a window, and attention is not masked between them.
+ * Packing (opts->packing, stored in the datasets): examples go into one stream per part in file
+ * order, one document each (doc_offsets = each example's first token). With T = seq_len, the
+ * loader reads window w as tokens [w*T, w*T + T]. "masked" (the default) and "plain": an example
+ * that would straddle two windows instead starts at the next window start, the gap filled with
+ * the tokenizer's eos (mask 0; it belongs to the preceding document); masked datasets make the
+ * trainer keep examples from attending to each other and restart their positions. "none": every
+ * example starts a window of its own. The stream's end is padded to a window boundary (length a
+ * multiple of T, + 1), so the last window holds the last example. An example longer than T + 1
+ * tokens is an error naming its line (never truncated: a cut response would teach the model to
+ * stop mid-answer).
  *
  * Split: the last round(val_fraction * n) of the n examples, at least one and at most n - 1,
- * go to val, the rest to train. Both are written with tokenizer "bytes", vocab_size 257.
+ * go to val, the rest to train. Both record the tokenizer (ct_dataset_meta_for).
  *
  * Errors ("<file>: line N: <field>: <what>"): a missing or empty file; malformed JSON (with the
  * column cJSON reports); a line that is not an object; neither or both forms; prompt, response,
- * messages[i].role or .content missing or of the wrong type; an unknown role; no response or
- * assistant text (nothing to learn); a \u0000 escape or a raw NUL byte; an example too long
- * (above); fewer than 2 examples; val_fraction outside (0, 1); seq_len < 1; train_path equal to
- * val_path. Nothing is written on a parse error; if writing val fails, the new train file is
- * removed again. */
+ * messages[i].role or .content missing or of the wrong type; an unknown role; roles in an order
+ * the template refuses; no response or assistant text (nothing to learn); a \u0000 escape or a
+ * raw NUL byte; invalid UTF-8 (with a tokenizer.json); an example too long (above); fewer than 2
+ * examples; val_fraction outside (0, 1); seq_len < 1; train_path equal to val_path. Nothing is
+ * written on a parse error; if writing val fails, the new train file is removed again. */
+typedef struct {
+    const ct_tokenizer *tok;        /* the model's (ct_tokenizer_bytes() for byte models) */
+    const ct_chat_template *chat;   /* ct_chat_template_load's */
+    int train_on_prompt;
+    const char *packing;            /* masked ("" or NULL) | plain | none */
+} ct_sft_opts;
 int ct_data_prepare_sft(const char *jsonl_path, const char *train_path, const char *val_path, double val_fraction,
-                        int seq_len, char *err, size_t errlen);
+                        int seq_len, const ct_sft_opts *opts, char *err, size_t errlen);
 
 /* ---- loader
  * A dataset of n tokens holds W = (n - 1) / T windows of T+1 tokens (window w starts at w*T).

@@ -1,6 +1,7 @@
 /* prepare_sft.c — the `prepare` step for supervised fine-tuning: JSON Lines of prompt/response
- * pairs or chat messages in, packed train and val token datasets out (byte tokenizer), with a
- * loss mask on exactly the text the model should learn to write.
+ * pairs or chat messages in, packed train and val token datasets out, rendered in the model's
+ * chat template with its tokenizer, with a loss mask on exactly the tokens the model should learn
+ * to write.
  *
  * Three passes, so that nothing is written unless the whole file is good: parse and render
  * every line into one token stream (remembering where each example starts), split the examples
@@ -15,13 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-/* The template (documented in data.h). Headers are never learned (mask 0). */
-#define HDR_PROMPT "### Prompt:\n"
-#define HDR_RESPONSE "\n### Response:\n"
-#define HDR_SYSTEM "### System:\n"
-#define HDR_USER "### User:\n"
-#define HDR_ASSISTANT "### Assistant:\n"
 
 /* A growable token stream with its loss mask. */
 typedef struct {
@@ -60,21 +54,11 @@ static int stream_reserve(stream *s, size_t more)
     return 0;
 }
 
-/* Appends len bytes of text as byte tokens, all with mask m. */
-static int put_text(stream *s, const char *text, size_t len, uint8_t m)
-{
-    if (stream_reserve(s, len)) return -1;
-    for (size_t i = 0; i < len; i++) s->tok[s->n + i] = (unsigned char)text[i];
-    memset(s->mask + s->n, m, len);
-    s->n += len;
-    return 0;
-}
-
-/* Appends count end-of-text tokens with mask m. */
-static int put_eot(stream *s, size_t count, uint8_t m)
+/* Appends count padding tokens (id pad) with mask m. */
+static int put_pad(stream *s, size_t count, uint32_t pad, uint8_t m)
 {
     if (stream_reserve(s, count)) return -1;
-    for (size_t i = 0; i < count; i++) s->tok[s->n + i] = CT_TOK_BYTES_EOT;
+    for (size_t i = 0; i < count; i++) s->tok[s->n + i] = pad;
     memset(s->mask + s->n, m, count);
     s->n += count;
     return 0;
@@ -110,6 +94,12 @@ typedef struct {
     long line;
     char *err;
     size_t errlen;
+    const ct_sft_opts *o;
+    ct_chat_message *msgs; /* this line's conversation (strings borrowed from its JSON) */
+    int nmsgs, msgcap;
+    int32_t *ids;          /* its rendering */
+    uint8_t *mask;
+    size_t idcap;
 } ctx;
 
 static int oom(const ctx *c) { return ct_data_fail(c->err, c->errlen, "%s: line %ld: out of memory", c->path, c->line); }
@@ -131,23 +121,31 @@ static const char *get_string(const ctx *c, const cJSON *obj, const char *name, 
     return v->valuestring;
 }
 
-/* {"prompt": ..., "response": ...} */
-static int render_pair(const ctx *c, const cJSON *ex, stream *s, size_t *learned)
+static int push_msg(ctx *c, const char *role, const char *content)
+{
+    if (c->nmsgs == c->msgcap) {
+        int cap = c->msgcap ? 2 * c->msgcap : 8;
+        ct_chat_message *g = realloc(c->msgs, (size_t)cap * sizeof *g);
+        if (!g) return oom(c);
+        c->msgs = g, c->msgcap = cap;
+    }
+    c->msgs[c->nmsgs++] = (ct_chat_message){role, content};
+    return 0;
+}
+
+/* {"prompt": ..., "response": ...}: a user turn and the assistant's answer */
+static int collect_pair(ctx *c, const cJSON *ex, size_t *learned)
 {
     const char *prompt = get_string(c, ex, "prompt", "prompt", "a response needs the prompt it answers");
     if (!prompt) return -1;
     const char *response = get_string(c, ex, "response", "response", "a prompt needs a response to learn");
     if (!response) return -1;
-    size_t rlen = strlen(response);
-    if (put_text(s, HDR_PROMPT, strlen(HDR_PROMPT), 0) || put_text(s, prompt, strlen(prompt), 0) ||
-        put_text(s, HDR_RESPONSE, strlen(HDR_RESPONSE), 0) || put_text(s, response, rlen, 1))
-        return oom(c);
-    *learned = rlen;
-    return 0;
+    *learned = strlen(response);
+    return push_msg(c, "user", prompt) || push_msg(c, "assistant", response) ? -1 : 0;
 }
 
-/* {"messages": [{"role": ..., "content": ...}, ...]} */
-static int render_messages(const ctx *c, const cJSON *msgs, stream *s, size_t *learned)
+/* {"messages": [{"role": ..., "content": ...}, ...]}; the template judges the order of roles */
+static int collect_messages(ctx *c, const cJSON *msgs, size_t *learned)
 {
     if (!cJSON_IsArray(msgs))
         return ct_data_fail(c->err, c->errlen, "%s: line %ld: messages: is %s; must be an array of {\"role\", \"content\"}",
@@ -164,20 +162,14 @@ static int render_messages(const ctx *c, const cJSON *msgs, stream *s, size_t *l
         snprintf(field, sizeof field, "messages[%d].role", i);
         const char *role = get_string(c, m, "role", field, "one of system, user, assistant");
         if (!role) return -1;
-        int is_assistant = !strcmp(role, "assistant");
-        const char *hdr = !strcmp(role, "system") ? HDR_SYSTEM : !strcmp(role, "user") ? HDR_USER
-                        : is_assistant ? HDR_ASSISTANT : NULL;
-        if (!hdr)
+        if (strcmp(role, "system") && strcmp(role, "user") && strcmp(role, "assistant"))
             return ct_data_fail(c->err, c->errlen, "%s: line %ld: %s: unknown role \"%.40s\"; must be system, user or assistant",
                                 c->path, c->line, field, role);
         snprintf(field, sizeof field, "messages[%d].content", i);
         const char *content = get_string(c, m, "content", field, "the text of the message");
         if (!content) return -1;
-        size_t clen = strlen(content);
-        if (put_text(s, hdr, strlen(hdr), 0) || put_text(s, content, clen, (uint8_t)is_assistant) ||
-            put_text(s, "\n", 1, 0))
-            return oom(c);
-        if (is_assistant) total += clen;
+        if (!strcmp(role, "assistant")) total += strlen(content);
+        if (push_msg(c, role, content)) return -1;
         i++;
     }
     *learned = total;
@@ -185,7 +177,7 @@ static int render_messages(const ctx *c, const cJSON *msgs, stream *s, size_t *l
 }
 
 /* Parses one non-blank line (NUL-terminated in place) and appends its rendering to s. */
-static int render_line(const ctx *c, const char *line, int seq_len, stream *s, example *out)
+static int render_line(ctx *c, const char *line, int seq_len, stream *s, example *out)
 {
     const char *end = NULL;
     cJSON *ex = cJSON_ParseWithOpts(line, &end, 1);
@@ -201,6 +193,7 @@ static int render_line(const ctx *c, const char *line, int seq_len, stream *s, e
     }
     int rc = -1;
     size_t start = s->n, learned = 0;
+    c->nmsgs = 0;
     if (has_nul_escape(line)) {
         ct_data_fail(c->err, c->errlen, "%s: line %ld: a string holds \\u0000 (a NUL character), which is not supported",
                      c->path, c->line);
@@ -227,16 +220,26 @@ static int render_line(const ctx *c, const char *line, int seq_len, stream *s, e
                      c->path, c->line);
         goto out;
     }
-    if (msgs ? render_messages(c, msgs, s, &learned) : render_pair(c, ex, s, &learned)) goto out;
+    if (msgs ? collect_messages(c, msgs, &learned) : collect_pair(c, ex, &learned)) goto out;
     if (learned == 0) {
         ct_data_fail(c->err, c->errlen, "%s: line %ld: %s; an example needs %s text to learn from", c->path, c->line,
-                     msgs ? "messages: no assistant text" : "response: empty", msgs ? "assistant" : "response");
+                     msgs ? "messages: no assistant turn with text" : "response: empty", msgs ? "assistant" : "response");
         goto out;
     }
-    if (put_eot(s, 1, 1)) { /* learned: the model must learn where to stop */
+    char why[512];
+    long k = ct_chat_render(c->o->chat, c->o->tok, c->msgs, c->nmsgs, 0, c->o->train_on_prompt, &c->ids, &c->mask,
+                            &c->idcap, why, sizeof why);
+    if (k < 0) {
+        ct_data_fail(c->err, c->errlen, "%s: line %ld: %s", c->path, c->line, why);
+        goto out;
+    }
+    if (stream_reserve(s, (size_t)k)) {
         oom(c);
         goto out;
     }
+    for (long i = 0; i < k; i++) s->tok[s->n + (size_t)i] = (uint32_t)c->ids[i];
+    memcpy(s->mask + s->n, c->mask, (size_t)k);
+    s->n += (size_t)k;
     size_t len = s->n - start;
     if (len > (size_t)seq_len + 1) {
         ct_data_fail(c->err, c->errlen,
@@ -254,17 +257,21 @@ out:
     return rc;
 }
 
-/* Packs examples ex[0, n) of all into out: in order, each starting inside the window it ends in
- * (window w = tokens [w*T, w*T + T]); where the next example would straddle a window boundary,
- * end-of-text padding (mask 0) runs to the next window start. The end is padded the same way,
- * to a window boundary, so the loader's last window holds the last example. docs[i] gets the
- * start of example i. */
-static int pack(const stream *all, const example *ex, size_t n, int seq_len, stream *out, uint64_t *docs)
+/* Packs examples ex[0, n) of all into out, in order, each inside one window (window w = tokens
+ * [w*T, w*T + T]): with `one` (packing none) each starts a window of its own; else where the
+ * next example would straddle a window boundary, padding (mask 0) runs to the next window start.
+ * The end is padded the same way, to a window boundary, so the loader's last window holds the
+ * last example. docs[i] gets the start of example i. */
+static int pack(const stream *all, const example *ex, size_t n, int seq_len, int one, uint32_t pad, stream *out,
+                uint64_t *docs)
 {
     const size_t T = (size_t)seq_len;
     for (size_t i = 0; i < n; i++) {
-        size_t p = out->n, next = (p / T + 1) * T; /* the next window start after p */
-        if (p + ex[i].len > next + 1 && put_eot(out, next - p, 0)) return -1;
+        size_t p = out->n, next = (p + T - 1) / T * T; /* the first window start at or after p */
+        if (one ? p != next : p + ex[i].len > (p / T + 1) * T + 1) {
+            if (!one) next = (p / T + 1) * T;
+            if (put_pad(out, next - p, pad, 0)) return -1;
+        }
         docs[i] = out->n;
         if (stream_reserve(out, ex[i].len)) return -1;
         memcpy(out->tok + out->n, all->tok + ex[i].start, ex[i].len * sizeof *out->tok);
@@ -272,22 +279,23 @@ static int pack(const stream *all, const example *ex, size_t n, int seq_len, str
         out->n += ex[i].len;
     }
     size_t last = out->n - 1; /* the stream's last index must be a window end: a multiple of T */
-    if (last % T) return put_eot(out, T - last % T, 0);
+    if (last % T) return put_pad(out, T - last % T, pad, 0);
     return 0;
 }
 
 static int write_part(const char *path, const stream *all, const example *ex, size_t n, int seq_len,
-                      const char *src, char *err, size_t errlen)
+                      const ct_sft_opts *o, const char *src, char *err, size_t errlen)
 {
     stream s = {0};
     uint64_t *docs = malloc(n * sizeof *docs);
+    int32_t eos = ct_tokenizer_eos(o->tok);
     int rc;
-    if (!docs || pack(all, ex, n, seq_len, &s, docs))
+    if (!docs || pack(all, ex, n, seq_len, !strcmp(o->packing, "none"), eos >= 0 ? (uint32_t)eos : 0, &s, docs))
         rc = ct_data_fail(err, errlen, "%s: out of memory packing %zu examples for %s", src, n, path);
     else
     {
         ct_dataset_meta meta;
-        ct_dataset_meta_for(&meta, ct_tokenizer_bytes(), "plain");
+        ct_dataset_meta_for(&meta, o->tok, o->packing);
         rc = ct_dataset_write(path, s.tok, s.n, s.mask, docs, n, &meta, err, errlen);
     }
     free(docs);
@@ -296,9 +304,14 @@ static int write_part(const char *path, const stream *all, const example *ex, si
 }
 
 int ct_data_prepare_sft(const char *jsonl_path, const char *train_path, const char *val_path, double val_fraction,
-                        int seq_len, char *err, size_t errlen)
+                        int seq_len, const ct_sft_opts *opts, char *err, size_t errlen)
 {
     if (!jsonl_path || !train_path || !val_path) return ct_data_fail(err, errlen, "prepare: a path is missing");
+    if (!opts || !opts->tok || !opts->chat) return ct_data_fail(err, errlen, "prepare: no tokenizer or chat template");
+    ct_sft_opts o = *opts;
+    if (!o.packing || !o.packing[0]) o.packing = "masked";
+    if (strcmp(o.packing, "masked") && strcmp(o.packing, "plain") && strcmp(o.packing, "none"))
+        return ct_data_fail(err, errlen, "%s: data.packing \"%s\": must be masked, plain or none", jsonl_path, o.packing);
     if (!strcmp(train_path, val_path))
         return ct_data_fail(err, errlen, "%s: train and val paths are the same (%s); they must differ", jsonl_path,
                             train_path);
@@ -319,7 +332,7 @@ int ct_data_prepare_sft(const char *jsonl_path, const char *train_path, const ch
     example *ex = NULL;
     size_t nex = 0, excap = 0;
     int rc = -1;
-    ctx c = {jsonl_path, 0, err, errlen};
+    ctx c = {jsonl_path, 0, err, errlen, &o, NULL, 0, 0, NULL, NULL, 0};
     char *p = text, *end = text + len;
     if (len >= 3 && !memcmp(p, "\xEF\xBB\xBF", 3)) p += 3; /* a UTF-8 byte order mark */
     while (p < end) {
@@ -357,12 +370,15 @@ int ct_data_prepare_sft(const char *jsonl_path, const char *train_path, const ch
     double want = val_fraction * (double)nex + 0.5; /* truncated below: rounds to nearest */
     size_t nval = want < 1.0 ? 1 : want > (double)(nex - 1) ? nex - 1 : (size_t)want;
     size_t ntrain = nex - nval;
-    rc = write_part(train_path, &all, ex, ntrain, seq_len, jsonl_path, err, errlen);
+    rc = write_part(train_path, &all, ex, ntrain, seq_len, &o, jsonl_path, err, errlen);
     if (!rc) {
-        rc = write_part(val_path, &all, ex + ntrain, nval, seq_len, jsonl_path, err, errlen);
+        rc = write_part(val_path, &all, ex + ntrain, nval, seq_len, &o, jsonl_path, err, errlen);
         if (rc) unlink(train_path); /* no half pair: a new train beside an old val would mislead */
     }
 out:
+    free(c.msgs);
+    free(c.ids);
+    free(c.mask);
     free(ex);
     stream_free(&all);
     free(text);

@@ -1,7 +1,8 @@
-/* test_sft.c — the fine-tuning prepare step (ct_data_prepare_sft) through the public API: both
- * example forms rendered through the template (decoded back and compared as text), the loss
- * mask exactly on response/assistant bytes and the closing end-of-text, doc_offsets, packing
- * without straddling a loader window, the train/val split, the loader's -1 targets on the
+/* test_sft.c — the fine-tuning prepare step (ct_data_prepare_sft) through the public API, with the
+ * byte tokenizer and ctrain's plain chat template: both example forms rendered (compared token by
+ * token), the loss mask exactly on the assistant bytes and the end-of-text closing each reply,
+ * doc_offsets, the packing modes (masked and plain: no example straddles a loader window; none:
+ * one example per window), train_on_prompt, the train/val split, the loader's -1 targets on the
  * written file, and every malformed input giving a clear error with file, line and field.
  * /doc_offsets is read with the HDF5 C API: data.h has no reader for it. */
 #include "check.h"
@@ -17,8 +18,12 @@
 
 #define ERRLEN 1024
 
-
-
+/* The options of every call: the byte tokenizer, the plain template, the packing under test. */
+static ct_sft_opts opts;
+static int prepare(const char *src, const char *tr, const char *va, double frac, int T, char *err)
+{
+    return ct_data_prepare_sft(src, tr, va, frac, T, &opts, err, ERRLEN);
+}
 
 static void write_file(const char *path, const char *text)
 {
@@ -31,29 +36,35 @@ static void write_file(const char *path, const char *text)
     fclose(f);
 }
 
-/* ---- expected examples: a rendering as segments of text, each learned (1) or not (0) */
+/* ---- expected examples: a rendering as segments of text, each learned (1) or not (0); the
+ * segment EOT stands for the end-of-text token */
 typedef struct {
     const char *text;
     int learn;
 } seg;
+static const char EOT[] = "<end-of-text>";
 
-#define MAXSEG 16
+#define MAXSEG 20
 typedef struct {
     seg s[MAXSEG]; /* ends at the first NULL text */
 } want_ex;
 
-/* Rendered text (without the end-of-text) of w into buf, its per-byte mask into mask; returns
- * the byte count. */
-static size_t render(const want_ex *w, char *buf, uint8_t *mask)
+/* The tokens of w into tok, their mask into mask (train_on_prompt: all but the first learned);
+ * returns the count. */
+static size_t render(const want_ex *w, uint32_t *tok, uint8_t *mask)
 {
     size_t n = 0;
     for (int i = 0; i < MAXSEG && w->s[i].text; i++) {
+        if (w->s[i].text == EOT) {
+            tok[n] = CT_TOK_BYTES_EOT, mask[n++] = (uint8_t)w->s[i].learn;
+            continue;
+        }
         size_t k = strlen(w->s[i].text);
-        memcpy(buf + n, w->s[i].text, k);
+        for (size_t j = 0; j < k; j++) tok[n + j] = (unsigned char)w->s[i].text[j];
         memset(mask + n, w->s[i].learn, k);
         n += k;
     }
-    buf[n] = 0;
+    if (opts.train_on_prompt && n > 1) memset(mask + 1, 1, n - 1);
     return n;
 }
 
@@ -77,10 +88,11 @@ static long h5_doc_offsets(const char *path, uint64_t *out, size_t cap)
     return (long)n;
 }
 
-/* Checks a prepared part against the expected examples w[0, nw) with seq_len T: the rendered
- * text of each document (decoded), its mask, its closing end-of-text, doc_offsets at each start,
- * padding (end-of-text, mask 0) only where the next example would straddle a window and at the
- * end up to a window boundary, and no example straddling a window. Returns the padding tokens. */
+/* Checks a prepared part against the expected examples w[0, nw) with seq_len T: each document's
+ * tokens and mask, doc_offsets at each start, padding (end-of-text, mask 0) only where the packing
+ * mode puts it (masked, plain: where the next example would straddle a window; none: up to the
+ * next window start) and at the end up to a window boundary, and no example straddling a window.
+ * Returns the padding tokens. */
 static size_t check_part(const char *path, const want_ex *w, int nw, int T)
 {
     char err[ERRLEN];
@@ -90,7 +102,9 @@ static size_t check_part(const char *path, const want_ex *w, int nw, int T)
         fprintf(stderr, "  %s\n", err);
         return 0;
     }
-    CHECK(strcmp(ct_dataset_tokenizer(ds), "bytes") == 0);
+    const ct_dataset_meta *meta = ct_dataset_meta_of(ds);
+    CHECK(strcmp(meta->tokenizer, "bytes") == 0 && strcmp(meta->digest, CT_TOK_BYTES_DIGEST) == 0);
+    CHECK(strcmp(meta->packing, opts.packing) == 0);
     CHECK(ct_dataset_vocab_size(ds) == CT_TOK_BYTES_VOCAB);
     CHECK(ct_dataset_has_mask(ds) == 1);
     size_t n = ct_dataset_len(ds);
@@ -102,46 +116,40 @@ static size_t check_part(const char *path, const want_ex *w, int nw, int T)
     CHECK(h5_doc_offsets(path, docs, 64) == nw);
     CHECK((n - 1) % (size_t)T == 0); /* the end is a window boundary: the loader reads it all */
 
-    char *want = malloc(n + 1), *got = malloc(n + 1);
+    uint32_t *want = malloc((n + 1) * sizeof *want);
     uint8_t *wmask = malloc(n + 1);
-    int32_t *t32 = malloc(n * sizeof *t32);
-    for (size_t i = 0; i < n; i++) t32[i] = (int32_t)tok[i];
+    int one = !strcmp(opts.packing, "none");
     size_t pos = 0, pad = 0;
-    int text_ok = 1, mask_ok = 1, eot_ok = 1, pad_ok = 1, window_ok = 1, place_ok = 1;
+    int tok_ok = 1, mask_ok = 1, pad_ok = 1, window_ok = 1, place_ok = 1;
     for (int e = 0; e < nw; e++) {
-        size_t len = render(&w[e], want, wmask) + 1; /* + the end-of-text */
-        /* where the packing rule puts it: here, or at the next window start if it straddles */
-        size_t next = (pos / T + 1) * (size_t)T, at = pos + len > next + 1 ? next : pos;
+        size_t len = render(&w[e], want, wmask);
+        /* where the packing rule puts it */
+        size_t next = (pos / T + 1) * (size_t)T, first = (pos + T - 1) / T * (size_t)T;
+        size_t at = one ? first : pos + len > next + 1 ? next : pos;
         place_ok &= docs[e] == at;
         if (docs[e] != at || docs[e] + len > n) break;
         for (size_t i = pos; i < at; i++) pad_ok &= tok[i] == CT_TOK_BYTES_EOT && mask[i] == 0;
         pad += at - pos;
         size_t s = docs[e];
         window_ok &= s + len - 1 <= (s / T) * (size_t)T + (size_t)T; /* ends in the window it starts in */
-        size_t k = ct_tok_bytes_decode(t32 + s, len, got, n + 1);
-        text_ok &= k == len - 1 && strcmp(got, want) == 0;
-        if (!(k == len - 1 && strcmp(got, want) == 0))
-            fprintf(stderr, "  document %d: got \"%s\"\n            want \"%s\"\n", e, got, want);
-        for (size_t i = 0; i + 1 < len; i++) {
-            eot_ok &= tok[s + i] != CT_TOK_BYTES_EOT;
+        int same = 1;
+        for (size_t i = 0; i < len; i++) {
+            same &= tok[s + i] == want[i];
             mask_ok &= mask[s + i] == wmask[i];
         }
-        eot_ok &= tok[s + len - 1] == CT_TOK_BYTES_EOT;
-        mask_ok &= mask[s + len - 1] == 1; /* the closing end-of-text is learned */
+        tok_ok &= same;
+        if (!same) fprintf(stderr, "  %s: document %d differs\n", path, e);
         pos = s + len;
     }
     for (size_t i = pos; i < n; i++) pad_ok &= tok[i] == CT_TOK_BYTES_EOT && mask[i] == 0;
     pad += n - pos;
     CHECK(place_ok);
-    CHECK(text_ok);
+    CHECK(tok_ok);
     CHECK(mask_ok);
-    CHECK(eot_ok);
     CHECK(pad_ok);
     CHECK(window_ok);
     free(want);
-    free(got);
     free(wmask);
-    free(t32);
     free(tok);
     free(mask);
     return pad;
@@ -149,10 +157,12 @@ static size_t check_part(const char *path, const want_ex *w, int nw, int T)
 
 /* ---- round trips */
 
+#define USER "### User:\n"
+#define ASSISTANT "### Assistant:\n"
 static const want_ex pairs[] = {
-    {{{"### Prompt:\n", 0}, {"What is 2+2?", 0}, {"\n### Response:\n", 0}, {"4", 1}}},
-    {{{"### Prompt:\n", 0}, {"Say \"hi\"\nplease", 0}, {"\n### Response:\n", 0}, {"hi \xC3\xA9t\xC3\xA9\n!", 1}}},
-    {{{"### Prompt:\n", 0}, {"", 0}, {"\n### Response:\n", 0}, {"Anything.", 1}}},
+    {{{USER, 0}, {"What is 2+2?", 0}, {"\n", 0}, {ASSISTANT, 0}, {"4", 1}, {EOT, 1}, {"\n", 0}}},
+    {{{USER, 0}, {"Say \"hi\"\nplease", 0}, {"\n", 0}, {ASSISTANT, 0}, {"hi \xC3\xA9t\xC3\xA9\n!", 1}, {EOT, 1}, {"\n", 0}}},
+    {{{USER, 0}, {"", 0}, {"\n", 0}, {ASSISTANT, 0}, {"Anything.", 1}, {EOT, 1}, {"\n", 0}}},
 };
 static const char *pairs_jsonl = "{\"prompt\": \"What is 2+2?\", \"response\": \"4\"}\n"
                                  "{\"prompt\": \"Say \\\"hi\\\"\\nplease\", \"response\": \"hi \\u00e9t\xC3\xA9\\n!\", "
@@ -162,12 +172,12 @@ static const char *pairs_jsonl = "{\"prompt\": \"What is 2+2?\", \"response\": \
                                  "{\"response\": \"Anything.\", \"prompt\": \"\"}"; /* no final newline */
 
 static const want_ex chats[] = {
-    {{{"### System:\n", 0}, {"Be brief.", 0}, {"\n", 0}, {"### User:\n", 0}, {"Hi", 0}, {"\n", 0},
-      {"### Assistant:\n", 0}, {"Hello.", 1}, {"\n", 0}, {"### User:\n", 0}, {"Bye", 0}, {"\n", 0},
-      {"### Assistant:\n", 0}, {"Goodbye!", 1}, {"\n", 0}}},
-    {{{"### User:\n", 0}, {"1+1?", 0}, {"\n", 0}, {"### Assistant:\n", 0}, {"2", 1}, {"\n", 0}}},
-    {{{"### Assistant:\n", 0}, {"", 1}, {"\n", 0}, {"### User:\n", 0}, {"ok", 0}, {"\n", 0},
-      {"### Assistant:\n", 0}, {"fine", 1}, {"\n", 0}}},
+    {{{"### System:\n", 0}, {"Be brief.", 0}, {"\n", 0}, {USER, 0}, {"Hi", 0}, {"\n", 0}, {ASSISTANT, 0},
+      {"Hello.", 1}, {EOT, 1}, {"\n", 0}, {USER, 0}, {"Bye", 0}, {"\n", 0}, {ASSISTANT, 0}, {"Goodbye!", 1},
+      {EOT, 1}, {"\n", 0}}},
+    {{{USER, 0}, {"1+1?", 0}, {"\n", 0}, {ASSISTANT, 0}, {"2", 1}, {EOT, 1}, {"\n", 0}}},
+    {{{ASSISTANT, 0}, {"", 1}, {EOT, 1}, {"\n", 0}, {USER, 0}, {"ok", 0}, {"\n", 0}, {ASSISTANT, 0}, {"fine", 1},
+      {EOT, 1}, {"\n", 0}}},
 };
 static const char *chats_jsonl =
     "\xEF\xBB\xBF{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", \"content\": "
@@ -184,7 +194,7 @@ static void test_roundtrip(void)
     /* 3 examples, val_fraction 0.34: round(1.02) = 1 to val */
     const char *src = ct_test_path("pairs.jsonl"), *tr = ct_test_path("pairs_train.h5"), *va = ct_test_path("pairs_val.h5");
     write_file(src, pairs_jsonl);
-    int rc = ct_data_prepare_sft(src, tr, va, 0.34, T, err, ERRLEN);
+    int rc = prepare(src, tr, va, 0.34, T, err);
     CHECK(rc == 0);
     if (rc) fprintf(stderr, "  %s\n", err);
     check_part(tr, pairs, 2, T);
@@ -192,8 +202,8 @@ static void test_roundtrip(void)
 
     src = ct_test_path("chats.jsonl"), tr = ct_test_path("chats_train.h5"), va = ct_test_path("chats_val.h5");
     write_file(src, chats_jsonl);
-    T = 128; /* the first chat is 96 tokens */
-    rc = ct_data_prepare_sft(src, tr, va, 0.5, T, err, ERRLEN); /* round(1.5) = 2 to val */
+    T = 128; /* the first chat is 98 tokens */
+    rc = prepare(src, tr, va, 0.5, T, err); /* round(1.5) = 2 to val */
     CHECK(rc == 0);
     if (rc) fprintf(stderr, "  %s\n", err);
     check_part(tr, chats, 1, T);
@@ -204,6 +214,7 @@ static void test_roundtrip(void)
  * straddle, none where it fits, an example of exactly seq_len + 1 tokens, then the split. */
 
 /* A prompt/response example of exactly len tokens: 28 template tokens + prompt + response. */
+static int template_tokens(void) { return (int)(strlen(USER "\n" ASSISTANT) + 2); } /* + EOT + "\n" */
 static void add_example(FILE *f, want_ex *w, char (*pbuf)[64], char (*rbuf)[64], int i, int len)
 {
     int body = len - 28, plen = body / 2, rlen = body - plen;
@@ -212,7 +223,7 @@ static void add_example(FILE *f, want_ex *w, char (*pbuf)[64], char (*rbuf)[64],
     for (int k = 0; k < rlen; k++) rbuf[i][k] = (char)('A' + (i * 7 + k) % 26);
     rbuf[i][rlen] = 0;
     fprintf(f, "{\"prompt\": \"%s\", \"response\": \"%s\"}\n", pbuf[i], rbuf[i]);
-    want_ex e = {{{"### Prompt:\n", 0}, {pbuf[i], 0}, {"\n### Response:\n", 0}, {rbuf[i], 1}}};
+    want_ex e = {{{USER, 0}, {pbuf[i], 0}, {"\n", 0}, {ASSISTANT, 0}, {rbuf[i], 1}, {EOT, 1}, {"\n", 0}}};
     w[i] = e;
 }
 
@@ -241,7 +252,7 @@ static void test_packing(void)
         char tr[512], va[512];
         snprintf(tr, sizeof tr, "%s", ct_test_path(trb));
         snprintf(va, sizeof va, "%s", ct_test_path(vab));
-        int rc = ct_data_prepare_sft(src, tr, va, fracs[k], T, err, ERRLEN);
+        int rc = prepare(src, tr, va, fracs[k], T, err);
         CHECK(rc == 0);
         if (rc) {
             fprintf(stderr, "  %s\n", err);
@@ -249,7 +260,7 @@ static void test_packing(void)
         }
         size_t pad = check_part(tr, w, N - nvals[k], T);
         check_part(va, w + N - nvals[k], nvals[k], T);
-        if (k == 0) { /* the rule's outcome worked by hand, not only by the formula above */
+        if (k == 0 && strcmp(opts.packing, "none")) { /* the rule's outcome worked by hand, not only by the formula above */
             const uint64_t want_tr[8] = {0, 30, 65, 128, 192, 257, 320, 384}, want_va[2] = {0, 64};
             uint64_t docs[8];
             CHECK(h5_doc_offsets(tr, docs, 8) == 8 && memcmp(docs, want_tr, sizeof want_tr) == 0);
@@ -264,7 +275,7 @@ static void test_packing(void)
     add_example(f, w, pbuf, rbuf, 0, 30);
     add_example(f, w, pbuf, rbuf, 1, 66);
     fclose(f);
-    CHECK(ct_data_prepare_sft(big, ct_test_path("big_t.h5"), ct_test_path("big_v.h5"), 0.5, T, err, ERRLEN) == -1);
+    CHECK(prepare(big, ct_test_path("big_t.h5"), ct_test_path("big_v.h5"), 0.5, T, err) == -1);
     CHECK(strstr(err, big) && strstr(err, "line 2: example of 66 tokens does not fit data.seq_len + 1 = 65 tokens"));
     printf("  expected error: %s\n", err);
     CHECK(access(ct_test_path("big_t.h5"), F_OK) != 0 && access(ct_test_path("big_v.h5"), F_OK) != 0);
@@ -329,7 +340,7 @@ static void expect_error(const char *jsonl, double frac, int T, const char *s1, 
     snprintf(va, sizeof va, "%s", ct_test_path("bad_val.h5"));
     if (jsonl) write_file(src, jsonl);
     err[0] = 0;
-    int rc = ct_data_prepare_sft(src, tr, va, frac, T, err, ERRLEN);
+    int rc = prepare(src, tr, va, frac, T, err);
     int ok = rc == -1 && strstr(err, src) && strstr(err, s1) && (!s2 || strstr(err, s2));
     CHECK(ok);
     if (ok) printf("  expected error: %s\n", err);
@@ -380,9 +391,9 @@ static void test_errors(void)
                  0.5, 64, "line 2: messages[1].role: unknown role \"bot\"", "system, user or assistant");
     /* nothing to learn */
     expect_error(GOOD "{\"prompt\": \"a\", \"response\": \"\"}\n", 0.5, 64, "line 2: response: empty", NULL);
-    expect_error(GOOD "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}]}\n", 0.5, 64, "line 2: messages: no assistant text",
+    expect_error(GOOD "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}]}\n", 0.5, 64, "line 2: messages: no assistant turn with text",
                  "assistant");
-    expect_error(GOOD "{\"messages\": []}\n", 0.5, 64, "line 2: messages: no assistant text", "assistant");
+    expect_error(GOOD "{\"messages\": []}\n", 0.5, 64, "line 2: messages: no assistant turn with text", "assistant");
     /* a NUL: as an escape cJSON would silently cut at */
     expect_error(GOOD "{\"prompt\": \"a\", \"response\": \"b\\u0000c\"}\n", 0.5, 64, "line 2:", "\\u0000");
     /* a late bad line still stops everything (nothing written): line 3 after a blank line 2 */
@@ -396,17 +407,40 @@ static void test_errors(void)
     char err[ERRLEN];
     const char *src = ct_test_path("same.jsonl");
     write_file(src, GOOD GOOD);
-    CHECK(ct_data_prepare_sft(src, ct_test_path("same.h5"), ct_test_path("same.h5"), 0.5, 64, err, ERRLEN) == -1);
+    CHECK(prepare(src, ct_test_path("same.h5"), ct_test_path("same.h5"), 0.5, 64, err) == -1);
     CHECK(strstr(err, "same") != NULL && access(ct_test_path("same.h5"), F_OK) != 0);
 }
 
 int main(void)
 {
     ct_test_dir_create("ct_test_sft");
+    char err[ERRLEN];
+    ct_chat_template *plain = NULL;
+    CHECK(ct_chat_template_load(&plain, "", "plain", ct_tokenizer_bytes(), err, ERRLEN) == 0);
+    if (!plain) {
+        fprintf(stderr, "  %s\n", err);
+        return ct_test_finish("test_sft");
+    }
+    opts = (ct_sft_opts){ct_tokenizer_bytes(), plain, 0, "masked"};
+    CHECK(template_tokens() == 28);
     test_roundtrip();
     test_packing();
     test_loader();
     test_errors();
+    /* the other packings and train_on_prompt: the same examples, placed and masked as they say */
+    const char *modes[2] = {"plain", "none"};
+    for (int i = 0; i < 2; i++) {
+        opts.packing = modes[i];
+        test_roundtrip();
+        test_packing();
+    }
+    opts.packing = "masked";
+    opts.train_on_prompt = 1;
+    test_roundtrip();
+    opts.train_on_prompt = 0;
+    opts.packing = "tight";
+    expect_error(GOOD GOOD, 0.5, 64, "data.packing \"tight\": must be masked, plain or none", NULL);
+    ct_chat_template_free(plain);
     ct_test_dir_remove();
     return ct_test_finish("test_sft");
 }

@@ -77,7 +77,8 @@ static const key_info keys[] = {
     {"sample.prompt", K_STR, F(sample.prompt), "\"\"", 0, 0, NULL, "text the sample continues"},
     {"sample.temperature", K_REAL, F(sample.temperature), "0.8", 0, 100, NULL, "softmax temperature (0: greedy)"},
     {"sample.top_k", K_INT, F(sample.top_k), "40", 0, 1 << 24, NULL, "sample from the k most likely tokens (0: all)"},
-    {"sample.format", K_STR, F(sample.format), "\"text\"", 0, 0, "text|ids", "text: the prompt and output are bytes; ids: token ids separated by spaces"},
+    {"sample.format", K_STR, F(sample.format), "\"text\"", 0, 0, "text|ids", "text: the prompt and output are text in the model's tokenizer (bytes without one); ids: token ids separated by spaces"},
+    {"sample.system", K_STR, F(sample.system), "\"\"", 0, 0, NULL, "`ctrain chat`: the system message every conversation starts with (\"\": none)"},
     {"sample.max_tokens", K_INT, F(sample.max_tokens), "256", 1, 1 << 24, NULL, "tokens to generate"},
 };
 #define NKEYS (int)(sizeof keys / sizeof keys[0])

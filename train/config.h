@@ -64,6 +64,7 @@ typedef struct {
     } log;
     struct {
         char prompt[1024];
+        char system[1024];         /* ctrain chat: the system message ("" none) */
         double temperature;
         int top_k, max_tokens;
         char format[8];            /* text (bytes) | ids (token ids, space-separated) */

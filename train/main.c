@@ -117,6 +117,35 @@ static int cmd_sample(const args *a, ct_comm *comm)
     return ct_sample(&cfg, stdout, err, sizeof err) ? fail(err) : 0;
 }
 
+static int cmd_chat(const args *a, ct_comm *comm)
+{
+    ct_config cfg;
+    if (load_config(a, comm, &cfg)) return 1;
+    if (ct_comm_rank(comm) != 0) return 0; /* one conversation: rank 0 holds it */
+    char err[2048];
+    return ct_chat(&cfg, stdin, stdout, err, sizeof err) ? fail(err) : 0;
+}
+
+/* Supervised JSON Lines in the model's tokenizer and chat template. */
+static int prepare_supervised(const ct_config *cfg, char *err, size_t errlen)
+{
+    ct_tokenizer *tok = NULL;
+    ct_chat_template *tpl = NULL;
+    int rc = ct_run_tokenizer(cfg, NULL, &tok, err, errlen);
+    if (rc == 0) rc = ct_run_chat_template(cfg, NULL, tok, &tpl, err, errlen);
+    if (rc == 0) {
+        ct_sft_opts o = {tok, tpl, cfg->data.train_on_prompt, cfg->data.packing};
+        rc = ct_data_prepare_sft(cfg->data.text, cfg->data.train, cfg->data.val, cfg->data.val_fraction,
+                                 cfg->data.seq_len, &o, err, errlen);
+        if (rc == 0)
+            printf("ctrain: %s in %s's tokenizer and the %s chat template, packing %s\n", cfg->data.text,
+                   ct_tokenizer_name(tok), ct_chat_template_name(tpl), o.packing && o.packing[0] ? o.packing : "masked");
+    }
+    ct_chat_template_free(tpl);
+    ct_tokenizer_free(tok);
+    return rc;
+}
+
 static int cmd_prepare(const args *a, ct_comm *comm)
 {
     ct_config cfg;
@@ -128,8 +157,7 @@ static int cmd_prepare(const args *a, ct_comm *comm)
         else if (!cfg.data.train[0]) snprintf(err, sizeof err, "data.train: empty: name the dataset to write"), rc = -1;
         else if (!cfg.data.val[0]) snprintf(err, sizeof err, "data.val: empty: name the dataset to write"), rc = -1;
         else if (strlen(cfg.data.text) > 6 && !strcmp(cfg.data.text + strlen(cfg.data.text) - 6, ".jsonl"))
-            rc = ct_data_prepare_sft(cfg.data.text, cfg.data.train, cfg.data.val, cfg.data.val_fraction,
-                                     cfg.data.seq_len, err, sizeof err);
+            rc = prepare_supervised(&cfg, err, sizeof err);
         else rc = ct_data_prepare_text(cfg.data.text, cfg.data.train, cfg.data.val, cfg.data.val_fraction, err,
                                        sizeof err);
         if (rc == 0) printf("ctrain: wrote %s and %s from %s\n", cfg.data.train, cfg.data.val, cfg.data.text);
@@ -236,6 +264,13 @@ static const verb verbs[] = {
      "Writes text from the model of run.dir (or model.init_from): sample.prompt continued for\n"
      "sample.max_tokens tokens at sample.temperature, from the sample.top_k most likely tokens.",
      1, cmd_sample},
+    {"chat", "ctrain chat CONFIG [--set key=value]...",
+     "Holds a conversation on the terminal with the model of run.dir (or model.init_from) in its chat\n"
+     "template (data.chat_template, else the one its folder's tokenizer_config.json or chat_template.jinja\n"
+     "holds): one message per line, the reply printed as it is generated, up to sample.max_tokens at\n"
+     "sample.temperature and sample.top_k, stopping at the end of the turn. sample.system starts each\n"
+     "conversation; /reset starts over, /exit (or the end of input) ends.",
+     1, cmd_chat},
     {"prepare", "ctrain prepare CONFIG [--set key=value]...",
      "Turns data.text into the HDF5 token datasets data.train and data.val with the byte-level tokenizer.\n"
      "A text file: the last data.val_fraction of it (cut at a line break) becomes val. A .jsonl file of\n"

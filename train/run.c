@@ -127,6 +127,24 @@ int ct_run_tokenizer(const ct_config *cfg, const char *dir, ct_tokenizer **tok, 
     return ct_tokenizer_load(tok, from, err, errlen);
 }
 
+int ct_run_chat_template(const ct_config *cfg, const char *dir, const ct_tokenizer *tok, ct_chat_template **tpl,
+                         char *err, size_t errlen)
+{
+    char buf[CT_PATH_MAX + 64] = "";
+    const char *cands[3] = {cfg->data.tokenizer, dir ? dir : "", cfg->model.init_from};
+    for (int i = 0; i < 3 && !buf[0]; i++) {
+        if (!cands[i][0] || !strcmp(cands[i], "bytes")) continue;
+        snprintf(buf, sizeof buf, "%s", cands[i]);
+        if (is_file(buf)) { /* a tokenizer.json: its folder */
+            char *slash = strrchr(buf, '/');
+            if (slash) *slash = 0;
+            else snprintf(buf, sizeof buf, ".");
+        }
+        if (!has_tokenizer_json(buf)) buf[0] = 0;
+    }
+    return ct_chat_template_load(tpl, buf, cfg->data.chat_template, tok, err, errlen);
+}
+
 int ct_run_check_dataset(const ct_tokenizer *tok, const char *key, const char *path, char *err, size_t errlen)
 {
     ct_dataset *ds = NULL;

@@ -36,6 +36,11 @@ const char *ct_run_hf_source(const ct_config *cfg);
  * freed with ct_tokenizer_free. -1 with err naming the file when one is there and unreadable. */
 int ct_run_tokenizer(const ct_config *cfg, const char *dir, ct_tokenizer **tok, char *err, size_t errlen);
 
+/* The chat template for tok (data.chat_template, or the one found beside the tokenizer: in
+ * data.tokenizer's folder, dir, or model.init_from, the first with a tokenizer.json). */
+int ct_run_chat_template(const ct_config *cfg, const char *dir, const ct_tokenizer *tok, ct_chat_template **tpl,
+                         char *err, size_t errlen);
+
 /* Refuses a dataset (config key `key`, path) made with another tokenizer than tok, naming both;
  * -1 with err. */
 int ct_run_check_dataset(const ct_tokenizer *tok, const char *key, const char *path, char *err, size_t errlen);
