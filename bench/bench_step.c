@@ -277,7 +277,7 @@ static int run_cpu(const bench_opts *o)
         double t0 = omp_get_wtime();
         double loss_sum;
         long ntok;
-        if (ct_model_forward(m, tokens, targets, B, T, 1.0f / (float)(B * T), &loss_sum, &ntok, err, sizeof err)) {
+        if (ct_model_forward(m, tokens, targets, NULL, B, T, 1.0f / (float)(B * T), &loss_sum, &ntok, err, sizeof err)) {
             fprintf(stderr, "bench_step: %s\n", err);
             return 1;
         }
@@ -402,7 +402,7 @@ static int run_cuda(const bench_opts *o)
         double loss_sum;
         long ntok;
         ct_model_zero_grad(m);
-        if (ct_model_forward(m, tokens, targets, B, T, 1.0f / (float)(B * T), &loss_sum, &ntok, err, sizeof err)) {
+        if (ct_model_forward(m, tokens, targets, NULL, B, T, 1.0f / (float)(B * T), &loss_sum, &ntok, err, sizeof err)) {
             fprintf(stderr, "bench_step: %s\n", err);
             return 1;
         }

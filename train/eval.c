@@ -21,7 +21,7 @@ int ct_eval_loss(ct_model *m, ct_loader *val, int nbatches, int B, int T, ct_com
         double sum;
         long ntok;
         if (ct_loader_next(val, tokens, targets, err, errlen)) goto done;
-        if (ct_model_forward(m, tokens, targets, B, T, 0.0f, &sum, &ntok, err, errlen)) goto done;
+        if (ct_model_forward(m, tokens, targets, NULL, B, T, 0.0f, &sum, &ntok, err, errlen)) goto done;
         acc[0] += sum;
         acc[1] += (double)ntok;
     }

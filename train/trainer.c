@@ -320,7 +320,7 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
              * micro-batch a holds the windows of slot a * world + r), not the rank: a resharded
              * resume draws the same masks for the same windows */
             ct_model_set_dropout_seed(s.model, dropout_seed(cfg->run.seed, step, a * world + rank));
-            if (ct_model_forward(s.model, s.tokens + a * BT, s.targets + a * BT, B, T, dloss, &sum, &ntok, err,
+            if (ct_model_forward(s.model, s.tokens + a * BT, s.targets + a * BT, NULL, B, T, dloss, &sum, &ntok, err,
                                 sizeof err))
                 ct_run_die(comm, err);
             /* the last micro-batch's backward hands each finished layer to the reduction */

@@ -100,14 +100,14 @@ int main(int argc, char **argv)
     float *logits = malloc(nlogits * sizeof(float));
     double loss_sum;
     long ntok;
-    if (ct_model_forward(m, tokens, NULL, B, T, 0.0f, NULL, NULL, err, sizeof err)) return die(err);
+    if (ct_model_forward(m, tokens, NULL, NULL, B, T, 0.0f, NULL, NULL, err, sizeof err)) return die(err);
     const float *lg = ct_model_logits(m); /* cpu: host memory, fp32; rows padded */
     for (int i = 0; i < B * T; i++)
         memcpy(logits + (size_t)i * cfg.vocab_size, lg + (size_t)i * ct_model_logits_stride(m),
                (size_t)cfg.vocab_size * sizeof(float));
     long counted = 0;
     for (int i = 0; i < B * T; i++) counted += targets[i] >= 0;
-    if (ct_model_forward(m, tokens, targets, B, T, counted ? 1.0f / (float)counted : 0.0f, &loss_sum, &ntok, err,
+    if (ct_model_forward(m, tokens, targets, NULL, B, T, counted ? 1.0f / (float)counted : 0.0f, &loss_sum, &ntok, err,
                         sizeof err))
         return die(err);
     ct_model_zero_grad(m);
