@@ -26,12 +26,12 @@
 // same constant in both directions.
 //
 // Sliding window and packed documents: a query block visits only the key tiles from band_start
-// (the tile holding the first key its first query sees) to its diagonal, a key block only the
-// query tiles up to the last query its last key is visible to: the window's reach, and the first
-// query tile that starts past its last key's document (document starts never decrease along a
-// row, kernels.h's document rule, so no later tile sees the block either). Tiles no query sees
-// are skipped, not masked: rows of short documents cost O(document length), not O(T). The mask
-// inside the visited tiles is exact.
+// (the tile holding the first key its first query sees: the window's, or its document's first
+// key) to its diagonal, a key block only the query tiles up to the last query its last key is
+// visible to (the window's reach, cut where the next document begins). Document starts never
+// decrease along a row (kernels.h's document rule), which makes both bounds hold for the whole
+// block. Tiles no query sees are skipped, not masked: rows of short documents cost about their
+// length, not T. The mask inside the visited tiles is exact.
 //
 // Backward: kernel dq (one block per (query head, query block)) computes D for its rows, then
 // dQ = scale * dS K over the key blocks in its band; kernel dkv (one block per (kv head, key
