@@ -26,11 +26,14 @@
  * usage: bench_step [--device cpu|cuda] [--hf-config config.json | --init-from DIR] [--layers 6]
  *                   [--width 384] [--heads 6] [--vocab 50257] [--seq 256] [--batch 8] [--steps 5]
  *                   [--warmup 1] [--lora R] [--lora-alpha A] [--decode N] [--probe 1]
- *                   [--init rng|fast] [--peak-tflops 989.4]
+ *                   [--init rng|fast] [--peak-tflops 989.4] [--docs L]
  * With --hf-config, --layers and --vocab (when given) override the file's num_hidden_layers and
  * vocab_size (a smaller model of the same shape); --width and --heads are GPT-2's only.
  * --init fast: random weights of the same scale without ct_model_init_weights' serial normal
  * draws (see fast_init_weights): for big models on a GPU, where those take half a minute.
+ * --docs L: each training row packs documents of L tokens (positions restarting every L, attention
+ * masked to each, as a masked dataset's rows are); the FLOP counts stay those of a whole causal
+ * row, so compare ms/step, not MFU, with a run without it.
  * --init-from DIR: the model of a Hugging Face folder (config.json and its weights, ct_hf_load)
  * instead of random weights: with bench/bench_hf.py --save DIR, both sides run the same weights.
  * The tokens (training batch, prompt) come from ct_rng seeded 7, token = u64 % vocab, the
@@ -137,7 +140,16 @@ typedef struct {
     double peak_tflops;
     const char *init_from; /* a Hugging Face folder whose weights to load, or NULL: random */
     int fast_init;         /* --init fast: fast_init_weights instead of ct_model_init_weights */
+    int docs;              /* --docs L: packed documents of L tokens; 0: one a row */
 } bench_opts;
+
+/* --docs L: positions of rows of documents of L tokens (NULL when L is 0) */
+static int32_t *doc_positions(int B, int T, int L)
+{
+    int32_t *pos = L > 0 ? malloc(sizeof(int32_t) * (size_t)B * T) : NULL;
+    for (int i = 0; pos && i < B * T; i++) pos[i] = i % T % L;
+    return pos;
+}
 
 static uint64_t mix64(uint64_t z)
 {
@@ -237,10 +249,10 @@ static void json_model(ct_model *m, const bench_opts *o, const char *device)
     printf("json: {\"impl\": \"ctrain\", \"device\": \"%s\", \"model\": \"%s\", \"model_type\": \"%s\", "
            "\"layers\": %d, \"width\": %d, \"heads\": %d, \"kv_heads\": %d, \"head_dim\": %d, \"inner\": %d, "
            "\"vocab\": %d, \"batch\": %d, \"seq\": %d, \"params\": %zu, \"trainable_params\": %zu, \"lora_r\": %d, "
-           "\"lora_alpha\": %g, \"steps\": %d, \"warmup\": %d, ",
+           "\"lora_alpha\": %g, \"steps\": %d, \"warmup\": %d, \"docs\": %d, ",
            device, o->model, c->model_type[0] ? c->model_type : "gpt2", c->n_layer, c->n_embd, c->n_head,
            c->n_kv_head, c->head_dim, c->n_inner, c->vocab_size, o->B, o->T, ct_model_count(m), trainable, o->lora_r,
-           o->lora_r ? o->lora_alpha : 0.0, o->steps, o->warmup);
+           o->lora_r ? o->lora_alpha : 0.0, o->steps, o->warmup, o->docs);
 }
 
 static int run_cpu(const bench_opts *o)
@@ -270,6 +282,7 @@ static int run_cpu(const bench_opts *o)
         return 1;
     }
     make_batch(tokens, targets, B * T, cfg->vocab_size);
+    int32_t *pos = doc_positions(B, T, o->docs);
 
     double total = 0, first_loss = 0, last_loss = 0;
     for (int s = 0; s < warmup + steps; s++) {
@@ -277,7 +290,7 @@ static int run_cpu(const bench_opts *o)
         double t0 = omp_get_wtime();
         double loss_sum;
         long ntok;
-        if (ct_model_forward(m, tokens, targets, B, T, 1.0f / (float)(B * T), &loss_sum, &ntok, err, sizeof err)) {
+        if (ct_model_forward(m, tokens, targets, pos, B, T, 1.0f / (float)(B * T), &loss_sum, &ntok, err, sizeof err)) {
             fprintf(stderr, "bench_step: %s\n", err);
             return 1;
         }
@@ -323,7 +336,7 @@ static int run_cpu(const bench_opts *o)
     printf("\"matmul_share\": %.3f, \"matmul_gflops\": %.2f, \"sgemm_gflops\": %.2f, \"sgemm_head_gflops\": %.2f, "
            "\"peak_rss_mib\": %.1f, \"loss_first\": %.5f, \"loss_last\": %.5f}\n",
            mm_seconds / total, mm_rate, sgemm, sgemm_head, rss, first_loss, last_loss);
-    free(mom), free(vel), free(tokens), free(targets), free(times);
+    free(mom), free(vel), free(tokens), free(targets), free(times), free(pos);
     ct_model_free(m);
     timed.kctx_free(ctx);
     return 0;
@@ -391,6 +404,7 @@ static int run_cuda(const bench_opts *o)
         return 1;
     }
     make_batch(tokens, targets, B * T, cfg->vocab_size);
+    int32_t *pos = doc_positions(B, T, o->docs);
     ct_optim_hparams hp = {.lr = 3e-4f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f,
                            .weight_decay = o->lora_r ? 0.0f : 0.1f, .grad_clip = 1.0f};
 
@@ -402,7 +416,7 @@ static int run_cuda(const bench_opts *o)
         double loss_sum;
         long ntok;
         ct_model_zero_grad(m);
-        if (ct_model_forward(m, tokens, targets, B, T, 1.0f / (float)(B * T), &loss_sum, &ntok, err, sizeof err)) {
+        if (ct_model_forward(m, tokens, targets, pos, B, T, 1.0f / (float)(B * T), &loss_sum, &ntok, err, sizeof err)) {
             fprintf(stderr, "bench_step: %s\n", err);
             return 1;
         }
@@ -443,7 +457,7 @@ static int run_cuda(const bench_opts *o)
     printf("\"gpu_mem_used_mib\": %.0f, \"gpu_mem_total_mib\": %.0f, \"optim_state_mib\": %.1f, "
            "\"peak_rss_mib\": %.1f, \"loss_first\": %.5f, \"loss_last\": %.5f}\n",
            used_mib, total_mib, ct_optim_state_bytes(opt) / 1048576.0, peak_rss_mib(), first_loss, last_loss);
-    free(tokens), free(targets), free(times);
+    free(tokens), free(targets), free(times), free(pos);
     ct_optim_free(opt);
     ct_model_free(m);
     be->kctx_free(ctx);
@@ -575,6 +589,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--lora-alpha")) o.lora_alpha = (float)atof(a), lora_alpha_set = 1;
         else if (!strcmp(argv[i], "--decode")) o.decode = v;
         else if (!strcmp(argv[i], "--probe")) o.probe = v;
+        else if (!strcmp(argv[i], "--docs")) o.docs = v;
         else if (!strcmp(argv[i], "--init")) {
             if (strcmp(a, "rng") && strcmp(a, "fast")) {
                 fprintf(stderr, "bench_step: --init: \"%s\" is not one of rng|fast\n", a);
@@ -594,9 +609,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_step: option %s needs a value\n", argv[argc - 1]);
         return 2;
     }
-    if (o.B < 1 || o.T < 1 || o.steps < 1 || o.warmup < 0 || o.lora_r < 0 || o.decode < 0) {
-        fprintf(stderr, "bench_step: --batch, --seq and --steps must be at least 1; --warmup, --lora and --decode "
-                        "at least 0\n");
+    if (o.B < 1 || o.T < 1 || o.steps < 1 || o.warmup < 0 || o.lora_r < 0 || o.decode < 0 || o.docs < 0) {
+        fprintf(stderr, "bench_step: --batch, --seq and --steps must be at least 1; --warmup, --lora, --decode and "
+                        "--docs at least 0\n");
         return 2;
     }
     if (o.decode && o.lora_r) {

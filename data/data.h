@@ -184,15 +184,16 @@ void ct_dataset_meta_for(ct_dataset_meta *m, const ct_tokenizer *t, const char *
 
 /* Writes a dataset (to "<path>.tmp", renamed when complete; contiguous, uncompressed). loss_mask
  * and doc_offsets may be NULL. Refuses n = 0, a token >= vocab_size, an empty tokenizer name or
- * digest, and doc_offsets that are not strictly increasing or not below n. On any error path is
- * left as it was, and path.tmp is removed. */
+ * digest, doc_offsets that are not strictly increasing or not below n, and packing masked without
+ * doc_offsets. On any error path is left as it was, and path.tmp is removed. */
 int ct_dataset_write(const char *path, const uint32_t *tokens, size_t n, const uint8_t *loss_mask,
                      const uint64_t *doc_offsets, size_t ndocs, const ct_dataset_meta *meta, char *err,
                      size_t errlen);
 /* Opens and validates a dataset: /tokens present, 1-D, an integer type (any width or sign,
  * as h5py writes numpy arrays: values are converted to uint32 on read, and one that does not
  * fit is a read error); /loss_mask (if any) 1-D, integer or bool, of the same length;
- * /doc_offsets (if any) 1-D integer; attributes present and sane (vocab_size in [1, INT_MAX]). */
+ * /doc_offsets (if any) 1-D integer, and present and not empty when packing is masked;
+ * attributes present and sane (vocab_size in [1, INT_MAX]). */
 int ct_dataset_open(ct_dataset **out, const char *path, char *err, size_t errlen);
 void ct_dataset_close(ct_dataset *ds);
 const char *ct_dataset_path(const ct_dataset *ds);
@@ -201,10 +202,15 @@ int ct_dataset_vocab_size(const ct_dataset *ds);
 const char *ct_dataset_tokenizer(const ct_dataset *ds);
 const ct_dataset_meta *ct_dataset_meta_of(const ct_dataset *ds);
 int ct_dataset_has_mask(const ct_dataset *ds);
+size_t ct_dataset_ndocs(const ct_dataset *ds); /* entries of /doc_offsets; 0 when it has none */
 /* Reads tokens [start, start+n) (when tokens != NULL) and, when mask != NULL, their loss mask
  * (all 1 when the file has none). Reads only that range from the file. */
 int ct_dataset_read(ct_dataset *ds, size_t start, size_t n, uint32_t *tokens, uint8_t *mask, char *err,
                     size_t errlen);
+/* Reads n entries of /doc_offsets, those at first, first + stride, ... (stride 1: a range), and
+ * only those, from the file. */
+int ct_dataset_read_docs(ct_dataset *ds, size_t first, size_t n, size_t stride, uint64_t *out, char *err,
+                         size_t errlen);
 
 /* ---- prepare: a UTF-8 text file -> train and val datasets with the byte tokenizer. The text
  * is split at the line break nearest to (1 - val_fraction) of its length: before it is train,
@@ -284,14 +290,25 @@ typedef struct {
 
 typedef struct ct_loader ct_loader;
 
-/* Errors: a missing or malformed file, a dataset vocabulary beyond the model's, a dataset with
- * fewer than one global batch of windows (message gives both counts). */
+/* Errors: a missing or malformed file (packing "masked" without /doc_offsets among them), a
+ * dataset vocabulary beyond the model's, a dataset with fewer than one global batch of windows
+ * (message gives both counts). With masked packing it reads an index of /doc_offsets: every
+ * ceil(ndocs / 65536)-th entry (at most 512 KiB), and then, per window, that many entries and
+ * T + 1 more. */
 int ct_loader_init(ct_loader **out, const ct_loader_opts *opts, char *err, size_t errlen);
 void ct_loader_free(ct_loader *l);
 /* The next micro-batch of this rank: tokens[B*T] inputs, targets[B*T] next tokens, -1 where
- * the target's loss mask is 0. A token beyond the model's vocabulary is an error naming the
- * file and position. On error the cursor does not move. */
-int ct_loader_next(ct_loader *l, int32_t *tokens, int32_t *targets, char *err, size_t errlen);
+ * the target's loss mask is 0; pos[B*T] (may be NULL) the tokens' positions, for
+ * ct_model_forward. With packing "masked" (ct_loader_masked) the positions restart at 0 at each
+ * document start in the window (/doc_offsets; a document begun before the window starts at 0 in
+ * it), and a target that begins a document is -1 (its input token belongs to the one before).
+ * Otherwise pos is 0..T-1 in every row. A token beyond the model's vocabulary is an error naming
+ * the file and position; so are /doc_offsets that are not increasing. On error the cursor does
+ * not move. */
+int ct_loader_next(ct_loader *l, int32_t *tokens, int32_t *targets, int32_t *pos, char *err, size_t errlen);
+/* Whether the dataset's packing is "masked": its rows hold documents that must not see each
+ * other, so the caller hands ct_loader_next's positions to the model (otherwise NULL will do). */
+int ct_loader_masked(const ct_loader *l);
 ct_loader_cursor ct_loader_tell(const ct_loader *l);
 /* Continues exactly where a loader of the same dataset, seq_len, seed, shuffle and G stood at
  * tell. A cursor at a step boundary (micro 0) also moves between world sizes with the same G.

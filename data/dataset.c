@@ -27,6 +27,8 @@ struct ct_dataset {
     hid_t file;
     hid_t tokens, mask;       /* mask: H5I_INVALID_HID when the file has none */
     hid_t tok_space, mask_space;  /* file dataspaces, reselected by every read */
+    hid_t docs, docs_space;   /* /doc_offsets: H5I_INVALID_HID when the file has none */
+    size_t ndocs;
     hid_t mask_memtype;       /* native uint8, or the file's own 1-byte enum (numpy bool via h5py) */
     hid_t mem_space;          /* resized by every read: no dataspace is created per read */
     hid_t dxpl;               /* a conversion callback that turns out-of-range values into errors */
@@ -282,14 +284,13 @@ static int open_checked(ct_dataset *ds, char *err, size_t errlen)
     if (rc == 0 && mlen != ds->n)
         return ct_data_fail(err, errlen, "%s: /loss_mask: has %zu entries but /tokens has %zu; they must match",
                     ds->path, mlen, ds->n);
-    /* doc_offsets is not read by the loader; checked for shape and type so bad files fail early */
-    hid_t docs = H5I_INVALID_HID, docs_space = H5I_INVALID_HID;
-    size_t ndocs = 0;
-    rc = open_1d_int(ds, "doc_offsets", "uint64", 1, NULL, &docs, &docs_space, &ndocs, err, errlen);
-    close_id(&docs, H5Dclose);
-    close_id(&docs_space, H5Sclose);
+    /* checked for shape and type so bad files fail early; read in ranges (the loader, masked) */
+    rc = open_1d_int(ds, "doc_offsets", "uint64", 1, NULL, &ds->docs, &ds->docs_space, &ds->ndocs, err, errlen);
     if (rc < 0) return -1;
     if (read_attrs(ds, err, errlen)) return -1;
+    if (!strcmp(ds->meta.packing, "masked") && ds->ndocs == 0)
+        return ct_data_fail(err, errlen, "%s: /doc_offsets: %s; packing \"masked\" needs each document's first token "
+                            "(uint64 [ndocs]) to restart positions and masks", ds->path, rc ? "missing" : "empty");
 
     hsize_t one = 1;
     ds->mem_space = H5Screate_simple(1, &one, NULL);
@@ -313,7 +314,7 @@ int ct_dataset_open(ct_dataset **out, const char *path, char *err, size_t errlen
         free(ds);
         return ct_data_fail(err, errlen, "%s: out of memory", path);
     }
-    ds->file = ds->tokens = ds->mask = H5I_INVALID_HID;
+    ds->file = ds->tokens = ds->mask = ds->docs = ds->docs_space = H5I_INVALID_HID;
     ds->tok_space = ds->mask_space = ds->mask_memtype = ds->mem_space = ds->dxpl = H5I_INVALID_HID;
     quiet_t q = quiet_on();
     int rc = open_checked(ds, err, errlen);
@@ -337,6 +338,8 @@ void ct_dataset_close(ct_dataset *ds)
     close_id(&ds->tok_space, H5Sclose);
     close_id(&ds->mask, H5Dclose);
     close_id(&ds->tokens, H5Dclose);
+    close_id(&ds->docs_space, H5Sclose);
+    close_id(&ds->docs, H5Dclose);
     close_id(&ds->file, H5Fclose);
     quiet_off(q);
     free(ds->path);
@@ -360,23 +363,26 @@ void ct_dataset_meta_for(ct_dataset_meta *m, const ct_tokenizer *t, const char *
     snprintf(m->packing, sizeof m->packing, "%s", packing && *packing ? packing : "plain");
 }
 int ct_dataset_has_mask(const ct_dataset *ds) { return ds->mask >= 0; }
+size_t ct_dataset_ndocs(const ct_dataset *ds) { return ds->ndocs; }
 
 /* ---- reads */
 
+/* n values of dset from start, stride apart (1: a contiguous range) */
 static int read_range(ct_dataset *ds, hid_t dset, hid_t space, hid_t memtype, const char *name, size_t start,
-                      size_t n, void *buf, char *err, size_t errlen)
+                      size_t n, size_t stride, void *buf, char *err, size_t errlen)
 {
     char detail[200];
-    hsize_t off = start, count = n;
+    hsize_t off = start, count = n, step = stride;
     ds->overflow = 0;
-    if (H5Sselect_hyperslab(space, H5S_SELECT_SET, &off, NULL, &count, NULL) < 0 ||
+    if (H5Sselect_hyperslab(space, H5S_SELECT_SET, &off, &step, &count, NULL) < 0 ||
         H5Sset_extent_simple(ds->mem_space, 1, &count, NULL) < 0 ||
         H5Dread(dset, memtype, ds->mem_space, space, ds->dxpl, buf) < 0) {
         if (ds->overflow)
             return ct_data_fail(err, errlen, "%s: /%s: a value in [%zu, %zu) is out of range (negative, or beyond %s)",
-                        ds->path, name, start, start + n, memtype == H5T_NATIVE_UINT32 ? "uint32" : "uint8");
-        return ct_data_fail(err, errlen, "%s: /%s: reading [%zu, %zu) failed (%s)", ds->path, name, start, start + n,
-                    h5_detail(detail));
+                        ds->path, name, start, start + (n - 1) * stride + 1,
+                        memtype == H5T_NATIVE_UINT32 ? "uint32" : memtype == H5T_NATIVE_UINT64 ? "uint64" : "uint8");
+        return ct_data_fail(err, errlen, "%s: /%s: reading [%zu, %zu) failed (%s)", ds->path, name, start,
+                    start + (n - 1) * stride + 1, h5_detail(detail));
     }
     return 0;
 }
@@ -391,15 +397,29 @@ int ct_dataset_read(ct_dataset *ds, size_t start, size_t n, uint32_t *tokens, ui
     quiet_t q = quiet_on();
     int rc = 0;
     if (tokens)
-        rc = read_range(ds, ds->tokens, ds->tok_space, H5T_NATIVE_UINT32, "tokens", start, n, tokens, err, errlen);
+        rc = read_range(ds, ds->tokens, ds->tok_space, H5T_NATIVE_UINT32, "tokens", start, n, 1, tokens, err, errlen);
     if (!rc && mask) {
         if (ds->mask >= 0) {
             hid_t mt = ds->mask_memtype >= 0 ? ds->mask_memtype : H5T_NATIVE_UINT8;
-            rc = read_range(ds, ds->mask, ds->mask_space, mt, "loss_mask", start, n, mask, err, errlen);
+            rc = read_range(ds, ds->mask, ds->mask_space, mt, "loss_mask", start, n, 1, mask, err, errlen);
         } else {
             memset(mask, 1, n);
         }
     }
+    quiet_off(q);
+    return rc;
+}
+
+int ct_dataset_read_docs(ct_dataset *ds, size_t first, size_t n, size_t stride, uint64_t *out, char *err,
+                         size_t errlen)
+{
+    if (n == 0) return 0;
+    if (stride < 1 || first >= ds->ndocs || (n - 1) > (ds->ndocs - 1 - first) / stride)
+        return ct_data_fail(err, errlen, "%s: /doc_offsets: %zu entries from %zu, %zu apart, are beyond its %zu",
+                            ds->path, n, first, stride, ds->ndocs);
+    quiet_t q = quiet_on();
+    int rc = read_range(ds, ds->docs, ds->docs_space, H5T_NATIVE_UINT64, "doc_offsets", first, n, stride, out, err,
+                        errlen);
     quiet_off(q);
     return rc;
 }
@@ -472,6 +492,9 @@ static int check_write_args(const char *path, const uint32_t *tokens, size_t n, 
             return ct_data_fail(err, errlen, "%s: /tokens: token %u at position %zu is beyond vocab_size %d", path,
                         tokens[i], i, vocab_size);
     if (ndocs && !docs) return ct_data_fail(err, errlen, "%s: /doc_offsets: %zu offsets but no array", path, ndocs);
+    if (!strcmp(m->packing, "masked") && !ndocs)
+        return ct_data_fail(err, errlen, "%s: /doc_offsets: none; packing \"masked\" needs each document's first token",
+                            path);
     for (size_t i = 0; i < ndocs; i++)
         if (docs[i] >= n || (i && docs[i] <= docs[i - 1]))
             return ct_data_fail(err, errlen,

@@ -6,7 +6,14 @@
  *     (fp32 on cpu, bf16 on cuda): parameters, gradients, activations;
  *   - `float *` tensors are fp32 on every backend: statistics, losses, master weights
  *     and AdamW moments;
- *   - token and target indices are int32 in backend memory; a target < 0 is ignored.
+ *   - token and target indices are int32 in backend memory; a target < 0 is ignored;
+ *   - positions pos[B*T] are int32 in backend memory: pos[b*T+t] is token (b,t)'s position in
+ *     its document, and the document begins at t - pos[b*T+t]. The ops that train (encoder,
+ *     attention) take positions that follow the document rule:
+ *         pos[b*T] = 0, and for t > 0 pos[b*T+t] = pos[b*T+t-1] + 1 (the same document) or 0
+ *         (a new document begins at t),
+ *     so several documents can be packed into one row without seeing each other. pos NULL
+ *     means pos[b*T+t] = t: one document per row, the plain causal case.
  * Matrices are row-major; a weight w[M,K] maps K inputs to M outputs (nn.Linear layout).
  *
  * Every backward ADDS into its gradient outputs (parameter and activation gradients
@@ -26,7 +33,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CT_KERNELS_ABI 4 /* bumped when a slot's meaning changes */
+#define CT_KERNELS_ABI 5 /* bumped when a slot's meaning changes (5: positions in encoder and attention) */
 
 /* Per-backend execution context: CUDA stream and library handles; empty on cpu. */
 typedef struct ct_kctx ct_kctx;
@@ -63,14 +70,17 @@ typedef struct ct_backend {
     void (*to_f32)(ct_kctx *ctx, float *dst, const void *src, size_t n);       /* storage dtype -> fp32 */
     void (*sync)(ct_kctx *ctx);
 
-    /* out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]      out[B*T,C]; wpe may be NULL (no learned
-     * positions: out is the embedding alone) */
-    void (*encoder_fwd)(ct_kctx *ctx, void *out, const int32_t *tokens, const void *wte, const void *wpe,
-                        int B, int T, int C);
-    /* dwte[V,C] += scatter of dout by token, dwpe[T,C] += sum over b of dout. Either may be NULL
-     * (frozen embedding: that gradient is skipped); with both NULL the op does nothing. */
+    /* out[b,t,:] = wte[tokens[b,t],:] + wpe[p,:], p = pos[b*T+t] (pos NULL: p = t); out[B*T,C].
+     * Here pos may be any positions within wpe's rows (decoding passes pos0 + t); wpe may be NULL
+     * (no learned positions: out is the embedding alone, pos unused) */
+    void (*encoder_fwd)(ct_kctx *ctx, void *out, const int32_t *tokens, const int32_t *pos, const void *wte,
+                        const void *wpe, int B, int T, int C);
+    /* dwte[V,C] += scatter of dout by token; dwpe[p,:] += the sum of dout[b,t,:] over the (b,t)
+     * with pos[b*T+t] = p (pos NULL: p = t; otherwise pos follows the document rule, so only
+     * rows p < T are touched). Either gradient may be NULL (frozen embedding: that gradient is
+     * skipped); with both NULL the op does nothing. */
     void (*encoder_bwd)(ct_kctx *ctx, void *dwte, void *dwpe, const void *dout, const int32_t *tokens,
-                        int B, int T, int C);
+                        const int32_t *pos, int B, int T, int C);
 
     /* out = (inp - mean) * rstd * w + b over the last axis; mean, rstd [N] saved for backward */
     void (*layernorm_fwd)(ct_kctx *ctx, void *out, float *mean, float *rstd, const void *inp,
@@ -91,19 +101,23 @@ typedef struct ct_backend {
 
     /* Causal self-attention with grouped-query heads. Row (b,t) of q (row stride ldq elements)
      * holds NH heads of D channels; rows of k and v (row stride ldkv) hold NKV heads; query head
-     * h reads kv head h / (NH / NKV) (NH a multiple of NKV). Scores are scaled by 1/sqrt(D). Key
-     * s is visible to query t iff s <= t and (window == 0 or s > t - window). out[B*T, NH*D]
-     * (row stride NH*D). GPT-2 passes q = qkv, k = qkv + C, v = qkv + 2C, ldq = ldkv = 3C.
+     * h reads kv head h / (NH / NKV) (NH a multiple of NKV). Scores are scaled by 1/sqrt(D). In
+     * row b, key s is visible to query t iff
+     *     t - pos[b*T+t] <= s <= t   and   (window == 0 or s > t - window):
+     * a query sees the keys of its own document up to itself (pos NULL: every earlier key, plain
+     * causal attention; pos follows the document rule above). out[B*T, NH*D] (row stride NH*D).
+     * GPT-2 passes q = qkv, k = qkv + C, v = qkv + 2C, ldq = ldkv = 3C. Work on key blocks no
+     * query of a block sees is skipped, so short packed documents cost less than one long one.
      * stats[attention_stats_len(B,T,NH)] is whatever the backend keeps for backward (softmax
      * rows on cpu); backward may overwrite it. */
     size_t (*attention_stats_len)(int B, int T, int NH);
     void (*attention_fwd)(ct_kctx *ctx, void *out, float *stats, const void *q, const void *k, const void *v,
-                          int B, int T, int NH, int NKV, int D, int ldq, int ldkv, int window);
+                          const int32_t *pos, int B, int T, int NH, int NKV, int D, int ldq, int ldkv, int window);
     /* dq (stride ldq), dk and dv (stride ldkv) += the gradients; they may be views of one buffer
-     * (GPT-2's dqkv) but never overlap. */
+     * (GPT-2's dqkv) but never overlap. pos: the forward's. */
     void (*attention_bwd)(ct_kctx *ctx, void *dq, void *dk, void *dv, float *stats, const void *dout,
-                          const void *q, const void *k, const void *v, const void *out, int B, int T, int NH,
-                          int NKV, int D, int ldq, int ldkv, int window);
+                          const void *q, const void *k, const void *v, const void *out, const int32_t *pos, int B,
+                          int T, int NH, int NKV, int D, int ldq, int ldkv, int window);
     /* Inference over a KV cache (sampling): Tq new queries per sequence, at positions
      * pos0 .. pos0+Tq-1, attend to keys 0 .. their position in kc and vc [B, maxT, NKV*D] (the
      * new keys already written there), with attention_fwd's mask and head rule. q has row stride

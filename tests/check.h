@@ -90,6 +90,26 @@ static inline float *ct_test_copy(const float *x, size_t n)
     return c;
 }
 
+/* Positions of B rows of T tokens packed with documents of lengths drawn from [1, maxlen]
+ * (kernels.h's document rule: 0 where one begins, always at t = 0; one more than the token
+ * before otherwise). malloc'd. */
+static inline int32_t *ct_test_doc_positions(int B, int T, int maxlen, uint64_t seed)
+{
+    int32_t *pos = malloc(sizeof(int32_t) * ((size_t)B * T + 1));
+    if (!pos) { fprintf(stderr, "out of memory\n"); exit(2); }
+    for (int b = 0; b < B; b++)
+        for (int t = 0, left = 0; t < T; t++, left--) {
+            int32_t *p = pos + (size_t)b * T + t;
+            if (t > 0 && left > 0) {
+                *p = p[-1] + 1;
+            } else {
+                *p = 0;
+                left = 1 + (int)(ct_test_rand_u64(&seed) % (uint64_t)maxlen);
+            }
+        }
+    return pos;
+}
+
 /* want[i] = prefill[i] + grad[i]: what an adding backward must leave in a pre-filled buffer */
 static inline double *ct_test_plus_prefill(const double *grad, const float *prefill, size_t n)
 {

@@ -10,15 +10,16 @@
 #include "check.h"
 #include "model.h"
 
-/* The mean loss over the counted targets; the logits keep the gradient of dloss * the summed
- * loss for a backward. Exits on a forward error (a broken test, not a result). */
-static inline double ct_test_mean_loss(ct_model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
-                                       float dloss)
+/* The mean loss over the counted targets (pos: the forward's positions, or NULL); the logits
+ * keep the gradient of dloss * the summed loss for a backward. Exits on a forward error (a
+ * broken test, not a result). */
+static inline double ct_test_mean_loss(ct_model *m, const int32_t *tokens, const int32_t *targets,
+                                       const int32_t *pos, int B, int T, float dloss)
 {
     double sum;
     long ntok;
     char err[256];
-    if (ct_model_forward(m, tokens, targets, B, T, dloss, &sum, &ntok, err, sizeof err)) {
+    if (ct_model_forward(m, tokens, targets, pos, B, T, dloss, &sum, &ntok, err, sizeof err)) {
         fprintf(stderr, "forward: %s\n", err);
         exit(2);
     }
@@ -54,15 +55,15 @@ static inline ct_model *ct_test_tiny_model(const ct_model_config *cfg, const ct_
 /* The mean loss's derivative along d (n elements of w, whose values are in saved): central
  * differences at steps h and h/2 combined by Richardson extrapolation, which cancels the h^2
  * term (smaller steps would drown in the fp32 loss's rounding). w is restored. */
-static inline double ct_test_fd(ct_model *m, const int32_t *tokens, const int32_t *targets, int B, int T, float *w,
-                                const float *saved, const float *d, size_t n, double h)
+static inline double ct_test_fd(ct_model *m, const int32_t *tokens, const int32_t *targets, const int32_t *pos, int B,
+                                int T, float *w, const float *saved, const float *d, size_t n, double h)
 {
     double D[2];
     for (int s = 0; s < 2; s++, h /= 2) {
         for (size_t k = 0; k < n; k++) w[k] = (float)(saved[k] + h * d[k]);
-        double lp = ct_test_mean_loss(m, tokens, targets, B, T, 0.0f);
+        double lp = ct_test_mean_loss(m, tokens, targets, pos, B, T, 0.0f);
         for (size_t k = 0; k < n; k++) w[k] = (float)(saved[k] - h * d[k]);
-        double lm = ct_test_mean_loss(m, tokens, targets, B, T, 0.0f);
+        double lm = ct_test_mean_loss(m, tokens, targets, pos, B, T, 0.0f);
         D[s] = (lp - lm) / (2 * h);
     }
     memcpy(w, saved, n * sizeof(float));

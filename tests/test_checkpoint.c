@@ -88,7 +88,7 @@ static void train(ct_model *m, ct_optim *o, int steps, uint64_t seed)
         float norm = 0;
         ct_model_zero_grad(m);
         /* every target counts: the loss is the mean over B * T tokens */
-        if (ct_model_forward(m, tokens, targets, B, T, 1.0f / (float)(B * T), &loss, &ntok, err, sizeof err)) {
+        if (ct_model_forward(m, tokens, targets, NULL, B, T, 1.0f / (float)(B * T), &loss, &ntok, err, sizeof err)) {
             fprintf(stderr, "forward: %s\n", err);
             exit(2);
         }

@@ -533,7 +533,7 @@ static void next_ids(ct_loader *l, int B, uint64_t *ids)
 {
     char err[ERRLEN];
     int32_t x[64 * T], y[64 * T];
-    int rc = ct_loader_next(l, x, y, err, ERRLEN);
+    int rc = ct_loader_next(l, x, y, NULL, err, ERRLEN);
     CHECK(rc == 0);
     if (rc) fprintf(stderr, "  %s\n", err);
     for (int b = 0; b < B; b++) {
@@ -663,14 +663,15 @@ static void test_loader_targets(void)
     const int B = 4;
     ct_loader *l = new_loader(p, B, 1, 0, 1, 3, 1);
     char err[ERRLEN];
-    int32_t x[B * T], y[B * T];
+    int32_t x[B * T], y[B * T], pos[B * T];
     int shifted = 1, masked = 0, unmasked = 0, wrong = 0;
+    CHECK(!ct_loader_masked(l));
     for (int i = 0; i < 2 * NW / B; i++) {
-        CHECK(ct_loader_next(l, x, y, err, ERRLEN) == 0);
+        CHECK(ct_loader_next(l, x, y, pos, err, ERRLEN) == 0);
         for (int b = 0; b < B; b++) {
             int32_t w0 = x[b * T];
             for (int t = 0; t < T; t++) {
-                shifted &= x[b * T + t] == w0 + t;
+                shifted &= x[b * T + t] == w0 + t && pos[b * T + t] == t; /* plain: positions 0..T-1 */
                 int32_t want = mask[w0 + t + 1] ? w0 + t + 1 : -1;
                 wrong += y[b * T + t] != want;
                 masked += y[b * T + t] == -1;
@@ -689,7 +690,7 @@ static void take(ct_loader *l, int m, int B, int32_t *out)
 {
     char err[ERRLEN];
     for (int i = 0; i < m; i++, out += 2 * B * T) {
-        int rc = ct_loader_next(l, out, out + B * T, err, ERRLEN);
+        int rc = ct_loader_next(l, out, out + B * T, NULL, err, ERRLEN);
         CHECK(rc == 0);
         if (rc) fprintf(stderr, "  %s\n", err);
     }
@@ -771,7 +772,7 @@ static void test_loader_errors(void)
     CHECK(ct_loader_init(&l, &o, err, ERRLEN) == 0);
     if (l) {
         int32_t x[15 * T], y[15 * T];
-        CHECK_FAILS(ct_loader_next(l, x, y, err, ERRLEN), err, p, "token 400 at position 37");
+        CHECK_FAILS(ct_loader_next(l, x, y, NULL, err, ERRLEN), err, p, "token 400 at position 37");
         ct_loader_cursor c = ct_loader_tell(l);
         CHECK(c.epoch == 0 && c.step == 0 && c.micro == 0); /* a failed next does not advance */
         ct_loader_free(l);
@@ -783,7 +784,7 @@ static void test_loader_errors(void)
     CHECK(ct_loader_init(&l, &o, err, ERRLEN) == 0);
     if (l) {
         int32_t x[15 * T], y[15 * T];
-        CHECK_FAILS(ct_loader_next(l, x, y, err, ERRLEN), err, p, "token 257 at position 37");
+        CHECK_FAILS(ct_loader_next(l, x, y, NULL, err, ERRLEN), err, p, "token 257 at position 37");
         ct_loader_free(l);
         l = NULL;
     }
@@ -804,6 +805,148 @@ static void test_loader_errors(void)
     CHECK(l == NULL);
 }
 
+/* ---- masked packing */
+
+/* Rewrites a dataset's root attribute packing (a file another tool made). */
+static void set_packing(const char *path, const char *packing)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    if (H5Aexists(f, "packing") > 0) H5Adelete(f, "packing");
+    hid_t scalar = H5Screate(H5S_SCALAR), t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, H5T_VARIABLE);
+    hid_t a = H5Acreate2(f, "packing", t, scalar, H5P_DEFAULT, H5P_DEFAULT);
+    if (a < 0 || H5Awrite(a, t, &packing) < 0) {
+        fprintf(stderr, "cannot set packing of %s\n", path);
+        exit(2);
+    }
+    H5Aclose(a);
+    H5Tclose(t);
+    H5Sclose(scalar);
+    H5Fclose(f);
+}
+
+/* Document starts for n tokens: at 3 (none before: the first window's start belongs to a
+ * document begun before the data) and then about one in `every` tokens. */
+static size_t packed_docs(size_t n, uint64_t seed, int every, uint64_t *docs)
+{
+    size_t nd = 0;
+    for (size_t i = 0; i < n; i++)
+        if ((i == 3 || ct_test_rand_u64(&seed) % (uint64_t)every == 0) && i >= 3) docs[nd++] = i; /* none before 3 */
+    return nd;
+}
+
+/* Positions and targets the loader must give the window at start (T tokens + 1), from the
+ * document list: positions count from the latest document start at or after the window's
+ * first token; a target that begins a document, or whose mask is 0, is -1. */
+static void packed_want(const uint64_t *docs, size_t nd, const uint8_t *mask, size_t start, int T_, int32_t *pos,
+                        int32_t *tg)
+{
+    size_t i = 0;
+    while (i < nd && docs[i] <= start) i++; /* docs[i]: the first start inside the window */
+    for (int t = 0; t < T_; t++) {
+        const size_t at = start + (size_t)t;
+        int begins = i < nd && docs[i] == at;
+        if (begins) i++;
+        pos[t] = t == 0 || begins ? 0 : pos[t - 1] + 1;
+        int next_begins = i < nd && docs[i] == at + 1;
+        tg[t] = mask[at + 1] && !next_begins ? (int32_t)(at + 1) : -1;
+    }
+}
+
+/* (g) masked packing: every window's positions restart at each document start inside it and
+ * no target crosses into the next document; with few documents (the whole /doc_offsets in the
+ * index) and with more than the index holds (a sparse index, range reads per window); a resumed
+ * loader gives the same positions; plain datasets give 0..T-1. */
+static void test_loader_packed(size_t n, int every, int T_, int B)
+{
+    char err[ERRLEN];
+    uint32_t *tok = malloc(n * sizeof *tok);
+    uint8_t *mask = malloc(n);
+    uint64_t *docs = malloc(n * sizeof *docs), rng = 5;
+    for (size_t i = 0; i < n; i++) {
+        tok[i] = (uint32_t)i; /* each window names its start */
+        mask[i] = (uint8_t)(ct_test_rand_u64(&rng) % 4 != 0);
+    }
+    size_t nd = packed_docs(n, 77, every, docs);
+    const char *p = ct_test_path("packed.h5");
+    ct_dataset_meta m = *meta("test", (int)n);
+    snprintf(m.packing, sizeof m.packing, "masked");
+    CHECK(ct_dataset_write(p, tok, n, mask, docs, nd, &m, err, ERRLEN) == 0);
+
+    ct_loader_opts o = {p, T_, B, 2, 0, 1, 9, 1, (int)n};
+    ct_loader *l = NULL, *r = NULL;
+    CHECK(ct_loader_init(&l, &o, err, ERRLEN) == 0);
+    if (!l) {
+        fprintf(stderr, "  %s\n", err);
+        return;
+    }
+    CHECK(ct_loader_masked(l));
+    int32_t *x = malloc(sizeof(int32_t) * B * T_ * 3), *y = x + B * T_, *pos = y + B * T_;
+    int32_t *wp = malloc(sizeof(int32_t) * T_ * 2), *wt = wp + T_;
+    int32_t *saved = malloc(sizeof(int32_t) * B * T_ * 3 * 4);
+    size_t wrong = 0, restarts = 0, cut = 0;
+    ct_loader_cursor at = {0, 0, 0};
+    for (int i = 0; i < 12; i++) {
+        if (i == 5) at = ct_loader_tell(l);
+        CHECK(ct_loader_next(l, x, y, pos, err, ERRLEN) == 0);
+        if (i >= 5 && i < 9) memcpy(saved + (size_t)(i - 5) * B * T_ * 3, x, sizeof(int32_t) * B * T_ * 3);
+        for (int b = 0; b < B; b++) {
+            const size_t start = (size_t)x[b * T_];
+            packed_want(docs, nd, mask, start, T_, wp, wt);
+            for (int t = 0; t < T_; t++) {
+                wrong += pos[b * T_ + t] != wp[t] || y[b * T_ + t] != wt[t];
+                restarts += t > 0 && pos[b * T_ + t] == 0;
+                cut += wt[t] == -1 && mask[start + t + 1];
+            }
+        }
+    }
+    CHECK(wrong == 0);
+    CHECK(restarts > 0 && cut > 0); /* documents did begin inside windows */
+    /* resumed: the same windows, positions and targets */
+    CHECK(ct_loader_init(&r, &o, err, ERRLEN) == 0);
+    if (r) {
+        ct_loader_seek(r, at);
+        for (int i = 0; i < 4; i++) {
+            CHECK(ct_loader_next(r, x, y, pos, err, ERRLEN) == 0);
+            CHECK(memcmp(saved + (size_t)i * B * T_ * 3, x, sizeof(int32_t) * B * T_ * 3) == 0);
+        }
+        ct_loader_free(r);
+    }
+    ct_loader_free(l);
+    free(x), free(wp), free(saved), free(tok), free(mask), free(docs);
+}
+
+/* (h) masked packing's errors: no /doc_offsets, offsets out of order */
+static void test_loader_packed_errors(void)
+{
+    char err[ERRLEN];
+    uint32_t tok[64];
+    uint64_t docs[4] = {0, 10, 20, 30};
+    for (int i = 0; i < 64; i++) tok[i] = (uint32_t)i;
+    ct_dataset_meta m = *meta("test", 1000);
+    snprintf(m.packing, sizeof m.packing, "masked");
+    const char *p = ct_test_path("masked_nodocs.h5");
+    CHECK_FAILS(ct_dataset_write(p, tok, 64, NULL, NULL, 0, &m, err, ERRLEN), err, p, "doc_offsets");
+    /* another tool's file: packing masked, no /doc_offsets */
+    CHECK(ct_dataset_write(p, tok, 64, NULL, NULL, 0, meta("test", 1000), err, ERRLEN) == 0);
+    set_packing(p, "masked");
+    ct_loader_opts o = {p, T, 2, 1, 0, 1, 1, 1, 1000};
+    ct_loader *l = NULL;
+    CHECK_FAILS(ct_loader_init(&l, &o, err, ERRLEN), err, p, "/doc_offsets: missing");
+    CHECK(strstr(err, "masked") != NULL && l == NULL);
+    /* offsets out of order (the writer refuses them: rewrite the file's) */
+    p = ct_test_path("masked_unordered.h5");
+    CHECK(ct_dataset_write(p, tok, 64, NULL, docs, 4, &m, err, ERRLEN) == 0);
+    hid_t f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT), d = H5Dopen2(f, "doc_offsets", H5P_DEFAULT);
+    uint64_t bad[4] = {0, 20, 10, 30};
+    H5Dwrite(d, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, bad);
+    H5Dclose(d);
+    H5Fclose(f);
+    o.path = p;
+    CHECK_FAILS(ct_loader_init(&l, &o, err, ERRLEN), err, p, "not increasing");
+    CHECK(l == NULL);
+}
+
 int main(void)
 {
     ct_test_dir_create("ct_test_data");
@@ -817,6 +960,10 @@ int main(void)
     test_loader_targets();
     test_loader_resume();
     test_loader_errors();
+    test_loader_packed(1000, 7, 16, 3);      /* /doc_offsets whole in the index */
+    test_loader_packed(400000, 3, 64, 4);    /* ~133k documents: a sparse index (stride 3) */
+    test_loader_packed(20000, 100, 256, 2);  /* long documents, several windows each */
+    test_loader_packed_errors();
     ct_test_dir_remove();
     return ct_test_finish("test_data");
 }

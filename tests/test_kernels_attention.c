@@ -3,8 +3,11 @@
  * reference (itself checked against central finite differences) and against differences
  * directly on small problems; grouped-query heads (groups 1..8), head sizes up to 128,
  * sliding windows, q/k/v as views of one packed buffer or as separate buffers with their own
- * strides; the "backward adds" contract, padding columns left alone, the statistics buffer
- * not overrun, causality and window locality, determinism across thread counts. */
+ * strides; packed documents (positions restarting at each document start: a query sees only
+ * its own document), alone and with a window, documents shorter and longer than a row block;
+ * pos = t giving pos NULL's bits; the "backward adds" contract, padding columns left alone, the
+ * statistics buffer not overrun, causality, window and document locality, determinism across
+ * thread counts. */
 #include <omp.h>
 #include <string.h>
 
@@ -19,11 +22,13 @@ typedef struct {
     int B, T, NH, NKV, D, window, packed;
     int ldq, ldkv;
     size_t offq, offk, offv, n; /* element offsets of q, k, v; n: elements in all */
+    const int32_t *pos;         /* [B*T] document positions, or NULL (one document a row) */
 } attn_dims;
+
 
 static attn_dims attn_layout(int B, int T, int NH, int NKV, int D, int window, int packed)
 {
-    attn_dims a = {B, T, NH, NKV, D, window, packed, 0, 0, 0, 0, 0, 0};
+    attn_dims a = {B, T, NH, NKV, D, window, packed, 0, 0, 0, 0, 0, 0, NULL};
     const size_t rows = (size_t)B * T;
     if (packed) {
         a.ldq = a.ldkv = (NH + 2 * NKV) * D;
@@ -43,7 +48,13 @@ static attn_dims attn_layout(int B, int T, int NH, int NKV, int D, int window, i
 static size_t qidx(const attn_dims *a, int b, int t, int h) { return a->offq + ((size_t)b * a->T + t) * a->ldq + (size_t)h * a->D; }
 static size_t kidx(const attn_dims *a, int b, int t, int h) { return a->offk + ((size_t)b * a->T + t) * a->ldkv + (size_t)(h / (a->NH / a->NKV)) * a->D; }
 static size_t vidx(const attn_dims *a, int b, int t, int h) { return a->offv + ((size_t)b * a->T + t) * a->ldkv + (size_t)(h / (a->NH / a->NKV)) * a->D; }
-static int ref_lo(const attn_dims *a, int t) { return a->window > 0 && t - a->window + 1 > 0 ? t - a->window + 1 : 0; }
+/* first key query t of row b sees: its window's and its document's */
+static int ref_lo(const attn_dims *a, int b, int t)
+{
+    int lo = a->window > 0 && t - a->window + 1 > 0 ? t - a->window + 1 : 0;
+    int doc = a->pos ? t - a->pos[(size_t)b * a->T + t] : 0;
+    return doc > lo ? doc : lo;
+}
 
 /* p[s] = softmax over visible keys s of query (b,t) of head h, straight from the definition */
 static void ref_probs(double *p, const double *x, const attn_dims *a, int b, int t, int h)
@@ -51,15 +62,15 @@ static void ref_probs(double *p, const double *x, const attn_dims *a, int b, int
     const double scale = 1.0 / sqrt((double)a->D);
     const double *q = x + qidx(a, b, t, h);
     double mx = -INFINITY, sum = 0.0;
-    for (int s = ref_lo(a, t); s <= t; s++) {
+    for (int s = ref_lo(a, b, t); s <= t; s++) {
         const double *k = x + kidx(a, b, s, h);
         double dot = 0.0;
         for (int i = 0; i < a->D; i++) dot += q[i] * k[i];
         p[s] = dot * scale;
         mx = p[s] > mx ? p[s] : mx;
     }
-    for (int s = ref_lo(a, t); s <= t; s++) sum += (p[s] = exp(p[s] - mx));
-    for (int s = ref_lo(a, t); s <= t; s++) p[s] /= sum;
+    for (int s = ref_lo(a, b, t); s <= t; s++) sum += (p[s] = exp(p[s] - mx));
+    for (int s = ref_lo(a, b, t); s <= t; s++) p[s] /= sum;
 }
 
 /* out[B*T, NH*D] from the q, k, v views in x */
@@ -73,7 +84,7 @@ static void ref_attn_fwd(double *out, const double *x, const attn_dims *a)
                 ref_probs(p, x, a, b, t, h);
                 double *o = out + ((size_t)b * a->T + t) * C + (size_t)h * a->D;
                 for (int i = 0; i < a->D; i++) o[i] = 0.0;
-                for (int s = ref_lo(a, t); s <= t; s++)
+                for (int s = ref_lo(a, b, t); s <= t; s++)
                     for (int i = 0; i < a->D; i++) o[i] += p[s] * x[vidx(a, b, s, h) + i];
             }
     free(p);
@@ -93,7 +104,7 @@ static void ref_attn_bwd(double *dx, const double *dout, const double *x, const 
                 const size_t iq = qidx(a, b, t, h);
                 double d = 0.0;
                 ref_probs(p, x, a, b, t, h);
-                for (int s = ref_lo(a, t); s <= t; s++) {
+                for (int s = ref_lo(a, b, t); s <= t; s++) {
                     const size_t iv = vidx(a, b, s, h);
                     dp[s] = 0.0;
                     for (int i = 0; i < a->D; i++) {
@@ -102,7 +113,7 @@ static void ref_attn_bwd(double *dx, const double *dout, const double *x, const 
                     }
                     d += p[s] * dp[s];
                 }
-                for (int s = ref_lo(a, t); s <= t; s++) {
+                for (int s = ref_lo(a, b, t); s <= t; s++) {
                     const size_t ik = kidx(a, b, s, h);
                     const double ds = p[s] * (dp[s] - d) * scale;
                     for (int i = 0; i < a->D; i++) {
@@ -140,30 +151,33 @@ static unsigned char *attn_used(const attn_dims *a)
 static void be_attn_fwd(const ct_backend *be, ct_kctx *ctx, float *out, float *stats, const float *x,
                         const attn_dims *a)
 {
-    be->attention_fwd(ctx, out, stats, x + a->offq, x + a->offk, x + a->offv, a->B, a->T, a->NH, a->NKV, a->D,
-                      a->ldq, a->ldkv, a->window);
+    be->attention_fwd(ctx, out, stats, x + a->offq, x + a->offk, x + a->offv, a->pos, a->B, a->T, a->NH, a->NKV,
+                      a->D, a->ldq, a->ldkv, a->window);
 }
 
 static void be_attn_bwd(const ct_backend *be, ct_kctx *ctx, float *dx, float *stats, const float *dout,
                         const float *x, const float *out, const attn_dims *a)
 {
     be->attention_bwd(ctx, dx + a->offq, dx + a->offk, dx + a->offv, stats, dout, x + a->offq, x + a->offk,
-                      x + a->offv, out, a->B, a->T, a->NH, a->NKV, a->D, a->ldq, a->ldkv, a->window);
+                      x + a->offv, out, a->pos, a->B, a->T, a->NH, a->NKV, a->D, a->ldq, a->ldkv, a->window);
 }
 
 #define STATS_GUARD 64 /* floats past attention_stats_len that must survive fwd + bwd */
 
 /* The op on one problem: forward vs the reference, backward (adding into a prefilled
  * gradient buffer of the inputs' layout) vs the analytic reference and, when fd, vs central
- * differences of the reference loss. Padding and the memory past the statistics stay. */
-static void attn_case(const ct_backend *be, ct_kctx *ctx, int B, int T, int NH, int NKV, int D, int window,
-                      int packed, int fd, uint64_t seed)
+ * differences of the reference loss. Padding and the memory past the statistics stay.
+ * doclen > 0: the rows hold packed documents of up to doclen tokens (ct_test_doc_positions). */
+static void attn_case_docs(const ct_backend *be, ct_kctx *ctx, int B, int T, int NH, int NKV, int D, int window,
+                           int packed, int fd, uint64_t seed, int doclen)
 {
-    char what[160], shape[96];
-    const attn_dims a = attn_layout(B, T, NH, NKV, D, window, packed);
+    char what[200], shape[128];
+    attn_dims a = attn_layout(B, T, NH, NKV, D, window, packed);
+    int32_t *docs = doclen ? ct_test_doc_positions(B, T, doclen, seed) : NULL;
+    a.pos = docs;
     const size_t nout = (size_t)B * T * NH * D, nstats = be->attention_stats_len(B, T, NH);
-    snprintf(shape, sizeof shape, "B=%d T=%d NH=%d NKV=%d D=%d window=%d %s", B, T, NH, NKV, D, window,
-             packed ? "packed" : "separate");
+    snprintf(shape, sizeof shape, "B=%d T=%d NH=%d NKV=%d D=%d window=%d %s docs<=%d", B, T, NH, NKV, D, window,
+             packed ? "packed" : "separate", doclen);
     float *x = ct_test_alloc(a.n), *out = ct_test_alloc(nout), *dout = ct_test_alloc(nout);
     float *dx = ct_test_alloc(a.n), *d0 = ct_test_alloc(a.n), *stats = ct_test_alloc(nstats + STATS_GUARD);
     ct_test_fill(x, a.n, &seed, -2.0f, 2.0f);
@@ -217,16 +231,58 @@ static void attn_case(const ct_backend *be, ct_kctx *ctx, int B, int T, int NH, 
     }
 
     free(x), free(out), free(dout), free(dx), free(d0), free(stats), free(guard), free(used);
-    free(x_d), free(g_d), free(out_ref), free(dx_ref), free(want);
+    free(x_d), free(g_d), free(out_ref), free(dx_ref), free(want), free(docs);
+}
+
+static void attn_case(const ct_backend *be, ct_kctx *ctx, int B, int T, int NH, int NKV, int D, int window,
+                      int packed, int fd, uint64_t seed)
+{
+    attn_case_docs(be, ctx, B, T, NH, NKV, D, window, packed, fd, seed, 0);
+}
+
+/* Positions 0..T-1 given explicitly describe one document a row: the same bits as pos NULL,
+ * forward and backward. */
+static void attn_pos_identity(const ct_backend *be, ct_kctx *ctx, int B, int T, int NH, int NKV, int D, int window)
+{
+    attn_dims a = attn_layout(B, T, NH, NKV, D, window, 0);
+    const size_t nout = (size_t)B * T * NH * D, nstats = be->attention_stats_len(B, T, NH);
+    uint64_t seed = 31;
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)B * T);
+    for (int i = 0; i < B * T; i++) pos[i] = i % T;
+    float *x = ct_test_alloc(a.n), *dout = ct_test_alloc(nout), *stats = ct_test_alloc(nstats), *out[2], *dx[2];
+    ct_test_fill(x, a.n, &seed, -2.0f, 2.0f);
+    ct_test_fill(dout, nout, &seed, -1.0f, 1.0f);
+    for (int r = 0; r < 2; r++) {
+        a.pos = r ? pos : NULL;
+        out[r] = ct_test_alloc(nout);
+        dx[r] = ct_test_alloc(a.n);
+        be_attn_fwd(be, ctx, out[r], stats, x, &a);
+        be_attn_bwd(be, ctx, dx[r], stats, dout, x, out[r], &a);
+    }
+    CHECK(memcmp(out[0], out[1], nout * sizeof(float)) == 0);
+    CHECK(memcmp(dx[0], dx[1], a.n * sizeof(float)) == 0);
+    for (int r = 0; r < 2; r++) free(out[r]), free(dx[r]);
+    free(x), free(dout), free(stats), free(pos);
 }
 
 /* Changing token t0 (its q, k and v) leaves every output before t0 bit-identical, and with a
- * window every output from t0 + window on too; a gradient flowing only from output row t1
- * reaches q only at t1 and k, v only at the keys t1 sees, leaving exact zeros elsewhere. */
-static void attn_locality(const ct_backend *be, ct_kctx *ctx, int window)
+ * window every output from t0 + window on too, and with packed documents (doclen > 0) every
+ * output from the end of t0's document on; a gradient flowing only from output row t1 reaches
+ * q only at t1 and k, v only at the keys t1 sees, leaving exact zeros elsewhere. */
+static void attn_locality(const ct_backend *be, ct_kctx *ctx, int window, int doclen)
 {
     const int B = 2, T = 150, NH = 4, NKV = 2, D = 8, t0 = 41, t1 = 97, C = NH * D;
-    const attn_dims a = attn_layout(B, T, NH, NKV, D, window, 0);
+    attn_dims a = attn_layout(B, T, NH, NKV, D, window, 0);
+    int32_t *docs = doclen ? ct_test_doc_positions(B, T, doclen, 5) : NULL;
+    /* t0 and t1 must not begin documents (each then has a neighbour to reach): their documents
+     * go on through them, the positions after them renumbered up to the next start */
+    for (int b = 0; docs && b < B; b++) {
+        int32_t *p = docs + (size_t)b * T;
+        const int keep[2] = {t0, t1};
+        for (int i = 0; i < 2; i++)
+            for (int t = keep[i]; t < T && (t == keep[i] || p[t]); t++) p[t] = p[t - 1] + 1;
+    }
+    a.pos = docs;
     const size_t nout = (size_t)B * T * C;
     uint64_t seed = 7 + window;
     float *x = ct_test_alloc(a.n), *out1 = ct_test_alloc(nout), *out2 = ct_test_alloc(nout);
@@ -240,9 +296,11 @@ static void attn_locality(const ct_backend *be, ct_kctx *ctx, int window)
         ct_test_fill(x + vidx(&a, b, t0, 0), (size_t)NKV * D, &seed, -2.0f, 2.0f);
     }
     be_attn_fwd(be, ctx, out2, stats, x, &a);
-    const int t_end = window ? t0 + window : T; /* first output the change cannot reach */
     for (int b = 0; b < B; b++) {
         const size_t row = (size_t)b * T;
+        int t_end = window ? t0 + window : T; /* first output the change cannot reach */
+        for (int t = t0 + 1; docs && t < t_end; t++)
+            if (docs[row + t] == 0) t_end = t;
         CHECK(memcmp(out1 + row * C, out2 + row * C, (size_t)t0 * C * sizeof(float)) == 0);
         CHECK(memcmp(out1 + (row + t_end) * C, out2 + (row + t_end) * C, (size_t)(T - t_end) * C * sizeof(float)) == 0);
         int differs = 0; /* the changed token and the last one it reaches must see the change */
@@ -254,9 +312,10 @@ static void attn_locality(const ct_backend *be, ct_kctx *ctx, int window)
 
     for (int b = 0; b < B; b++) ct_test_fill(dout + ((size_t)b * T + t1) * C, C, &seed, -1.0f, 1.0f);
     be_attn_bwd(be, ctx, dx, stats, dout, x, out2, &a);
-    const int lo = window && t1 - window + 1 > 0 ? t1 - window + 1 : 0;
-    size_t stray = 0, reached = 0;
-    for (int b = 0; b < B; b++)
+    size_t stray = 0, reached = 0, want_reached = 0;
+    for (int b = 0; b < B; b++) {
+        const int lo = ref_lo(&a, b, t1);
+        want_reached += (size_t)(t1 - lo) * NKV * D / 2;
         for (int t = 0; t < T; t++)
             for (int c = 0; c < NH * D; c++) {
                 const int qin = t == t1, kvin = t >= lo && t <= t1;
@@ -269,20 +328,23 @@ static void attn_locality(const ct_backend *be, ct_kctx *ctx, int window)
                     reached += kvin && gk != 0.0f && gv != 0.0f;
                 }
             }
+    }
     CHECK(stray == 0);
-    CHECK(reached > (size_t)B * (t1 - lo) * NKV * D / 2);
-    free(x), free(out1), free(out2), free(dout), free(dx), free(stats);
+    CHECK(reached > want_reached);
+    free(x), free(out1), free(out2), free(dout), free(dx), free(stats), free(docs);
 }
 
 /* fwd + bwd twice with two threads, once with one and once with three: all bit-identical.
  * The backward picks its schedule by thread count (one item per (b, kv head) when
  * B * NKV >= 2 * threads, else phased): B * NKV = 4 runs both, with 1 and with 3 threads. */
 static void attn_determinism(const ct_backend *be, ct_kctx *ctx, int B, int T, int NH, int NKV, int D, int window,
-                             int packed)
+                             int packed, int doclen)
 {
     enum { RUNS = 4 };
     static const int threads[RUNS] = {2, 2, 1, 3};
-    const attn_dims a = attn_layout(B, T, NH, NKV, D, window, packed);
+    attn_dims a = attn_layout(B, T, NH, NKV, D, window, packed);
+    int32_t *docs = doclen ? ct_test_doc_positions(B, T, doclen, 9) : NULL;
+    a.pos = docs;
     const size_t nout = (size_t)B * T * NH * D;
     uint64_t seed = 11;
     float *x = ct_test_alloc(a.n), *dout = ct_test_alloc(nout), *out[RUNS], *dx[RUNS];
@@ -303,7 +365,7 @@ static void attn_determinism(const ct_backend *be, ct_kctx *ctx, int B, int T, i
         CHECK(memcmp(dx[0], dx[r], a.n * sizeof(float)) == 0);
     }
     for (int r = 0; r < RUNS; r++) free(out[r]), free(dx[r]);
-    free(x), free(dout), free(stats);
+    free(x), free(dout), free(stats), free(docs);
 }
 
 /* ---------------------------------------------------------------- cross-entropy */
@@ -454,10 +516,26 @@ int main(void)
     attn_case(be, ctx, 1, 130, 4, 1, 32, 64, 1, 0, 13);  /* window = the row-block size */
     attn_case(be, ctx, 1, 97, 2, 2, 16, 100, 0, 0, 14);  /* window beyond T: no window */
     attn_case(be, ctx, 1, 130, 8, 2, 128, 16, 0, 0, 15);
-    attn_locality(be, ctx, 0);
-    attn_locality(be, ctx, 20);
-    attn_determinism(be, ctx, 2, 150, 3, 3, 24, 0, 1);
-    attn_determinism(be, ctx, 2, 150, 6, 2, 24, 40, 0);
+    /* packed documents (up to doclen tokens each), against differences too */
+    attn_case_docs(be, ctx, 2, 9, 3, 3, 4, 0, 1, 1, 21, 3);
+    attn_case_docs(be, ctx, 2, 11, 4, 2, 4, 3, 0, 1, 22, 5);   /* GQA, window inside documents */
+    attn_case_docs(be, ctx, 1, 8, 2, 1, 4, 0, 0, 1, 23, 1);    /* every token its own document */
+    /* ... and against the analytic reference: documents within a row block, across blocks, longer
+     * than several blocks; with windows shorter and longer than the documents */
+    attn_case_docs(be, ctx, 2, 200, 4, 2, 32, 0, 1, 0, 24, 20);
+    attn_case_docs(be, ctx, 2, 300, 4, 4, 16, 0, 0, 0, 25, 150);
+    attn_case_docs(be, ctx, 1, 257, 8, 2, 64, 30, 0, 0, 26, 90);
+    attn_case_docs(be, ctx, 1, 257, 4, 1, 32, 100, 1, 0, 27, 70);
+    attn_case_docs(be, ctx, 3, 130, 2, 1, 128, 0, 0, 0, 28, 64);
+    attn_pos_identity(be, ctx, 2, 150, 4, 2, 16, 0);
+    attn_pos_identity(be, ctx, 2, 150, 4, 2, 16, 33);
+    attn_locality(be, ctx, 0, 0);
+    attn_locality(be, ctx, 20, 0);
+    attn_locality(be, ctx, 0, 30);
+    attn_locality(be, ctx, 12, 30);
+    attn_determinism(be, ctx, 2, 150, 3, 3, 24, 0, 1, 0);
+    attn_determinism(be, ctx, 2, 150, 6, 2, 24, 40, 0, 0);
+    attn_determinism(be, ctx, 2, 150, 6, 2, 24, 0, 0, 50);
     xent_tests(be, ctx);
 
     be->kctx_free(ctx);

@@ -5,6 +5,7 @@
  *     with every gradient output pre-filled, so each check also tests "backward ADDS";
  *   - matmul_bwd, layernorm_bwd and encoder_bwd with NULL gradient outputs (a frozen model);
  *     encoder_bwd with repeated tokens; encoder_fwd without position embeddings (wpe NULL);
+ *     positions restarting per packed document (pos), and pos = t giving pos NULL's bits;
  *   - determinism: bit-identical results run to run and across thread counts 1..4.
  * Exit status is non-zero on any failed check. */
 #include <omp.h>
@@ -71,19 +72,18 @@ static const int thread_counts[] = {1, 2, 3, 4};
 /* ------------------------------------------------------------------ encoder */
 
 typedef struct {
-    const int32_t *tokens;
+    const int32_t *tokens, *pos; /* pos NULL: t */
     const double *wte, *wpe, *g;
     int B, T, C;
 } enc_args;
 
+static size_t enc_pos(const enc_args *a, int bt) { return (size_t)(a->pos ? a->pos[bt] : bt % a->T); }
+
 static void enc_ref(const enc_args *a, double *out)
 {
-    for (int b = 0; b < a->B; b++)
-        for (int t = 0; t < a->T; t++)
-            for (int c = 0; c < a->C; c++) {
-                size_t bt = (size_t)b * a->T + t;
-                out[bt * a->C + c] = a->wte[(size_t)a->tokens[bt] * a->C + c] + a->wpe[(size_t)t * a->C + c];
-            }
+    for (int bt = 0; bt < a->B * a->T; bt++)
+        for (int c = 0; c < a->C; c++)
+            out[(size_t)bt * a->C + c] = a->wte[(size_t)a->tokens[bt] * a->C + c] + a->wpe[enc_pos(a, bt) * a->C + c];
 }
 
 static double enc_loss(const void *p)
@@ -93,38 +93,63 @@ static double enc_loss(const void *p)
     for (int bt = 0; bt < a->B * a->T; bt++)
         for (int c = 0; c < a->C; c++)
             L += a->g[(size_t)bt * a->C + c] *
-                 (a->wte[(size_t)a->tokens[bt] * a->C + c] + a->wpe[(size_t)(bt % a->T) * a->C + c]);
+                 (a->wte[(size_t)a->tokens[bt] * a->C + c] + a->wpe[enc_pos(a, bt) * a->C + c]);
     return L;
 }
 
-static void test_encoder(void)
+/* Against the definition and finite differences; packed: positions restarting at document
+ * starts (rows 0 and 2 hold several documents), so wpe rows gather from several (b,t). */
+static void test_encoder(int packed)
 {
     enum { B = 3, T = 5, C = 37, V = 13 };
     /* token 4 appears at four positions, twice at t = 0 (b = 0 and b = 1); token 9 twice;
      * tokens 11 and 12 never appear */
     int32_t tokens[B * T] = {4, 1, 9, 4, 0, 4, 7, 2, 10, 9, 3, 4, 5, 6, 8};
+    static const int32_t docs[B * T] = {0, 1, 0, 1, 2, 0, 1, 2, 3, 4, 0, 0, 1, 0, 1};
     float *wte = rand_f(V * C, -1, 1), *wpe = rand_f(T * C, -1, 1), *g = rand_f(B * T * C, -1, 1);
     double *wte_d = ct_test_to_d(wte, V * C), *wpe_d = ct_test_to_d(wpe, T * C), *g_d = ct_test_to_d(g, B * T * C);
-    enc_args a = {tokens, wte_d, wpe_d, g_d, B, T, C};
+    const int32_t *pos = packed ? docs : NULL;
+    enc_args a = {tokens, pos, wte_d, wpe_d, g_d, B, T, C};
 
     float *out = rand_f(B * T * C, -9, 9); /* garbage the forward must overwrite */
     double *want = ct_test_alloc_d(B * T * C);
-    be->encoder_fwd(kc, out, tokens, wte, wpe, B, T, C);
+    be->encoder_fwd(kc, out, tokens, pos, wte, wpe, B, T, C);
     enc_ref(&a, want);
-    CHECK_CLOSE("encoder_fwd out", out, want, B * T * C, FWD_RTOL, FWD_ATOL);
+    CHECK_CLOSE(packed ? "encoder_fwd out (packed)" : "encoder_fwd out", out, want, B * T * C, FWD_RTOL, FWD_ATOL);
 
     float *dwte = rand_f(V * C, -1, 1), *dwpe = rand_f(T * C, -1, 1);
     float *p_wte = ct_test_copy(dwte, V * C), *p_wpe = ct_test_copy(dwpe, T * C);
-    be->encoder_bwd(kc, dwte, dwpe, g, tokens, B, T, C);
+    be->encoder_bwd(kc, dwte, dwpe, g, tokens, pos, B, T, C);
     double *fd_wte = fd_grad(enc_loss, &a, wte_d, V * C), *fd_wpe = fd_grad(enc_loss, &a, wpe_d, T * C);
     double *w_wte = ct_test_plus_prefill(fd_wte, p_wte, V * C), *w_wpe = ct_test_plus_prefill(fd_wpe, p_wpe, T * C);
     CHECK_CLOSE("encoder_bwd dwte (prefilled)", dwte, w_wte, V * C, GRAD_RTOL, GRAD_ATOL);
-    CHECK_CLOSE("encoder_bwd dwpe (prefilled)", dwpe, w_wpe, T * C, GRAD_RTOL, GRAD_ATOL);
+    CHECK_CLOSE(packed ? "encoder_bwd dwpe (prefilled, packed)" : "encoder_bwd dwpe (prefilled)", dwpe, w_wpe, T * C,
+                GRAD_RTOL, GRAD_ATOL);
     /* rows of tokens that never occur keep their prefill bit for bit */
     CHECK(memcmp(dwte + 11 * C, p_wte + 11 * C, 2 * C * sizeof(float)) == 0);
 
     free(wte); free(wpe); free(g); free(wte_d); free(wpe_d); free(g_d); free(out); free(want);
     free(dwte); free(dwpe); free(p_wte); free(p_wpe); free(fd_wte); free(fd_wpe); free(w_wte); free(w_wpe);
+}
+
+/* Positions 0..T-1 given explicitly: the same bits as pos NULL, forward and backward, at a
+ * size that takes the parallel path. */
+static void test_encoder_pos_identity(void)
+{
+    enum { B = 3, T = 70, C = 130, V = 20 };
+    uint64_t s = 25;
+    int32_t tokens[B * T], pos[B * T];
+    for (int i = 0; i < B * T; i++) tokens[i] = (int32_t)(ct_test_rand_u64(&s) % V), pos[i] = i % T;
+    float *wte = rand_f(V * C, -1, 1), *wpe = rand_f(T * C, -1, 1), *g = rand_f(B * T * C, -1, 1);
+    float *o1 = ct_test_alloc(B * T * C), *o2 = ct_test_alloc(B * T * C);
+    float *d1 = rand_f(T * C, -1, 1), *d2 = ct_test_copy(d1, T * C);
+    be->encoder_fwd(kc, o1, tokens, NULL, wte, wpe, B, T, C);
+    be->encoder_fwd(kc, o2, tokens, pos, wte, wpe, B, T, C);
+    CHECK(memcmp(o1, o2, sizeof(float) * B * T * C) == 0);
+    be->encoder_bwd(kc, NULL, d1, g, tokens, NULL, B, T, C);
+    be->encoder_bwd(kc, NULL, d2, g, tokens, pos, B, T, C);
+    CHECK(memcmp(d1, d2, sizeof(float) * T * C) == 0);
+    free(wte); free(wpe); free(g); free(o1); free(o2); free(d1); free(d2);
 }
 
 /* Frozen embeddings: with one gradient NULL the other must come out bit-identical to the
@@ -142,17 +167,17 @@ static void test_encoder_null(int B, int T, int C, int V)
     ct_test_fill(p_wte, (size_t)V * C, &s, -1, 1);
     ct_test_fill(p_wpe, (size_t)T * C, &s, -1, 1);
     float *dwte = ct_test_copy(p_wte, (size_t)V * C), *dwpe = ct_test_copy(p_wpe, (size_t)T * C);
-    be->encoder_bwd(kc, dwte, dwpe, g, tokens, B, T, C); /* the reference: both gradients */
+    be->encoder_bwd(kc, dwte, dwpe, g, tokens, NULL, B, T, C); /* the reference: both gradients */
 
     float *one = ct_test_copy(p_wte, (size_t)V * C);
-    be->encoder_bwd(kc, one, NULL, g, tokens, B, T, C);
+    be->encoder_bwd(kc, one, NULL, g, tokens, NULL, B, T, C);
     CHECK(memcmp(one, dwte, (size_t)V * C * sizeof(float)) == 0);
     free(one);
     one = ct_test_copy(p_wpe, (size_t)T * C);
-    be->encoder_bwd(kc, NULL, one, g, tokens, B, T, C);
+    be->encoder_bwd(kc, NULL, one, g, tokens, NULL, B, T, C);
     CHECK(memcmp(one, dwpe, (size_t)T * C * sizeof(float)) == 0);
     free(one);
-    be->encoder_bwd(kc, NULL, NULL, g, tokens, B, T, C); /* nothing to do, nothing to crash on */
+    be->encoder_bwd(kc, NULL, NULL, g, tokens, NULL, B, T, C); /* nothing to do, nothing to crash on */
     free(tokens); free(g); free(p_wte); free(p_wpe); free(dwte); free(dwpe);
 }
 
@@ -166,7 +191,7 @@ static void test_encoder_nopos(int B, int T, int C, int V)
     CHECK(tokens != NULL);
     for (int i = 0; i < B * T; i++) tokens[i] = (int32_t)(ct_test_rand_u64(&s) % V);
     float *wte = rand_f((size_t)V * C, -1, 1), *out = rand_f(n, -9, 9);
-    be->encoder_fwd(kc, out, tokens, wte, NULL, B, T, C);
+    be->encoder_fwd(kc, out, tokens, NULL, wte, NULL, B, T, C);
     size_t bad = 0;
     for (int bt = 0; bt < B * T; bt++)
         bad += memcmp(out + (size_t)bt * C, wte + (size_t)tokens[bt] * C, (size_t)C * sizeof(float)) != 0;
@@ -495,25 +520,29 @@ static void test_residual(void)
  * res == NULL it only returns how many floats it writes. */
 typedef size_t (*det_fn)(float *res);
 
-static size_t det_encoder(float *res)
+static size_t det_encoder_pos(float *res, int packed)
 {
     enum { B = 4, T = 64, C = 771, V = 50 };
     size_t total = (size_t)B * T * C + V * C + T * C;
     if (!res) return total;
     uint64_t s = 11;
-    int32_t tokens[B * T];
+    int32_t tokens[B * T], pos[B * T];
     for (int i = 0; i < B * T; i++) tokens[i] = (int32_t)(ct_test_rand_u64(&s) % V); /* ~5 repeats each */
+    for (int i = 0; i < B * T; i++) pos[i] = i % T && i % 23 ? pos[i - 1] + 1 : 0; /* packed documents */
+    const int32_t *p = packed ? pos : NULL;
     float *wte = ct_test_alloc(V * C), *wpe = ct_test_alloc(T * C), *g = ct_test_alloc((size_t)B * T * C);
     ct_test_fill(wte, V * C, &s, -1, 1);
     ct_test_fill(wpe, T * C, &s, -1, 1);
     ct_test_fill(g, (size_t)B * T * C, &s, -1, 1);
     float *out = res, *dwte = res + (size_t)B * T * C, *dwpe = dwte + V * C;
     ct_test_fill(dwte, V * C + T * C, &s, -1, 1); /* prefilled, as a second micro-batch sees it */
-    be->encoder_fwd(kc, out, tokens, wte, wpe, B, T, C);
-    be->encoder_bwd(kc, dwte, dwpe, g, tokens, B, T, C);
+    be->encoder_fwd(kc, out, tokens, p, wte, wpe, B, T, C);
+    be->encoder_bwd(kc, dwte, dwpe, g, tokens, p, B, T, C);
     free(wte); free(wpe); free(g);
     return total;
 }
+static size_t det_encoder(float *res) { return det_encoder_pos(res, 0); }
+static size_t det_encoder_packed(float *res) { return det_encoder_pos(res, 1); }
 
 static size_t det_layernorm(float *res)
 {
@@ -601,7 +630,9 @@ int main(void)
     kc = be->kctx_init(0);
     CHECK(be && kc && be->elem_size == sizeof(float));
 
-    test_encoder();
+    test_encoder(0);
+    test_encoder(1);
+    test_encoder_pos_identity();
     test_encoder_null(3, 5, 37, 13);
     test_encoder_null(4, 64, 771, 50);
     test_encoder_nopos(3, 5, 37, 13);
@@ -614,6 +645,7 @@ int main(void)
     test_residual();
 
     check_deterministic("encoder", det_encoder);
+    check_deterministic("encoder (packed documents)", det_encoder_packed);
     check_deterministic("layernorm", det_layernorm);
     check_deterministic("matmul", det_matmul);
     check_deterministic("gelu+residual", det_elementwise);

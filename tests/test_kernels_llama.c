@@ -295,7 +295,7 @@ static void decode_run(int B, int T, int P, int maxT, int NH, int NKV, int D, in
     float *qbuf = ct_test_alloc((size_t)B * T * ld), *obuf = ct_test_alloc((size_t)B * T * C);
     ct_test_fill(x, (size_t)B * T * ld, &s, -2, 2);
     for (size_t i = 0; i < (size_t)B * maxT * ckv; i++) kcache[i] = vcache[i] = NAN;
-    be->attention_fwd(kc, full, stats, x, x + C, x + C + ckv, B, T, NH, NKV, D, ld, ld, window);
+    be->attention_fwd(kc, full, stats, x, x + C, x + C + ckv, NULL, B, T, NH, NKV, D, ld, ld, window);
     double *want = ct_test_to_d(full, (size_t)B * T * C);
 
     for (int pos0 = 0; pos0 < T;) {

@@ -71,7 +71,7 @@ static void randomize_B(ct_model *m, uint64_t seed)
 static float *logits_of(ct_model *m)
 {
     char err[256];
-    if (ct_model_forward(m, tokens, NULL, B, T, 0.0f, NULL, NULL, err, sizeof err)) {
+    if (ct_model_forward(m, tokens, NULL, NULL, B, T, 0.0f, NULL, NULL, err, sizeof err)) {
         fprintf(stderr, "forward: %s\n", err);
         exit(2);
     }
@@ -83,7 +83,7 @@ static float *logits_of(ct_model *m)
 }
 
 /* on this file's tokens and targets */
-static double mean_loss_w(ct_model *m, float dloss) { return ct_test_mean_loss(m, tokens, targets, B, T, dloss); }
+static double mean_loss_w(ct_model *m, float dloss) { return ct_test_mean_loss(m, tokens, targets, NULL, B, T, dloss); }
 static double mean_loss(ct_model *m) { return mean_loss_w(m, 0.0f); }
 static long count_targets(void) { return ct_test_count_targets(targets, B * T); }
 
@@ -339,7 +339,7 @@ static void test_starts_as_base(void)
  * is off by more than the tolerance where the terms of a directional derivative cancel. */
 static double fd_derivative(ct_model *m, float *w, const float *saved, const float *d, size_t n, double h)
 {
-    return ct_test_fd(m, tokens, targets, B, T, w, saved, d, n, h);
+    return ct_test_fd(m, tokens, targets, NULL, B, T, w, saved, d, n, h);
 }
 
 /* Per adapter tensor: the directional derivative along a random direction, and the three

@@ -1,9 +1,12 @@
 /* test_model_grad.c — each family's whole gradient against central finite differences on a
  * tiny config (GPT-2; a Llama with grouped-query heads, every bias, an untied head, llama3 RoPE
- * and a sliding window shorter than the sequence), plus the model's contracts: gradients
- * accumulate across backward calls, runs are bit-identical, decoding over the KV cache gives
- * the forward's logits, bad tokens and shapes are errors. (tests/reference/ compares every
- * gradient with PyTorch's to 1e-4; this test needs no Python.) */
+ * and a sliding window shorter than the sequence), with one sequence a row and with packed
+ * documents (positions restarting, attention masked to each document), plus the model's
+ * contracts: gradients accumulate across backward calls, runs are bit-identical, decoding over
+ * the KV cache gives the forward's logits, a packed row's loss and gradient are the sums of its
+ * documents' computed alone, positions 0..T-1 give the bits of none, bad tokens, shapes and
+ * positions are errors. (tests/reference/ compares every gradient with PyTorch's to 1e-4; this
+ * test needs no Python.) */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,15 +33,18 @@ static ct_model_config llama_cfg(void)
 enum { B = 2, T = 5 };
 
 static int32_t tokens[B * T], targets[B * T];
+/* packed documents: row 0 holds two (2 and 3 tokens), row 1 three (3, 1, 1) */
+static const int32_t docs[B * T] = {0, 1, 0, 1, 2, 0, 1, 2, 0, 0};
+static const int32_t *pos; /* the positions the tests run with: NULL or docs */
 
-/* on this file's tokens and targets */
-static double mean_loss_w(ct_model *m, float dloss) { return ct_test_mean_loss(m, tokens, targets, B, T, dloss); }
+/* on this file's tokens, targets and positions */
+static double mean_loss_w(ct_model *m, float dloss) { return ct_test_mean_loss(m, tokens, targets, pos, B, T, dloss); }
 static long count_targets(void) { return ct_test_count_targets(targets, B * T); }
 
 /* The derivative along d by Richardson-extrapolated central differences (model_test.h). */
 static double fd_along(ct_model *m, float *w, const float *saved, const float *d, size_t n)
 {
-    return ct_test_fd(m, tokens, targets, B, T, w, saved, d, n, 1e-3);
+    return ct_test_fd(m, tokens, targets, pos, B, T, w, saved, d, n, 1e-3);
 }
 
 /* Per tensor: the directional derivative along a random direction, and the few elements with
@@ -65,8 +71,8 @@ static void test_finite_differences(ct_model *m, uint64_t *rng)
         for (size_t k = 0; k < t->numel; k++) analytic += (double)gw[k] * d[k];
         float got = (float)analytic;
         double want = fd_along(m, w, saved, d, t->numel);
-        char what[128];
-        snprintf(what, sizeof what, "%s: directional derivative", t->name);
+        char what[160];
+        snprintf(what, sizeof what, "%s: directional derivative%s", t->name, pos ? " (packed documents)" : "");
         CHECK_CLOSE(what, &got, &want, 1, 1e-2, 3e-4);
         /* the three largest-gradient elements */
         for (int j = 0; j < 3; j++) {
@@ -76,7 +82,7 @@ static void test_finite_differences(ct_model *m, uint64_t *rng)
             d[best] = 2.0f; /* mark as used */
             const float one = 1.0f;
             want = fd_along(m, w + best, saved + best, &one, 1);
-            snprintf(what, sizeof what, "%s[%zu]", t->name, best);
+            snprintf(what, sizeof what, "%s[%zu]%s", t->name, best, pos ? " (packed documents)" : "");
             CHECK_CLOSE(what, &gw[best], &want, 1, 1e-2, 3e-4);
         }
         free(d);
@@ -122,7 +128,7 @@ static void test_contracts(ct_model *m)
 
     /* logits-only forward: softmax(logits) gives the loss the loss forward gave */
     char err[256];
-    CHECK(ct_model_forward(m, tokens, NULL, B, T, 0.0f, NULL, NULL, err, sizeof err) == 0);
+    CHECK(ct_model_forward(m, tokens, NULL, pos, B, T, 0.0f, NULL, NULL, err, sizeof err) == 0);
     const float *logits = ct_model_logits(m);
     const int ld = ct_model_logits_stride(m);
     CHECK(ld >= cfg.vocab_size && ld % 64 == 0);
@@ -146,10 +152,10 @@ static void test_contracts(ct_model *m)
     bad[3] = cfg.vocab_size;
     double ls;
     long nt;
-    CHECK(ct_model_forward(m, bad, targets, B, T, 0.0f, &ls, &nt, err, sizeof err) == -1 && strstr(err, "vocabulary"));
-    CHECK(ct_model_forward(m, tokens, bad, B, T, 0.0f, &ls, &nt, err, sizeof err) == -1 && strstr(err, "target"));
-    CHECK(ct_model_forward(m, tokens, targets, B + 1, T, 0.0f, &ls, &nt, err, sizeof err) == -1);
-    CHECK(ct_model_forward(m, tokens, targets, B, cfg.max_seq_len + 1, 0.0f, &ls, &nt, err, sizeof err) == -1);
+    CHECK(ct_model_forward(m, bad, targets, NULL, B, T, 0.0f, &ls, &nt, err, sizeof err) == -1 && strstr(err, "vocabulary"));
+    CHECK(ct_model_forward(m, tokens, bad, NULL, B, T, 0.0f, &ls, &nt, err, sizeof err) == -1 && strstr(err, "target"));
+    CHECK(ct_model_forward(m, tokens, targets, NULL, B + 1, T, 0.0f, &ls, &nt, err, sizeof err) == -1);
+    CHECK(ct_model_forward(m, tokens, targets, NULL, B, cfg.max_seq_len + 1, 0.0f, &ls, &nt, err, sizeof err) == -1);
     free(want);
     free(once);
     free(again);
@@ -161,7 +167,7 @@ static void test_decode(ct_model *m)
 {
     char err[256];
     const int ld = ct_model_logits_stride(m), V = cfg.vocab_size;
-    CHECK(ct_model_forward(m, tokens, NULL, 1, T, 0.0f, NULL, NULL, err, sizeof err) == 0);
+    CHECK(ct_model_forward(m, tokens, NULL, NULL, 1, T, 0.0f, NULL, NULL, err, sizeof err) == 0);
     float *want_f = malloc(sizeof(float) * T * ld);
     memcpy(want_f, ct_model_logits(m), sizeof(float) * T * ld);
     for (int pos = 0; pos < T;) {
@@ -180,6 +186,79 @@ static void test_decode(ct_model *m)
     CHECK(ct_model_decode(m, tokens, 1, 2, T - 1, err, sizeof err) == -1 && strstr(err, "allocation"));
     CHECK(ct_model_decode(m, tokens, B + 1, 1, 0, err, sizeof err) == -1);
     free(want_f);
+}
+
+/* The packed rows' loss and gradient (dloss 1: the summed loss) against each document run
+ * alone as a row of its own, its positions 0..len-1, the sums over documents. The targets that
+ * cross a document boundary are not counted in either (as the loader drops them). Also:
+ * positions 0..T-1 given explicitly give the bits of NULL, and positions that break the rule or
+ * reach max_seq_len are errors. */
+static void test_packed(ct_model *m)
+{
+    char err[256];
+    const size_t n = ct_model_numel(m);
+    int32_t tg[B * T];
+    for (int i = 0; i < B * T; i++) tg[i] = i % T + 1 < T && docs[i + 1] == 0 ? -1 : targets[i];
+    double packed_sum, alone_sum = 0, s;
+    long packed_n, alone_n = 0, k;
+    CHECK(ct_model_forward(m, tokens, tg, docs, B, T, 1.0f, &packed_sum, &packed_n, err, sizeof err) == 0);
+    ct_model_zero_grad(m);
+    ct_model_backward(m, NULL, NULL);
+    float *packed_g = ct_test_copy(ct_model_grads(m), n);
+    ct_model_zero_grad(m);
+    for (int b = 0; b < B; b++)
+        for (int t0 = 0, t1; t0 < T; t0 = t1) {
+            for (t1 = t0 + 1; t1 < T && docs[b * T + t1]; t1++) {}
+            const int i = b * T + t0;
+            CHECK(ct_model_forward(m, tokens + i, tg + i, NULL, 1, t1 - t0, 1.0f, &s, &k, err, sizeof err) == 0);
+            ct_model_backward(m, NULL, NULL); /* adds: the sum over documents */
+            alone_sum += s;
+            alone_n += k;
+        }
+    float got = (float)packed_sum;
+    char what[96];
+    snprintf(what, sizeof what, "%s: packed loss = its documents' alone", ct_model_config_of(m)->model_type);
+    CHECK_CLOSE(what, &got, &alone_sum, 1, 1e-5, 0);
+    CHECK(packed_n == alone_n && packed_n == ct_test_count_targets(tg, B * T));
+    double *want = ct_test_to_d(ct_model_grads(m), n);
+    snprintf(what, sizeof what, "%s: packed gradient = its documents' alone", ct_model_config_of(m)->model_type);
+    CHECK_CLOSE(what, packed_g, want, n, 1e-4, 1e-6);
+    free(want);
+
+    /* positions 0..T-1: one document a row, exactly as without positions */
+    int32_t plain[B * T];
+    for (int i = 0; i < B * T; i++) plain[i] = i % T;
+    double l0, l1;
+    long n0, n1;
+    CHECK(ct_model_forward(m, tokens, targets, NULL, B, T, 1.0f, &l0, &n0, err, sizeof err) == 0);
+    ct_model_zero_grad(m);
+    ct_model_backward(m, NULL, NULL);
+    float *g0 = ct_test_copy(ct_model_grads(m), n);
+    CHECK(ct_model_forward(m, tokens, targets, plain, B, T, 1.0f, &l1, &n1, err, sizeof err) == 0);
+    ct_model_zero_grad(m);
+    ct_model_backward(m, NULL, NULL);
+    CHECK(l0 == l1 && n0 == n1 && !memcmp(g0, ct_model_grads(m), n * sizeof(float)));
+    CHECK(l0 != packed_sum); /* the masks matter on these weights */
+
+    /* bad positions: errors naming what is wrong, nothing computed */
+    int32_t bad[B * T];
+    memcpy(bad, docs, sizeof bad);
+    bad[1] = 2; /* skips 1 */
+    CHECK(ct_model_forward(m, tokens, targets, bad, B, T, 0.0f, &s, &k, err, sizeof err) == -1 &&
+          strstr(err, "follows position 0"));
+    memcpy(bad, docs, sizeof bad);
+    bad[5] = 1; /* row 1 must begin a document */
+    CHECK(ct_model_forward(m, tokens, targets, bad, B, T, 0.0f, &s, &k, err, sizeof err) == -1 &&
+          strstr(err, "row 1, token 0"));
+    memcpy(bad, docs, sizeof bad);
+    bad[6] = -1;
+    CHECK(ct_model_forward(m, tokens, targets, bad, B, T, 0.0f, &s, &k, err, sizeof err) == -1 &&
+          strstr(err, "outside"));
+    bad[6] = cfg.max_seq_len; /* GPT-2 has no embedding for it */
+    CHECK(ct_model_forward(m, tokens, targets, bad, B, T, 0.0f, &s, &k, err, sizeof err) == -1 &&
+          strstr(err, "max_seq_len"));
+    free(packed_g);
+    free(g0);
 }
 
 static void test_bad_configs(void)
@@ -219,8 +298,14 @@ static void test_family(void)
         targets[i] = (int32_t)(ct_test_rand_u64(&rng) % cfg.vocab_size);
     }
     targets[1] = targets[7] = -1;
+    pos = NULL;
     test_finite_differences(m, &rng);
     test_contracts(m);
+    pos = docs;
+    test_finite_differences(m, &rng);
+    test_contracts(m);
+    pos = NULL;
+    test_packed(m);
     test_decode(m);
     ct_model_free(m);
 }

@@ -312,7 +312,7 @@ static void test_loader(void)
     int32_t x[64], y[64];
     size_t wrong = 0, counted = 0;
     for (uint64_t w = 0; w < ct_loader_windows(l); w++) {
-        CHECK(ct_loader_next(l, x, y, err, ERRLEN) == 0);
+        CHECK(ct_loader_next(l, x, y, NULL, err, ERRLEN) == 0);
         for (int t = 0; t < T; t++) {
             size_t at = (size_t)w * T + (size_t)t + 1; /* the target's position */
             int32_t want = mask[at] ? (int32_t)tok[at] : -1;

@@ -10,8 +10,10 @@ int ct_eval_loss(ct_model *m, ct_loader *val, int nbatches, int B, int T, ct_com
     uint64_t steps = ct_loader_steps_per_epoch(val);
     if (nbatches > 0 && (uint64_t)nbatches < steps) steps = (uint64_t)nbatches;
     int32_t *tokens = malloc(sizeof(int32_t) * (size_t)B * T), *targets = malloc(sizeof(int32_t) * (size_t)B * T);
+    /* packed documents that must not see each other: their positions go to the model */
+    int32_t *pos = ct_loader_masked(val) ? malloc(sizeof(int32_t) * (size_t)B * T) : NULL;
     int rc = -1;
-    if (!tokens || !targets) {
+    if (!tokens || !targets || (ct_loader_masked(val) && !pos)) {
         snprintf(err, errlen, "out of memory");
         goto done;
     }
@@ -20,8 +22,8 @@ int ct_eval_loss(ct_model *m, ct_loader *val, int nbatches, int B, int T, ct_com
     for (uint64_t s = 0; s < steps; s++) {
         double sum;
         long ntok;
-        if (ct_loader_next(val, tokens, targets, err, errlen)) goto done;
-        if (ct_model_forward(m, tokens, targets, B, T, 0.0f, &sum, &ntok, err, errlen)) goto done;
+        if (ct_loader_next(val, tokens, targets, pos, err, errlen)) goto done;
+        if (ct_model_forward(m, tokens, targets, pos, B, T, 0.0f, &sum, &ntok, err, errlen)) goto done;
         acc[0] += sum;
         acc[1] += (double)ntok;
     }
@@ -34,5 +36,6 @@ int ct_eval_loss(ct_model *m, ct_loader *val, int nbatches, int B, int T, ct_com
 done:
     free(tokens);
     free(targets);
+    free(pos);
     return rc;
 }

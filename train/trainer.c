@@ -91,6 +91,7 @@ typedef struct {
     ct_optim *optim;
     ct_loader *train, *val;
     int32_t *tokens, *targets; /* [grad_accum][B*T] */
+    int32_t *pos;              /* [grad_accum][B*T] positions of packed documents; NULL unless data.train is masked */
     FILE *metrics;
     char *config_json;         /* the resolved config, saved in every checkpoint */
     char resume[CT_PATH_MAX + 64]; /* checkpoint to resume from, or "" */
@@ -103,6 +104,7 @@ static void run_free(run_state *s)
     free(s->config_json);
     free(s->tokens);
     free(s->targets);
+    free(s->pos);
     ct_loader_free(s->train);
     ct_loader_free(s->val);
     ct_optim_free(s->optim);
@@ -155,7 +157,8 @@ static int setup(const ct_config *cfg, ct_comm *comm, run_state *s, char *from, 
         return -1;
     s->tokens = malloc(sizeof(int32_t) * (size_t)A * B * T);
     s->targets = malloc(sizeof(int32_t) * (size_t)A * B * T);
-    if (!s->tokens || !s->targets) {
+    if (ct_loader_masked(s->train)) s->pos = malloc(sizeof(int32_t) * (size_t)A * B * T);
+    if (!s->tokens || !s->targets || (ct_loader_masked(s->train) && !s->pos)) {
         snprintf(err, errlen, "out of memory for %d micro-batches of %d x %d tokens", A, B, T);
         return -1;
     }
@@ -312,7 +315,9 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
          * rank, so all micro-batches are read first and their tokens counted globally. */
         double count = 0;
         for (int a = 0; a < A; a++) {
-            if (ct_loader_next(s.train, s.tokens + a * BT, s.targets + a * BT, err, sizeof err)) ct_run_die(comm, err);
+            if (ct_loader_next(s.train, s.tokens + a * BT, s.targets + a * BT, s.pos ? s.pos + a * BT : NULL, err,
+                               sizeof err))
+                ct_run_die(comm, err);
             for (size_t i = 0; i < BT; i++) count += s.targets[a * BT + i] >= 0;
         }
         if (ct_comm_allreduce_sum_f64(comm, &count, 1)) ct_run_die(comm, "communication failed");
@@ -327,8 +332,8 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
              * micro-batch a holds the windows of slot a * world + r), not the rank: a resharded
              * resume draws the same masks for the same windows */
             ct_model_set_dropout_seed(s.model, dropout_seed(cfg->run.seed, step, a * world + rank));
-            if (ct_model_forward(s.model, s.tokens + a * BT, s.targets + a * BT, B, T, dloss, &sum, &ntok, err,
-                                sizeof err))
+            if (ct_model_forward(s.model, s.tokens + a * BT, s.targets + a * BT, s.pos ? s.pos + a * BT : NULL, B, T,
+                                 dloss, &sum, &ntok, err, sizeof err))
                 ct_run_die(comm, err);
             /* the last micro-batch's backward hands each finished layer to the reduction */
             int overlap = a == A - 1 && ct_optim_overlaps(s.optim);

@@ -2,8 +2,11 @@
  * window, fp32 on the CPU (GPT-2: NKV = NH, window 0; Llama/Mistral: NKV < NH, window).
  *
  * Row (b,t) of q (stride ldq) holds NH heads of D channels, rows of k and v (stride ldkv)
- * NKV heads; query head h reads kv head h / G, G = NH / NKV. Key s is visible to query t
- * iff lo(t) <= s <= t, lo(t) = window ? max(0, t - window + 1) : 0. out[B*T, NH*D].
+ * NKV heads; query head h reads kv head h / G, G = NH / NKV. In row b, key s is visible to
+ * query t iff lo(t) <= s <= t, lo(t) = max(t - pos[b*T+t], window ? t - window + 1 : 0): the
+ * keys of t's own document (pos NULL: one document, lo from the window alone). Both terms
+ * never decrease with t (the document rule, kernels.h), which the bands below rely on.
+ * out[B*T, NH*D].
  *
  * stats layout, attention_stats_len(B,T,NH) floats:
  *   probs   [B,NH,T,T]      softmax rows (row stride T); see "bands" below for which
@@ -14,11 +17,13 @@
  *
  * Bands. Queries go in row blocks of RB; row block [r0,r1) sees keys [cb(r0), r1), where
  * cb(r0) = lo(r0) rounded down to a multiple of RB: only those columns of its rows are
- * computed (blocks right of the diagonal and, with a window, left of it are skipped) and
- * written, invisible entries inside them as exact zeros. The backward's column blocks
- * [c0,c1) read rows c0 .. last(c1) = min(T, c1 - 1 + window) (all of T without a window);
- * each such row's band contains [c0,c1) because cb is block-aligned, so every probability
- * the backward reads was written by the forward.
+ * computed (blocks right of the diagonal and, with a window or packed documents, left of it
+ * are skipped) and written, invisible entries inside them as exact zeros. The backward's
+ * column blocks [c0,c1) read rows c0 .. e(c1), e(c1) = one past the last query that sees key
+ * c1 - 1: min(T, c1 - 1 + window) with a window, the end of key c1 - 1's document with pos
+ * (T without either). A row t < e(c1) has lo(t) <= c1 - 1, so its block's cb is at most c0
+ * (both block-aligned) and its band contains [c0,c1): every probability the backward reads
+ * was written by the forward.
  *
  * Parallelism, deterministic for any thread count (each output element is produced by one
  * work item in a fixed order, no atomics; BLAS runs single-threaded inside the region):
@@ -44,14 +49,26 @@
 static int imin(int a, int b) { return a < b ? a : b; }
 static int imax(int a, int b) { return a > b ? a : b; }
 
-/* first key visible to query t */
-static int vis_lo(int t, int window) { return window > 0 ? imax(0, t - window + 1) : 0; }
+/* first key visible to query t of row b: prow = pos + b*T, or NULL (one document) */
+static int vis_lo(const int32_t *prow, int t, int window)
+{
+    return imax(window > 0 ? t - window + 1 : 0, prow ? t - prow[t] : 0);
+}
 
 /* first column computed for the row block starting at r0 (block-aligned, see "Bands") */
-static int band_lo(int r0, int window) { return vis_lo(r0, window) / RB * RB; }
+static int band_lo(const int32_t *prow, int r0, int window) { return vis_lo(prow, r0, window) / RB * RB; }
 
-/* one past the last query that sees a key in [c0, c1) */
-static int rows_end(int c1, int T, int window) { return window > 0 ? imin(T, c1 - 1 + window) : T; }
+/* one past the last query that sees a key in [c0, c1): the window's reach, cut at the next
+ * document start after key c1 - 1 */
+static int rows_end(const int32_t *prow, int c1, int T, int window)
+{
+    int e = window > 0 ? imin(T, c1 - 1 + window) : T;
+    for (int t = c1; prow && t < e; t++)
+        if (prow[t] == 0) return t;
+    return e;
+}
+
+static const int32_t *pos_row(const int32_t *pos, int b, int T) { return pos ? pos + (size_t)b * T : NULL; }
 
 /* Softmax of row[0..len) in place (row holds scaled scores). */
 static void softmax_row(float *row, int len)
@@ -68,7 +85,7 @@ size_t ct_cpu_attention_stats_len(int B, int T, int NH)
 }
 
 void ct_cpu_attention_fwd(ct_kctx *ctx, void *out_, float *stats, const void *q_, const void *k_, const void *v_,
-                          int B, int T, int NH, int NKV, int D, int ldq, int ldkv, int window)
+                          const int32_t *pos, int B, int T, int NH, int NKV, int D, int ldq, int ldkv, int window)
 {
     float *out = out_;
     const float *qall = q_, *kall = k_, *vall = v_;
@@ -80,7 +97,8 @@ void ct_cpu_attention_fwd(ct_kctx *ctx, void *out_, float *stats, const void *q_
 #pragma omp parallel for schedule(dynamic)
     for (long item = 0; item < (long)B * NH * nb; item++) {
         const int bh = (int)(item / nb), b = bh / NH, h = bh % NH;
-        const int r0 = (int)(item % nb) * RB, r1 = imin(T, r0 + RB), m = r1 - r0, c0 = band_lo(r0, window);
+        const int32_t *prow = pos_row(pos, b, T);
+        const int r0 = (int)(item % nb) * RB, r1 = imin(T, r0 + RB), m = r1 - r0, c0 = band_lo(prow, r0, window);
         const float *q = qall + (size_t)b * T * ldq + (size_t)h * D;
         const float *k = kall + (size_t)b * T * ldkv + (size_t)(h / G) * D;
         const float *v = vall + (size_t)b * T * ldkv + (size_t)(h / G) * D;
@@ -92,7 +110,7 @@ void ct_cpu_attention_fwd(ct_kctx *ctx, void *out_, float *stats, const void *q_
                     k + (size_t)c0 * ldkv, ldkv, 0.0f, P + (size_t)r0 * T + c0, T);
         for (int t = r0; t < r1; t++) {
             float *row = P + (size_t)t * T;
-            const int lo = vis_lo(t, window);
+            const int lo = vis_lo(prow, t, window);
             /* zeros outside [lo, t] within the band: the block products read them */
             memset(row + c0, 0, (size_t)(lo - c0) * sizeof(float));
             softmax_row(row + lo, t + 1 - lo);
@@ -107,10 +125,10 @@ void ct_cpu_attention_fwd(ct_kctx *ctx, void *out_, float *stats, const void *q_
 /* dX[c0:c1] += sum over query heads h in [h0, h1) (all of one kv head's group) of
  * A_h[c0:e, c0:c1]^T Y_h[c0:e], A_h = head h's probs (dV, Y = dO) or dS (dK, Y = Q),
  * e = rows_end(c1): one column block of a kv head's dk or dv, its heads summed in order. */
-static void kv_block_grad(float *dX, int ldx, const float *A, const float *Y, int ldy, int b, int h0, int h1, int c0,
-                          int T, int NH, int D, int window)
+static void kv_block_grad(float *dX, int ldx, const float *A, const float *Y, int ldy, const int32_t *pos, int b,
+                          int h0, int h1, int c0, int T, int NH, int D, int window)
 {
-    const int c1 = imin(T, c0 + RB), e = rows_end(c1, T, window);
+    const int c1 = imin(T, c0 + RB), e = rows_end(pos_row(pos, b, T), c1, T, window);
     for (int h = h0; h < h1; h++) {
         const float *Ah = A + ((size_t)b * NH + h) * T * T;
         const float *Yh = Y + (size_t)b * T * ldy + (size_t)h * D;
@@ -121,9 +139,11 @@ static void kv_block_grad(float *dX, int ldx, const float *A, const float *Y, in
 
 /* Query head (b,h): dS over its probs in place, row block by row block through its scratch
  * dP, and dQ += dS K. */
-static void head_ds_dq(float *dqall, float *stats, const float *dout, const float *kall, const float *vall, int b,
-                       int h, int B, int T, int NH, int G, int D, int ldq, int ldkv, int window)
+static void head_ds_dq(float *dqall, float *stats, const float *dout, const float *kall, const float *vall,
+                       const int32_t *pos, int b, int h, int B, int T, int NH, int G, int D, int ldq, int ldkv,
+                       int window)
 {
+    const int32_t *prow = pos_row(pos, b, T);
     const int C = NH * D;
     const float scale = 1.0f / sqrtf((float)D);
     const float *k = kall + (size_t)b * T * ldkv + (size_t)(h / G) * D;
@@ -135,14 +155,14 @@ static void head_ds_dq(float *dqall, float *stats, const float *dout, const floa
     float *dP = stats + (size_t)B * NH * T * T + ((size_t)b * NH + h) * imin(RB, T) * T;
 
     for (int r0 = 0; r0 < T; r0 += RB) {
-        const int r1 = imin(T, r0 + RB), m = r1 - r0, c0 = band_lo(r0, window);
+        const int r1 = imin(T, r0 + RB), m = r1 - r0, c0 = band_lo(prow, r0, window);
         /* dP[0:m, c0:r1] = dO[r0:r1] V[c0:r1]^T */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, r1 - c0, D, 1.0f, dO + (size_t)r0 * C, C,
                     v + (size_t)c0 * ldkv, ldkv, 0.0f, dP + c0, T);
         /* softmax backward, in place over P: dS = P * (dP - sum(P * dP)), scaled here once
          * so the products need no alpha; invisible entries stay 0 */
         for (int t = r0; t < r1; t++) {
-            const int lo = vis_lo(t, window);
+            const int lo = vis_lo(prow, t, window);
             float *p = P + (size_t)t * T;
             const float *dp = dP + (size_t)(t - r0) * T;
             const float d = ct_vdot(p + lo, dp + lo, t + 1 - lo);
@@ -164,8 +184,8 @@ static void head_ds_dq(float *dqall, float *stats, const float *dout, const floa
  *     over (b, kv head, column block): finer work, but each phase streams every head's
  *     probs through memory. */
 void ct_cpu_attention_bwd(ct_kctx *ctx, void *dq_, void *dk_, void *dv_, float *stats, const void *dout_,
-                          const void *q_, const void *k_, const void *v_, const void *out_, int B, int T, int NH,
-                          int NKV, int D, int ldq, int ldkv, int window)
+                          const void *q_, const void *k_, const void *v_, const void *out_, const int32_t *pos, int B,
+                          int T, int NH, int NKV, int D, int ldq, int ldkv, int window)
 {
     float *dqall = dq_, *dkall = dk_, *dvall = dv_;
     const float *dout = dout_, *qall = q_, *kall = k_, *vall = v_;
@@ -180,10 +200,10 @@ void ct_cpu_attention_bwd(ct_kctx *ctx, void *dq_, void *dk_, void *dv_, float *
             const int b = bk / NKV, kvh = bk % NKV;
             for (int h = kvh * G; h < (kvh + 1) * G; h++) {
                 for (int c0 = 0; c0 < T; c0 += RB)
-                    kv_block_grad(DV(b, kvh), ldkv, stats, dout, C, b, h, h + 1, c0, T, NH, D, window);
-                head_ds_dq(dqall, stats, dout, kall, vall, b, h, B, T, NH, G, D, ldq, ldkv, window);
+                    kv_block_grad(DV(b, kvh), ldkv, stats, dout, C, pos, b, h, h + 1, c0, T, NH, D, window);
+                head_ds_dq(dqall, stats, dout, kall, vall, pos, b, h, B, T, NH, G, D, ldq, ldkv, window);
                 for (int c0 = 0; c0 < T; c0 += RB)
-                    kv_block_grad(DK(b, kvh), ldkv, stats, qall, ldq, b, h, h + 1, c0, T, NH, D, window);
+                    kv_block_grad(DK(b, kvh), ldkv, stats, qall, ldq, pos, b, h, h + 1, c0, T, NH, D, window);
             }
         }
         return;
@@ -195,18 +215,18 @@ void ct_cpu_attention_bwd(ct_kctx *ctx, void *dq_, void *dk_, void *dv_, float *
 #pragma omp for schedule(dynamic)
         for (long item = 0; item < kv_items; item++) {
             const int bk = (int)(item / nb), b = bk / NKV, kvh = bk % NKV;
-            kv_block_grad(DV(b, kvh), ldkv, stats, dout, C, b, kvh * G, (kvh + 1) * G, (int)(item % nb) * RB, T,
-                          NH, D, window);
+            kv_block_grad(DV(b, kvh), ldkv, stats, dout, C, pos, b, kvh * G, (kvh + 1) * G, (int)(item % nb) * RB,
+                          T, NH, D, window);
         }
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * NH; bh++)
-            head_ds_dq(dqall, stats, dout, kall, vall, bh / NH, bh % NH, B, T, NH, G, D, ldq, ldkv, window);
+            head_ds_dq(dqall, stats, dout, kall, vall, pos, bh / NH, bh % NH, B, T, NH, G, D, ldq, ldkv, window);
         /* dK[c0:c1] += sum_h dS_h[c0:e, c0:c1]^T Q_h[c0:e] */
 #pragma omp for schedule(dynamic)
         for (long item = 0; item < kv_items; item++) {
             const int bk = (int)(item / nb), b = bk / NKV, kvh = bk % NKV;
-            kv_block_grad(DK(b, kvh), ldkv, stats, qall, ldq, b, kvh * G, (kvh + 1) * G, (int)(item % nb) * RB, T,
-                          NH, D, window);
+            kv_block_grad(DK(b, kvh), ldkv, stats, qall, ldq, pos, b, kvh * G, (kvh + 1) * G, (int)(item % nb) * RB,
+                          T, NH, D, window);
         }
     }
 #undef DK

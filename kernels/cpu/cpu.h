@@ -20,10 +20,10 @@ static inline int ct_cpu_channel_slice(int C, int max)
     return w < 16 ? 16 : w;
 }
 
-void ct_cpu_encoder_fwd(ct_kctx *ctx, void *out, const int32_t *tokens, const void *wte, const void *wpe,
-                        int B, int T, int C);
+void ct_cpu_encoder_fwd(ct_kctx *ctx, void *out, const int32_t *tokens, const int32_t *pos, const void *wte,
+                        const void *wpe, int B, int T, int C);
 void ct_cpu_encoder_bwd(ct_kctx *ctx, void *dwte, void *dwpe, const void *dout, const int32_t *tokens,
-                        int B, int T, int C);
+                        const int32_t *pos, int B, int T, int C);
 void ct_cpu_layernorm_fwd(ct_kctx *ctx, void *out, float *mean, float *rstd, const void *inp, const void *w,
                           const void *b, int N, int C, float eps);
 void ct_cpu_layernorm_bwd(ct_kctx *ctx, void *dinp, void *dw, void *db, const void *dout, const void *inp,
@@ -34,10 +34,10 @@ void ct_cpu_matmul_bwd(ct_kctx *ctx, void *dinp, void *dw, void *dbias, const vo
                        const void *w, int N, int K, int M);
 size_t ct_cpu_attention_stats_len(int B, int T, int NH);
 void ct_cpu_attention_fwd(ct_kctx *ctx, void *out, float *stats, const void *q, const void *k, const void *v,
-                          int B, int T, int NH, int NKV, int D, int ldq, int ldkv, int window);
+                          const int32_t *pos, int B, int T, int NH, int NKV, int D, int ldq, int ldkv, int window);
 void ct_cpu_attention_bwd(ct_kctx *ctx, void *dq, void *dk, void *dv, float *stats, const void *dout,
-                          const void *q, const void *k, const void *v, const void *out, int B, int T, int NH,
-                          int NKV, int D, int ldq, int ldkv, int window);
+                          const void *q, const void *k, const void *v, const void *out, const int32_t *pos, int B,
+                          int T, int NH, int NKV, int D, int ldq, int ldkv, int window);
 void ct_cpu_attention_decode(ct_kctx *ctx, void *out, const void *q, const void *kc, const void *vc, int B, int Tq,
                              int pos0, int maxT, int NH, int NKV, int D, int ldq, int window);
 void ct_cpu_copy_rows(ct_kctx *ctx, void *dst, int ldd, const void *src, int lds, int rows, int cols);

@@ -6,8 +6,9 @@
 //
 // Layout (kernels.h): row (b,t) of q (stride ldq) holds NH heads of hs channels, rows of k and v
 // (stride ldkv) NKV heads; query head h reads kv head h / G, G = NH / NKV. out, dout [B*T, NH*hs].
-// Key s is visible to query t iff s <= t and t - s < wlim (wlim = window, or INT_MAX for no
-// window). stats layout, attention_stats_len(B,T,NH) = 2*B*NH*T floats (BH = B*NH):
+// In row b, key s is visible to query t iff start(t) <= s <= t and t - s < wlim (wlim = window, or
+// INT_MAX for no window), start(t) = t - pos[b*T+t] the first token of t's document (0 when pos is
+// NULL). stats layout, attention_stats_len(B,T,NH) = 2*B*NH*T floats (BH = B*NH):
 //   lse  fp32 [BH,T]  written by forward: the row logsumexp of the scaled scores in base 2,
 //                     log2(sum_j 2^(s_ij)) with s_ij = log2(e) * q_i.k_j / sqrt(hs)
 //   D    fp32 [BH,T]  written by backward: D_i = sum_c dO_ic * O_ic
@@ -24,9 +25,13 @@
 // and dS is rounded to bf16 for its two products. exp2 with log2(e) folded into the scale, the
 // same constant in both directions.
 //
-// Sliding window: a query block visits only the key tiles from band_start (the tile holding
-// the first key its first query sees) to its diagonal, a key block only the query tiles up to
-// the last query its last key is visible to; the mask inside those tiles is exact.
+// Sliding window and packed documents: a query block visits only the key tiles from band_start
+// (the tile holding the first key its first query sees: the window's, or its document's first
+// key) to its diagonal, a key block only the query tiles up to the last query its last key is
+// visible to (the window's reach, cut where the next document begins). Document starts never
+// decrease along a row (kernels.h's document rule), which makes both bounds hold for the whole
+// block. Tiles no query sees are skipped, not masked: rows of short documents cost about their
+// length, not T. The mask inside the visited tiles is exact.
 //
 // Backward: kernel dq (one block per (query head, query block)) computes D for its rows, then
 // dQ = scale * dS K over the key blocks in its band; kernel dkv (one block per (kv head, key
@@ -101,8 +106,16 @@ template <class P> __device__ __forceinline__ P *head_rows(P *base, int b, int T
 }
 
 // The first tile (of `tile` rows, tiles aligned to multiples of it) holding a key that query
-// q0 or a later one sees: key s is visible to query t iff s <= t and t - s < wlim.
-__device__ __forceinline__ int band_start(int q0, int wlim, int tile) { return max(0, q0 - wlim + 1) / tile * tile; }
+// q0 < T or a later one sees: the window's first key, or q0's document start (prow: the row's
+// positions, or NULL) when later. Both never decrease along the queries.
+__device__ __forceinline__ int band_start(int q0, int wlim, const int32_t *prow, int tile)
+{
+    const int lo = max(0, q0 - wlim + 1);
+    return (prow ? max(lo, q0 - prow[q0]) : lo) / tile * tile;
+}
+
+// The first key query t < T of the row sees by document (0 without positions)
+__device__ __forceinline__ int doc_start(const int32_t *prow, int t) { return prow ? t - prow[t] : 0; }
 
 // A block of rows staged through shared memory into register fragments, each warp taking its
 // own 16 rows. The barrier inside publishes the tile; the caller must make sure stage is free
@@ -247,6 +260,7 @@ __device__ __forceinline__ void store_add(bf16 *g, const frag_c (&acc)[HSP / 16]
 
 // The shape every attention kernel takes (checked by attn_check, filled by shape_of)
 struct attn_shape {
+    const int32_t *pos; // [B*T] document positions, or NULL (one document a row)
     int T, NH, G;  // sequence length, query heads, query heads per kv head
     int hs;        // head size, <= HSP
     int ldq, ldkv; // row strides of q (and dq) and of k, v (and dk, dv), elements
@@ -282,6 +296,8 @@ __global__ void __launch_bounds__(fwd_cfg<HSP>::NT, 2)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 1, half = lane & 1;
     const int i = q0 + warp * 16 + r; // this lane's query row
     const int lim = min(i, T - 1);    // padded rows act as row T-1: every row sees a key, no NaN anywhere
+    const int32_t *prow = s.pos ? s.pos + (size_t)b * T : NULL;
+    const int dst = doc_start(prow, lim); // this row's first key by document
     const bf16 *qb = head_rows(q, b, T, s.ldq, h, hs);
     const bf16 *kb = head_rows(k, b, T, s.ldkv, h / s.G, hs), *vb = head_rows(v, b, T, s.ldkv, h / s.G, hs);
     float *F = f_s[warp];
@@ -295,9 +311,9 @@ __global__ void __launch_bounds__(fwd_cfg<HSP>::NT, 2)
     for (int x = 0; x < HSP / 2; x++) o[x] = 0.0f;
     float m = -INFINITY, l = 0.0f; // running max (base 2) and this lane's half of the row sum
 
-    const auto vis = [=](int key) { return key <= lim && lim - key < wlim; };
+    const auto vis = [=](int key) { return key <= lim && lim - key < wlim && key >= dst; };
     const int kend = min(q0 + BR, T);
-    for (int k0 = band_start(q0, wlim, BC); k0 < kend; k0 += BC) {
+    for (int k0 = band_start(q0, wlim, prow, BC); k0 < kend; k0 += BC) {
         __syncthreads(); // everyone is done with kv_s (Q staging or the previous K/V)
         load_kv<HSP, LD, NT>(kv_s, kv_s + BC * LD, kb, vb, k0, BC, T, s.ldkv, hs, s.vec);
         __syncthreads();
@@ -391,6 +407,8 @@ __global__ void __launch_bounds__(dq_cfg<HSP>::NT)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 1, half = lane & 1;
     const int i = q0 + warp * 16 + r;
     const int lim = i < T ? i : -1; // padded rows see nothing: p = 0
+    const int32_t *prow = s.pos ? s.pos + (size_t)b * T : NULL;
+    const int dst = i < T ? doc_start(prow, i) : 0; // this row's first key by document
     const bf16 *qb = head_rows(q, b, T, s.ldq, h, hs);
     const bf16 *kb = head_rows(k, b, T, s.ldkv, h / s.G, hs), *vb = head_rows(v, b, T, s.ldkv, h / s.G, hs);
     const bf16 *dob = head_rows(dout, b, T, ldo, h, hs), *oob = head_rows(out, b, T, ldo, h, hs);
@@ -421,7 +439,7 @@ __global__ void __launch_bounds__(dq_cfg<HSP>::NT)
     for (int n = 0; n < HSP / 16; n++) wmma::fill_fragment(dqa[n], 0.0f);
 
     const int kend = min(q0 + BQ, T);
-    for (int k0 = band_start(q0, wlim, BK); k0 < kend; k0 += BK) {
+    for (int k0 = band_start(q0, wlim, prow, BK); k0 < kend; k0 += BK) {
         __syncthreads();
         load_kv<HSP, LD, NT>(kv_s, kv_s + BK * LD, kb, vb, k0, BK, T, s.ldkv, hs, s.vec);
         __syncthreads();
@@ -429,7 +447,7 @@ __global__ void __launch_bounds__(dq_cfg<HSP>::NT)
         // S = Q K^T -> P (fp32, kept in registers)
         scores_tile<HSP, BK, LD, FLD>(F, qf, kv_s);
         float p[BK / 2];
-        probs<BK, FLD>(F, r, half, k0, sl2, Li, [=](int key) { return key <= lim && lim - key < wlim; },
+        probs<BK, FLD>(F, r, half, k0, sl2, Li, [=](int key) { return key <= lim && lim - key < wlim && key >= dst; },
                        [&](int j, int, float p0, float p1) {
                            p[2 * j] = p0;
                            p[2 * j + 1] = p1;
@@ -474,6 +492,7 @@ __global__ void __launch_bounds__(dkv_cfg<HSP>::NT)
     __shared__ __align__(128) float f_s[K::NW][16 * FLD];
     __shared__ __align__(128) bf16 h_s[K::NW][16 * HLD];
     __shared__ float lse_s[BQ], d_s[BQ];
+    __shared__ int qend_s;
 
     const int T = s.T, hs = s.hs, wlim = s.wlim, ldo = s.NH * s.hs, NKV = s.NH / s.G;
     const int bg = blockIdx.x, b = bg / NKV, g = bg % NKV;
@@ -485,6 +504,20 @@ __global__ void __launch_bounds__(dkv_cfg<HSP>::NT)
     bf16 *H = h_s[warp];
     const bf16 *kw = k_s + warp * 16 * LD, *vw = v_s + warp * 16 * LD;
 
+    // This lane's key is seen by the queries [key, qlim): up to its window's reach and its
+    // document's end (the next document start: a scan over the queries it is visible to).
+    // qlim never decreases with the key, so the block's last key's is where the block's queries
+    // end; queries before k0 see none of its keys. (Before the accumulators are live: the scan
+    // then costs no registers the loop below needs.)
+    int qlim = wlim >= T - key ? T : key + wlim;
+    if (s.pos) {
+        const int32_t *prow = s.pos + (size_t)b * T;
+#pragma unroll 1
+        for (int t = key + 1; t < qlim; t++)
+            if (prow[t] == 0) qlim = t;
+    }
+    if (key == min(k0 + BKV, T) - 1 && half == 0) qend_s = qlim;
+
     load_kv<HSP, LD, NT>(k_s, v_s, kb, vb, k0, BKV, T, s.ldkv, hs, s.vec);
 
     frag_c dka[HSP / 16], dva[HSP / 16];
@@ -494,9 +527,9 @@ __global__ void __launch_bounds__(dkv_cfg<HSP>::NT)
         wmma::fill_fragment(dva[n], 0.0f);
     }
 
-    // queries before k0 see none of these keys, queries from qend on none either (window)
-    const int qend = wlim >= T ? T : min(T, k0 + BKV - 1 + wlim);
-    const auto vis = [=](int qq) { return key <= qq && qq < T && qq - key < wlim; };
+    __syncthreads(); // qend_s is written
+    const int qend = qend_s;
+    const auto vis = [=](int qq) { return key <= qq && qq < qlim; };
     for (int hh = 0; hh < s.G; hh++) { // the group's query heads in a fixed order: deterministic
         const int h = g * s.G + hh, bh = b * s.NH + h;
         const bf16 *qb = head_rows(q, b, T, s.ldq, h, hs), *dob = head_rows(dout, b, T, ldo, h, hs);
@@ -641,10 +674,11 @@ static void attn_check(const char *op, int B, int T, int NH, int NKV, int D, int
 static int padded_hs(int hs) { return hs <= 16 ? 16 : hs <= 32 ? 32 : hs <= 64 ? 64 : 128; }
 
 // After attn_check. 16-byte tile loads need every row start and head offset 8-element aligned.
-static attn_shape shape_of(int T, int NH, int NKV, int D, int ldq, int ldkv, int window, const void *q, const void *k,
-                           const void *v, const void *dout)
+static attn_shape shape_of(const int32_t *pos, int T, int NH, int NKV, int D, int ldq, int ldkv, int window,
+                           const void *q, const void *k, const void *v, const void *dout)
 {
     attn_shape s;
+    s.pos = pos;
     s.T = T;
     s.NH = NH;
     s.G = NH / NKV;
@@ -685,12 +719,12 @@ static void bwd_launch(ct_kctx *ctx, bf16 *dq, bf16 *dk, bf16 *dv, float *D, con
     CT_LAUNCH_CHECK(ctx);
 }
 
-void ct_cuda_attention_fwd(ct_kctx *ctx, void *out, float *stats, const void *q, const void *k, const void *v, int B,
-                           int T, int NH, int NKV, int D, int ldq, int ldkv, int window)
+void ct_cuda_attention_fwd(ct_kctx *ctx, void *out, float *stats, const void *q, const void *k, const void *v,
+                           const int32_t *pos, int B, int T, int NH, int NKV, int D, int ldq, int ldkv, int window)
 {
     if (B <= 0 || T <= 0) return;
     attn_check("attention_fwd", B, T, NH, NKV, D, ldq, ldkv, window, -1, 0, 0);
-    const attn_shape s = shape_of(T, NH, NKV, D, ldq, ldkv, window, q, k, v, NULL);
+    const attn_shape s = shape_of(pos, T, NH, NKV, D, ldq, ldkv, window, q, k, v, NULL);
     const float scale = 1.0f / sqrtf((float)D), sl2 = LOG2E * scale; // as in backward, bit for bit
     bf16 *o = (bf16 *)out;
     const bf16 *xq = (const bf16 *)q, *xk = (const bf16 *)k, *xv = (const bf16 *)v;
@@ -703,12 +737,12 @@ void ct_cuda_attention_fwd(ct_kctx *ctx, void *out, float *stats, const void *q,
 }
 
 void ct_cuda_attention_bwd(ct_kctx *ctx, void *dq, void *dk, void *dv, float *stats, const void *dout, const void *q,
-                           const void *k, const void *v, const void *out, int B, int T, int NH, int NKV, int D,
-                           int ldq, int ldkv, int window)
+                           const void *k, const void *v, const void *out, const int32_t *pos, int B, int T, int NH,
+                           int NKV, int D, int ldq, int ldkv, int window)
 {
     if (B <= 0 || T <= 0) return;
     attn_check("attention_bwd", B, T, NH, NKV, D, ldq, ldkv, window, -1, 0, 0);
-    const attn_shape s = shape_of(T, NH, NKV, D, ldq, ldkv, window, q, k, v, dout);
+    const attn_shape s = shape_of(pos, T, NH, NKV, D, ldq, ldkv, window, q, k, v, dout);
     const float scale = 1.0f / sqrtf((float)D), sl2 = LOG2E * scale;
     const float *lse = stats;
     float *Dst = stats + (size_t)B * NH * T;

@@ -9,11 +9,11 @@
 #include "common.cuh"
 
 size_t ct_cuda_attention_stats_len(int B, int T, int NH);
-void ct_cuda_attention_fwd(ct_kctx *ctx, void *out, float *stats, const void *q, const void *k, const void *v, int B,
-                           int T, int NH, int NKV, int D, int ldq, int ldkv, int window);
+void ct_cuda_attention_fwd(ct_kctx *ctx, void *out, float *stats, const void *q, const void *k, const void *v,
+                           const int32_t *pos, int B, int T, int NH, int NKV, int D, int ldq, int ldkv, int window);
 void ct_cuda_attention_bwd(ct_kctx *ctx, void *dq, void *dk, void *dv, float *stats, const void *dout, const void *q,
-                           const void *k, const void *v, const void *out, int B, int T, int NH, int NKV, int D,
-                           int ldq, int ldkv, int window);
+                           const void *k, const void *v, const void *out, const int32_t *pos, int B, int T, int NH,
+                           int NKV, int D, int ldq, int ldkv, int window);
 void ct_cuda_attention_decode(ct_kctx *ctx, void *out, const void *q, const void *kc, const void *vc, int B, int Tq,
                               int pos0, int maxT, int NH, int NKV, int D, int ldq, int window);
 #endif

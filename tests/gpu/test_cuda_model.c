@@ -1,5 +1,6 @@
 /* test_cuda_model.c — whole models (GPT-2, a Llama) on the CUDA backend against the CPU backend:
- * a full training step, a LoRA step and KV-cache decoding (tests/gpu, ctest -L gpu).
+ * a full training step (also with packed documents), a LoRA step and KV-cache decoding
+ * (tests/gpu, ctest -L gpu).
  *
  * test_cuda_ops checks each op alone; this checks them composed as ct_model and ct_optim use
  * them: the flat-buffer layout, activations reused across layers, the fused classifier, the
@@ -323,7 +324,8 @@ static void pair_add_lora(pair *p)
  * CUDA backward hands its ranges on to ct_optim_grad_ready as an overlapping multi-GPU run
  * does (it works at world 1 too; ct_optim_overlaps says 0 there, so ctrain would not), and the
  * first step uses the slices it reduced; the second step reduces the same gradients itself. */
-static void check_step(const char *what, pair *p, int B, int T, const grad_tol *tol, int zero_stage, int via_ready)
+static void check_step(const char *what, pair *p, int B, int T, const grad_tol *tol, int zero_stage, int via_ready,
+                       int doclen)
 {
     const int N = B * T;
     char err[512];
@@ -353,10 +355,13 @@ static void check_step(const char *what, pair *p, int B, int T, const grad_tol *
         count += tgt[i] >= 0;
     }
     const float dloss = 1.0f / (float)count;
+    /* doclen > 0: the rows pack documents of up to doclen tokens (masked attention, positions
+     * restarting: GPT-2's position embedding gathers, RoPE restarts) */
+    int32_t *pos = doclen ? ct_test_doc_positions(B, T, doclen, rng) : NULL;
     double lc, lg;
     long nc, ng;
-    if (ct_model_forward(p->c, tok, tgt, B, T, dloss, &lc, &nc, err, sizeof err) ||
-        ct_model_forward(p->g, tok, tgt, B, T, dloss, &lg, &ng, err, sizeof err)) {
+    if (ct_model_forward(p->c, tok, tgt, pos, B, T, dloss, &lc, &nc, err, sizeof err) ||
+        ct_model_forward(p->g, tok, tgt, pos, B, T, dloss, &lg, &ng, err, sizeof err)) {
         fprintf(stderr, "%s: ct_model_forward: %s\n", what, err);
         exit(1);
     }
@@ -422,6 +427,7 @@ static void check_step(const char *what, pair *p, int B, int T, const grad_tol *
     cmp_tensors("parameters after 2 steps", tc.tensors, tc.ntensors, pg, want, 1e-2, 0, 0);
 
     free(tok);
+    free(pos);
     free(tgt);
     free(gc);
     free(gg);
@@ -434,14 +440,15 @@ static void check_step(const char *what, pair *p, int B, int T, const grad_tol *
     ct_optim_free(og);
 }
 
-/* allocB x allocT: the models' allocation; B x T: the step's batch (smaller leaves tails) */
-static void test_full(int allocB, int allocT, int B, int T, int zero_stage, int via_ready)
+/* allocB x allocT: the models' allocation; B x T: the step's batch (smaller leaves tails);
+ * doclen > 0: packed documents of up to doclen tokens */
+static void test_full(int allocB, int allocT, int B, int T, int zero_stage, int via_ready, int doclen)
 {
     pair p;
     pair_init(&p, allocB, allocT);
     char what[96];
-    snprintf(what, sizeof what, "full %dx%d", B, T);
-    check_step(what, &p, B, T, &full_tol, zero_stage, via_ready);
+    snprintf(what, sizeof what, "full %dx%d docs<=%d", B, T, doclen);
+    check_step(what, &p, B, T, &full_tol, zero_stage, via_ready, doclen);
     pair_free(&p);
 }
 
@@ -452,7 +459,7 @@ static void test_lora(int allocB, int allocT, int B, int T, int zero_stage, int 
     pair_add_lora(&p);
     char what[96];
     snprintf(what, sizeof what, "lora %dx%d", B, T);
-    check_step(what, &p, B, T, &lora_tol, zero_stage, via_ready);
+    check_step(what, &p, B, T, &lora_tol, zero_stage, via_ready, 0);
     pair_free(&p);
 }
 
@@ -509,8 +516,9 @@ int main(void)
 #define RUN(call) do { printf("  %s: %s\n", cfg.model_type[0] ? cfg.model_type : "gpt2", #call); fflush(stdout); call; } while (0)
     for (int family = 0; family < 2; family++) {
         cfg = family ? llama_cfg() : gpt2_cfg;
-        RUN(test_full(2, 32, 2, 32, 1, 1));
-        RUN(test_full(3, 17, 3, 17, 0, 0));
+        RUN(test_full(2, 32, 2, 32, 1, 1, 0));
+        RUN(test_full(3, 17, 3, 17, 0, 0, 0));
+        RUN(test_full(3, 32, 3, 32, 1, 1, 9)); /* packed documents */
         RUN(test_lora(2, 32, 2, 17, 1, 1)); /* a batch smaller than the allocation */
         RUN(test_lora(2, 32, 2, 32, 0, 0));
         RUN(test_decode());

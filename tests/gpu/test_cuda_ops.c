@@ -132,17 +132,22 @@ static void test_convert(void)
 }
 
 /* ---- encoder ------------------------------------------------------------------------------ */
-static void test_encoder(int B, int T, int C, int V, int learned_pos)
+/* doclen > 0: positions of packed documents of up to doclen tokens (wpe rows gather from
+ * several (b,t), the dwpe kernel's position search) */
+static void test_encoder(int B, int T, int C, int V, int learned_pos, int doclen)
 {
     size_t BT = (size_t)B * T;
     int32_t *tok = malloc(BT * sizeof *tok);
     for (size_t i = 0; i < BT; i++) tok[i] = (int32_t)(ct_test_rand_u64(&rng) % (uint64_t)V);
+    int32_t *pos = doclen ? ct_test_doc_positions(B, T, doclen, rng) : NULL;
+    int32_t *dpos = pos ? up_raw(pos, BT * sizeof *pos) : NULL;
     float *wte = rnd((size_t)V * C, -1, 1), *wpe = rnd((size_t)T * C, -1, 1);
     float *out = ct_test_alloc(BT * C);
-    cpu->encoder_fwd(ck, out, tok, wte, learned_pos ? wpe : NULL, B, T, C);
+    cpu->encoder_fwd(ck, out, tok, pos, wte, learned_pos ? wpe : NULL, B, T, C);
     int32_t *dtok = up_raw(tok, BT * sizeof *tok);
     void *dout_ = poison(BT * C, 2);
-    gpu->encoder_fwd(gk, dout_, dtok, up(wte, (size_t)V * C), learned_pos ? up(wpe, (size_t)T * C) : NULL, B, T, C);
+    gpu->encoder_fwd(gk, dout_, dtok, dpos, up(wte, (size_t)V * C), learned_pos ? up(wpe, (size_t)T * C) : NULL, B, T,
+                     C);
     if (learned_pos) CMP("encoder_fwd out", down(dout_, BT * C), out, BT * C, RTOL, AFRAC);
     else CMP("encoder_fwd out (wpe NULL: the embedding rows, exactly)", down(dout_, BT * C), out, BT * C, 0, 0);
     if (!learned_pos) return; /* backward without wpe is encoder_bwd's dwpe = NULL mode below */
@@ -153,12 +158,12 @@ static void test_encoder(int B, int T, int C, int V, int learned_pos)
         float *cte = dup_f(pte, (size_t)V * C), *cpe = dup_f(ppe, (size_t)T * C);
         void *gte = up(pte, (size_t)V * C), *gpe = up(ppe, (size_t)T * C);
         int wte_on = mode == 0 || mode == 1, wpe_on = mode == 0 || mode == 2;
-        cpu->encoder_bwd(ck, wte_on ? cte : NULL, wpe_on ? cpe : NULL, g, tok, B, T, C);
-        gpu->encoder_bwd(gk, wte_on ? gte : NULL, wpe_on ? gpe : NULL, dg, dtok, B, T, C);
-        char what[64];
-        snprintf(what, sizeof what, "encoder_bwd dwte (mode %d)", mode);
+        cpu->encoder_bwd(ck, wte_on ? cte : NULL, wpe_on ? cpe : NULL, g, tok, pos, B, T, C);
+        gpu->encoder_bwd(gk, wte_on ? gte : NULL, wpe_on ? gpe : NULL, dg, dtok, dpos, B, T, C);
+        char what[80];
+        snprintf(what, sizeof what, "encoder_bwd dwte (mode %d, docs <= %d)", mode, doclen);
         CMP(what, down(gte, (size_t)V * C), cte, (size_t)V * C, RTOL, AFRAC);
-        snprintf(what, sizeof what, "encoder_bwd dwpe (mode %d)", mode);
+        snprintf(what, sizeof what, "encoder_bwd dwpe (mode %d, docs <= %d)", mode, doclen);
         CMP(what, down(gpe, (size_t)T * C), cpe, (size_t)T * C, RTOL, AFRAC);
     }
 }
@@ -370,13 +375,19 @@ static int attn_is_pad(const attn_layout *L, int layout, int buf, size_t e, int 
 /* views into three device buffers (or one), element offsets as bf16 */
 static void *view(void *base, size_t off) { return (char *)base + 2 * off; }
 
-static void test_attention(int B, int T, int NH, int NKV, int D, int window, int layout)
+/* doclen > 0: each row packs documents of up to doclen tokens (positions restarting at their
+ * starts): the masks and the skipped key and query tiles of the fused kernels. Decode, which
+ * has no documents, runs only without. */
+static void test_attention(int B, int T, int NH, int NKV, int D, int window, int layout, int doclen)
 {
     static const char *lname[] = {"packed", "separate", "strided"};
-    char tag[96], what[160];
-    snprintf(tag, sizeof tag, "B%d T%d NH%d NKV%d D%d window %d %s", B, T, NH, NKV, D, window, lname[layout]);
+    char tag[128], what[200];
+    snprintf(tag, sizeof tag, "B%d T%d NH%d NKV%d D%d window %d %s docs<=%d", B, T, NH, NKV, D, window,
+             lname[layout], doclen);
     if (!twin("attention_decode/copy_rows", cpu->attention_decode && cpu->copy_rows)) return;
     const size_t BT = (size_t)B * T, no = BT * NH * D;
+    int32_t *pos = doclen ? ct_test_doc_positions(B, T, doclen, rng) : NULL;
+    int32_t *dpos = pos ? up_raw(pos, BT * sizeof *pos) : NULL;
     const attn_layout L = attn_layout_of(layout, BT, NH, NKV, D);
     const int nbuf = layout == PACKED ? 1 : 3, ldq = L.ld[0], ldkv = L.ld[1];
 
@@ -405,10 +416,10 @@ static void test_attention(int B, int T, int NH, int NKV, int D, int window, int
          *vv = view(gx[attn_buf(layout, 2)], L.off[2]);
 
     float *out = ct_test_alloc(no), *stats = ct_test_alloc(cpu->attention_stats_len(B, T, NH));
-    cpu->attention_fwd(ck, out, stats, q, k, v, B, T, NH, NKV, D, ldq, ldkv, window);
+    cpu->attention_fwd(ck, out, stats, q, k, v, pos, B, T, NH, NKV, D, ldq, ldkv, window);
     void *gout = poison(no, 2);
     float *gstats = poison(gpu->attention_stats_len(B, T, NH), 4);
-    gpu->attention_fwd(gk, gout, gstats, vq, vk, vv, B, T, NH, NKV, D, ldq, ldkv, window);
+    gpu->attention_fwd(gk, gout, gstats, vq, vk, vv, dpos, B, T, NH, NKV, D, ldq, ldkv, window);
     snprintf(what, sizeof what, "attention_fwd %s", tag);
     CMP(what, down(gout, no), out, no, RTOL, AFRAC);
 
@@ -422,12 +433,13 @@ static void test_attention(int B, int T, int NH, int NKV, int D, int window, int
         gg2[i] = up(pre[i], L.n);
     }
     cpu->attention_bwd(ck, cg[attn_buf(layout, 0)] + L.off[0], cg[attn_buf(layout, 1)] + L.off[1],
-                       cg[attn_buf(layout, 2)] + L.off[2], stats, d, q, k, v, out, B, T, NH, NKV, D, ldq, ldkv, window);
+                       cg[attn_buf(layout, 2)] + L.off[2], stats, d, q, k, v, out, pos, B, T, NH, NKV, D, ldq, ldkv,
+                       window);
     for (int run = 0; run < 2; run++) { /* twice, from the same pre-fill: the bits must repeat */
         void **g = run ? gg2 : gg;
         gpu->attention_bwd(gk, view(g[attn_buf(layout, 0)], L.off[0]), view(g[attn_buf(layout, 1)], L.off[1]),
-                           view(g[attn_buf(layout, 2)], L.off[2]), gstats, gd, vq, vk, vv, gout, B, T, NH, NKV, D,
-                           ldq, ldkv, window);
+                           view(g[attn_buf(layout, 2)], L.off[2]), gstats, gd, vq, vk, vv, gout, dpos, B, T, NH, NKV,
+                           D, ldq, ldkv, window);
     }
     for (int i = 0; i < nbuf; i++) {
         static const char *gname[] = {"dq", "dk", "dv"};
@@ -439,6 +451,9 @@ static void test_attention(int B, int T, int NH, int NKV, int D, int window, int
             ct_test_failures++;
         }
     }
+
+    free(pos);
+    if (doclen) return;
 
     /* decode: Tq queries at pos0.. against a KV cache of maxT > T rows, filled by copy_rows up to
      * pos0 + Tq only (the GPU cache's later rows stay NaN: decode must not read them); the q rows
@@ -608,9 +623,11 @@ int main(void)
 
 #define RUN(call) do { printf("  %s\n", #call); fflush(stdout); call; } while (0)
     RUN(test_convert());
-    RUN(test_encoder(3, 7, 40, 11, 1));
-    RUN(test_encoder(4, 80, 1100, 50, 1)); /* > 256 positions, > 1024 channels: every loop of the dwte kernel */
-    RUN(test_encoder(2, 9, 40, 11, 0));    /* wpe NULL (Llama) */
+    RUN(test_encoder(3, 7, 40, 11, 1, 0));
+    RUN(test_encoder(4, 80, 1100, 50, 1, 0)); /* > 256 positions, > 1024 channels: every loop of the dwte kernel */
+    RUN(test_encoder(2, 9, 40, 11, 0, 0));    /* wpe NULL (Llama) */
+    RUN(test_encoder(3, 7, 40, 11, 1, 3));    /* packed documents: positions restart */
+    RUN(test_encoder(4, 300, 200, 50, 1, 40));
     RUN(test_layernorm(13, 77));
     RUN(test_layernorm(64, 768));
     RUN(test_rmsnorm(13, 77));
@@ -639,18 +656,27 @@ int main(void)
     /* attention (and decode, copy_rows): B, T, NH, NKV, D, window, layout; every path of the
      * fused kernels: T 1024 and odd lengths, D 16..128 (48: padded tiles), GQA groups 1, 2, 4, 8,
      * windows 0, 1, < T and >= T, GPT-2's packed views, separate and unaligned strided buffers */
-    RUN(test_attention(2, 17, 2, 2, 32, 0, PACKED));
-    RUN(test_attention(2, 97, 4, 4, 64, 0, PACKED));      /* GPT-2 views, odd T */
-    RUN(test_attention(1, 1024, 2, 2, 64, 0, PACKED));    /* GPT-2 views, long */
-    RUN(test_attention(1, 1024, 8, 1, 32, 256, SEPARATE)); /* group 8, window < T */
-    RUN(test_attention(1, 1024, 4, 2, 128, 100, SEPARATE)); /* group 2, D 128, window */
-    RUN(test_attention(1, 130, 8, 2, 128, 37, PACKED));   /* group 4, fused Llama qkv, window off the tiles */
-    RUN(test_attention(2, 130, 4, 1, 64, 0, SEPARATE));   /* group 4 */
-    RUN(test_attention(1, 97, 4, 1, 32, 1, SEPARATE));    /* window 1: each query sees itself */
-    RUN(test_attention(1, 130, 2, 1, 48, 0, STRIDED));    /* D 48, no alignment: element loads */
-    RUN(test_attention(1, 200, 8, 1, 16, 70, STRIDED));   /* group 8, D 16 */
-    RUN(test_attention(1, 130, 2, 2, 64, 2000, SEPARATE)); /* window >= T: no window */
-    RUN(test_attention(3, 1, 2, 1, 64, 0, SEPARATE));     /* T 1 */
+    RUN(test_attention(2, 17, 2, 2, 32, 0, PACKED, 0));
+    RUN(test_attention(2, 97, 4, 4, 64, 0, PACKED, 0));      /* GPT-2 views, odd T */
+    RUN(test_attention(1, 1024, 2, 2, 64, 0, PACKED, 0));    /* GPT-2 views, long */
+    RUN(test_attention(1, 1024, 8, 1, 32, 256, SEPARATE, 0)); /* group 8, window < T */
+    RUN(test_attention(1, 1024, 4, 2, 128, 100, SEPARATE, 0)); /* group 2, D 128, window */
+    RUN(test_attention(1, 130, 8, 2, 128, 37, PACKED, 0));   /* group 4, fused Llama qkv, window off the tiles */
+    RUN(test_attention(2, 130, 4, 1, 64, 0, SEPARATE, 0));   /* group 4 */
+    RUN(test_attention(1, 97, 4, 1, 32, 1, SEPARATE, 0));    /* window 1: each query sees itself */
+    RUN(test_attention(1, 130, 2, 1, 48, 0, STRIDED, 0));    /* D 48, no alignment: element loads */
+    RUN(test_attention(1, 200, 8, 1, 16, 70, STRIDED, 0));   /* group 8, D 16 */
+    RUN(test_attention(1, 130, 2, 2, 64, 2000, SEPARATE, 0)); /* window >= T: no window */
+    RUN(test_attention(3, 1, 2, 1, 64, 0, SEPARATE, 0));     /* T 1 */
+    /* packed documents of up to doclen tokens: within one tile, across tiles, longer than the
+     * 64-row blocks; with windows, GQA, every head size and layout */
+    RUN(test_attention(2, 300, 4, 4, 64, 0, PACKED, 20));
+    RUN(test_attention(2, 1024, 2, 2, 64, 0, PACKED, 200));
+    RUN(test_attention(1, 1024, 8, 1, 32, 100, SEPARATE, 300));
+    RUN(test_attention(2, 517, 4, 2, 128, 0, SEPARATE, 90));
+    RUN(test_attention(1, 700, 8, 2, 128, 37, PACKED, 150));
+    RUN(test_attention(3, 130, 2, 1, 48, 0, STRIDED, 7));
+    RUN(test_attention(2, 200, 8, 1, 16, 70, STRIDED, 1)); /* every token its own document */
     RUN(test_lora(37, 50, 29, 4, 0.0f));
     RUN(test_lora(37, 50, 29, 4, 0.25f));
     RUN(test_lora(128, 64, 96, 8, 0.1f));

@@ -53,7 +53,7 @@ struct ct_arch {
     /* Activations for B x T (model.c's ct_model_alloc); -1 when memory runs out. */
     int (*alloc)(ct_model *m, int B, int T);
     void (*free)(ct_model *m);
-    /* Forward of m->tokens_dev (positions m->pos_dev) into m->logits. */
+    /* Forward of m->tokens_dev (positions m->pos_dev; documents m->doc_pos) into m->logits. */
     void (*forward)(ct_model *m, int B, int T);
     /* Backward from m->logits (holding their gradient), as ct_model_backward says. */
     void (*backward)(ct_model *m, int B, int T, ct_grad_ready_fn ready, void *user);
@@ -95,6 +95,8 @@ struct ct_model {
     void *grads;           /* [numel]; NULL once frozen */
 
     int32_t *tokens_dev, *targets_dev, *pos_dev; /* [BT] */
+    const int32_t *doc_pos; /* pos_dev when the last forward was given positions (packed documents,
+                             * attention masked to each), else NULL: plain causal attention */
     void *logits;          /* [BT, Vp]: logits, then their gradient (columns past V: 0) */
     float *losses;         /* [BT] */
     float *losses_host;    /* [BT] */

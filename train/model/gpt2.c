@@ -118,7 +118,8 @@ static void free_acts(ct_model *m)
     m->acts = NULL;
 }
 
-/* Forward of B x T tokens; with cached, the tokens sit at pos0.. and attend over the KV cache. */
+/* Forward of B x T tokens at positions m->pos_dev, attention masked to documents when m->doc_pos
+ * is set; with cached, the tokens sit at pos0.. and attend over the KV cache. */
 static void run(ct_model *m, int B, int T, int pos0, int cached)
 {
     const ct_backend *be = m->be;
@@ -127,8 +128,7 @@ static void run(ct_model *m, int B, int T, int pos0, int cached)
     acts *a = m->acts;
     int C = c->n_embd, I = c->n_inner, NH = c->n_head, D = c->head_dim, N = B * T;
     size_t es = be->elem_size;
-    be->encoder_fwd(ctx, a->encoded, m->tokens_dev, W(m, -1, S_WTE), (char *)W(m, -1, S_WPE) + (size_t)pos0 * C * es,
-                    B, T, C);
+    be->encoder_fwd(ctx, a->encoded, m->tokens_dev, m->pos_dev, W(m, -1, S_WTE), W(m, -1, S_WPE), B, T, C);
     const void *residual = a->encoded;
     for (int l = 0; l < c->n_layer; l++) {
         layer_acts *la = &a->layers[l];
@@ -137,7 +137,7 @@ static void run(ct_model *m, int B, int T, int pos0, int cached)
                           c->norm_eps);
         ct_model_linear_fwd(m, l, S_QKVW, S_QKVB, la->qkv, la->ln1, N);
         if (cached) ct_model_attend_cached(m, l, la->atty, q, 3 * C, k, v, 3 * C, B, T, pos0, 0);
-        else be->attention_fwd(ctx, la->atty, la->att_stats, q, k, v, B, T, NH, NH, D, 3 * C, 3 * C, 0);
+        else be->attention_fwd(ctx, la->atty, la->att_stats, q, k, v, m->doc_pos, B, T, NH, NH, D, 3 * C, 3 * C, 0);
         ct_model_linear_fwd(m, l, S_ATTPROJW, S_ATTPROJB, a->proj, la->atty, N);
         be->residual_fwd(ctx, la->res2, residual, a->proj, (size_t)N * C);
         be->layernorm_fwd(ctx, la->ln2, la->ln2_mean, la->ln2_rstd, la->res2, W(m, l, S_LN2W), W(m, l, S_LN2B), N, C,
@@ -195,8 +195,8 @@ static void backward(ct_model *m, int B, int T, ct_grad_ready_fn ready, void *us
         be->zero(ctx, a->datty, NC * es);
         ct_model_linear_bwd(m, l, S_ATTPROJW, S_ATTPROJB, a->datty, a->dres, la->atty, N);
         be->zero(ctx, a->dqkv, 3 * NC * es);
-        be->attention_bwd(ctx, dq, dk, dv, la->att_stats, a->datty, q, k, v, la->atty, B, T, NH, NH, D, 3 * C, 3 * C,
-                          0);
+        be->attention_bwd(ctx, dq, dk, dv, la->att_stats, a->datty, q, k, v, la->atty, m->doc_pos, B, T, NH, NH, D,
+                          3 * C, 3 * C, 0);
         be->zero(ctx, a->dln, NC * es);
         ct_model_linear_bwd(m, l, S_QKVW, S_QKVB, a->dln, a->dqkv, la->ln1, N);
         be->layernorm_bwd(ctx, a->dres, G(m, l, S_LN1W), G(m, l, S_LN1B), a->dln, res1, W(m, l, S_LN1W), la->ln1_mean,
@@ -204,7 +204,7 @@ static void backward(ct_model *m, int B, int T, ct_grad_ready_fn ready, void *us
         ct_model_layer_ready(m, l, ready, user);
     }
     if (m->grads) {
-        be->encoder_bwd(ctx, G(m, -1, S_WTE), G(m, -1, S_WPE), a->dres, m->tokens_dev, B, T, C);
+        be->encoder_bwd(ctx, G(m, -1, S_WTE), G(m, -1, S_WPE), a->dres, m->tokens_dev, m->doc_pos, B, T, C);
         ct_model_embed_ready(m, ready, user); /* wte (the LM head's too) and wpe */
     }
 }

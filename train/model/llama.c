@@ -126,7 +126,8 @@ static void free_acts(ct_model *m)
     m->acts = NULL;
 }
 
-/* Forward of B x T tokens at positions m->pos_dev; with cached, over the KV cache from pos0. */
+/* Forward of B x T tokens at positions m->pos_dev, attention masked to documents when m->doc_pos
+ * is set; with cached, over the KV cache from pos0. */
 static void run(ct_model *m, int B, int T, int pos0, int cached)
 {
     const ct_backend *be = m->be;
@@ -135,7 +136,7 @@ static void run(ct_model *m, int B, int T, int pos0, int cached)
     acts *a = m->acts;
     int C = c->n_embd, I = c->n_inner, NH = c->n_head, NKV = c->n_kv_head, D = c->head_dim, N = B * T;
     int Q = NH * D, KV = NKV * D;
-    be->encoder_fwd(ctx, a->encoded, m->tokens_dev, W(m, -1, S_EMBED), NULL, B, T, C);
+    be->encoder_fwd(ctx, a->encoded, m->tokens_dev, NULL, W(m, -1, S_EMBED), NULL, B, T, C);
     const void *residual = a->encoded;
     for (int l = 0; l < c->n_layer; l++) {
         layer_acts *la = &a->layers[l];
@@ -146,8 +147,8 @@ static void run(ct_model *m, int B, int T, int pos0, int cached)
         be->rope_fwd(ctx, la->q, m->pos_dev, m->inv_freq, N, NH, D, Q);
         be->rope_fwd(ctx, la->k, m->pos_dev, m->inv_freq, N, NKV, D, KV);
         if (cached) ct_model_attend_cached(m, l, la->atty, la->q, Q, la->k, la->v, KV, B, T, pos0, window_of(c, l));
-        else be->attention_fwd(ctx, la->atty, la->att_stats, la->q, la->k, la->v, B, T, NH, NKV, D, Q, KV,
-                               window_of(c, l));
+        else be->attention_fwd(ctx, la->atty, la->att_stats, la->q, la->k, la->v, m->doc_pos, B, T, NH, NKV, D, Q,
+                               KV, window_of(c, l));
         ct_model_linear_fwd(m, l, S_O, S_OB, a->proj, la->atty, N);
         be->residual_fwd(ctx, la->res2, residual, a->proj, (size_t)N * C);
         be->rmsnorm_fwd(ctx, la->ln2, la->ln2_rstd, la->res2, W(m, l, S_LN2), N, C, c->norm_eps);
@@ -205,8 +206,8 @@ static void backward(ct_model *m, int B, int T, ct_grad_ready_fn ready, void *us
         be->zero(ctx, a->dq, (size_t)N * Q * es);
         be->zero(ctx, a->dk, (size_t)N * KV * es);
         be->zero(ctx, a->dv, (size_t)N * KV * es);
-        be->attention_bwd(ctx, a->dq, a->dk, a->dv, la->att_stats, a->datty, la->q, la->k, la->v, la->atty, B, T, NH,
-                          NKV, D, Q, KV, window_of(c, l));
+        be->attention_bwd(ctx, a->dq, a->dk, a->dv, la->att_stats, a->datty, la->q, la->k, la->v, la->atty,
+                          m->doc_pos, B, T, NH, NKV, D, Q, KV, window_of(c, l));
         be->rope_bwd(ctx, a->dq, m->pos_dev, m->inv_freq, N, NH, D, Q);
         be->rope_bwd(ctx, a->dk, m->pos_dev, m->inv_freq, N, NKV, D, KV);
         be->zero(ctx, a->dln, NC * es);
@@ -217,7 +218,7 @@ static void backward(ct_model *m, int B, int T, ct_grad_ready_fn ready, void *us
         ct_model_layer_ready(m, l, ready, user);
     }
     if (m->grads) {
-        be->encoder_bwd(ctx, G(m, -1, S_EMBED), NULL, a->dres, m->tokens_dev, B, T, C);
+        be->encoder_bwd(ctx, G(m, -1, S_EMBED), NULL, a->dres, m->tokens_dev, NULL, B, T, C);
         ct_model_embed_ready(m, ready, user);
     }
 }

@@ -551,8 +551,30 @@ static int check_tokens(const ct_model *m, const int32_t *tokens, const int32_t 
     return 0;
 }
 
-int ct_model_forward(ct_model *m, const int32_t *tokens, const int32_t *targets, int B, int T, float dloss,
-                     double *loss_sum, long *ntok, char *err, size_t errlen)
+/* Positions given to a forward: within the model's max_seq_len (GPT-2's learned embedding has
+ * no row beyond it) and following the document rule (kernels.h), which the attention kernels'
+ * masks rely on. */
+static int check_positions(const ct_model *m, const int32_t *pos, int B, int T, char *err, size_t errlen)
+{
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const int32_t p = pos[(size_t)b * T + t], prev = t ? pos[(size_t)b * T + t - 1] : -1;
+            if (p < 0 || p >= m->cfg.max_seq_len) {
+                snprintf(err, errlen, "position %d (row %d, token %d) is outside the model's %d positions "
+                         "(max_seq_len)", p, b, t, m->cfg.max_seq_len);
+                return -1;
+            }
+            if (p != 0 && p != prev + 1) {
+                snprintf(err, errlen, "position %d (row %d, token %d) follows position %d: within a row, positions "
+                         "start at 0 and count up by one, restarting at 0 where a document begins", p, b, t, prev);
+                return -1;
+            }
+        }
+    return 0;
+}
+
+int ct_model_forward(ct_model *m, const int32_t *tokens, const int32_t *targets, const int32_t *pos, int B, int T,
+                     float dloss, double *loss_sum, long *ntok, char *err, size_t errlen)
 {
     const ct_backend *be = m->be;
     ct_kctx *ctx = m->ctx;
@@ -563,7 +585,10 @@ int ct_model_forward(ct_model *m, const int32_t *tokens, const int32_t *targets,
         return -1;
     }
     if (check_tokens(m, tokens, targets, N, err, errlen)) return -1;
-    if (upload_positions(m, B, T, 0)) return snprintf(err, errlen, "out of memory"), -1;
+    if (pos && check_positions(m, pos, B, T, err, errlen)) return -1;
+    if (pos) be->upload(ctx, m->pos_dev, pos, (size_t)N * sizeof(int32_t));
+    else if (upload_positions(m, B, T, 0)) return snprintf(err, errlen, "out of memory"), -1;
+    m->doc_pos = pos ? m->pos_dev : NULL;
     be->upload(ctx, m->tokens_dev, tokens, (size_t)N * sizeof(int32_t));
     if (targets) be->upload(ctx, m->targets_dev, targets, (size_t)N * sizeof(int32_t));
     m->arch->forward(m, B, T);
@@ -669,6 +694,7 @@ int ct_model_decode(ct_model *m, const int32_t *tokens, int B, int Tq, int pos0,
         return -1;
     }
     m->be->upload(m->ctx, m->tokens_dev, tokens, (size_t)B * Tq * sizeof(int32_t));
+    m->doc_pos = NULL;
     m->arch->decode(m, B, Tq, pos0);
     m->be->sync(m->ctx);
     return 0;

@@ -138,14 +138,21 @@ void ct_model_set_training(ct_model *m, int on);
 void ct_model_init_weights(ct_model *m, uint64_t seed);
 
 /* Forward pass on host arrays tokens[B*T] and targets[B*T] (target < 0: not counted).
+ * pos[B*T] (host, may be NULL) packs several documents into a row: pos[b*T+t] is token (b,t)'s
+ * position in its document, 0 where a document begins (always at t = 0) and one more than the
+ * token before otherwise. Each token then attends only to the earlier tokens of its own
+ * document and takes pos[b*T+t] as its position (GPT-2's learned embedding, Llama's RoPE), so
+ * a row's loss and gradient are the sums of its documents' computed alone. NULL: one document
+ * per row, positions 0..T-1. Its backward uses the same positions.
  * With targets, *loss_sum receives the sum of the counted tokens' losses and *ntok their
  * number, and the gradient of dloss * loss_sum at the logits is formed on the way (the fused
  * classifier loss), so a backward may follow; dloss is normally 1 / (tokens counted across
  * the whole step), 0 when no backward follows. With targets == NULL only logits are computed
- * (ct_model_logits). Returns -1 with err filled for B or T beyond the allocation or a token
- * or target outside the vocabulary; nothing is computed then. */
-int ct_model_forward(ct_model *m, const int32_t *tokens, const int32_t *targets, int B, int T, float dloss,
-                     double *loss_sum, long *ntok, char *err, size_t errlen);
+ * (ct_model_logits). Returns -1 with err filled for B or T beyond the allocation, a token or
+ * target outside the vocabulary, or positions that break the rule above or reach max_seq_len;
+ * nothing is computed then. */
+int ct_model_forward(ct_model *m, const int32_t *tokens, const int32_t *targets, const int32_t *pos, int B, int T,
+                     float dloss, double *loss_sum, long *ntok, char *err, size_t errlen);
 
 /* Told during a backward each time the elements [lo, hi) of the trainable flat buffer hold
  * their final gradient of this backward, so their reduction can start while backward goes
