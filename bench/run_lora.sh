@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 steps=${STEPS:-30}
 ctrain=${CTRAIN_BUILD:-build}/train/ctrain
 cmake --build "${CTRAIN_BUILD:-build}" --target ctrain -j "$(nproc)" >/dev/null
-bash launch/sft_data.sh
+bash launch/chat_data.sh
 "$ctrain" prepare configs/lora_sft.json >/dev/null
 model=(--set model.n_layer=6 --set model.n_embd=384 --set model.n_head=6 --set model.vocab_size=50257
        --set model.max_seq_len=128)
