@@ -219,7 +219,7 @@ static int cmd_export(const args *a, ct_comm *comm)
     }
     if (rc == 0) rc = ct_ckpt_read(a->path, m, NULL, NULL, comm, err, sizeof err);
     if (rc == 0) rc = lora ? ct_lora_save_peft(m, &spec, saved.model.init_from, a->extra, err, sizeof err)
-                           : ct_hf_save(m, a->extra, ct_run_hf_source(&saved), 0, err, sizeof err);
+                           : ct_hf_save(m, a->extra, ct_run_side_files(&saved), 0, err, sizeof err);
     if (rc == 0)
         printf("ctrain: wrote %s/%s from %s\n", a->extra,
                lora ? "adapter_model.safetensors and adapter_config.json" : "model.safetensors and config.json",
@@ -243,7 +243,7 @@ static int cmd_merge(const args *a, ct_comm *comm)
     snprintf(out, sizeof out, "%s/merged", cfg.run.dir);
     int rc = ct_run_model(&cfg, CT_WEIGHTS_TRAINED, be, ctx, 1, 1, 1, comm, &m, from, sizeof from, err, sizeof err);
     if (rc == 0) rc = ct_lora_merge(m, err, sizeof err);
-    if (rc == 0) rc = ct_hf_save(m, out, ct_run_hf_source(&cfg), 0, err, sizeof err);
+    if (rc == 0) rc = ct_hf_save(m, out, ct_run_side_files(&cfg), 0, err, sizeof err);
     if (rc == 0) printf("ctrain: merged %s into %s (model.safetensors, config.json)\n", from, out);
     ct_model_free(m);
     be->kctx_free(ctx);

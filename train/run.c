@@ -166,6 +166,20 @@ int ct_run_check_dataset(const ct_tokenizer *tok, const char *key, const char *p
     return rc;
 }
 
+const char *ct_run_side_files(const ct_config *cfg)
+{
+    static char dir[CT_PATH_MAX];
+    const char *t = cfg->data.tokenizer;
+    if (!t[0] || !strcmp(t, "bytes")) return ct_run_hf_source(cfg);
+    snprintf(dir, sizeof dir, "%s", t);
+    if (is_file(dir)) {
+        char *slash = strrchr(dir, '/');
+        if (slash) *slash = 0;
+        else snprintf(dir, sizeof dir, ".");
+    }
+    return dir;
+}
+
 int ct_run_lora(const ct_config *cfg) { return cfg->lora.targets[0] || cfg->lora.init_from[0]; }
 
 /* Adds the config's adapters to m and fills them: for a trained model, from run.dir's PEFT

@@ -45,6 +45,11 @@ int ct_run_chat_template(const ct_config *cfg, const char *dir, const ct_tokeniz
  * -1 with err. */
 int ct_run_check_dataset(const ct_tokenizer *tok, const char *key, const char *path, char *err, size_t errlen);
 
+/* The folder whose tokenizer, chat template and generation files a saved model carries:
+ * data.tokenizer's folder when it names one (a tokenizer.json: the folder holding it), else
+ * ct_run_hf_source; NULL for neither. The pointer is valid until the next call. */
+const char *ct_run_side_files(const ct_config *cfg);
+
 /* Whether the config fine-tunes with LoRA (lora.targets or lora.init_from set). */
 int ct_run_lora(const ct_config *cfg);
 

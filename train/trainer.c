@@ -398,7 +398,7 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         printf("ctrain: %.3f MiB passed to collectives per step per rank; flat buffer %zu floats (%.3f MiB)\n",
                comm_per_step / 1048576.0, flat, flat * 4 / 1048576.0);
         ct_lora_spec spec;
-        if (!ct_run_lora(cfg)) rc = ct_hf_save(s.model, cfg->run.dir, ct_run_hf_source(cfg), 0, err, sizeof err);
+        if (!ct_run_lora(cfg)) rc = ct_hf_save(s.model, cfg->run.dir, ct_run_side_files(cfg), 0, err, sizeof err);
         else if ((rc = ct_lora_spec_from_config(cfg, &spec, err, sizeof err)) == 0)
             rc = ct_lora_save_peft(s.model, &spec, cfg->model.init_from, cfg->run.dir, err, sizeof err);
         if (rc == 0) {
