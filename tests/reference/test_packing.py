@@ -5,8 +5,9 @@ for each example computed alone.
 
 Tiny models are built by transformers from their config classes (nothing downloaded) and saved as
 folders. A dataset is written with h5py: /tokens, /loss_mask (each example's first tokens 0, as a
-prompt), /doc_offsets (each example's first token), attributes tokenizer "test", tokenizer_digest
-"0123456789abcdef", vocab_size and packing "masked". Examples of 1 to 14 tokens follow one
+prompt), /doc_offsets (each example's first token), attributes tokenizer and tokenizer_digest
+"bytes" (the models' folders have no tokenizer.json: they speak bytes, ids below their vocabulary),
+vocab_size and packing "masked". Examples of 1 to 14 tokens follow one
 another, some followed by padding of mask 0 (part of their document), so windows hold several
 whole examples and cut others (a document begun before a window starts at position 0 in it), and
 examples begin at window starts and at a window's last target.
@@ -116,8 +117,8 @@ def write_dataset(path, tok, mask, docs, packing):
         f["tokens"] = tok
         f["loss_mask"] = mask
         f["doc_offsets"] = docs
-        f.attrs["tokenizer"] = "test"
-        f.attrs["tokenizer_digest"] = "0123456789abcdef"
+        f.attrs["tokenizer"] = "bytes"
+        f.attrs["tokenizer_digest"] = "bytes"
         f.attrs["vocab_size"] = V
         f.attrs["packing"] = packing
 
