@@ -80,6 +80,30 @@ void ct_tokenizer_digest_str(const ct_tokenizer *t, char out[17]);
  * if the vocabulary has it (GPT-2 style). The byte tokenizer: eos 256, no bos. */
 int32_t ct_tokenizer_eos(const ct_tokenizer *t);
 int32_t ct_tokenizer_bos(const ct_tokenizer *t);
+/* 1 when the post-processor ends every sequence (add_special) with the eos id; the byte tokenizer: 1. */
+int ct_tokenizer_ends_with_eos(const ct_tokenizer *t);
+/* The tokenizer.json it was read from ("" for the byte tokenizer), for messages. */
+const char *ct_tokenizer_file(const ct_tokenizer *t);
+
+/* ---- one text encoded in parts (a document too long to hold whole). part: CT_ENC_BEGIN when the
+ * part begins the text (the post-processor's leading tokens with add_special, and the forms that
+ * only a text's start gets: Metaspace prepend_scheme "first", a Prepend normalizer, ByteLevel
+ * add_prefix_space, Metaspace's prepended replacement); CT_ENC_END when it ends the text (the
+ * trailing tokens with add_special); a whole text is both (ct_tokenizer_encode). A part without
+ * CT_ENC_BEGIN continues the text before it, which must have been cut where ct_tokenizer_cut_ok
+ * allows: then the parts' ids, concatenated, are the ids of the whole text. Writes from
+ * (*ids)[0], as ct_tokenizer_encode; the same errors. */
+#define CT_ENC_BEGIN 1
+#define CT_ENC_END 2
+long ct_tokenizer_encode_more(const ct_tokenizer *t, const char *text, size_t len, int add_special, int part,
+                              int32_t **ids, size_t *cap, char *err, size_t errlen);
+/* 1 when text[0, n) may be encoded as text[0, p) and text[p, n): p follows a line feed that
+ * follows a character other than white space, text[p] is a letter or digit (any script), and no
+ * token of the vocabulary or added token joins a line feed to what follows it. The pre-tokenizers'
+ * patterns are assumed not to join a line feed to the letter after it (true of GPT-2's, Llama-3's,
+ * Qwen2's; a Split pattern is run with the line feed in front to see whether it cuts there), and a
+ * Replace normalizer's pattern not to match across it. The byte tokenizer: any 0 < p < n. */
+int ct_tokenizer_cut_ok(const ct_tokenizer *t, const char *text, size_t n, size_t p);
 
 /* ---- token datasets */
 typedef struct ct_dataset ct_dataset;
