@@ -26,7 +26,7 @@ set_tests_properties(test_tokenizer_asan PROPERTIES LABELS "unit;asan")
 # test_data's cases under AddressSanitizer and UBSan, with the data sources rebuilt instrumented,
 # so an out-of-bounds read on a malformed file fails the test instead of passing by luck.
 add_executable(test_data_asan test_data.c ${ct_tokenizer_sources} ${CMAKE_SOURCE_DIR}/data/dataset.c
-  ${CMAKE_SOURCE_DIR}/data/prepare.c ${CMAKE_SOURCE_DIR}/data/loader.c)
+  ${CMAKE_SOURCE_DIR}/data/prepare.c ${CMAKE_SOURCE_DIR}/data/prepare_inputs.c ${CMAKE_SOURCE_DIR}/data/loader.c)
 target_include_directories(test_data_asan PRIVATE ${CMAKE_CURRENT_SOURCE_DIR} ${CMAKE_SOURCE_DIR}/data)
 target_compile_options(test_data_asan PRIVATE -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
   -fno-sanitize-recover=all)
