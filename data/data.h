@@ -98,8 +98,10 @@ const char *ct_tokenizer_file(const ct_tokenizer *t);
 long ct_tokenizer_encode_more(const ct_tokenizer *t, const char *text, size_t len, int add_special, int part,
                               int32_t **ids, size_t *cap, char *err, size_t errlen);
 /* 1 when text[0, n) may be encoded as text[0, p) and text[p, n): p follows a line feed that
- * follows a character other than white space, text[p] is a letter or digit (any script), and no
- * token of the vocabulary or added token joins a line feed to what follows it. The pre-tokenizers'
+ * follows a character other than white space, text[p] is a letter or digit (any script), no token
+ * of the vocabulary or added token joins a line feed to what follows it, and no added token with
+ * rstrip ends just before the line feed nor one with lstrip begins at p (text must hold the
+ * longest such token's length around p, else 0). The pre-tokenizers'
  * patterns are assumed not to join a line feed to the letter after it (true of GPT-2's, Llama-3's,
  * Qwen2's; a Split pattern is run with the line feed in front to see whether it cuts there), and a
  * Replace normalizer's pattern not to match across it. The byte tokenizer: any 0 < p < n. */

@@ -133,7 +133,7 @@ static int next_boundary(const prep *P, const ct_prep_file *f, uint64_t o, uint6
         *out = P->cut_mode == CUT_ANY ? o : f->size;
         return 0;
     }
-    enum { B = 1 << 16, LEFT = 8, RIGHT = 4 };
+    enum { B = 1 << 16, LEFT = 4096, RIGHT = 4096 }; /* context for ct_tokenizer_cut_ok */
     char buf[B];
     uint64_t p = o; /* the next candidate */
     while (p < f->size) {

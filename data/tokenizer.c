@@ -36,6 +36,7 @@ struct ct_tokenizer {
     int32_t eos, bos;       /* -1: none */
     int is_bytes;           /* the byte-level tokenizer: no tables, the static object below */
     int line_cuts;          /* no token joins a line feed to what follows it (ct_tokenizer_cut_ok) */
+    size_t strip_max;       /* the longest added token with lstrip or rstrip (content or match form) */
     char *file;             /* the tokenizer.json read */
 };
 
@@ -595,6 +596,11 @@ int ct_tokenizer_load(ct_tokenizer **out, const char *path, char *err, size_t er
     if (!rc && is_dir) rc = load_config(path, t, err, errlen);
     if (!rc) name_and_ends(t, file);
     if (!rc) t->line_cuts = check_line_cuts(t);
+    for (int i = 0; !rc && i < t->nadded; i++) {
+        const added_tok *a = &t->added[i];
+        size_t l = strlen(a->content) > a->match_len ? strlen(a->content) : a->match_len;
+        if ((a->lstrip || a->rstrip) && l > t->strip_max) t->strip_max = l;
+    }
     if (!rc && !(t->file = dupstr(file))) rc = FAIL("%s: out of memory", F);
     cJSON_Delete(j);
     if (rc) {
@@ -655,7 +661,23 @@ int ct_tokenizer_cut_ok(const ct_tokenizer *t, const char *text, size_t n, size_
         return 0;
     if (tk_utf8_check(text + p, n - p < 4 ? n - p : 4) == 0) return 0; /* invalid: the encoder refuses it */
     tk_utf8_next(text, n, p, &after);
-    return tk_is_alnum(after);
+    if (!tk_is_alnum(after)) return 0;
+    /* an added token that takes the white space beside it: rstrip ending just before the line feed
+     * would take it (the part after would then begin a segment of its own), lstrip at p too. Too
+     * little text around to see: no cut. */
+    if (!t->strip_max) return 1;
+    if (p - 1 < t->strip_max || n - p < t->strip_max) return 0;
+    for (int i = 0; i < t->nadded; i++) {
+        const added_tok *a = &t->added[i];
+        const char *forms[2] = {a->content, a->match};
+        for (int k = 0; k < 2; k++) {
+            size_t l = forms[k] ? strlen(forms[k]) : 0;
+            if (!l) continue;
+            if (a->rstrip && !memcmp(text + p - 1 - l, forms[k], l)) return 0;
+            if (a->lstrip && !memcmp(text + p, forms[k], l)) return 0;
+        }
+    }
+    return 1;
 }
 
 void ct_tokenizer_digest_str(const ct_tokenizer *t, char out[17])

@@ -168,6 +168,32 @@ int ct_run_model(const ct_config *cfg, ct_weights_source source, const ct_backen
     return rc;
 }
 
+int ct_run_tokenizer(const ct_config *cfg, ct_tokenizer **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    const char *name = cfg->data.tokenizer;
+    char path[CT_PATH_MAX + 32];
+    if (!strcmp(name, "bytes")) {
+        *out = (ct_tokenizer *)ct_tokenizer_bytes(); /* static, never written: ct_tokenizer_free ignores it */
+        return 0;
+    }
+    if (!name[0]) {
+        const char *dir = ct_run_hf_source(cfg);
+        snprintf(path, sizeof path, "%s/tokenizer.json", dir ? dir : "");
+        if (!dir || !is_file(path)) {
+            *out = (ct_tokenizer *)ct_tokenizer_bytes();
+            return 0;
+        }
+        name = dir;
+    }
+    char e[1024];
+    if (ct_tokenizer_load(out, name, e, sizeof e)) {
+        snprintf(err, errlen, "data.tokenizer%s: %s", cfg->data.tokenizer[0] ? "" : " (model.init_from's)", e);
+        return -1;
+    }
+    return 0;
+}
+
 int ct_run_agree(ct_comm *comm, int rc, const char *err)
 {
     int world = ct_comm_size(comm), rank = ct_comm_rank(comm);

@@ -7,6 +7,7 @@
 
 #include "comm.h"
 #include "config.h"
+#include "data.h"
 #include "model.h"
 
 /* run.device: auto picks CUDA where this build has it and a GPU is found; cuda insists on it.
@@ -43,6 +44,13 @@ int ct_run_model_source(const ct_config *cfg, ct_weights_source source, ct_model
  * names where the weights came from. */
 int ct_run_model(const ct_config *cfg, ct_weights_source source, const ct_backend *be, ct_kctx *ctx, int B, int T,
                  int shards, ct_comm *comm, ct_model **out, char *from, size_t fromlen, char *err, size_t errlen);
+
+/* The tokenizer of `prepare` and of the model (data.tokenizer): "bytes" the byte-level one; a
+ * folder (its tokenizer.json, and tokenizer_config.json beside it) or a tokenizer.json file; ""
+ * model.init_from's tokenizer.json when it is a folder that has one, else bytes. Free *out with
+ * ct_tokenizer_free (the byte tokenizer is static: freeing it does nothing). Errors name the key
+ * or the file. */
+int ct_run_tokenizer(const ct_config *cfg, ct_tokenizer **out, char *err, size_t errlen);
 
 /* Agreement after a step every rank did: returns 0 when rc == 0 on every rank; otherwise one
  * rank prints its err ("ctrain: error: ...", with its rank when there are several) and every
