@@ -272,6 +272,8 @@ out:
 
 /* ---- an index of shards */
 
+static int open_dataset(ct_dataset **out, const char *path, int as_shard, char *err, size_t errlen);
+
 /* The 1-D integer dataset name of the index, of exactly n values, into out[n] as uint64. */
 static int read_u64s(ct_dataset *ds, const char *name, size_t n, uint64_t *out, char *err, size_t errlen)
 {
@@ -375,12 +377,11 @@ static int open_index(ct_dataset *ds, char *err, size_t errlen)
     for (size_t i = 0; i < ns; i++) {
         ct_dataset *sh = NULL;
         char sub[1024];
-        if (ct_dataset_open(&sh, ds->shard_path[i], sub, sizeof sub)) {
+        if (open_dataset(&sh, ds->shard_path[i], 1, sub, sizeof sub)) {
             ct_data_fail(err, errlen, "%s: /shards[%zu]: %s", ds->path, i, sub);
             goto out;
         }
-        const char *bad = sh->nshards ? "is an index itself; shards must hold tokens"
-                          : !same_meta(&sh->meta, &ds->meta) ? "its tokenizer, digest, vocab_size or packing differ from the index's"
+        const char *bad = !same_meta(&sh->meta, &ds->meta) ? "its tokenizer, digest, vocab_size or packing differ from the index's"
                           : sh->n != tok[i] ? "its token count differs from /shard_tokens"
                           : sh->ndocs != docs[i] ? "its /doc_offsets count differs from /shard_docs" : NULL;
         ds->any_mask |= sh->mask >= 0;
@@ -422,7 +423,7 @@ static ct_dataset *shard(ct_dataset *ds, size_t i, char *err, size_t errlen)
     }
     ct_dataset_close(ds->cache[slot]);
     ds->cache[slot] = NULL;
-    if (ct_dataset_open(&ds->cache[slot], ds->shard_path[i], err, errlen)) return NULL;
+    if (open_dataset(&ds->cache[slot], ds->shard_path[i], 1, err, errlen)) return NULL;
     if (ds->cache[slot]->n != (size_t)(ds->shard_start[i + 1] - ds->shard_start[i])) { /* changed since open */
         ct_data_fail(err, errlen, "%s: changed since %s was opened (%zu tokens, %llu before)", ds->shard_path[i],
                      ds->path, ds->cache[slot]->n, (unsigned long long)(ds->shard_start[i + 1] - ds->shard_start[i]));
@@ -447,7 +448,7 @@ static size_t shard_of(const uint64_t *start, size_t ns, uint64_t pos)
     return lo;
 }
 
-static int open_checked(ct_dataset *ds, char *err, size_t errlen)
+static int open_checked(ct_dataset *ds, int as_shard, char *err, size_t errlen)
 {
     char detail[200];
     if (H5Fis_hdf5(ds->path) <= 0)
@@ -464,8 +465,10 @@ static int open_checked(ct_dataset *ds, char *err, size_t errlen)
     if (ds->file < 0) ct_data_fail(err, errlen, "%s: cannot open as HDF5 (%s)", ds->path, h5_detail(detail));
     H5Pclose(fapl); /* after reading the error stack: every API call clears it */
     if (ds->file < 0) return -1;
-    if (H5Lexists(ds->file, "tokens", H5P_DEFAULT) <= 0 && H5Lexists(ds->file, "shards", H5P_DEFAULT) > 0)
+    if (H5Lexists(ds->file, "tokens", H5P_DEFAULT) <= 0 && H5Lexists(ds->file, "shards", H5P_DEFAULT) > 0) {
+        if (as_shard) return ct_data_fail(err, errlen, "%s: is an index itself; a shard must hold /tokens", ds->path);
         return open_index(ds, err, errlen);
+    }
 
     if (open_1d_int(ds, "tokens", "uint32", 0, NULL, &ds->tokens, &ds->tok_space, &ds->n, err, errlen)) return -1;
     size_t mlen = 0;
@@ -495,6 +498,12 @@ static int open_checked(ct_dataset *ds, char *err, size_t errlen)
 
 int ct_dataset_open(ct_dataset **out, const char *path, char *err, size_t errlen)
 {
+    return open_dataset(out, path, 0, err, errlen);
+}
+
+/* as_shard: opened as an index's shard, which may not be an index itself. */
+static int open_dataset(ct_dataset **out, const char *path, int as_shard, char *err, size_t errlen)
+{
     *out = NULL;
     if (!path || !*path) return ct_data_fail(err, errlen, "dataset: no path given");
     struct stat st;
@@ -510,7 +519,7 @@ int ct_dataset_open(ct_dataset **out, const char *path, char *err, size_t errlen
     ds->file = ds->tokens = ds->mask = H5I_INVALID_HID;
     ds->tok_space = ds->mask_space = ds->mask_memtype = ds->mem_space = ds->dxpl = H5I_INVALID_HID;
     quiet_t q = quiet_on();
-    int rc = open_checked(ds, err, errlen);
+    int rc = open_checked(ds, as_shard, err, errlen);
     quiet_off(q);
     if (rc) {
         ct_dataset_close(ds);

@@ -732,8 +732,11 @@ static int setup(prep *P, const ct_prepare_opts *o, char *err, size_t errlen)
         return ct_data_fail(err, errlen, "%s: out of memory for %zu chunks", T, P->nchunks);
     if (P->rank == 0)
         for (int i = 0; i < 2; i++)
-            if (mkdir(P->dir[i], 0777) != 0)
-                return ct_data_fail(err, errlen, "%s: cannot create the shard folder: %s", P->dir[i], strerror(errno));
+            if (mkdir(P->dir[i], 0777) != 0) {
+                ct_data_fail(err, errlen, "%s: cannot create the shard folder: %s", P->dir[i], strerror(errno));
+                if (i) rmdir(P->dir[0]);
+                return -1;
+            }
     return 0;
 }
 

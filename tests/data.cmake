@@ -34,3 +34,17 @@ target_link_options(test_data_asan PRIVATE -fsanitize=address,undefined)
 target_link_libraries(test_data_asan PRIVATE ct_hdf5 cjson ct_pcre2 ct_utf8proc Threads::Threads m)
 add_test(NAME test_data_asan COMMAND test_data_asan)
 set_tests_properties(test_data_asan PROPERTIES LABELS "unit;asan")
+
+# The streaming, parallel prepare (inputs, bad inputs, shards through the loader, 1 vs N workers vs
+# 2 ranks simulated in one process), linked against ct_data alone, and again under ASan/UBSan.
+ct_linked_test(test_prepare ct_data test_prepare.c)
+target_link_libraries(test_prepare PRIVATE Threads::Threads m)
+add_executable(test_prepare_asan test_prepare.c ${ct_tokenizer_sources} ${CMAKE_SOURCE_DIR}/data/dataset.c
+  ${CMAKE_SOURCE_DIR}/data/prepare.c ${CMAKE_SOURCE_DIR}/data/prepare_inputs.c ${CMAKE_SOURCE_DIR}/data/loader.c)
+target_include_directories(test_prepare_asan PRIVATE ${CMAKE_CURRENT_SOURCE_DIR} ${CMAKE_SOURCE_DIR}/data)
+target_compile_options(test_prepare_asan PRIVATE -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
+  -fno-sanitize-recover=all)
+target_link_options(test_prepare_asan PRIVATE -fsanitize=address,undefined)
+target_link_libraries(test_prepare_asan PRIVATE ct_hdf5 cjson ct_pcre2 ct_utf8proc Threads::Threads m)
+add_test(NAME test_prepare_asan COMMAND test_prepare_asan)
+set_tests_properties(test_prepare_asan PROPERTIES LABELS "unit;asan" TIMEOUT 300)
