@@ -48,3 +48,12 @@ target_link_options(test_prepare_asan PRIVATE -fsanitize=address,undefined)
 target_link_libraries(test_prepare_asan PRIVATE ct_hdf5 cjson ct_pcre2 ct_utf8proc Threads::Threads m)
 add_test(NAME test_prepare_asan COMMAND test_prepare_asan)
 set_tests_properties(test_prepare_asan PROPERTIES LABELS "unit;asan" TIMEOUT 300)
+
+# ctrain prepare: 1 process = N threads = 2 MPI ranks (dsdump compares what ct_dataset reads)
+add_executable(ct_dsdump dsdump.c)
+target_link_libraries(ct_dsdump PRIVATE ct_data)
+if(CTRAIN_HAVE_MPI)
+  add_test(NAME prepare_ranks COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/prepare_ranks.sh $<TARGET_FILE:ctrain>
+    ${MPIEXEC_EXECUTABLE} $<TARGET_FILE:ct_dsdump>)
+  set_tests_properties(prepare_ranks PROPERTIES LABELS "unit;mpi" TIMEOUT 120)
+endif()
