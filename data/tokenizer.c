@@ -315,6 +315,7 @@ static int load_model(const char *F, const cJSON *m, ct_tokenizer *t, char *err,
         if (v && !cJSON_IsNull(v) && !(cJSON_IsString(v) && !v->valuestring[0]))
             return FAIL("%s: model BPE: %s is not supported", F, opts[i]);
     }
+    b->uid = tk_bpe_uid();
     b->byte_fallback = jbool(m, "byte_fallback", 0);
     b->fuse_unk = jbool(m, "fuse_unk", 0);
     b->ignore_merges = jbool(m, "ignore_merges", 0);

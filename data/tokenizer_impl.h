@@ -64,9 +64,13 @@ typedef struct {
     int32_t unk;          /* -1: none */
     int byte_fallback, fuse_unk, ignore_merges;
     int32_t byte_ids[256]; /* <0xXX> ids, -1 where absent */
+    uint64_t uid;          /* this model among all loaded in the process (tk_bpe_uid): names its cache */
 } tk_bpe;
-/* Appends the ids of one pre-token; -1 on out of memory. */
+/* Appends the ids of one pre-token; -1 on out of memory. Short pre-tokens are remembered in a
+ * cache of the calling thread's (a few MB at most, emptied when full or when another model is used),
+ * so a word met again costs one lookup. */
 int tk_bpe_encode(const tk_bpe *m, const char *w, size_t n, int32_t **ids, size_t *len, size_t *cap);
+uint64_t tk_bpe_uid(void); /* a new uid, never 0 */
 
 /* ---- regexes (PCRE2, UTF + UCP, JIT where available) */
 typedef struct {
