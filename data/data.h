@@ -6,7 +6,9 @@
  * attributes on the root group: "tokenizer" (string: a name, e.g. "bytes" or the tokenizer's
  * folder name), "tokenizer_digest" (string: 16 hex digits of ct_tokenizer_digest, or "bytes";
  * datasets written before it existed lack it: "bytes" is then assumed for tokenizer "bytes"),
- * "vocab_size" (int) and "packing" (string: plain | masked | none; absent: plain).
+ * "vocab_size" (int) and "packing" (string: plain | masked | none; absent: plain). Or an index of
+ * shards (see "prepare"): /shards, /shard_tokens, /shard_docs and the same attributes, read as the
+ * concatenation of its shards by every ct_dataset function.
  * Errors fill err with "<file>: <dataset or attribute>: <what is wrong>" and return -1. */
 #ifndef CT_DATA_H
 #define CT_DATA_H
@@ -183,12 +185,13 @@ int ct_dataset_write_index(const char *path, const char *const *shards, const ui
  * line's start, or inside a text file a place ct_tokenizer_cut_ok allows (there the parts are
  * encoded with ct_tokenizer_encode_more, so the ids are those of the whole document). A text is
  * also encoded in pieces of about 1 MiB cut the same way. Memory: each worker holds one chunk's
- * text, its tokens (4 bytes each) and document offsets (8 bytes each), so about threads x
- * (chunk_bytes + 4 x tokens per chunk) + the tokenizer: about threads x 2 chunk_bytes with a BPE
- * tokenizer (under 1 token per 3 bytes), threads x 5 chunk_bytes with the byte tokenizer, whatever
- * the corpus size. Only two things are held whole: a .jsonl line, and a stretch of a text file
- * without a place to cut (no line break between a non-space character and a letter or digit;
- * CRLF text; a tokenizer whose vocabulary joins a line feed to a letter).
+ * text, its tokens (4 bytes each, in buffers grown by a quarter at a time) and document offsets
+ * (8 bytes each), so about threads x (chunk_bytes + 5 x tokens per chunk) + the tokenizer and a
+ * cache of 3 MB per thread: with 16 MiB chunks about threads x 40 MB with a BPE tokenizer of about
+ * 4 bytes per token, threads x 100 MB with the byte tokenizer, whatever the corpus size. Only two
+ * things are held whole: a .jsonl line, and a stretch of a text file without a place to cut (no
+ * line break between a non-space character and a letter or digit; CRLF text; a tokenizer whose
+ * vocabulary joins a line feed to a letter).
  *
  * Parallel: chunk k is done by rank k mod world, on one of its `threads` worker threads. Every
  * chunk writes its train and val tokens (when it has any) as a dataset of its own, a shard:

@@ -204,11 +204,12 @@ static long line_of(const ct_prep_file *f, uint64_t off)
     return lines;
 }
 
+/* Grows by a quarter (not doubling: the slack counts in the memory bound of data.h). */
 static int grow(void **p, size_t *cap, size_t need, size_t elem)
 {
     if (need <= *cap) return 0;
     size_t c = *cap ? *cap : 4096;
-    while (c < need) c *= 2;
+    while (c < need) c += c / 4;
     void *g = realloc(*p, c * elem);
     if (!g) return -1;
     *p = g, *cap = c;

@@ -219,7 +219,7 @@ static const verb verbs[] = {
      "data.val_fraction) (at least 1) spread evenly become val; one text file is cut instead at the line break\n"
      "nearest (1 - data.val_fraction) of its length. The inputs stream in chunks of data.prepare_chunk_kb on\n"
      "data.prepare_threads threads per rank, and on every rank under mpirun or srun, with the same result;\n"
-     "memory is about threads x 2 chunks (5 with the byte tokenizer). A set is one file, or an index of\n"
+     "memory is about threads x 2.5 chunks (6 with the byte tokenizer). A set is one file, or an index of\n"
      "per-chunk shards in <data.train>-shards-<id>/ read as one dataset. Progress goes to stderr.\n"
      "A .jsonl file of {\"prompt\", \"response\"} or {\"messages\": [{\"role\", \"content\"}...]} examples:\n"
      "supervised data, rendered as \"### Prompt:\\n<prompt>\\n### Response:\\n<response><end-of-text>\" (messages:\n"

@@ -65,10 +65,10 @@ int ct_run_prepare(const ct_config *cfg, ct_comm *comm)
     if (rc == 0 && rank == 0) {
         const char *names[2] = {cfg->data.train, cfg->data.val};
         for (int i = 0; i < 2; i++)
-            printf("ctrain: wrote %s: %llu documents, %llu tokens%s\n", names[i], (unsigned long long)st.docs[i],
-                   (unsigned long long)st.tokens[i],
+            printf("ctrain: wrote %s: %llu document%s, %llu tokens%s\n", names[i], (unsigned long long)st.docs[i],
+                   st.docs[i] == 1 ? "" : "s", (unsigned long long)st.tokens[i],
                    st.shards[i] > 1 ? ", an index of shards" : "");
-        printf("ctrain: from %s: %.1f MB of text in %.1f s (%.1f MB/s), tokenizer %s, %d rank%s x %d threads\n",
+        printf("ctrain: from %s: %.1f MB of text in %.2f s (%.1f MB/s), tokenizer %s, %d rank%s x %d threads\n",
                cfg->data.text, (double)st.bytes / 1e6, st.seconds, st.seconds > 0 ? (double)st.bytes / 1e6 / st.seconds : 0,
                ct_tokenizer_name(tok), o.world, o.world > 1 ? "s" : "", o.threads);
     }
