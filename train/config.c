@@ -45,7 +45,7 @@ static const key_info keys[] = {
     {"data.chat_template", K_STR, F(data.chat_template), "\"\"", 0, 0, NULL, "template of messages examples: \"\" (the model's own, recognised by its markers; plain without one), chatml, llama3, llama2, mistral, gemma or plain"},
     {"data.train_on_prompt", K_BOOL, F(data.train_on_prompt), "false", 0, 1, NULL, "supervised data: the loss covers the prompts and templates too, not only the assistant's turns"},
     {"data.packing", K_STR, F(data.packing), "\"\"", 0, 0, "|masked|plain|none", "how `prepare` packs examples into sequences: masked (each attends only to itself, positions restart; the default for supervised data), plain (the default for text), none (one example per sequence, padded)"},
-    {"data.val_fraction", K_REAL, F(data.val_fraction), "0.05", 1e-9, 1 - 1e-9, NULL, "share of data.text that becomes the val set"},
+    {"data.val_fraction", K_REAL, F(data.val_fraction), "0.05", 1e-9, 1 - 1e-9, NULL, "share of data.text that becomes the val set: of its documents (at least one), or of its bytes when it is one text file"},
     {"data.prepare_threads", K_INT, F(data.prepare_threads), "0", 0, 4096, NULL, "`prepare`: worker threads per rank (0: the node's online cores shared among its ranks)"},
     {"data.prepare_chunk_kb", K_INT, F(data.prepare_chunk_kb), "16384", 1, 1 << 22, NULL, "`prepare`: KiB of text per chunk, the unit of work and of memory (a shard of each set per chunk)"},
     {"data.train", K_STR, F(data.train), "\"\"", 0, 0, NULL, "HDF5 token dataset to train on"},
