@@ -752,6 +752,29 @@ static int sync_file(const char *path)
     return rc;
 }
 
+/* A 1-D dataset to write; data NULL: left out. */
+typedef struct {
+    const char *name;
+    hid_t filetype, memtype;
+    size_t n;
+    const void *data;
+} array_1d;
+
+/* The arrays, then the root attributes; on failure *what names the one that failed. */
+static int write_arrays(hid_t file, const array_1d *a, int n, const ct_dataset_meta *meta, const char **what,
+                        char *detail)
+{
+    for (int i = 0; i < n; i++) {
+        if (!a[i].data) continue;
+        if (write_1d(file, a[i].name, a[i].filetype, a[i].memtype, a[i].n, a[i].data, detail)) {
+            *what = a[i].name;
+            return -1;
+        }
+    }
+    *what = "attributes";
+    return write_attrs(file, meta, detail);
+}
+
 /* A file being written: path.tmp, open in HDF5, renamed to path by tmp_finish. */
 typedef struct {
     char *tmp;
@@ -824,20 +847,12 @@ int ct_dataset_write(const char *path, const uint32_t *tokens, size_t n, const u
     if (check_write_args(path, tokens, n, doc_offsets, ndocs, meta, err, errlen)) return -1;
     tmp_file w;
     if (tmp_begin(&w, path, err, errlen)) return -1;
-    const char *what = "/tokens";
-    int st = write_1d(w.file, "tokens", H5T_STD_U32LE, H5T_NATIVE_UINT32, n, tokens, detail);
-    if (!st && loss_mask) {
-        what = "/loss_mask";
-        st = write_1d(w.file, "loss_mask", H5T_STD_U8LE, H5T_NATIVE_UINT8, n, loss_mask, detail);
-    }
-    if (!st && doc_offsets) {
-        what = "/doc_offsets";
-        st = write_1d(w.file, "doc_offsets", H5T_STD_U64LE, H5T_NATIVE_UINT64, ndocs, doc_offsets, detail);
-    }
-    if (!st) {
-        what = "attributes";
-        st = write_attrs(w.file, meta, detail);
-    }
+    const array_1d arrays[3] = {
+        {"tokens", H5T_STD_U32LE, H5T_NATIVE_UINT32, n, tokens},
+        {"loss_mask", H5T_STD_U8LE, H5T_NATIVE_UINT8, n, loss_mask},
+        {"doc_offsets", H5T_STD_U64LE, H5T_NATIVE_UINT64, ndocs, doc_offsets}};
+    const char *what = NULL;
+    int st = write_arrays(w.file, arrays, 3, meta, &what, detail);
     return tmp_finish(&w, path, st, what, detail, err, errlen);
 }
 
@@ -873,17 +888,8 @@ int ct_dataset_write_index(const char *path, const char *const *shards, const ui
     if (tmp_begin(&w, path, err, errlen)) return -1;
     const char *what = "/shards";
     int st = write_names(w.file, shards, nshards, detail);
-    if (!st) {
-        what = "/shard_tokens";
-        st = write_1d(w.file, "shard_tokens", H5T_STD_U64LE, H5T_NATIVE_UINT64, nshards, tokens, detail);
-    }
-    if (!st) {
-        what = "/shard_docs";
-        st = write_1d(w.file, "shard_docs", H5T_STD_U64LE, H5T_NATIVE_UINT64, nshards, docs, detail);
-    }
-    if (!st) {
-        what = "attributes";
-        st = write_attrs(w.file, meta, detail);
-    }
+    const array_1d arrays[2] = {{"shard_tokens", H5T_STD_U64LE, H5T_NATIVE_UINT64, nshards, tokens},
+                                {"shard_docs", H5T_STD_U64LE, H5T_NATIVE_UINT64, nshards, docs}};
+    if (!st) st = write_arrays(w.file, arrays, 2, meta, &what, detail);
     return tmp_finish(&w, path, st, what, detail, err, errlen);
 }

@@ -23,31 +23,26 @@ target_link_libraries(test_tokenizer_asan PRIVATE cjson ct_pcre2 ct_utf8proc Thr
 add_test(NAME test_tokenizer_asan COMMAND test_tokenizer_asan)
 set_tests_properties(test_tokenizer_asan PROPERTIES LABELS "unit;asan")
 
-# test_data's cases under AddressSanitizer and UBSan, with the data sources rebuilt instrumented,
-# so an out-of-bounds read on a malformed file fails the test instead of passing by luck.
-add_executable(test_data_asan test_data.c ${ct_tokenizer_sources} ${CMAKE_SOURCE_DIR}/data/dataset.c
-  ${CMAKE_SOURCE_DIR}/data/prepare.c ${CMAKE_SOURCE_DIR}/data/prepare_inputs.c ${CMAKE_SOURCE_DIR}/data/loader.c)
-target_include_directories(test_data_asan PRIVATE ${CMAKE_CURRENT_SOURCE_DIR} ${CMAKE_SOURCE_DIR}/data)
-target_compile_options(test_data_asan PRIVATE -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
-  -fno-sanitize-recover=all)
-target_link_options(test_data_asan PRIVATE -fsanitize=address,undefined)
-target_link_libraries(test_data_asan PRIVATE ct_hdf5 cjson ct_pcre2 ct_utf8proc Threads::Threads m)
-add_test(NAME test_data_asan COMMAND test_data_asan)
-set_tests_properties(test_data_asan PROPERTIES LABELS "unit;asan")
+# A test of the data module again under AddressSanitizer and UBSan, with the data sources rebuilt
+# instrumented, so an out-of-bounds read on a malformed file fails the test instead of passing by luck.
+function(ct_data_asan_test name source)
+  add_executable(${name} ${source} ${ct_tokenizer_sources} ${CMAKE_SOURCE_DIR}/data/dataset.c
+    ${CMAKE_SOURCE_DIR}/data/prepare.c ${CMAKE_SOURCE_DIR}/data/prepare_inputs.c ${CMAKE_SOURCE_DIR}/data/loader.c)
+  target_include_directories(${name} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR} ${CMAKE_SOURCE_DIR}/data)
+  target_compile_options(${name} PRIVATE -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
+    -fno-sanitize-recover=all)
+  target_link_options(${name} PRIVATE -fsanitize=address,undefined)
+  target_link_libraries(${name} PRIVATE ct_hdf5 cjson ct_pcre2 ct_utf8proc Threads::Threads m)
+  add_test(NAME ${name} COMMAND ${name})
+  set_tests_properties(${name} PROPERTIES LABELS "unit;asan" TIMEOUT 300)
+endfunction()
+ct_data_asan_test(test_data_asan test_data.c)
 
 # The streaming, parallel prepare (inputs, bad inputs, shards through the loader, 1 vs N workers vs
 # 2 ranks simulated in one process), linked against ct_data alone, and again under ASan/UBSan.
 ct_linked_test(test_prepare ct_data test_prepare.c)
 target_link_libraries(test_prepare PRIVATE Threads::Threads m)
-add_executable(test_prepare_asan test_prepare.c ${ct_tokenizer_sources} ${CMAKE_SOURCE_DIR}/data/dataset.c
-  ${CMAKE_SOURCE_DIR}/data/prepare.c ${CMAKE_SOURCE_DIR}/data/prepare_inputs.c ${CMAKE_SOURCE_DIR}/data/loader.c)
-target_include_directories(test_prepare_asan PRIVATE ${CMAKE_CURRENT_SOURCE_DIR} ${CMAKE_SOURCE_DIR}/data)
-target_compile_options(test_prepare_asan PRIVATE -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
-  -fno-sanitize-recover=all)
-target_link_options(test_prepare_asan PRIVATE -fsanitize=address,undefined)
-target_link_libraries(test_prepare_asan PRIVATE ct_hdf5 cjson ct_pcre2 ct_utf8proc Threads::Threads m)
-add_test(NAME test_prepare_asan COMMAND test_prepare_asan)
-set_tests_properties(test_prepare_asan PROPERTIES LABELS "unit;asan" TIMEOUT 300)
+ct_data_asan_test(test_prepare_asan test_prepare.c)
 
 # ctrain prepare: 1 process = N threads = 2 MPI ranks (dsdump compares what ct_dataset reads)
 add_executable(ct_dsdump dsdump.c)

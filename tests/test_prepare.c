@@ -25,15 +25,6 @@
         else fprintf(stderr, "  rc %d, message \"%s\", wanted \"%s\" and \"%s\"\n", rc_, (err), (s1), (s2)); \
     } while (0)
 
-static void write_file(const char *path, const char *text, size_t len)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(text, 1, len, f) != len) {
-        fprintf(stderr, "cannot write %s\n", path);
-        exit(2);
-    }
-    fclose(f);
-}
 
 static void remove_tree(const char *path)
 {
@@ -230,7 +221,7 @@ static void test_inputs(void)
         n += json_line(buf + n, i, t, tl);
         if (i % 17 == 3) n += (size_t)sprintf(buf + n, "  \t\r\n\n");
     }
-    write_file(ct_test_path("in/a.jsonl"), buf, n - 1); /* no final line break */
+    ct_test_write_file(ct_test_path("in/a.jsonl"), buf, n - 1); /* no final line break */
     docs one = {0};
     for (int i = 0; i < d.n; i++) add_doc(&one, d.text[i], d.len[i]);
     check_docs("one .jsonl file", ct_test_path("in/a.jsonl"), &one, 0.1, 0, 1, 0);
@@ -239,10 +230,10 @@ static void test_inputs(void)
 
     /* a folder: a.jsonl, b.txt (many chunks long), sub/c.txt, sub/d.jsonl; skipped: e.md, .git/x.txt */
     size_t bl = make_text(buf, 200000, &rng);
-    write_file(ct_test_path("in/b.txt"), buf, bl);
+    ct_test_write_file(ct_test_path("in/b.txt"), buf, bl);
     add_doc(&d, buf, bl);
     size_t cl = make_text(buf, 3000, &rng);
-    write_file(ct_test_path("in/sub/c.txt"), buf, cl);
+    ct_test_write_file(ct_test_path("in/sub/c.txt"), buf, cl);
     add_doc(&d, buf, cl);
     n = 0;
     for (int i = 0; i < 30; i++) {
@@ -251,10 +242,10 @@ static void test_inputs(void)
         add_doc(&d, t, tl);
         n += json_line(buf + n, i, t, tl);
     }
-    write_file(ct_test_path("in/sub/d.jsonl"), buf, n);
-    write_file(ct_test_path("in/e.md"), "not an input\n", 13);
-    write_file(ct_test_path("in/.git/x.txt"), "hidden\n", 7);
-    write_file(ct_test_path("in/empty.txt"), "", 0); /* no document */
+    ct_test_write_file(ct_test_path("in/sub/d.jsonl"), buf, n);
+    ct_test_write_file(ct_test_path("in/e.md"), "not an input\n", 13);
+    ct_test_write_file(ct_test_path("in/.git/x.txt"), "hidden\n", 7);
+    ct_test_write_file(ct_test_path("in/empty.txt"), "", 0); /* no document */
     check_docs("a folder", dir, &d, 0.05, 0, 2, 0);
     check_docs("a folder, 4 KiB chunks, 1 thread", dir, &d, 0.05, 4096, 1, 1);
     check_docs("a folder, 4 KiB chunks, 3 threads", dir, &d, 0.05, 4096, 3, 1);
@@ -416,7 +407,7 @@ static void test_identity(void)
         char name[64];
         snprintf(name, sizeof name, "id/%d.txt", f);
         size_t n = make_text(buf, f == 1 ? 5000 : 150000, &rng);
-        write_file(ct_test_path(name), buf, n);
+        ct_test_write_file(ct_test_path(name), buf, n);
     }
     size_t n = 0;
     for (int i = 0; i < 200; i++) {
@@ -424,7 +415,7 @@ static void test_identity(void)
         size_t tl = make_text(t, 50 + (size_t)(ct_test_rand_u64(&rng) % 500), &rng);
         n += json_line(buf + n, i, t, tl);
     }
-    write_file(ct_test_path("id/docs.jsonl"), buf, n);
+    ct_test_write_file(ct_test_path("id/docs.jsonl"), buf, n);
     free(buf);
     const ct_tokenizer *toks[2] = {ct_tokenizer_bytes(), bpe};
     char in[512], tr[512], va[512], otr[512], ova[512]; /* ct_test_path's buffers are reused */
@@ -491,7 +482,7 @@ static void test_identity(void)
     }
 
     /* a rank's failure stops the job: a bad line in a chunk of rank 1; nothing is left behind */
-    write_file(ct_test_path("id/zz.jsonl"), "{\"text\": \"fine\"}\n{\"text\": 7}\n", 29);
+    ct_test_write_file(ct_test_path("id/zz.jsonl"), "{\"text\": \"fine\"}\n{\"text\": 7}\n", 29);
     ct_prepare_opts o = {.text = in, .train_path = otr, .val_path = ova, .val_fraction = 0.1, .tok = bpe,
                          .chunk_bytes = 8192, .threads = 2};
     mkdir(ct_test_path("out"), 0777);
@@ -523,9 +514,9 @@ static void test_identity(void)
     remove_tree(ct_test_path("id"));
 
     /* invalid UTF-8 is an error naming the byte, with a real tokenizer */
-    write_file(ct_test_path("bad.txt"), "fine text\nthen \xff bad\nmore\n", 26);
+    ct_test_write_file(ct_test_path("bad.txt"), "fine text\nthen \xff bad\nmore\n", 26);
     CHECK_FAILS(prep(ct_test_path("bad.txt"), bpe, 0.3, 0, 1, err), err, "bad.txt: at byte 15", "invalid UTF-8");
-    write_file(ct_test_path("bad.jsonl"), "{\"text\": \"ok\"}\n{\"text\": \"x\xc3\"}\n", 30);
+    ct_test_write_file(ct_test_path("bad.jsonl"), "{\"text\": \"ok\"}\n{\"text\": \"x\xc3\"}\n", 30);
     CHECK_FAILS(prep(ct_test_path("bad.jsonl"), bpe, 0.3, 0, 1, err), err, "bad.jsonl: line 2: field \"text\"",
                 "at byte 1 of the text: invalid UTF-8");
     ct_tokenizer_free(bpe);
@@ -562,16 +553,16 @@ static void test_bad_inputs(void)
 {
     char err[ERRLEN];
     const ct_tokenizer *b = ct_tokenizer_bytes();
-    write_file(ct_test_path("train.h5"), "old\n", 4);
-    write_file(ct_test_path("val.h5"), "old\n", 4);
+    ct_test_write_file(ct_test_path("train.h5"), "old\n", 4);
+    ct_test_write_file(ct_test_path("val.h5"), "old\n", 4);
     mkdir(ct_test_path("bad"), 0777);
     CHECK_FAILS(prep(ct_test_path("bad/nope.txt"), b, 0.1, 0, 1, err), err, "bad/nope.txt", "No such file");
     CHECK_FAILS(prep(ct_test_path("bad"), b, 0.1, 0, 1, err), err, "bad", "no .txt or .jsonl files in this folder");
-    write_file(ct_test_path("bad/x.md"), "words\n", 6);
+    ct_test_write_file(ct_test_path("bad/x.md"), "words\n", 6);
     CHECK_FAILS(prep(ct_test_path("bad"), b, 0.1, 0, 1, err), err, "bad", "no .txt or .jsonl files");
     CHECK_FAILS(prep(ct_test_path("bad/*.txt"), b, 0.1, 0, 1, err), err, "bad/*.txt", "no file matches");
-    write_file(ct_test_path("bad/e.txt"), "", 0);
-    write_file(ct_test_path("bad/f.jsonl"), "", 0);
+    ct_test_write_file(ct_test_path("bad/e.txt"), "", 0);
+    ct_test_write_file(ct_test_path("bad/f.jsonl"), "", 0);
     CHECK_FAILS(prep(ct_test_path("bad"), b, 0.1, 0, 1, err), err, "bad", "empty files");
     unlink(ct_test_path("bad/e.txt"));
 
@@ -591,13 +582,13 @@ static void test_bad_inputs(void)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t len = strlen(cases[i].text);
         if (strstr(cases[i].want2, "NUL byte")) len = 28;
-        write_file(ct_test_path("bad/f.jsonl"), cases[i].text, len);
+        ct_test_write_file(ct_test_path("bad/f.jsonl"), cases[i].text, len);
         CHECK_FAILS(prep(ct_test_path("bad/f.jsonl"), b, 0.1, 0, 1, err), err, cases[i].want1, cases[i].want2);
         CHECK(untouched());
     }
     CHECK(untouched());
     /* a field named otherwise */
-    write_file(ct_test_path("bad/f.jsonl"), "{\"body\": \"a\"}\n{\"body\": \"b\"}\n", 28);
+    ct_test_write_file(ct_test_path("bad/f.jsonl"), "{\"body\": \"a\"}\n{\"body\": \"b\"}\n", 28);
     char in[512], tr[512], va[512], nodir[512];
     snprintf(in, sizeof in, "%s", ct_test_path("bad/f.jsonl"));
     snprintf(tr, sizeof tr, "%s", ct_test_path("train.h5"));
@@ -617,7 +608,7 @@ static void test_bad_inputs(void)
     o.val_fraction = 1.0;
     CHECK_FAILS(ct_data_prepare(&o, NULL, err, ERRLEN), err, "f.jsonl", "val_fraction");
     CHECK(ct_data_text_is_sft(ct_test_path("bad/f.jsonl"), "body") == 0);
-    write_file(ct_test_path("bad/s.jsonl"), "\n{\"messages\": []}\n", 18);
+    ct_test_write_file(ct_test_path("bad/s.jsonl"), "\n{\"messages\": []}\n", 18);
     CHECK(ct_data_text_is_sft(ct_test_path("bad/s.jsonl"), "text") == 1);
     CHECK(ct_data_text_is_sft(ct_test_path("bad/s.jsonl"), "messages") == 0);
     remove_tree(ct_test_path("bad"));

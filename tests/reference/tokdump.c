@@ -23,6 +23,19 @@ static void put_ids(FILE *f, const int32_t *v, long n)
     for (long i = 0; i < n; i++) fprintf(f, i ? " %d" : "%d", (int)v[i]);
 }
 
+/* The text of a request line "X <hex>" (malloc'd, *n bytes). */
+static char *unhex(const char *line, size_t ln, size_t *n)
+{
+    *n = (ln - 2) / 2;
+    char *text = malloc(*n + 1);
+    for (size_t i = 0; text && i < *n; i++) {
+        unsigned v;
+        sscanf(line + 2 + 2 * i, "%2x", &v);
+        text[i] = (char)v;
+    }
+    return text;
+}
+
 /* The C request: every allowed cut of text[n] against the whole text's ids. */
 static void cuts(FILE *f, const ct_tokenizer *t, const char *text, size_t n)
 {
@@ -86,23 +99,13 @@ int main(int argc, char **argv)
     while ((ln = getline(&line, &lcap, in)) > 0) {
         if (line[ln - 1] == '\n') line[--ln] = 0;
         if (line[0] == 'C') {
-            size_t n = (size_t)(ln - 2) / 2;
-            char *text = malloc(n + 1);
-            for (size_t i = 0; i < n; i++) {
-                unsigned v;
-                sscanf(line + 2 + 2 * i, "%2x", &v);
-                text[i] = (char)v;
-            }
+            size_t n;
+            char *text = unhex(line, (size_t)ln, &n);
             cuts(out, t, text, n);
             free(text);
         } else if (line[0] == 'E') {
-            size_t n = (size_t)(ln - 2) / 2;
-            char *text = malloc(n + 1);
-            for (size_t i = 0; i < n; i++) {
-                unsigned v;
-                sscanf(line + 2 + 2 * i, "%2x", &v);
-                text[i] = (char)v;
-            }
+            size_t n;
+            char *text = unhex(line, (size_t)ln, &n);
             long a = ct_tokenizer_encode(t, text, n, 1, &ids, &cap, err, sizeof err);
             long b = a < 0 ? -1 : ct_tokenizer_encode(t, text, n, 0, &ids2, &cap2, err, sizeof err);
             free(text);
