@@ -184,7 +184,7 @@ int ct_dataset_write_index(const char *path, const char *const *shards, const ui
  * begins at the first document boundary at or after k * chunk_bytes: a file's start, a .jsonl
  * line's start, or inside a text file a place ct_tokenizer_cut_ok allows (there the parts are
  * encoded with ct_tokenizer_encode_more, so the ids are those of the whole document). A text is
- * also encoded in pieces of about 1 MiB cut the same way. Memory: each worker holds one chunk's
+ * also encoded in pieces of about 64 KiB cut the same way. Memory: each worker holds one chunk's
  * text, its tokens (4 bytes each, in buffers grown by a quarter at a time) and document offsets
  * (8 bytes each), so about threads x (chunk_bytes + 5 x tokens per chunk) + the tokenizer and a
  * cache of 3 MB per thread: with 16 MiB chunks about threads x 40 MB with a BPE tokenizer of about

@@ -30,7 +30,7 @@
 enum { PHASE_COUNT, PHASE_ENCODE };
 enum { R_TRAIN_TOK, R_TRAIN_DOCS, R_VAL_TOK, R_VAL_DOCS, NRES }; /* per-chunk results */
 enum { CUT_NONE, CUT_TOKENIZER, CUT_ANY };                      /* where a text file may be cut */
-#define PIECE ((size_t)1 << 20) /* a text is encoded in pieces of about this many bytes */
+#define PIECE ((size_t)1 << 16) /* a text is encoded in pieces of about this many bytes */
 #define ERRMAX 1024
 
 /* HDF5 is not built thread-safe: every call into it from the workers of any prepare in this

@@ -250,7 +250,7 @@ def main():
             kjv = work / "kjv.txt"
             kjv.write_text("\n".join(lines) + "\n")
         text = kjv.read_text(encoding="utf-8")
-        for name, kb in (("gpt2", 256), ("llama3_8k", 3000), ("sentencepiece", 256)):  # 3000: 1 MiB pieces too
+        for name, kb in (("gpt2", 256), ("llama3_8k", 3000), ("sentencepiece", 256)):  # chunks of 64 KiB pieces
             d, eos = folders[name]
             case.compare(f"one file/{name}", toks[name], eos, one_file_docs(text, 0.05), 0.05,
                          case.prepare(d, kjv, 0.05, threads=2, chunk_kb=kb))
