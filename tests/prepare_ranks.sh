@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# ctrain prepare across workers and ranks, under mpirun: 1 process with 1 thread, 1 process with 3
-# threads, 2 ranks with 1 thread and 2 ranks with 2 threads write the same train and val datasets
+# ctrain prepare across workers and ranks, under mpirun: 1 process with 1 thread, 1 process with 2
+# and with 3 threads, 2 ranks with 1 thread and 2 ranks with 2 threads write the same train and val datasets
 # (tokens, masks, document offsets and shards as ct_dataset reads them, through dsdump), for the
 # byte tokenizer and a folder of .txt and .jsonl files in small chunks; the progress line appears
 # on rank 0's stderr; a bad line in one rank's chunk fails the whole job with that rank's message,
@@ -41,11 +41,12 @@ prep() {
   "$dsdump" "$tmp/out/train.h5" "$tmp/out/val.h5" > "$tmp/$name.dump"
 }
 prep one 1 1
+prep threads2 1 2
 prep threads 1 3
 prep ranks 2 1
 prep ranks_threads 2 2
 grep -q "shards [1-9]" "$tmp/one.dump" || fail "the datasets are not sharded: $(cat "$tmp/one.dump")"
-for name in threads ranks ranks_threads; do
+for name in threads2 threads ranks ranks_threads; do
   if ! cmp -s "$tmp/one.dump" "$tmp/$name.dump"; then
     fail "$name differs from one process:"
     diff "$tmp/one.dump" "$tmp/$name.dump" >&2 || true
@@ -69,4 +70,4 @@ if [ "$failures" -gt 0 ]; then
   echo "prepare_ranks: $failures failure(s)" >&2
   exit 1
 fi
-echo "prepare_ranks: 1 process = 3 threads = 2 ranks = 2 ranks x 2 threads; a bad line fails every rank"
+echo "prepare_ranks: 1 process = 2 threads = 3 threads = 2 ranks = 2 ranks x 2 threads; a bad line fails every rank"
