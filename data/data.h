@@ -106,7 +106,8 @@ long ct_tokenizer_encode_more(const ct_tokenizer *t, const char *text, size_t le
  * longest such token's length around p, else 0). The pre-tokenizers'
  * patterns are assumed not to join a line feed to the letter after it (true of GPT-2's, Llama-3's,
  * Qwen2's; a Split pattern is run with the line feed in front to see whether it cuts there), and a
- * Replace normalizer's pattern not to match across it. The byte tokenizer: any 0 < p < n. */
+ * Replace normalizer's pattern not to match across it. The byte tokenizer: any 0 < p < n. With
+ * text NULL: 0 when the tokenizer allows no cut in any text, else 1. */
 int ct_tokenizer_cut_ok(const ct_tokenizer *t, const char *text, size_t n, size_t p);
 
 /* ---- token datasets */

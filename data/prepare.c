@@ -56,6 +56,7 @@ typedef struct {
     int cut_mode;
     uint64_t doc_cut;      /* a one-file corpus: where val begins (global); else UINT64_MAX */
     uint64_t *docs_before; /* [nchunks + 1]: documents that start before chunk k */
+    uint64_t *bounds;      /* [nchunks + 1]: chunk k is [bounds[k], bounds[k + 1]) */
     uint64_t ndocs, nval;
     int32_t eos;
     int add_eos;
@@ -129,7 +130,7 @@ static size_t file_of(const prep *P, uint64_t x)
  * (.jsonl), or a cut the tokenizer allows (text). size when there is none. */
 static int next_boundary(const prep *P, const ct_prep_file *f, uint64_t o, uint64_t *out, char *err)
 {
-    if (!f->jsonl && P->cut_mode != CUT_TOKENIZER) {
+    if (!f->jsonl && P->cut_mode != CUT_TOKENIZER) { /* anywhere (bytes), or nowhere */
         *out = P->cut_mode == CUT_ANY ? o : f->size;
         return 0;
     }
@@ -161,29 +162,37 @@ static int next_boundary(const prep *P, const ct_prep_file *f, uint64_t o, uint6
     return 0;
 }
 
-/* Where chunk boundary x (a global position) really falls: the first document boundary at or
- * after it. */
-static int bound(const prep *P, uint64_t x, uint64_t *out, char *err)
+/* Where each chunk boundary k * C really falls: the first document boundary at or after it, into
+ * P->bounds[0..nchunks]. In order, so that a stretch without a boundary is read once, not once
+ * for every chunk boundary inside it (the first boundary after x is the one found after an
+ * earlier x' < x whenever that one is >= x). Every rank finds the same. */
+static int find_bounds(prep *P, char *err)
 {
-    if (x >= P->total) {
-        *out = P->total;
-        return 0;
+    uint64_t last = 0;
+    for (size_t k = 0; k <= P->nchunks; k++) {
+        uint64_t x = (uint64_t)k * P->C;
+        if (x >= P->total) {
+            P->bounds[k] = P->total;
+            continue;
+        }
+        const ct_prep_file *f = &P->f[file_of(P, x)];
+        uint64_t b = 0;
+        if (x == f->start || last >= x) {
+            P->bounds[k] = x == f->start ? x : last;
+            if (x == f->start) last = x;
+            continue;
+        }
+        if (next_boundary(P, f, x - f->start, &b, err)) return -1;
+        P->bounds[k] = last = f->start + b;
     }
-    const ct_prep_file *f = &P->f[file_of(P, x)];
-    uint64_t o = x - f->start, b = 0;
-    if (o == 0) {
-        *out = x;
-        return 0;
-    }
-    if (next_boundary(P, f, o, &b, err)) return -1;
-    *out = f->start + b;
     return 0;
 }
 
 static int chunk_range(const prep *P, size_t k, uint64_t *a, uint64_t *b, char *err)
 {
-    uint64_t x = (uint64_t)k * P->C, y = x + P->C;
-    return bound(P, x, a, err) || bound(P, y, b, err) ? -1 : 0;
+    (void)err;
+    *a = P->bounds[k], *b = P->bounds[k + 1];
+    return 0;
 }
 
 /* Line number (1-based) of the line starting at byte off of file f: only for messages. */
@@ -710,7 +719,8 @@ static int setup(prep *P, const ct_prepare_opts *o, char *err, size_t errlen)
     if (ct_prep_list(T, &P->f, &P->nf, err, errlen)) return -1;
     P->total = P->f[P->nf - 1].start + P->f[P->nf - 1].size;
     P->nchunks = (size_t)((P->total + P->C - 1) / P->C);
-    P->cut_mode = ct_tokenizer_is_bytes(o->tok) ? CUT_ANY : CUT_TOKENIZER;
+    P->cut_mode = ct_tokenizer_is_bytes(o->tok) ? CUT_ANY : ct_tokenizer_cut_ok(o->tok, NULL, 0, 0) ? CUT_TOKENIZER
+                                                                                                 : CUT_NONE;
     if (P->nf == 1 && !P->f[0].jsonl) { /* one document: cut it at a line break, as always */
         uint64_t c;
         if (ct_prep_find_cut(P->f[0].path, P->f[0].size, (1.0 - o->val_fraction) * (double)P->f[0].size, &c, err,
@@ -723,14 +733,17 @@ static int setup(prep *P, const ct_prepare_opts *o, char *err, size_t errlen)
     }
     ct_dataset_meta_for(&P->meta, o->tok, "plain");
     P->docs_before = calloc(P->nchunks + 1, sizeof *P->docs_before);
+    P->bounds = calloc(P->nchunks + 1, sizeof *P->bounds);
     P->res = calloc(P->nchunks * NRES + 1, sizeof *P->res);
     const char *paths[2] = {o->train_path, o->val_path};
     for (int i = 0; i < 2; i++) {
         size_t n = strlen(paths[i]) + strlen(P->run_id) + 16;
         if ((P->dir[i] = malloc(n))) snprintf(P->dir[i], n, "%s-shards-%s", paths[i], P->run_id);
     }
-    if (!P->docs_before || !P->res || !P->dir[0] || !P->dir[1])
+    if (!P->docs_before || !P->bounds || !P->res || !P->dir[0] || !P->dir[1])
         return ct_data_fail(err, errlen, "%s: out of memory for %zu chunks", T, P->nchunks);
+    char e[ERRMAX];
+    if (find_bounds(P, e)) return ct_data_fail(err, errlen, "%s", e);
     if (P->rank == 0)
         for (int i = 0; i < 2; i++)
             if (mkdir(P->dir[i], 0777) != 0) {
@@ -800,7 +813,7 @@ static int finish(prep *P, const uint64_t *res, ct_prepare_stats *st, char *err,
 static void prep_free(prep *P)
 {
     ct_prep_list_free(P->f, P->nf);
-    free(P->docs_before), free(P->res), free(P->dir[0]), free(P->dir[1]);
+    free(P->docs_before), free(P->bounds), free(P->res), free(P->dir[0]), free(P->dir[1]);
     pthread_mutex_destroy(&P->mu);
     pthread_cond_destroy(&P->cv);
 }

@@ -654,6 +654,7 @@ static uint32_t char_ending_at(const char *s, size_t i, size_t *start)
 
 int ct_tokenizer_cut_ok(const ct_tokenizer *t, const char *text, size_t n, size_t p)
 {
+    if (!text) return t->is_bytes || t->line_cuts; /* may it cut at all */
     if (t->is_bytes) return p > 0 && p < n;
     if (!t->line_cuts || p < 2 || p >= n || text[p - 1] != '\n') return 0;
     size_t start;

@@ -409,7 +409,15 @@ static void test_identity(void)
         size_t n = make_text(buf, f == 1 ? 5000 : 150000, &rng);
         ct_test_write_file(ct_test_path(name), buf, n);
     }
-    size_t n = 0;
+    size_t n = make_text(buf, 60000, &rng), m = 0; /* CRLF text: no place to cut (held whole) */
+    char *crlf = malloc(2 * n + 1);
+    for (size_t i = 0; i < n; i++) {
+        if (buf[i] == '\n') crlf[m++] = '\r';
+        crlf[m++] = buf[i];
+    }
+    ct_test_write_file(ct_test_path("id/crlf.txt"), crlf, m);
+    free(crlf);
+    n = 0;
     for (int i = 0; i < 200; i++) {
         char t[600];
         size_t tl = make_text(t, 50 + (size_t)(ct_test_rand_u64(&rng) % 500), &rng);
