@@ -188,13 +188,6 @@ static int find_bounds(prep *P, char *err)
     return 0;
 }
 
-static int chunk_range(const prep *P, size_t k, uint64_t *a, uint64_t *b, char *err)
-{
-    (void)err;
-    *a = P->bounds[k], *b = P->bounds[k + 1];
-    return 0;
-}
-
 /* Line number (1-based) of the line starting at byte off of file f: only for messages. */
 static long line_of(const ct_prep_file *f, uint64_t off)
 {
@@ -272,8 +265,7 @@ static int count_line(void *arg, char *line, size_t n, size_t at)
 
 static int count_chunk(prep *P, worker *w, size_t k)
 {
-    uint64_t a, b, docs = 0;
-    if (chunk_range(P, k, &a, &b, w->err)) return -1;
+    uint64_t a = P->bounds[k], b = P->bounds[k + 1], docs = 0;
     for (size_t i = a < b ? file_of(P, a) : P->nf; i < P->nf && P->f[i].start < b; i++) {
         const ct_prep_file *f = &P->f[i];
         uint64_t s = a > f->start ? a : f->start, e = b < f->start + f->size ? b : f->start + f->size;
@@ -455,8 +447,7 @@ static int write_shard(prep *P, worker *w, size_t k, int which)
 /* 0, -1 (w->err), or 1 when told to stop. */
 static int encode_chunk(prep *P, worker *w, size_t k)
 {
-    uint64_t a, b;
-    if (chunk_range(P, k, &a, &b, w->err)) return -1;
+    uint64_t a = P->bounds[k], b = P->bounds[k + 1];
     for (int i = 0; i < 2; i++) w->out[i].n = w->out[i].ndoc = 0;
     uint64_t g_next = P->docs_before[k], g_cur = g_next ? g_next - 1 : 0;
     for (size_t i = a < b ? file_of(P, a) : P->nf; i < P->nf && P->f[i].start < b; i++) {
