@@ -6,7 +6,9 @@
  * attributes on the root group: "tokenizer" (string: a name, e.g. "bytes" or the tokenizer's
  * folder name), "tokenizer_digest" (string: 16 hex digits of ct_tokenizer_digest, or "bytes";
  * datasets written before it existed lack it: "bytes" is then assumed for tokenizer "bytes"),
- * "vocab_size" (int) and "packing" (string: plain | masked | none; absent: plain).
+ * "vocab_size" (int) and "packing" (string: plain | masked | none; absent: plain). Or an index of
+ * shards (see "prepare"): /shards, /shard_tokens, /shard_docs and the same attributes, read as the
+ * concatenation of its shards by every ct_dataset function.
  * Errors fill err with "<file>: <dataset or attribute>: <what is wrong>" and return -1. */
 #ifndef CT_DATA_H
 #define CT_DATA_H
@@ -81,6 +83,33 @@ void ct_tokenizer_digest_str(const ct_tokenizer *t, char out[17]);
  * if the vocabulary has it (GPT-2 style). The byte tokenizer: eos 256, no bos. */
 int32_t ct_tokenizer_eos(const ct_tokenizer *t);
 int32_t ct_tokenizer_bos(const ct_tokenizer *t);
+/* 1 when the post-processor ends every sequence (add_special) with the eos id; the byte tokenizer: 0. */
+int ct_tokenizer_ends_with_eos(const ct_tokenizer *t);
+/* The tokenizer.json it was read from ("" for the byte tokenizer), for messages. */
+const char *ct_tokenizer_file(const ct_tokenizer *t);
+
+/* ---- one text encoded in parts (a document too long to hold whole). part: CT_ENC_BEGIN when the
+ * part begins the text (the post-processor's leading tokens with add_special, and the forms that
+ * only a text's start gets: Metaspace prepend_scheme "first", a Prepend normalizer, ByteLevel
+ * add_prefix_space, Metaspace's prepended replacement); CT_ENC_END when it ends the text (the
+ * trailing tokens with add_special); a whole text is both (ct_tokenizer_encode). A part without
+ * CT_ENC_BEGIN continues the text before it, which must have been cut where ct_tokenizer_cut_ok
+ * allows: then the parts' ids, concatenated, are the ids of the whole text. Writes from
+ * (*ids)[0], as ct_tokenizer_encode; the same errors. */
+#define CT_ENC_BEGIN 1
+#define CT_ENC_END 2
+long ct_tokenizer_encode_more(const ct_tokenizer *t, const char *text, size_t len, int add_special, int part,
+                              int32_t **ids, size_t *cap, char *err, size_t errlen);
+/* 1 when text[0, n) may be encoded as text[0, p) and text[p, n): p follows a line feed that
+ * follows a character other than white space, text[p] is a letter or digit (any script), no token
+ * of the vocabulary or added token joins a line feed to what follows it, and no added token with
+ * rstrip ends just before the line feed nor one with lstrip begins at p (text must hold the
+ * longest such token's length around p, else 0). The pre-tokenizers'
+ * patterns are assumed not to join a line feed to the letter after it (true of GPT-2's, Llama-3's,
+ * Qwen2's; a Split pattern is run with the line feed in front to see whether it cuts there), and a
+ * Replace normalizer's pattern not to match across it. The byte tokenizer: any 0 < p < n. With
+ * text NULL: 0 when the tokenizer allows no cut in any text, else 1. */
+int ct_tokenizer_cut_ok(const ct_tokenizer *t, const char *text, size_t n, size_t p);
 
 /* ---- chat templates, rendered without Jinja, with ids identical to transformers'
  * apply_chat_template(messages, tokenize=True) (which tokenizes the rendered text without the
@@ -204,20 +233,112 @@ const ct_dataset_meta *ct_dataset_meta_of(const ct_dataset *ds);
 int ct_dataset_has_mask(const ct_dataset *ds);
 size_t ct_dataset_ndocs(const ct_dataset *ds); /* entries of /doc_offsets; 0 when it has none */
 /* Reads tokens [start, start+n) (when tokens != NULL) and, when mask != NULL, their loss mask
- * (all 1 when the file has none). Reads only that range from the file. */
+ * (all 1 when the file has none). Reads only that range from the file (from an index: from the
+ * shards that hold it). */
 int ct_dataset_read(ct_dataset *ds, size_t start, size_t n, uint32_t *tokens, uint8_t *mask, char *err,
                     size_t errlen);
 /* Reads n entries of /doc_offsets, those at first, first + stride, ... (stride 1: a range), and
  * only those, from the file. */
 int ct_dataset_read_docs(ct_dataset *ds, size_t first, size_t n, size_t stride, uint64_t *out, char *err,
                          size_t errlen);
+/* The shards of an index; 0 for a dataset of one file. */
+size_t ct_dataset_shards(const ct_dataset *ds);
+/* Writes an index (path.tmp, renamed when complete): shards[i] names a dataset file relative to
+ * path's folder (or absolute) holding tokens[i] tokens and docs[i] /doc_offsets entries; meta is
+ * what every shard says. The shards are not opened here (ct_dataset_open checks them). */
+int ct_dataset_write_index(const char *path, const char *const *shards, const uint64_t *tokens,
+                           const uint64_t *docs, size_t nshards, const ct_dataset_meta *meta, char *err,
+                           size_t errlen);
 
-/* ---- prepare: a UTF-8 text file -> train and val datasets with the byte tokenizer. The text
- * is split at the line break nearest to (1 - val_fraction) of its length: before it is train,
- * after it val; each set is one document ending with end-of-text. Refuses an empty text or a
- * val_fraction outside (0, 1). The break itself ends train, and a break at the very end of the
- * text is no candidate; a text without inner line breaks is cut at the nearest UTF-8 character
- * boundary, and one too short for two non-empty parts is refused. */
+/* ---- prepare: text in, train and val token datasets out, streaming and in parallel.
+ *
+ * Input (text): a text file, a .jsonl file, a folder (its .txt and .jsonl files, recursively, names
+ * starting with '.' skipped) or a glob(3) pattern; the files in sorted path order, empty ones
+ * skipped. A .txt file (any file not named .jsonl) is one document; each non-blank line of a
+ * .jsonl file is one, the JSON object's string field text_field (a line that is not an object,
+ * lacks the field, holds another type, \u0000 or a raw NUL byte, or is malformed is an error
+ * "<file>: line N: ..."). A leading UTF-8 byte order mark of a .jsonl file is skipped.
+ *
+ * Documents: each is encoded with add_special (the post-processor's BOS/EOS) and, unless the
+ * post-processor ends it with the tokenizer's eos (ct_tokenizer_ends_with_eos), eos appended, so
+ * documents are always separated; a tokenizer without eos is an error naming its file. Invalid
+ * UTF-8 is an error naming file and byte (line and byte within the text for .jsonl).
+ *
+ * Split, by documents: of N documents, nval = round(N * val_fraction) clamped to [1, N - 1] go to
+ * val, evenly spread: document g (0-based, in input order) is val when
+ * floor((g + 1) * nval / N) > floor(g * nval / N). A corpus of one document (one text file) is cut
+ * instead at the line break nearest to (1 - val_fraction) of its bytes (the earlier on a tie; no
+ * inner line break: the nearest character start), train before, val after, each then a document;
+ * too short for two non-empty parts is an error, as is one .jsonl document.
+ *
+ * Streaming: the inputs, as one concatenated stream, are cut into chunks of chunk_bytes. A chunk
+ * begins at the first document boundary at or after k * chunk_bytes: a file's start, a .jsonl
+ * line's start, or inside a text file a place ct_tokenizer_cut_ok allows (there the parts are
+ * encoded with ct_tokenizer_encode_more, so the ids are those of the whole document). A text is
+ * also encoded in pieces of about 64 KiB cut the same way. Memory: each worker holds one chunk's
+ * text, its tokens (4 bytes each, in buffers grown by a quarter at a time) and document offsets
+ * (8 bytes each), so about threads x (chunk_bytes + 5 x tokens per chunk) + the tokenizer and a
+ * cache of 3 MB per thread: with 16 MiB chunks about threads x 40 MB with a BPE tokenizer of about
+ * 4 bytes per token, threads x 100 MB with the byte tokenizer, whatever the corpus size. Only two
+ * things are held whole: a .jsonl line, and a stretch of a text file without a place to cut (no
+ * line break between a non-space character and a letter or digit; CRLF text; a tokenizer whose
+ * vocabulary joins a line feed to a letter).
+ *
+ * Parallel: chunk k is done by rank k mod world, on one of its `threads` worker threads. Every
+ * chunk writes its train and val tokens (when it has any) as a dataset of its own, a shard:
+ * "<train_path>-shards-<run_id>/<k>.h5" (and likewise for val). When a set has one shard, the shard
+ * is renamed to its path (an ordinary dataset file); else the path becomes an index (below) of
+ * the shards in chunk order. Shard folders of earlier runs beside the path are removed once the
+ * new one is in place. So the result, as ct_dataset_open reads it (tokens, masks, doc_offsets), is
+ * the same for any number of threads and ranks. All ranks must see the same file system.
+ *
+ * Index file: an HDF5 file without /tokens, holding /shards (1-D variable-length UTF-8 strings:
+ * shard file names relative to the index's folder), /shard_tokens and /shard_docs (uint64 [nshards]:
+ * each shard's tokens and /doc_offsets entries) and the dataset root attributes (tokenizer,
+ * tokenizer_digest, vocab_size, packing) that every shard carries too.
+ *
+ * Failures: nothing is written to train_path or val_path unless everything succeeded; on any
+ * failure the shards written so far are removed (by every rank, then the folders by rank 0). */
+typedef struct {
+    const char *text;         /* a file, folder or glob */
+    const char *text_field;   /* NULL or "": "text" */
+    const char *train_path, *val_path;
+    double val_fraction;      /* in (0, 1) */
+    const ct_tokenizer *tok;
+    size_t chunk_bytes;       /* 0: CT_PREPARE_CHUNK */
+    int threads;              /* worker threads of this rank; 0: the online cores */
+    int rank, world;          /* world 0 is taken as 1 */
+    const char *run_id;       /* names the shard folders, the same on every rank ([0-9a-z], at most 32
+                               * characters); NULL: one is made (only with world 1) */
+    int progress;             /* a progress line on stderr, at most once a second */
+    /* world > 1: sums buf[n] over the ranks in place (every rank calls it equally often, from the
+     * calling thread); returns 0, or -1 (then the job cannot go on) */
+    int (*allreduce)(void *user, uint64_t *buf, size_t n);
+    void *user;
+} ct_prepare_opts;
+#define CT_PREPARE_CHUNK ((size_t)16 << 20)
+
+/* What was written ([0] train, [1] val). */
+typedef struct {
+    uint64_t docs[2], tokens[2], shards[2];
+    uint64_t bytes;           /* of text read */
+    double seconds;
+} ct_prepare_stats;
+
+/* Collective over the ranks when world > 1. Returns 0; -1 with err when this rank failed; -2 when
+ * only another rank did (err says so; the failing rank has the message). stats may be NULL. */
+int ct_data_prepare(const ct_prepare_opts *o, ct_prepare_stats *stats, char *err, size_t errlen);
+
+/* 1 when text names one .jsonl file whose first non-blank line is an object with "messages" or
+ * "prompt" and no text_field: supervised examples, for ct_data_prepare_sft. */
+int ct_data_text_is_sft(const char *text, const char *text_field);
+
+/* The byte tokenizer's prepare of one text file, one thread (ct_data_prepare): the file is cut at
+ * the line break nearest to (1 - val_fraction) of its length; before it is train, after it val;
+ * each set is one document ending with end-of-text. Refuses an empty text or a val_fraction
+ * outside (0, 1). The break itself ends train, and a break at the very end of the text is no
+ * candidate; a text without inner line breaks is cut at the nearest UTF-8 character boundary, and
+ * one too short for two non-empty parts is refused. */
 int ct_data_prepare_text(const char *text_path, const char *train_path, const char *val_path, double val_fraction,
                          char *err, size_t errlen);
 

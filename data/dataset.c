@@ -1,6 +1,8 @@
 /* dataset.c — HDF5 token datasets: the writer (a temporary name, renamed when complete), the
  * opener that validates every dataset and attribute before anyone reads a token, and range reads
- * through hyperslab selections so a rank touches only the bytes it needs.
+ * through hyperslab selections so a rank touches only the bytes it needs. An index file (/shards
+ * naming other datasets) reads as the concatenation of its shards: every shard is validated at
+ * open, then opened again on demand, a few at a time (SHARD_CACHE).
  *
  * Reading is independent per rank, so files are opened with the default (serial) driver even in
  * a parallel HDF5 build. HDF5's own error stacks are silenced on every call that can fail: the
@@ -20,15 +22,26 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#define SHARD_CACHE 8 /* shards of an index held open at once */
+
 struct ct_dataset {
     char *path;
     ct_dataset_meta meta;     /* root attributes */
     size_t n;                 /* tokens */
+    size_t ndocs;             /* /doc_offsets entries (an index: of all its shards) */
+    /* an index: no /tokens of its own; shard i holds tokens [shard_start[i], shard_start[i+1]) */
+    size_t nshards;
+    char **shard_path;        /* [nshards], resolved against the index's folder */
+    uint64_t *shard_start;    /* [nshards + 1] */
+    uint64_t *doc_start;      /* [nshards + 1] the first document of each shard */
+    int any_mask;             /* some shard has /loss_mask */
+    ct_dataset *cache[SHARD_CACHE];
+    size_t cache_shard[SHARD_CACHE];
+    uint64_t cache_used[SHARD_CACHE], clock;
     hid_t file;
     hid_t tokens, mask;       /* mask: H5I_INVALID_HID when the file has none */
     hid_t tok_space, mask_space;  /* file dataspaces, reselected by every read */
     hid_t docs, docs_space;   /* /doc_offsets: H5I_INVALID_HID when the file has none */
-    size_t ndocs;
     hid_t mask_memtype;       /* native uint8, or the file's own 1-byte enum (numpy bool via h5py) */
     hid_t mem_space;          /* resized by every read: no dataspace is created per read */
     hid_t dxpl;               /* a conversion callback that turns out-of-range values into errors */
@@ -258,7 +271,185 @@ out:
     return rc;
 }
 
-static int open_checked(ct_dataset *ds, char *err, size_t errlen)
+/* ---- an index of shards */
+
+static int open_dataset(ct_dataset **out, const char *path, int as_shard, char *err, size_t errlen);
+
+/* The 1-D integer dataset name of the index, of exactly n values, into out[n] as uint64. */
+static int read_u64s(ct_dataset *ds, const char *name, size_t n, uint64_t *out, char *err, size_t errlen)
+{
+    hid_t d = H5I_INVALID_HID, sp = H5I_INVALID_HID;
+    size_t len = 0;
+    int rc = open_1d_int(ds, name, "uint64", 0, NULL, &d, &sp, &len, err, errlen);
+    if (!rc && len != n)
+        rc = ct_data_fail(err, errlen, "%s: /%s: has %zu entries but /shards has %zu; they must match", ds->path, name,
+                          len, n);
+    if (!rc && n && H5Dread(d, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0)
+        rc = ct_data_fail(err, errlen, "%s: /%s: cannot be read as unsigned integers", ds->path, name);
+    close_id(&d, H5Dclose);
+    close_id(&sp, H5Sclose);
+    return rc;
+}
+
+/* /shards: a 1-D dataset of strings, each a shard's file name relative to the index's folder (or
+ * absolute); resolved into ds->shard_path. */
+static int read_shard_names(ct_dataset *ds, char *err, size_t errlen)
+{
+    hid_t d = H5Dopen2(ds->file, "shards", H5P_DEFAULT);
+    hid_t sp = d >= 0 ? H5Dget_space(d) : H5I_INVALID_HID, type = d >= 0 ? H5Dget_type(d) : H5I_INVALID_HID;
+    hid_t mem = H5Tcopy(H5T_C_S1);
+    char **names = NULL;
+    int rc = -1;
+    if (d < 0 || sp < 0 || type < 0 || H5Tget_class(type) != H5T_STRING || H5Tis_variable_str(type) <= 0 ||
+        H5Sget_simple_extent_ndims(sp) != 1) {
+        ct_data_fail(err, errlen, "%s: /shards: must be a 1-D dataset of variable-length strings (shard file names)",
+                     ds->path);
+        goto out;
+    }
+    hsize_t n;
+    H5Sget_simple_extent_dims(sp, &n, NULL);
+    if (n == 0) {
+        ct_data_fail(err, errlen, "%s: /shards: empty; an index names at least one shard", ds->path);
+        goto out;
+    }
+    H5Tset_size(mem, H5T_VARIABLE);
+    H5Tset_cset(mem, H5Tget_cset(type));
+    names = calloc((size_t)n, sizeof *names);
+    ds->shard_path = calloc((size_t)n, sizeof *ds->shard_path);
+    if (!names || !ds->shard_path) {
+        ct_data_fail(err, errlen, "%s: out of memory", ds->path);
+        goto out;
+    }
+    if (H5Dread(d, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, names) < 0) {
+        ct_data_fail(err, errlen, "%s: /shards: cannot be read as strings", ds->path);
+        goto out;
+    }
+    ds->nshards = (size_t)n;
+    const char *slash = strrchr(ds->path, '/');
+    int dirlen = slash ? (int)(slash - ds->path) + 1 : 0;
+    for (size_t i = 0; i < ds->nshards; i++) {
+        const char *nm = names[i] ? names[i] : "";
+        if (!nm[0]) {
+            ct_data_fail(err, errlen, "%s: /shards[%zu]: empty name", ds->path, i);
+            goto out;
+        }
+        size_t len = (nm[0] == '/' ? 0 : (size_t)dirlen) + strlen(nm) + 1;
+        if (!(ds->shard_path[i] = malloc(len))) {
+            ct_data_fail(err, errlen, "%s: out of memory", ds->path);
+            goto out;
+        }
+        snprintf(ds->shard_path[i], len, "%.*s%s", nm[0] == '/' ? 0 : dirlen, ds->path, nm);
+    }
+    rc = 0;
+out:
+    for (size_t i = 0; names && i < ds->nshards; i++)
+        if (names[i]) H5free_memory(names[i]);
+    free(names);
+    close_id(&mem, H5Tclose);
+    close_id(&type, H5Tclose);
+    close_id(&sp, H5Sclose);
+    close_id(&d, H5Dclose);
+    return rc;
+}
+
+static int same_meta(const ct_dataset_meta *a, const ct_dataset_meta *b)
+{
+    return !strcmp(a->tokenizer, b->tokenizer) && !strcmp(a->digest, b->digest) && a->vocab_size == b->vocab_size &&
+           !strcmp(a->packing, b->packing);
+}
+
+/* Reads the index and opens every shard once: each must be a dataset (not another index) with the
+ * index's attributes and the token and document counts it lists. */
+static int open_index(ct_dataset *ds, char *err, size_t errlen)
+{
+    if (read_attrs(ds, err, errlen) || read_shard_names(ds, err, errlen)) return -1;
+    size_t ns = ds->nshards;
+    uint64_t *tok = calloc(ns, sizeof *tok), *docs = calloc(ns, sizeof *docs);
+    ds->shard_start = calloc(ns + 1, sizeof *ds->shard_start);
+    ds->doc_start = calloc(ns + 1, sizeof *ds->doc_start);
+    int rc = -1;
+    if (!tok || !docs || !ds->shard_start || !ds->doc_start) {
+        ct_data_fail(err, errlen, "%s: out of memory for %zu shards", ds->path, ns);
+        goto out;
+    }
+    if (read_u64s(ds, "shard_tokens", ns, tok, err, errlen) || read_u64s(ds, "shard_docs", ns, docs, err, errlen))
+        goto out;
+    close_id(&ds->file, H5Fclose); /* everything else is in the shards */
+    for (size_t i = 0; i < ns; i++) {
+        ct_dataset *sh = NULL;
+        char sub[1024];
+        if (open_dataset(&sh, ds->shard_path[i], 1, sub, sizeof sub)) {
+            ct_data_fail(err, errlen, "%s: /shards[%zu]: %s", ds->path, i, sub);
+            goto out;
+        }
+        const char *bad = !same_meta(&sh->meta, &ds->meta) ? "its tokenizer, digest, vocab_size or packing differ from the index's"
+                          : sh->n != tok[i] ? "its token count differs from /shard_tokens"
+                          : sh->ndocs != docs[i] ? "its /doc_offsets count differs from /shard_docs" : NULL;
+        ds->any_mask |= sh->mask >= 0;
+        size_t n = sh->n, nd = sh->ndocs;
+        ct_dataset_close(sh);
+        if (bad) {
+            ct_data_fail(err, errlen, "%s: /shards[%zu]: %s: %s (%zu tokens, %zu documents; the index says %llu, %llu)",
+                         ds->path, i, ds->shard_path[i], bad, n, nd, (unsigned long long)tok[i],
+                         (unsigned long long)docs[i]);
+            goto out;
+        }
+        if (tok[i] == 0 || tok[i] > SIZE_MAX - ds->shard_start[i]) {
+            ct_data_fail(err, errlen, "%s: /shard_tokens[%zu]: %llu; must be positive and the sum must fit", ds->path,
+                         i, (unsigned long long)tok[i]);
+            goto out;
+        }
+        ds->shard_start[i + 1] = ds->shard_start[i] + tok[i];
+        ds->doc_start[i + 1] = ds->doc_start[i] + docs[i];
+    }
+    ds->n = (size_t)ds->shard_start[ns];
+    ds->ndocs = (size_t)ds->doc_start[ns];
+    rc = 0;
+out:
+    free(tok);
+    free(docs);
+    return rc;
+}
+
+/* Shard i, opened (or found open); the least recently used one is closed to make room. */
+static ct_dataset *shard(ct_dataset *ds, size_t i, char *err, size_t errlen)
+{
+    int slot = 0;
+    for (int k = 0; k < SHARD_CACHE; k++) {
+        if (ds->cache[k] && ds->cache_shard[k] == i) {
+            ds->cache_used[k] = ++ds->clock;
+            return ds->cache[k];
+        }
+        if (!ds->cache[k] || (ds->cache[slot] && ds->cache_used[k] < ds->cache_used[slot])) slot = k;
+    }
+    ct_dataset_close(ds->cache[slot]);
+    ds->cache[slot] = NULL;
+    if (open_dataset(&ds->cache[slot], ds->shard_path[i], 1, err, errlen)) return NULL;
+    if (ds->cache[slot]->n != (size_t)(ds->shard_start[i + 1] - ds->shard_start[i])) { /* changed since open */
+        ct_data_fail(err, errlen, "%s: changed since %s was opened (%zu tokens, %llu before)", ds->shard_path[i],
+                     ds->path, ds->cache[slot]->n, (unsigned long long)(ds->shard_start[i + 1] - ds->shard_start[i]));
+        ct_dataset_close(ds->cache[slot]);
+        ds->cache[slot] = NULL;
+        return NULL;
+    }
+    ds->cache_shard[slot] = i;
+    ds->cache_used[slot] = ++ds->clock;
+    return ds->cache[slot];
+}
+
+/* The shard holding position pos (< its end), by binary search over start[0..ns]. */
+static size_t shard_of(const uint64_t *start, size_t ns, uint64_t pos)
+{
+    size_t lo = 0, hi = ns; /* start[lo] <= pos < start[hi] */
+    while (hi - lo > 1) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (start[mid] <= pos) lo = mid;
+        else hi = mid;
+    }
+    return lo;
+}
+
+static int open_checked(ct_dataset *ds, int as_shard, char *err, size_t errlen)
 {
     char detail[200];
     if (H5Fis_hdf5(ds->path) <= 0)
@@ -275,6 +466,10 @@ static int open_checked(ct_dataset *ds, char *err, size_t errlen)
     if (ds->file < 0) ct_data_fail(err, errlen, "%s: cannot open as HDF5 (%s)", ds->path, h5_detail(detail));
     H5Pclose(fapl); /* after reading the error stack: every API call clears it */
     if (ds->file < 0) return -1;
+    if (H5Lexists(ds->file, "tokens", H5P_DEFAULT) <= 0 && H5Lexists(ds->file, "shards", H5P_DEFAULT) > 0) {
+        if (as_shard) return ct_data_fail(err, errlen, "%s: is an index itself; a shard must hold /tokens", ds->path);
+        return open_index(ds, err, errlen);
+    }
 
     if (open_1d_int(ds, "tokens", "uint32", 0, NULL, &ds->tokens, &ds->tok_space, &ds->n, err, errlen)) return -1;
     size_t mlen = 0;
@@ -302,6 +497,12 @@ static int open_checked(ct_dataset *ds, char *err, size_t errlen)
 
 int ct_dataset_open(ct_dataset **out, const char *path, char *err, size_t errlen)
 {
+    return open_dataset(out, path, 0, err, errlen);
+}
+
+/* as_shard: opened as an index's shard, which may not be an index itself. */
+static int open_dataset(ct_dataset **out, const char *path, int as_shard, char *err, size_t errlen)
+{
     *out = NULL;
     if (!path || !*path) return ct_data_fail(err, errlen, "dataset: no path given");
     struct stat st;
@@ -317,7 +518,7 @@ int ct_dataset_open(ct_dataset **out, const char *path, char *err, size_t errlen
     ds->file = ds->tokens = ds->mask = ds->docs = ds->docs_space = H5I_INVALID_HID;
     ds->tok_space = ds->mask_space = ds->mask_memtype = ds->mem_space = ds->dxpl = H5I_INVALID_HID;
     quiet_t q = quiet_on();
-    int rc = open_checked(ds, err, errlen);
+    int rc = open_checked(ds, as_shard, err, errlen);
     quiet_off(q);
     if (rc) {
         ct_dataset_close(ds);
@@ -330,6 +531,11 @@ int ct_dataset_open(ct_dataset **out, const char *path, char *err, size_t errlen
 void ct_dataset_close(ct_dataset *ds)
 {
     if (!ds) return;
+    for (int k = 0; k < SHARD_CACHE; k++) ct_dataset_close(ds->cache[k]);
+    for (size_t i = 0; ds->shard_path && i < ds->nshards; i++) free(ds->shard_path[i]);
+    free(ds->shard_path);
+    free(ds->shard_start);
+    free(ds->doc_start);
     quiet_t q = quiet_on();
     close_id(&ds->dxpl, H5Pclose);
     close_id(&ds->mem_space, H5Sclose);
@@ -362,8 +568,9 @@ void ct_dataset_meta_for(ct_dataset_meta *m, const ct_tokenizer *t, const char *
     m->vocab_size = ct_tokenizer_vocab_size(t);
     snprintf(m->packing, sizeof m->packing, "%s", packing && *packing ? packing : "plain");
 }
-int ct_dataset_has_mask(const ct_dataset *ds) { return ds->mask >= 0; }
+int ct_dataset_has_mask(const ct_dataset *ds) { return ds->nshards ? ds->any_mask : ds->mask >= 0; }
 size_t ct_dataset_ndocs(const ct_dataset *ds) { return ds->ndocs; }
+size_t ct_dataset_shards(const ct_dataset *ds) { return ds->nshards; }
 
 /* ---- reads */
 
@@ -387,6 +594,24 @@ static int read_range(ct_dataset *ds, hid_t dset, hid_t space, hid_t memtype, co
     return 0;
 }
 
+/* An index: the range piece by piece from the shards that hold it. */
+static int read_shards(ct_dataset *ds, size_t start, size_t n, uint32_t *tokens, uint8_t *mask, char *err,
+                       size_t errlen)
+{
+    size_t done = 0;
+    while (done < n) {
+        uint64_t pos = (uint64_t)(start + done);
+        size_t i = shard_of(ds->shard_start, ds->nshards, pos);
+        size_t local = (size_t)(pos - ds->shard_start[i]), avail = (size_t)(ds->shard_start[i + 1] - pos);
+        size_t k = n - done < avail ? n - done : avail;
+        ct_dataset *sh = shard(ds, i, err, errlen);
+        if (!sh || ct_dataset_read(sh, local, k, tokens ? tokens + done : NULL, mask ? mask + done : NULL, err, errlen))
+            return -1;
+        done += k;
+    }
+    return 0;
+}
+
 int ct_dataset_read(ct_dataset *ds, size_t start, size_t n, uint32_t *tokens, uint8_t *mask, char *err,
                     size_t errlen)
 {
@@ -394,6 +619,7 @@ int ct_dataset_read(ct_dataset *ds, size_t start, size_t n, uint32_t *tokens, ui
         return ct_data_fail(err, errlen, "%s: /tokens: range [%zu, %zu) is beyond its %zu tokens", ds->path, start,
                     start + n, ds->n);
     if (n == 0) return 0;
+    if (ds->nshards) return read_shards(ds, start, n, tokens, mask, err, errlen);
     quiet_t q = quiet_on();
     int rc = 0;
     if (tokens)
@@ -417,6 +643,22 @@ int ct_dataset_read_docs(ct_dataset *ds, size_t first, size_t n, size_t stride, 
     if (stride < 1 || first >= ds->ndocs || (n - 1) > (ds->ndocs - 1 - first) / stride)
         return ct_data_fail(err, errlen, "%s: /doc_offsets: %zu entries from %zu, %zu apart, are beyond its %zu",
                             ds->path, n, first, stride, ds->ndocs);
+    if (ds->nshards) { /* shard by shard, each read strided too, positions moved to the whole's */
+        size_t done = 0;
+        while (done < n) {
+            size_t g = first + done * stride; /* the next entry's document */
+            size_t i = shard_of(ds->doc_start, ds->nshards, g);
+            while (ds->doc_start[i + 1] == ds->doc_start[i]) i++; /* shards that start no document */
+            size_t here = (size_t)(ds->doc_start[i + 1] - g), k = (here - 1) / stride + 1;
+            if (k > n - done) k = n - done;
+            ct_dataset *sh = shard(ds, i, err, errlen);
+            if (!sh || ct_dataset_read_docs(sh, (size_t)(g - ds->doc_start[i]), k, stride, out + done, err, errlen))
+                return -1;
+            for (size_t j = 0; j < k; j++) out[done + j] += ds->shard_start[i];
+            done += k;
+        }
+        return 0;
+    }
     quiet_t q = quiet_on();
     int rc = read_range(ds, ds->docs, ds->docs_space, H5T_NATIVE_UINT64, "doc_offsets", first, n, stride, out, err,
                         errlen);
@@ -514,73 +756,144 @@ static int sync_file(const char *path)
     return rc;
 }
 
-int ct_dataset_write(const char *path, const uint32_t *tokens, size_t n, const uint8_t *loss_mask,
-                     const uint64_t *doc_offsets, size_t ndocs, const ct_dataset_meta *meta, char *err, size_t errlen)
+/* A 1-D dataset to write; data NULL: left out. */
+typedef struct {
+    const char *name;
+    hid_t filetype, memtype;
+    size_t n;
+    const void *data;
+} array_1d;
+
+/* The arrays, then the root attributes; on failure *what names the one that failed. */
+static int write_arrays(hid_t file, const array_1d *a, int n, const ct_dataset_meta *meta, const char **what,
+                        char *detail)
+{
+    for (int i = 0; i < n; i++) {
+        if (!a[i].data) continue;
+        if (write_1d(file, a[i].name, a[i].filetype, a[i].memtype, a[i].n, a[i].data, detail)) {
+            *what = a[i].name;
+            return -1;
+        }
+    }
+    *what = "attributes";
+    return write_attrs(file, meta, detail);
+}
+
+/* A file being written: path.tmp, open in HDF5, renamed to path by tmp_finish. */
+typedef struct {
+    char *tmp;
+    hid_t file;
+    quiet_t q;
+} tmp_file;
+
+/* Creates path.tmp as an HDF5 file; -1 with a message (nothing left behind). */
+static int tmp_begin(tmp_file *w, const char *path, char *err, size_t errlen)
 {
     char detail[200];
-    if (!path || !*path) return ct_data_fail(err, errlen, "dataset: no path given");
-    if (check_write_args(path, tokens, n, doc_offsets, ndocs, meta, err, errlen)) return -1;
+    w->file = H5I_INVALID_HID;
     size_t plen = strlen(path);
-    char *tmp = malloc(plen + 5);
-    if (!tmp) return ct_data_fail(err, errlen, "%s: out of memory", path);
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp", 5);
-
+    if (!(w->tmp = malloc(plen + 5))) return ct_data_fail(err, errlen, "%s: out of memory", path);
+    memcpy(w->tmp, path, plen);
+    memcpy(w->tmp + plen, ".tmp", 5);
     /* plain fopen first: its errno says "No such file or directory" more clearly than HDF5 */
-    FILE *probe = fopen(tmp, "wb");
+    FILE *probe = fopen(w->tmp, "wb");
     if (!probe) {
-        ct_data_fail(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
-        free(tmp);
+        ct_data_fail(err, errlen, "%s: cannot create: %s", w->tmp, strerror(errno));
+        free(w->tmp);
         return -1;
     }
     fclose(probe);
-
-    quiet_t q = quiet_on();
-    int rc = -1;
+    w->q = quiet_on();
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
 #if H5_VERSION_GE(1, 10, 7)
     H5Pset_file_locking(fapl, 0, 1); /* the temporary name is ours alone */
 #endif
-    hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
-    if (file < 0) ct_data_fail(err, errlen, "%s: cannot create as HDF5 (%s)", tmp, h5_detail(detail));
+    w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    if (w->file < 0) ct_data_fail(err, errlen, "%s: cannot create as HDF5 (%s)", w->tmp, h5_detail(detail));
     H5Pclose(fapl);
-    if (file < 0) goto out;
-    const char *what = "/tokens";
-    int st = write_1d(file, "tokens", H5T_STD_U32LE, H5T_NATIVE_UINT32, n, tokens, detail);
-    if (!st && loss_mask) {
-        what = "/loss_mask";
-        st = write_1d(file, "loss_mask", H5T_STD_U8LE, H5T_NATIVE_UINT8, n, loss_mask, detail);
-    }
-    if (!st && doc_offsets) {
-        what = "/doc_offsets";
-        st = write_1d(file, "doc_offsets", H5T_STD_U64LE, H5T_NATIVE_UINT64, ndocs, doc_offsets, detail);
-    }
-    if (!st) {
-        what = "attributes";
-        st = write_attrs(file, meta, detail);
-    }
+    if (w->file >= 0) return 0;
+    quiet_off(w->q);
+    unlink(w->tmp);
+    free(w->tmp);
+    return -1;
+}
+
+/* st: 0 when everything was written (else what failed, with detail). Closes, flushes and renames
+ * path.tmp to path; on any failure removes it and leaves path as it was. */
+static int tmp_finish(tmp_file *w, const char *path, int st, const char *what, const char *detail, char *err,
+                      size_t errlen)
+{
+    char d2[200];
+    int rc = -1;
     if (st) {
-        ct_data_fail(err, errlen, "%s: %s: write failed (%s)", tmp, what, detail);
-        H5Fclose(file);
-        goto out;
-    }
-    if (H5Fclose(file) < 0) {
-        ct_data_fail(err, errlen, "%s: closing failed (%s)", tmp, h5_detail(detail));
-        goto out;
-    }
-    if (sync_file(tmp) != 0) {
-        ct_data_fail(err, errlen, "%s: fsync failed: %s", tmp, strerror(errno));
-        goto out;
-    }
-    if (rename(tmp, path) != 0) {
-        ct_data_fail(err, errlen, "%s: cannot rename %s to it: %s", path, tmp, strerror(errno));
-        goto out;
-    }
-    rc = 0;
-out:
-    quiet_off(q);
-    if (rc) unlink(tmp);
-    free(tmp);
+        ct_data_fail(err, errlen, "%s: %s: write failed (%s)", w->tmp, what, detail);
+        H5Fclose(w->file);
+    } else if (H5Fclose(w->file) < 0)
+        ct_data_fail(err, errlen, "%s: closing failed (%s)", w->tmp, h5_detail(d2));
+    else if (sync_file(w->tmp) != 0)
+        ct_data_fail(err, errlen, "%s: fsync failed: %s", w->tmp, strerror(errno));
+    else if (rename(w->tmp, path) != 0)
+        ct_data_fail(err, errlen, "%s: cannot rename %s to it: %s", path, w->tmp, strerror(errno));
+    else
+        rc = 0;
+    quiet_off(w->q);
+    if (rc) unlink(w->tmp);
+    free(w->tmp);
     return rc;
+}
+
+int ct_dataset_write(const char *path, const uint32_t *tokens, size_t n, const uint8_t *loss_mask,
+                     const uint64_t *doc_offsets, size_t ndocs, const ct_dataset_meta *meta, char *err, size_t errlen)
+{
+    char detail[200] = "";
+    if (!path || !*path) return ct_data_fail(err, errlen, "dataset: no path given");
+    if (check_write_args(path, tokens, n, doc_offsets, ndocs, meta, err, errlen)) return -1;
+    tmp_file w;
+    if (tmp_begin(&w, path, err, errlen)) return -1;
+    const array_1d arrays[3] = {
+        {"tokens", H5T_STD_U32LE, H5T_NATIVE_UINT32, n, tokens},
+        {"loss_mask", H5T_STD_U8LE, H5T_NATIVE_UINT8, n, loss_mask},
+        {"doc_offsets", H5T_STD_U64LE, H5T_NATIVE_UINT64, ndocs, doc_offsets}};
+    const char *what = NULL;
+    int st = write_arrays(w.file, arrays, 3, meta, &what, detail);
+    return tmp_finish(&w, path, st, what, detail, err, errlen);
+}
+
+/* /shards as variable-length UTF-8 strings (h5py reads them as str). */
+static int write_names(hid_t file, const char *const *names, size_t n, char *detail)
+{
+    hsize_t dim = n;
+    hid_t str = H5Tcopy(H5T_C_S1);
+    hid_t space = H5Screate_simple(1, &dim, NULL);
+    int st = str < 0 || space < 0 || H5Tset_size(str, H5T_VARIABLE) < 0 || H5Tset_cset(str, H5T_CSET_UTF8) < 0;
+    hid_t d = st ? H5I_INVALID_HID : H5Dcreate2(file, "shards", str, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (!st) st = d < 0 || H5Dwrite(d, str, H5S_ALL, H5S_ALL, H5P_DEFAULT, names) < 0;
+    if (st) h5_detail(detail);
+    close_id(&d, H5Dclose);
+    close_id(&space, H5Sclose);
+    close_id(&str, H5Tclose);
+    return st ? -1 : 0;
+}
+
+int ct_dataset_write_index(const char *path, const char *const *shards, const uint64_t *tokens,
+                           const uint64_t *docs, size_t nshards, const ct_dataset_meta *meta, char *err,
+                           size_t errlen)
+{
+    char detail[200] = "";
+    if (!path || !*path) return ct_data_fail(err, errlen, "dataset: no path given");
+    if (nshards == 0) return ct_data_fail(err, errlen, "%s: /shards: no shards to list", path);
+    uint32_t one = 0; /* the attributes' checks; the shards' tokens were checked when they were written */
+    if (check_write_args(path, &one, 1, NULL, 0, meta, err, errlen)) return -1;
+    for (size_t i = 0; i < nshards; i++)
+        if (!shards[i] || !shards[i][0] || !tokens[i])
+            return ct_data_fail(err, errlen, "%s: /shards[%zu]: needs a name and at least one token", path, i);
+    tmp_file w;
+    if (tmp_begin(&w, path, err, errlen)) return -1;
+    const char *what = "/shards";
+    int st = write_names(w.file, shards, nshards, detail);
+    const array_1d arrays[2] = {{"shard_tokens", H5T_STD_U64LE, H5T_NATIVE_UINT64, nshards, tokens},
+                                {"shard_docs", H5T_STD_U64LE, H5T_NATIVE_UINT64, nshards, docs}};
+    if (!st) st = write_arrays(w.file, arrays, 2, meta, &what, detail);
+    return tmp_finish(&w, path, st, what, detail, err, errlen);
 }

@@ -35,6 +35,9 @@ struct ct_tokenizer {
     char name[256];
     int32_t eos, bos;       /* -1: none */
     int is_bytes;           /* the byte-level tokenizer: no tables, the static object below */
+    int line_cuts;          /* no token joins a line feed to what follows it (ct_tokenizer_cut_ok) */
+    size_t strip_max;       /* the longest added token with lstrip or rstrip (content or match form) */
+    char *file;             /* the tokenizer.json read */
 };
 
 /* ---- loading helpers. F: the file name for errors; FAIL fills err and gives -1 */
@@ -312,6 +315,7 @@ static int load_model(const char *F, const cJSON *m, ct_tokenizer *t, char *err,
         if (v && !cJSON_IsNull(v) && !(cJSON_IsString(v) && !v->valuestring[0]))
             return FAIL("%s: model BPE: %s is not supported", F, opts[i]);
     }
+    b->uid = tk_bpe_uid();
     b->byte_fallback = jbool(m, "byte_fallback", 0);
     b->fuse_unk = jbool(m, "fuse_unk", 0);
     b->ignore_merges = jbool(m, "ignore_merges", 0);
@@ -504,6 +508,44 @@ static void name_and_ends(ct_tokenizer *t, const char *file)
     if (t->eos < 0) t->eos = ct_tokenizer_id(t, "<|endoftext|>");
 }
 
+/* 1 at a line feed as a token spells it: the byte itself, ByteLevel's "Ċ" or byte fallback's
+ * <0x0A>; *len gets its length. */
+static int lf_at(const char *s, size_t n, size_t i, size_t *len)
+{
+    if (s[i] == '\n') return *len = 1, 1;
+    if (i + 1 < n && !memcmp(s + i, "\xC4\x8A", 2)) return *len = 2, 1;
+    if (i + 5 < n && !memcmp(s + i, "<0x0A>", 6)) return *len = 6, 1;
+    return 0;
+}
+
+/* 1 at white space as a token spells it (after a line feed it does not matter where the line
+ * feed is cut off): the bytes, ByteLevel's Ċ č Ġ ĉ, Metaspace's ▁ or byte fallback's. */
+static int ws_at(const char *s, size_t n, size_t i)
+{
+    static const char *const forms[] = {"\n", "\r", " ", "\t", "\xC4\x8A", "\xC4\x8D", "\xC4\xA0", "\xC4\x89",
+                                        "\xE2\x96\x81", "<0x0A>", "<0x0D>", "<0x20>", "<0x09>"};
+    for (size_t k = 0; k < sizeof forms / sizeof forms[0]; k++) {
+        size_t l = strlen(forms[k]);
+        if (i + l <= n && !memcmp(s + i, forms[k], l)) return 1;
+    }
+    return 0;
+}
+
+/* Whether a text may be cut after a line feed (ct_tokenizer_cut_ok): no vocabulary entry or
+ * added token holds a line feed followed by anything but white space, so no merge and no added
+ * token spans such a cut. */
+static int check_line_cuts(const ct_tokenizer *t)
+{
+    for (int32_t id = 0; id < t->vocab_size; id++) {
+        const char *s = t->id_tok[id];
+        if (!s) continue;
+        size_t n = strlen(s), l;
+        for (size_t i = 0; i < n; i++)
+            if (lf_at(s, n, i, &l) && i + l < n && !ws_at(s, n, i + l)) return 0;
+    }
+    return 1;
+}
+
 int ct_tokenizer_load(ct_tokenizer **out, const char *path, char *err, size_t errlen)
 {
     *out = NULL;
@@ -554,6 +596,13 @@ int ct_tokenizer_load(ct_tokenizer **out, const char *path, char *err, size_t er
     t->eos = t->bos = -1;
     if (!rc && is_dir) rc = load_config(path, t, err, errlen);
     if (!rc) name_and_ends(t, file);
+    if (!rc) t->line_cuts = check_line_cuts(t);
+    for (int i = 0; !rc && i < t->nadded; i++) {
+        const added_tok *a = &t->added[i];
+        size_t l = strlen(a->content) > a->match_len ? strlen(a->content) : a->match_len;
+        if ((a->lstrip || a->rstrip) && l > t->strip_max) t->strip_max = l;
+    }
+    if (!rc && !(t->file = dupstr(file))) rc = FAIL("%s: out of memory", F);
     cJSON_Delete(j);
     if (rc) {
         ct_tokenizer_free(t);
@@ -574,6 +623,7 @@ void ct_tokenizer_free(ct_tokenizer *t)
     free(t->norm), free(t->pre), free(t->dec);
     for (int i = 0; i < t->nadded; i++) free(t->added[i].content), free(t->added[i].match);
     free(t->added), free(t->pre_ids), free(t->post_ids), free(t->id_tok), free(t->special);
+    free(t->file);
     free(t);
 }
 
@@ -583,6 +633,54 @@ const char *ct_tokenizer_name(const ct_tokenizer *t) { return t->name; }
 int32_t ct_tokenizer_eos(const ct_tokenizer *t) { return t->eos; }
 int32_t ct_tokenizer_bos(const ct_tokenizer *t) { return t->bos; }
 int ct_tokenizer_is_bytes(const ct_tokenizer *t) { return t->is_bytes; }
+const char *ct_tokenizer_file(const ct_tokenizer *t) { return t->file ? t->file : ""; }
+
+int ct_tokenizer_ends_with_eos(const ct_tokenizer *t)
+{
+    if (t->is_bytes) return 0; /* it has no post-processor */
+    return t->eos >= 0 && t->npost > 0 && t->post_ids[t->npost - 1] == t->eos;
+}
+
+/* The character that ends just before s[i] (i > 0; valid UTF-8 assumed), and its start. */
+static uint32_t char_ending_at(const char *s, size_t i, size_t *start)
+{
+    size_t j = i - 1;
+    while (j > 0 && i - j < 4 && ((unsigned char)s[j] & 0xC0) == 0x80) j--;
+    uint32_t cp;
+    tk_utf8_next(s, i, j, &cp);
+    *start = j;
+    return cp;
+}
+
+int ct_tokenizer_cut_ok(const ct_tokenizer *t, const char *text, size_t n, size_t p)
+{
+    if (!text) return t->is_bytes || t->line_cuts; /* may it cut at all */
+    if (t->is_bytes) return p > 0 && p < n;
+    if (!t->line_cuts || p < 2 || p >= n || text[p - 1] != '\n') return 0;
+    size_t start;
+    uint32_t before = char_ending_at(text, p - 1, &start), after;
+    if (before == '\n' || tk_is_whitespace(before) || tk_utf8_check(text + start, p - 1 - start) != p - 1 - start)
+        return 0;
+    if (tk_utf8_check(text + p, n - p < 4 ? n - p : 4) == 0) return 0; /* invalid: the encoder refuses it */
+    tk_utf8_next(text, n, p, &after);
+    if (!tk_is_alnum(after)) return 0;
+    /* an added token that takes the white space beside it: rstrip ending just before the line feed
+     * would take it (the part after would then begin a segment of its own), lstrip at p too. Too
+     * little text around to see: no cut. */
+    if (!t->strip_max) return 1;
+    if (p - 1 < t->strip_max || n - p < t->strip_max) return 0;
+    for (int i = 0; i < t->nadded; i++) {
+        const added_tok *a = &t->added[i];
+        const char *forms[2] = {a->content, a->match};
+        for (int k = 0; k < 2; k++) {
+            size_t l = forms[k] ? strlen(forms[k]) : 0;
+            if (!l) continue;
+            if (a->rstrip && !memcmp(text + p - 1 - l, forms[k], l)) return 0;
+            if (a->lstrip && !memcmp(text + p, forms[k], l)) return 0;
+        }
+    }
+    return 1;
+}
 
 void ct_tokenizer_digest_str(const ct_tokenizer *t, char out[17])
 {
@@ -696,11 +794,11 @@ static int split_added(const ct_tokenizer *t, int norm_pass, const char *s, size
                 if (!tk_is_whitespace(cp)) break;
                 me += (size_t)cl;
             }
-        if (ms > prev && tk_pieces_push(out, s + prev, ms - prev, orig0 && prev == 0, -1)) return -1;
+        if (ms > prev && tk_pieces_push(out, s + prev, ms - prev, prev == 0 ? orig0 : 0, -1)) return -1;
         if (tk_pieces_push(out, s + ms, me - ms, 0, a->id)) return -1;
         prev = i = me;
     }
-    if (n > prev && tk_pieces_push(out, s + prev, n - prev, orig0 && prev == 0, -1)) return -1;
+    if (n > prev && tk_pieces_push(out, s + prev, n - prev, prev == 0 ? orig0 : 0, -1)) return -1;
     return 0;
 }
 
@@ -719,7 +817,14 @@ static int push_id(int32_t **v, size_t *n, size_t *cap, int32_t id)
 long ct_tokenizer_encode(const ct_tokenizer *t, const char *text, size_t len, int add_special, int32_t **ids,
                          size_t *cap, char *err, size_t errlen)
 {
-    if (t->is_bytes) return bytes_encode(text, len, add_special, ids, cap, err, errlen);
+    return ct_tokenizer_encode_more(t, text, len, add_special, CT_ENC_BEGIN | CT_ENC_END, ids, cap, err, errlen);
+}
+
+long ct_tokenizer_encode_more(const ct_tokenizer *t, const char *text, size_t len, int add_special, int part,
+                              int32_t **ids, size_t *cap, char *err, size_t errlen)
+{
+    if (t->is_bytes) return bytes_encode(text, len, add_special && (part & CT_ENC_END), ids, cap, err, errlen);
+    const int begin = (part & CT_ENC_BEGIN) != 0, end = (part & CT_ENC_END) != 0;
     size_t bad = tk_utf8_check(text, len);
     if (bad < len) return FAIL("encode: invalid UTF-8 at byte %zu", bad);
     tk_pieces raw = {0}, l = {0};
@@ -728,7 +833,7 @@ long ct_tokenizer_encode(const ct_tokenizer *t, const char *text, size_t len, in
     /* grow *ids so that the caller's buffer is ours to append to */
     int32_t *v = *ids;
     size_t vcap = *cap;
-    if (split_added(t, 0, text, len, 1, &raw)) goto oom;
+    if (split_added(t, 0, text, len, begin ? TK_ORIG0 : TK_CONT, &raw)) goto oom;
     for (size_t i = 0; i < raw.n; i++) {
         tk_piece *p = &raw.v[i];
         if (p->id >= 0) {
@@ -737,13 +842,14 @@ long ct_tokenizer_encode(const ct_tokenizer *t, const char *text, size_t len, in
         }
         char *s = p->s;
         size_t sn = p->n;
-        if (t->norm && tk_norm_apply(t->norm, p->s, p->n, &s, &sn, err, errlen)) goto fail;
+        if (t->norm && tk_norm_apply_cont(t->norm, p->s, p->n, (p->orig0 & TK_CONT) != 0, &s, &sn, err, errlen))
+            goto fail;
         int r = split_added(t, 1, s, sn, p->orig0, &l);
         if (s != p->s) free(s);
         if (r) goto oom;
     }
     if (t->pre && tk_pre_apply(t->pre, &l, err, errlen)) goto fail;
-    if (add_special)
+    if (add_special && begin)
         for (int i = 0; i < t->npre; i++)
             if (push_id(&v, &n, &vcap, t->pre_ids[i])) goto oom;
     for (size_t i = 0; i < l.n; i++) {
@@ -752,7 +858,7 @@ long ct_tokenizer_encode(const ct_tokenizer *t, const char *text, size_t len, in
         } else if (tk_bpe_encode(&t->bpe, l.v[i].s, l.v[i].n, &v, &n, &vcap))
             goto oom;
     }
-    if (add_special)
+    if (add_special && end)
         for (int i = 0; i < t->npost; i++)
             if (push_id(&v, &n, &vcap, t->post_ids[i])) goto oom;
     rc = (long)n;

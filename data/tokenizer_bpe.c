@@ -1,5 +1,8 @@
 /* tokenizer_bpe.c — the BPE model of tokenizer.json: hash maps for the vocabulary and the merge
- * ranks, and the merge loop of the tokenizers library (lowest rank first, leftmost on ties). */
+ * ranks, the merge loop of the tokenizers library (lowest rank first, leftmost on ties), and a
+ * per-thread cache of the words already encoded (tokenizers keeps one too). */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -179,18 +182,117 @@ static int push_id(int32_t **ids, size_t *len, size_t *cap, int32_t id)
     return 0;
 }
 
+/* ---- the cache: word -> ids, open addressing over arenas; per thread (a pthread key frees it
+ * when the thread ends), for one model at a time. */
+enum { CACHE_SLOTS = 1 << 15, CACHE_KEYS = 1 << 20, CACHE_IDS = 1 << 18, CACHE_WORD = 64 };
+typedef struct {
+    uint64_t hash;
+    uint32_t key, klen, ids, nids; /* offsets into the arenas; klen 0: empty */
+} cache_slot;
+typedef struct {
+    uint64_t uid;
+    size_t n, keys_used, ids_used;
+    cache_slot slot[CACHE_SLOTS];
+    char keys[CACHE_KEYS];
+    int32_t ids[CACHE_IDS];
+} word_cache;
+
+static pthread_key_t cache_key;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+static void cache_key_init(void) { pthread_key_create(&cache_key, free); }
+
+uint64_t tk_bpe_uid(void)
+{
+    static atomic_uint_fast64_t next = 1; /* a counter: the one mutable global here */
+    return atomic_fetch_add(&next, 1);
+}
+
+/* This thread's cache, emptied when it last served another model; NULL when out of memory. */
+static word_cache *thread_cache(const tk_bpe *m)
+{
+    pthread_once(&cache_once, cache_key_init);
+    word_cache *c = pthread_getspecific(cache_key);
+    if (!c) {
+        if (!(c = malloc(sizeof *c))) return NULL;
+        c->uid = 0;
+        if (pthread_setspecific(cache_key, c)) {
+            free(c);
+            return NULL;
+        }
+    }
+    if (c->uid != m->uid) {
+        memset(c->slot, 0, sizeof c->slot);
+        c->n = c->keys_used = c->ids_used = 0;
+        c->uid = m->uid;
+    }
+    return c;
+}
+
+static cache_slot *cache_find(word_cache *c, const char *w, size_t n, uint64_t h)
+{
+    size_t j = h & (CACHE_SLOTS - 1);
+    for (;; j = (j + 1) & (CACHE_SLOTS - 1)) {
+        cache_slot *e = &c->slot[j];
+        if (!e->klen || (e->hash == h && e->klen == n && !memcmp(c->keys + e->key, w, n))) return e;
+    }
+}
+
+static void cache_put(word_cache *c, cache_slot *e, const char *w, size_t n, uint64_t h, const int32_t *ids,
+                      size_t nids)
+{
+    if (c->n * 2 >= CACHE_SLOTS || c->keys_used + n > CACHE_KEYS || c->ids_used + nids > CACHE_IDS) {
+        memset(c->slot, 0, sizeof c->slot); /* full: start again */
+        c->n = c->keys_used = c->ids_used = 0;
+        e = cache_find(c, w, n, h);
+    }
+    memcpy(c->keys + c->keys_used, w, n);
+    if (nids) memcpy(c->ids + c->ids_used, ids, nids * sizeof *ids);
+    *e = (cache_slot){h, (uint32_t)c->keys_used, (uint32_t)n, (uint32_t)c->ids_used, (uint32_t)nids};
+    c->keys_used += n, c->ids_used += nids, c->n++;
+}
+
+static int merge_word(const tk_bpe *m, const char *w, size_t n, int32_t **ids, size_t *len, size_t *cap);
+
 int tk_bpe_encode(const tk_bpe *m, const char *w, size_t n, int32_t **ids, size_t *len, size_t *cap)
 {
     if (!n) return 0;
+    word_cache *c = n <= CACHE_WORD ? thread_cache(m) : NULL;
+    if (!c) return merge_word(m, w, n, ids, len, cap);
+    uint64_t h = hash_bytes(w, n);
+    cache_slot *e = cache_find(c, w, n, h);
+    if (e->klen) {
+        if (*cap - *len < e->nids) {
+            size_t nc = *cap ? *cap : 64;
+            while (nc - *len < e->nids) nc *= 2;
+            int32_t *g = realloc(*ids, nc * sizeof *g);
+            if (!g) return -1;
+            *ids = g, *cap = nc;
+        }
+        if (e->nids) memcpy(*ids + *len, c->ids + e->ids, e->nids * sizeof **ids);
+        *len += e->nids;
+        return 0;
+    }
+    size_t before = *len;
+    if (merge_word(m, w, n, ids, len, cap)) return -1;
+    cache_put(c, e, w, n, h, *ids + before, *len - before);
+    return 0;
+}
+
+/* The merge loop for one word (no cache). Words up to CACHE_WORD bytes work on the stack. */
+static int merge_word(const tk_bpe *m, const char *w, size_t n, int32_t **ids, size_t *len, size_t *cap)
+{
     if (m->ignore_merges) {
         int32_t id = tk_strmap_get(&m->vocab, w, n);
         if (id >= 0) return push_id(ids, len, cap, id);
     }
     /* at most n symbols (byte fallback gives one per byte) and 2n heap entries per merge round */
-    sym *s = malloc(n * sizeof *s);
-    cand *h = malloc((2 * n + 1) * sizeof *h);
+    sym s_small[CACHE_WORD];
+    cand h_small[2 * CACHE_WORD + 1];
+    int small = n <= CACHE_WORD;
+    sym *s = small ? s_small : malloc(n * sizeof *s);
+    cand *h = small ? h_small : malloc((2 * n + 1) * sizeof *h);
     if (!s || !h) {
-        free(s), free(h);
+        if (!small) free(s), free(h);
         return -1;
     }
     int32_t ns = 0, unk_len = 0;
@@ -243,13 +345,10 @@ int tk_bpe_encode(const tk_bpe *m, const char *w, size_t n, int32_t **ids, size_
         b->len = 0;
         a->next = b->next;
         if (b->next >= 0) s[b->next].prev = c.pos;
-        if (hn + 2 > hcap) { /* cannot happen with 2n, but never overflow */
-            cand *g = realloc(h, (hcap *= 2) * sizeof *h);
-            if (!g) {
-                free(s), free(h);
-                return -1;
-            }
-            h = g;
+        if (hn + 2 > hcap) { /* cannot happen: each merge pops one and pushes at most two, so the heap
+                              * holds at most (n - 1) + (n - 1) entries; never overflow all the same */
+            if (!small) free(s), free(h);
+            return -1;
         }
         if (a->prev >= 0 && tk_pairmap_get(&m->merges, s[a->prev].id, a->id, &rank, &merged))
             heap_push(h, &hn, (cand){rank, a->prev, merged});
@@ -259,6 +358,6 @@ int tk_bpe_encode(const tk_bpe *m, const char *w, size_t n, int32_t **ids, size_
     int rc = 0;
     for (int32_t i = 0; i < ns && !rc; i++)
         if (s[i].len) rc = push_id(ids, len, cap, s[i].id);
-    free(s), free(h);
+    if (!small) free(s), free(h);
     return rc;
 }

@@ -19,7 +19,7 @@ int tk_buf_add(tk_buf *b, const char *s, size_t n); /* 0, -1 out of memory (p st
 typedef struct {
     char *s;      /* malloc'd, NUL-terminated */
     size_t n;
-    int orig0;    /* starts at offset 0 of the original text (Metaspace prepend_scheme "first") */
+    int orig0;    /* TK_ORIG0 and TK_CONT bits (below) */
     int32_t id;   /* >= 0: an added token already (not pre-tokenized nor modelled) */
 } tk_piece;
 typedef struct {
@@ -27,6 +27,13 @@ typedef struct {
     size_t n, cap;
 } tk_pieces;
 int tk_pieces_push(tk_pieces *l, const char *s, size_t n, int orig0, int32_t id);
+/* A piece's orig0 bits. TK_ORIG0: it starts at offset 0 of the original text (Metaspace
+ * prepend_scheme "first"). TK_CONT: it starts a part of a text that continues after a line feed
+ * (ct_tokenizer_encode_more without CT_ENC_BEGIN): no prefix is added to it (Prepend, ByteLevel
+ * add_prefix_space, Metaspace), and splitters see that line feed before it, so that the piece
+ * keeps TK_CONT exactly when the whole text would have had no piece boundary at the cut. */
+#define TK_ORIG0 1
+#define TK_CONT 2
 void tk_pieces_free(tk_pieces *l);
 
 /* ---- string -> id hash map (open addressing; keys owned by the map) */
@@ -57,9 +64,13 @@ typedef struct {
     int32_t unk;          /* -1: none */
     int byte_fallback, fuse_unk, ignore_merges;
     int32_t byte_ids[256]; /* <0xXX> ids, -1 where absent */
+    uint64_t uid;          /* this model among all loaded in the process (tk_bpe_uid): names its cache */
 } tk_bpe;
-/* Appends the ids of one pre-token; -1 on out of memory. */
+/* Appends the ids of one pre-token; -1 on out of memory. Short pre-tokens are remembered in a
+ * cache of the calling thread's (a few MB at most, emptied when full or when another model is used),
+ * so a word met again costs one lookup. */
 int tk_bpe_encode(const tk_bpe *m, const char *w, size_t n, int32_t **ids, size_t *len, size_t *cap);
+uint64_t tk_bpe_uid(void); /* a new uid, never 0 */
 
 /* ---- regexes (PCRE2, UTF + UCP, JIT where available) */
 typedef struct {
@@ -84,6 +95,9 @@ typedef struct tk_norm {
 } tk_norm;
 /* Applies n to s[len]: a malloc'd result in *out (*outn). 0, -1 on error (err filled). */
 int tk_norm_apply(const tk_norm *n, const char *s, size_t len, char **out, size_t *outn, char *err, size_t errlen);
+/* The same; cont: s continues a text (TK_CONT), so Prepend adds nothing. */
+int tk_norm_apply_cont(const tk_norm *n, const char *s, size_t len, int cont, char **out, size_t *outn, char *err,
+                       size_t errlen);
 void tk_norm_free(tk_norm *n);
 
 /* ---- pre-tokenizers */

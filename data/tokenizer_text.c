@@ -348,7 +348,11 @@ static int apply_behavior(runs *r, int behavior, int invert)
     return 0;
 }
 
-/* Splits piece p into out (orig0 kept by a first sub-piece at offset 0). */
+/* Splits piece p into out (orig0 kept by a first sub-piece at offset 0). A TK_CONT piece is split
+ * with the line feed that preceded it in the whole text in front (offset 0 of the split text): a
+ * run that starts at 1 begins a piece of its own (the whole text had a boundary there, so later
+ * stages treat it as a start), a run that holds the line feed and more keeps TK_CONT without it,
+ * and the line feed alone is dropped (it belongs to the part before). */
 static int split_piece(const tk_piece *p, const tk_regex *re, int (*pred)(uint32_t, const void *), const void *arg,
                        int behavior, int invert, tk_pieces *out)
 {
@@ -357,15 +361,29 @@ static int split_piece(const tk_piece *p, const tk_regex *re, int (*pred)(uint32
         free(r.v);
         return 0;
     }
-    if (find_runs(re, pred, arg, p->s, p->n, &r)) {
-        free(r.v);
+    const int cont = (p->orig0 & TK_CONT) != 0;
+    const char *s = p->s;
+    char *ctx = NULL;
+    if (cont) {
+        if (!(ctx = malloc(p->n + 2))) return -1;
+        ctx[0] = '\n';
+        memcpy(ctx + 1, p->s, p->n + 1);
+        s = ctx;
+    }
+    const size_t k = cont ? 1 : 0; /* bytes of context in front */
+    if (find_runs(re, pred, arg, s, p->n + k, &r)) {
+        free(r.v), free(ctx);
         return -1;
     }
     int rc = apply_behavior(&r, behavior, invert);
-    for (size_t i = 0; i < r.n && !rc; i++)
-        if (!r.v[i].m && r.v[i].e > r.v[i].s)
-            rc = tk_pieces_push(out, p->s + r.v[i].s, r.v[i].e - r.v[i].s, p->orig0 && r.v[i].s == 0, -1);
-    free(r.v);
+    for (size_t i = 0; i < r.n && !rc; i++) {
+        size_t a = r.v[i].s, e = r.v[i].e;
+        if (r.v[i].m || e <= a || e <= k) continue;
+        int flags = a == 0 ? p->orig0 : 0; /* with context, a == 0 is a run that holds the line feed */
+        if (a < k) a = k;
+        rc = tk_pieces_push(out, s + a, e - a, flags, -1);
+    }
+    free(r.v), free(ctx);
     return rc;
 }
 
@@ -386,6 +404,12 @@ static int regex_replace(const tk_regex *re, const char *s, size_t n, const char
 
 int tk_norm_apply(const tk_norm *nm, const char *s, size_t len, char **out, size_t *outn, char *err, size_t errlen)
 {
+    return tk_norm_apply_cont(nm, s, len, 0, out, outn, err, errlen);
+}
+
+int tk_norm_apply_cont(const tk_norm *nm, const char *s, size_t len, int cont, char **out, size_t *outn, char *err,
+                       size_t errlen)
+{
     tk_buf b = {0};
     switch (nm->kind) {
     case TK_N_NFC: {
@@ -400,7 +424,7 @@ int tk_norm_apply(const tk_norm *nm, const char *s, size_t len, char **out, size
         return 0;
     }
     case TK_N_PREPEND:
-        if ((len && tk_buf_add(&b, nm->str, strlen(nm->str))) || tk_buf_add(&b, s, len)) goto oom;
+        if ((len && !cont && tk_buf_add(&b, nm->str, strlen(nm->str))) || tk_buf_add(&b, s, len)) goto oom;
         break;
     case TK_N_REPLACE:
         if (regex_replace(&nm->re, s, len, nm->content, &b)) goto oom;
@@ -410,7 +434,7 @@ int tk_norm_apply(const tk_norm *nm, const char *s, size_t len, char **out, size
         for (int i = 0; i < nm->nsub; i++) {
             char *o;
             size_t on;
-            if (tk_norm_apply(&nm->sub[i], b.p, b.n, &o, &on, err, errlen)) {
+            if (tk_norm_apply_cont(&nm->sub[i], b.p, b.n, cont, &o, &on, err, errlen)) {
                 free(b.p);
                 return -1;
             }
@@ -463,7 +487,7 @@ static int pre_one(const tk_pre *p, const tk_piece *in, tk_pieces *out)
     int rc = 0;
     switch (p->kind) {
     case TK_P_BYTELEVEL: {
-        if (p->add_prefix_space && (!in->n || in->s[0] != ' ')) {
+        if (p->add_prefix_space && !(in->orig0 & TK_CONT) && (!in->n || in->s[0] != ' ')) {
             if (tk_buf_add(&b, " ", 1) || tk_buf_add(&b, in->s, in->n)) goto oom;
             q.s = b.p, q.n = b.n;
         }
@@ -487,7 +511,7 @@ static int pre_one(const tk_pre *p, const tk_piece *in, tk_pieces *out)
         size_t rl = strlen(p->repl);
         tk_utf8_next(p->repl, rl, 0, &rcp);
         int starts = (in->n >= rl && !memcmp(in->s, p->repl, rl)) || (in->n && in->s[0] == ' ');
-        if ((p->prepend == 2 && !starts) || (p->prepend == 1 && !starts && in->orig0))
+        if (!(in->orig0 & TK_CONT) && ((p->prepend == 2 && !starts) || (p->prepend == 1 && !starts && (in->orig0 & TK_ORIG0))))
             if (tk_buf_add(&b, p->repl, rl)) goto oom;
         for (size_t i = 0; i < in->n; i++)
             if (in->s[i] == ' ' ? tk_buf_add(&b, p->repl, rl) : tk_buf_add(&b, in->s + i, 1)) goto oom;

@@ -202,6 +202,17 @@ static inline void ct_test_dir_remove(void)
     rmdir(ct_test_dir);
 }
 
+/* Writes len bytes to path (exits on failure: the test cannot go on). */
+static inline void ct_test_write_file(const char *path, const char *text, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(text, 1, len, f) != len) {
+        fprintf(stderr, "cannot write %s\n", path);
+        exit(2);
+    }
+    fclose(f);
+}
+
 /* Exit status for main: 0 only when every CHECK passed. */
 static inline int ct_test_finish(const char *name)
 {

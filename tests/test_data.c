@@ -30,15 +30,6 @@ static const ct_dataset_meta *meta(const char *tokenizer, int vocab_size)
     return &m;
 }
 
-static void write_text(const char *path, const char *text, size_t len)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(text, 1, len, f) != len) {
-        fprintf(stderr, "cannot write %s\n", path);
-        exit(2);
-    }
-    fclose(f);
-}
 
 /* The call must fail (-1) with a message containing both strings. */
 #define CHECK_FAILS(call, err, s1, s2)                                                             \
@@ -324,7 +315,7 @@ static void test_malformed(void)
     CHECK(ds == NULL);
 
     p = ct_test_path("text.h5");
-    write_text(p, "just some text, not HDF5\n", 25);
+    ct_test_write_file(p, "just some text, not HDF5\n", 25);
     CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, p, "not an HDF5 file");
 
     /* an HDF5 file cut short: HDF5 itself notices; the message still names the file */
@@ -446,7 +437,7 @@ static void test_prepare(void)
     char src_text[512], src_one[512];
     snprintf(src_text, sizeof src_text, "%s", ct_test_path("text.txt"));
     const char *src = src_text;
-    write_text(src, text, len);
+    ct_test_write_file(src, text, len);
     const double fracs[3] = {0.1, 0.3, 0.5};
     for (int k = 0; k < 3; k++) {
         const char *tr = ct_test_path("train.h5"), *va = ct_test_path("val.h5");
@@ -462,7 +453,7 @@ static void test_prepare(void)
     size_t olen = 0;
     for (int i = 0; i < 21; i++) olen += (size_t)snprintf(one + olen, sizeof one - olen, "\xc3\xa9"); /* é */
     snprintf(src_one, sizeof src_one, "%s", ct_test_path("oneline.txt"));
-    write_text(src = src_one, one, olen);
+    ct_test_write_file(src = src_one, one, olen);
     for (int k = 0; k < 3; k++) {
         CHECK(ct_data_prepare_text(src, ct_test_path("t1.h5"), ct_test_path("v1.h5"), fracs[k], err, ERRLEN) == 0);
         ct_dataset *ds = NULL;
@@ -475,10 +466,10 @@ static void test_prepare(void)
         check_part(ct_test_path("v1.h5"), one + cut, olen - cut);
     }
 
-    write_text(src = ct_test_path("empty.txt"), "", 0);
+    ct_test_write_file(src = ct_test_path("empty.txt"), "", 0);
     CHECK_FAILS(ct_data_prepare_text(src, ct_test_path("t.h5"), ct_test_path("v.h5"), 0.1, err, ERRLEN), err, src, "empty");
     CHECK(access(ct_test_path("t.h5"), F_OK) != 0);
-    write_text(src = ct_test_path("x.txt"), "x", 1);
+    ct_test_write_file(src = ct_test_path("x.txt"), "x", 1);
     CHECK_FAILS(ct_data_prepare_text(src, ct_test_path("t.h5"), ct_test_path("v.h5"), 0.5, err, ERRLEN), err, src,
                 "too short");
     src = ct_test_path("nope.txt");

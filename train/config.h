@@ -34,6 +34,8 @@ typedef struct {
         int train_on_prompt;
         char packing[8];           /* "" (by data kind) | masked | plain | none */
         double val_fraction;
+        int prepare_threads;       /* 0: online cores / ranks on the node */
+        int prepare_chunk_kb;
         char train[CT_PATH_MAX], val[CT_PATH_MAX];
         int seq_len, micro_batch;
     } data;

@@ -10,6 +10,7 @@
 #include "data.h"
 #include "eval.h"
 #include "model.h"
+#include "prepare.h"
 #include "hf_model.h"
 #include "kernels.h"
 #include "lora.h"
@@ -126,43 +127,11 @@ static int cmd_chat(const args *a, ct_comm *comm)
     return ct_chat(&cfg, stdin, stdout, err, sizeof err) ? fail(err) : 0;
 }
 
-/* Supervised JSON Lines in the model's tokenizer and chat template. */
-static int prepare_supervised(const ct_config *cfg, char *err, size_t errlen)
-{
-    ct_tokenizer *tok = NULL;
-    ct_chat_template *tpl = NULL;
-    int rc = ct_run_tokenizer(cfg, NULL, &tok, err, errlen);
-    if (rc == 0) rc = ct_run_chat_template(cfg, NULL, tok, &tpl, err, errlen);
-    if (rc == 0) {
-        ct_sft_opts o = {tok, tpl, cfg->data.train_on_prompt, cfg->data.packing};
-        rc = ct_data_prepare_sft(cfg->data.text, cfg->data.train, cfg->data.val, cfg->data.val_fraction,
-                                 cfg->data.seq_len, &o, err, errlen);
-        if (rc == 0)
-            printf("ctrain: %s in %s's tokenizer and the %s chat template, packing %s\n", cfg->data.text,
-                   ct_tokenizer_name(tok), ct_chat_template_name(tpl), o.packing && o.packing[0] ? o.packing : "masked");
-    }
-    ct_chat_template_free(tpl);
-    ct_tokenizer_free(tok);
-    return rc;
-}
-
 static int cmd_prepare(const args *a, ct_comm *comm)
 {
     ct_config cfg;
     if (load_config(a, comm, &cfg)) return 1;
-    char err[2048] = "";
-    int rc = 0;
-    if (ct_comm_rank(comm) == 0) {
-        if (!cfg.data.text[0]) snprintf(err, sizeof err, "data.text: empty: name the text file to prepare"), rc = -1;
-        else if (!cfg.data.train[0]) snprintf(err, sizeof err, "data.train: empty: name the dataset to write"), rc = -1;
-        else if (!cfg.data.val[0]) snprintf(err, sizeof err, "data.val: empty: name the dataset to write"), rc = -1;
-        else if (strlen(cfg.data.text) > 6 && !strcmp(cfg.data.text + strlen(cfg.data.text) - 6, ".jsonl"))
-            rc = prepare_supervised(&cfg, err, sizeof err);
-        else rc = ct_data_prepare_text(cfg.data.text, cfg.data.train, cfg.data.val, cfg.data.val_fraction, err,
-                                       sizeof err);
-        if (rc == 0) printf("ctrain: wrote %s and %s from %s\n", cfg.data.train, cfg.data.val, cfg.data.text);
-    }
-    return ct_run_agree(comm, rc, err) ? 1 : 0;
+    return ct_run_prepare(&cfg, comm) ? 1 : 0;
 }
 
 static int cmd_info(const args *a, ct_comm *comm)
@@ -272,13 +241,21 @@ static const verb verbs[] = {
      "conversation; /reset starts over, /exit (or the end of input) ends.",
      1, cmd_chat},
     {"prepare", "ctrain prepare CONFIG [--set key=value]...",
-     "Turns data.text into the HDF5 token datasets data.train and data.val with the byte-level tokenizer.\n"
-     "A text file: the last data.val_fraction of it (cut at a line break) becomes val. A .jsonl file of\n"
-     "{\"prompt\", \"response\"} or {\"messages\": [{\"role\", \"content\"}...]} examples: supervised data,\n"
-     "rendered as \"### Prompt:\\n<prompt>\\n### Response:\\n<response><end-of-text>\" (messages: \"### User:\\n\",\n"
-     "\"### Assistant:\\n\", \"### System:\\n\" headers), with a loss mask so only responses count, packed\n"
-     "into windows of data.seq_len + 1 tokens without splitting an example; the last data.val_fraction\n"
-     "of the examples become val.",
+     "Turns data.text into the HDF5 token datasets data.train and data.val. data.text is a text file, a .jsonl\n"
+     "file of documents (each line's string field data.text_field), a folder (its .txt and .jsonl files,\n"
+     "recursively, in path order) or a glob. Each document is encoded with the tokenizer of data.tokenizer (a\n"
+     "folder or tokenizer.json; \"bytes\"; \"\": model.init_from's tokenizer.json, else bytes), with its\n"
+     "BOS/EOS and an eos after it unless the template ends with one. Of N documents, round(N x\n"
+     "data.val_fraction) (at least 1) spread evenly become val; one text file is cut instead at the line break\n"
+     "nearest (1 - data.val_fraction) of its length. The inputs stream in chunks of data.prepare_chunk_kb on\n"
+     "data.prepare_threads threads per rank, and on every rank under mpirun or srun, with the same result;\n"
+     "memory is about threads x 2.5 chunks (6 with the byte tokenizer). A set is one file, or an index of\n"
+     "per-chunk shards in <data.train>-shards-<id>/ read as one dataset. Progress goes to stderr.\n"
+     "A .jsonl file of {\"prompt\", \"response\"} or {\"messages\": [{\"role\", \"content\"}...]} examples:\n"
+     "supervised data, rendered as \"### Prompt:\\n<prompt>\\n### Response:\\n<response><end-of-text>\" (messages:\n"
+     "\"### User:\\n\", \"### Assistant:\\n\", \"### System:\\n\" headers), with a loss mask so only responses\n"
+     "count, packed into windows of data.seq_len + 1 tokens without splitting an example; the last\n"
+     "data.val_fraction of the examples become val.",
      1, cmd_prepare},
     {"export", "ctrain export CKPT OUT_DIR",
      "Writes the weights of an HDF5 checkpoint as a Hugging Face folder (model.safetensors +\n"
