@@ -46,6 +46,7 @@ expect "unknown key 'optim.learning_rate'" -- train "$tmp/unknown.json"
 expect "--set optim.lr=fast: optim.lr: expected a number" -- train "$tmp/cfg.json" --set optim.lr=fast
 expect "data.text: empty" -- prepare "$tmp/cfg.json" --set data.text=
 expect "$tmp/missing.txt: cannot open" -- prepare "$tmp/cfg.json" --set data.text="$tmp/missing.txt"
+expect "data.packing: \"masked\" applies to supervised examples" -- prepare "$tmp/cfg.json" --set data.packing=masked
 "$ctrain" prepare "$tmp/cfg.json" > /dev/null || { echo "FAIL: prepare" >&2; failures=$((failures + 1)); }
 expect "$tmp/nothere.h5" -- train "$tmp/cfg.json" --set data.train="$tmp/nothere.h5"
 expect "$tmp/text.txt" -- train "$tmp/cfg.json" --set data.train="$tmp/text.txt"

@@ -60,6 +60,11 @@ int ct_run_prepare(const ct_config *cfg, ct_comm *comm)
         return ct_run_agree(comm, rc, err);
     }
 
+    if (cfg->data.packing[0] && strcmp(cfg->data.packing, "plain")) {
+        snprintf(err, sizeof err, "data.packing: \"%s\" applies to supervised examples (prompt/response or messages); "
+                 "%s holds text documents, which are packed plain", cfg->data.packing, cfg->data.text);
+        return ct_run_agree(comm, -1, err);
+    }
     ct_tokenizer *tok = NULL;
     rc = ct_run_tokenizer(cfg, NULL, &tok, err, sizeof err);
     if (ct_run_agree(comm, rc, err)) {
