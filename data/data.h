@@ -67,6 +67,9 @@ char *ct_tokenizer_decode(const ct_tokenizer *t, const int32_t *ids, size_t n, i
 char *ct_tokenizer_decode_n(const ct_tokenizer *t, const int32_t *ids, size_t n, int skip_special, size_t *len,
                             char *err, size_t errlen);
 int ct_tokenizer_id(const ct_tokenizer *t, const char *token); /* -1 if absent */
+/* s[n] as valid UTF-8 (malloc'd, NUL-terminated; NULL when out of memory): each invalid sequence
+ * replaced by U+FFFD as Rust's from_utf8_lossy does, e.g. bytes a byte-level model wrote. */
+char *ct_utf8_lossy(const char *s, size_t n);
 /* The byte-level tokenizer behind the same API (a static object: ct_tokenizer_free ignores it):
  * encode gives one id per byte (any bytes, no UTF-8 check; add_special adds nothing, as GPT-2's
  * post-processor); eos is end-of-text (256); decode skips 256 with skip_special and writes

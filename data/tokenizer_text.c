@@ -713,3 +713,13 @@ void tk_dec_free(tk_dec *d)
     for (int i = 0; i < d->nsub; i++) tk_dec_free(&d->sub[i]);
     free(d->sub);
 }
+
+char *ct_utf8_lossy(const char *s, size_t n)
+{
+    tk_buf b = {0};
+    if (tk_buf_add(&b, "", 0) || tk_utf8_lossy(&b, s, n)) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}

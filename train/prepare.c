@@ -33,8 +33,9 @@ static int prepare_supervised(const ct_config *cfg, char *err, size_t errlen)
         rc = ct_data_prepare_sft(cfg->data.text, cfg->data.train, cfg->data.val, cfg->data.val_fraction,
                                  cfg->data.seq_len, &o, err, errlen);
         if (rc == 0)
-            printf("ctrain: %s in %s's tokenizer and the %s chat template, packing %s\n", cfg->data.text,
-                   ct_tokenizer_name(tok), ct_chat_template_name(tpl), o.packing && o.packing[0] ? o.packing : "masked");
+            printf("ctrain: %s: tokenizer %s, chat template %s (%s), packing %s\n", cfg->data.text,
+                   ct_tokenizer_name(tok), ct_chat_template_name(tpl), ct_chat_template_describe(tpl),
+                   o.packing && o.packing[0] ? o.packing : "masked");
     }
     ct_chat_template_free(tpl);
     ct_tokenizer_free(tok);

@@ -361,9 +361,12 @@ int ct_chat(const ct_config *cfg, FILE *in, FILE *out, char *err, size_t errlen)
         if (got < 0) goto done;
         fputc('\n', out);
         fflush(out);
-        char *reply = ct_tokenizer_decode(g.tok, seq + k, (size_t)got, 1, err, errlen);
-        if (!reply) goto done;
-        int bad = conv_add(&conv, "assistant", reply);
+        size_t rlen = 0; /* a byte-level model may write invalid UTF-8: the template takes only valid text */
+        char *raw = ct_tokenizer_decode_n(g.tok, seq + k, (size_t)got, 1, &rlen, err, errlen);
+        if (!raw) goto done;
+        char *reply = ct_utf8_lossy(raw, rlen);
+        free(raw);
+        int bad = !reply || conv_add(&conv, "assistant", reply);
         free(reply);
         if (bad) goto oom;
     }
