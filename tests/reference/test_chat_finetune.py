@@ -8,7 +8,8 @@ published chat template (tests/chat_templates/smollm2-instruct.jinja, in chat_te
    every document of the train and val datasets starts with exactly the ids of transformers'
    apply_chat_template(messages, tokenize=True), and its loss mask is 1 on exactly the tokens of
    each assistant reply through its <|im_end|>; the datasets name the folder's tokenizer (its
-   digest) and packing "masked".
+   digest) and packing "masked"; a conversation whose roles break the template's rules, or without an
+   assistant turn, is an error naming the file, the line and the message.
 2. `ctrain train` (full fine-tuning, a few steps) accepts them; `ctrain train` of a byte-level model
    on them is refused, naming both tokenizers.
 3. `ctrain eval` of the trained run (whose folder carries the tokenizer and template) gives the
@@ -161,6 +162,21 @@ def main():
         nval = round(0.25 * len(convs))
         check_dataset("train", work / "train.h5", convs[:-nval], hf, folder)
         check_dataset("val", work / "val.h5", convs[-nval:], hf, folder)
+
+        # bad conversations: an error naming the file, the line and the message, nothing written
+        bad = work / "bad.jsonl"
+        good = json.dumps({"messages": convs[0]})
+        for line, msgs, want in [
+                (2, [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                     {"role": "assistant", "content": "c"}],
+                 "line 2: message 1 (user): Conversation roles must alternate"),
+                (3, [{"role": "user", "content": "a"}], "line 3: messages: no assistant turn with text")]:
+            bad.write_text("\n".join([good] * (line - 1) + [json.dumps({"messages": msgs}), good]) + "\n")
+            r = subprocess.run([args.ctrain, "prepare", cfg_path, "--set", f"data.text={bad}", "--set",
+                                "data.chat_template=llama2", "--set", f"data.train={work}/bad_t.h5", "--set",
+                                f"data.val={work}/bad_v.h5"], capture_output=True, text=True, env=env)
+            if r.returncode != 1 or f"{bad}: {want}" not in r.stderr or (work / "bad_t.h5").exists():
+                fail(f"bad conversation on line {line}: rc {r.returncode}, {r.stderr[-300:]}")
 
         # a byte-level model refuses the data, naming both tokenizers
         r = subprocess.run([args.ctrain, "train", cfg_path, "--set", "model.init_from=", "--set", "model.vocab_size=512",
