@@ -102,8 +102,9 @@ static int cmd_eval(const args *a, ct_comm *comm)
             printf("model %s\nwindows %llu of %d tokens\n", from, (unsigned long long)ct_loader_windows(val), T + 1);
             if (rc == 0) printf("val_loss %.6f\n", loss);
             else
-                fprintf(stderr, "ctrain: error: %s: val_loss %g on data.val \"%s\" is not finite: the model's weights "
-                        "hold a NaN or Inf, or its outputs overflow\n", from, loss, cfg.data.val);
+                fprintf(stderr, "ctrain: error: %s: val_loss %s on data.val \"%s\" is not finite: the model's weights "
+                        "hold a NaN or Inf, or its outputs overflow\n", from, isnan(loss) ? "nan" : loss > 0 ? "inf" : "-inf",
+                        cfg.data.val);
         }
     } else {
         rc = -1;

@@ -225,6 +225,14 @@ static int fail_alike(ct_comm *comm, const char *err)
     return -1;
 }
 
+/* x for a message: %g, but NaN as "nan" whatever its sign bit */
+static const char *show(char *buf, size_t n, double x)
+{
+    if (isnan(x)) snprintf(buf, n, "nan");
+    else snprintf(buf, n, "%g", x);
+    return buf;
+}
+
 /* The newest checkpoint of a finite state, for messages. */
 static const char *newest_good(const run_state *s)
 {
@@ -240,9 +248,10 @@ static int evaluate(const ct_config *cfg, ct_comm *comm, run_state *s, int step,
                      val_loss, err, errlen))
         ct_run_die(comm, err); /* rank-local failures: the other ranks wait in a collective */
     if (!isfinite(*val_loss)) {
-        snprintf(err, errlen, "step %d: val_loss %g on data.val is not finite: the model's outputs overflow; no "
+        char v[32];
+        snprintf(err, errlen, "step %d: val_loss %s on data.val is not finite: the model's outputs overflow; no "
                  "checkpoint of this step is written (the newest checkpoint: %s); lower optim.lr or check data.val",
-                 step, *val_loss, newest_good(s));
+                 step, show(v, sizeof v, *val_loss), newest_good(s));
         return -1;
     }
     if (ct_comm_rank(comm) == 0) {
@@ -429,9 +438,9 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
                     "\"tokens_per_s\": %.1f, \"tokens\": %ld%s}\n",
                     step, l, hp.lr, g, dt * 1e3, tps, tokens_per_step * (long)step, held ? ", \"nonfinite\": true" : "");
             if (held && skipped <= cfg->optim.skip_nonfinite)
-                fprintf(stderr, "ctrain: warning: step %d: loss %g, gradient norm %g: not finite: the step is skipped, "
-                        "not applied (%d of the %d steps optim.skip_nonfinite allows)\n", step, loss, norm, skipped,
-                        cfg->optim.skip_nonfinite);
+                fprintf(stderr, "ctrain: warning: step %d: loss %s, gradient norm %s: not finite: the step is skipped, "
+                        "not applied (%d of the %d steps optim.skip_nonfinite allows)\n", step, show(l, sizeof l, loss),
+                        show(g, sizeof g, norm), skipped, cfg->optim.skip_nonfinite);
             if (step % cfg->log.every == 0 || step == first || step == cfg->optim.max_steps) {
                 char eta[32];
                 double elapsed = omp_get_wtime() - t_start;
@@ -443,10 +452,12 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
             fflush(s.metrics);
         }
         if (held && skipped > cfg->optim.skip_nonfinite) { /* every rank alike: the values are reduced */
-            snprintf(err, sizeof err, "step %d: loss %g, gradient norm %g: not finite (a NaN or Inf weight or input, "
+            char l[32], g[32];
+            snprintf(err, sizeof err, "step %d: loss %s, gradient norm %s: not finite (a NaN or Inf weight or input, "
                      "or too high an optim.lr): the step was not applied and nothing of it is saved; %d such step%s, "
-                     "optim.skip_nonfinite allows %d; the newest checkpoint: %s", step, loss, norm, skipped,
-                     skipped > 1 ? "s" : "", cfg->optim.skip_nonfinite, newest_good(&s));
+                     "optim.skip_nonfinite allows %d; the newest checkpoint: %s", step, show(l, sizeof l, loss),
+                     show(g, sizeof g, norm), skipped, skipped > 1 ? "s" : "", cfg->optim.skip_nonfinite,
+                     newest_good(&s));
             fail_alike(comm, err);
             run_free(&s);
             return -1;
