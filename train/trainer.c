@@ -336,7 +336,8 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
     }
     load_s = omp_get_wtime() - load_s;
     /* every check has passed: only now is anything of run.dir written */
-    rc = rank == 0 ? write_config(cfg, &s, err, sizeof err) || open_metrics(cfg, &s, s.st.step, err, sizeof err) : 0;
+    rc = rank == 0 && (write_config(cfg, &s, err, sizeof err) || open_metrics(cfg, &s, s.st.step, err, sizeof err))
+             ? -1 : 0;
     if (ct_run_agree(comm, rc, err)) {
         run_free(&s);
         return -1;
