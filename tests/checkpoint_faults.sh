@@ -38,11 +38,13 @@ tiny_run "$tmp" 1 1
 # ~3.2M parameters: a checkpoint of ~52 MB, so that saving takes a good share of each step
 big=(--set model.n_embd=256 --set model.n_layer=4 --set model.n_head=4)
 
-# train1 NAME [--set ...]: one process, no mpirun, into $tmp/NAME; 1 on failure
+# train1 NAME [--set ...]: one process, no mpirun, into $tmp/NAME; 1 on failure. Its global batch
+# (2 x 2 accumulation x 1 rank) is that of the 2-rank runs resuming from it (a resume refuses another)
 train1() {
   local name=$1
   shift
-  if ! timeout 120 "$ctrain" train "$tmp/base.json" --set "run.dir=$tmp/$name" "$@" > "$tmp/$name.setup.log" 2>&1; then
+  if ! timeout 120 "$ctrain" train "$tmp/base.json" --set "run.dir=$tmp/$name" --set parallel.grad_accum=2 "$@" \
+      > "$tmp/$name.setup.log" 2>&1; then
     bad "$name: setup run exited non-zero:"
     tail -5 "$tmp/$name.setup.log" >&2
     return 1
@@ -286,7 +288,7 @@ corrupt() {
   before=$(cd "$d" && ls ckpt_* | tr '\n' ' ')
   if [ "$ranks" -eq 1 ]; then
     run_fail "$hang" "$name" "$ctrain" train "$tmp/base.json" --set "run.dir=$d" --set optim.max_steps=20 \
-      --set checkpoint.every=5
+      --set checkpoint.every=5 --set parallel.grad_accum=2
   else
     run_fail "$hang" "$name" "$mpiexec" -n "$ranks" --oversubscribe "$ctrain" train "$tmp/base.json" \
       --set "run.dir=$d" --set optim.max_steps=20 --set checkpoint.every=5

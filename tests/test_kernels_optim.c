@@ -1,12 +1,18 @@
 /* test_kernels_optim.c — the CPU backend's AdamW and sum of squares against double
  * references: torch.optim.AdamW's formula over several steps (weight decay, gradient
  * scale, bias correction, eps placement, both lerp forms), param/master aliasing, and a
- * sum of squares that is exact to double rounding and independent of the thread count. */
+ * sum of squares that is exact to double rounding and independent of the thread count.
+ * Then ct_optim_step on a NaN or Inf gradient (or told to hold): not applied, returns 1, and
+ * parameters, moments and the step count stay bit for bit as they were. */
+#include <math.h>
 #include <omp.h>
 #include <string.h>
 
 #include "check.h"
+#include "comm.h"
 #include "kernels.h"
+#include "model.h"
+#include "optim.h"
 
 /* torch.optim.AdamW (decoupled weight decay) in double. */
 static void ref_adamw(double *x, double *m, double *v, const float *grad, size_t n, const ct_adamw_params *p)
@@ -105,6 +111,102 @@ static void sumsq_tests(const ct_backend *be, ct_kctx *ctx)
     free(x);
 }
 
+/* Host copies of what a step may change: parameters, m, v, and the step count. */
+typedef struct {
+    float *params, *m, *v;
+    int steps;
+} optim_state;
+
+static optim_state state_of(const ct_backend *be, ct_kctx *ctx, ct_model *m, ct_optim *o)
+{
+    optim_state s;
+    size_t n = ct_model_trainable(m).numel, begin, len;
+    ct_optim_slice(o, &begin, &len);
+    s.params = ct_test_alloc(n), s.m = ct_test_alloc(len), s.v = ct_test_alloc(len);
+    be->download(ctx, s.params, ct_model_trainable(m).params, n * sizeof(float));
+    be->download(ctx, s.m, ct_optim_exp_avg(o), len * sizeof(float));
+    be->download(ctx, s.v, ct_optim_exp_avg_sq(o), len * sizeof(float));
+    s.steps = ct_optim_steps_taken(o);
+    return s;
+}
+
+static int same_state(const optim_state *a, const optim_state *b, size_t n)
+{
+    return a->steps == b->steps && !memcmp(a->params, b->params, n * sizeof(float)) &&
+           !memcmp(a->m, b->m, n * sizeof(float)) && !memcmp(a->v, b->v, n * sizeof(float));
+}
+
+static void free_state(optim_state *s)
+{
+    free(s->params);
+    free(s->m);
+    free(s->v);
+}
+
+/* One real step (so m and v are not zero), then steps on gradients holding a NaN, an Inf, a
+ * -Inf, and finite gradients with hold set: none is applied; a last finite step is. */
+static void nonfinite_tests(const ct_backend *be, ct_kctx *ctx)
+{
+    static const ct_model_config tiny = {.vocab_size = 11, .max_seq_len = 4, .n_layer = 1, .n_head = 2, .n_embd = 4,
+                                         .norm_eps = 1e-5f};
+    ct_comm *comm = ct_comm_init_single();
+    ct_model *m = NULL;
+    ct_optim *o = NULL;
+    char err[256];
+    if (!comm || ct_model_init(&m, &tiny, be, ctx, 1, 4, 1, err, sizeof err) ||
+        ct_optim_init(&o, m, comm, 1, 0, err, sizeof err)) {
+        fprintf(stderr, "nonfinite: setup failed: %s\n", err);
+        ct_test_failures++;
+        return;
+    }
+    ct_model_init_weights(m, 3);
+    ct_trainable tr = ct_model_trainable(m);
+    size_t n = tr.numel;
+    float *g = ct_test_alloc(n);
+    uint64_t seed = 11;
+    ct_optim_hparams h = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f,
+                          .grad_clip = 1.0f};
+    float norm = 0;
+    ct_test_fill(g, n, &seed, -1.0f, 1.0f);
+    be->upload(ctx, tr.grads, g, n * sizeof(float));
+    CHECK(ct_optim_step(o, &h, &norm) == 0 && isfinite(norm) && ct_optim_steps_taken(o) == 1);
+    CHECK(ct_optim_params_finite(o) == 1);
+    const float bad[3] = {NAN, INFINITY, -INFINITY};
+    for (int k = 0; k < 4; k++) {
+        optim_state before = state_of(be, ctx, m, o);
+        ct_test_fill(g, n, &seed, -1.0f, 1.0f);
+        if (k < 3) g[n / 2] = bad[k];
+        h.hold = k == 3;
+        be->upload(ctx, tr.grads, g, n * sizeof(float));
+        int rc = ct_optim_step(o, &h, &norm);
+        optim_state after = state_of(be, ctx, m, o);
+        char what[64];
+        snprintf(what, sizeof what, "optim step on %s", k == 0 ? "a NaN" : k == 1 ? "an Inf" : k == 2 ? "a -Inf" : "hold");
+        if (rc != 1 || (k < 3 && isfinite(norm)) || !same_state(&before, &after, n)) {
+            fprintf(stderr, "%s: returned %d, norm %g, state %s\n", what, rc, norm,
+                    same_state(&before, &after, n) ? "untouched" : "CHANGED");
+            ct_test_failures++;
+        }
+        free_state(&before);
+        free_state(&after);
+    }
+    h.hold = 0;
+    ct_test_fill(g, n, &seed, -1.0f, 1.0f);
+    be->upload(ctx, tr.grads, g, n * sizeof(float));
+    CHECK(ct_optim_step(o, &h, &norm) == 0 && ct_optim_steps_taken(o) == 2);
+    /* a parameter that is not finite is found */
+    float *p = ct_test_alloc(n);
+    be->download(ctx, p, tr.params, n * sizeof(float));
+    p[1] = NAN;
+    be->upload(ctx, tr.params, p, n * sizeof(float));
+    CHECK(ct_optim_params_finite(o) == 0);
+    free(p);
+    free(g);
+    ct_optim_free(o);
+    ct_model_free(m);
+    ct_comm_free(comm);
+}
+
 int main(void)
 {
     const ct_backend *be = ct_backend_cpu();
@@ -112,6 +214,7 @@ int main(void)
     CHECK(ctx != NULL);
     adamw_tests(be, ctx);
     sumsq_tests(be, ctx);
+    nonfinite_tests(be, ctx);
     be->kctx_free(ctx);
     return ct_test_finish("test_kernels_optim");
 }

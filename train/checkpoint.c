@@ -190,6 +190,11 @@ static int write_root_attrs(hid_t file, const ct_model *m, const ct_optim *o, co
     rc |= attr_i64(file, "cursor_micro", st->cursor.micro);
     rc |= attr_write(file, "rng", H5T_NATIVE_UINT64, 4, st->rng.s);
     rc |= attr_string(file, "config", config_json ? config_json : "{}");
+    if (st->data_tokens) { /* what data.train was, for a resume to compare */
+        rc |= attr_write(file, "data_tokens", H5T_NATIVE_UINT64, 0, &st->data_tokens);
+        rc |= attr_write(file, "data_sample", H5T_NATIVE_UINT64, 0, &st->data_sample);
+        rc |= attr_string(file, "data_digest", st->data_digest);
+    }
     /* the model: its config.json (the source's, carried over), and for older readers GPT-2's shape */
     char *hf = ct_hf_config_text(c, ct_model_hf_config(m));
     rc |= hf ? attr_string(file, "hf_config", hf) : -1;
@@ -461,7 +466,29 @@ static int read_state(hid_t file, ct_ckpt_state *st, int64_t *optim_steps, const
         return fail(err, errlen, "%s: attribute rng: missing", path);
     st->step = v[0], st->tokens = v[1], *optim_steps = v[2], st->world = (int)v[3], st->zero_stage = (int)v[4];
     st->cursor = (ct_loader_cursor){.epoch = (uint64_t)v[5], .step = (uint64_t)v[6], .micro = (int)v[7]};
+    /* data.train's identity: absent from older checkpoints */
+    st->data_tokens = st->data_sample = 0;
+    st->data_digest[0] = 0;
+    if (H5Aexists(file, "data_tokens") > 0) {
+        char *digest = attr_read_string(file, "data_digest");
+        int bad = attr_read(file, "data_tokens", H5T_NATIVE_UINT64, &st->data_tokens) ||
+                  attr_read(file, "data_sample", H5T_NATIVE_UINT64, &st->data_sample) || !digest ||
+                  strlen(digest) >= sizeof st->data_digest;
+        if (!bad) snprintf(st->data_digest, sizeof st->data_digest, "%s", digest);
+        free(digest);
+        if (bad) return fail(err, errlen, "%s: attributes data_tokens, data_sample, data_digest: missing or invalid", path);
+    }
     return 0;
+}
+
+int ct_ckpt_read_state(const char *path, ct_ckpt_state *st, char *err, size_t errlen)
+{
+    hid_t file;
+    if (open_checked(path, &file, err, errlen)) return -1;
+    int64_t optim_steps;
+    int rc = read_state(file, st, &optim_steps, path, err, errlen);
+    H5Fclose(file);
+    return rc;
 }
 
 int ct_ckpt_read(const char *path, ct_model *m, ct_optim *o, ct_ckpt_state *st, ct_comm *comm, char *err,

@@ -11,7 +11,8 @@
  * Root attributes: format "ctrain-checkpoint", version, step, tokens, optim_steps, world (at
  * save), zero_stage, cursor_epoch/step/micro (data loader), rng (uint64[4]), config (the
  * resolved ctrain config as JSON), hf_config (the model's config.json: its family and whole
- * shape, which ct_ckpt_read_config parses), and, as checkpoints before hf_config carried the
+ * shape, which ct_ckpt_read_config parses), data_tokens, data_sample (uint64) and data_digest
+ * (what data.train was: ct_ckpt_state), and, as checkpoints before hf_config carried the
  * shape of a GPT-2 (still read when hf_config is absent): vocab_size, n_positions, n_layer,
  * n_head, n_embd, layer_norm_epsilon.
  *
@@ -37,7 +38,11 @@ typedef struct {
     int64_t tokens;          /* tokens trained on */
     ct_loader_cursor cursor; /* where the data loader resumes (at a step boundary) */
     ct_rng rng;              /* the run's generator */
-    int world, zero_stage;   /* at save: informational */
+    int world, zero_stage;   /* at save: the global batch and ZeRO shards of the run that saved it */
+    /* data.train at save (resume.h, ct_resume_data_id), so a resume can tell other data; 0 and ""
+     * in checkpoints written before ctrain recorded it */
+    uint64_t data_tokens, data_sample;
+    char data_digest[24];
 } ct_ckpt_state;
 
 /* Writes a checkpoint to path (collective: every rank calls it with the same arguments but its
@@ -53,6 +58,10 @@ int ct_ckpt_read_config(const char *path, ct_model_config *mc, char *err, size_t
 
 /* The resolved config the run that saved path used (malloc'd JSON text), or NULL with err. */
 char *ct_ckpt_read_config_json(const char *path, char *err, size_t errlen);
+
+/* The run state a checkpoint holds (step, world, cursor, data.train's identity, ...) without
+ * its tensors; also checks its format and version. */
+int ct_ckpt_read_state(const char *path, ct_ckpt_state *st, char *err, size_t errlen);
 
 /* Loads weights, and with o != NULL the optimizer slice of this rank and *st (collective when o
  * is given). Every dataset's checksum is verified. Returns 0; -1 on the rank(s) that found the

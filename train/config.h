@@ -43,6 +43,7 @@ typedef struct {
         double lr, min_lr, weight_decay, beta1, beta2, eps, grad_clip;
         int max_steps, warmup_steps;
         char schedule[16];         /* cosine | linear | constant */
+        int skip_nonfinite;        /* steps with a NaN/Inf loss or gradient norm skipped before the run stops */
     } optim;
     struct {
         int grad_accum, zero_stage;
@@ -58,6 +59,7 @@ typedef struct {
     struct {
         int every;                 /* save every N steps (0: only at the end and on preemption) */
         int keep;                  /* newest checkpoints kept in run.dir */
+        int allow_new_data;        /* a resume may change data.train, data.seq_len or the global batch */
     } checkpoint;
     struct {
         int every;                 /* a log line every N steps */

@@ -1,4 +1,5 @@
 /* main.c — the ctrain command line: ctrain VERB CONFIG_OR_PATH [--set key=value]... */
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,11 +96,16 @@ static int cmd_eval(const args *a, ct_comm *comm)
     if (ct_run_agree(comm, rc, err) == 0) {
         double loss;
         if (ct_eval_loss(m, val, 0, B, T, comm, &loss, err, sizeof err)) ct_run_die(comm, err);
+        /* the loss is reduced: every rank sees alike whether it is finite */
+        rc = isfinite(loss) ? 0 : -1;
         if (ct_comm_rank(comm) == 0) {
             printf("model %s\nwindows %llu of %d tokens\n", from, (unsigned long long)ct_loader_windows(val), T + 1);
-            printf("val_loss %.6f\n", loss);
+            if (rc == 0) printf("val_loss %.6f\n", loss);
+            else
+                fprintf(stderr, "ctrain: error: %s: val_loss %s on data.val \"%s\" is not finite: the model's weights "
+                        "hold a NaN or Inf, or its outputs overflow\n", from, isnan(loss) ? "nan" : loss > 0 ? "inf" : "-inf",
+                        cfg.data.val);
         }
-        rc = 0;
     } else {
         rc = -1;
     }
@@ -223,11 +229,16 @@ static const verb verbs[] = {
     {"train", "ctrain train CONFIG [--set key=value]...",
      "Trains the model the config describes on data.train, on every rank of the job (mpirun or srun;\n"
      "without a launcher, one rank). Writes run.dir/ctrain.json (the resolved config), run.dir/metrics.jsonl\n"
-     "(one JSON object per step and per evaluation) and, at the end, run.dir/model.safetensors + config.json.",
+     "(one JSON object per step and per evaluation) and, at the end, run.dir/model.safetensors + config.json.\n"
+     "A run.dir with a checkpoint resumes from it, with the same data, sequence length, global batch and model\n"
+     "(checkpoint.allow_new_data lets the first three change). One job per run.dir (run.dir/ctrain.lock); a\n"
+     "run.dir inside model.init_from or lora.init_from is refused, and nothing is written before every check\n"
+     "has passed. A step whose loss or gradient norm is NaN or Inf is not applied and stops the run\n"
+     "(optim.skip_nonfinite: skip that many first).",
      1, cmd_train},
     {"eval", "ctrain eval CONFIG [--set key=value]...",
      "Evaluates the model of run.dir (or model.init_from, a Hugging Face model folder) on the whole of\n"
-     "data.val. The last line is `val_loss <float>`.",
+     "data.val. The last line is `val_loss <float>`; a loss that is not finite (NaN, Inf) is an error.",
      1, cmd_eval},
     {"sample", "ctrain sample CONFIG [--set key=value]...",
      "Writes text from the model of run.dir (or model.init_from): sample.prompt continued for\n"

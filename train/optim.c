@@ -142,6 +142,14 @@ void ct_optim_grad_ready(void *optim, size_t lo, size_t hi)
 }
 size_t ct_optim_state_bytes(const ct_optim *o) { return o->state_bytes; }
 
+int ct_optim_params_finite(ct_optim *o)
+{
+    const size_t es = o->be->elem_size;
+    double sumsq = o->be->sumsq(o->ctx, (char *)ct_model_trainable(o->model).params + o->begin * es, o->len);
+    if (o->zero_stage == 1 && ct_comm_allreduce_sum_f64(o->comm, &sumsq, 1)) return -1;
+    return isfinite(sumsq) ? 1 : 0;
+}
+
 int ct_optim_step(ct_optim *o, const ct_optim_hparams *h, float *grad_norm)
 {
     const ct_backend *be = o->be;
@@ -164,6 +172,9 @@ int ct_optim_step(ct_optim *o, const ct_optim_hparams *h, float *grad_norm)
     if (o->zero_stage == 1 && ct_comm_allreduce_sum_f64(o->comm, &sumsq, 1)) return -1;
     float norm = (float)sqrt(sumsq);
     *grad_norm = norm;
+    /* a NaN or Inf anywhere in the gradient makes the reduced sum non-finite on every rank: all
+     * ranks leave the step unapplied together, with no collective of their own */
+    if (!isfinite(norm) || h->hold) return 1;
     /* as torch.nn.utils.clip_grad_norm_ */
     float scale = (h->grad_clip > 0 && norm > h->grad_clip) ? h->grad_clip / (norm + 1e-6f) : 1.0f;
 

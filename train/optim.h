@@ -16,6 +16,8 @@
 typedef struct {
     float lr, beta1, beta2, eps, weight_decay;
     float grad_clip; /* global-norm clipping threshold; 0: none */
+    int hold;        /* nonzero: reduce and measure the gradients, apply nothing (the caller found the
+                      * step's loss not finite) */
 } ct_optim_hparams;
 
 typedef struct ct_optim ct_optim;
@@ -31,7 +33,10 @@ void ct_optim_free(ct_optim *o);
 
 /* One optimizer step on the model's accumulated gradients (already scaled so their sum over
  * ranks is the step's gradient): reduce, clip, AdamW, gather. *grad_norm receives the global
- * norm before clipping. Returns -1 on a communication error. */
+ * norm before clipping. Returns 0 when the step was applied; 1 when it was not, because the
+ * norm is not finite (NaN or Inf: every rank sees the same reduced value, so every rank
+ * returns 1) or h->hold is set: parameters, moments and the step count are then untouched;
+ * -1 on a communication error. */
 int ct_optim_step(ct_optim *o, const ct_optim_hparams *h, float *grad_norm);
 
 /* Whether the step's last backward should pass ct_optim_grad_ready (with the optimizer as its
@@ -52,6 +57,9 @@ float *ct_optim_exp_avg_sq(ct_optim *o);
 /* After the master weights were replaced (a resume): writes them into the model's parameters
  * and all-gathers them, so every rank holds the whole model again. Collective. */
 int ct_optim_sync_params(ct_optim *o);
+/* Whether every trainable parameter is finite (a sum of squares over each rank's slice, all
+ * reduced: NaN and Inf survive any order). Collective; -1 on a communication error. */
+int ct_optim_params_finite(ct_optim *o);
 /* Bytes of optimizer state this rank holds: m, v and a master copy where parameters are not
  * fp32 (not the reduced-gradient slice, a communication buffer of the same length). */
 size_t ct_optim_state_bytes(const ct_optim *o);

@@ -1,5 +1,6 @@
 /* trainer.c — the training loop: global batches, loss normalised over the whole step,
- * ZeRO-1 AdamW, the learning-rate schedule, evaluation, logging and the final weights. */
+ * ZeRO-1 AdamW, the learning-rate schedule, evaluation, logging and the final weights; steps
+ * whose loss or gradient norm is not finite are never applied. */
 #include "trainer.h"
 
 #include <errno.h>
@@ -16,7 +17,9 @@
 #include "hf_model.h"
 #include "lora.h"
 #include "optim.h"
+#include "resume.h"
 #include "run.h"
+#include "rundir.h"
 
 float ct_lr_at(const ct_config *c, int step)
 {
@@ -29,26 +32,6 @@ float ct_lr_at(const ct_config *c, int step)
     if (progress > 1) progress = 1;
     if (!strcmp(c->optim.schedule, "linear")) return (float)(lr - (lr - floor_lr) * progress);
     return (float)(floor_lr + 0.5 * (lr - floor_lr) * (1 + cos(M_PI * progress)));
-}
-
-/* mkdir -p */
-static int make_dirs(const char *path, char *err, size_t errlen)
-{
-    char buf[CT_PATH_MAX];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; ; p++) {
-        if (*p == '/' || *p == 0) {
-            char c = *p;
-            *p = 0;
-            if (mkdir(buf, 0777) != 0 && errno != EEXIST) {
-                snprintf(err, errlen, "run.dir: cannot create %s: %s", buf, strerror(errno));
-                return -1;
-            }
-            *p = c;
-            if (!c) break;
-        }
-    }
-    return 0;
 }
 
 static void format_duration(char *out, size_t n, double s)
@@ -96,10 +79,15 @@ typedef struct {
     char *config_json;         /* the resolved config, saved in every checkpoint */
     char resume[CT_PATH_MAX + 64]; /* checkpoint to resume from, or "" */
     ct_ckpt_state st;          /* step, tokens, loader cursor, rng: what a checkpoint restores */
+    ct_ckpt_state data;        /* data.train's identity (data_* fields), recorded in every checkpoint */
+    ct_resume_plan plan;       /* how the data goes on after a resume (checkpoint.allow_new_data) */
+    char good[CT_PATH_MAX + 64]; /* the newest checkpoint of a state that was all finite, or "" */
+    int lock_fd;               /* rank 0: run.dir/ctrain.lock, held until the end; -1 none */
 } run_state;
 
 static void run_free(run_state *s)
 {
+    ct_rundir_unlock(s->lock_fd);
     if (s->metrics) fclose(s->metrics);
     free(s->config_json);
     free(s->tokens);
@@ -142,6 +130,17 @@ static int setup(const ct_config *cfg, ct_comm *comm, run_state *s, char *from, 
               (cfg->data.val[0] && ct_run_check_dataset(tok, "data.val", cfg->data.val, err, errlen));
     ct_tokenizer_free(tok);
     if (bad) return -1;
+    /* a resume goes on with the data, windows, batch and model the checkpoint was trained with */
+    if (ct_resume_data_id(cfg->data.train, &s->data.data_tokens, &s->data.data_sample, s->data.data_digest, err,
+                          errlen))
+        return -1;
+    if (s->resume[0]) {
+        ct_ckpt_state saved;
+        if (ct_ckpt_read_state(s->resume, &saved, err, errlen) ||
+            ct_resume_check(cfg, world, ct_model_config_of(s->model), &s->data, s->resume, &saved, &s->plan, err,
+                            errlen))
+            return -1;
+    }
     int V = ct_model_config_of(s->model)->vocab_size;
     ct_loader_opts lo = {.path = cfg->data.train, .seq_len = T, .micro_batch = B, .grad_accum = A, .rank = rank,
                          .world = world, .seed = (uint64_t)cfg->run.seed, .shuffle = 1, .vocab_size = V};
@@ -162,17 +161,28 @@ static int setup(const ct_config *cfg, ct_comm *comm, run_state *s, char *from, 
         snprintf(err, errlen, "out of memory for %d micro-batches of %d x %d tokens", A, B, T);
         return -1;
     }
-    if (rank == 0) {
-        if (make_dirs(cfg->run.dir, err, errlen)) return -1;
-        char path[CT_PATH_MAX + 32];
-        snprintf(path, sizeof path, "%s/ctrain.json", cfg->run.dir);
-        FILE *f = fopen(path, "w");
-        int ok = f && fputs(s->config_json, f) >= 0 && fputc('\n', f) != EOF;
-        if (f && fclose(f)) ok = 0;
-        if (!ok) {
-            snprintf(err, errlen, "run.dir: cannot write %s: %s", path, strerror(errno));
-            return -1;
-        }
+    return 0;
+}
+
+/* Before anything else: run.dir must not overlap the inputs, and no other job may hold it
+ * (rank 0 locks it for the job's lifetime). Writes nothing into run.dir but the lock file. */
+static int claim(const ct_config *cfg, ct_comm *comm, run_state *s, char *err, size_t errlen)
+{
+    if (ct_rundir_check_inputs(cfg, err, errlen)) return -1;
+    return ct_comm_rank(comm) == 0 ? ct_rundir_lock(cfg->run.dir, &s->lock_fd, err, errlen) : 0;
+}
+
+/* Rank 0, once every check has passed: run.dir/ctrain.json, the resolved config. */
+static int write_config(const ct_config *cfg, const run_state *s, char *err, size_t errlen)
+{
+    char path[CT_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/ctrain.json", cfg->run.dir);
+    FILE *f = fopen(path, "w");
+    int ok = f && fputs(s->config_json, f) >= 0 && fputc('\n', f) != EOF;
+    if (f && fclose(f)) ok = 0;
+    if (!ok) {
+        snprintf(err, errlen, "run.dir: cannot write %s: %s", path, strerror(errno));
+        return -1;
     }
     return 0;
 }
@@ -204,18 +214,65 @@ static int open_metrics(const ct_config *cfg, run_state *s, int64_t resume_step,
     return 0;
 }
 
-static void evaluate(const ct_config *cfg, ct_comm *comm, run_state *s, int step, double *val_loss)
+/* A failure every rank finds alike, from reduced values: rank 0 says it once (no rank named: it
+ * is the job's), and every rank returns -1; no collective is needed. */
+static int fail_alike(ct_comm *comm, const char *err)
 {
-    char err[1024];
+    if (ct_comm_rank(comm) == 0) {
+        fprintf(stderr, "ctrain: error: %s\n", err);
+        fflush(stderr);
+    }
+    return -1;
+}
+
+/* x for a message: %g, but NaN as "nan" whatever its sign bit */
+static const char *show(char *buf, size_t n, double x)
+{
+    if (isnan(x)) snprintf(buf, n, "nan");
+    else snprintf(buf, n, "%g", x);
+    return buf;
+}
+
+/* The newest checkpoint of a finite state, for messages. */
+static const char *newest_good(const run_state *s)
+{
+    return s->good[0] ? s->good : "none was written";
+}
+
+/* Evaluates after step; -1 with err, on every rank alike (the loss is reduced), when the val
+ * loss is not finite: the run then stops before it saves anything of this state. */
+static int evaluate(const ct_config *cfg, ct_comm *comm, run_state *s, int step, double *val_loss, char *err,
+                    size_t errlen)
+{
     if (ct_eval_loss(s->model, s->val, cfg->log.eval_batches, cfg->data.micro_batch, cfg->data.seq_len, comm,
-                     val_loss, err, sizeof err))
+                     val_loss, err, errlen))
         ct_run_die(comm, err); /* rank-local failures: the other ranks wait in a collective */
+    if (!isfinite(*val_loss)) {
+        char v[32];
+        snprintf(err, errlen, "step %d: val_loss %s on data.val is not finite: the model's outputs overflow; no "
+                 "checkpoint of this step is written (the newest checkpoint: %s); lower optim.lr or check data.val",
+                 step, show(v, sizeof v, *val_loss), newest_good(s));
+        return -1;
+    }
     if (ct_comm_rank(comm) == 0) {
         printf("step %5d | val_loss %.4f\n", step, *val_loss);
         fprintf(s->metrics, "{\"step\": %d, \"val_loss\": %.6f}\n", step, *val_loss);
         fflush(s->metrics);
         fflush(stdout);
     }
+    return 0;
+}
+
+/* Whether the weights are all finite (collective); -1 with err naming the step when not, so
+ * that nothing of them is saved. */
+static int weights_finite(ct_comm *comm, run_state *s, int step, char *err, size_t errlen)
+{
+    int fin = ct_optim_params_finite(s->optim);
+    if (fin < 0) ct_run_die(comm, "communication failed");
+    if (fin) return 0;
+    snprintf(err, errlen, "step %d: the weights are not finite after this step: nothing of them is saved (the newest "
+             "checkpoint: %s); lower optim.lr or set optim.grad_clip", step, newest_good(s));
+    return -1;
 }
 
 /* Saves a checkpoint of the state after `step`; returns as ct_ckpt_save, and the caller reports. */
@@ -227,11 +284,16 @@ static int save(const ct_config *cfg, ct_comm *comm, run_state *s, int step, lon
     s->st.cursor = ct_loader_tell(s->train);
     s->st.world = ct_comm_size(comm);
     s->st.zero_stage = cfg->parallel.zero_stage;
+    s->st.data_tokens = s->data.data_tokens;
+    s->st.data_sample = s->data.data_sample;
+    snprintf(s->st.data_digest, sizeof s->st.data_digest, "%s", s->data.data_digest);
+    if (weights_finite(comm, s, step, err, errlen)) return -1;
     char path[CT_PATH_MAX + 64];
     double t0 = omp_get_wtime();
     int rc = ct_ckpt_save(cfg->run.dir, cfg->checkpoint.keep, s->model, s->optim, &s->st, s->config_json, comm, path,
                           sizeof path, err, errlen);
     if (rc) return rc; /* -1 here, -2 where only another rank failed: ct_run_agree reports the right one */
+    snprintf(s->good, sizeof s->good, "%s", path);
     if (ct_comm_rank(comm) == 0) {
         printf("step %5d | checkpoint %s (%.2f s)\n", step, path, omp_get_wtime() - t0);
         fflush(stdout);
@@ -243,11 +305,16 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
 {
     int rank = ct_comm_rank(comm), world = ct_comm_size(comm);
     int B = cfg->data.micro_batch, T = cfg->data.seq_len, A = cfg->parallel.grad_accum;
-    run_state s = {0};
+    run_state s = {.lock_fd = -1};
     char err[2048] = "", from[CT_PATH_MAX + 64] = "";
     ct_run_threads(comm);
     catch_stop_signals();
-    int rc = setup(cfg, comm, &s, from, sizeof from, err, sizeof err);
+    int rc = claim(cfg, comm, &s, err, sizeof err);
+    if (ct_run_agree(comm, rc, err)) {
+        run_free(&s);
+        return -1;
+    }
+    rc = setup(cfg, comm, &s, from, sizeof from, err, sizeof err);
     if (ct_run_agree(comm, rc, err)) {
         run_free(&s);
         return -1;
@@ -264,10 +331,13 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
             run_free(&s);
             return -1;
         }
-        ct_loader_seek(s.train, s.st.cursor);
+        ct_loader_seek(s.train, ct_resume_cursor(&s.plan, s.st.cursor, (uint64_t)B * A * world));
+        snprintf(s.good, sizeof s.good, "%s", s.resume);
     }
     load_s = omp_get_wtime() - load_s;
-    rc = rank == 0 ? open_metrics(cfg, &s, s.st.step, err, sizeof err) : 0;
+    /* every check has passed: only now is anything of run.dir written */
+    rc = rank == 0 && (write_config(cfg, &s, err, sizeof err) || open_metrics(cfg, &s, s.st.step, err, sizeof err))
+             ? -1 : 0;
     if (ct_run_agree(comm, rc, err)) {
         run_free(&s);
         return -1;
@@ -290,6 +360,9 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         if (s.resume[0])
             printf("ctrain: resumed from %s at step %lld (saved by %d rank%s; loaded in %.2f s)\n", s.resume,
                    (long long)s.st.step, s.st.world, s.st.world > 1 ? "s" : "", load_s);
+        if (s.plan.note[0])
+            printf("ctrain: changed since the checkpoint, as checkpoint.allow_new_data allows: %s; the data goes on "
+                   "%s\n", s.plan.note, s.plan.restart ? "from its beginning" : "from the same share of its epoch");
         printf("ctrain: %ld tokens per step = %d micro-batch x %d tokens x %d accumulation x %d ranks; "
                "%llu steps per epoch\n",
                tokens_per_step, B, T, A, world, (unsigned long long)ct_loader_steps_per_epoch(s.train));
@@ -341,19 +414,34 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
             sums[0] += sum;
         }
         ct_model_set_training(s.model, 0);
-        hp.lr = ct_lr_at(cfg, step);
-        float norm;
-        if (ct_optim_step(s.optim, &hp, &norm)) ct_run_die(comm, "communication failed in the optimizer step");
+        /* the loss first (the same reduction as always, moved): whether the step may be applied
+         * is decided from reduced values, which every rank sees alike */
         if (ct_comm_allreduce_sum_f64(comm, sums, 2)) ct_run_die(comm, "communication failed");
         double loss = count > 0 ? sums[0] / count : 0.0;
+        hp.lr = ct_lr_at(cfg, step);
+        hp.hold = !isfinite(loss);
+        float norm;
+        rc = ct_optim_step(s.optim, &hp, &norm);
+        if (rc < 0) ct_run_die(comm, "communication failed in the optimizer step");
+        int held = rc == 1; /* not applied: the loss or the gradient norm is NaN or Inf */
+        /* steps not applied so far, this one included (the optimizer counts the applied ones,
+         * and a checkpoint restores both counts) */
+        int skipped = step - ct_optim_steps_taken(s.optim);
         double dt = omp_get_wtime() - t0;
 
         if (rank == 0) {
             double tps = tokens_per_step / dt;
+            char l[32] = "null", g[32] = "null"; /* JSON has no NaN or Inf */
+            if (isfinite(loss)) snprintf(l, sizeof l, "%.8f", loss);
+            if (isfinite(norm)) snprintf(g, sizeof g, "%.6f", norm);
             fprintf(s.metrics,
-                    "{\"step\": %d, \"loss\": %.8f, \"lr\": %.6g, \"grad_norm\": %.6f, \"ms\": %.2f, "
-                    "\"tokens_per_s\": %.1f, \"tokens\": %ld}\n",
-                    step, loss, hp.lr, norm, dt * 1e3, tps, tokens_per_step * (long)step);
+                    "{\"step\": %d, \"loss\": %s, \"lr\": %.6g, \"grad_norm\": %s, \"ms\": %.2f, "
+                    "\"tokens_per_s\": %.1f, \"tokens\": %ld%s}\n",
+                    step, l, hp.lr, g, dt * 1e3, tps, tokens_per_step * (long)step, held ? ", \"nonfinite\": true" : "");
+            if (held && skipped <= cfg->optim.skip_nonfinite)
+                fprintf(stderr, "ctrain: warning: step %d: loss %s, gradient norm %s: not finite: the step is skipped, "
+                        "not applied (%d of the %d steps optim.skip_nonfinite allows)\n", step, show(l, sizeof l, loss),
+                        show(g, sizeof g, norm), skipped, cfg->optim.skip_nonfinite);
             if (step % cfg->log.every == 0 || step == first || step == cfg->optim.max_steps) {
                 char eta[32];
                 double elapsed = omp_get_wtime() - t_start;
@@ -364,13 +452,28 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
             }
             fflush(s.metrics);
         }
+        if (held && skipped > cfg->optim.skip_nonfinite) { /* every rank alike: the values are reduced */
+            char l[32], g[32];
+            snprintf(err, sizeof err, "step %d: loss %s, gradient norm %s: not finite (a NaN or Inf weight or input, "
+                     "or too high an optim.lr): the step was not applied and nothing of it is saved; %d such step%s, "
+                     "optim.skip_nonfinite allows %d; the newest checkpoint: %s", step, show(l, sizeof l, loss),
+                     show(g, sizeof g, norm), skipped, skipped > 1 ? "s" : "", cfg->optim.skip_nonfinite,
+                     newest_good(&s));
+            fail_alike(comm, err);
+            run_free(&s);
+            return -1;
+        }
         if (sums[1] > 0) { /* preempted: every rank saw the flag in the same reduction */
             preempted = step;
             break;
         }
         int last = step == cfg->optim.max_steps;
-        if (s.val && ((cfg->log.eval_every && step % cfg->log.eval_every == 0) || last))
-            evaluate(cfg, comm, &s, step, &val_loss);
+        if (s.val && ((cfg->log.eval_every && step % cfg->log.eval_every == 0) || last) &&
+            evaluate(cfg, comm, &s, step, &val_loss, err, sizeof err)) {
+            fail_alike(comm, err);
+            run_free(&s);
+            return -1;
+        }
         if ((cfg->checkpoint.every && step % cfg->checkpoint.every == 0) || last) {
             rc = save(cfg, comm, &s, step, tokens_per_step, err, sizeof err);
             if (ct_run_agree(comm, rc, err)) {
@@ -392,8 +495,8 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
     /* payload handed to collectives per step (evaluations and checkpoints add a few bytes) */
     int ran = cfg->optim.max_steps - first + 1;
     double comm_per_step = ran > 0 ? (double)(ct_comm_bytes(comm) - bytes_start) / ran : 0;
-    rc = 0;
-    if (rank == 0) {
+    rc = weights_finite(comm, &s, cfg->optim.max_steps, err, sizeof err);
+    if (rc == 0 && rank == 0) {
         size_t flat = ct_model_trainable(s.model).numel;
         printf("ctrain: %.3f MiB passed to collectives per step per rank; flat buffer %zu floats (%.3f MiB)\n",
                comm_per_step / 1048576.0, flat, flat * 4 / 1048576.0);
