@@ -476,14 +476,17 @@ static void test_bad_folders(void)
     expect_open_fail(dir, "weight_map an array", index, "weight_map: not a JSON object", NULL);
     bad_folder("{\"weight_map\": {\"a\": \"s1.safetensors\"}, \"weight_map\": {\"a\": \"s1.safetensors\"}}", "a",
                NULL);
-    expect_open_fail(dir, "weight_map twice", index, "weight_map", "twice");
+    expect_open_fail(dir, "weight_map twice", index, "weight_map: key given twice", NULL);
     bad_folder("{\"metadata\": 5, \"weight_map\": {\"a\": \"s1.safetensors\"}}", "a", NULL);
     expect_open_fail(dir, "metadata a number", index, "metadata", "not a JSON object");
     bad_folder("{\"weight_map\": {\"a\": 1}}", "a", NULL);
     expect_open_fail(dir, "value not a string", index, "'a'", "not a string");
     bad_folder("{\"weight_map\": {\"a\": \"s1.safetensors\", \"b\": \"s1.safetensors\", \"a\": \"s1.safetensors\"}}",
                "a,b", NULL);
-    expect_open_fail(dir, "tensor listed twice", index, "'a'", "listed twice");
+    expect_open_fail(dir, "tensor listed twice", index, "weight_map.a: key given twice", NULL);
+    /* a NUL would have cut a tensor or shard name short */
+    bad_folder("{\"weight_map\": {\"a\": \"s1.safetensors\\u0000.bak\"}}", "a", NULL);
+    expect_open_fail(dir, "NUL in a shard name", index, "weight_map.a: holds \\u0000", NULL);
 
     /* shard names must be plain file names, even when the file outside exists and is valid */
     put_shard(P("x.safetensors", NULL), "a");

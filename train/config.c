@@ -1,6 +1,7 @@
 /* config.c — the key table (defaults, ranges, help), JSON loading, overrides, validation. */
 #include "config.h"
 
+#include "json_check.h"
 #include "json_file.h"
 
 #include <cjson/cJSON.h>
@@ -234,12 +235,6 @@ static int apply_json(ct_config *cfg, const cJSON *root, const char *path, char 
                 snprintf(err, errlen, "%s: unknown key '%s' (did you mean '%s'?)", path, key, nearest(key, 0));
                 return -1;
             }
-            for (const cJSON *other = sec->child; other != item; other = other->next) {
-                if (!strcmp(other->string, item->string)) {
-                    snprintf(err, errlen, "%s: %s: given twice", path, key);
-                    return -1;
-                }
-            }
             if (set_value(cfg, k, item, path, err, errlen)) return -1;
         }
     }
@@ -264,6 +259,10 @@ static int apply_override(ct_config *cfg, const char *ov, char *err, size_t errl
     }
     /* a JSON value, or else a bare string (--set run.dir=runs/x) */
     cJSON *v = cJSON_Parse(eq + 1);
+    if (v && ct_json_check(eq + 1, strlen(eq + 1), v, where, err, errlen)) {
+        cJSON_Delete(v);
+        return -1;
+    }
     if (!v || (k->type == K_STR && !cJSON_IsString(v))) {
         cJSON_Delete(v);
         v = cJSON_CreateString(eq + 1);
@@ -278,7 +277,8 @@ int ct_config_parse(ct_config *cfg, const char *text, const char *name, char *er
     ct_config_defaults(cfg);
     cJSON *root = cJSON_Parse(text);
     if (!root) return snprintf(err, errlen, "%s: malformed JSON", name), -1;
-    int rc = apply_json(cfg, root, name, err, errlen);
+    int rc = ct_json_check(text, strlen(text), root, name, err, errlen);
+    if (rc == 0) rc = apply_json(cfg, root, name, err, errlen);
     if (rc == 0) rc = ct_config_check(cfg, err, errlen);
     cJSON_Delete(root);
     return rc;

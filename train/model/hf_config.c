@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "arch.h"
+#include "json_check.h"
 #include "json_file.h"
 #include "safetensors.h"
 
@@ -185,7 +186,8 @@ int ct_hf_config_parse_text(const char *text, const char *name, ct_model_config 
 {
     cJSON *root = cJSON_Parse(text);
     if (!root) return snprintf(err, errlen, "%s: malformed model config JSON", name), -1;
-    int rc = ct_hf_config_parse(root, name, c, err, errlen);
+    int rc = ct_json_check(text, strlen(text), root, name, err, errlen);
+    if (rc == 0) rc = ct_hf_config_parse(root, name, c, err, errlen);
     cJSON_Delete(root);
     return rc;
 }
