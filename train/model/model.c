@@ -509,6 +509,90 @@ oom:
 }
 
 int ct_model_has_lora(const ct_model *m) { return m->adapters != NULL; }
+
+/* ---------------------------------------------------------------- the base's fingerprint */
+
+static uint64_t fp_mix(uint64_t h, uint64_t v)
+{
+    h = (h ^ v) * 0x9E3779B97F4A7C15ull;
+    return h ^ (h >> 29);
+}
+
+static uint64_t fp_bytes(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    h = fp_mix(h, n);
+    for (size_t i = 0; i < n; i++) h = fp_mix(h, b[i]);
+    return h;
+}
+
+/* fp32 to bf16 bits, rounding to nearest even (NaN kept quiet), as to_storage does on CUDA */
+static uint16_t fp_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+enum { FP_BLOCK = 1 << 16, FP_CHUNK = 1 << 22 };
+
+/* One block of values, four lanes so the multiplies overlap; independent of the thread count. */
+static uint64_t fp_block(const float *x, size_t n)
+{
+    uint64_t lane[4] = {1, 2, 3, 4};
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int k = 0; k < 4; k++) lane[k] = fp_mix(lane[k], fp_bf16(x[i + k]));
+    for (; i < n; i++) lane[0] = fp_mix(lane[0], fp_bf16(x[i]));
+    return fp_mix(fp_mix(fp_mix(fp_mix(n, lane[0]), lane[1]), lane[2]), lane[3]);
+}
+
+const char *ct_model_base_fingerprint(ct_model *m)
+{
+    if (m->base_fp[0]) return m->base_fp;
+    const ct_model_config *c = &m->cfg;
+    uint64_t h = fp_bytes(0x63747261696e3031ull, c->model_type, strlen(c->model_type));
+    const double fields[] = {c->n_head, c->n_kv_head, c->head_dim, c->norm_eps, c->rope_theta, c->rope_llama3,
+                             c->rope_factor, c->rope_low_freq, c->rope_high_freq, c->rope_orig_max, c->window,
+                             c->window_from, c->qkv_bias, c->o_bias, c->mlp_bias, c->untied};
+    h = fp_bytes(h, fields, sizeof fields);
+    size_t big = 0;
+    for (int i = 0; i < m->ntensors; i++) big = m->tensors[i].numel > big ? m->tensors[i].numel : big;
+    size_t chunk = big < FP_CHUNK ? big : FP_CHUNK;
+    float *host = malloc((chunk ? chunk : 1) * sizeof(float));
+    void *tmp = m->be->alloc((chunk ? chunk : 1) * sizeof(float));
+    for (int i = 0; i < m->ntensors; i++) {
+        const ct_param *p = &m->tensors[i];
+        h = fp_bytes(h, p->name, strlen(p->name));
+        h = fp_bytes(h, p->shape, sizeof p->shape);
+        for (size_t at = 0; host && tmp && at < p->numel; at += chunk) {
+            size_t n = p->numel - at < chunk ? p->numel - at : chunk;
+            m->be->to_f32(m->ctx, tmp, (char *)m->params + (p->offset + at) * m->be->elem_size, n);
+            m->be->download(m->ctx, host, tmp, n * sizeof(float));
+            size_t nb = (n + FP_BLOCK - 1) / FP_BLOCK;
+            uint64_t *bh = malloc(nb * sizeof *bh);
+            if (!bh) {
+                free(host), host = NULL;
+                break;
+            }
+#pragma omp parallel for schedule(static)
+            for (size_t b = 0; b < nb; b++)
+                bh[b] = fp_block(host + b * FP_BLOCK, b + 1 < nb ? FP_BLOCK : n - b * FP_BLOCK);
+            for (size_t b = 0; b < nb; b++) h = fp_mix(h, bh[b]);
+            free(bh);
+        }
+    }
+    int ok = host && tmp;
+    if (tmp) m->be->free(tmp);
+    free(host);
+    if (!ok) return NULL; /* out of memory: names and shapes alone would match other bases */
+    snprintf(m->base_fp, sizeof m->base_fp, "%016llx", (unsigned long long)h);
+    return m->base_fp;
+}
+
+void ct_model_base_changed(ct_model *m) { m->base_fp[0] = 0; }
 float ct_model_lora_scale(const ct_model *m) { return m->lora_scale; }
 void ct_model_set_dropout_seed(ct_model *m, uint64_t seed) { m->dropout_seed = seed; }
 void ct_model_set_training(ct_model *m, int on) { m->training = on; }

@@ -140,6 +140,15 @@ int ct_model_add_lora(ct_model *m, const unsigned char *select, int r, float sca
                       char *err, size_t errlen);
 int ct_model_has_lora(const ct_model *m);
 float ct_model_lora_scale(const ct_model *m);
+/* What a LoRA run records of its base and checks again before adapters meet a base (continue,
+ * eval, merge): NULL when memory runs out, else 16 hex digits of a 64-bit hash of the family and the config fields no tensor
+ * shows (heads, head_dim, norm epsilon, rope and window settings), then every base tensor's name,
+ * shape and whole content rounded to bf16 (so the same base in F32, BF16 or on either backend
+ * matches; another model, another fine-tune of it or an edited config does not). Computed on the
+ * first call (the base weights are downloaded once, in chunks) and kept: the base is frozen.
+ * ct_model_base_changed forgets it (ct_lora_merge changes the base). */
+const char *ct_model_base_fingerprint(ct_model *m);
+void ct_model_base_changed(ct_model *m);
 /* The seed of the adapters' dropout masks for the next forward and its backward. */
 void ct_model_set_dropout_seed(ct_model *m, uint64_t seed);
 /* Training mode turns dropout on; a model starts in inference mode (evaluation, sampling). */
