@@ -866,16 +866,6 @@ static void test_peft_io(void)
 
 /* ---------------------------------------------------------------- 5b. the base adapters belong to */
 
-static float round_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    u &= 0xffff0000u;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 static void test_base_fingerprint(void)
 {
     ct_lora_spec s = make_spec("c_attn", 2, 3.0f, 0.0f, 0);
@@ -899,7 +889,7 @@ static void test_base_fingerprint(void)
     float *w = ct_model_params(same);
     for (int i = 0; i < ct_model_num_tensors(same); i++) {
         const ct_param *p = ct_model_tensor(same, i);
-        for (size_t k = 0; k < p->numel; k++) w[p->offset + k] = round_bf16(w[p->offset + k]);
+        for (size_t k = 0; k < p->numel; k++) w[p->offset + k] = ct_test_bf16(w[p->offset + k]);
     }
     CHECK(ct_lora_load_peft(same, dir, err, sizeof err) == 0);
     if (err[0]) fprintf(stderr, "  same base in bf16: %s\n", err);
