@@ -14,6 +14,7 @@
  * text instead. */
 #include "data.h"
 #include "data_impl.h"
+#include "json_check.h"
 #include "tokenizer_impl.h"
 
 #include <cjson/cJSON.h>
@@ -699,6 +700,9 @@ static cJSON *read_json(const char *path, char *err, size_t errlen)
             FAIL("%s: malformed JSON near byte %zu", path, (size_t)(w - buf));
         else
             FAIL("%s: malformed JSON", path);
+    } else if (ct_json_check(buf, len, j, path, err, errlen)) {
+        cJSON_Delete(j);
+        j = NULL;
     } else if (!cJSON_IsObject(j)) {
         FAIL("%s: not a JSON object", path);
         cJSON_Delete(j);

@@ -216,16 +216,20 @@ void ct_dataset_meta_for(ct_dataset_meta *m, const ct_tokenizer *t, const char *
 
 /* Writes a dataset (to "<path>.tmp", renamed when complete; contiguous, uncompressed). loss_mask
  * and doc_offsets may be NULL. Refuses n = 0, a token >= vocab_size, an empty tokenizer name or
- * digest, doc_offsets that are not strictly increasing or not below n, and packing masked without
- * doc_offsets. On any error path is left as it was, and path.tmp is removed. */
+ * digest, a loss_mask of zeros only, doc_offsets that are not strictly increasing or not below n,
+ * and packing masked without doc_offsets. On any error path is left as it was, and path.tmp is removed. */
 int ct_dataset_write(const char *path, const uint32_t *tokens, size_t n, const uint8_t *loss_mask,
                      const uint64_t *doc_offsets, size_t ndocs, const ct_dataset_meta *meta, char *err,
                      size_t errlen);
-/* Opens and validates a dataset: /tokens present, 1-D, an integer type (any width or sign,
- * as h5py writes numpy arrays: values are converted to uint32 on read, and one that does not
- * fit is a read error); /loss_mask (if any) 1-D, integer or bool, of the same length;
- * /doc_offsets (if any) 1-D integer, and present and not empty when packing is masked;
- * attributes present and sane (vocab_size in [1, INT_MAX]). */
+/* Opens and validates a dataset: a regular file (a FIFO would block); /tokens present, 1-D, an
+ * integer type (any width or sign, as h5py writes numpy arrays: values are converted to uint32 on
+ * read, and one that does not fit is a read error); /loss_mask (if any) 1-D, integer or bool, of
+ * the same length, with at least one non-zero value (an index: in some shard); /doc_offsets (if
+ * any) 1-D integer, and present and not empty when packing is masked; every one of them written
+ * (HDF5 reads a dataset it allocated no storage for, a chunk never stored, a virtual dataset's
+ * missing source or unmapped positions as zeros: each is refused; virtual datasets must map
+ * contiguous ranges of existing, written, non-virtual sources over every position); attributes
+ * present and sane (vocab_size in [1, INT_MAX]). */
 int ct_dataset_open(ct_dataset **out, const char *path, char *err, size_t errlen);
 void ct_dataset_close(ct_dataset *ds);
 const char *ct_dataset_path(const ct_dataset *ds);

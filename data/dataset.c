@@ -35,6 +35,7 @@ struct ct_dataset {
     uint64_t *shard_start;    /* [nshards + 1] */
     uint64_t *doc_start;      /* [nshards + 1] the first document of each shard */
     int any_mask;             /* some shard has /loss_mask */
+    int has_target;           /* some token counts as a target (no /loss_mask, or a 1 in it) */
     ct_dataset *cache[SHARD_CACHE];
     size_t cache_shard[SHARD_CACHE];
     uint64_t cache_used[SHARD_CACHE], clock;
@@ -117,6 +118,137 @@ static H5T_conv_ret_t conv_except(H5T_conv_except_t kind, hid_t src, hid_t dst, 
 
 /* ---- open and validate */
 
+/* A virtual dataset's source file: as HDF5 looks for it (".": this file; an absolute name; else
+ * under $HDF5_VDS_PREFIX, beside the virtual dataset's file, then from the working directory).
+ * out[cap] gets the first that is a regular file; 0 when none is. */
+static int vds_source_path(const ct_dataset *ds, const char *name, char *out, size_t cap)
+{
+    struct stat st;
+    const char *slash = strrchr(ds->path, '/'), *env = getenv("HDF5_VDS_PREFIX");
+    int dirlen = slash ? (int)(slash - ds->path) : 1;
+    const char *dir = slash ? ds->path : ".";
+    if (!strcmp(name, ".")) return snprintf(out, cap, "%s", ds->path), 1;
+    if (name[0] == '/') return snprintf(out, cap, "%s", name), stat(out, &st) == 0 && S_ISREG(st.st_mode);
+    if (env && *env) {
+        snprintf(out, cap, "%s/%s", env, name);
+        if (stat(out, &st) == 0 && S_ISREG(st.st_mode)) return 1;
+    }
+    snprintf(out, cap, "%.*s/%s", dirlen, dir, name);
+    if (stat(out, &st) == 0 && S_ISREG(st.st_mode)) return 1;
+    snprintf(out, cap, "%s", name);
+    return stat(out, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int cmp_span(const void *a, const void *b)
+{
+    const hsize_t *x = a, *y = b;
+    return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
+/* A virtual dataset reads a missing source, or a position no mapping covers, as its fill value
+ * (zeros) without a word: every mapping must be a contiguous range, the ranges must tile [0, len),
+ * and each source must be there (file and dataset, written, not itself virtual) and long enough. */
+static int check_virtual(ct_dataset *ds, const char *name, hid_t dcpl, size_t len, char *err, size_t errlen)
+{
+    size_t count = 0;
+    if (H5Pget_virtual_count(dcpl, &count) < 0 || count == 0)
+        return ct_data_fail(err, errlen, "%s: /%s: a virtual dataset without sources", ds->path, name);
+    hsize_t *span = calloc(count, 2 * sizeof *span);
+    if (!span) return ct_data_fail(err, errlen, "%s: out of memory", ds->path);
+    int rc = 0;
+    for (size_t i = 0; i < count && !rc; i++) {
+        char file[1024] = "", dset[1024] = "", found[4096];
+        hid_t vs = H5Pget_virtual_vspace(dcpl, i), ss = H5Pget_virtual_srcspace(dcpl, i);
+        hsize_t vlo = 0, vhi = 0, slo = 0, shi = 0;
+        hssize_t vn = vs >= 0 ? H5Sget_select_npoints(vs) : -1, sn = ss >= 0 ? H5Sget_select_npoints(ss) : -1;
+        if (H5Pget_virtual_filename(dcpl, i, file, sizeof file) < 0 || H5Pget_virtual_dsetname(dcpl, i, dset, sizeof dset) < 0 ||
+            vn <= 0 || sn != vn || H5Sget_select_bounds(vs, &vlo, &vhi) < 0 || H5Sget_select_bounds(ss, &slo, &shi) < 0 ||
+            (hsize_t)vn != vhi - vlo + 1)
+            rc = ct_data_fail(err, errlen, "%s: /%s: virtual mapping %zu: not a contiguous range of one source "
+                              "(ctrain reads plain mappings only)", ds->path, name, i);
+        else if (strchr(file, '%') || strchr(dset, '%'))
+            rc = ct_data_fail(err, errlen, "%s: /%s: virtual mapping %zu: printf-style source names (%s, %s) are not "
+                              "supported", ds->path, name, i, file, dset);
+        else if (!vds_source_path(ds, file, found, sizeof found))
+            rc = ct_data_fail(err, errlen, "%s: /%s: virtual mapping %zu: its source file %s is missing (HDF5 would "
+                              "read positions [%llu, %llu] as zeros)", ds->path, name, i, file,
+                              (unsigned long long)vlo, (unsigned long long)vhi);
+        else {
+            hid_t f = strcmp(file, ".") ? H5Fopen(found, H5F_ACC_RDONLY, H5P_DEFAULT) : ds->file;
+            hid_t d = f >= 0 && H5Lexists(f, dset, H5P_DEFAULT) > 0 ? H5Dopen2(f, dset, H5P_DEFAULT) : H5I_INVALID_HID;
+            hid_t sp = d >= 0 ? H5Dget_space(d) : H5I_INVALID_HID, pl = d >= 0 ? H5Dget_create_plist(d) : H5I_INVALID_HID;
+            hsize_t dims[8] = {0};
+            int nd = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
+            H5D_space_status_t status = H5D_SPACE_STATUS_ERROR;
+            if (d >= 0) H5Dget_space_status(d, &status);
+            if (nd >= 1 && nd <= 8) H5Sget_simple_extent_dims(sp, dims, NULL);
+            if (d < 0)
+                rc = ct_data_fail(err, errlen, "%s: /%s: virtual mapping %zu: %s holds no dataset %s (HDF5 would read "
+                                  "positions [%llu, %llu] as zeros)", ds->path, name, i, found, dset,
+                                  (unsigned long long)vlo, (unsigned long long)vhi);
+            else if (pl >= 0 && H5Pget_layout(pl) == H5D_VIRTUAL)
+                rc = ct_data_fail(err, errlen, "%s: /%s: virtual mapping %zu: its source %s:%s is virtual too (not "
+                                  "supported)", ds->path, name, i, found, dset);
+            else if (nd != 1 || shi >= dims[0])
+                rc = ct_data_fail(err, errlen, "%s: /%s: virtual mapping %zu: its source %s:%s has %llu values, fewer "
+                                  "than the mapping reads (to %llu)", ds->path, name, i, found, dset,
+                                  (unsigned long long)dims[0], (unsigned long long)shi + 1);
+            else if (dims[0] && status != H5D_SPACE_STATUS_ALLOCATED)
+                rc = ct_data_fail(err, errlen, "%s: /%s: virtual mapping %zu: its source %s:%s was never (fully) "
+                                  "written", ds->path, name, i, found, dset);
+            if (pl >= 0) H5Pclose(pl);
+            if (sp >= 0) H5Sclose(sp);
+            if (d >= 0) H5Dclose(d);
+            if (f >= 0 && f != ds->file) H5Fclose(f);
+        }
+        span[2 * i] = vlo, span[2 * i + 1] = vhi + 1;
+        if (vs >= 0) H5Sclose(vs);
+        if (ss >= 0) H5Sclose(ss);
+    }
+    if (!rc) { /* the mappings tile [0, len) */
+        qsort(span, count, 2 * sizeof *span, cmp_span);
+        hsize_t at = 0;
+        for (size_t i = 0; i <= count && !rc; i++) {
+            hsize_t lo = i < count ? span[2 * i] : (hsize_t)len;
+            if (lo < at)
+                rc = ct_data_fail(err, errlen, "%s: /%s: virtual mappings overlap at position %llu", ds->path, name,
+                                  (unsigned long long)lo);
+            else if (lo > at)
+                rc = ct_data_fail(err, errlen, "%s: /%s: positions [%llu, %llu) map to no source (HDF5 would read them "
+                                  "as zeros)", ds->path, name, (unsigned long long)at, (unsigned long long)lo);
+            if (i < count) at = span[2 * i + 1];
+        }
+    }
+    free(span);
+    return rc;
+}
+
+/* A dataset HDF5 allocated no storage for (created, never written: h5py's create_dataset without
+ * data) or only some chunks of reads as its fill value, zeros, without an error: refused, as is a
+ * virtual dataset with a missing source. Empty datasets are what they say. */
+static int check_written(ct_dataset *ds, const char *name, hid_t dset, size_t len, char *err, size_t errlen)
+{
+    if (len == 0) return 0;
+    hid_t dcpl = H5Dget_create_plist(dset);
+    if (dcpl < 0) return ct_data_fail(err, errlen, "%s: /%s: cannot read its storage layout", ds->path, name);
+    int rc = 0;
+    if (H5Pget_layout(dcpl) == H5D_VIRTUAL) {
+        rc = check_virtual(ds, name, dcpl, len, err, errlen);
+    } else {
+        H5D_space_status_t status = H5D_SPACE_STATUS_ERROR;
+        if (H5Dget_space_status(dset, &status) < 0 || status == H5D_SPACE_STATUS_ERROR)
+            rc = ct_data_fail(err, errlen, "%s: /%s: cannot tell whether it was written", ds->path, name);
+        else if (status == H5D_SPACE_STATUS_NOT_ALLOCATED)
+            rc = ct_data_fail(err, errlen, "%s: /%s: never written (HDF5 holds no data for its %zu values, which would "
+                              "read as zeros)", ds->path, name, len);
+        else if (status == H5D_SPACE_STATUS_PART_ALLOCATED)
+            rc = ct_data_fail(err, errlen, "%s: /%s: only partly written (some chunks of its %zu values were never "
+                              "stored and would read as zeros)", ds->path, name, len);
+    }
+    H5Pclose(dcpl);
+    return rc;
+}
+
 /* Opens name as a 1-D dataset of an integer type; *len gets its length. absent_ok: a missing
  * dataset returns 1 with *dset invalid. bool_type (may be NULL): also accept a 1-byte enum, which
  * is how h5py stores numpy bool, and return a memory type that reads it without conversion (HDF5
@@ -149,7 +281,7 @@ static int open_1d_int(ct_dataset *ds, const char *name, const char *want, int a
     if (cls != H5T_INTEGER)
         return ct_data_fail(err, errlen, "%s: /%s: has %s type; must be an integer type (%s)", ds->path, name,
                     class_name(cls), want);
-    return 0;
+    return check_written(ds, name, *dset, *len, err, errlen);
 }
 
 /* The root attribute name, which must exist, hold one value and be of class cls. Returns the
@@ -386,6 +518,7 @@ static int open_index(ct_dataset *ds, char *err, size_t errlen)
                           : sh->n != tok[i] ? "its token count differs from /shard_tokens"
                           : sh->ndocs != docs[i] ? "its /doc_offsets count differs from /shard_docs" : NULL;
         ds->any_mask |= sh->mask >= 0;
+        ds->has_target |= sh->has_target;
         size_t n = sh->n, nd = sh->ndocs;
         ct_dataset_close(sh);
         if (bad) {
@@ -404,6 +537,11 @@ static int open_index(ct_dataset *ds, char *err, size_t errlen)
     }
     ds->n = (size_t)ds->shard_start[ns];
     ds->ndocs = (size_t)ds->doc_start[ns];
+    if (!ds->has_target) {
+        ct_data_fail(err, errlen, "%s: /loss_mask: 0 on every token of every shard: a dataset with no target token "
+                     "teaches nothing (prepare it again; supervised examples need assistant text)", ds->path);
+        goto out;
+    }
     rc = 0;
 out:
     free(tok);
@@ -424,7 +562,7 @@ static ct_dataset *shard(ct_dataset *ds, size_t i, char *err, size_t errlen)
     }
     ct_dataset_close(ds->cache[slot]);
     ds->cache[slot] = NULL;
-    if (open_dataset(&ds->cache[slot], ds->shard_path[i], 1, err, errlen)) return NULL;
+    if (open_dataset(&ds->cache[slot], ds->shard_path[i], 2, err, errlen)) return NULL;
     if (ds->cache[slot]->n != (size_t)(ds->shard_start[i + 1] - ds->shard_start[i])) { /* changed since open */
         ct_data_fail(err, errlen, "%s: changed since %s was opened (%zu tokens, %llu before)", ds->shard_path[i],
                      ds->path, ds->cache[slot]->n, (unsigned long long)(ds->shard_start[i + 1] - ds->shard_start[i]));
@@ -447,6 +585,24 @@ static size_t shard_of(const uint64_t *start, size_t ns, uint64_t pos)
         else hi = mid;
     }
     return lo;
+}
+
+static int read_range(ct_dataset *ds, hid_t dset, hid_t space, hid_t memtype, const char *name, size_t start,
+                      size_t n, size_t stride, void *buf, char *err, size_t errlen);
+
+/* Sets has_target when /loss_mask holds a non-zero value, reading it in blocks up to the first
+ * (at once in any real dataset; the whole mask only when it has none). */
+static int find_target(ct_dataset *ds, char *err, size_t errlen)
+{
+    enum { BLOCK = 1 << 16 };
+    uint8_t buf[BLOCK];
+    hid_t mt = ds->mask_memtype >= 0 ? ds->mask_memtype : H5T_NATIVE_UINT8;
+    for (size_t at = 0; at < ds->n && !ds->has_target; at += BLOCK) {
+        size_t k = ds->n - at < BLOCK ? ds->n - at : BLOCK;
+        if (read_range(ds, ds->mask, ds->mask_space, mt, "loss_mask", at, k, 1, buf, err, errlen)) return -1;
+        for (size_t i = 0; i < k && !ds->has_target; i++) ds->has_target = buf[i] != 0;
+    }
+    return 0;
 }
 
 static int open_checked(ct_dataset *ds, int as_shard, char *err, size_t errlen)
@@ -492,6 +648,11 @@ static int open_checked(ct_dataset *ds, int as_shard, char *err, size_t errlen)
     ds->dxpl = H5Pcreate(H5P_DATASET_XFER);
     if (ds->mem_space < 0 || ds->dxpl < 0 || H5Pset_type_conv_cb(ds->dxpl, conv_except, &ds->overflow) < 0)
         return ct_data_fail(err, errlen, "%s: cannot set up reads (%s)", ds->path, h5_detail(detail));
+    if (ds->mask < 0 || ds->n == 0) ds->has_target = 1;
+    else if (as_shard != 2 && find_target(ds, err, errlen)) return -1;
+    if (!ds->has_target && !as_shard)
+        return ct_data_fail(err, errlen, "%s: /loss_mask: 0 on all %zu tokens: a dataset with no target token teaches "
+                            "nothing (prepare it again; supervised examples need assistant text)", ds->path, ds->n);
     return 0;
 }
 
@@ -500,7 +661,9 @@ int ct_dataset_open(ct_dataset **out, const char *path, char *err, size_t errlen
     return open_dataset(out, path, 0, err, errlen);
 }
 
-/* as_shard: opened as an index's shard, which may not be an index itself. */
+/* as_shard: 0 a dataset of its own; 1 an index's shard, validated when the index opens (it may
+ * not be an index itself, and may lack targets if another shard has some); 2 such a shard opened
+ * again to be read (its mask is not scanned again). */
 static int open_dataset(ct_dataset **out, const char *path, int as_shard, char *err, size_t errlen)
 {
     *out = NULL;
@@ -508,6 +671,9 @@ static int open_dataset(ct_dataset **out, const char *path, int as_shard, char *
     struct stat st;
     if (stat(path, &st) != 0) return ct_data_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
     if (S_ISDIR(st.st_mode)) return ct_data_fail(err, errlen, "%s: is a directory, not a token dataset", path);
+    if (!S_ISREG(st.st_mode)) /* a FIFO would block HDF5's open until someone writes to it */
+        return ct_data_fail(err, errlen, "%s: not a regular file (a FIFO, socket or device); a token dataset is an "
+                            "HDF5 file", path);
     if (access(path, R_OK) != 0) return ct_data_fail(err, errlen, "%s: cannot read: %s", path, strerror(errno));
 
     ct_dataset *ds = calloc(1, sizeof *ds);
@@ -721,8 +887,8 @@ out:
 }
 
 /* Checks the arguments so that what is written always opens cleanly. */
-static int check_write_args(const char *path, const uint32_t *tokens, size_t n, const uint64_t *docs, size_t ndocs,
-                            const ct_dataset_meta *m, char *err, size_t errlen)
+static int check_write_args(const char *path, const uint32_t *tokens, size_t n, const uint8_t *mask,
+                            const uint64_t *docs, size_t ndocs, const ct_dataset_meta *m, char *err, size_t errlen)
 {
     if (!m || !m->tokenizer[0]) return ct_data_fail(err, errlen, "%s: attribute tokenizer: empty", path);
     if (!m->digest[0]) return ct_data_fail(err, errlen, "%s: attribute tokenizer_digest: empty", path);
@@ -734,6 +900,11 @@ static int check_write_args(const char *path, const uint32_t *tokens, size_t n, 
             return ct_data_fail(err, errlen, "%s: /tokens: token %u at position %zu is beyond vocab_size %d", path,
                         tokens[i], i, vocab_size);
     if (ndocs && !docs) return ct_data_fail(err, errlen, "%s: /doc_offsets: %zu offsets but no array", path, ndocs);
+    size_t first = 0;
+    while (mask && first < n && !mask[first]) first++;
+    if (mask && first == n)
+        return ct_data_fail(err, errlen, "%s: /loss_mask: 0 on all %zu tokens: a dataset with no target token teaches "
+                            "nothing", path, n);
     if (!strcmp(m->packing, "masked") && !ndocs)
         return ct_data_fail(err, errlen, "%s: /doc_offsets: none; packing \"masked\" needs each document's first token",
                             path);
@@ -848,7 +1019,7 @@ int ct_dataset_write(const char *path, const uint32_t *tokens, size_t n, const u
 {
     char detail[200] = "";
     if (!path || !*path) return ct_data_fail(err, errlen, "dataset: no path given");
-    if (check_write_args(path, tokens, n, doc_offsets, ndocs, meta, err, errlen)) return -1;
+    if (check_write_args(path, tokens, n, loss_mask, doc_offsets, ndocs, meta, err, errlen)) return -1;
     tmp_file w;
     if (tmp_begin(&w, path, err, errlen)) return -1;
     const array_1d arrays[3] = {
@@ -884,7 +1055,7 @@ int ct_dataset_write_index(const char *path, const char *const *shards, const ui
     if (!path || !*path) return ct_data_fail(err, errlen, "dataset: no path given");
     if (nshards == 0) return ct_data_fail(err, errlen, "%s: /shards: no shards to list", path);
     uint32_t one = 0; /* the attributes' checks; the shards' tokens were checked when they were written */
-    if (check_write_args(path, &one, 1, NULL, 0, meta, err, errlen)) return -1;
+    if (check_write_args(path, &one, 1, NULL, NULL, 0, meta, err, errlen)) return -1;
     for (size_t i = 0; i < nshards; i++)
         if (!shards[i] || !shards[i][0] || !tokens[i])
             return ct_data_fail(err, errlen, "%s: /shards[%zu]: needs a name and at least one token", path, i);

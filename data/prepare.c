@@ -10,6 +10,7 @@
  * anywhere stops every rank and the progress line counts the whole job. */
 #include "data.h"
 #include "data_impl.h"
+#include "json_check.h"
 #include "tokenizer_impl.h"
 
 #include <cjson/cJSON.h>
@@ -369,16 +370,6 @@ oom:
     return fail_at(w, pl, pos, "out of memory for the tokens of a chunk");
 }
 
-/* A NUL inside a JSON string: the escape \u0000 (cJSON would end the string there). */
-static int nul_escape(const char *s)
-{
-    for (; (s = strchr(s, '\\')); s += 2) {
-        if (!s[1]) return 0;
-        if (s[1] == 'u' && !strncmp(s + 2, "0000", 4)) return 1;
-    }
-    return 0;
-}
-
 static const char *json_type(const cJSON *v)
 {
     return cJSON_IsString(v) ? "a string" : cJSON_IsNumber(v) ? "a number" : cJSON_IsBool(v) ? "a boolean"
@@ -408,8 +399,12 @@ static int encode_line(void *arg, char *line, size_t n, size_t at)
         return ct_data_fail(err, ERRMAX, "%s: line %ld, column %ld: malformed JSON", F, line_of(c->f, off), col);
     }
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, field);
-    int rc = 0;
-    if (!cJSON_IsObject(j))
+    char where[4200];
+    snprintf(where, sizeof where, "%s: line %ld", F, line_of(c->f, off));
+    int rc = ct_json_check(line, n, j, where, err, ERRMAX);
+    if (rc)
+        ;
+    else if (!cJSON_IsObject(j))
         rc = ct_data_fail(err, ERRMAX, "%s: line %ld: %s; each line must be an object with a string \"%s\"", F,
                           line_of(c->f, off), json_type(j), field);
     else if (!v)
@@ -419,9 +414,6 @@ static int encode_line(void *arg, char *line, size_t n, size_t at)
     else if (!cJSON_IsString(v))
         rc = ct_data_fail(err, ERRMAX, "%s: line %ld: field \"%s\": %s; must be a string", F, line_of(c->f, off), field,
                           json_type(v));
-    else if (nul_escape(line))
-        rc = ct_data_fail(err, ERRMAX, "%s: line %ld: field \"%s\": holds \\u0000 (a NUL character), which is not supported",
-                          F, line_of(c->f, off), field);
     if (!rc) {
         place pl = {c->f, off, field};
         rc = encode_text(c->P, c->w, v->valuestring, strlen(v->valuestring), CT_ENC_BEGIN | CT_ENC_END, c->g++, &pl);

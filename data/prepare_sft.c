@@ -8,6 +8,7 @@
  * into train and val, then pack each part into windows of seq_len+1 tokens and write it. */
 #include "data.h"
 #include "data_impl.h"
+#include "json_check.h"
 
 #include <cjson/cJSON.h>
 
@@ -73,19 +74,6 @@ static const char *type_name(const cJSON *v)
     if (cJSON_IsArray(v)) return "an array";
     if (cJSON_IsObject(v)) return "an object";
     return "an invalid value";
-}
-
-/* 1 when the line holds a \u0000 escape: cJSON's strings end at the first NUL, so such a
- * string would be cut short without a word. Backslashes occur only inside JSON strings, and
- * every escape is skipped whole, so "\\u0000" (a backslash, then text) is not a match. */
-static int has_nul_escape(const char *line)
-{
-    for (const char *p = line; *p; p++) {
-        if (*p != '\\') continue;
-        if (p[1] == 'u' && !strncmp(p + 2, "0000", 4)) return 1;
-        if (p[1]) p++;
-    }
-    return 0;
 }
 
 /* Where one line's parse and render stand; for messages naming file, line and field. */
@@ -194,11 +182,9 @@ static int render_line(ctx *c, const char *line, int seq_len, stream *s, example
     int rc = -1;
     size_t start = s->n, learned = 0;
     c->nmsgs = 0;
-    if (has_nul_escape(line)) {
-        ct_data_fail(c->err, c->errlen, "%s: line %ld: a string holds \\u0000 (a NUL character), which is not supported",
-                     c->path, c->line);
-        goto out;
-    }
+    char where[4200];
+    snprintf(where, sizeof where, "%s: line %ld", c->path, c->line);
+    if (ct_json_check(line, strlen(line), ex, where, c->err, c->errlen)) goto out;
     if (!cJSON_IsObject(ex)) {
         ct_data_fail(c->err, c->errlen,
                      "%s: line %ld: example is %s; each line must be an object with \"prompt\" and \"response\", or "

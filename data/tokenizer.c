@@ -9,6 +9,7 @@
 
 #include "data.h"
 #include "data_impl.h"
+#include "json_check.h"
 #include "tokenizer_impl.h"
 
 typedef struct {
@@ -444,6 +445,11 @@ static int load_config(const char *dir, ct_tokenizer *t, char *err, size_t errle
     size_t len;
     if (ct_data_read_all(path, &buf, &len, err, errlen)) return -1;
     cJSON *c = cJSON_ParseWithLength(buf, len);
+    if (c && ct_json_check(buf, len, c, path, err, errlen)) {
+        free(buf);
+        cJSON_Delete(c);
+        return -1;
+    }
     free(buf);
     if (!c) return FAIL("%s: malformed JSON", path);
     const char *keys[2] = {"bos_token", "eos_token"};
@@ -570,10 +576,10 @@ int ct_tokenizer_load(ct_tokenizer **out, const char *path, char *err, size_t er
     }
     t->digest = 1469598103934665603ull;
     for (size_t i = 0; i < len; i++) t->digest = (t->digest ^ (unsigned char)buf[i]) * 1099511628211ull;
-    free(buf);
     const cJSON *x;
-    int rc = 0;
-    if (!cJSON_IsObject(j)) rc = FAIL("%s: not a JSON object", F);
+    int rc = ct_json_check(buf, len, j, F, err, errlen);
+    free(buf);
+    if (!rc && !cJSON_IsObject(j)) rc = FAIL("%s: not a JSON object", F);
     if (!rc && (x = cJSON_GetObjectItemCaseSensitive(j, "truncation")) && !cJSON_IsNull(x))
         rc = FAIL("%s: truncation: not supported (set it to null)", F);
     if (!rc && (x = cJSON_GetObjectItemCaseSensitive(j, "padding")) && !cJSON_IsNull(x)) {

@@ -45,6 +45,19 @@ static inline int ct_check_close(const char *file, int line, const char *what, c
     return 1;
 }
 
+/* fp32 -> bf16 -> fp32, round to nearest even (what to_storage and bf16 files do); inf and NaN
+ * pass unchanged. */
+static inline float ct_test_bf16(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u) return x;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
 /* splitmix64: a seeded generator so every test input is reproducible. */
 static inline uint64_t ct_test_rand_u64(uint64_t *state)
 {

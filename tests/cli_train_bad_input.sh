@@ -110,6 +110,23 @@ if "$ctrain" train "$tmp/cfg.json" > "$tmp/train.log" 2>&1; then
   echo '{"eos_token_id": [256,' > "$tmp/run/generation_config.json"
   expect "generation_config.json: malformed JSON" -- sample "$tmp/cfg.json"
   rm "$tmp/run/generation_config.json"
+  # adapters trained on one base, then given another of the same shape: eval, merge and continuing
+  # refuse it (the base's fingerprint is recorded in adapter_model.safetensors)
+  lora=(--set run.dir="$tmp/lora" --set model.init_from="$tmp/run" --set lora.targets=c_attn)
+  if "$ctrain" train "$tmp/cfg.json" "${lora[@]}" > "$tmp/lora.log" 2>&1 &&
+     "$ctrain" train "$tmp/cfg.json" --set run.dir="$tmp/run2" --set run.seed=7 > "$tmp/run2.log" 2>&1; then
+    expect "trained on another base model ($tmp/run, fingerprint" -- eval "$tmp/cfg.json" "${lora[@]}" \
+      --set model.init_from="$tmp/run2"
+    expect "trained on another base model" -- merge "$tmp/cfg.json" "${lora[@]}" --set model.init_from="$tmp/run2"
+    expect "trained on another base model" -- train "$tmp/cfg.json" --set run.dir="$tmp/lora2" \
+      --set model.init_from="$tmp/run2" --set lora.init_from="$tmp/lora"
+    if "$ctrain" eval "$tmp/cfg.json" "${lora[@]}" > /dev/null 2>&1; then echo "ok: eval on the adapters' own base"; else
+      echo "FAIL: eval on the adapters' own base" >&2; failures=$((failures + 1)); fi
+  else
+    echo "FAIL: training the LoRA run or the second base:" >&2
+    tail "$tmp/lora.log" "$tmp/run2.log" >&2
+    failures=$((failures + 1))
+  fi
   out=$("$ctrain" sample "$tmp/cfg.json" --set sample.max_tokens=20 --set sample.prompt=line 2>/dev/null)
   if [[ $out == line* ]]; then echo "ok: sample: ${out//$'\n'/ }"; else
     echo "FAIL: sample: '$out'" >&2; failures=$((failures + 1)); fi

@@ -13,7 +13,8 @@ target_link_libraries(test_sft PRIVATE ct_hdf5)
 ct_linked_test(test_tokenizer ct_data test_tokenizer.c)
 target_link_libraries(test_tokenizer PRIVATE Threads::Threads)
 set(ct_tokenizer_sources ${CMAKE_SOURCE_DIR}/data/tokenizer.c ${CMAKE_SOURCE_DIR}/data/tokenizer_bpe.c
-  ${CMAKE_SOURCE_DIR}/data/tokenizer_text.c ${CMAKE_SOURCE_DIR}/data/tokenizer_bytes.c ${CMAKE_SOURCE_DIR}/data/read_file.c)
+  ${CMAKE_SOURCE_DIR}/data/tokenizer_text.c ${CMAKE_SOURCE_DIR}/data/tokenizer_bytes.c ${CMAKE_SOURCE_DIR}/data/read_file.c
+  ${CMAKE_SOURCE_DIR}/data/json_check.c)
 
 # A test of the data module again under AddressSanitizer and UBSan, with the data sources it names
 # rebuilt instrumented, so an out-of-bounds read on a malformed file fails the test instead of
@@ -56,3 +57,8 @@ if(CTRAIN_HAVE_MPI)
     ${MPIEXEC_EXECUTABLE} $<TARGET_FILE:ct_dsdump>)
   set_tests_properties(prepare_ranks PROPERTIES LABELS "unit;mpi" TIMEOUT 120)
 endif()
+
+# The JSON check every reader shares (NUL characters, duplicate keys), and again under ASan/UBSan.
+ct_linked_test(test_json_check ct_data test_json_check.c)
+target_link_libraries(test_json_check PRIVATE cjson)
+ct_data_asan_test(test_json_check_asan test_json_check.c ${CMAKE_SOURCE_DIR}/data/json_check.c)

@@ -389,6 +389,11 @@ static void test_gemma_plain_names(void)
     t = load("", err, sizeof err);
     CHECK(t && ct_tokenizer_eos(tok) >= 0 && ct_chat_template_stop_ids(t, stop, 4) == 1 && stop[0] == ct_tokenizer_eos(tok));
     ct_chat_template_free(t);
+    /* a key given twice (cJSON would read the first eos_token), a NUL that cuts the template short */
+    write_text("tokenizer_config.json", "{\"eos_token\": \"</s>\", \"eos_token\": \"<|im_end|>\"}");
+    CHECK(!load("", err, sizeof err) && strstr(err, "tokenizer_config.json: eos_token: key given twice"));
+    write_text("tokenizer_config.json", "{\"chat_template\": \"{{ messages }}\\u0000{{ more }}\"}");
+    CHECK(!load("", err, sizeof err) && strstr(err, "tokenizer_config.json: chat_template: holds \\u0000"));
     /* forced names: the builtin first forms */
     write_config("<s>", "</s>", NULL);
     t = load("mistral", err, sizeof err);

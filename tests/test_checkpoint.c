@@ -16,6 +16,7 @@
 #include "check.h"
 #include "checkpoint.h"
 #include "comm.h"
+#include "lora.h"
 #include "model.h"
 #include "optim.h"
 #include "rng.h"
@@ -758,6 +759,44 @@ static void test_target_still_usable(void)
     drop(&b);
 }
 
+/* ---------------------------------------------------------------- LoRA: the base is recorded */
+
+/* A base from seed (and one weight nudged when nudge), adapters on c_attn, an optimizer on them. */
+static void make_lora(uint64_t seed, int nudge, ct_model **m, ct_optim **o)
+{
+    char err[512];
+    ct_lora_spec s = {.targets = "c_attn", .r = 2, .alpha = 4.0f};
+    *m = NULL, *o = NULL;
+    if (ct_model_init(m, &tiny, be, ctx, B, T, 1, err, sizeof err)) exit(2);
+    ct_model_init_weights(*m, seed);
+    if (nudge) ((float *)ct_model_params(*m))[3] += 0.25f;
+    if (ct_lora_add(*m, &s, 5, 1, err, sizeof err) || ct_optim_init(o, *m, comm, 1, 0, err, sizeof err)) {
+        fprintf(stderr, "lora: %s\n", err);
+        exit(2);
+    }
+}
+
+static void test_lora_base(void)
+{
+    ct_model *m, *same, *other;
+    ct_optim *o, *so, *oo;
+    make_lora(1, 0, &m, &o);
+    ct_ckpt_state st = {.step = 1, .world = 1, .zero_stage = 1};
+    char err[1024] = "";
+    const char *path = tmp_path("lora.h5");
+    CHECK(ct_ckpt_write(path, m, o, &st, config_json, comm, err, sizeof err) == 0);
+    make_lora(1, 0, &same, &so);
+    CHECK(ct_ckpt_read(path, same, so, &st, comm, err, sizeof err) == 0);
+    if (err[0]) fprintf(stderr, "  same base: %s\n", err);
+    /* a base of the same shape with one weight changed: the adapters are not its */
+    make_lora(1, 1, &other, &oo);
+    CHECK(ct_ckpt_read(path, other, oo, &st, comm, err, sizeof err) == -1);
+    CHECK_MESSAGE(err, "lora.h5: attribute lora_base", "trained on another base model");
+    destroy(other, oo);
+    destroy(same, so);
+    destroy(m, o);
+}
+
 int main(void)
 {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* the test's own HDF5 calls fail on purpose */
@@ -783,6 +822,7 @@ int main(void)
     test_model_config_attribute();
     test_not_a_checkpoint();
     test_target_still_usable();
+    test_lora_base();
 
     destroy(dst_m, dst_o);
     destroy(src_m, src_o);

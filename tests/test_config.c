@@ -80,7 +80,14 @@ static void test_bad_input(void)
     expect_error("{\"run\": {\"dir\": 5}}", NULL, 0, "run.dir: expected a string", NULL);
     expect_error("{\"run\": {\"device\": \"tpu\"}}", NULL, 0, "run.device: \"tpu\" is not one of auto|cpu|cuda",
                  NULL);
-    expect_error("{\"optim\": {\"lr\": 0.1, \"lr\": 0.2}}", NULL, 0, "optim.lr: given twice", NULL);
+    expect_error("{\"optim\": {\"lr\": 0.1, \"lr\": 0.2}}", NULL, 0, "bad.json: optim.lr: key given twice", NULL);
+    /* a section given twice was merged, key by key; a NUL cut a string short (run.dir "a") */
+    expect_error("{\"optim\": {\"lr\": 0.1}, \"optim\": {\"max_steps\": 3}}", NULL, 0, "bad.json: optim: key given twice",
+                 NULL);
+    expect_error("{\"run\": {\"dir\": \"a\\u0000b\"}}", NULL, 0, "bad.json: run.dir: holds \\u0000", NULL);
+    expect_error("{\"run\": {\"dir\\u0000x\": \"a\"}}", NULL, 0, "bad.json: run.dir: the key holds \\u0000", NULL);
+    const char *ov0[] = {"run.dir=\"a\\u0000b\""};
+    expect_error("{}", ov0, 1, "--set run.dir=\"a\\u0000b\": holds \\u0000", NULL);
     expect_error("{\"optim\": {\"warmup_steps\": 50, \"max_steps\": 10}}", NULL, 0,
                  "bad.json: optim.warmup_steps: 50 is more than optim.max_steps", NULL);
     expect_error("{\"model\": {\"n_embd\": 100, \"n_head\": 3}}", NULL, 0, "model.n_embd", "multiple of model.n_head");
@@ -97,6 +104,11 @@ static void test_bad_input(void)
     char err[1024] = "";
     CHECK(ct_config_load(&c, "/nonexistent/x.json", NULL, 0, err, sizeof err) == -1 &&
           strstr(err, "/nonexistent/x.json: cannot open"));
+    /* the text form (a checkpoint's config attribute) reads the same way */
+    CHECK(ct_config_parse(&c, "{\"run\": {\"seed\": 1, \"seed\": 2}}", "ckpt: config", err, sizeof err) == -1 &&
+          strstr(err, "ckpt: config: run.seed: key given twice"));
+    CHECK(ct_config_parse(&c, "{\"data\": {\"text\": \"x\\u0000\"}}", "ckpt: config", err, sizeof err) == -1 &&
+          strstr(err, "ckpt: config: data.text: holds \\u0000"));
 }
 
 static void test_schedule(void)

@@ -8,7 +8,9 @@
 #include <hdf5.h>
 
 #include <dirent.h>
+#include <signal.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -369,6 +371,152 @@ static void test_malformed(void)
     ds = NULL;
     CHECK(ct_dataset_open(&ds, p, err, ERRLEN) == 0 && ds && ct_dataset_len(ds) == 100);
     ct_dataset_close(ds);
+}
+
+/* ---- what reads as zeros without an error in HDF5, and files that are no datasets */
+
+/* Replaces /name of the file at path (a good dataset) with a 1-D uint32 dataset of n values that
+ * is created but never written (h5py's create_dataset without data), or, with chunk > 0, chunked
+ * and written only in its first chunk. */
+static void unwritten(const char *path, const char *name, size_t n, size_t chunk)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    H5Ldelete(f, name, H5P_DEFAULT);
+    hsize_t dim = n, ch = chunk;
+    hid_t sp = H5Screate_simple(1, &dim, NULL), pl = H5Pcreate(H5P_DATASET_CREATE);
+    if (chunk) H5Pset_chunk(pl, 1, &ch);
+    hid_t d = H5Dcreate2(f, name, H5T_STD_U32LE, sp, H5P_DEFAULT, pl, H5P_DEFAULT);
+    if (chunk) {
+        uint32_t *v = calloc(chunk, sizeof *v);
+        hsize_t off = 0;
+        hid_t mem = H5Screate_simple(1, &ch, NULL);
+        H5Sselect_hyperslab(sp, H5S_SELECT_SET, &off, NULL, &ch, NULL);
+        H5Dwrite(d, H5T_NATIVE_UINT32, mem, sp, H5P_DEFAULT, v);
+        H5Sclose(mem);
+        free(v);
+    }
+    H5Dclose(d), H5Pclose(pl), H5Sclose(sp), H5Fclose(f);
+}
+
+/* A virtual /tokens of n values in a copy of a good dataset: maps[i] = {virtual start, count,
+ * source start} from dataset src_name of file src. */
+static void virtual_tokens(const char *path, size_t n, const char *src, const char *src_name, const size_t (*maps)[3],
+                           int nmaps)
+{
+    make_h5(path, good_spec(10));
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    H5Ldelete(f, "tokens", H5P_DEFAULT);
+    hsize_t dim = n, big = 1000;
+    hid_t vs = H5Screate_simple(1, &dim, NULL), ss = H5Screate_simple(1, &big, NULL), pl = H5Pcreate(H5P_DATASET_CREATE);
+    for (int i = 0; i < nmaps; i++) {
+        hsize_t vo = maps[i][0], c = maps[i][1], so = maps[i][2];
+        H5Sselect_hyperslab(vs, H5S_SELECT_SET, &vo, NULL, &c, NULL);
+        H5Sselect_hyperslab(ss, H5S_SELECT_SET, &so, NULL, &c, NULL);
+        H5Pset_virtual(pl, vs, src, src_name, ss);
+    }
+    H5Sselect_all(vs);
+    hid_t d = H5Dcreate2(f, "tokens", H5T_STD_U32LE, vs, H5P_DEFAULT, pl, H5P_DEFAULT);
+    if (d < 0) {
+        fprintf(stderr, "cannot build a virtual dataset in %s\n", path);
+        exit(2);
+    }
+    H5Dclose(d), H5Pclose(pl), H5Sclose(ss), H5Sclose(vs), H5Fclose(f);
+}
+
+/* Sets every value of /loss_mask in the file at path to 0. */
+static void zero_mask(const char *path)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT), d = H5Dopen2(f, "loss_mask", H5P_DEFAULT), sp = H5Dget_space(d);
+    hsize_t n;
+    H5Sget_simple_extent_dims(sp, &n, NULL);
+    uint8_t *z = calloc((size_t)n, 1);
+    H5Dwrite(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, z);
+    free(z);
+    H5Sclose(sp), H5Dclose(d), H5Fclose(f);
+}
+
+static void test_strict_files(void)
+{
+    char err[ERRLEN];
+    ct_dataset *ds = NULL;
+    const char *p;
+
+    /* a FIFO: HDF5's open would wait for a writer forever (the alarm ends the test if it does) */
+    p = ct_test_path("fifo.h5");
+    CHECK(mkfifo(p, 0600) == 0);
+    alarm(60);
+    CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, p, "not a regular file");
+    alarm(0);
+    unlink(p);
+
+    /* created, never written: every token would read as 0 */
+    make_h5(p = ct_test_path("unwritten.h5"), good_spec(100));
+    unwritten(p, "tokens", 100, 0);
+    CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, "unwritten.h5: /tokens: never written", "100 values");
+    make_h5(p = ct_test_path("halfwritten.h5"), good_spec(100));
+    unwritten(p, "tokens", 100, 50);
+    CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, "halfwritten.h5: /tokens: only partly written", "chunks");
+    spec s = good_spec(100);
+    s.mask_len = 100;
+    make_h5(p = ct_test_path("unwrittenmask.h5"), s);
+    unwritten(p, "loss_mask", 100, 0);
+    CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, "unwrittenmask.h5: /loss_mask: never written", "zeros");
+
+    /* virtual datasets: a good one reads its source; a missing source, an unmapped stretch, a
+     * missing or short source dataset are refused (HDF5 reads each as zeros) */
+    const char *src = ct_test_path("vsrc.h5");
+    make_h5(src, good_spec(100));
+    static const size_t whole[][3] = {{0, 60, 40}, {60, 40, 0}};
+    virtual_tokens(p = ct_test_path("virtual.h5"), 100, "vsrc.h5", "tokens", whole, 2);
+    ds = NULL;
+    int opened = ct_dataset_open(&ds, p, err, ERRLEN) == 0;
+    CHECK(opened && ct_dataset_len(ds) == 100);
+    if (!opened) fprintf(stderr, "  virtual: %s\n", err);
+    uint32_t t[100];
+    if (opened) {
+        CHECK(ct_dataset_read(ds, 0, 100, t, NULL, err, ERRLEN) == 0);
+        CHECK(t[0] == 40 % 50 && t[59] == 99 % 50 && t[60] == 0 && t[99] == 39);
+    }
+    ct_dataset_close(ds);
+    virtual_tokens(p = ct_test_path("vmissing.h5"), 100, "nosuch.h5", "tokens", whole, 2);
+    CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, "vmissing.h5: /tokens: virtual mapping",
+                "source file nosuch.h5 is missing");
+    static const size_t part[][3] = {{0, 80, 0}};
+    virtual_tokens(p = ct_test_path("vgap.h5"), 100, "vsrc.h5", "tokens", part, 1);
+    CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, "vgap.h5: /tokens: positions [80, 100) map to no source",
+                "zeros");
+    virtual_tokens(p = ct_test_path("vnodset.h5"), 100, "vsrc.h5", "nope", whole, 2);
+    CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, "vnodset.h5: /tokens: virtual mapping", "holds no dataset nope");
+    static const size_t beyond[][3] = {{0, 100, 50}};
+    virtual_tokens(p = ct_test_path("vshort.h5"), 100, "vsrc.h5", "tokens", beyond, 1);
+    CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, "vshort.h5: /tokens: virtual mapping",
+                "has 100 values, fewer than the mapping reads (to 150)");
+
+    /* a loss mask with no target anywhere teaches nothing: refused on open and on write; in an
+     * index only when no shard has a target */
+    s = good_spec(100);
+    s.mask_len = 100;
+    make_h5(p = ct_test_path("notarget.h5"), s);
+    zero_mask(p);
+    CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, "notarget.h5: /loss_mask: 0 on all 100 tokens", "teaches nothing");
+    uint32_t tok[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    uint8_t none[8] = {0}, some[8] = {0, 0, 0, 0, 0, 0, 0, 1};
+    CHECK_FAILS(ct_dataset_write(ct_test_path("w.h5"), tok, 8, none, NULL, 0, meta("bytes", 257), err, ERRLEN), err,
+                "w.h5: /loss_mask: 0 on all 8 tokens", "teaches nothing");
+    CHECK(ct_dataset_write(ct_test_path("sh0.h5"), tok, 8, some, NULL, 0, meta("bytes", 257), err, ERRLEN) == 0);
+    CHECK(ct_dataset_write(ct_test_path("sh1.h5"), tok, 8, some, NULL, 0, meta("bytes", 257), err, ERRLEN) == 0);
+    zero_mask(ct_test_path("sh0.h5"));
+    const char *names[2] = {"sh0.h5", "sh1.h5"};
+    uint64_t counts[2] = {8, 8}, docs[2] = {0, 0};
+    CHECK(ct_dataset_write_index(p = ct_test_path("idx.h5"), names, counts, docs, 2, meta("bytes", 257), err, ERRLEN) == 0);
+    ds = NULL;
+    CHECK(ct_dataset_open(&ds, p, err, ERRLEN) == 0 && ds && ct_dataset_len(ds) == 16);
+    uint8_t m16[16];
+    CHECK(ds && ct_dataset_read(ds, 0, 16, NULL, m16, err, ERRLEN) == 0 && m16[7] == 0 && m16[15] == 1);
+    ct_dataset_close(ds);
+    zero_mask(ct_test_path("sh1.h5"));
+    CHECK_FAILS(ct_dataset_open(&ds, p, err, ERRLEN), err, "idx.h5: /loss_mask: 0 on every token of every shard",
+                "teaches nothing");
 }
 
 /* ---- prepare */
@@ -944,6 +1092,7 @@ int main(void)
     test_roundtrip();
     test_foreign_types();
     test_malformed();
+    test_strict_files();
     test_prepare();
     test_loader_world();
     test_loader_epochs();

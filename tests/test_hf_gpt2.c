@@ -249,6 +249,37 @@ static void test_bad_configs(void)
          "\"layer_norm_epsilon\": -1}",
          "layer_norm_epsilon"},
         {"", "malformed JSON"},
+        /* limits, before anything is sized: GPT-2's learned positions would be 1e9 x 8 floats */
+        {"{\"vocab_size\": 13, \"n_positions\": 1000000000, \"n_embd\": 8, \"n_layer\": 2, \"n_head\": 2}",
+         "n_positions: 1000000000 is more than ctrain's limit of 16777216"},
+        {"{\"vocab_size\": 13, \"n_positions\": 3e9, \"n_embd\": 8, \"n_layer\": 2, \"n_head\": 2}",
+         "n_positions: 3000000000 is more than ctrain's limit"},
+        {"{\"vocab_size\": 1e300, \"n_positions\": 8, \"n_embd\": 8, \"n_layer\": 2, \"n_head\": 2}",
+         "e+300 is more than ctrain's limit of 16777216"},
+        {"{\"vocab_size\": 13, \"n_positions\": 8, \"n_embd\": 8, \"n_layer\": 100000, \"n_head\": 2}",
+         "n_layer: 100000 is more than ctrain's limit of 1024"},
+        {"{\"vocab_size\": 13, \"n_positions\": 8, \"n_embd\": 131072, \"n_layer\": 2, \"n_head\": 2}",
+         "n_embd: 131072 is more than ctrain's limit of 65536"},
+        {"{\"vocab_size\": 13, \"n_positions\": 8, \"n_embd\": 8, \"n_layer\": 2, \"n_head\": 4096}",
+         "n_head: 4096 is more than ctrain's limit of 1024"},
+        {"{" LLAMA ", \"num_key_value_heads\": 2048}", "num_key_value_heads: 2048 is more than ctrain's limit"},
+        {"{" LLAMA ", \"head_dim\": 1000000}", "head_dim: 1000000 is more than ctrain's limit of 65536"},
+        {"{\"model_type\": \"llama\", \"vocab_size\": 13, \"hidden_size\": 8, \"num_hidden_layers\": 2, "
+         "\"num_attention_heads\": 4, \"intermediate_size\": 2000000, \"max_position_embeddings\": 8}",
+         "intermediate_size: 2000000 is more than ctrain's limit of 1048576"},
+        {"{\"model_type\": \"mistral\", \"vocab_size\": 13, \"hidden_size\": 8, \"num_hidden_layers\": 2, "
+         "\"num_attention_heads\": 4, \"intermediate_size\": 16, \"max_position_embeddings\": 8, \"sliding_window\": 20000000}",
+         "sliding_window: 20000000 is more than ctrain's limit of 16777216"},
+        /* each key within its limit, their product not: an int would have overflowed (2^24 x 2^16 x 2) */
+        {"{\"model_type\": \"llama\", \"vocab_size\": 16777216, \"hidden_size\": 65536, \"num_hidden_layers\": 1, "
+         "\"num_attention_heads\": 512, \"intermediate_size\": 8, \"max_position_embeddings\": 8}",
+         "makes more than ctrain's limit of 1099511627776 parameters"},
+        /* what cJSON lets through */
+        {"{\"vocab_size\": 13, \"n_positions\": 8, \"n_embd\": 8, \"n_layer\": 2, \"n_head\": 2, \"n_layer\": 3}",
+         "n_layer: key given twice"},
+        {"{\"vocab_size\": 13, \"n_positions\": 8, \"n_embd\": 8, \"n_layer\": 2, \"n_head\": 2, "
+         "\"activation_function\": \"gelu_new\\u0000relu\"}",
+         "activation_function: holds \\u0000"},
     };
     char *dir = subdir("badcfg");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

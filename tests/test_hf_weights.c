@@ -181,17 +181,6 @@ static int fetch(void *user, int i, float *dst, char *err, size_t errlen)
     return 0;
 }
 
-/* The test's own round to nearest even, fp32 -> bf16 -> fp32 (finite inputs). */
-static float bf16_round(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    u &= 0xffff0000u;
-    memcpy(&x, &u, 4);
-    return x;
-}
-
 static const char *const META[] = {"format", "pt", NULL};
 
 /* Writes a model whose tensors were not fetched yet: must succeed, fetching each tensor once. */
@@ -242,7 +231,7 @@ static void check_folder(const char *dir, const model *m, ct_dtype dtype, const 
         CHECK(ct_hf_weights_read_f32(w, t, got, t->numel, err, sizeof err) == 0);
         size_t bad = 0;
         for (size_t k = 0; k < t->numel; k++) {
-            float want = dtype == CT_DT_BF16 ? bf16_round(m->data[i][k]) : m->data[i][k];
+            float want = dtype == CT_DT_BF16 ? ct_test_bf16(m->data[i][k]) : m->data[i][k];
             bad += memcmp(&got[k], &want, 4) != 0;
         }
         if (bad)
@@ -476,14 +465,17 @@ static void test_bad_folders(void)
     expect_open_fail(dir, "weight_map an array", index, "weight_map: not a JSON object", NULL);
     bad_folder("{\"weight_map\": {\"a\": \"s1.safetensors\"}, \"weight_map\": {\"a\": \"s1.safetensors\"}}", "a",
                NULL);
-    expect_open_fail(dir, "weight_map twice", index, "weight_map", "twice");
+    expect_open_fail(dir, "weight_map twice", index, "weight_map: key given twice", NULL);
     bad_folder("{\"metadata\": 5, \"weight_map\": {\"a\": \"s1.safetensors\"}}", "a", NULL);
     expect_open_fail(dir, "metadata a number", index, "metadata", "not a JSON object");
     bad_folder("{\"weight_map\": {\"a\": 1}}", "a", NULL);
     expect_open_fail(dir, "value not a string", index, "'a'", "not a string");
     bad_folder("{\"weight_map\": {\"a\": \"s1.safetensors\", \"b\": \"s1.safetensors\", \"a\": \"s1.safetensors\"}}",
                "a,b", NULL);
-    expect_open_fail(dir, "tensor listed twice", index, "'a'", "listed twice");
+    expect_open_fail(dir, "tensor listed twice", index, "weight_map.a: key given twice", NULL);
+    /* a NUL would have cut a tensor or shard name short */
+    bad_folder("{\"weight_map\": {\"a\": \"s1.safetensors\\u0000.bak\"}}", "a", NULL);
+    expect_open_fail(dir, "NUL in a shard name", index, "weight_map.a: holds \\u0000", NULL);
 
     /* shard names must be plain file names, even when the file outside exists and is valid */
     put_shard(P("x.safetensors", NULL), "a");

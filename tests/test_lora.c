@@ -808,6 +808,51 @@ static void test_peft_io(void)
                "{" PEFT_OK ", \"target_modules\": [\"c_attn\"], \"use_dora\": false, \"bias\": \"none\", "
                "\"rank_pattern\": {}, \"alpha_pattern\": {}, \"layers_to_transform\": null, \"modules_to_save\": null}");
     CHECK(ct_lora_read_peft_config(cdir, &back, err, sizeof err) == 0);
+    /* keys that were ignored before: a number or a string where the old check wanted a list, a
+     * use_rslora that was not a boolean (read as false), options PEFT added since */
+#define T_OK PEFT_OK ", \"target_modules\": [\"c_attn\"]"
+    expect_config_error(cdir, "{" T_OK ", \"layers_to_transform\": 0}", "layers_to_transform: 0 is not supported");
+    expect_config_error(cdir, "{" T_OK ", \"layers_pattern\": \"h\"}", "layers_pattern: \"h\" is not supported");
+    expect_config_error(cdir, "{" T_OK ", \"exclude_modules\": [\"h.0.attn.c_attn\"]}", "exclude_modules");
+    expect_config_error(cdir, "{" T_OK ", \"alpha_pattern\": {\"c_attn\": 8}}", "alpha_pattern");
+    expect_config_error(cdir, "{" T_OK ", \"use_rslora\": \"yes\"}", "use_rslora: expected true or false");
+    expect_config_error(cdir, "{" T_OK ", \"use_rslora\": 1}", "use_rslora: expected true or false");
+    expect_config_error(cdir, "{" T_OK ", \"lora_bias\": true}", "lora_bias: true is not supported");
+    expect_config_error(cdir, "{" T_OK ", \"trainable_token_indices\": [5]}", "trainable_token_indices");
+    expect_config_error(cdir, "{" T_OK ", \"layer_replication\": [[0, 1]]}", "layer_replication");
+    expect_config_error(cdir, "{" T_OK ", \"target_parameters\": [\"mlp.experts\"]}", "target_parameters");
+    expect_config_error(cdir, "{" T_OK ", \"init_lora_weights\": \"pissa_niter_4\"}",
+                        "init_lora_weights: \"pissa_niter_4\" is not supported (it rewrites the base weights");
+    expect_config_error(cdir, "{" T_OK ", \"init_lora_weights\": \"olora\"}", "init_lora_weights");
+    expect_config_error(cdir, "{" T_OK ", \"init_lora_weights\": 3}", "init_lora_weights");
+    expect_config_error(cdir, "{" T_OK ", \"some_future_option\": 2}", "some_future_option: 2 is not supported");
+    expect_config_error(cdir, "{" T_OK ", \"r\": 4}", "r: key given twice");
+    expect_config_error(cdir, "{" PEFT_OK ", \"target_modules\": [\"c_attn\\u0000\"]}", "target_modules[0]: holds \\u0000");
+    /* adapter_config.json as peft 0.21 saves it, with the initialisations that touch only fresh
+     * adapters and a newer option at its neutral value */
+    static const char *const fresh_inits[] = {"true", "false", "\"gaussian\"", "\"orthogonal\"", "\"eva\""};
+    for (int i = 0; i < 5; i++) {
+        char full[2048];
+        snprintf(full, sizeof full,
+                 "{\"alora_invocation_tokens\": null, \"alpha_pattern\": {}, \"arrow_config\": null, \"auto_mapping\": "
+                 "{\"base_model_class\": \"GPT2LMHeadModel\", \"parent_library\": \"transformers\"}, "
+                 "\"base_model_name_or_path\": \"gpt2\", \"bias\": \"none\", \"corda_config\": null, "
+                 "\"ensure_weight_tying\": false, \"eva_config\": null, \"exclude_modules\": null, \"fan_in_fan_out\": true, "
+                 "\"inference_mode\": true, \"init_lora_weights\": %s, \"kasa_config\": null, \"layer_replication\": null, "
+                 "\"layers_pattern\": null, \"layers_to_transform\": null, \"loftq_config\": {}, \"lora_alpha\": 8, "
+                 "\"lora_bias\": false, \"lora_dropout\": 0.0, \"lora_ga_config\": null, \"megatron_config\": null, "
+                 "\"megatron_core\": \"megatron.core\", \"modules_to_save\": null, \"monteclora_config\": null, "
+                 "\"peft_type\": \"LORA\", \"peft_version\": \"0.21.2\", \"qalora_group_size\": 16, \"r\": 2, "
+                 "\"rank_pattern\": {}, \"revision\": null, \"target_modules\": [\"c_attn\"], \"target_parameters\": null, "
+                 "\"task_type\": \"CAUSAL_LM\", \"trainable_token_indices\": null, \"use_bdlora\": null, \"use_dora\": false, "
+                 "\"use_qalora\": false, \"use_rslora\": true, \"velora_config\": null, \"some_future_option\": null}",
+                 fresh_inits[i]);
+        write_file(cdir, "adapter_config.json", full);
+        int ok = ct_lora_read_peft_config(cdir, &back, err, sizeof err) == 0;
+        CHECK(ok && back.r == 2 && back.alpha == 8.0f && back.rslora == 1);
+        if (!ok) fprintf(stderr, "  peft 0.21's adapter_config.json (init %s): %s\n", fresh_inits[i], err);
+    }
+#undef T_OK
 #undef PEFT_OK
     char *nocfg = subdir("peft_nocfg");
     ct_lora_spec dummy;
@@ -817,6 +862,70 @@ static void test_peft_io(void)
     free(dir);
     ct_model_free(m2);
     ct_model_free(m);
+}
+
+/* ---------------------------------------------------------------- 5b. the base adapters belong to */
+
+static void test_base_fingerprint(void)
+{
+    ct_lora_spec s = make_spec("c_attn", 2, 3.0f, 0.0f, 0);
+    ct_model *m = make_lora(&s, 3);
+    randomize_B(m, 5);
+    char err[1024] = "", path[600];
+    char *dir = strdup(subdir("peft_base"));
+    CHECK(ct_lora_save_peft(m, &s, "models/base-a", dir, err, sizeof err) == 0);
+    const char *fp = ct_model_base_fingerprint(m);
+    CHECK(fp && strlen(fp) == 16);
+    /* recorded where peft does not look: the safetensors metadata */
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    ct_safetensors *st = NULL;
+    CHECK(ct_st_open(&st, path, err, sizeof err) == 0);
+    const char *rec = st ? ct_st_metadata(st, CT_LORA_BASE_KEY) : NULL, *name = st ? ct_st_metadata(st, CT_LORA_BASE_NAME_KEY) : NULL;
+    CHECK(rec && fp && !strcmp(rec, fp) && name && !strcmp(name, "models/base-a"));
+    ct_st_close(st);
+
+    /* the same base with every weight rounded to bf16 (a bf16 copy, or the CUDA backend) is the same base */
+    ct_model *same = make_lora(&s, 7);
+    float *w = ct_model_params(same);
+    for (int i = 0; i < ct_model_num_tensors(same); i++) {
+        const ct_param *p = ct_model_tensor(same, i);
+        for (size_t k = 0; k < p->numel; k++) w[p->offset + k] = ct_test_bf16(w[p->offset + k]);
+    }
+    CHECK(ct_lora_load_peft(same, dir, err, sizeof err) == 0);
+    if (err[0]) fprintf(stderr, "  same base in bf16: %s\n", err);
+    float *l1 = logits_of(m), *l2 = logits_of(same);
+    CHECK(fabsf(l1[0] - l2[0]) < 1e-2f);
+    free(l1), free(l2);
+
+    /* one weight of the base changed (another fine-tune of it): refused before any adapter is loaded */
+    ct_model *other = make_lora(&s, 7);
+    const ct_param *last = ct_model_tensor(other, ct_model_num_tensors(other) - 1);
+    ((float *)ct_model_params(other))[last->offset] += 0.01f;
+    err[0] = 0;
+    CHECK(ct_lora_load_peft(other, dir, err, sizeof err) == -1);
+    static const char *const want_other[] = {"adapter_model.safetensors: __metadata__.ctrain_base_fingerprint",
+                                             "trained on another base model (models/base-a, fingerprint", NULL};
+    expect_err("another base", err, want_other);
+    CHECK(strcmp(ct_model_base_fingerprint(other), fp) != 0);
+
+    /* a config field no tensor shows (the norm's epsilon) */
+    ct_model_config c2 = cfg;
+    c2.norm_eps = 1e-6f;
+    ct_model *eps = ct_test_tiny_model(&c2, be, ctx, B, T, 3.0f, 0.3f);
+    CHECK(ct_lora_add(eps, &s, 3, 1, err, sizeof err) == 0);
+    CHECK(ct_lora_load_peft(eps, dir, err, sizeof err) == -1 && strstr(err, "another base model"));
+
+    /* merging changes the base, and its fingerprint with it */
+    char before[17];
+    snprintf(before, sizeof before, "%s", fp);
+    CHECK(ct_lora_merge(m, err, sizeof err) == 0);
+    CHECK(strcmp(ct_model_base_fingerprint(m), before) != 0);
+
+    ct_model_free(eps);
+    ct_model_free(other);
+    ct_model_free(same);
+    ct_model_free(m);
+    free(dir);
 }
 
 /* ---------------------------------------------------------------- 6. rsLoRA */
@@ -869,6 +978,7 @@ int main(void)
     test_merge("all-linear", 2, 3.0f, 0, "merged_all");
     test_merge("c_attn, mlp.c_proj", 4, 3.0f, 1, "merged_rslora");
     test_peft_io();
+    test_base_fingerprint();
     test_rslora();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);

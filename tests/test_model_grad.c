@@ -282,6 +282,30 @@ static void test_bad_configs(void)
     CHECK(ct_model_init(&m, &c, be, be->kctx_init(0), 1, 4, 1, err, sizeof err) == -1 && strstr(err, "n_layer"));
     CHECK(ct_model_init(&m, &cfg, be, be->kctx_init(0), 1, cfg.max_seq_len + 1, 1, err, sizeof err) == -1 &&
           strstr(err, "max_seq_len"));
+    /* limits, named before anything is allocated (a checkpoint's shape or model.* keys) */
+    c = cfg;
+    c.n_layer = CT_MAX_LAYERS + 1;
+    CHECK(ct_model_init(&m, &c, be, be->kctx_init(0), 1, 4, 1, err, sizeof err) == -1 &&
+          strstr(err, "model.n_layer: 1025 is more than ctrain's limit of 1024"));
+    c = cfg;
+    c.vocab_size = CT_MAX_VOCAB, c.n_embd = CT_MAX_WIDTH, c.n_head = 256, c.untied = 1;
+    c.arch = ct_arch_by_name("llama"), c.n_kv_head = 0, c.head_dim = 0, c.n_inner = 8;
+    CHECK(ct_model_init(&m, &c, be, be->kctx_init(0), 1, 4, 1, err, sizeof err) == -1 &&
+          strstr(err, "parameters"));
+    /* B x T past 2^31 tokens */
+    c = gpt2_cfg;
+    c.max_seq_len = 1 << 16;
+    CHECK(ct_model_init(&m, &c, be, be->kctx_init(0), 1 << 16, 1 << 16, 1, err, sizeof err) == -1 && m == NULL &&
+          strstr(err, "too large"));
+    /* a shape within every limit whose memory the machine does not have: refused, not the OOM
+     * killer (GPT-2's learned positions: 2^23 x 2^16 floats = 2 TiB) */
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0 && (double)pages * page < 0x1p40) {
+        c = gpt2_cfg;
+        c.max_seq_len = 1 << 23, c.n_embd = CT_MAX_WIDTH, c.n_head = 64;
+        CHECK(ct_model_init(&m, &c, be, be->kctx_init(0), 1, 4, 1, err, sizeof err) == -1 && m == NULL &&
+              strstr(err, "needs more than this machine's"));
+    }
 }
 
 static void test_family(void)

@@ -305,7 +305,7 @@ static void write_bpe(const char *path, int eos)
                "\"model\": {\"type\": \"BPE\", \"vocab\": {");
     for (int b = 0; b < 256; b++) {
         char s[2] = {(char)b, 0};
-        if (b == 0) fprintf(f, "\"\\u0000\": 0");
+        if (b == 0) fputc('"', f), put_utf8(f, byte_char(0)), fprintf(f, "\": 0"); /* put_tok stops at NUL */
         else fprintf(f, ", "), put_tok(f, s), fprintf(f, ": %d", b);
     }
     for (int i = 0; i < nm; i++) {
@@ -581,8 +581,11 @@ static void test_bad_inputs(void)
         {"{\"text\": \"a\"}\n\n{\"text\": [1]}\n", "line 3: field \"text\"", "an array; must be a string"},
         {"{\"text\": \"a\"}\n{\"text\": \"b\",}\n", "line 2, column", "malformed JSON"},
         {"{\"text\": \"a\"}\n[\"b\"]\n", "line 2", "an array; each line must be an object"},
-        {"{\"text\": \"a\\u0000b\"}\n{\"text\": \"c\"}\n", "line 1: field \"text\"", "\\u0000"},
+        {"{\"text\": \"a\\u0000b\"}\n{\"text\": \"c\"}\n", "line 1: text: holds", "\\u0000"},
         {"{\"text\": \"a\"}\n{\"text\": \"b\0\"}\n", "line 2", "a raw NUL byte"},
+        /* cJSON would read the first "text" and drop the second without a word */
+        {"{\"text\": \"a\"}\n{\"text\": \"b\", \"text\": \"c\"}\n", "line 2: text: key given twice", "refused"},
+        {"{\"text\": \"a\", \"meta\": {\"k\": 1, \"k\": 2}}\n{\"text\": \"c\"}\n", "line 1: meta.k: key given twice", "refused"},
         {"{\"text\": \"a\"}\n{\"prompt\": \"b\", \"response\": \"c\"}\n", "line 2: field \"text\": missing",
          "supervised examples"},
         {"{\"text\": \"only one\"}\n", "1 document", "too few to split"},

@@ -97,6 +97,10 @@ static void test_malformed(const char *dir)
     expect_open_fail(path, "header length > file size", "exceeds the file size", NULL);
     put_file(path, 1ull << 62, "{}      ", 8, NULL, 16);
     expect_open_fail(path, "header length 1<<62", "limit", NULL);
+    put_file(path, (uint64_t)-8, "{}      ", 8, NULL, 16); /* -8 as a signed length */
+    expect_open_fail(path, "header length -8 (signed)", "limit", NULL);
+    put_file(path, 100000001, "{}      ", 8, NULL, 16); /* just above the reference's 100 MB */
+    expect_open_fail(path, "header length 100 MB + 1", "limit", NULL);
     put_file(path, 10, "{\"w\"\0:{}} ", 10, NULL, 0);
     expect_open_fail(path, "NUL in header", "NUL", NULL);
     put_file(path, 9, "{\"w\xff\":{}}", 9, NULL, 0);
@@ -115,7 +119,7 @@ static void test_malformed(const char *dir)
     bad_header(dir, "unknown dtype", "{\"w\":{\"dtype\":\"F8_XYZ\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "'w'",
                "F8_XYZ");
     bad_header(dir, "duplicate field", "{\"w\":{\"dtype\":\"F32\",\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[0,8]}}",
-               8, "'w'", "duplicate field \"dtype\"");
+               8, "header: w.dtype", "key given twice");
     bad_header(dir, "missing shape", "{\"w\":{\"dtype\":\"F32\",\"data_offsets\":[0,8]}}", 8, "'w'",
                "missing \"shape\"");
     bad_header(dir, "negative dim", "{\"w\":{\"dtype\":\"F32\",\"shape\":[-2,2],\"data_offsets\":[0,16]}}", 16, "'w'",
@@ -152,13 +156,33 @@ static void test_malformed(const char *dir)
                "\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}", 24, "'b'", "overlap tensor 'a'");
     bad_header(dir, "duplicate names",
                "{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-               "\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}", 16, "'w'", "duplicate tensor name");
+               "\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}", 16, "header: w", "key given twice");
+    /* a NUL cut a name short ("a\u0000b" read as "a"), or a metadata value */
+    bad_header(dir, "NUL in a name", "{\"a\\u0000b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
+               "header: a: the key holds \\u0000", NULL);
+    bad_header(dir, "NUL in metadata", "{\"__metadata__\":{\"format\":\"pt\\u0000x\"}}", 0,
+               "header: __metadata__.format: holds \\u0000", NULL);
+    /* the tensors must cover the data section exactly, as the Rust library requires */
+    bad_header(dir, "gap between tensors",
+               "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+               "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}", 12, "'b'", "bytes [4, 8)");
+    bad_header(dir, "gap before the first tensor", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8,
+               "'a'", "bytes [0, 4) of the data section belong to no tensor");
+    bad_header(dir, "trailing bytes", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 12,
+               "data section: 8 trailing bytes", "end at byte 4 of 12");
+    bad_header(dir, "no tensors, data", "{}", 4, "data section: 4 trailing bytes", NULL);
+    bad_header(dir, "empty tensor inside another",
+               "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+               "\"z\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,4]}}", 8, "'z'", "lie inside tensor 'a'");
+    bad_header(dir, "empty tensor past the end",
+               "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+               "\"z\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[12,12]}}", 12, "'z'", "bytes [8, 12)");
     bad_header(dir, "metadata not strings", "{\"__metadata__\":{\"format\":\"pt\",\"n\":1}}", 0, "__metadata__",
                "'n'");
     bad_header(dir, "metadata not an object", "{\"__metadata__\":[1]}", 0, "__metadata__", "not a JSON object");
-    bad_header(dir, "metadata twice", "{\"__metadata__\":{},\"__metadata__\":{}}", 0, "__metadata__", "twice");
-    bad_header(dir, "metadata key twice", "{\"__metadata__\":{\"k\":\"a\",\"k\":\"b\"}}", 0, "__metadata__",
-               "duplicate key 'k'");
+    bad_header(dir, "metadata twice", "{\"__metadata__\":{},\"__metadata__\":{}}", 0, "header: __metadata__", "twice");
+    bad_header(dir, "metadata key twice", "{\"__metadata__\":{\"k\":\"a\",\"k\":\"b\"}}", 0, "header: __metadata__.k",
+               "key given twice");
 
     /* a good file written by us, then cut short: the last tensor no longer fits */
     join(path, sizeof path, dir, "truncated.safetensors");
@@ -173,7 +197,8 @@ static void test_malformed(const char *dir)
     expect_open_fail(path, "truncated data section", "'last.weight'", "end beyond the data section");
 }
 
-/* Valid edge cases a reader must accept: no tensors, an unpadded header, gaps between tensors. */
+/* Valid edge cases a reader must accept: no tensors, an unpadded header, tensors out of file
+ * order, empty tensors on boundaries (at 0 and at the end). */
 static void test_valid_edges(const char *dir)
 {
     char path[512], err[ERRLEN] = "";
@@ -187,17 +212,18 @@ static void test_valid_edges(const char *dir)
     ct_st_close(st);
     st = NULL;
 
-    const char *j = "{\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[12,16]},"
+    const char *j = "{\"b\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[4,16]},"
                     "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
-                    "\"z\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,4]}} \n";
+                    "\"y\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]},"
+                    "\"z\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[16,16]}} \n";
     float d[4] = {1.5f, -9, -9, 2.5f};
     put_file(path, strlen(j), j, strlen(j), d, sizeof d);
     CHECK(ct_st_open(&st, path, err, sizeof err) == 0);
     if (st) {
-        CHECK(ct_st_count(st) == 3);
-        CHECK(!strcmp(ct_st_at(st, 0)->name, "b") && !strcmp(ct_st_at(st, 2)->name, "z"));
-        float v = 0;
-        CHECK(ct_st_read_f32(st, ct_st_find(st, "b"), &v, 1, err, sizeof err) == 0 && v == 2.5f);
+        CHECK(ct_st_count(st) == 4);
+        CHECK(!strcmp(ct_st_at(st, 0)->name, "b") && !strcmp(ct_st_at(st, 3)->name, "z"));
+        float v = 0, v3[3] = {0};
+        CHECK(ct_st_read_f32(st, ct_st_find(st, "b"), v3, 3, err, sizeof err) == 0 && v3[2] == 2.5f);
         CHECK(ct_st_read_f32(st, ct_st_find(st, "a"), &v, 1, err, sizeof err) == 0 && v == 1.5f);
         CHECK(ct_st_read_f32(st, ct_st_find(st, "z"), NULL, 0, err, sizeof err) == 0);
     }

@@ -395,7 +395,15 @@ static void test_errors(void)
                  "assistant");
     expect_error(GOOD "{\"messages\": []}\n", 0.5, 64, "line 2: messages: no assistant turn with text", "assistant");
     /* a NUL: as an escape cJSON would silently cut at */
-    expect_error(GOOD "{\"prompt\": \"a\", \"response\": \"b\\u0000c\"}\n", 0.5, 64, "line 2:", "\\u0000");
+    expect_error(GOOD "{\"prompt\": \"a\", \"response\": \"b\\u0000c\"}\n", 0.5, 64, "line 2: response: holds", "\\u0000");
+    expect_error(GOOD "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"content\": "
+                      "\"b\\u0000\"}]}\n",
+                 0.5, 64, "line 2: messages[1].content: holds", "\\u0000");
+    /* a key given twice: cJSON would read the first response and drop the second without a word */
+    expect_error(GOOD "{\"prompt\": \"a\", \"response\": \"b\", \"response\": \"c\"}\n", 0.5, 64,
+                 "line 2: response: key given twice", NULL);
+    expect_error(GOOD "{\"messages\": [{\"role\": \"user\", \"role\": \"assistant\", \"content\": \"a\"}]}\n", 0.5, 64,
+                 "line 2: messages[0].role: key given twice", NULL);
     /* a late bad line still stops everything (nothing written): line 3 after a blank line 2 */
     expect_error(GOOD "\n{\"prompt\": \"a\", \"response\": \"much too long for the window\"}\n", 0.5, 40,
                  "line 3: example of 57 tokens does not fit data.seq_len + 1 = 41 tokens", NULL);

@@ -141,6 +141,14 @@ static void test_folder(void)
     const char bad[] = "{\"tokenizer_class\":\"LlamaTokenizer\",\"add_bos_token\":true,\"bos_token\":\"<nope>\"}";
     write_file("folder/tokenizer_config.json", bad, sizeof bad - 1);
     CHECK(ct_tokenizer_load(&t, dir, err, sizeof err) == -1 && strstr(err, "tokenizer_config.json: bos_token"));
+    /* a key given twice (cJSON reads the first), a NUL in a token's name */
+    const char dup[] = "{\"tokenizer_class\":\"LlamaTokenizerFast\",\"add_bos_token\":false,\"add_bos_token\":true}";
+    write_file("folder/tokenizer_config.json", dup, sizeof dup - 1);
+    CHECK(ct_tokenizer_load(&t, dir, err, sizeof err) == -1 &&
+          strstr(err, "tokenizer_config.json: add_bos_token: key given twice"));
+    const char nul[] = "{\"eos_token\":\"<unk>\\u0000\"}";
+    write_file("folder/tokenizer_config.json", nul, sizeof nul - 1);
+    CHECK(ct_tokenizer_load(&t, dir, err, sizeof err) == -1 && strstr(err, "tokenizer_config.json: eos_token: holds \\u0000"));
     unlink(ct_test_path("folder/tokenizer_config.json"));
     unlink(ct_test_path("folder/tokenizer.json"));
     rmdir(dir);
@@ -200,6 +208,14 @@ static void test_bad(void)
     expect_error("\"prepend_scheme\":\"first\"", "\"prepend_scheme\":\"sometimes\"", "prepend_scheme", NULL);
     expect_error("\"String\":\"\\u2581\"", "\"Regex\":\"(\"", "decoder Replace", "pattern");
     expect_error("\"ab\":5", "\"ab\":-5", "vocab", NULL);
+    /* what cJSON lets through: a key given twice (it reads the first: no normalizer here), a NUL
+     * that cuts a token short ("a\u0000b" would be "a") */
+    expect_error("\"normalizer\":null", "\"normalizer\":null,\"normalizer\":{\"type\":\"NFC\"}", "bad.json: normalizer: key given twice",
+                 NULL);
+    expect_error("\"a\":3", "\"a\":3,\"a\":3", "bad.json: model.vocab.a: key given twice", NULL);
+    expect_error("\"ab\":5", "\"a\\u0000b\":5", "bad.json: model.vocab.a: the key holds \\u0000", NULL);
+    expect_error("\"content\":\"<s>\"", "\"content\":\"<s>\\u0000\"", "bad.json: added_tokens[1].content: holds \\u0000",
+                 NULL);
 }
 
 /* ---- several threads, one tokenizer */

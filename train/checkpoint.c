@@ -3,6 +3,7 @@
 #include "checkpoint.h"
 
 #include "hf_config.h"
+#include "lora.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -199,6 +200,10 @@ static int write_root_attrs(hid_t file, const ct_model *m, const ct_optim *o, co
     char *hf = ct_hf_config_text(c, ct_model_hf_config(m));
     rc |= hf ? attr_string(file, "hf_config", hf) : -1;
     free(hf);
+    if (ct_model_has_lora(m)) { /* the base the adapters train on (ct_lora_check_base reads it back) */
+        const char *base = ct_model_base_fingerprint((ct_model *)m);
+        rc |= base ? attr_string(file, "lora_base", base) : -1;
+    }
     rc |= attr_i64(file, "vocab_size", c->vocab_size);
     rc |= attr_i64(file, "n_positions", c->max_seq_len);
     rc |= attr_i64(file, "n_layer", c->n_layer);
@@ -525,6 +530,13 @@ int ct_ckpt_read(const char *path, ct_model *m, ct_optim *o, ct_ckpt_state *st, 
              mc.vocab_size, mc.max_seq_len, have->model_type, have->n_layer, have->n_head, have->n_embd,
              have->vocab_size, have->max_seq_len);
         goto agree;
+    }
+    if (ct_model_has_lora(m)) {
+        char *base = attr_read_string(file, "lora_base"), where[CT_PATH_MAX + 64];
+        snprintf(where, sizeof where, "%s: attribute lora_base", path);
+        int other = ct_lora_check_base(m, base, NULL, where, err, errlen);
+        free(base);
+        if (other) goto agree;
     }
     for (int i = 0; i < nt; i++) {
         const ct_param *p = &tr.tensors[i];

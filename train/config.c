@@ -1,7 +1,9 @@
 /* config.c — the key table (defaults, ranges, help), JSON loading, overrides, validation. */
 #include "config.h"
 
+#include "json_check.h"
 #include "json_file.h"
+#include "model.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -29,13 +31,13 @@ static const key_info keys[] = {
     {"run.device", K_STR, F(run.device), "\"auto\"", 0, 0, "auto|cpu|cuda", "compute backend; auto picks CUDA where a GPU is found"},
     {"model.init_from", K_STR, F(model.init_from), "\"\"", 0, 0, NULL, "\"\": random init from the keys below; else a Hugging Face model folder (gpt2, llama, mistral, qwen2: its config.json wins) or a checkpoint"},
     {"model.arch", K_STR, F(model.arch), "\"gpt2\"", 0, 0, "gpt2|llama", "family of a random init: gpt2 (LayerNorm, GELU, learned positions) or llama (RMSNorm, SwiGLU, RoPE, grouped-query attention)"},
-    {"model.vocab_size", K_INT, F(model.vocab_size), "257", 1, 1 << 24, NULL, "vocabulary size (257: the byte tokenizer)"},
+    {"model.vocab_size", K_INT, F(model.vocab_size), "257", 1, CT_MAX_VOCAB, NULL, "vocabulary size (257: the byte tokenizer)"},
     {"model.max_seq_len", K_INT, F(model.max_seq_len), "256", 1, 1 << 20, NULL, "positions the model has (n_positions)"},
-    {"model.n_layer", K_INT, F(model.n_layer), "4", 1, 4096, NULL, "transformer blocks"},
-    {"model.n_head", K_INT, F(model.n_head), "4", 1, 4096, NULL, "attention heads"},
-    {"model.n_embd", K_INT, F(model.n_embd), "128", 1, 1 << 20, NULL, "width; a multiple of n_head"},
-    {"model.n_kv_head", K_INT, F(model.n_kv_head), "0", 0, 4096, NULL, "llama: key/value heads (grouped-query attention; 0: n_head)"},
-    {"model.n_inner", K_INT, F(model.n_inner), "0", 0, 1 << 24, NULL, "llama: the MLP's width (intermediate_size; 0: 4 * n_embd)"},
+    {"model.n_layer", K_INT, F(model.n_layer), "4", 1, CT_MAX_LAYERS, NULL, "transformer blocks"},
+    {"model.n_head", K_INT, F(model.n_head), "4", 1, CT_MAX_HEADS, NULL, "attention heads"},
+    {"model.n_embd", K_INT, F(model.n_embd), "128", 1, CT_MAX_WIDTH, NULL, "width; a multiple of n_head"},
+    {"model.n_kv_head", K_INT, F(model.n_kv_head), "0", 0, CT_MAX_HEADS, NULL, "llama: key/value heads (grouped-query attention; 0: n_head)"},
+    {"model.n_inner", K_INT, F(model.n_inner), "0", 0, CT_MAX_INNER, NULL, "llama: the MLP's width (intermediate_size; 0: 4 * n_embd)"},
     {"model.rope_theta", K_REAL, F(model.rope_theta), "10000", 1, 1e12, NULL, "llama: RoPE base"},
     {"model.norm_eps", K_REAL, F(model.norm_eps), "1e-05", 1e-12, 1, NULL, "llama: RMSNorm epsilon (GPT-2 uses 1e-5)"},
     {"model.tie_embeddings", K_BOOL, F(model.tie_embeddings), "true", 0, 1, NULL, "llama: the LM head shares the embedding (GPT-2 always does)"},
@@ -236,12 +238,6 @@ static int apply_json(ct_config *cfg, const cJSON *root, const char *path, char 
                 snprintf(err, errlen, "%s: unknown key '%s' (did you mean '%s'?)", path, key, nearest(key, 0));
                 return -1;
             }
-            for (const cJSON *other = sec->child; other != item; other = other->next) {
-                if (!strcmp(other->string, item->string)) {
-                    snprintf(err, errlen, "%s: %s: given twice", path, key);
-                    return -1;
-                }
-            }
             if (set_value(cfg, k, item, path, err, errlen)) return -1;
         }
     }
@@ -266,6 +262,10 @@ static int apply_override(ct_config *cfg, const char *ov, char *err, size_t errl
     }
     /* a JSON value, or else a bare string (--set run.dir=runs/x) */
     cJSON *v = cJSON_Parse(eq + 1);
+    if (v && ct_json_check(eq + 1, strlen(eq + 1), v, where, err, errlen)) {
+        cJSON_Delete(v);
+        return -1;
+    }
     if (!v || (k->type == K_STR && !cJSON_IsString(v))) {
         cJSON_Delete(v);
         v = cJSON_CreateString(eq + 1);
@@ -280,7 +280,8 @@ int ct_config_parse(ct_config *cfg, const char *text, const char *name, char *er
     ct_config_defaults(cfg);
     cJSON *root = cJSON_Parse(text);
     if (!root) return snprintf(err, errlen, "%s: malformed JSON", name), -1;
-    int rc = apply_json(cfg, root, name, err, errlen);
+    int rc = ct_json_check(text, strlen(text), root, name, err, errlen);
+    if (rc == 0) rc = apply_json(cfg, root, name, err, errlen);
     if (rc == 0) rc = ct_config_check(cfg, err, errlen);
     cJSON_Delete(root);
     return rc;

@@ -1,10 +1,13 @@
-/* json_file.c — read a file whole, parse it, and say where malformed JSON goes wrong. */
+/* json_file.c — read a file whole, parse it, say where malformed JSON goes wrong, and refuse what
+ * cJSON lets through (NUL characters, duplicate keys: ct_json_check). */
 #include "json_file.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "json_check.h"
 
 cJSON *ct_json_load(const char *path, size_t max_bytes, char *err, size_t errlen)
 {
@@ -32,6 +35,9 @@ cJSON *ct_json_load(const char *path, size_t max_bytes, char *err, size_t errlen
             else col++;
         }
         snprintf(err, errlen, "%s: malformed JSON at line %d, column %d", path, line, col);
+    } else if (ct_json_check(text, n, root, path, err, errlen)) {
+        cJSON_Delete(root);
+        root = NULL;
     }
     free(text);
     return root;

@@ -1,8 +1,9 @@
 /* safetensors.c — reader and writer for Hugging Face safetensors files (see safetensors.h).
  *
  * Reading: the 8-byte length and the JSON header are read and validated completely at open
- * (types, dtypes, shapes, offsets against the real data-section size, sizes, overlaps, duplicate
- * names), so every later read is known to be in bounds. Tensor data is not held in memory: it is
+ * (types, dtypes, shapes, offsets against the real data-section size, sizes; the tensors tiling
+ * the data section exactly; no duplicate keys or NUL characters anywhere in the header), so every
+ * later read is known to be in bounds and every byte of the file belongs to exactly one thing. Tensor data is not held in memory: it is
  * read with pread() on demand, which is thread-safe and needs no mapping of multi-GB files. The
  * parsed cJSON tree is kept for the lifetime of the handle; tensor names point into it.
  *
@@ -29,6 +30,7 @@
 #include <unistd.h>
 
 #include "fail.h"
+#include "json_check.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors.c assumes a little-endian host (safetensors data is little-endian)"
@@ -244,16 +246,10 @@ static int parse_entry(const char *path, const cJSON *e, uint64_t data_len, ct_s
     const char *name = e->string;
     if (!cJSON_IsObject(e))
         return ct_fail(err, errlen, "%s: tensor '%s': entry is not a JSON object", path, name);
-    const cJSON *jdt = NULL, *jshape = NULL, *joff = NULL;
-    for (const cJSON *f = e->child; f; f = f->next) { /* cJSON keeps duplicate keys: refuse them */
-        const cJSON **slot = !strcmp(f->string, "dtype") ? &jdt
-                           : !strcmp(f->string, "shape") ? &jshape
-                           : !strcmp(f->string, "data_offsets") ? &joff : NULL;
-        if (slot && *slot)
-            return ct_fail(err, errlen, "%s: tensor '%s': duplicate field \"%s\"", path, name, f->string);
-        if (slot)
-            *slot = f;
-    }
+    /* duplicate keys were refused by ct_json_check */
+    const cJSON *jdt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
+    const cJSON *jshape = cJSON_GetObjectItemCaseSensitive(e, "shape");
+    const cJSON *joff = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
     t->name = name;
 
     if (!jdt)
@@ -323,29 +319,16 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* "__metadata__" must be an object of strings, as in the Rust library (HashMap<String, String>),
- * without duplicate keys (found by sorting: a hostile header may hold millions). */
+/* "__metadata__" must be an object of strings, as in the Rust library (HashMap<String, String>);
+ * ct_json_check refused duplicate keys. */
 static int check_metadata(const char *path, const cJSON *m, char *err, size_t errlen)
 {
     if (!cJSON_IsObject(m))
         return ct_fail(err, errlen, "%s: __metadata__: not a JSON object", path);
-    size_t n = 0;
-    for (const cJSON *a = m->child; a; a = a->next, n++)
+    for (const cJSON *a = m->child; a; a = a->next)
         if (!cJSON_IsString(a))
             return ct_fail(err, errlen, "%s: __metadata__: key '%s': value is not a string", path, a->string);
-    const char **keys = malloc((n ? n : 1) * sizeof *keys);
-    if (!keys)
-        return ct_fail(err, errlen, "%s: __metadata__: out of memory", path);
-    n = 0;
-    for (const cJSON *a = m->child; a; a = a->next)
-        keys[n++] = a->string;
-    qsort(keys, n, sizeof *keys, cmp_str);
-    int rc = 0;
-    for (size_t i = 1; i < n && !rc; i++)
-        if (!strcmp(keys[i - 1], keys[i]))
-            rc = ct_fail(err, errlen, "%s: __metadata__: duplicate key '%s'", path, keys[i]);
-    free(keys);
-    return rc;
+    return 0;
 }
 
 static int cmp_by_name(const void *a, const void *b)
@@ -366,32 +349,44 @@ static int cmp_by_offset(const void *a, const void *b)
     return x->end < y->end ? -1 : x->end > y->end;
 }
 
-/* Duplicate names and overlapping byte ranges, both found by sorting (n can be large). */
-static int check_names_and_overlaps(ct_safetensors *st, char *err, size_t errlen)
+/* The tensors must tile the data section exactly, as the Rust library requires: sorted by
+ * (begin, end), each begins where the one before ends, the first at 0, and the last ends where the
+ * file does. So no byte belongs to two tensors or to none (no gaps, no trailing bytes), and an
+ * empty tensor sits on a boundary. Names are sorted for ct_st_find (ct_json_check refused
+ * duplicates). */
+static int check_layout(ct_safetensors *st, char *err, size_t errlen)
 {
     int n = st->n;
     for (int i = 0; i < n; i++)
         st->sorted[i] = &st->tensors[i];
     qsort(st->sorted, (size_t)n, sizeof *st->sorted, cmp_by_name);
-    for (int i = 1; i < n; i++)
-        if (!strcmp(st->sorted[i - 1]->name, st->sorted[i]->name))
-            return ct_fail(err, errlen, "%s: tensor '%s': duplicate tensor name", st->path, st->sorted[i]->name);
 
     const ct_st_tensor **by_off = malloc((n > 0 ? (size_t)n : 1) * sizeof *by_off);
     if (!by_off)
         return ct_fail(err, errlen, "%s: out of memory", st->path);
-    int k = 0;
     for (int i = 0; i < n; i++)
-        if (st->tensors[i].end > st->tensors[i].begin) /* empty tensors occupy no bytes */
-            by_off[k++] = &st->tensors[i];
-    qsort(by_off, (size_t)k, sizeof *by_off, cmp_by_offset);
+        by_off[i] = &st->tensors[i];
+    qsort(by_off, (size_t)n, sizeof *by_off, cmp_by_offset);
     int rc = 0;
-    for (int i = 1; i < k && !rc; i++)
-        if (by_off[i]->begin < by_off[i - 1]->end)
+    uint64_t at = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        const ct_st_tensor *t = by_off[i], *p = i ? by_off[i - 1] : NULL;
+        if (t->begin < at)
             rc = ct_fail(err, errlen,
-                      "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] overlap tensor '%s' [%" PRIu64
-                      ", %" PRIu64 "]", st->path, by_off[i]->name, by_off[i]->begin, by_off[i]->end,
-                      by_off[i - 1]->name, by_off[i - 1]->begin, by_off[i - 1]->end);
+                      "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] %s tensor '%s' [%" PRIu64 ", %" PRIu64
+                      "]", st->path, t->name, t->begin, t->end, t->end > t->begin ? "overlap" : "lie inside",
+                      p->name, p->begin, p->end);
+        else if (t->begin > at)
+            rc = ct_fail(err, errlen,
+                      "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] leave a gap: bytes [%" PRIu64
+                      ", %" PRIu64 ") of the data section belong to no tensor (safetensors has no gaps)",
+                      st->path, t->name, t->begin, t->end, at, t->begin);
+        at = t->end;
+    }
+    if (!rc && at != st->data_len)
+        rc = ct_fail(err, errlen,
+                  "%s: data section: %" PRIu64 " trailing bytes belong to no tensor (the tensors end at byte %" PRIu64
+                  " of %" PRIu64 ")", st->path, st->data_len - at, at, st->data_len);
     free(by_off);
     return rc;
 }
@@ -412,14 +407,16 @@ static int parse_header(ct_safetensors *st, const char *buf, size_t len, char *e
     for (const char *p = end; p < buf + len; p++) /* writers pad with spaces; anything else is junk */
         if (!strchr(" \t\r\n", *p))
             return ct_fail(err, errlen, "%s: header: unexpected data after the JSON object at byte %td", path, p - buf);
+    char where[4200];
+    snprintf(where, sizeof where, "%s: header", path);
+    if (ct_json_check(buf, len, st->root, where, err, errlen))
+        return -1;
     if (!cJSON_IsObject(st->root))
         return ct_fail(err, errlen, "%s: header: not a JSON object", path);
 
     int n = 0;
     for (const cJSON *e = st->root->child; e; e = e->next) {
         if (!strcmp(e->string, "__metadata__")) {
-            if (st->meta)
-                return ct_fail(err, errlen, "%s: __metadata__: appears twice", path);
             if (check_metadata(path, e, err, errlen))
                 return -1;
             st->meta = e;
@@ -438,7 +435,7 @@ static int parse_header(ct_safetensors *st, const char *buf, size_t len, char *e
             return -1;
         st->n++;
     }
-    return check_names_and_overlaps(st, err, errlen);
+    return check_layout(st, err, errlen);
 }
 
 /* On any error (unreadable file, bad length, malformed or inconsistent header) returns -1 with

@@ -6,7 +6,11 @@
  *
  * Reading validates the whole header at open: every offset and length is bounds-checked
  * against the file, so a truncated file or a lying header is an error, never an
- * out-of-bounds read. Errors fill `err` with "<path>: <tensor or field>: <what is wrong>"
+ * out-of-bounds read. As the Rust reference requires, the header length is at most 100 MB (a
+ * length negative as a signed number is above that) and within the file, shape x dtype size =
+ * end - begin for every tensor, and the tensors cover the data section exactly: no gaps, no
+ * overlaps, no trailing bytes. Stricter than the reference: a key given twice (the reference
+ * keeps the last) and a \u0000 in any name or metadata string (it keeps the NUL) are refused. Errors fill `err` with "<path>: <tensor or field>: <what is wrong>"
  * and return -1; on error no output is produced (and *out stays NULL). */
 #ifndef CT_TRAIN_SAFETENSORS_H
 #define CT_TRAIN_SAFETENSORS_H

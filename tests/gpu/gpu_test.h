@@ -15,16 +15,7 @@
 #include "kernels.h"
 
 /* fp32 -> bf16 -> fp32, round to nearest even (what to_storage must do) */
-static inline float bf16r(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    if ((u & 0x7f800000u) == 0x7f800000u) return x;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    u &= 0xffff0000u;
-    memcpy(&x, &u, 4);
-    return x;
-}
+static inline float bf16r(float x) { return ct_test_bf16(x); }
 
 /* Returns 0 when ready; otherwise the exit code main should return (77: skip, 1: failure). */
 static inline int ct_gpu_test_start(const char *name, const ct_backend **cpu, const ct_backend **gpu, ct_kctx **ck,

@@ -233,11 +233,11 @@ static int ignorable(const char *name) { return ends_with(name, ".attn.bias") ||
 
 static int read_hf_config(const cJSON *root, const char *path, ct_model_config *c, char *err, size_t errlen)
 {
-    if (ct_hfc_int(root, "vocab_size", NULL, &c->vocab_size, path, err, errlen) ||
-        ct_hfc_int(root, "n_positions", "n_ctx", &c->max_seq_len, path, err, errlen) ||
-        ct_hfc_int(root, "n_embd", NULL, &c->n_embd, path, err, errlen) ||
-        ct_hfc_int(root, "n_layer", NULL, &c->n_layer, path, err, errlen) ||
-        ct_hfc_int(root, "n_head", NULL, &c->n_head, path, err, errlen) ||
+    if (ct_hfc_int(root, "vocab_size", NULL, CT_MAX_VOCAB, &c->vocab_size, path, err, errlen) ||
+        ct_hfc_int(root, "n_positions", "n_ctx", CT_MAX_POSITIONS, &c->max_seq_len, path, err, errlen) ||
+        ct_hfc_int(root, "n_embd", NULL, CT_MAX_WIDTH, &c->n_embd, path, err, errlen) ||
+        ct_hfc_int(root, "n_layer", NULL, CT_MAX_LAYERS, &c->n_layer, path, err, errlen) ||
+        ct_hfc_int(root, "n_head", NULL, CT_MAX_HEADS, &c->n_head, path, err, errlen) ||
         ct_hfc_float(root, "layer_norm_epsilon", 1e-5, &c->norm_eps, path, err, errlen))
         return -1;
     /* gelu_new, gelu_fast and gelu_pytorch_tanh are the same tanh approximation */

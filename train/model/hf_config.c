@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "arch.h"
+#include "json_check.h"
 #include "json_file.h"
 #include "safetensors.h"
 
@@ -49,27 +50,36 @@ static const cJSON *item(const cJSON *root, const char *key)
 
 static int whole(const cJSON *v) { return cJSON_IsNumber(v) && v->valuedouble == floor(v->valuedouble) && fabs(v->valuedouble) < 2e9; }
 
-int ct_hfc_int(const cJSON *root, const char *key, const char *alt, int *out, const char *path, char *err,
+/* v as an int in [lo, max]; the error names the key and, past max, the limit. */
+static int int_in(const cJSON *v, const char *key, int lo, int max, int *out, const char *path, char *err,
+                  size_t errlen)
+{
+    int integral = cJSON_IsNumber(v) && isfinite(v->valuedouble) && v->valuedouble == floor(v->valuedouble);
+    if (integral && v->valuedouble > max)
+        return snprintf(err, errlen, "%s: %s: %.17g is more than ctrain's limit of %d", path, key, v->valuedouble, max),
+               -1;
+    if (!integral || v->valuedouble < lo)
+        return snprintf(err, errlen, "%s: %s: expected a %s integer", path, key, lo ? "positive" : "non-negative"), -1;
+    *out = (int)v->valuedouble;
+    return 0;
+}
+
+int ct_hfc_int(const cJSON *root, const char *key, const char *alt, int max, int *out, const char *path, char *err,
                size_t errlen)
 {
     const cJSON *v = item(root, key);
     if (!v && alt) v = item(root, alt), key = v ? alt : key;
     if (!v) return snprintf(err, errlen, "%s: %s: missing", path, key), -1;
-    if (!whole(v) || v->valuedouble <= 0)
-        return snprintf(err, errlen, "%s: %s: expected a positive integer", path, key), -1;
-    *out = (int)v->valuedouble;
-    return 0;
+    return int_in(v, key, 1, max, out, path, err, errlen);
 }
 
-int ct_hfc_int_opt(const cJSON *root, const char *key, int dflt, int *out, const char *path, char *err, size_t errlen)
+int ct_hfc_int_opt(const cJSON *root, const char *key, int dflt, int max, int *out, const char *path, char *err,
+                   size_t errlen)
 {
     const cJSON *v = item(root, key);
     *out = dflt;
     if (!v) return 0;
-    if (!whole(v) || v->valuedouble < 0)
-        return snprintf(err, errlen, "%s: %s: expected a non-negative integer", path, key), -1;
-    *out = (int)v->valuedouble;
-    return 0;
+    return int_in(v, key, 0, max, out, path, err, errlen);
 }
 
 int ct_hfc_double(const cJSON *root, const char *key, double dflt, double *out, const char *path, char *err,
@@ -185,7 +195,8 @@ int ct_hf_config_parse_text(const char *text, const char *name, ct_model_config 
 {
     cJSON *root = cJSON_Parse(text);
     if (!root) return snprintf(err, errlen, "%s: malformed model config JSON", name), -1;
-    int rc = ct_hf_config_parse(root, name, c, err, errlen);
+    int rc = ct_json_check(text, strlen(text), root, name, err, errlen);
+    if (rc == 0) rc = ct_hf_config_parse(root, name, c, err, errlen);
     cJSON_Delete(root);
     return rc;
 }

@@ -34,10 +34,12 @@ char *ct_hf_config_text(const ct_model_config *c, const char *source);
 int ct_hf_eos_ids(const char *dir, int *ids, int max, char *err, size_t errlen);
 
 /* ---- typed readers: a missing required key is an error; optional ones take dflt when absent
- * or null. */
-int ct_hfc_int(const cJSON *root, const char *key, const char *alt, int *out, const char *path, char *err,
+ * or null. Integers above max (a CT_MAX_* limit of model.h) are refused naming the key and the
+ * limit, before anything is sized from them. */
+int ct_hfc_int(const cJSON *root, const char *key, const char *alt, int max, int *out, const char *path, char *err,
                size_t errlen);
-int ct_hfc_int_opt(const cJSON *root, const char *key, int dflt, int *out, const char *path, char *err, size_t errlen);
+int ct_hfc_int_opt(const cJSON *root, const char *key, int dflt, int max, int *out, const char *path, char *err,
+                   size_t errlen);
 int ct_hfc_float(const cJSON *root, const char *key, double dflt, float *out, const char *path, char *err,
                  size_t errlen);
 int ct_hfc_double(const cJSON *root, const char *key, double dflt, double *out, const char *path, char *err,

@@ -177,17 +177,12 @@ static int open_index(ct_hf_weights *w, const char *index, char *err, size_t err
         ct_fail(err, errlen, "%s: not a JSON object", index);
         goto done;
     }
-    for (const cJSON *c = root->child; c; c = c->next) { /* cJSON keeps duplicate keys */
-        if (!strcmp(c->string, "weight_map")) {
-            if (wm) {
-                ct_fail(err, errlen, "%s: weight_map: appears twice", index);
-                goto done;
-            }
-            wm = c;
-        } else if (!strcmp(c->string, "metadata") && !cJSON_IsObject(c) && !cJSON_IsNull(c)) {
-            ct_fail(err, errlen, "%s: metadata: not a JSON object", index);
-            goto done;
-        }
+    /* ct_json_load refused duplicate keys: a tensor listed twice, weight_map given twice */
+    wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
+    const cJSON *meta = cJSON_GetObjectItemCaseSensitive(root, "metadata");
+    if (meta && !cJSON_IsObject(meta) && !cJSON_IsNull(meta)) {
+        ct_fail(err, errlen, "%s: metadata: not a JSON object", index);
+        goto done;
     }
     if (!wm) {
         ct_fail(err, errlen, "%s: weight_map: missing", index);
@@ -226,11 +221,6 @@ static int open_index(ct_hf_weights *w, const char *index, char *err, size_t err
         ents[i].file = files[i] = e->valuestring;
     }
     qsort(ents, (size_t)m, sizeof *ents, cmp_idx);
-    for (i = 1; i < m; i++)
-        if (!strcmp(ents[i - 1].name, ents[i].name)) {
-            ct_fail(err, errlen, "%s: tensor '%s': listed twice in weight_map", index, ents[i].name);
-            goto done;
-        }
     qsort(files, (size_t)m, sizeof *files, cmp_str);
     for (i = 0; i < m; i++)
         if (!nfiles || strcmp(files[nfiles - 1], files[i]))

@@ -2,6 +2,7 @@
  * positions in the rotate_half layout, grouped-query attention (optionally within a sliding
  * window), a SwiGLU MLP, an LM head tied to the embedding or not. Hugging Face names and
  * [out, in] layouts are used as they are: nothing is permuted on the way in or out. */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -283,7 +284,7 @@ static int read_rope(const cJSON *root, const char *path, ct_model_config *c, ch
     if (ct_hfc_double(rp, "factor", 0, &c->rope_factor, path, err, errlen) ||
         ct_hfc_double(rp, "low_freq_factor", 0, &c->rope_low_freq, path, err, errlen) ||
         ct_hfc_double(rp, "high_freq_factor", 0, &c->rope_high_freq, path, err, errlen) ||
-        ct_hfc_int_opt(rp, "original_max_position_embeddings", c->max_seq_len, &orig, path, err, errlen))
+        ct_hfc_int_opt(rp, "original_max_position_embeddings", c->max_seq_len, CT_MAX_POSITIONS, &orig, path, err, errlen))
         return -1;
     c->rope_orig_max = orig;
     if (!(c->rope_factor > 0) || !(c->rope_low_freq > 0) || !(c->rope_high_freq > c->rope_low_freq) || orig <= 0)
@@ -299,13 +300,13 @@ static int read_window(const cJSON *root, const char *path, ct_model_config *c, 
     int use = 1;
     if (!strcmp(c->model_type, "qwen2")) {
         if (ct_hfc_bool(root, "use_sliding_window", 0, &use, path, err, errlen) ||
-            ct_hfc_int_opt(root, "max_window_layers", 28, &c->window_from, path, err, errlen))
+            ct_hfc_int_opt(root, "max_window_layers", 28, INT_MAX, &c->window_from, path, err, errlen))
             return -1;
     } else if (strcmp(c->model_type, "mistral")) {
         return 0; /* llama: no window */
     }
     if (!use) return c->window_from = 0, 0;
-    if (ct_hfc_int_opt(root, "sliding_window", 0, &c->window, path, err, errlen)) return -1;
+    if (ct_hfc_int_opt(root, "sliding_window", 0, CT_MAX_POSITIONS, &c->window, path, err, errlen)) return -1;
     const cJSON *types = cJSON_GetObjectItemCaseSensitive(root, "layer_types");
     if (!types || cJSON_IsNull(types)) return 0;
     /* a list of full_attention layers followed by sliding_attention ones is what ctrain runs */
@@ -330,14 +331,14 @@ static int read_window(const cJSON *root, const char *path, ct_model_config *c, 
 static int read_hf_config(const cJSON *root, const char *path, ct_model_config *c, char *err, size_t errlen)
 {
     int tied;
-    if (ct_hfc_int(root, "vocab_size", NULL, &c->vocab_size, path, err, errlen) ||
-        ct_hfc_int(root, "hidden_size", NULL, &c->n_embd, path, err, errlen) ||
-        ct_hfc_int(root, "num_hidden_layers", NULL, &c->n_layer, path, err, errlen) ||
-        ct_hfc_int(root, "num_attention_heads", NULL, &c->n_head, path, err, errlen) ||
-        ct_hfc_int_opt(root, "num_key_value_heads", 0, &c->n_kv_head, path, err, errlen) ||
-        ct_hfc_int_opt(root, "head_dim", 0, &c->head_dim, path, err, errlen) ||
-        ct_hfc_int(root, "intermediate_size", NULL, &c->n_inner, path, err, errlen) ||
-        ct_hfc_int(root, "max_position_embeddings", NULL, &c->max_seq_len, path, err, errlen) ||
+    if (ct_hfc_int(root, "vocab_size", NULL, CT_MAX_VOCAB, &c->vocab_size, path, err, errlen) ||
+        ct_hfc_int(root, "hidden_size", NULL, CT_MAX_WIDTH, &c->n_embd, path, err, errlen) ||
+        ct_hfc_int(root, "num_hidden_layers", NULL, CT_MAX_LAYERS, &c->n_layer, path, err, errlen) ||
+        ct_hfc_int(root, "num_attention_heads", NULL, CT_MAX_HEADS, &c->n_head, path, err, errlen) ||
+        ct_hfc_int_opt(root, "num_key_value_heads", 0, CT_MAX_HEADS, &c->n_kv_head, path, err, errlen) ||
+        ct_hfc_int_opt(root, "head_dim", 0, CT_MAX_WIDTH, &c->head_dim, path, err, errlen) ||
+        ct_hfc_int(root, "intermediate_size", NULL, CT_MAX_INNER, &c->n_inner, path, err, errlen) ||
+        ct_hfc_int(root, "max_position_embeddings", NULL, CT_MAX_POSITIONS, &c->max_seq_len, path, err, errlen) ||
         ct_hfc_float(root, "rms_norm_eps", 1e-6, &c->norm_eps, path, err, errlen) ||
         ct_hfc_bool(root, "tie_word_embeddings", 0, &tied, path, err, errlen))
         return -1;
@@ -350,7 +351,7 @@ static int read_hf_config(const cJSON *root, const char *path, ct_model_config *
         int attn_bias, tp;
         if (ct_hfc_bool(root, "attention_bias", 0, &attn_bias, path, err, errlen) ||
             ct_hfc_bool(root, "mlp_bias", 0, &c->mlp_bias, path, err, errlen) ||
-            ct_hfc_int_opt(root, "pretraining_tp", 1, &tp, path, err, errlen))
+            ct_hfc_int_opt(root, "pretraining_tp", 1, INT_MAX, &tp, path, err, errlen))
             return -1;
         if (tp > 1) return snprintf(err, errlen, "%s: pretraining_tp: only 1 is supported", path), -1;
         c->qkv_bias = c->o_bias = attn_bias;

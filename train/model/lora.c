@@ -16,21 +16,78 @@
 
 static float spec_scale(const ct_lora_spec *s) { return s->rslora ? s->alpha / sqrtf((float)s->r) : s->alpha / s->r; }
 
+/* How adapter_config.json's keys are read (PEFT 0.21's LoraConfig, every key it saves):
+ *  K_READ:  read by ct_lora_read_peft_config (peft_type, r, lora_alpha, lora_dropout,
+ *           target_modules, use_rslora: a boolean);
+ *  K_ANY:   changes nothing ctrain computes: bookkeeping (task_type, base_model_name_or_path,
+ *           revision, inference_mode, auto_mapping, peft_version), fan_in_fan_out (PEFT itself sets
+ *           it from the layer type: true for GPT-2's Conv1D, false for nn.Linear), qalora_group_size
+ *           and megatron_core (read only with use_qalora / megatron_config), ensure_weight_tying (only
+ *           with modules_to_save or trainable tokens, both refused when set), runtime_config;
+ *  K_INIT:  init_lora_weights: how PEFT draws fresh adapters. A loaded adapter has its weights,
+ *           so true, false, "gaussian", "orthogonal" and "eva" change nothing; "pissa*", "olora",
+ *           "corda", "loftq" and "lora_ga" also rewrite the base weights (the adapter belongs to a
+ *           residual base ctrain does not rebuild) and are refused, as is any other value;
+ *  K_UNSET: changes the math (or what trains) when set and is not implemented: must be absent,
+ *           null, false, "none" (bias), or empty ({} [] ""): use_dora, bias, rank_pattern,
+ *           alpha_pattern, layers_to_transform, layers_pattern, exclude_modules, modules_to_save,
+ *           lora_bias, trainable_token_indices, layer_replication, target_parameters, use_qalora,
+ *           megatron_config, alora_invocation_tokens, use_bdlora, arrow_config, kasa_config,
+ *           velora_config, monteclora_config, loftq_config; the *_config of the init methods
+ *           (eva_config, corda_config, lora_ga_config) only with those methods, so K_ANY.
+ * A key ctrain does not know (a newer PEFT's) is K_UNSET: accepted at its neutral value, refused
+ * with any other, never silently ignored. */
+enum { K_READ, K_ANY, K_INIT, K_UNSET };
+static const struct {
+    const char *key;
+    int kind;
+} peft_keys[] = {
+    {"peft_type", K_READ}, {"r", K_READ}, {"lora_alpha", K_READ}, {"lora_dropout", K_READ},
+    {"target_modules", K_READ}, {"use_rslora", K_READ},
+    {"task_type", K_ANY}, {"base_model_name_or_path", K_ANY}, {"revision", K_ANY}, {"inference_mode", K_ANY},
+    {"auto_mapping", K_ANY}, {"peft_version", K_ANY}, {"fan_in_fan_out", K_ANY}, {"qalora_group_size", K_ANY},
+    {"megatron_core", K_ANY}, {"ensure_weight_tying", K_ANY}, {"runtime_config", K_ANY}, {"eva_config", K_ANY},
+    {"corda_config", K_ANY}, {"lora_ga_config", K_ANY},
+    {"init_lora_weights", K_INIT},
+};
+
+/* null, false, "none", "", [] or {}: what PEFT writes for an option that is off */
+static int neutral(const cJSON *v)
+{
+    return cJSON_IsNull(v) || cJSON_IsFalse(v) || ((cJSON_IsArray(v) || cJSON_IsObject(v)) && !v->child) ||
+           (cJSON_IsString(v) && (!v->valuestring[0] || !strcmp(v->valuestring, "none")));
+}
+
 /* PEFT options that would change what the adapter computes and that ctrain does not run: an
- * error naming the key, never a silent difference. */
+ * error naming the key and its value, never a silent difference. */
 static int unsupported_peft(const cJSON *root, const char *path, char *err, size_t errlen)
 {
-    static const char *const no_bias[] = {"none", NULL};
-    if (ct_hfc_bool_is(root, "use_dora", 0, path, err, errlen) || ct_hfc_one_of(root, "bias", no_bias, path, err, errlen))
+    for (const cJSON *v = root->child; v; v = v->next) {
+        int kind = K_UNSET;
+        for (size_t i = 0; i < sizeof peft_keys / sizeof peft_keys[0]; i++)
+            if (!strcmp(v->string, peft_keys[i].key)) kind = peft_keys[i].kind;
+        if (kind == K_READ || kind == K_ANY) continue;
+        if (kind == K_INIT) {
+            static const char *const fresh_only[] = {"gaussian", "orthogonal", "eva", NULL};
+            int ok = cJSON_IsBool(v);
+            for (const char *const *f = fresh_only; !ok && *f && cJSON_IsString(v); f++) ok = !strcmp(v->valuestring, *f);
+            if (ok) continue;
+        } else if (neutral(v)) {
+            continue;
+        }
+        char *shown = cJSON_PrintUnformatted(v);
+        if (kind == K_INIT)
+            snprintf(err, errlen, "%s: init_lora_weights: %.80s is not supported (it rewrites the base weights, which "
+                     "ctrain does not; convert the adapter to a plain LoRA with PEFT first)", path, shown ? shown : "?");
+        else
+            snprintf(err, errlen, "%s: %s: %.80s is not supported (ctrain runs plain LoRA: the same r and alpha on "
+                     "every targeted linear of every layer, no DoRA, no bias, nothing else trained)", path, v->string,
+                     shown ? shown : "?");
+        free(shown);
         return -1;
-    static const char *const empty_when_set[] = {"rank_pattern", "alpha_pattern", "layers_to_transform",
-                                                 "modules_to_save", "layers_pattern", NULL};
-    for (const char *const *k = empty_when_set; *k; k++) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, *k);
-        if (v && !cJSON_IsNull(v) && cJSON_GetArraySize(v) > 0)
-            return snprintf(err, errlen, "%s: %s: not supported (ctrain gives every adapter the same r and alpha, "
-                            "on every layer, and trains nothing else)", path, *k), -1;
     }
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "use_rslora");
+    if (rs && !cJSON_IsBool(rs)) return snprintf(err, errlen, "%s: use_rslora: expected true or false", path), -1;
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "target_modules");
     if (cJSON_IsString(t) && strcmp(t->valuestring, "all-linear"))
         return snprintf(err, errlen, "%s: target_modules: \"%s\" is a regular expression to PEFT, which ctrain does "
@@ -214,12 +271,33 @@ static float *adapters_to_host(ct_model *m)
     return host;
 }
 
+int ct_lora_check_base(ct_model *m, const char *recorded, const char *recorded_name, const char *where, char *err,
+                       size_t errlen)
+{
+    if (!recorded) return 0; /* made by PEFT, or by a ctrain that did not record it */
+    const char *here = ct_model_base_fingerprint(m);
+    if (!here) return snprintf(err, errlen, "%s: out of memory computing the base model's fingerprint", where), -1;
+    if (!strcmp(recorded, here)) return 0;
+    int named = recorded_name && *recorded_name;
+    return snprintf(err, errlen, "%s: these adapters were trained on another base model (%s%sfingerprint %.16s) than "
+                    "the one given here (model.init_from, fingerprint %s): use the base they were trained on (the same "
+                    "config.json and weights, in any dtype)", where, named ? recorded_name : "", named ? ", " : "",
+                    recorded, here), -1;
+}
+
 int ct_lora_load_peft(ct_model *m, const char *dir, char *err, size_t errlen)
 {
     char path[CT_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     ct_safetensors *st = NULL;
     if (ct_st_open(&st, path, err, errlen)) return -1;
+    char where[CT_PATH_MAX + 128];
+    snprintf(where, sizeof where, "%s: __metadata__.%s", path, CT_LORA_BASE_KEY);
+    if (ct_lora_check_base(m, ct_st_metadata(st, CT_LORA_BASE_KEY), ct_st_metadata(st, CT_LORA_BASE_NAME_KEY), where,
+                           err, errlen)) {
+        ct_st_close(st);
+        return -1;
+    }
     ct_trainable tr = ct_model_trainable(m);
     const ct_backend *be = ct_model_backend(m);
     ct_kctx *ctx = ct_model_kctx(m);
@@ -324,8 +402,11 @@ int ct_lora_save_peft(ct_model *m, const ct_lora_spec *spec, const char *base_mo
             e[i] = (ct_st_entry){.name = p->name, .data = host + p->offset, .ndim = 2, .shape = {p->shape[0], p->shape[1]}};
         }
         snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-        static const char *const meta[] = {"format", "pt", NULL};
-        rc = ct_st_write(path, e, tr.ntensors, CT_DT_F32, meta, err, errlen);
+        const char *fp = ct_model_base_fingerprint(m);
+        const char *meta[] = {"format", "pt", CT_LORA_BASE_KEY, fp, CT_LORA_BASE_NAME_KEY, base_model ? base_model : "",
+                              NULL};
+        if (fp) rc = ct_st_write(path, e, tr.ntensors, CT_DT_F32, meta, err, errlen);
+        else snprintf(err, errlen, "%s: out of memory computing the base model's fingerprint", path);
     } else {
         snprintf(err, errlen, "out of memory");
     }
@@ -387,6 +468,7 @@ int ct_lora_merge(ct_model *m, char *err, size_t errlen)
     be->upload(ctx, tmp, ad, tr.numel * sizeof(float));
     be->to_storage(ctx, tr.params, tmp, tr.numel);
     be->sync(ctx);
+    ct_model_base_changed(m);
     rc = 0;
 done:
     free(ad);

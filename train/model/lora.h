@@ -32,13 +32,28 @@ int ct_lora_spec_from_config(const ct_config *cfg, ct_lora_spec *spec, char *err
  * seed, B to zero. The base is frozen. */
 int ct_lora_add(ct_model *m, const ct_lora_spec *spec, uint64_t seed, int shards, char *err, size_t errlen);
 
-/* Reads a PEFT adapter_config.json. */
+/* Reads a PEFT adapter_config.json. Keys that would change what PEFT computes and that ctrain
+ * does not run (DoRA, bias, rank/alpha patterns, layer selection, exclusions, modules to save,
+ * initialisations that rewrite the base, a newer PEFT's options when set) are refused naming the
+ * key; the full table is in lora.c. */
 int ct_lora_read_peft_config(const char *dir, ct_lora_spec *spec, char *err, size_t errlen);
-/* Loads adapter_model.safetensors of dir into m's adapters: every adapter of m must be there
- * with its shape (errors name the tensor); extra tensors are errors. */
+
+/* The base a LoRA run trained on, recorded beside its adapters: ct_model_base_fingerprint in
+ * adapter_model.safetensors' __metadata__ (which peft ignores), with the base's name
+ * (model.init_from) for messages, and as the checkpoint attribute lora_base. */
+#define CT_LORA_BASE_KEY "ctrain_base_fingerprint"
+#define CT_LORA_BASE_NAME_KEY "ctrain_base_model"
+/* 0 when recorded (may be NULL: nothing recorded, as in PEFT's own files) is m's base
+ * fingerprint; else -1 with err "<where>: these adapters were trained on another base model ...". */
+int ct_lora_check_base(ct_model *m, const char *recorded, const char *recorded_name, const char *where, char *err,
+                       size_t errlen);
+/* Loads adapter_model.safetensors of dir into m's adapters: its recorded base must be m's base
+ * (ct_lora_check_base); every adapter of m must be there with its shape (errors name the tensor);
+ * extra tensors are errors. */
 int ct_lora_load_peft(ct_model *m, const char *dir, char *err, size_t errlen);
 /* Writes adapter_config.json + adapter_model.safetensors that peft's PeftModel.from_pretrained
- * loads onto the base; base_model names the base (model.init_from). */
+ * loads onto the base; base_model names the base (model.init_from) and its fingerprint goes into
+ * the safetensors metadata. */
 int ct_lora_save_peft(ct_model *m, const ct_lora_spec *spec, const char *base_model, const char *dir, char *err,
                       size_t errlen);
 

@@ -3,10 +3,12 @@
  * around the architecture's own functions (arch.h). */
 #include "arch.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "rng.h"
 
@@ -23,11 +25,44 @@ static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
 /* ---------------------------------------------------------------- config */
 
+static int dim(const ct_model_config *c, ct_dim d);
+static int present(const ct_model_config *c, ct_when w);
+
+/* a += b * k, failing (0) on overflow */
+static int add_mul(size_t *a, size_t b, size_t k)
+{
+    size_t p;
+    return !__builtin_mul_overflow(b, k, &p) && !__builtin_add_overflow(*a, p, a);
+}
+
+/* Elements of the tensors of table t[n] (present ones), times `times`, added to *total. */
+static int count_table(const ct_model_config *c, const ct_tensor_spec *t, int n, size_t times, size_t *total)
+{
+    size_t one = 0;
+    for (int i = 0; i < n; i++)
+        if (present(c, t[i].when) &&
+            !add_mul(&one, (size_t)dim(c, t[i].rows), t[i].cols ? (size_t)dim(c, t[i].cols) : 1))
+            return 0;
+    return add_mul(total, one, times);
+}
+
 int ct_model_config_check(ct_model_config *c, char *err, size_t errlen)
 {
     const char *field = NULL, *what = NULL;
     if (!c->arch) c->arch = &ct_arch_gpt2;
     if (!c->model_type[0]) snprintf(c->model_type, sizeof c->model_type, "%s", c->arch->model_types[0]);
+    const struct {
+        const char *name;
+        int value, max;
+    } limits[] = {{"vocab_size", c->vocab_size, CT_MAX_VOCAB}, {"max_seq_len", c->max_seq_len, CT_MAX_POSITIONS},
+                  {"n_layer", c->n_layer, CT_MAX_LAYERS},        {"n_head", c->n_head, CT_MAX_HEADS},
+                  {"n_kv_head", c->n_kv_head, CT_MAX_HEADS},     {"n_embd", c->n_embd, CT_MAX_WIDTH},
+                  {"head_dim", c->head_dim, CT_MAX_WIDTH},       {"n_inner", c->n_inner, CT_MAX_INNER},
+                  {"sliding_window", c->window, CT_MAX_POSITIONS}};
+    for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++)
+        if (limits[i].value > limits[i].max)
+            return snprintf(err, errlen, "model.%s: %d is more than ctrain's limit of %d", limits[i].name,
+                            limits[i].value, limits[i].max), -1;
     if (c->vocab_size <= 0) field = "vocab_size", what = "must be positive";
     else if (c->max_seq_len <= 0) field = "max_seq_len", what = "must be positive";
     else if (c->n_layer <= 0) field = "n_layer", what = "must be positive";
@@ -45,9 +80,16 @@ int ct_model_config_check(ct_model_config *c, char *err, size_t errlen)
         if (!c->head_dim) c->head_dim = c->n_embd / c->n_head;
         if (!c->n_inner) c->n_inner = 4 * c->n_embd;
         if (!(c->rope_theta > 0)) c->rope_theta = 10000.0;
-        double C = c->n_embd, W = (double)c->n_head * c->head_dim + c->n_inner;
+        const ct_arch *a = c->arch;
+        size_t params = 0;
         if (c->arch->rope && c->head_dim % 2) field = "head_dim", what = "must be even (rotary positions pair channels)";
-        else if ((double)c->vocab_size * C > 1e12 || C * W * c->n_layer > 1e13) field = "n_embd", what = "model too large";
+        else if (!count_table(c, a->pre, a->npre, 1, &params) || !count_table(c, a->post, a->npost, 1, &params) ||
+                 !count_table(c, a->block, a->nblock, (size_t)c->n_layer, &params) || params > CT_MAX_PARAMS) {
+            snprintf(err, errlen, "model: its shape (vocabulary %d, %d positions, width %d, %d layers, %d heads of %d, MLP "
+                     "width %d) makes more than ctrain's limit of %llu parameters", c->vocab_size, c->max_seq_len,
+                     c->n_embd, c->n_layer, c->n_head, c->head_dim, c->n_inner, (unsigned long long)CT_MAX_PARAMS);
+            return -1;
+        }
     }
     if (!field) return 0;
     snprintf(err, errlen, "model.%s: %s", field, what);
@@ -148,8 +190,12 @@ void *ct_model_balloc(ct_model *m, size_t bytes)
         m->allocations = grown;
         m->capalloc = cap;
     }
+    if (m->host_cap && (bytes > m->host_cap || m->bytes > m->host_cap - bytes)) {
+        m->over_cap = 1;
+        return NULL;
+    }
     void *p = m->be->alloc(bytes ? bytes : 1);
-    if (p) m->allocations[m->nalloc++] = p;
+    if (p) m->allocations[m->nalloc++] = p, m->bytes += bytes;
     return p;
 }
 
@@ -193,6 +239,12 @@ int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *
                  c.max_seq_len);
         return -1;
     }
+    /* every activation is B x T x (a width < 2^27) elements: with B x T < 2^31 no size overflows;
+     * the CPU's attention keeps B x heads x T x T probabilities */
+    if ((size_t)B * (size_t)T > INT_MAX || (double)B * c.n_head * T * ((double)T + 64) * 4 > 0x1p62) {
+        snprintf(err, errlen, "micro-batch %d x %d tokens is too large to allocate for (%d heads)", B, T, c.n_head);
+        return -1;
+    }
     const char *missing = c.arch->missing_op(be);
     if (missing) {
         snprintf(err, errlen, "the %s backend has no %s op, which %s models need: run on another backend "
@@ -208,6 +260,10 @@ int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *
     m->ctx = ctx;
     m->maxB = B;
     m->maxT = T;
+    if (!strcmp(be->name, "cpu")) {
+        long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+        if (pages > 0 && page > 0) m->host_cap = (size_t)pages * (size_t)page;
+    }
     const ct_arch *a = c.arch;
     m->tensors = calloc((size_t)(a->npre + a->nblock * L + a->npost), sizeof *m->tensors);
     m->slot = calloc((size_t)(L + 1) * a->nslots, sizeof *m->slot);
@@ -227,8 +283,13 @@ int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *
     *out = m;
     return 0;
 oom:
-    snprintf(err, errlen, "out of memory allocating a %s model (%d layers, width %d, vocab %d) for %d x %d tokens",
-             c.model_type, c.n_layer, c.n_embd, c.vocab_size, B, T);
+    if (m && m->over_cap)
+        snprintf(err, errlen, "a %s model (%d layers, width %d, vocab %d, %d positions) for %d x %d tokens needs more "
+                 "than this machine's %.1f GiB of memory", c.model_type, c.n_layer, c.n_embd, c.vocab_size,
+                 c.max_seq_len, B, T, (double)m->host_cap / 1073741824.0);
+    else
+        snprintf(err, errlen, "out of memory allocating a %s model (%d layers, width %d, vocab %d) for %d x %d tokens",
+                 c.model_type, c.n_layer, c.n_embd, c.vocab_size, B, T);
     ct_model_free(m);
     return -1;
 }
@@ -448,6 +509,90 @@ oom:
 }
 
 int ct_model_has_lora(const ct_model *m) { return m->adapters != NULL; }
+
+/* ---------------------------------------------------------------- the base's fingerprint */
+
+static uint64_t fp_mix(uint64_t h, uint64_t v)
+{
+    h = (h ^ v) * 0x9E3779B97F4A7C15ull;
+    return h ^ (h >> 29);
+}
+
+static uint64_t fp_bytes(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    h = fp_mix(h, n);
+    for (size_t i = 0; i < n; i++) h = fp_mix(h, b[i]);
+    return h;
+}
+
+/* fp32 to bf16 bits, rounding to nearest even (NaN kept quiet), as to_storage does on CUDA */
+static uint16_t fp_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+enum { FP_BLOCK = 1 << 16, FP_CHUNK = 1 << 22 };
+
+/* One block of values, four lanes so the multiplies overlap; independent of the thread count. */
+static uint64_t fp_block(const float *x, size_t n)
+{
+    uint64_t lane[4] = {1, 2, 3, 4};
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int k = 0; k < 4; k++) lane[k] = fp_mix(lane[k], fp_bf16(x[i + k]));
+    for (; i < n; i++) lane[0] = fp_mix(lane[0], fp_bf16(x[i]));
+    return fp_mix(fp_mix(fp_mix(fp_mix(n, lane[0]), lane[1]), lane[2]), lane[3]);
+}
+
+const char *ct_model_base_fingerprint(ct_model *m)
+{
+    if (m->base_fp[0]) return m->base_fp;
+    const ct_model_config *c = &m->cfg;
+    uint64_t h = fp_bytes(0x63747261696e3031ull, c->model_type, strlen(c->model_type));
+    const double fields[] = {c->n_head, c->n_kv_head, c->head_dim, c->norm_eps, c->rope_theta, c->rope_llama3,
+                             c->rope_factor, c->rope_low_freq, c->rope_high_freq, c->rope_orig_max, c->window,
+                             c->window_from, c->qkv_bias, c->o_bias, c->mlp_bias, c->untied};
+    h = fp_bytes(h, fields, sizeof fields);
+    size_t big = 0;
+    for (int i = 0; i < m->ntensors; i++) big = m->tensors[i].numel > big ? m->tensors[i].numel : big;
+    size_t chunk = big < FP_CHUNK ? big : FP_CHUNK;
+    float *host = malloc((chunk ? chunk : 1) * sizeof(float));
+    void *tmp = m->be->alloc((chunk ? chunk : 1) * sizeof(float));
+    for (int i = 0; i < m->ntensors; i++) {
+        const ct_param *p = &m->tensors[i];
+        h = fp_bytes(h, p->name, strlen(p->name));
+        h = fp_bytes(h, p->shape, sizeof p->shape);
+        for (size_t at = 0; host && tmp && at < p->numel; at += chunk) {
+            size_t n = p->numel - at < chunk ? p->numel - at : chunk;
+            m->be->to_f32(m->ctx, tmp, (char *)m->params + (p->offset + at) * m->be->elem_size, n);
+            m->be->download(m->ctx, host, tmp, n * sizeof(float));
+            size_t nb = (n + FP_BLOCK - 1) / FP_BLOCK;
+            uint64_t *bh = malloc(nb * sizeof *bh);
+            if (!bh) {
+                free(host), host = NULL;
+                break;
+            }
+#pragma omp parallel for schedule(static)
+            for (size_t b = 0; b < nb; b++)
+                bh[b] = fp_block(host + b * FP_BLOCK, b + 1 < nb ? FP_BLOCK : n - b * FP_BLOCK);
+            for (size_t b = 0; b < nb; b++) h = fp_mix(h, bh[b]);
+            free(bh);
+        }
+    }
+    int ok = host && tmp;
+    if (tmp) m->be->free(tmp);
+    free(host);
+    if (!ok) return NULL; /* out of memory: names and shapes alone would match other bases */
+    snprintf(m->base_fp, sizeof m->base_fp, "%016llx", (unsigned long long)h);
+    return m->base_fp;
+}
+
+void ct_model_base_changed(ct_model *m) { m->base_fp[0] = 0; }
 float ct_model_lora_scale(const ct_model *m) { return m->lora_scale; }
 void ct_model_set_dropout_seed(ct_model *m, uint64_t seed) { m->dropout_seed = seed; }
 void ct_model_set_training(ct_model *m, int on) { m->training = on; }

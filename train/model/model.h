@@ -17,6 +17,18 @@
 
 typedef struct ct_arch ct_arch;
 
+/* Limits on a model's shape, from config.json, a checkpoint or the model.* keys: far above every
+ * published model (the largest figure each names), low enough that no size derived from them
+ * overflows int (q = heads x head_dim < 2^27) and that one number cannot ask for an absurd
+ * allocation. A shape past one is refused naming the key, before anything is allocated. */
+#define CT_MAX_VOCAB (1 << 24)     /* 16,777,216 ids; Gemma 3 has 262,144 */
+#define CT_MAX_POSITIONS (1 << 24) /* 16,777,216 positions; Llama 4 Scout has 10M */
+#define CT_MAX_LAYERS 1024         /* Llama-3.1-405B has 126 */
+#define CT_MAX_WIDTH (1 << 16)     /* hidden size 65,536, and head_dim; 405B: 16,384 */
+#define CT_MAX_INNER (1 << 20)     /* MLP width 1,048,576; 405B: 53,248 */
+#define CT_MAX_HEADS 1024          /* query (and key/value) heads; 405B: 128 */
+#define CT_MAX_PARAMS (1ull << 40) /* 1.1e12 parameters, counted in size_t; 405B has 4.1e11 */
+
 /* A model's shape, as its config.json describes it. Zero fields take their family's default
  * at ct_model_init (n_kv_head = n_head, head_dim = n_embd / n_head, n_inner = 4 n_embd for
  * GPT-2); arch NULL is GPT-2. */
@@ -58,8 +70,9 @@ typedef struct {
 
 typedef struct ct_model ct_model;
 
-/* Fills the family's defaults into zero fields and checks the shape; on error fills err
- * naming the field ("model.<field>: ...") and returns -1. */
+/* Fills the family's defaults into zero fields and checks the shape: the limits above, then the
+ * parameter count (in size_t, overflow-checked) against CT_MAX_PARAMS. On error fills err naming
+ * the field ("model.<field>: ...") and returns -1. */
 int ct_model_config_check(ct_model_config *cfg, char *err, size_t errlen);
 
 /* Whether two checked configs describe the same tensors and computation (dtype aside). */
@@ -127,6 +140,15 @@ int ct_model_add_lora(ct_model *m, const unsigned char *select, int r, float sca
                       char *err, size_t errlen);
 int ct_model_has_lora(const ct_model *m);
 float ct_model_lora_scale(const ct_model *m);
+/* What a LoRA run records of its base and checks again before adapters meet a base (continue,
+ * eval, merge): NULL when memory runs out, else 16 hex digits of a 64-bit hash of the family and the config fields no tensor
+ * shows (heads, head_dim, norm epsilon, rope and window settings), then every base tensor's name,
+ * shape and whole content rounded to bf16 (so the same base in F32, BF16 or on either backend
+ * matches; another model, another fine-tune of it or an edited config does not). Computed on the
+ * first call (the base weights are downloaded once, in chunks) and kept: the base is frozen.
+ * ct_model_base_changed forgets it (ct_lora_merge changes the base). */
+const char *ct_model_base_fingerprint(ct_model *m);
+void ct_model_base_changed(ct_model *m);
 /* The seed of the adapters' dropout masks for the next forward and its backward. */
 void ct_model_set_dropout_seed(ct_model *m, uint64_t seed);
 /* Training mode turns dropout on; a model starts in inference mode (evaluation, sampling). */
