@@ -4,11 +4,14 @@
 #      step): exit 1 naming step 1, no checkpoint, no final weights, the step marked "nonfinite"
 #      in metrics.jsonl (JSON: null, never nan); the same with an Inf weight on 1 rank;
 #   2. ctrain eval of that folder: exit 1 with a message, no val_loss line;
-#   3. a LoRA run with good checkpoints at steps 5 and 10 whose base then gets an Inf weight:
-#      resumed on 2 ranks it stops at step 11; the checkpoints, `latest` and the adapters are
-#      byte-identical afterwards, and no checkpoint of a later step exists;
-#   4. the same with optim.skip_nonfinite=3: steps 11-13 are skipped (warned, marked in
-#      metrics.jsonl), step 14 stops the run ("4 such steps"), nothing is saved.
+#   3. a LoRA run with good checkpoints at steps 5 and 10, resumed on 2 ranks with a learning
+#      rate and weight decay that blow its adapters up (lr 10, decay 10: each step scales them by
+#      -99) until its loss is not finite at some step S: it stops at S; the checkpoints, `latest`
+#      and the adapters are byte-identical afterwards, and no checkpoint of a later step exists
+#      (the base cannot be poisoned instead: a LoRA run refuses another base);
+#   4. the same with optim.skip_nonfinite=3: steps S to S+2 are skipped (warned, marked in
+#      metrics.jsonl; the state stays that of step S-1, so they are not finite either), step S+3
+#      stops the run ("4 such steps"), nothing is saved.
 # usage: train_nonfinite.sh CTRAIN [MPIEXEC]   (without MPIEXEC, every run is one process)
 set -u
 ctrain=$1
@@ -121,13 +124,18 @@ for skip in 0 3; do
     continue
   fi
   before=$(snapshot "$tmp/$name" | grep -v "metrics.jsonl\|ctrain.json")
-  poison "$tmp/base_ok/model.safetensors" transformer.h.0.mlp.c_proj.weight 7 "$INF"
   mv "$tmp/$name.log" "$tmp/$name.first.log"
   skipping=()
   [ "$skip" -gt 0 ] && skipping=(--set optim.skip_nonfinite=$skip) # 0: the default
-  train "$name" 2 "${lora[@]}" --set optim.max_steps=20 "${skipping[@]}"
-  stop=$((11 + skip))
-  stopped "$name" $stop "resumed on a bad base, optim.skip_nonfinite $skip"
+  train "$name" 2 "${lora[@]}" --set optim.max_steps=40 "${skipping[@]}" --set optim.lr=10 \
+    --set optim.weight_decay=10 --set optim.grad_clip=0 --set optim.warmup_steps=0 --set optim.schedule=constant \
+    --set checkpoint.every=1000
+  if [ "$skip" -eq 0 ]; then # S: where the blow-up first gives a non-finite loss
+    first=$(sed -n 's/^ctrain: error: step \([0-9]*\): .*not finite.*/\1/p' "$tmp/$name.log" | head -1)
+    [ -n "$first" ] && [ "$first" -gt 10 ] || { bad "$name: no non-finite step after 10"; first=11; }
+  fi
+  stop=$((first + skip))
+  stopped "$name" $stop "resumed with lr 10 and weight decay 10 (first non-finite step $first), optim.skip_nonfinite $skip"
   after=$(snapshot "$tmp/$name" | grep -v "metrics.jsonl\|ctrain.json")
   if [ "$before" == "$after" ]; then
     ok "$name: checkpoints 5 and 10, latest and the adapters byte-identical, nothing new"
@@ -136,7 +144,7 @@ for skip in 0 3; do
     diff <(echo "$before") <(echo "$after") >&2
   fi
   marked=$(grep -c '"nonfinite": true' "$tmp/$name/metrics.jsonl")
-  warned=$(grep -c "^ctrain: warning: step 1[1-3]: .*not finite: the step is skipped" "$tmp/$name.log")
+  warned=$(grep -c "^ctrain: warning: step [0-9]*: .*not finite: the step is skipped" "$tmp/$name.log")
   if [ "$marked" -eq $((skip + 1)) ] && [ "$warned" -eq "$skip" ] &&
       { [ "$skip" -eq 0 ] || grep -q "$((skip + 1)) such steps, optim.skip_nonfinite allows $skip" "$tmp/$name.log"; }; then
     ok "$name: $skip step(s) skipped and warned, $marked marked nonfinite in metrics.jsonl"
