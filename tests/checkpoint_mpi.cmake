@@ -16,3 +16,14 @@ if(CTRAIN_HAVE_MPI)
     message(STATUS "checkpoint_resume, checkpoint_faults: skipped (they need Open MPI's mpirun)")
   endif()
 endif()
+
+# write_faults: a file-size limit or a full disk (a tmpfs in a private mount namespace, where
+# mounting is allowed) on metrics.jsonl, ctrain.json, checkpoints and exports; its 2-rank case
+# needs Open MPI's mpirun (MPMD) and is skipped without it.
+set(ct_write_faults_mpiexec "")
+if(CTRAIN_HAVE_MPI AND ct_ckpt_mpiexec_version MATCHES "Open MPI|OpenRTE")
+  set(ct_write_faults_mpiexec ${MPIEXEC_EXECUTABLE})
+endif()
+add_test(NAME write_faults COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/write_faults.sh $<TARGET_FILE:ctrain>
+  ${ct_write_faults_mpiexec})
+set_tests_properties(write_faults PROPERTIES LABELS "unit;mpi" TIMEOUT 300 PROCESSORS 2)

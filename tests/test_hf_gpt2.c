@@ -205,6 +205,76 @@ static void test_missing_and_unsupported_files(void)
     ct_model_free(m);
 }
 
+/* A file's bytes, malloc'd (NULL when it cannot be read). */
+static char *slurp(const char *path, long *n)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    *n = -1;
+    if (f && fseek(f, 0, SEEK_END) == 0 && (*n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
+        (buf = malloc((size_t)*n + 1)) && fread(buf, 1, (size_t)*n, f) != (size_t)*n)
+        free(buf), buf = NULL;
+    if (f) fclose(f);
+    return buf;
+}
+
+/* dir holds exactly the NULL-terminated names (in any order) */
+static int holds_only(const char *dir, const char *const *names)
+{
+    int want = 0, found = 0;
+    for (; names[want]; want++) {
+        char path[600];
+        struct stat sb;
+        snprintf(path, sizeof path, "%s/%s", dir, names[want]);
+        found += stat(path, &sb) == 0;
+    }
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "test $(ls -A '%s' | wc -l) -eq %d", dir, want);
+    return found == want && system(cmd) == 0;
+}
+
+/* A save that fails part-way (here a side file that cannot be copied: every file is written
+ * before any is renamed) leaves the folder as it was: an earlier save's files byte-identical,
+ * a fresh folder empty, no .tmp files. */
+static void test_save_all_or_nothing(void)
+{
+    ct_model *a = make_model(&tiny, 21), *b = make_model(&tiny, 22);
+    char err[1024] = "", path[600];
+    char *side = strdup(subdir("side_bad"));
+    write_file(side, "tokenizer_config.json", "{}");
+    snprintf(path, sizeof path, "%s/tokenizer.json", side);
+    mkdir(path, 0777); /* not a regular file: copying it fails */
+    char *dir = strdup(subdir("saved_before"));
+    CHECK(ct_hf_save(a, dir, NULL, 0, err, sizeof err) == 0);
+    long n0, c0, n1, c1;
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    char *w0 = slurp(path, &n0);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    char *cfg0 = slurp(path, &c0);
+    CHECK(ct_hf_save(b, dir, side, 0, err, sizeof err) == -1);
+    CHECK(strstr(err, "tokenizer.json") != NULL);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    char *w1 = slurp(path, &n1);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    char *cfg1 = slurp(path, &c1);
+    CHECK(w0 && w1 && n0 == n1 && !memcmp(w0, w1, (size_t)n0));
+    CHECK(cfg0 && cfg1 && c0 == c1 && !memcmp(cfg0, cfg1, (size_t)c0));
+    CHECK(holds_only(dir, (const char *const[]){"model.safetensors", "config.json", NULL}));
+    char *fresh = subdir("saved_fresh");
+    err[0] = 0;
+    CHECK(ct_hf_save(b, fresh, side, 0, err, sizeof err) == -1);
+    CHECK(strstr(err, "tokenizer.json") != NULL);
+    CHECK(holds_only(fresh, (const char *const[]){NULL}));
+    free(w0);
+    free(w1);
+    free(cfg0);
+    free(cfg1);
+    free(dir);
+    free(side);
+    ct_model_free(a);
+    ct_model_free(b);
+}
+
 static void test_bad_configs(void)
 {
     static const struct {
@@ -304,6 +374,7 @@ int main(void)
     test_unprefixed_names();
     test_shape_mismatch();
     test_missing_and_unsupported_files();
+    test_save_all_or_nothing();
     test_bad_configs();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);

@@ -13,9 +13,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
+
+/* The HDF5 format version checkpoints are written in (both bounds of H5Pset_libver_bounds). */
+#define CT_CKPT_LIBVER H5F_LIBVER_V110
 
 static const char *const groups[] = {"/model", "/optimizer/master", "/optimizer/exp_avg", "/optimizer/exp_avg_sq"};
 enum { G_MODEL, G_MASTER, G_EXP_AVG, G_EXP_AVG_SQ, NGROUPS };
@@ -214,6 +219,42 @@ static int write_root_attrs(hid_t file, const ct_model *m, const ct_optim *o, co
     return rc ? -1 : 0;
 }
 
+/* Rank 0, before HDF5 touches path: a file of `bytes` fits under the file-size limit (ulimit -f)
+ * and in the free space of its file system (where that reports sizes). HDF5 1.10 does not
+ * survive a metadata write that fails while it closes a file: H5Fclose fails, and the library
+ * then crashes as it ends (at exit or MPI_Finalize). So a shortage that can be seen is refused
+ * here, before any HDF5 call; one that appears during the save still fails it with a message. */
+static int check_room(const char *path, uint64_t bytes, char *err, size_t errlen)
+{
+    const double mib = 1048576.0;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && bytes > (uint64_t)rl.rlim_cur)
+        return fail(err, errlen, "%s: the checkpoint needs about %.1f MiB, more than the file-size limit (ulimit -f: "
+                    "%llu KiB)", path, bytes / mib, (unsigned long long)rl.rlim_cur >> 10);
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *(slash == dir ? slash + 1 : slash) = 0;
+    else snprintf(dir, sizeof dir, ".");
+    struct statvfs sv;
+    if (statvfs(dir, &sv) == 0 && sv.f_blocks > 0) {
+        uint64_t avail = (uint64_t)(geteuid() == 0 ? sv.f_bfree : sv.f_bavail) * sv.f_frsize;
+        if (bytes > avail)
+            return fail(err, errlen, "%s: the checkpoint needs about %.1f MiB and the file system has %.1f MiB free (a "
+                        "full disk?)", path, bytes / mib, avail / mib);
+    }
+    return 0;
+}
+
+/* An upper bound of a checkpoint's size: its data, and generously its metadata. */
+static uint64_t size_bound(const ct_model *m, const char *config_json)
+{
+    ct_trainable tr = ct_model_trainable((ct_model *)m);
+    uint64_t bytes = (128u << 10) + 2 * (config_json ? strlen(config_json) : 0);
+    for (int i = 0; i < tr.ntensors; i++) bytes += NGROUPS * ((uint64_t)tr.tensors[i].numel * sizeof(float) + 1024);
+    return bytes;
+}
+
 /* Rank 0: the file's whole structure (attributes, groups, every dataset allocated in place with
  * its checksum), without data; offsets[g * nt + i] receives where each dataset's bytes start. */
 static int create_layout(const char *path, ct_model *m, const ct_optim *o, const ct_ckpt_state *st,
@@ -222,7 +263,18 @@ static int create_layout(const char *path, ct_model *m, const ct_optim *o, const
 {
     ct_trainable tr = ct_model_trainable(m);
     int nt = tr.ntensors;
-    hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (check_room(path, size_bound(m, config_json), err, errlen)) return -1;
+    /* HDF5 1.10's format at both bounds: superblock v3 and v2 object headers, whose checksums
+     * HDF5 verifies on every read, so damaged metadata is refused instead of parsed; pinned high
+     * too, so any HDF5 from 1.10 on (h5py included) reads the file whatever HDF5 built ctrain.
+     * The root's attributes stay in its object header (not in a fractal heap, which stores
+     * values over 4 KiB, such as a long config, without a checksum). */
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS), fcpl = H5Pcreate(H5P_FILE_CREATE), file = -1;
+    if (fapl >= 0 && fcpl >= 0 && H5Pset_libver_bounds(fapl, CT_CKPT_LIBVER, CT_CKPT_LIBVER) >= 0 &&
+        H5Pset_attr_phase_change(fcpl, 64, 48) >= 0)
+        file = H5Fcreate(path, H5F_ACC_TRUNC, fcpl, fapl);
+    if (fapl >= 0) H5Pclose(fapl);
+    if (fcpl >= 0) H5Pclose(fcpl);
     if (file < 0) return fail(err, errlen, "%s: cannot create (a missing or read-only directory, or a full disk?)", path);
     /* contiguous, allocated now, never filled: the ranks write the bytes themselves */
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);

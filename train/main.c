@@ -1,4 +1,5 @@
 /* main.c — the ctrain command line: ctrain VERB CONFIG_OR_PATH [--set key=value]... */
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -187,10 +188,15 @@ static int cmd_export(const args *a, ct_comm *comm)
     int rc = json ? ct_config_parse(&saved, json, a->path, err, sizeof err) : -1;
     free(json);
     int lora = rc == 0 && ct_run_lora(&saved);
-    if (rc == 0) rc = ct_model_init(&m, &mc, be, ctx, 1, 1, 1, err, sizeof err);
+    char from[CT_PATH_MAX + 128];
     if (rc == 0 && lora) {
+        /* the base as the run had it (model.init_from): the adapters are checked against it and
+         * the PEFT folder records it */
         rc = ct_lora_spec_from_config(&saved, &spec, err, sizeof err);
-        if (rc == 0) rc = ct_lora_add(m, &spec, 0, 1, err, sizeof err);
+        if (rc == 0) rc = ct_run_model(&saved, CT_WEIGHTS_CONFIG, be, ctx, 1, 1, 1, comm, &m, from, sizeof from, err,
+                                       sizeof err);
+    } else if (rc == 0) {
+        rc = ct_model_init(&m, &mc, be, ctx, 1, 1, 1, err, sizeof err);
     }
     if (rc == 0) rc = ct_ckpt_read(a->path, m, NULL, NULL, comm, err, sizeof err);
     if (rc == 0) rc = lora ? ct_lora_save_peft(m, &spec, saved.model.init_from, a->extra, err, sizeof err)
@@ -363,6 +369,13 @@ int main(int argc, char **argv)
     ct_comm *comm = NULL;
     if (ct_comm_init(&comm, &argc, &argv, err, sizeof err)) return fail(err);
     int rc = v->run(&a, comm);
+    /* what a verb printed (a sample, val_loss, the log) reached stdout, which may be a file on a
+     * full disk: a failed write is an error, not a success with lines missing */
+    errno = 0;
+    if ((fflush(stdout) != 0 || ferror(stdout)) && rc == 0) {
+        fprintf(stderr, "ctrain: error: standard output: write failed: %s\n", strerror(errno ? errno : EIO));
+        rc = 1;
+    }
     ct_comm_free(comm);
     return rc;
 }

@@ -7,10 +7,12 @@
 #include <math.h>
 #include <omp.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "checkpoint.h"
 #include "eval.h"
@@ -20,6 +22,7 @@
 #include "resume.h"
 #include "run.h"
 #include "rundir.h"
+#include "write_file.h"
 
 float ct_lr_at(const ct_config *c, int step)
 {
@@ -76,6 +79,7 @@ typedef struct {
     int32_t *tokens, *targets; /* [grad_accum][B*T] */
     int32_t *pos;              /* [grad_accum][B*T] positions of packed documents; NULL unless data.train is masked */
     FILE *metrics;
+    char metrics_path[CT_PATH_MAX + 32];
     char *config_json;         /* the resolved config, saved in every checkpoint */
     char resume[CT_PATH_MAX + 64]; /* checkpoint to resume from, or "" */
     ct_ckpt_state st;          /* step, tokens, loader cursor, rng: what a checkpoint restores */
@@ -172,46 +176,101 @@ static int claim(const ct_config *cfg, ct_comm *comm, run_state *s, char *err, s
     return ct_comm_rank(comm) == 0 ? ct_rundir_lock(cfg->run.dir, &s->lock_fd, err, errlen) : 0;
 }
 
-/* Rank 0, once every check has passed: run.dir/ctrain.json, the resolved config. */
+/* Rank 0, once every check has passed: run.dir/ctrain.json, the resolved config (written whole
+ * and synced under a temporary name, then renamed: a full disk leaves the old one). */
 static int write_config(const ct_config *cfg, const run_state *s, char *err, size_t errlen)
 {
     char path[CT_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/ctrain.json", cfg->run.dir);
-    FILE *f = fopen(path, "w");
-    int ok = f && fputs(s->config_json, f) >= 0 && fputc('\n', f) != EOF;
-    if (f && fclose(f)) ok = 0;
-    if (!ok) {
-        snprintf(err, errlen, "run.dir: cannot write %s: %s", path, strerror(errno));
+    size_t len = strlen(s->config_json);
+    char *text = malloc(len + 1);
+    if (!text) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    memcpy(text, s->config_json, len);
+    text[len] = '\n';
+    int rc = ct_file_replace(path, text, len + 1, err, errlen);
+    free(text);
+    return rc ? -1 : 0;
+}
+
+/* Rank 0: metrics.jsonl, truncated to the steps up to resume_step when a run resumes (a run
+ * that died after its last checkpoint logged steps that will now run again; a line cut short by
+ * a full disk is dropped). */
+static int open_metrics(const ct_config *cfg, run_state *s, int64_t resume_step, char *err, size_t errlen)
+{
+    char *path = s->metrics_path, tmp[CT_PATH_MAX + 40], line[4096];
+    snprintf(path, sizeof s->metrics_path, "%s/metrics.jsonl", cfg->run.dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *old = resume_step > 0 ? fopen(path, "r") : NULL;
+    if (old) {
+        FILE *kept = fopen(tmp, "w");
+        int ok = kept != NULL;
+        while (ok && fgets(line, sizeof line, old)) {
+            const char *at = strstr(line, "\"step\": ");
+            size_t n = strlen(line);
+            if (at && atoll(at + 8) <= resume_step && n && line[n - 1] == '\n') ok = fputs(line, kept) >= 0;
+        }
+        fclose(old);
+        ok = ok && fflush(kept) == 0 && fsync(fileno(kept)) == 0;
+        if (kept && fclose(kept) != 0) ok = 0;
+        if (!ok || rename(tmp, path)) {
+            snprintf(err, errlen, "%s: cannot rewrite: %s", path, strerror(errno));
+            unlink(tmp);
+            return -1;
+        }
+    }
+    if (!(s->metrics = fopen(path, resume_step > 0 ? "a" : "w"))) {
+        snprintf(err, errlen, "%s: cannot write: %s", path, strerror(errno));
         return -1;
     }
     return 0;
 }
 
-/* Rank 0: metrics.jsonl, truncated to the steps up to resume_step when a run resumes (a run
- * that died after its last checkpoint logged steps that will now run again). */
-static int open_metrics(const ct_config *cfg, run_state *s, int64_t resume_step, char *err, size_t errlen)
+/* A write to what failed (errno: why) ends the job at once: the other ranks may be anywhere in
+ * the step. No checkpoint is written after it, so `latest` stays the newest good one, and the
+ * same command, run again once there is room, resumes there and logs the steps after it again. */
+static _Noreturn void write_failed(ct_comm *comm, const char *what, int errnum)
 {
-    char path[CT_PATH_MAX + 32], tmp[CT_PATH_MAX + 40], line[4096];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", cfg->run.dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *old = resume_step > 0 ? fopen(path, "r") : NULL;
-    if (old) {
-        FILE *kept = fopen(tmp, "w");
-        while (kept && fgets(line, sizeof line, old)) {
-            const char *at = strstr(line, "\"step\": ");
-            if (at && atoll(at + 8) <= resume_step) fputs(line, kept);
-        }
-        fclose(old);
-        if (!kept || fclose(kept) || rename(tmp, path)) {
-            snprintf(err, errlen, "run.dir: cannot rewrite %s: %s", path, strerror(errno));
-            return -1;
-        }
-    }
-    if (!(s->metrics = fopen(path, resume_step > 0 ? "a" : "w"))) {
-        snprintf(err, errlen, "run.dir: cannot write %s: %s", path, strerror(errno));
-        return -1;
-    }
-    return 0;
+    char msg[CT_PATH_MAX + 256];
+    snprintf(msg, sizeof msg, "%s: write failed: %s; the run stops here (run the same command again once there is "
+             "room: it resumes from the newest checkpoint)", what, strerror(errnum));
+    ct_run_die(comm, msg);
+}
+
+/* Rank 0: one line of metrics.jsonl, flushed at once; any failure ends the job (write_failed). */
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static void metrics_line(ct_comm *comm, run_state *s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    errno = 0;
+    int bad = vfprintf(s->metrics, fmt, ap) < 0;
+    va_end(ap);
+    bad |= fflush(s->metrics) != 0 || ferror(s->metrics);
+    if (bad) write_failed(comm, s->metrics_path, errno ? errno : EIO);
+}
+
+/* Rank 0: the log lines on stdout (often a file a launcher keeps) reached it, or the job ends. */
+static void log_flush(ct_comm *comm)
+{
+    errno = 0;
+    if (fflush(stdout) != 0 || ferror(stdout)) write_failed(comm, "standard output (the log)", errno ? errno : EIO);
+}
+
+/* Rank 0: metrics.jsonl synced and closed; -1 with err when that fails. */
+static int close_metrics(run_state *s, char *err, size_t errlen)
+{
+    errno = 0;
+    int bad = fflush(s->metrics) != 0 || ferror(s->metrics) || fsync(fileno(s->metrics)) != 0;
+    int e = errno;
+    if (fclose(s->metrics) != 0 && !bad) bad = 1, e = errno;
+    s->metrics = NULL;
+    if (bad) snprintf(err, errlen, "%s: write failed: %s", s->metrics_path, strerror(e ? e : EIO));
+    return bad ? -1 : 0;
 }
 
 /* A failure every rank finds alike, from reduced values: rank 0 says it once (no rank named: it
@@ -256,9 +315,8 @@ static int evaluate(const ct_config *cfg, ct_comm *comm, run_state *s, int step,
     }
     if (ct_comm_rank(comm) == 0) {
         printf("step %5d | val_loss %.4f\n", step, *val_loss);
-        fprintf(s->metrics, "{\"step\": %d, \"val_loss\": %.6f}\n", step, *val_loss);
-        fflush(s->metrics);
-        fflush(stdout);
+        metrics_line(comm, s, "{\"step\": %d, \"val_loss\": %.6f}\n", step, *val_loss);
+        log_flush(comm);
     }
     return 0;
 }
@@ -289,6 +347,8 @@ static int save(const ct_config *cfg, ct_comm *comm, run_state *s, int step, lon
     snprintf(s->st.data_digest, sizeof s->st.data_digest, "%s", s->data.data_digest);
     if (weights_finite(comm, s, step, err, errlen)) return -1;
     char path[CT_PATH_MAX + 64];
+    /* the metrics of the steps this checkpoint holds are on disk before it is */
+    if (ct_comm_rank(comm) == 0 && fsync(fileno(s->metrics)) != 0) write_failed(comm, s->metrics_path, errno);
     double t0 = omp_get_wtime();
     int rc = ct_ckpt_save(cfg->run.dir, cfg->checkpoint.keep, s->model, s->optim, &s->st, s->config_json, comm, path,
                           sizeof path, err, errlen);
@@ -296,7 +356,7 @@ static int save(const ct_config *cfg, ct_comm *comm, run_state *s, int step, lon
     snprintf(s->good, sizeof s->good, "%s", path);
     if (ct_comm_rank(comm) == 0) {
         printf("step %5d | checkpoint %s (%.2f s)\n", step, path, omp_get_wtime() - t0);
-        fflush(stdout);
+        log_flush(comm);
     }
     return 0;
 }
@@ -372,7 +432,7 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         printf("ctrain: memory per rank: weights %.1f MiB, gradients %.1f MiB, optimizer state %.1f MiB (ZeRO stage "
                "%d)\n", weights / 1048576.0, (double)tr.numel * es / 1048576.0,
                ct_optim_state_bytes(s.optim) / 1048576.0, cfg->parallel.zero_stage);
-        fflush(stdout);
+        log_flush(comm);
     }
 
     ct_optim_hparams hp = {.beta1 = (float)cfg->optim.beta1, .beta2 = (float)cfg->optim.beta2,
@@ -434,10 +494,11 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
             char l[32] = "null", g[32] = "null"; /* JSON has no NaN or Inf */
             if (isfinite(loss)) snprintf(l, sizeof l, "%.8f", loss);
             if (isfinite(norm)) snprintf(g, sizeof g, "%.6f", norm);
-            fprintf(s.metrics,
-                    "{\"step\": %d, \"loss\": %s, \"lr\": %.6g, \"grad_norm\": %s, \"ms\": %.2f, "
-                    "\"tokens_per_s\": %.1f, \"tokens\": %ld%s}\n",
-                    step, l, hp.lr, g, dt * 1e3, tps, tokens_per_step * (long)step, held ? ", \"nonfinite\": true" : "");
+            metrics_line(comm, &s,
+                         "{\"step\": %d, \"loss\": %s, \"lr\": %.6g, \"grad_norm\": %s, \"ms\": %.2f, "
+                         "\"tokens_per_s\": %.1f, \"tokens\": %ld%s}\n",
+                         step, l, hp.lr, g, dt * 1e3, tps, tokens_per_step * (long)step,
+                         held ? ", \"nonfinite\": true" : "");
             if (held && skipped <= cfg->optim.skip_nonfinite)
                 fprintf(stderr, "ctrain: warning: step %d: loss %s, gradient norm %s: not finite: the step is skipped, "
                         "not applied (%d of the %d steps optim.skip_nonfinite allows)\n", step, show(l, sizeof l, loss),
@@ -448,9 +509,8 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
                 format_duration(eta, sizeof eta, elapsed / (step - first + 1) * (cfg->optim.max_steps - step));
                 printf("step %5d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %.0f ms | eta %s\n", step,
                        cfg->optim.max_steps, loss, hp.lr, norm, tps, dt * 1e3, eta);
-                fflush(stdout);
+                log_flush(comm);
             }
-            fflush(s.metrics);
         }
         if (held && skipped > cfg->optim.skip_nonfinite) { /* every rank alike: the values are reduced */
             char l[32], g[32];
@@ -485,6 +545,7 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
     }
     if (preempted) {
         rc = saved_at == preempted ? 0 : save(cfg, comm, &s, preempted, tokens_per_step, err, sizeof err);
+        if (rank == 0 && rc == 0) rc = close_metrics(&s, err, sizeof err);
         if (rank == 0 && rc == 0)
             printf("ctrain: stopped by a signal after step %d; checkpoint saved: run again to resume\n", preempted);
         rc = ct_run_agree(comm, rc, err);
@@ -501,15 +562,18 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         printf("ctrain: %.3f MiB passed to collectives per step per rank; flat buffer %zu floats (%.3f MiB)\n",
                comm_per_step / 1048576.0, flat, flat * 4 / 1048576.0);
         ct_lora_spec spec;
-        if (!ct_run_lora(cfg)) rc = ct_hf_save(s.model, cfg->run.dir, ct_run_side_files(cfg), 0, err, sizeof err);
-        else if ((rc = ct_lora_spec_from_config(cfg, &spec, err, sizeof err)) == 0)
+        rc = close_metrics(&s, err, sizeof err);
+        if (rc == 0 && !ct_run_lora(cfg)) rc = ct_hf_save(s.model, cfg->run.dir, ct_run_side_files(cfg), 0, err, sizeof err);
+        else if (rc == 0 && (rc = ct_lora_spec_from_config(cfg, &spec, err, sizeof err)) == 0)
             rc = ct_lora_save_peft(s.model, &spec, cfg->model.init_from, cfg->run.dir, err, sizeof err);
         if (rc == 0) {
             printf("ctrain: done in %.1f s; %s in %s\n", omp_get_wtime() - t_start,
                    ct_run_lora(cfg) ? "adapters (adapter_model.safetensors, adapter_config.json)"
                                     : "weights (model.safetensors, config.json)",
                    cfg->run.dir);
-            fflush(stdout);
+            errno = 0;
+            if (fflush(stdout) != 0 || ferror(stdout))
+                rc = -1, snprintf(err, sizeof err, "standard output (the log): write failed: %s", strerror(errno ? errno : EIO));
         }
     }
     rc = ct_run_agree(comm, rc, err);

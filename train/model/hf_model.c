@@ -188,22 +188,6 @@ static int fetch(void *user, int i, float *dst, char *err, size_t errlen)
     return 0;
 }
 
-static int write_file(const char *path, const char *text, char *err, size_t errlen)
-{
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    int ok = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
-    if (f && fclose(f) != 0) ok = 0;
-    if (ok && rename(tmp, path) != 0) ok = 0;
-    if (!ok) {
-        snprintf(err, errlen, "%s: cannot write: %s", path, strerror(errno));
-        remove(tmp);
-        return -1;
-    }
-    return 0;
-}
-
 int ct_hf_save(ct_model *m, const char *dir, const char *side_from, uint64_t max_shard_bytes, char *err,
                size_t errlen)
 {
@@ -217,8 +201,6 @@ int ct_hf_save(ct_model *m, const char *dir, const char *side_from, uint64_t max
     ct_hf_out_tensor *out = calloc((size_t)nt, sizeof *out);
     int *index = calloc((size_t)nt, sizeof *index);
     fetch_ctx f = {.m = m, .index = index, .staged = be->alloc(big * sizeof(float)), .tmp = malloc(big * sizeof(float))};
-    char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", dir);
     char *config = ct_hf_config_text(ct_model_config_of(m), ct_model_hf_config(m));
     if (!out || !index || !f.staged || !f.tmp || !config) {
         snprintf(err, errlen, "%s: out of memory", dir);
@@ -232,9 +214,9 @@ int ct_hf_save(ct_model *m, const char *dir, const char *side_from, uint64_t max
         index[i] = i;
     }
     static const char *const meta[] = {"format", "pt", NULL};
-    if (ct_hf_weights_write(dir, out, nt, (ct_dtype)ct_model_config_of(m)->dtype,
-                            max_shard_bytes ? max_shard_bytes : CT_HF_SHARD_BYTES, fetch, &f, meta, err, errlen) ||
-        write_file(path, config, err, errlen) || (side_from && ct_hf_copy_side_files(side_from, dir, err, errlen)))
+    if (ct_hf_folder_write(dir, out, nt, (ct_dtype)ct_model_config_of(m)->dtype,
+                           max_shard_bytes ? max_shard_bytes : CT_HF_SHARD_BYTES, fetch, &f, meta, config, side_from,
+                           err, errlen))
         goto done;
     rc = 0;
 done:

@@ -24,7 +24,9 @@ int ct_hf_load(ct_model *m, const char *dir, char *err, size_t errlen);
 
 /* Writes dir/config.json (the source's carried over, else the family's) and the weights in
  * the source's dtype, sharded above max_shard_bytes (0: CT_HF_SHARD_BYTES), and copies the
- * tokenizer and generation files of side_from (a model folder, or NULL). Creates dir. */
+ * tokenizer and generation files of side_from (a model folder, or NULL). Creates dir. All of it
+ * or nothing: every file is written and synced under a temporary name and renamed only when all
+ * are (ct_hf_folder_write), so a failed write leaves dir as it was, with err naming the file. */
 int ct_hf_save(ct_model *m, const char *dir, const char *side_from, uint64_t max_shard_bytes, char *err,
                size_t errlen);
 

@@ -26,6 +26,7 @@
 
 #include "fail.h"
 #include "json_file.h"
+#include "write_file.h"
 
 #define HF_SINGLE "model.safetensors"
 #define HF_INDEX "model.safetensors.index.json"
@@ -76,6 +77,85 @@ static void sync_dir(const char *dir)
         close(fd);
     }
 }
+
+/* Files of one save written in full under "<name>.tmp" before any is renamed into place. */
+typedef struct {
+    char **tmp, **final; /* [n]: tmp[i] NULL once renamed */
+    int n, cap;
+} staged_set;
+
+/* Takes tmp and final (malloc'd) into s; -1 (both freed) when out of memory. */
+static int staged_add(staged_set *s, char *tmp, char *final)
+{
+    if (s->n == s->cap) {
+        int cap = s->cap ? 2 * s->cap : 8;
+        char **t = realloc(s->tmp, (size_t)cap * sizeof *t);
+        if (t) s->tmp = t;
+        char **f = t ? realloc(s->final, (size_t)cap * sizeof *f) : NULL;
+        if (f) s->final = f;
+        if (!t || !f) {
+            free(tmp);
+            free(final);
+            return -1;
+        }
+        s->cap = cap;
+    }
+    s->tmp[s->n] = tmp;
+    s->final[s->n++] = final;
+    return 0;
+}
+
+/* Renames every staged file into place, in order; stops at the first failure. */
+static int staged_commit(staged_set *s, char *err, size_t errlen)
+{
+    for (int i = 0; i < s->n; i++) {
+        if (!s->tmp[i]) continue;
+        if (rename(s->tmp[i], s->final[i]) != 0)
+            return ct_fail(err, errlen, "%s: cannot rename %s into place: %s", s->final[i], s->tmp[i], strerror(errno));
+        free(s->tmp[i]);
+        s->tmp[i] = NULL;
+    }
+    return 0;
+}
+
+/* Removes the staged files not renamed yet, and frees s. */
+static void staged_free(staged_set *s)
+{
+    for (int i = 0; i < s->n; i++) {
+        if (s->tmp[i]) unlink(s->tmp[i]);
+        free(s->tmp[i]);
+        free(s->final[i]);
+    }
+    free(s->tmp);
+    free(s->final);
+    *s = (staged_set){0};
+}
+
+/* Stages <dir>/<name> holding text and a final newline. */
+static int stage_text(staged_set *s, const char *dir, const char *name, const char *text, char *err, size_t errlen)
+{
+    char *final = join(dir, name, NULL), *tmp = join(dir, name, ".tmp");
+    size_t len = strlen(text);
+    char *data = malloc(len + 2);
+    if (!final || !tmp || !data) {
+        free(final);
+        free(tmp);
+        free(data);
+        return ct_fail(err, errlen, "%s: out of memory", dir);
+    }
+    memcpy(data, text, len);
+    data[len++] = '\n';
+    int rc = ct_file_write(tmp, data, len, err, errlen);
+    free(data);
+    if (rc) {
+        free(final);
+        free(tmp);
+        return -1;
+    }
+    return staged_add(s, tmp, final) ? ct_fail(err, errlen, "%s: out of memory", dir) : 0;
+}
+
+static int stage_side_files(staged_set *s, const char *src, const char *dst, char *err, size_t errlen);
 
 /* ================= reading ================= */
 
@@ -564,6 +644,13 @@ static int plan_shards(const uint64_t *bytes, int n, uint64_t limit, int *shard)
 int ct_hf_weights_write(const char *dir, const ct_hf_out_tensor *t, int n, ct_dtype dtype, uint64_t max_shard_bytes,
                         ct_hf_fetch_fn fetch, void *user, const char *const *meta, char *err, size_t errlen)
 {
+    return ct_hf_folder_write(dir, t, n, dtype, max_shard_bytes, fetch, user, meta, NULL, NULL, err, errlen);
+}
+
+int ct_hf_folder_write(const char *dir, const ct_hf_out_tensor *t, int n, ct_dtype dtype, uint64_t max_shard_bytes,
+                       ct_hf_fetch_fn fetch, void *user, const char *const *meta, const char *config_json,
+                       const char *side_from, char *err, size_t errlen)
+{
     if (!dir || !*dir)
         return ct_fail(err, errlen, "hf weights: no output folder given");
     if (n < 0 || (n > 0 && !t))
@@ -578,6 +665,7 @@ int ct_hf_weights_write(const char *dir, const ct_hf_out_tensor *t, int n, ct_dt
     float *buf = NULL;
     ct_st_writer *sw = NULL;
     int index_written = 0;
+    staged_set extra = {0}; /* config.json and the side files */
     if (!entries || !bytes || !shard) {
         ct_fail(err, errlen, "%s: out of memory", dir);
         goto done;
@@ -601,6 +689,10 @@ int ct_hf_weights_write(const char *dir, const ct_hf_out_tensor *t, int n, ct_dt
             max_numel = numel;
     }
     if (ensure_dir(dir, err, errlen))
+        goto done;
+    /* the small files first: a bad side file fails the save before the weights are written */
+    if ((config_json && stage_text(&extra, dir, "config.json", config_json, err, errlen)) ||
+        (side_from && stage_side_files(&extra, side_from, dir, err, errlen)))
         goto done;
 
     nfiles = plan_shards(bytes, n, max_shard_bytes ? max_shard_bytes : UINT64_MAX, shard);
@@ -686,7 +778,10 @@ int ct_hf_weights_write(const char *dir, const ct_hf_out_tensor *t, int n, ct_dt
         index_written = 1;
     }
 
-    /* all complete: into place, shards first, so the index never names a shard that is not there */
+    /* all complete: into place, the small files first and the weights last, so a folder with new
+     * weights is whole; shards before the index, so the index never names a shard that is not there */
+    if (staged_commit(&extra, err, errlen))
+        goto done;
     for (int k = 0; k < nfiles; k++) {
         char *final = join(dir, files[k], NULL);
         int r = final ? rename(tmps[k], final) : -1;
@@ -713,6 +808,7 @@ int ct_hf_weights_write(const char *dir, const ct_hf_out_tensor *t, int n, ct_dt
     sync_dir(dir);
     rc = 0;
 done:
+    staged_free(&extra); /* removes what was not renamed */
     ct_st_writer_abort(sw); /* removes its file; NULL is a no-op */
     for (int k = 0; tmps && k < nfiles; k++) {
         if (tmps[k] && rc)
@@ -745,16 +841,13 @@ static const char *const side_files[] = {
     "chat_template.jinja",
 };
 
-/* Copies src to dst through "<dst>.tmp"; *skipped = 1 when src does not exist. */
-static int copy_file(const char *src, const char *dst, int *skipped, char *err, size_t errlen)
+/* Stages a copy of src as dst (through "<dst>.tmp"); nothing when src does not exist. */
+static int stage_copy(staged_set *s, const char *src, const char *dst, char *err, size_t errlen)
 {
-    *skipped = 0;
     int in = open(src, O_RDONLY | O_CLOEXEC);
     if (in < 0) {
-        if (errno == ENOENT) {
-            *skipped = 1;
+        if (errno == ENOENT)
             return 0;
-        }
         return ct_fail(err, errlen, "%s: cannot open: %s", src, strerror(errno));
     }
     struct stat sb;
@@ -765,9 +858,11 @@ static int copy_file(const char *src, const char *dst, int *skipped, char *err, 
         return rc;
     }
     size_t dl = strlen(dst);
-    char *tmp = malloc(dl + 5);
-    if (!tmp) {
+    char *tmp = malloc(dl + 5), *final = strdup(dst);
+    if (!tmp || !final) {
         close(in);
+        free(tmp);
+        free(final);
         return ct_fail(err, errlen, "%s: out of memory", dst);
     }
     memcpy(tmp, dst, dl);
@@ -810,22 +905,21 @@ static int copy_file(const char *src, const char *dst, int *skipped, char *err, 
         ct_fail(err, errlen, "%s: write failed: %s", tmp, strerror(errno));
         goto done;
     }
-    if (rename(tmp, dst) != 0) {
-        ct_fail(err, errlen, "%s: cannot rename %s into place: %s", dst, tmp, strerror(errno));
-        goto done;
-    }
     rc = 0;
 done:
     if (out >= 0)
         close(out);
-    if (rc)
-        unlink(tmp);
     close(in);
-    free(tmp);
-    return rc;
+    if (rc) {
+        unlink(tmp);
+        free(tmp);
+        free(final);
+        return -1;
+    }
+    return staged_add(s, tmp, final) ? ct_fail(err, errlen, "%s: out of memory", dst) : 0;
 }
 
-int ct_hf_copy_side_files(const char *src, const char *dst, char *err, size_t errlen)
+static int stage_side_files(staged_set *s, const char *src, const char *dst, char *err, size_t errlen)
 {
     if (!src || !*src || !dst || !*dst)
         return ct_fail(err, errlen, "hf side files: no %s folder given", !src || !*src ? "source" : "destination");
@@ -838,18 +932,23 @@ int ct_hf_copy_side_files(const char *src, const char *dst, char *err, size_t er
         return -1;
     if (stat(dst, &ds) == 0 && ds.st_dev == ss.st_dev && ds.st_ino == ss.st_ino)
         return 0; /* the same folder: every file is already there */
-    int copied = 0;
     for (size_t i = 0; i < sizeof side_files / sizeof side_files[0]; i++) {
-        char *s = join(src, side_files[i], NULL), *d = join(dst, side_files[i], NULL);
-        int skipped = 0;
-        int rc = s && d ? copy_file(s, d, &skipped, err, errlen) : ct_fail(err, errlen, "%s: out of memory", dst);
-        free(s);
-        free(d);
+        char *from = join(src, side_files[i], NULL), *to = join(dst, side_files[i], NULL);
+        int rc = from && to ? stage_copy(s, from, to, err, errlen) : ct_fail(err, errlen, "%s: out of memory", dst);
+        free(from);
+        free(to);
         if (rc)
             return -1;
-        copied += !skipped;
     }
-    if (copied)
-        sync_dir(dst);
     return 0;
+}
+
+int ct_hf_copy_side_files(const char *src, const char *dst, char *err, size_t errlen)
+{
+    staged_set s = {0};
+    int rc = stage_side_files(&s, src, dst, err, errlen) || staged_commit(&s, err, errlen) ? -1 : 0;
+    if (rc == 0 && s.n)
+        sync_dir(dst);
+    staged_free(&s);
+    return rc;
 }

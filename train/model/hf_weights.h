@@ -69,10 +69,22 @@ typedef int (*ct_hf_fetch_fn)(void *user, int i, float *dst, char *err, size_t e
 int ct_hf_weights_write(const char *dir, const ct_hf_out_tensor *t, int n, ct_dtype dtype, uint64_t max_shard_bytes,
                         ct_hf_fetch_fn fetch, void *user, const char *const *meta, char *err, size_t errlen);
 
+/* The whole folder in one save: as ct_hf_weights_write, and config_json (when not NULL) as
+ * config.json with a final newline, and side_from's tokenizer and generation files (when not
+ * NULL; as ct_hf_copy_side_files). Every file is first written in full as "<name>.tmp" and
+ * synced, the small ones first; only when all are complete are they renamed into place, the
+ * weights last, so a folder with this save's weights holds all of it. A failed write (a full
+ * disk, a file-size limit) leaves the folder as it was, without .tmp files, and err names the
+ * file. */
+int ct_hf_folder_write(const char *dir, const ct_hf_out_tensor *t, int n, ct_dtype dtype, uint64_t max_shard_bytes,
+                       ct_hf_fetch_fn fetch, void *user, const char *const *meta, const char *config_json,
+                       const char *side_from, char *err, size_t errlen);
+
 /* Copies the tokenizer and generation files of a model folder into dst where present
  * (tokenizer.json, tokenizer_config.json, special_tokens_map.json, generation_config.json,
- * vocab.json, merges.txt, tokenizer.model, added_tokens.json, chat_template.jinja), each through
- * "<name>.tmp" and a rename. Missing files are not an error; an unreadable or unwritable one is.
+ * vocab.json, merges.txt, tokenizer.model, added_tokens.json, chat_template.jinja): all are written
+ * as "<name>.tmp" and synced, then renamed. Missing files are not an error; an unreadable or
+ * unwritable one is, and then none is renamed and no .tmp is left.
  * src and dst the same folder is a no-op; dst is created when missing (one level). */
 int ct_hf_copy_side_files(const char *src, const char *dst, char *err, size_t errlen);
 

@@ -8,11 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "hf_config.h"
 #include "json_file.h"
 #include "rng.h"
 #include "safetensors.h"
+#include "write_file.h"
 
 static float spec_scale(const ct_lora_spec *s) { return s->rslora ? s->alpha / sqrtf((float)s->r) : s->alpha / s->r; }
 
@@ -386,30 +388,53 @@ int ct_lora_save_peft(ct_model *m, const ct_lora_spec *spec, const char *base_mo
     }
     char *text = cJSON_Print(root);
     cJSON_Delete(root);
-    FILE *f = text ? fopen(path, "w") : NULL;
-    int ok = f && fputs(text, f) >= 0;
-    if (f && fclose(f)) ok = 0;
-    free(text);
-    if (!ok) return snprintf(err, errlen, "%s: cannot write: %s", path, strerror(errno)), -1;
-
+    /* both files written and synced under .tmp names before either is renamed, the weights last:
+     * a failed write (a full disk) leaves the folder as it was */
+    char cfg_tmp[CT_PATH_MAX + 40], st_path[CT_PATH_MAX + 32], st_tmp[CT_PATH_MAX + 40];
+    snprintf(cfg_tmp, sizeof cfg_tmp, "%s.tmp", path);
+    snprintf(st_path, sizeof st_path, "%s/adapter_model.safetensors", dir);
+    snprintf(st_tmp, sizeof st_tmp, "%s.tmp", st_path);
     ct_trainable tr = ct_model_trainable(m);
     float *host = adapters_to_host(m);
     ct_st_entry *e = calloc((size_t)tr.ntensors, sizeof *e);
-    int rc = -1;
-    if (host && e) {
-        for (int i = 0; i < tr.ntensors; i++) {
-            const ct_param *p = &tr.tensors[i];
-            e[i] = (ct_st_entry){.name = p->name, .data = host + p->offset, .ndim = 2, .shape = {p->shape[0], p->shape[1]}};
-        }
-        snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-        const char *fp = ct_model_base_fingerprint(m);
-        const char *meta[] = {"format", "pt", CT_LORA_BASE_KEY, fp, CT_LORA_BASE_NAME_KEY, base_model ? base_model : "",
-                              NULL};
-        if (fp) rc = ct_st_write(path, e, tr.ntensors, CT_DT_F32, meta, err, errlen);
-        else snprintf(err, errlen, "%s: out of memory computing the base model's fingerprint", path);
-    } else {
+    ct_st_writer *w = NULL;
+    const char *fp = ct_model_base_fingerprint(m); /* which base the adapters belong to */
+    const char *meta[] = {"format", "pt", CT_LORA_BASE_KEY, fp, CT_LORA_BASE_NAME_KEY, base_model ? base_model : "",
+                          NULL};
+    int rc = -1, staged = 0;
+    if (!text || !host || !e || !fp) {
         snprintf(err, errlen, "out of memory");
+        goto done;
     }
+    for (int i = 0; i < tr.ntensors; i++) {
+        const ct_param *p = &tr.tensors[i];
+        e[i] = (ct_st_entry){.name = p->name, .data = host + p->offset, .ndim = 2, .shape = {p->shape[0], p->shape[1]}};
+    }
+    if (ct_st_writer_open(&w, st_tmp, e, tr.ntensors, CT_DT_F32, meta, err, errlen)) goto done;
+    int put = 0;
+    for (int i = 0; i < tr.ntensors && !put; i++)
+        put = ct_st_writer_put(w, e[i].data, (size_t)e[i].shape[0] * (size_t)e[i].shape[1], err, errlen);
+    if (put) {
+        ct_st_writer_abort(w); /* removes st_tmp */
+        goto done;
+    }
+    if (ct_st_writer_close(w, err, errlen)) goto done; /* synced, or removed */
+    staged = 1;
+    if (ct_file_write(cfg_tmp, text, strlen(text), err, errlen)) goto done;
+    if (rename(cfg_tmp, path) != 0) {
+        snprintf(err, errlen, "%s: cannot rename %s into place: %s", path, cfg_tmp, strerror(errno));
+        unlink(cfg_tmp);
+        goto done;
+    }
+    if (rename(st_tmp, st_path) != 0) {
+        snprintf(err, errlen, "%s: cannot rename %s into place: %s", st_path, st_tmp, strerror(errno));
+        goto done;
+    }
+    staged = 0;
+    rc = 0;
+done:
+    if (staged) unlink(st_tmp);
+    free(text);
     free(e);
     free(host);
     return rc;
