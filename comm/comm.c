@@ -285,6 +285,20 @@ int ct_comm_buf_reduce(ct_comm *c, const void *send, void *recv, size_t n, ct_co
     return c->dev_ops->reduce(c, send, recv, n, dt, root, stream);
 }
 
+int ct_comm_buf_broadcast(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, int root,
+                          void *stream)
+{
+    if (root < 0 || root >= c->size || !buf_args_ok(c, dt)) return -1;
+    if (n == 0) return 0;
+    if (!recv || (c->rank == root && !send)) return -1;
+    if (c->dev_ops) {
+        c->bytes += (uint64_t)n * dtype_size(dt);
+        return c->dev_ops->broadcast(c, send, recv, n, dt, root, stream);
+    }
+    if (c->rank == root && send != recv) memcpy(recv, send, n * sizeof(float));
+    return ct_comm_broadcast(c, recv, n * sizeof(float), root);
+}
+
 void ct_comm_buf_group_begin(ct_comm *c)
 {
     if (c->dev_ops) c->dev_ops->group(c, 1);

@@ -67,6 +67,7 @@ typedef struct ct_comm_dev_ops {
     int (*allgather)(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream);
     int (*allreduce)(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream);
     int (*reduce)(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, int root, void *stream);
+    int (*broadcast)(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, int root, void *stream);
     void (*group)(ct_comm *c, int begin); /* ct_comm_buf_group_begin (1) and _end (0) */
     int (*wait)(ct_comm *c, void *stream);
     /* Releases the device side's state (dev); comm.c clears dev and dev_ops. */

@@ -361,7 +361,7 @@ int ct_ckpt_write(const char *path, ct_model *m, ct_optim *o, const ct_ckpt_stat
 
     /* host copies of this rank's slice: parameters, master weights, m, v */
     float *host[NGROUPS] = {0};
-    host[G_MODEL] = to_host(be, ctx, (char *)tr.params + lo * be->elem_size, hi - lo, 0);
+    host[G_MODEL] = to_host(be, ctx, ct_optim_weights_at(o, lo), hi - lo, 0);
     host[G_MASTER] = to_host(be, ctx, ct_optim_master(o) + (lo - obegin), hi - lo, 1);
     host[G_EXP_AVG] = to_host(be, ctx, ct_optim_exp_avg(o) + (lo - obegin), hi - lo, 1);
     host[G_EXP_AVG_SQ] = to_host(be, ctx, ct_optim_exp_avg_sq(o) + (lo - obegin), hi - lo, 1);
@@ -636,7 +636,8 @@ agree:
         goto done;
     }
     be->upload(ctx, tmp, params, numel * sizeof(float));
-    be->to_storage(ctx, tr.params, tmp, numel);
+    if (o) ct_optim_set_weights(o, tmp);
+    else be->to_storage(ctx, tr.params, tmp, numel);
     be->free(tmp);
     if (o) {
         be->upload(ctx, ct_optim_master(o), state[0], len * sizeof(float));

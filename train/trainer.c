@@ -468,9 +468,9 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
             if (ct_model_forward(s.model, s.tokens + a * BT, s.targets + a * BT, s.pos ? s.pos + a * BT : NULL, B, T,
                                  dloss, &sum, &ntok, err, sizeof err))
                 ct_run_die(comm, err);
-            /* the last micro-batch's backward hands each finished layer to the reduction */
-            int overlap = a == A - 1 && ct_optim_overlaps(s.optim);
-            ct_model_backward(s.model, overlap ? ct_optim_grad_ready : NULL, s.optim);
+            /* the last micro-batch's backward hands each finished layer to the reduction (every
+             * micro-batch's under ZeRO-2 and 3) */
+            ct_model_backward(s.model, ct_optim_ready(s.optim, a == A - 1), s.optim);
             sums[0] += sum;
         }
         ct_model_set_training(s.model, 0);
@@ -557,6 +557,8 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
     int ran = cfg->optim.max_steps - first + 1;
     double comm_per_step = ran > 0 ? (double)(ct_comm_bytes(comm) - bytes_start) / ran : 0;
     rc = weights_finite(comm, &s, cfg->optim.max_steps, err, sizeof err);
+    if (rc == 0 && !ct_run_lora(cfg) && ct_optim_gather_model(s.optim)) /* ZeRO-3: the whole model for the save */
+        ct_run_die(comm, "out of memory or communication failed gathering the weights for the final save");
     if (rc == 0 && rank == 0) {
         size_t flat = ct_model_trainable(s.model).numel;
         printf("ctrain: %.3f MiB passed to collectives per step per rank; flat buffer %zu floats (%.3f MiB)\n",
