@@ -290,11 +290,11 @@ static int run_cpu(const bench_opts *o)
         double t0 = omp_get_wtime();
         double loss_sum;
         long ntok;
+        ct_model_zero_grad(m); /* before the forward, which adds the LM head's gradient */
         if (ct_model_forward(m, tokens, targets, pos, B, T, 1.0f / (float)(B * T), &loss_sum, &ntok, err, sizeof err)) {
             fprintf(stderr, "bench_step: %s\n", err);
             return 1;
         }
-        ct_model_zero_grad(m);
         ct_model_backward(m, NULL, NULL);
         float *p = tr.params, *g = tr.grads;
         for (int i = 0; i < tr.ntensors; i++) {

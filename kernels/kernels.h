@@ -46,6 +46,9 @@ typedef struct {
     int step;           /* 1-based, for bias correction */
 } ct_adamw_params;
 
+/* Rows at which matmul_bwd's product may be split without changing a bit on the cpu (below). */
+#define CT_MATMUL_SPLIT 256
+
 typedef struct ct_backend {
     const char *name;
     int abi;
@@ -95,7 +98,12 @@ typedef struct ct_backend {
                        int N, int K, int M);
     /* dinp[N,K] += dout.w; dw[M,K] += dout^T.inp; dbias[M] += colsum(dout).
      * dw and dbias may be NULL (frozen weight: only the input gradient is computed);
-     * dinp may be NULL (first layer of a branch that needs no input gradient). */
+     * dinp may be NULL (first layer of a branch that needs no input gradient); with dw NULL,
+     * dinp may be inp itself (overwritten: zero it first).
+     * Split points: on the cpu, dw sums the N rows in blocks of CT_MATMUL_SPLIT from row 0 in
+     * order, and every output row of matmul_fwd and dinp depends on its own row alone (N > 2), so
+     * calls over the rows split at multiples of CT_MATMUL_SPLIT give the bits of one call (the
+     * LM head's chunked loss relies on it). Other backends promise no such thing. */
     void (*matmul_bwd)(ct_kctx *ctx, void *dinp, void *dw, void *dbias, const void *dout, const void *inp,
                        const void *w, int N, int K, int M);
 

@@ -311,8 +311,8 @@ static void test_starts_as_base(void)
             ct_test_failures++;
         }
         /* with B = 0 the loss's gradient w.r.t. A is exactly zero, w.r.t. B not */
-        mean_loss_w(m, 1.0f / (float)count_targets());
         ct_model_zero_grad(m);
+        mean_loss_w(m, 1.0f / (float)count_targets());
         ct_model_backward(m, NULL, NULL);
         ct_trainable tr = ct_model_trainable(m);
         const float *g = tr.grads;
@@ -350,8 +350,8 @@ static void fd_check(ct_model *m, const char *label, uint64_t *rng)
     float *p = tr.params;
     float *g = ct_test_alloc(tr.numel);
     long ntok = count_targets();
-    mean_loss_w(m, 1.0f / (float)ntok);
     ct_model_zero_grad(m);
+    mean_loss_w(m, 1.0f / (float)ntok);
     ct_model_backward(m, NULL, NULL);
     memcpy(g, tr.grads, tr.numel * sizeof(float));
     const double h = 2e-3;

@@ -55,8 +55,8 @@ static void test_finite_differences(ct_model *m, uint64_t *rng)
     size_t n = ct_model_numel(m);
     float *g = malloc(n * sizeof(float));
     long ntok = count_targets();
+    ct_model_zero_grad(m); /* before the forward, which adds the LM head's gradient */
     mean_loss_w(m, 1.0f / (float)ntok);
-    ct_model_zero_grad(m);
     ct_model_backward(m, NULL, NULL);
     memcpy(g, ct_model_grads(m), n * sizeof(float));
     for (int i = 0; i < ct_model_num_tensors(m); i++) {
@@ -96,15 +96,15 @@ static void test_contracts(ct_model *m)
     size_t n = ct_model_numel(m);
     long ntok = count_targets();
     float *once = malloc(n * 4), *again = malloc(n * 4);
-    double l1 = mean_loss_w(m, 1.0f / (float)ntok);
     ct_model_zero_grad(m);
+    double l1 = mean_loss_w(m, 1.0f / (float)ntok);
     ct_model_backward(m, NULL, NULL);
     memcpy(once, ct_model_grads(m), n * 4);
 
     /* determinism: the same forward and backward give the same bits */
+    ct_model_zero_grad(m);
     double l2 = mean_loss_w(m, 1.0f / (float)ntok);
     CHECK(l1 == l2);
-    ct_model_zero_grad(m);
     ct_model_backward(m, NULL, NULL);
     CHECK(!memcmp(once, ct_model_grads(m), n * 4));
 
@@ -120,8 +120,8 @@ static void test_contracts(ct_model *m)
     double *want = ct_test_alloc_d(n);
     for (size_t i = 0; i < n; i++) want[i] = 2.0 * once[i];
     CHECK_CLOSE("two backward calls add up", again, want, n, 1e-6, 1e-9);
-    mean_loss_w(m, 4.0f / (float)ntok);
     ct_model_zero_grad(m);
+    mean_loss_w(m, 4.0f / (float)ntok);
     ct_model_backward(m, NULL, NULL); /* 4/ntok: a power of two times the first, so exact */
     for (size_t i = 0; i < n; i++) want[i] = 4.0 * once[i];
     CHECK_CLOSE("dloss scales the gradient", ct_model_grads(m), want, n, 0, 0);
@@ -201,8 +201,8 @@ static void test_packed(ct_model *m)
     for (int i = 0; i < B * T; i++) tg[i] = i % T + 1 < T && docs[i + 1] == 0 ? -1 : targets[i];
     double packed_sum, alone_sum = 0, s;
     long packed_n, alone_n = 0, k;
-    CHECK(ct_model_forward(m, tokens, tg, docs, B, T, 1.0f, &packed_sum, &packed_n, err, sizeof err) == 0);
     ct_model_zero_grad(m);
+    CHECK(ct_model_forward(m, tokens, tg, docs, B, T, 1.0f, &packed_sum, &packed_n, err, sizeof err) == 0);
     ct_model_backward(m, NULL, NULL);
     float *packed_g = ct_test_copy(ct_model_grads(m), n);
     ct_model_zero_grad(m);
@@ -230,12 +230,12 @@ static void test_packed(ct_model *m)
     for (int i = 0; i < B * T; i++) plain[i] = i % T;
     double l0, l1;
     long n0, n1;
-    CHECK(ct_model_forward(m, tokens, targets, NULL, B, T, 1.0f, &l0, &n0, err, sizeof err) == 0);
     ct_model_zero_grad(m);
+    CHECK(ct_model_forward(m, tokens, targets, NULL, B, T, 1.0f, &l0, &n0, err, sizeof err) == 0);
     ct_model_backward(m, NULL, NULL);
     float *g0 = ct_test_copy(ct_model_grads(m), n);
-    CHECK(ct_model_forward(m, tokens, targets, plain, B, T, 1.0f, &l1, &n1, err, sizeof err) == 0);
     ct_model_zero_grad(m);
+    CHECK(ct_model_forward(m, tokens, targets, plain, B, T, 1.0f, &l1, &n1, err, sizeof err) == 0);
     ct_model_backward(m, NULL, NULL);
     CHECK(l0 == l1 && n0 == n1 && !memcmp(g0, ct_model_grads(m), n * sizeof(float)));
     CHECK(l0 != packed_sum); /* the masks matter on these weights */

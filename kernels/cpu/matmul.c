@@ -40,6 +40,23 @@ static void sgemm_rows(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int rows, int col
                     c + (size_t)r0 * ldc, ldc);
     }
 }
+/* dw[M,K] += dout[N,M]^T . inp[N,K], one sgemm per block of rows of dw (as sgemm_rows) and, within
+ * it, one per CT_MATMUL_SPLIT rows of dout and inp from row 0, added in order. The sum over the
+ * N rows is then the same bits however a caller splits them at multiples of CT_MATMUL_SPLIT:
+ * the LM head's chunked backward (model.loss_chunk) adds up to the unchunked gradient. */
+static void dw_rows(int M, int K, int N, const float *dout, const float *inp, float *dw)
+{
+    const int rb = block_rows(M), nb = (M + rb - 1) / rb;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < nb; i++) {
+        int r0 = i * rb, n = M - r0 < rb ? M - r0 : rb;
+        for (int k0 = 0; k0 < N; k0 += CT_MATMUL_SPLIT) {
+            int k = N - k0 < CT_MATMUL_SPLIT ? N - k0 : CT_MATMUL_SPLIT;
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, K, k, 1.0f, dout + (size_t)k0 * M + r0, M,
+                        inp + (size_t)k0 * K, K, 1.0f, dw + (size_t)r0 * K, K);
+        }
+    }
+}
 #define MM_SLICE_MAX 256 /* columns per slice of the dbias reduction (stack accumulators) */
 
 void ct_cpu_matmul_fwd(ct_kctx *ctx, void *out_, const void *inp_, const void *w_, const void *bias_,
@@ -78,8 +95,7 @@ void ct_cpu_matmul_bwd(ct_kctx *ctx, void *dinp_, void *dw_, void *dbias_, const
     float *dinp = dinp_, *dw = dw_, *dbias = dbias_;
     const float *dout = dout_, *inp = inp_, *w = w_;
     if (N <= 0 || M <= 0) return;
-    if (dw && K > 0)
-        sgemm_rows(CblasTrans, CblasNoTrans, M, K, N, 1.0f, dout, M, 1, inp, K, 1.0f, dw, K);
+    if (dw && K > 0) dw_rows(M, K, N, dout, inp, dw);
     if (dbias) {
         int nt = omp_get_max_threads();
         int slice = (M + nt - 1) / nt;

@@ -360,6 +360,8 @@ static void check_step(const char *what, pair *p, int B, int T, const grad_tol *
     int32_t *pos = doclen ? ct_test_doc_positions(B, T, doclen, rng) : NULL;
     double lc, lg;
     long nc, ng;
+    ct_model_zero_grad(p->c); /* before the forward, which adds the LM head's gradient */
+    ct_model_zero_grad(p->g);
     if (ct_model_forward(p->c, tok, tgt, pos, B, T, dloss, &lc, &nc, err, sizeof err) ||
         ct_model_forward(p->g, tok, tgt, pos, B, T, dloss, &lg, &ng, err, sizeof err)) {
         fprintf(stderr, "%s: ct_model_forward: %s\n", what, err);
@@ -369,8 +371,6 @@ static void check_step(const char *what, pair *p, int B, int T, const grad_tol *
     CHECK_REL("mean loss (cuda, cpu)", lg / (double)ng, lc / (double)nc, LOSS_RTOL);
 
     /* backward, each range snapshotted as announced */
-    ct_model_zero_grad(p->c);
-    ct_model_zero_grad(p->g);
     ready_rec rc, rg;
     ready_init(&rc, cpu, ck, tc.grads, n);
     ready_init(&rg, gpu, gk, tg.grads, n);

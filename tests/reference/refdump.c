@@ -135,10 +135,10 @@ int main(int argc, char **argv)
                (size_t)cfg.vocab_size * sizeof(float));
     long counted = 0;
     for (int i = 0; i < B * T; i++) counted += targets[i] >= 0;
+    ct_model_zero_grad(m); /* before the forward, which adds the LM head's gradient */
     if (ct_model_forward(m, tokens, targets, pos, B, T, counted ? 1.0f / (float)counted : 0.0f, &loss_sum, &ntok, err,
                         sizeof err))
         return die(err);
-    ct_model_zero_grad(m);
     ct_model_backward(m, NULL, NULL);
     float loss = (float)(loss_sum / (double)ntok);
 

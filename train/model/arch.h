@@ -3,10 +3,11 @@
  *
  * An architecture is data plus three short functions. The data: its tensors, one table row
  * each (Hugging Face name, shape in config dimensions, initialisation, weight decay, whether
- * LoRA may wrap it, storage layout, when it exists). The functions: forward up to the logits,
- * backward from the logits' gradient, and decode over the KV cache. model.c derives the flat
- * layout, name lookup, initialisation and LoRA from the table; hf_model.c the Hugging Face
- * mapping. Adding a family is one file (see gpt2.c, llama.c) and a line in hf_config.c's list
+ * LoRA may wrap it, storage layout, when it exists). The functions: forward up to the final
+ * norm's output, backward from its gradient, and decode over the KV cache, all three built on
+ * one block forward (which the backward also runs to recompute a block). model.c runs the LM
+ * head and the loss around them, derives the flat layout, name lookup, initialisation and LoRA
+ * from the table; hf_model.c the Hugging Face mapping. Adding a family is one file (see gpt2.c, llama.c) and a line in hf_config.c's list
  * (docs/DESIGN.md "Models"). */
 #ifndef CT_MODEL_ARCH_H
 #define CT_MODEL_ARCH_H
@@ -41,6 +42,8 @@ struct ct_arch {
     const ct_tensor_spec *pre, *block, *post; /* embeddings, one block, the head: in buffer order */
     int npre, nblock, npost;
     int nslots;                       /* slots are numbered [0, nslots) across the three tables */
+    int embed_slot;                   /* the token embedding: the LM head's weight when tied */
+    int head_slot;                    /* the untied LM head's weight ([V, C], absent when tied), or -1: always tied */
     int rope;                         /* positions are rotary (m->inv_freq is made) */
 
     /* Reads the family's keys of a config.json (model_type already matched) into c; errors
@@ -50,14 +53,20 @@ struct ct_arch {
     void (*write_hf_config)(cJSON *root, const ct_model_config *c);
     /* The name of the first op the family needs that be lacks, or NULL. */
     const char *(*missing_op)(const ct_backend *be);
-    /* Activations for B x T (model.c's ct_model_alloc); -1 when memory runs out. */
+    /* Activations for B x T, with m->recompute (model.c's ct_model_init); -1 when memory runs
+     * out. Planned by one function with act_bytes, through ct_act_take. */
     int (*alloc)(ct_model *m, int B, int T);
     void (*free)(ct_model *m);
-    /* Forward of m->tokens_dev (positions m->pos_dev; documents m->doc_pos) into m->logits. */
+    /* The bytes alloc takes for this config and backend (ct_model_act_bytes' family part). */
+    size_t (*act_bytes)(const ct_model_config *c, int B, int T, int recompute, const ct_backend *be);
+    /* Forward of m->tokens_dev (positions m->pos_dev; documents m->doc_pos) through the final
+     * norm into m->lnf [BT, C]; leaves the final norm's unit (CT_UNIT_POST) fetched. */
     void (*forward)(ct_model *m, int B, int T);
-    /* Backward from m->logits (holding their gradient), as ct_model_backward says. */
+    /* Backward from m->lnf holding the gradient at the final norm's output, as
+     * ct_model_backward says; with m->recompute, block l's activations are recomputed from its
+     * saved input after fetch(l, weights | gradients) and before its backward. */
     void (*backward)(ct_model *m, int B, int T, ct_grad_ready_fn ready, void *user);
-    /* Forward of B x Tq new tokens at pos0 over the KV cache into m->logits. */
+    /* Forward of B x Tq new tokens at pos0 over the KV cache into m->lnf. */
     void (*decode)(ct_model *m, int B, int Tq, int pos0);
     double (*flops)(const ct_model_config *c, int B, int T);
     /* Hugging Face tensors that are not parameters (buffers), or NULL. */
@@ -104,12 +113,18 @@ struct ct_model {
     int32_t *tokens_dev, *targets_dev, *pos_dev; /* [BT] */
     const int32_t *doc_pos; /* pos_dev when the last forward was given positions (packed documents,
                              * attention masked to each), else NULL: plain causal attention */
-    void *logits;          /* [BT, Vp]: logits, then their gradient (columns past V: 0) */
+    int recompute;         /* CT_RECOMPUTE_* (ct_model_memory) */
+    int loss_rows;         /* rows per chunk of the LM head and loss (ct_model_loss_rows) */
+    void *lnf;             /* [BT, C]: the final norm's output; after a forward that formed the
+                            * gradient, the gradient there (the head's backward writes it over) */
+    void *logits;          /* [logits_rows, Vp]: a chunk's logits, then their gradient (columns past V: 0) */
+    int logits_rows;       /* loss chunk rows; BT once a forward without targets or a decode needed more */
     float *losses;         /* [BT] */
     float *losses_host;    /* [BT] */
     float *inv_freq;       /* [D/2] RoPE frequencies, backend memory (families with RoPE) */
     int curB, curT;        /* shape of the last forward */
     int have_targets;      /* the last forward computed the loss: backward may run */
+    int head_pending;      /* that forward added the head's gradient: its backward must follow */
     void *acts;            /* the architecture's activations */
     char *hf_json;         /* the source's config.json (ct_model_set_hf_config), or NULL */
 
@@ -142,6 +157,16 @@ struct ct_model {
 
 /* A backend allocation freed with the model; NULL when memory runs out. */
 void *ct_model_balloc(ct_model *m, size_t bytes);
+
+/* One plan of a family's activations serves its alloc and its act_bytes: each buffer is taken
+ * through ct_act_take, which counts its bytes and, with m set, allocates it (NULL, and failed
+ * set, when memory runs out); with m NULL it only counts (and returns NULL). */
+typedef struct {
+    ct_model *m;
+    size_t bytes;
+    int failed;
+} ct_act_plan;
+void *ct_act_take(ct_act_plan *p, size_t bytes);
 /* Parameter (grad 0) or gradient (grad 1) of (layer, slot), through its unit; layer -1 for the
  * embeddings and head. NULL when the tensor does not exist or has no gradient (frozen). */
 void *ct_model_w(const ct_model *m, int grad, int layer, int slot);

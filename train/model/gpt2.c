@@ -35,6 +35,8 @@ static const ct_tensor_spec post[] = {
     {S_LNFB, "transformer.ln_f.bias", DIM_C, DIM_NONE, INIT_ZEROS, 0, 0, 0, WHEN_ALWAYS},
 };
 
+/* What a block's backward reads: each block's own (recompute none), or one set every block
+ * shares, refilled by recomputing the block before its backward (recompute block). */
 typedef struct {
     void *ln1;            /* [BT, C] */
     float *ln1_mean;      /* [BT] */
@@ -48,14 +50,13 @@ typedef struct {
     float *ln2_rstd;      /* [BT] */
     void *fch;            /* [BT, I] */
     void *fch_gelu;       /* [BT, I] */
-    void *res3;           /* [BT, C] residual after the MLP: the block's output */
 } layer_acts;
 
 typedef struct {
-    void *encoded;         /* [BT, C] */
-    layer_acts *layers;    /* [L] */
+    void **res;            /* [L + 1] of [BT, C]: the residual stream entering block l (res[0]: the
+                            * embeddings), res[L] the last block's output: kept in either mode */
+    layer_acts *layers;    /* [L]; with recompute all L alike (one set) */
     void *proj;            /* [BT, C] scratch: a projection's output before the residual add */
-    void *lnf;             /* [BT, C] */
     float *lnf_mean, *lnf_rstd; /* [BT] */
     /* activation gradients, reused by every layer */
     void *dres;            /* [BT, C] gradient of the residual stream */
@@ -69,58 +70,83 @@ typedef struct {
 #define W(m, l, s) ct_model_w(m, 0, l, s)
 #define G(m, l, s) ct_model_w(m, 1, l, s)
 
+/* The activations' plan, for alloc (a set: buffers allocated) and act_bytes (a NULL: counted). */
+static void plan(ct_act_plan *p, acts *a, const ct_model_config *c, int B, int T, int recompute,
+                 const ct_backend *be)
+{
+    size_t es = be->elem_size, BT = (size_t)B * T, C = (size_t)c->n_embd, I = (size_t)c->n_inner;
+    size_t stats = be->attention_stats_len(B, T, c->n_head);
+    const int L = c->n_layer, sets = recompute ? 1 : L;
+#define TAKE(dst, bytes)                                                                                  \
+    do {                                                                                                  \
+        void *taken_ = ct_act_take(p, (bytes));                                                           \
+        if (a) (dst) = taken_;                                                                            \
+    } while (0)
+    for (int l = 0; l <= L; l++) TAKE(a->res[l], BT * C * es);
+    for (int l = 0; l < sets; l++) {
+        layer_acts *la = a ? &a->layers[l] : NULL;
+        TAKE(la->ln1, BT * C * es);
+        TAKE(la->ln1_mean, BT * 4);
+        TAKE(la->ln1_rstd, BT * 4);
+        TAKE(la->qkv, BT * 3 * C * es);
+        TAKE(la->atty, BT * C * es);
+        TAKE(la->att_stats, stats * 4);
+        TAKE(la->res2, BT * C * es);
+        TAKE(la->ln2, BT * C * es);
+        TAKE(la->ln2_mean, BT * 4);
+        TAKE(la->ln2_rstd, BT * 4);
+        TAKE(la->fch, BT * I * es);
+        TAKE(la->fch_gelu, BT * I * es);
+    }
+    for (int l = sets; a && l < L; l++) a->layers[l] = a->layers[0];
+    TAKE(a->proj, BT * C * es);
+    TAKE(a->lnf_mean, BT * 4);
+    TAKE(a->lnf_rstd, BT * 4);
+    TAKE(a->dres, BT * C * es);
+    TAKE(a->dln, BT * C * es);
+    TAKE(a->datty, BT * C * es);
+    TAKE(a->dqkv, BT * 3 * C * es);
+    TAKE(a->dfch, BT * I * es);
+    TAKE(a->dfch_gelu, BT * I * es);
+#undef TAKE
+}
+
+static size_t act_bytes(const ct_model_config *c, int B, int T, int recompute, const ct_backend *be)
+{
+    ct_act_plan p = {0};
+    plan(&p, NULL, c, B, T, recompute, be);
+    return p.bytes;
+}
+
 static int alloc(ct_model *m, int B, int T)
 {
-    const ct_model_config *c = &m->cfg;
+    const int L = m->cfg.n_layer;
     acts *a = calloc(1, sizeof *a);
-    if (!a || !(a->layers = calloc((size_t)c->n_layer, sizeof *a->layers))) return free(a), -1;
+    if (!a) return -1;
     m->acts = a;
-    size_t es = m->be->elem_size, BT = (size_t)B * T, C = (size_t)c->n_embd, I = (size_t)c->n_inner;
-    size_t stats = m->be->attention_stats_len(B, T, c->n_head);
-    int ok = 1;
-#define ALLOC(dst, bytes) ok &= ((dst) = ct_model_balloc(m, (bytes))) != NULL
-    ALLOC(a->encoded, BT * C * es);
-    for (int l = 0; l < c->n_layer && ok; l++) {
-        layer_acts *la = &a->layers[l];
-        ALLOC(la->ln1, BT * C * es);
-        ALLOC(la->ln1_mean, BT * 4);
-        ALLOC(la->ln1_rstd, BT * 4);
-        ALLOC(la->qkv, BT * 3 * C * es);
-        ALLOC(la->atty, BT * C * es);
-        ALLOC(la->att_stats, stats * 4);
-        ALLOC(la->res2, BT * C * es);
-        ALLOC(la->ln2, BT * C * es);
-        ALLOC(la->ln2_mean, BT * 4);
-        ALLOC(la->ln2_rstd, BT * 4);
-        ALLOC(la->fch, BT * I * es);
-        ALLOC(la->fch_gelu, BT * I * es);
-        ALLOC(la->res3, BT * C * es);
-    }
-    ALLOC(a->proj, BT * C * es);
-    ALLOC(a->lnf, BT * C * es);
-    ALLOC(a->lnf_mean, BT * 4);
-    ALLOC(a->lnf_rstd, BT * 4);
-    ALLOC(a->dres, BT * C * es);
-    ALLOC(a->dln, BT * C * es);
-    ALLOC(a->datty, BT * C * es);
-    ALLOC(a->dqkv, BT * 3 * C * es);
-    ALLOC(a->dfch, BT * I * es);
-    ALLOC(a->dfch_gelu, BT * I * es);
-#undef ALLOC
-    return ok ? 0 : -1;
+    if (!(a->layers = calloc((size_t)L, sizeof *a->layers)) || !(a->res = calloc((size_t)L + 1, sizeof *a->res)))
+        return -1;
+    ct_act_plan p = {.m = m};
+    plan(&p, a, &m->cfg, B, T, m->recompute, m->be);
+    return p.failed ? -1 : 0;
 }
 
 static void free_acts(ct_model *m)
 {
     acts *a = m->acts;
     free(a->layers);
+    free(a->res);
     free(a);
     m->acts = NULL;
 }
 
-/* Forward of B x T tokens at positions m->pos_dev, attention masked to documents when m->doc_pos
- * is set; with cached, the tokens sit at pos0.. and attend over the KV cache. */
-static void run(ct_model *m, int B, int T, int pos0, int cached)
+/* Block l's forward of B x T tokens from its input x (positions m->pos_dev, attention masked to
+ * documents when m->doc_pos is set; with cached, the tokens sit at pos0.. and attend over the
+ * KV cache) into la, and out = the block's output. out NULL (recomputing before the block's
+ * backward): it stops at what the backward reads, before the MLP's projection. The caller
+ * fetches and releases the block's unit. */
+static void block_fwd(ct_model *m, int l, layer_acts *la, const void *x, void *out, int B, int T, int pos0,
+                      int cached)
 {
     const ct_backend *be = m->be;
     ct_kctx *ctx = m->ctx;
@@ -128,36 +154,42 @@ static void run(ct_model *m, int B, int T, int pos0, int cached)
     acts *a = m->acts;
     int C = c->n_embd, I = c->n_inner, NH = c->n_head, D = c->head_dim, N = B * T;
     size_t es = be->elem_size;
+    char *q = la->qkv, *k = q + (size_t)C * es, *v = q + 2 * (size_t)C * es;
+    be->layernorm_fwd(ctx, la->ln1, la->ln1_mean, la->ln1_rstd, x, W(m, l, S_LN1W), W(m, l, S_LN1B), N, C,
+                      c->norm_eps);
+    ct_model_linear_fwd(m, l, S_QKVW, S_QKVB, la->qkv, la->ln1, N);
+    if (cached) ct_model_attend_cached(m, l, la->atty, q, 3 * C, k, v, 3 * C, B, T, pos0, 0);
+    else be->attention_fwd(ctx, la->atty, la->att_stats, q, k, v, m->doc_pos, B, T, NH, NH, D, 3 * C, 3 * C, 0);
+    ct_model_linear_fwd(m, l, S_ATTPROJW, S_ATTPROJB, a->proj, la->atty, N);
+    be->residual_fwd(ctx, la->res2, x, a->proj, (size_t)N * C);
+    be->layernorm_fwd(ctx, la->ln2, la->ln2_mean, la->ln2_rstd, la->res2, W(m, l, S_LN2W), W(m, l, S_LN2B), N, C,
+                      c->norm_eps);
+    ct_model_linear_fwd(m, l, S_FCW, S_FCB, la->fch, la->ln2, N);
+    be->gelu_fwd(ctx, la->fch_gelu, la->fch, (size_t)N * I);
+    if (!out) return;
+    ct_model_linear_fwd(m, l, S_FCPROJW, S_FCPROJB, a->proj, la->fch_gelu, N);
+    be->residual_fwd(ctx, out, la->res2, a->proj, (size_t)N * C);
+}
+
+/* Forward through the final LayerNorm into m->lnf (arch.h). */
+static void run(ct_model *m, int B, int T, int pos0, int cached)
+{
+    const ct_backend *be = m->be;
+    ct_kctx *ctx = m->ctx;
+    const ct_model_config *c = &m->cfg;
+    acts *a = m->acts;
+    int C = c->n_embd, L = c->n_layer;
     ct_model_fetch(m, CT_UNIT_PRE, CT_UNIT_WEIGHTS);
-    be->encoder_fwd(ctx, a->encoded, m->tokens_dev, m->pos_dev, W(m, -1, S_WTE), W(m, -1, S_WPE), B, T, C);
-    ct_model_release(m, CT_UNIT_PRE);
-    const void *residual = a->encoded;
-    for (int l = 0; l < c->n_layer; l++) {
-        layer_acts *la = &a->layers[l];
+    be->encoder_fwd(ctx, a->res[0], m->tokens_dev, m->pos_dev, W(m, -1, S_WTE), W(m, -1, S_WPE), B, T, C);
+    ct_model_release(m, CT_UNIT_PRE); /* ignored: wte is the LM head's weight too */
+    for (int l = 0; l < L; l++) {
         ct_model_fetch(m, l, CT_UNIT_WEIGHTS);
-        char *q = la->qkv, *k = q + (size_t)C * es, *v = q + 2 * (size_t)C * es;
-        be->layernorm_fwd(ctx, la->ln1, la->ln1_mean, la->ln1_rstd, residual, W(m, l, S_LN1W), W(m, l, S_LN1B), N, C,
-                          c->norm_eps);
-        ct_model_linear_fwd(m, l, S_QKVW, S_QKVB, la->qkv, la->ln1, N);
-        if (cached) ct_model_attend_cached(m, l, la->atty, q, 3 * C, k, v, 3 * C, B, T, pos0, 0);
-        else be->attention_fwd(ctx, la->atty, la->att_stats, q, k, v, m->doc_pos, B, T, NH, NH, D, 3 * C, 3 * C, 0);
-        ct_model_linear_fwd(m, l, S_ATTPROJW, S_ATTPROJB, a->proj, la->atty, N);
-        be->residual_fwd(ctx, la->res2, residual, a->proj, (size_t)N * C);
-        be->layernorm_fwd(ctx, la->ln2, la->ln2_mean, la->ln2_rstd, la->res2, W(m, l, S_LN2W), W(m, l, S_LN2B), N, C,
-                          c->norm_eps);
-        ct_model_linear_fwd(m, l, S_FCW, S_FCB, la->fch, la->ln2, N);
-        be->gelu_fwd(ctx, la->fch_gelu, la->fch, (size_t)N * I);
-        ct_model_linear_fwd(m, l, S_FCPROJW, S_FCPROJB, a->proj, la->fch_gelu, N);
-        be->residual_fwd(ctx, la->res3, la->res2, a->proj, (size_t)N * C);
+        block_fwd(m, l, &a->layers[l], a->res[l], a->res[l + 1], B, T, pos0, cached);
         ct_model_release(m, l);
-        residual = la->res3;
     }
     ct_model_fetch(m, CT_UNIT_POST, CT_UNIT_WEIGHTS);
-    ct_model_fetch(m, CT_UNIT_PRE, CT_UNIT_WEIGHTS); /* the tied head */
-    be->layernorm_fwd(ctx, a->lnf, a->lnf_mean, a->lnf_rstd, residual, W(m, -1, S_LNFW), W(m, -1, S_LNFB), N, C,
-                      c->norm_eps);
-    /* tied LM head: logits = lnf . wte^T */
-    be->matmul_fwd(ctx, m->logits, a->lnf, W(m, -1, S_WTE), NULL, N, C, m->Vp);
+    be->layernorm_fwd(ctx, m->lnf, a->lnf_mean, a->lnf_rstd, a->res[L], W(m, -1, S_LNFW), W(m, -1, S_LNFB), B * T,
+                      C, c->norm_eps);
 }
 
 static void forward(ct_model *m, int B, int T) { run(m, B, T, 0, 0); }
@@ -172,25 +204,22 @@ static void backward(ct_model *m, int B, int T, ct_grad_ready_fn ready, void *us
     int N = B * T, C = c->n_embd, I = c->n_inner, NH = c->n_head, D = c->head_dim, L = c->n_layer;
     size_t es = be->elem_size, NC = (size_t)N * C;
 
-    /* the logits already hold their gradient (the forward's fused classifier loss) */
+    /* m->lnf holds the gradient at the final norm's output (the forward ran the LM head's backward) */
     ct_model_fetch(m, CT_UNIT_POST, CT_UNIT_WEIGHTS | CT_UNIT_GRADS);
-    ct_model_fetch(m, CT_UNIT_PRE, CT_UNIT_WEIGHTS | CT_UNIT_GRADS);
-    be->zero(ctx, a->dln, NC * es);
-    be->matmul_bwd(ctx, a->dln, G(m, -1, S_WTE), NULL, m->logits, a->lnf, W(m, -1, S_WTE), N, C, m->Vp);
     be->zero(ctx, a->dres, NC * es);
-    const void *last = a->layers[L - 1].res3;
-    be->layernorm_bwd(ctx, a->dres, G(m, -1, S_LNFW), G(m, -1, S_LNFB), a->dln, last, W(m, -1, S_LNFW), a->lnf_mean,
-                      a->lnf_rstd, N, C);
+    be->layernorm_bwd(ctx, a->dres, G(m, -1, S_LNFW), G(m, -1, S_LNFB), m->lnf, a->res[L], W(m, -1, S_LNFW),
+                      a->lnf_mean, a->lnf_rstd, N, C);
     ct_model_head_ready(m, ready, user);
 
     /* a->dres holds the gradient of the residual stream. Each branch adds its input gradient
      * back into it through its layernorm, which is exactly the residual's backward. */
     for (int l = L - 1; l >= 0; l--) {
         layer_acts *la = &a->layers[l];
-        const void *res1 = l ? a->layers[l - 1].res3 : a->encoded;
+        const void *res1 = a->res[l];
         char *q = la->qkv, *k = q + (size_t)C * es, *v = q + 2 * (size_t)C * es;
         char *dq = a->dqkv, *dk = dq + (size_t)C * es, *dv = dq + 2 * (size_t)C * es;
         ct_model_fetch(m, l, CT_UNIT_WEIGHTS | CT_UNIT_GRADS);
+        if (m->recompute) block_fwd(m, l, la, res1, NULL, B, T, 0, 0);
 
         be->zero(ctx, a->dfch_gelu, (size_t)N * I * es);
         ct_model_linear_bwd(m, l, S_FCPROJW, S_FCPROJB, a->dfch_gelu, a->dres, la->fch_gelu, N);
@@ -212,6 +241,9 @@ static void backward(ct_model *m, int B, int T, ct_grad_ready_fn ready, void *us
                           la->ln1_rstd, N, C);
         ct_model_layer_ready(m, l, ready, user);
     }
+    /* wte's unit stayed fetched from the head's forward (its gradients too, when the forward
+     * formed them); wpe's gradient is in it as well */
+    ct_model_fetch(m, CT_UNIT_PRE, CT_UNIT_WEIGHTS | CT_UNIT_GRADS);
     if (!m->frozen)
         be->encoder_bwd(ctx, G(m, -1, S_WTE), G(m, -1, S_WPE), a->dres, m->tokens_dev, m->doc_pos, B, T, C);
     ct_model_embed_ready(m, ready, user); /* wte (the LM head's too) and wpe */
@@ -292,11 +324,14 @@ const ct_arch ct_arch_gpt2 = {
     .layer_prefix = "transformer.h.",
     CT_ARCH_TABLES(pre, block, post),
     .nslots = NSLOTS,
+    .embed_slot = S_WTE,
+    .head_slot = -1,
     .read_hf_config = read_hf_config,
     .write_hf_config = write_hf_config,
     .missing_op = missing_op,
     .alloc = alloc,
     .free = free_acts,
+    .act_bytes = act_bytes,
     .forward = forward,
     .backward = backward,
     .decode = decode,

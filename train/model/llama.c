@@ -40,6 +40,8 @@ static const ct_tensor_spec post[] = {
     {S_HEAD, "lm_head.weight", DIM_V, DIM_C, INIT_NORMAL, 1, 0, 0, WHEN_UNTIED},
 };
 
+/* What a block's backward reads: each block's own (recompute none), or one set every block
+ * shares, refilled by recomputing the block before its backward (recompute block). */
 typedef struct {
     void *ln1;           /* [BT, C] */
     float *ln1_rstd;     /* [BT] */
@@ -52,14 +54,13 @@ typedef struct {
     float *ln2_rstd;     /* [BT] */
     void *gate, *up;     /* [BT, I] */
     void *h;             /* [BT, I] silu(gate) * up */
-    void *res3;          /* [BT, C] the block's output */
 } layer_acts;
 
 typedef struct {
-    void *encoded;       /* [BT, C] */
-    layer_acts *layers;  /* [L] */
+    void **res;          /* [L + 1] of [BT, C]: the residual stream entering block l (res[0]: the
+                          * embeddings), res[L] the last block's output: kept in either mode */
+    layer_acts *layers;  /* [L]; with recompute all L alike (one set) */
     void *proj;          /* [BT, C] scratch: o_proj / down_proj output before the residual add */
-    void *lnf;           /* [BT, C] */
     float *lnf_rstd;     /* [BT] */
     /* activation gradients, reused by every layer */
     void *dres, *dln;    /* [BT, C] */
@@ -72,64 +73,87 @@ typedef struct {
 #define G(m, l, s) ct_model_w(m, 1, l, s)
 
 static int window_of(const ct_model_config *c, int l) { return l >= c->window_from ? c->window : 0; }
-static int head_slot(const ct_model_config *c) { return c->untied ? S_HEAD : S_EMBED; }
+
+/* The activations' plan, for alloc (a set: buffers allocated) and act_bytes (a NULL: counted). */
+static void plan(ct_act_plan *p, acts *a, const ct_model_config *c, int B, int T, int recompute,
+                 const ct_backend *be)
+{
+    size_t es = be->elem_size, BT = (size_t)B * T, C = (size_t)c->n_embd, I = (size_t)c->n_inner;
+    size_t Q = (size_t)c->n_head * c->head_dim, KV = (size_t)c->n_kv_head * c->head_dim;
+    size_t stats = be->attention_stats_len(B, T, c->n_head);
+    const int L = c->n_layer, sets = recompute ? 1 : L;
+#define TAKE(dst, bytes)                                                                                  \
+    do {                                                                                                  \
+        void *taken_ = ct_act_take(p, (bytes));                                                           \
+        if (a) (dst) = taken_;                                                                            \
+    } while (0)
+    for (int l = 0; l <= L; l++) TAKE(a->res[l], BT * C * es);
+    for (int l = 0; l < sets; l++) {
+        layer_acts *la = a ? &a->layers[l] : NULL;
+        TAKE(la->ln1, BT * C * es);
+        TAKE(la->ln1_rstd, BT * 4);
+        TAKE(la->q, BT * Q * es);
+        TAKE(la->k, BT * KV * es);
+        TAKE(la->v, BT * KV * es);
+        TAKE(la->atty, BT * Q * es);
+        TAKE(la->att_stats, stats * 4);
+        TAKE(la->res2, BT * C * es);
+        TAKE(la->ln2, BT * C * es);
+        TAKE(la->ln2_rstd, BT * 4);
+        TAKE(la->gate, BT * I * es);
+        TAKE(la->up, BT * I * es);
+        TAKE(la->h, BT * I * es);
+    }
+    for (int l = sets; a && l < L; l++) a->layers[l] = a->layers[0];
+    TAKE(a->proj, BT * C * es);
+    TAKE(a->lnf_rstd, BT * 4);
+    TAKE(a->dres, BT * C * es);
+    TAKE(a->dln, BT * C * es);
+    TAKE(a->datty, BT * Q * es);
+    TAKE(a->dq, BT * Q * es);
+    TAKE(a->dk, BT * KV * es);
+    TAKE(a->dv, BT * KV * es);
+    TAKE(a->dgate, BT * I * es);
+    TAKE(a->dup, BT * I * es);
+    TAKE(a->dh, BT * I * es);
+#undef TAKE
+}
+
+static size_t act_bytes(const ct_model_config *c, int B, int T, int recompute, const ct_backend *be)
+{
+    ct_act_plan p = {0};
+    plan(&p, NULL, c, B, T, recompute, be);
+    return p.bytes;
+}
 
 static int alloc(ct_model *m, int B, int T)
 {
-    const ct_model_config *c = &m->cfg;
+    const int L = m->cfg.n_layer;
     acts *a = calloc(1, sizeof *a);
-    if (!a || !(a->layers = calloc((size_t)c->n_layer, sizeof *a->layers))) return free(a), -1;
+    if (!a) return -1;
     m->acts = a;
-    size_t es = m->be->elem_size, BT = (size_t)B * T, C = (size_t)c->n_embd, I = (size_t)c->n_inner;
-    size_t Q = (size_t)c->n_head * c->head_dim, KV = (size_t)c->n_kv_head * c->head_dim;
-    size_t stats = m->be->attention_stats_len(B, T, c->n_head);
-    int ok = 1;
-#define ALLOC(dst, bytes) ok &= ((dst) = ct_model_balloc(m, (bytes))) != NULL
-    ALLOC(a->encoded, BT * C * es);
-    for (int l = 0; l < c->n_layer && ok; l++) {
-        layer_acts *la = &a->layers[l];
-        ALLOC(la->ln1, BT * C * es);
-        ALLOC(la->ln1_rstd, BT * 4);
-        ALLOC(la->q, BT * Q * es);
-        ALLOC(la->k, BT * KV * es);
-        ALLOC(la->v, BT * KV * es);
-        ALLOC(la->atty, BT * Q * es);
-        ALLOC(la->att_stats, stats * 4);
-        ALLOC(la->res2, BT * C * es);
-        ALLOC(la->ln2, BT * C * es);
-        ALLOC(la->ln2_rstd, BT * 4);
-        ALLOC(la->gate, BT * I * es);
-        ALLOC(la->up, BT * I * es);
-        ALLOC(la->h, BT * I * es);
-        ALLOC(la->res3, BT * C * es);
-    }
-    ALLOC(a->proj, BT * C * es);
-    ALLOC(a->lnf, BT * C * es);
-    ALLOC(a->lnf_rstd, BT * 4);
-    ALLOC(a->dres, BT * C * es);
-    ALLOC(a->dln, BT * C * es);
-    ALLOC(a->datty, BT * Q * es);
-    ALLOC(a->dq, BT * Q * es);
-    ALLOC(a->dk, BT * KV * es);
-    ALLOC(a->dv, BT * KV * es);
-    ALLOC(a->dgate, BT * I * es);
-    ALLOC(a->dup, BT * I * es);
-    ALLOC(a->dh, BT * I * es);
-#undef ALLOC
-    return ok ? 0 : -1;
+    if (!(a->layers = calloc((size_t)L, sizeof *a->layers)) || !(a->res = calloc((size_t)L + 1, sizeof *a->res)))
+        return -1;
+    ct_act_plan p = {.m = m};
+    plan(&p, a, &m->cfg, B, T, m->recompute, m->be);
+    return p.failed ? -1 : 0;
 }
 
 static void free_acts(ct_model *m)
 {
     acts *a = m->acts;
     free(a->layers);
+    free(a->res);
     free(a);
     m->acts = NULL;
 }
 
-/* Forward of B x T tokens at positions m->pos_dev, attention masked to documents when m->doc_pos
- * is set; with cached, over the KV cache from pos0. */
-static void run(ct_model *m, int B, int T, int pos0, int cached)
+/* Block l's forward of B x T tokens from its input x (positions m->pos_dev, attention masked to
+ * documents when m->doc_pos is set; with cached, over the KV cache from pos0) into la, and out =
+ * the block's output. out NULL (recomputing before the block's backward): it stops at what the
+ * backward reads, before down_proj. The caller fetches and releases the block's unit. */
+static void block_fwd(ct_model *m, int l, layer_acts *la, const void *x, void *out, int B, int T, int pos0,
+                      int cached)
 {
     const ct_backend *be = m->be;
     ct_kctx *ctx = m->ctx;
@@ -137,37 +161,44 @@ static void run(ct_model *m, int B, int T, int pos0, int cached)
     acts *a = m->acts;
     int C = c->n_embd, I = c->n_inner, NH = c->n_head, NKV = c->n_kv_head, D = c->head_dim, N = B * T;
     int Q = NH * D, KV = NKV * D;
+    be->rmsnorm_fwd(ctx, la->ln1, la->ln1_rstd, x, W(m, l, S_LN1), N, C, c->norm_eps);
+    ct_model_linear_fwd(m, l, S_Q, S_QB, la->q, la->ln1, N);
+    ct_model_linear_fwd(m, l, S_K, S_KB, la->k, la->ln1, N);
+    ct_model_linear_fwd(m, l, S_V, S_VB, la->v, la->ln1, N);
+    be->rope_fwd(ctx, la->q, m->pos_dev, m->inv_freq, N, NH, D, Q);
+    be->rope_fwd(ctx, la->k, m->pos_dev, m->inv_freq, N, NKV, D, KV);
+    if (cached) ct_model_attend_cached(m, l, la->atty, la->q, Q, la->k, la->v, KV, B, T, pos0, window_of(c, l));
+    else be->attention_fwd(ctx, la->atty, la->att_stats, la->q, la->k, la->v, m->doc_pos, B, T, NH, NKV, D, Q, KV,
+                           window_of(c, l));
+    ct_model_linear_fwd(m, l, S_O, S_OB, a->proj, la->atty, N);
+    be->residual_fwd(ctx, la->res2, x, a->proj, (size_t)N * C);
+    be->rmsnorm_fwd(ctx, la->ln2, la->ln2_rstd, la->res2, W(m, l, S_LN2), N, C, c->norm_eps);
+    ct_model_linear_fwd(m, l, S_GATE, S_GATEB, la->gate, la->ln2, N);
+    ct_model_linear_fwd(m, l, S_UP, S_UPB, la->up, la->ln2, N);
+    be->swiglu_fwd(ctx, la->h, la->gate, la->up, (size_t)N * I);
+    if (!out) return;
+    ct_model_linear_fwd(m, l, S_DOWN, S_DOWNB, a->proj, la->h, N);
+    be->residual_fwd(ctx, out, la->res2, a->proj, (size_t)N * C);
+}
+
+/* Forward through the final RMSNorm into m->lnf (arch.h). */
+static void run(ct_model *m, int B, int T, int pos0, int cached)
+{
+    const ct_backend *be = m->be;
+    ct_kctx *ctx = m->ctx;
+    const ct_model_config *c = &m->cfg;
+    acts *a = m->acts;
+    int C = c->n_embd, L = c->n_layer;
     ct_model_fetch(m, CT_UNIT_PRE, CT_UNIT_WEIGHTS);
-    be->encoder_fwd(ctx, a->encoded, m->tokens_dev, NULL, W(m, -1, S_EMBED), NULL, B, T, C);
-    ct_model_release(m, CT_UNIT_PRE);
-    const void *residual = a->encoded;
-    for (int l = 0; l < c->n_layer; l++) {
-        layer_acts *la = &a->layers[l];
+    be->encoder_fwd(ctx, a->res[0], m->tokens_dev, NULL, W(m, -1, S_EMBED), NULL, B, T, C);
+    ct_model_release(m, CT_UNIT_PRE); /* ignored when tied: the embedding is the LM head's weight */
+    for (int l = 0; l < L; l++) {
         ct_model_fetch(m, l, CT_UNIT_WEIGHTS);
-        be->rmsnorm_fwd(ctx, la->ln1, la->ln1_rstd, residual, W(m, l, S_LN1), N, C, c->norm_eps);
-        ct_model_linear_fwd(m, l, S_Q, S_QB, la->q, la->ln1, N);
-        ct_model_linear_fwd(m, l, S_K, S_KB, la->k, la->ln1, N);
-        ct_model_linear_fwd(m, l, S_V, S_VB, la->v, la->ln1, N);
-        be->rope_fwd(ctx, la->q, m->pos_dev, m->inv_freq, N, NH, D, Q);
-        be->rope_fwd(ctx, la->k, m->pos_dev, m->inv_freq, N, NKV, D, KV);
-        if (cached) ct_model_attend_cached(m, l, la->atty, la->q, Q, la->k, la->v, KV, B, T, pos0, window_of(c, l));
-        else be->attention_fwd(ctx, la->atty, la->att_stats, la->q, la->k, la->v, m->doc_pos, B, T, NH, NKV, D, Q,
-                               KV, window_of(c, l));
-        ct_model_linear_fwd(m, l, S_O, S_OB, a->proj, la->atty, N);
-        be->residual_fwd(ctx, la->res2, residual, a->proj, (size_t)N * C);
-        be->rmsnorm_fwd(ctx, la->ln2, la->ln2_rstd, la->res2, W(m, l, S_LN2), N, C, c->norm_eps);
-        ct_model_linear_fwd(m, l, S_GATE, S_GATEB, la->gate, la->ln2, N);
-        ct_model_linear_fwd(m, l, S_UP, S_UPB, la->up, la->ln2, N);
-        be->swiglu_fwd(ctx, la->h, la->gate, la->up, (size_t)N * I);
-        ct_model_linear_fwd(m, l, S_DOWN, S_DOWNB, a->proj, la->h, N);
-        be->residual_fwd(ctx, la->res3, la->res2, a->proj, (size_t)N * C);
+        block_fwd(m, l, &a->layers[l], a->res[l], a->res[l + 1], B, T, pos0, cached);
         ct_model_release(m, l);
-        residual = la->res3;
     }
     ct_model_fetch(m, CT_UNIT_POST, CT_UNIT_WEIGHTS);
-    if (!c->untied) ct_model_fetch(m, CT_UNIT_PRE, CT_UNIT_WEIGHTS);
-    be->rmsnorm_fwd(ctx, a->lnf, a->lnf_rstd, residual, W(m, -1, S_NORM), N, C, c->norm_eps);
-    be->matmul_fwd(ctx, m->logits, a->lnf, W(m, -1, head_slot(c)), NULL, N, C, m->Vp);
+    be->rmsnorm_fwd(ctx, m->lnf, a->lnf_rstd, a->res[L], W(m, -1, S_NORM), B * T, C, c->norm_eps);
 }
 
 static void forward(ct_model *m, int B, int T) { run(m, B, T, 0, 0); }
@@ -183,23 +214,19 @@ static void backward(ct_model *m, int B, int T, ct_grad_ready_fn ready, void *us
     int L = c->n_layer, Q = NH * D, KV = NKV * D;
     size_t es = be->elem_size, NC = (size_t)N * C;
 
-    /* the logits already hold their gradient (the forward's fused classifier loss) */
-    int hs = head_slot(c);
+    /* m->lnf holds the gradient at the final norm's output (the forward ran the LM head's backward) */
     ct_model_fetch(m, CT_UNIT_POST, CT_UNIT_WEIGHTS | CT_UNIT_GRADS);
-    if (!c->untied) ct_model_fetch(m, CT_UNIT_PRE, CT_UNIT_WEIGHTS | CT_UNIT_GRADS);
-    be->zero(ctx, a->dln, NC * es);
-    be->matmul_bwd(ctx, a->dln, G(m, -1, hs), NULL, m->logits, a->lnf, W(m, -1, hs), N, C, m->Vp);
     be->zero(ctx, a->dres, NC * es);
-    be->rmsnorm_bwd(ctx, a->dres, G(m, -1, S_NORM), a->dln, a->layers[L - 1].res3, W(m, -1, S_NORM), a->lnf_rstd, N,
-                    C);
+    be->rmsnorm_bwd(ctx, a->dres, G(m, -1, S_NORM), m->lnf, a->res[L], W(m, -1, S_NORM), a->lnf_rstd, N, C);
     ct_model_head_ready(m, ready, user);
 
     /* a->dres is the residual stream's gradient; each branch adds its input gradient back
      * into it through its norm's backward */
     for (int l = L - 1; l >= 0; l--) {
         layer_acts *la = &a->layers[l];
-        const void *res1 = l ? a->layers[l - 1].res3 : a->encoded;
+        const void *res1 = a->res[l];
         ct_model_fetch(m, l, CT_UNIT_WEIGHTS | CT_UNIT_GRADS);
+        if (m->recompute) block_fwd(m, l, la, res1, NULL, B, T, 0, 0);
 
         be->zero(ctx, a->dh, (size_t)N * I * es);
         ct_model_linear_bwd(m, l, S_DOWN, S_DOWNB, a->dh, a->dres, la->h, N);
@@ -424,12 +451,15 @@ const ct_arch ct_arch_llama = {
     .layer_prefix = "model.layers.",
     CT_ARCH_TABLES(pre, block, post),
     .nslots = NSLOTS,
+    .embed_slot = S_EMBED,
+    .head_slot = S_HEAD,
     .rope = 1,
     .read_hf_config = read_hf_config,
     .write_hf_config = write_hf_config,
     .missing_op = missing_op,
     .alloc = alloc,
     .free = free_acts,
+    .act_bytes = act_bytes,
     .forward = forward,
     .backward = backward,
     .decode = decode,

@@ -201,6 +201,43 @@ void *ct_model_balloc(ct_model *m, size_t bytes)
     return p;
 }
 
+void *ct_act_take(ct_act_plan *p, size_t bytes)
+{
+    p->bytes += bytes;
+    if (!p->m || p->failed) return NULL;
+    void *q = ct_model_balloc(p->m, bytes);
+    if (!q) p->failed = 1;
+    return q;
+}
+
+/* A last chunk of the LM head shorter than this joins the one before (a product of one or two
+ * rows takes another path on the cpu, and tiny products waste a launch). */
+#define CT_LOSS_TAIL 64
+
+int ct_model_loss_rows(const ct_model_config *c, int N, int loss_chunk, size_t elem_size)
+{
+    const size_t S = CT_MATMUL_SPLIT, Vp = align_up((size_t)c->vocab_size, CT_VOCAB_ALIGN);
+    size_t rows;
+    if (loss_chunk == 0) return N;
+    if (loss_chunk < 0) {
+        rows = CT_LOSS_CHUNK_BYTES / (Vp * elem_size) / S * S;
+        if (rows < S) rows = S;
+    } else {
+        rows = ((size_t)loss_chunk + S - 1) / S * S;
+    }
+    return rows >= (size_t)N ? N : (int)rows;
+}
+
+/* Where the chunk of the LM head starting at row r0 of N ends (rows per chunk R). */
+static int chunk_end(int R, int r0, int N)
+{
+    int r1 = N - r0 <= R ? N : r0 + R;
+    return N - r1 < CT_LOSS_TAIL ? N : r1;
+}
+
+/* The rows m->logits holds for micro-batches of up to N tokens: the longest chunk. */
+static int logits_rows(int R, int N) { return R >= N || N - R < CT_LOSS_TAIL ? N : R + CT_LOSS_TAIL - 1; }
+
 /* RoPE frequencies as transformers computes them: inv_freq[i] = theta^(-2i/D) (in fp32, from
  * int64 exponents as torch.arange does), with llama3 scaling where the config asks. */
 static int rope_freqs(ct_model *m)
@@ -233,7 +270,30 @@ static int rope_freqs(ct_model *m)
 int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *be, ct_kctx *ctx, int B, int T,
                   int shards, char *err, size_t errlen)
 {
+    return ct_model_init_memory(out, cfg, NULL, be, ctx, B, T, shards, err, errlen);
+}
+
+/* The model's own per-forward buffers beyond the family's, in ct_model_init_memory's order. */
+static size_t own_bytes(const ct_model_config *c, int B, int T, int loss_chunk, size_t es)
+{
+    const size_t BT = (size_t)B * T, Vp = align_up((size_t)c->vocab_size, CT_VOCAB_ALIGN);
+    const int R = ct_model_loss_rows(c, B * T, loss_chunk, es);
+    return (size_t)logits_rows(R, B * T) * Vp * es + 4 * BT * 4 + BT * (size_t)c->n_embd * es +
+           (c->arch->rope ? (size_t)(c->head_dim / 2) * sizeof(float) : 0);
+}
+
+size_t ct_model_act_bytes(const ct_model_config *c, int B, int T, int recompute, int loss_chunk,
+                          const ct_backend *be)
+{
+    return own_bytes(c, B, T, loss_chunk, be->elem_size) + c->arch->act_bytes(c, B, T, recompute, be);
+}
+
+int ct_model_init_memory(ct_model **out, const ct_model_config *cfg, const ct_model_memory *mem, const ct_backend *be,
+                         ct_kctx *ctx, int B, int T, int shards, char *err, size_t errlen)
+{
     *out = NULL;
+    const ct_model_memory dflt = {.recompute = CT_RECOMPUTE_NONE, .loss_chunk = CT_LOSS_CHUNK_AUTO};
+    if (!mem) mem = &dflt;
     ct_model_config c = *cfg;
     if (ct_model_config_check(&c, err, errlen)) return -1;
     if (B <= 0 || T <= 0 || T > c.max_seq_len) {
@@ -262,6 +322,9 @@ int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *
     m->ctx = ctx;
     m->maxB = B;
     m->maxT = T;
+    m->recompute = mem->recompute;
+    m->loss_rows = ct_model_loss_rows(&c, B * T, mem->loss_chunk, be->elem_size);
+    m->logits_rows = logits_rows(m->loss_rows, B * T);
     if (!strcmp(be->name, "cpu")) {
         long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
         if (pages > 0 && page > 0) m->host_cap = (size_t)pages * (size_t)page;
@@ -276,10 +339,12 @@ int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *
     if (shards > 1) m->numel = align_up(m->numel, (size_t)shards);
 
     size_t es = be->elem_size, BT = (size_t)B * T;
+    /* what own_bytes counts, in its order, then the family's */
     int ok = (m->params = ct_model_balloc(m, m->numel * es)) &&
-             (m->logits = ct_model_balloc(m, BT * (size_t)m->Vp * es)) &&
+             (m->logits = ct_model_balloc(m, (size_t)m->logits_rows * m->Vp * es)) &&
              (m->losses = ct_model_balloc(m, BT * 4)) && (m->tokens_dev = ct_model_balloc(m, BT * 4)) &&
              (m->targets_dev = ct_model_balloc(m, BT * 4)) && (m->pos_dev = ct_model_balloc(m, BT * 4)) &&
+             (m->lnf = ct_model_balloc(m, BT * (size_t)c.n_embd * es)) &&
              (!a->rope || rope_freqs(m) == 0) && a->alloc(m, B, T) == 0;
     if (!ok) goto oom;
     if (units_init(m)) goto oom;
@@ -490,19 +555,29 @@ void ct_model_drop_grads(ct_model *m)
     for (int u = 0; u < ct_model_num_units(m); u++) m->unit_g[u] = NULL;
 }
 
-void ct_model_fetch(ct_model *m, int unit, int what)
+static int head_unit(const ct_model *m);
+static void fetch_index(ct_model *m, int u, int what);
+
+void ct_model_fetch(ct_model *m, int unit, int what) { fetch_index(m, unit_index(m, unit), what); }
+
+/* The LM head weight's slot: the untied head's where it exists, else the embedding's. */
+static int head_slot(const ct_model *m)
+{
+    const ct_arch *a = m->arch;
+    return a->head_slot >= 0 && tensor_at(m, -1, a->head_slot) >= 0 ? a->head_slot : a->embed_slot;
+}
+
+/* The unit that holds the LM head's weight (the embeddings' when tied). */
+static int head_unit(const ct_model *m)
+{
+    return ct_model_unit_of(m, m->tensors[tensor_at(m, -1, head_slot(m))].offset);
+}
+
+static void fetch_index(ct_model *m, int u, int what)
 {
     if (!m->units.fetch) return;
     if (m->frozen) what &= ~CT_UNIT_GRADS;
-    if (what) m->units.fetch(m->units.user, unit_index(m, unit), what);
-}
-
-/* The unit that holds the LM head's weight (the last DIM_V-rowed tensor: the embedding when tied). */
-static int head_unit(const ct_model *m)
-{
-    for (int i = m->ntensors - 1; i >= 0; i--)
-        if (m->tensors[i].shape[0] == m->Vp && m->tensors[i].ndim == 2) return ct_model_unit_of(m, m->tensors[i].offset);
-    return m->cfg.n_layer + 1;
+    if (what) m->units.fetch(m->units.user, u, what);
 }
 
 static void release_unit(ct_model *m, int u)
@@ -866,12 +941,70 @@ static int check_positions(const ct_model *m, const int32_t *pos, int B, int T, 
     return 0;
 }
 
+/* A forward with dloss != 0 added the LM head's gradient: its backward comes before anything
+ * that would overwrite the gradient it left at lnf. */
+static void no_pending(const ct_model *m)
+{
+    if (!m->head_pending) return;
+    fprintf(stderr, "ctrain: internal error: a forward or decode follows a forward with dloss != 0 whose backward "
+            "never ran (it added the LM head's gradient already)\n");
+    abort();
+}
+
+/* Room in m->logits for the logits of `rows` rows (a forward without targets, a decode): past a
+ * loss chunk, a buffer for the whole allocation, made on first need. -1 when memory runs out. */
+static int logits_room(ct_model *m, int rows)
+{
+    if (rows <= m->logits_rows) return 0;
+    const int all = m->maxB * m->maxT;
+    void *p = ct_model_balloc(m, (size_t)all * m->Vp * m->be->elem_size);
+    if (!p) return -1;
+    drop_alloc(m, m->logits);
+    m->logits = p;
+    m->logits_rows = all;
+    return 0;
+}
+
+/* The LM head's logits of m->lnf's first N rows, all at once (no loss). */
+static void head_logits(ct_model *m, int N)
+{
+    m->be->matmul_fwd(m->ctx, m->logits, m->lnf, ct_model_w(m, 0, -1, head_slot(m)), NULL, N, m->cfg.n_embd, m->Vp);
+}
+
+/* The LM head and the loss over m->lnf's first N rows, a chunk of m->loss_rows rows at a time
+ * (chunk_end), so that only a chunk's logits exist: the chunk's logits, their losses and, in
+ * their place, their gradient (xent); with grad, then the head weight's gradient (dW +=
+ * dlogits^T . lnf) and the gradient at the chunk's lnf rows, written over them (lnf's last
+ * reader was dW). The chunks split the rows at multiples of CT_MATMUL_SPLIT, so on the cpu the
+ * results have the bits of one chunk (kernels.h). */
+static void head_loss(ct_model *m, int N, float dloss, int grad)
+{
+    const ct_backend *be = m->be;
+    ct_kctx *ctx = m->ctx;
+    const int C = m->cfg.n_embd, V = m->cfg.vocab_size, Vp = m->Vp, slot = head_slot(m);
+    const size_t es = be->elem_size;
+    const void *w = ct_model_w(m, 0, -1, slot);
+    void *dw = grad ? ct_model_w(m, 1, -1, slot) : NULL; /* NULL when frozen */
+    for (int r0 = 0, r1; r0 < N; r0 = r1) {
+        r1 = chunk_end(m->loss_rows, r0, N);
+        const int n = r1 - r0;
+        char *x = (char *)m->lnf + (size_t)r0 * C * es;
+        be->matmul_fwd(ctx, m->logits, x, w, NULL, n, C, Vp);
+        be->xent(ctx, m->losses + r0, m->logits, m->targets_dev + r0, dloss, n, V, Vp);
+        if (!grad) continue;
+        if (dw) be->matmul_bwd(ctx, NULL, dw, NULL, m->logits, x, w, n, C, Vp);
+        be->zero(ctx, x, (size_t)n * C * es);
+        be->matmul_bwd(ctx, x, NULL, NULL, m->logits, x, w, n, C, Vp);
+    }
+}
+
 int ct_model_forward(ct_model *m, const int32_t *tokens, const int32_t *targets, const int32_t *pos, int B, int T,
                      float dloss, double *loss_sum, long *ntok, char *err, size_t errlen)
 {
     const ct_backend *be = m->be;
     ct_kctx *ctx = m->ctx;
     int N = B * T;
+    no_pending(m);
     m->have_targets = 0;
     if (B <= 0 || T <= 0 || B > m->maxB || T > m->maxT) {
         snprintf(err, errlen, "batch %d x %d is outside the model's allocation of %d x %d", B, T, m->maxB, m->maxT);
@@ -879,15 +1012,26 @@ int ct_model_forward(ct_model *m, const int32_t *tokens, const int32_t *targets,
     }
     if (check_tokens(m, tokens, targets, N, err, errlen)) return -1;
     if (pos && check_positions(m, pos, B, T, err, errlen)) return -1;
+    if (!targets && logits_room(m, N)) {
+        snprintf(err, errlen, "out of memory for the logits of %d x %d tokens (vocabulary %d)", B, T,
+                 m->cfg.vocab_size);
+        return -1;
+    }
     if (pos) be->upload(ctx, m->pos_dev, pos, (size_t)N * sizeof(int32_t));
     else if (upload_positions(m, B, T, 0)) return snprintf(err, errlen, "out of memory"), -1;
     m->doc_pos = pos ? m->pos_dev : NULL;
     be->upload(ctx, m->tokens_dev, tokens, (size_t)N * sizeof(int32_t));
     if (targets) be->upload(ctx, m->targets_dev, targets, (size_t)N * sizeof(int32_t));
-    m->arch->forward(m, B, T);
+    m->arch->forward(m, B, T); /* into m->lnf */
     m->curB = B;
     m->curT = T;
-    if (!targets || dloss == 0.0f) { /* no backward follows: the head's units go now */
+    /* the head's backward runs here when a backward follows: its unit's gradients too */
+    const int grad = targets && dloss != 0.0f;
+    fetch_index(m, head_unit(m), CT_UNIT_WEIGHTS | (grad ? CT_UNIT_GRADS : 0));
+    if (!targets) head_logits(m, N);
+    else head_loss(m, N, dloss, grad);
+    if (targets && !grad) be->zero(ctx, m->lnf, (size_t)N * m->cfg.n_embd * be->elem_size); /* a backward adds 0 */
+    if (!grad) { /* no backward follows: the head's units go now */
         release_unit(m, m->cfg.n_layer + 1);
         release_unit(m, head_unit(m));
     }
@@ -895,7 +1039,6 @@ int ct_model_forward(ct_model *m, const int32_t *tokens, const int32_t *targets,
         be->sync(ctx);
         return 0;
     }
-    be->xent(ctx, m->losses, m->logits, m->targets_dev, dloss, N, m->cfg.vocab_size, m->Vp); /* logits become their gradient */
     be->download(ctx, m->losses_host, m->losses, (size_t)N * sizeof(float));
     double sum = 0.0;
     long count = 0;
@@ -907,6 +1050,7 @@ int ct_model_forward(ct_model *m, const int32_t *tokens, const int32_t *targets,
     *loss_sum = sum;
     *ntok = count;
     m->have_targets = 1;
+    m->head_pending = grad;
     return 0;
 }
 
@@ -931,19 +1075,21 @@ void ct_model_zero_grad(ct_model *m)
     }
     ct_trainable t = ct_model_trainable(m);
     if (t.grads) m->be->zero(m->ctx, t.grads, t.numel * m->be->elem_size); /* else a sharder's, zeroed on fetch */
+    if (m->head_pending) m->head_pending = m->have_targets = 0; /* its head gradient is gone: no backward */
 }
 
 void ct_model_backward(ct_model *m, ct_grad_ready_fn ready, void *user)
 {
     if (!m->have_targets) {
-        fprintf(stderr, "ctrain: internal error: ct_model_backward without a forward with targets\n");
+        fprintf(stderr, "ctrain: internal error: ct_model_backward without a forward with targets (or with a "
+                "ct_model_zero_grad between them: zero before the forward, which adds the LM head's gradient)\n");
         abort();
     }
     if (!m->frozen && !m->grads && !m->units.fetch) {
         fprintf(stderr, "ctrain: internal error: ct_model_backward before the gradients exist (ct_model_zero_grad)\n");
         abort();
     }
-    m->have_targets = 0; /* the probabilities are consumed */
+    m->have_targets = m->head_pending = 0; /* the gradient at lnf is consumed */
     m->arch->backward(m, m->curB, m->curT, ready, user);
 }
 
@@ -977,6 +1123,7 @@ void ct_model_attend_cached(ct_model *m, int l, void *out, const void *q, int ld
 
 int ct_model_decode(ct_model *m, const int32_t *tokens, int B, int Tq, int pos0, char *err, size_t errlen)
 {
+    no_pending(m);
     m->have_targets = 0;
     if (m->units.fetch) {
         snprintf(err, errlen, "internal: decode of a sharded model (gather its weights first)");
@@ -993,13 +1140,14 @@ int ct_model_decode(ct_model *m, const int32_t *tokens, int B, int Tq, int pos0,
         return -1;
     }
     if (check_tokens(m, tokens, NULL, B * Tq, err, errlen)) return -1;
-    if (ct_model_kv_alloc(m) || upload_positions(m, B, Tq, pos0)) {
-        snprintf(err, errlen, "out of memory for the KV cache (%d x %d positions)", m->maxB, m->maxT);
+    if (ct_model_kv_alloc(m) || logits_room(m, B * Tq) || upload_positions(m, B, Tq, pos0)) {
+        snprintf(err, errlen, "out of memory for the KV cache and logits (%d x %d positions)", m->maxB, m->maxT);
         return -1;
     }
     m->be->upload(m->ctx, m->tokens_dev, tokens, (size_t)B * Tq * sizeof(int32_t));
     m->doc_pos = NULL;
-    m->arch->decode(m, B, Tq, pos0);
+    m->arch->decode(m, B, Tq, pos0); /* into m->lnf */
+    head_logits(m, B * Tq);
     m->be->sync(m->ctx);
     return 0;
 }

@@ -87,6 +87,43 @@ int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *
                   int shards, char *err, size_t errlen);
 void ct_model_free(ct_model *m);
 
+/* ---- Activation memory: the model.recompute and model.loss_chunk keys (docs/DESIGN.md
+ * "Models"). Neither changes a bit of a loss or gradient on the cpu; on cuda chunking changes
+ * the order of the head's sums (and each chunk's share of its weight's gradient is rounded to
+ * bf16 as it is added, as micro-batches' are). */
+enum { CT_RECOMPUTE_NONE = 0, CT_RECOMPUTE_BLOCK = 1 };
+#define CT_LOSS_CHUNK_AUTO (-1)
+#define CT_LOSS_CHUNK_BYTES ((size_t)256 << 20) /* auto: at most this much of logits at once */
+typedef struct {
+    /* CT_RECOMPUTE_BLOCK: the forward keeps only each block's input (the residual stream entering
+     * it) and one set of a block's activations all blocks share; the backward recomputes block l's
+     * activations from its input just before block l's backward. */
+    int recompute;
+    /* Rows (tokens) per chunk of the LM head and its loss, so that only a chunk's logits exist at
+     * once; rounded up to a multiple of CT_MATMUL_SPLIT (256), a last chunk under 64 rows joins the
+     * one before. 0: the whole micro-batch at once. CT_LOSS_CHUNK_AUTO: the most multiples of 256
+     * rows whose logits fit CT_LOSS_CHUNK_BYTES (at least 256). */
+    int loss_chunk;
+} ct_model_memory;
+
+/* ct_model_init with mem (NULL: recompute none, loss_chunk auto, which ct_model_init uses). */
+int ct_model_init_memory(ct_model **out, const ct_model_config *cfg, const ct_model_memory *mem, const ct_backend *be,
+                         ct_kctx *ctx, int B, int T, int shards, char *err, size_t errlen);
+
+/* The bytes ct_model_init_memory allocates on be for a checked config (ct_model_config_check)
+ * beyond the parameters and gradients: the family's activations for B x T tokens, the model's
+ * per-forward buffers (logits of one loss chunk, losses, tokens, targets, positions, the final
+ * norm's output) and RoPE's frequencies. Not counted: what is made later on first use (the KV
+ * cache; logits of more rows than a loss chunk, for a forward without targets or a decode) and
+ * LoRA adapters. Exactly m->bytes less the parameter buffer right after the init (tested).
+ * loss_chunk as ct_model_memory's. The backend matters beyond its elem_size: attention keeps
+ * backend-defined statistics (attention_stats_len). */
+size_t ct_model_act_bytes(const ct_model_config *c, int B, int T, int recompute, int loss_chunk,
+                          const ct_backend *be);
+/* Rows per chunk of the LM head that loss_chunk gives for micro-batches of up to N tokens (N: one
+ * chunk), as ct_model_memory says. */
+int ct_model_loss_rows(const ct_model_config *c, int N, int loss_chunk, size_t elem_size);
+
 const ct_model_config *ct_model_config_of(const ct_model *m);
 int ct_model_max_tokens(const ct_model *m); /* T of the allocation: the longest sequence, the KV cache's length */
 const char *ct_model_arch_name(const ct_model *m);
@@ -195,12 +232,18 @@ void ct_model_init_weights(ct_model *m, uint64_t seed);
  * a row's loss and gradient are the sums of its documents' computed alone. NULL: one document
  * per row, positions 0..T-1. Its backward uses the same positions.
  * With targets, *loss_sum receives the sum of the counted tokens' losses and *ntok their
- * number, and the gradient of dloss * loss_sum at the logits is formed on the way (the fused
- * classifier loss), so a backward may follow; dloss is normally 1 / (tokens counted across
- * the whole step), 0 when no backward follows. With targets == NULL only logits are computed
- * (ct_model_logits). Returns -1 with err filled for B or T beyond the allocation, a token or
- * target outside the vocabulary, or positions that break the rule above or reach max_seq_len;
- * nothing is computed then. */
+ * number, and the LM head's backward runs on the way, a loss chunk at a time (the fused
+ * classifier loss: each chunk's logits become their gradient, which gives the head weight's
+ * gradient and the gradient at the final norm's output at once), so a backward may follow;
+ * dloss is normally 1 / (tokens counted across the whole step), 0 when no backward follows
+ * (then nothing is added to any gradient). A forward with dloss != 0 has ADDED the head
+ * weight's share of the gradient already: ct_model_zero_grad comes before it, and its
+ * ct_model_backward must follow before the next forward (a second such forward aborts; a
+ * ct_model_zero_grad in between drops the pending backward, which then aborts).
+ * With targets == NULL only logits are computed, all B x T rows (ct_model_logits). Returns -1
+ * with err filled for B or T beyond the allocation, a token or target outside the vocabulary,
+ * positions that break the rule above or reach max_seq_len, or no memory for the logits of a
+ * forward without targets; nothing is computed then. */
 int ct_model_forward(ct_model *m, const int32_t *tokens, const int32_t *targets, const int32_t *pos, int B, int T,
                      float dloss, double *loss_sum, long *ntok, char *err, size_t errlen);
 
@@ -211,11 +254,13 @@ int ct_model_forward(ct_model *m, const int32_t *tokens, const int32_t *targets,
  * asynchronous backend the gradients are complete in stream order, not yet in time. */
 typedef void (*ct_grad_ready_fn)(void *user, size_t lo, size_t hi);
 
-/* Adds the gradient of the last forward's dloss * loss_sum to the gradient buffer; ready
- * (may be NULL) hears of each finished range. Needs the buffer: ct_model_zero_grad first. */
+/* Adds the gradient of the last forward's dloss * loss_sum to the gradient buffer (the head
+ * weight's share the forward added already); ready (may be NULL) hears of each finished range.
+ * Needs the buffer: ct_model_zero_grad first, before the forward. */
 void ct_model_backward(ct_model *m, ct_grad_ready_fn ready, void *user);
 /* Zeroes the trainable gradients, making the buffer first where there is none (ending the
- * process with a message when memory runs out: call ct_model_alloc_grads to handle that). */
+ * process with a message when memory runs out: call ct_model_alloc_grads to handle that).
+ * Before the forward: that forward adds the LM head's gradient (a pending backward is dropped). */
 void ct_model_zero_grad(ct_model *m);
 
 /* Inference with a KV cache: runs the Tq new tokens of each of B sequences (tokens[B*Tq]),
@@ -227,7 +272,8 @@ int ct_model_decode(ct_model *m, const int32_t *tokens, int B, int Tq, int pos0,
 
 /* Logits in backend memory and storage dtype, valid after a forward without targets or a
  * decode: rows of ct_model_logits_stride(m) elements, the vocabulary padded to a multiple of
- * 64 (the padding columns hold 0; the first vocab_size are the logits). */
+ * 64 (the padding columns hold 0; the first vocab_size are the logits). A forward with targets
+ * leaves only its last loss chunk there (as gradients). */
 const void *ct_model_logits(const ct_model *m);
 int ct_model_logits_stride(const ct_model *m);
 
