@@ -41,6 +41,8 @@ static const key_info keys[] = {
     {"model.rope_theta", K_REAL, F(model.rope_theta), "10000", 1, 1e12, NULL, "llama: RoPE base"},
     {"model.norm_eps", K_REAL, F(model.norm_eps), "1e-05", 1e-12, 1, NULL, "llama: RMSNorm epsilon (GPT-2 uses 1e-5)"},
     {"model.tie_embeddings", K_BOOL, F(model.tie_embeddings), "true", 0, 1, NULL, "llama: the LM head shares the embedding (GPT-2 always does)"},
+    {"model.recompute", K_STR, F(model.recompute), "\"none\"", 0, 0, "none|block", "activation memory: none keeps every block's activations for the backward; block keeps only each block's input and recomputes them just before the block's backward (each block's forward runs again, less its MLP's output projection; the same losses and gradients)"},
+    {"model.loss_chunk", K_INT, F(model.loss_chunk), "-1", -1, 1 << 30, NULL, "tokens per chunk of the LM head and loss, so only a chunk's logits exist at once (rounded up to a multiple of 256); 0: the whole micro-batch at once; -1: chunks of at most 256 MiB of logits"},
     {"data.text", K_STR, F(data.text), "\"\"", 0, 0, NULL, "what `ctrain prepare` turns into data.train and data.val: a text file, a .jsonl file (data.text_field, or supervised prompt/response or messages examples), a folder or a glob of .txt and .jsonl files"},
     {"data.text_field", K_STR, F(data.text_field), "\"text\"", 0, 0, NULL, "the string field of each .jsonl line that holds a document's text"},
     {"data.tokenizer", K_STR, F(data.tokenizer), "\"\"", 0, 0, NULL, "tokenizer of `prepare` and the model: a folder or a tokenizer.json; \"\": model.init_from's tokenizer.json, else bytes; \"bytes\": the byte-level tokenizer"},

@@ -25,6 +25,8 @@ typedef struct {
         int n_kv_head, n_inner;    /* 0: n_head, 4 * n_embd */
         double rope_theta, norm_eps;
         int tie_embeddings;
+        char recompute[8];         /* none | block: activation recompute (ct_model_memory) */
+        int loss_chunk;            /* rows per chunk of the LM head and loss; 0: all; -1: auto */
     } model;
     struct {
         char text[CT_PATH_MAX];    /* `ctrain prepare` input: file, folder or glob */

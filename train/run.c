@@ -231,7 +231,10 @@ int ct_run_model(const ct_config *cfg, ct_weights_source source, const ct_backen
                  from[0] ? " in " : "", from);
         return -1;
     }
-    if (ct_model_init(out, &mc, be, ctx, B, T, shards, err, errlen)) return -1;
+    const ct_model_memory mem = {.recompute = strcmp(cfg->model.recompute, "block") ? CT_RECOMPUTE_NONE
+                                                                                   : CT_RECOMPUTE_BLOCK,
+                                 .loss_chunk = cfg->model.loss_chunk};
+    if (ct_model_init_memory(out, &mc, &mem, be, ctx, B, T, shards, err, errlen)) return -1;
     int rc = 0;
     if (is_ckpt) rc = ct_ckpt_read(from, *out, NULL, NULL, comm, err, errlen);
     else if (from[0]) rc = ct_hf_load(*out, from, err, errlen);

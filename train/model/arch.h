@@ -144,9 +144,10 @@ struct ct_model {
     void *lora_params, *lora_grads, *lora_scratch;
     size_t *lora_bound;    /* [L + 1]: block l's adapters span [lora_bound[l], lora_bound[l + 1]) */
 
-    void **allocations;    /* every backend allocation, for free */
+    void **allocations;    /* every backend allocation, for free (NULL: freed early) */
+    size_t *alloc_bytes;   /* [capalloc] their sizes */
     int nalloc, capalloc;
-    size_t bytes;          /* their sum */
+    size_t bytes;          /* the sum of those held now */
     char base_fp[17];      /* ct_model_base_fingerprint, "" until computed */
     size_t host_cap;       /* host-memory backend: the machine's memory, past which balloc fails
                             * (rather than the OOM killer ending the process); 0: no cap */

@@ -188,8 +188,10 @@ void *ct_model_balloc(ct_model *m, size_t bytes)
     if (m->nalloc == m->capalloc) {
         int cap = m->capalloc ? 2 * m->capalloc : 64;
         void **grown = realloc(m->allocations, (size_t)cap * sizeof *grown);
-        if (!grown) return NULL;
-        m->allocations = grown;
+        if (grown) m->allocations = grown;
+        size_t *sizes = grown ? realloc(m->alloc_bytes, (size_t)cap * sizeof *sizes) : NULL;
+        if (!sizes) return NULL;
+        m->alloc_bytes = sizes;
         m->capalloc = cap;
     }
     if (m->host_cap && (bytes > m->host_cap || m->bytes > m->host_cap - bytes)) {
@@ -197,7 +199,7 @@ void *ct_model_balloc(ct_model *m, size_t bytes)
         return NULL;
     }
     void *p = m->be->alloc(bytes ? bytes : 1);
-    if (p) m->allocations[m->nalloc++] = p, m->bytes += bytes;
+    if (p) m->alloc_bytes[m->nalloc] = bytes, m->allocations[m->nalloc++] = p, m->bytes += bytes;
     return p;
 }
 
@@ -369,6 +371,7 @@ void ct_model_free(ct_model *m)
     for (int i = 0; i < m->nalloc; i++)
         if (m->allocations[i]) m->be->free(m->allocations[i]);
     free(m->allocations);
+    free(m->alloc_bytes);
     free(m->tensors);
     free(m->slot);
     free(m->layer_start);
@@ -407,6 +410,7 @@ ct_kctx *ct_model_kctx(const ct_model *m) { return m->ctx; }
 int ct_model_num_tensors(const ct_model *m) { return m->ntensors; }
 const ct_param *ct_model_tensor(const ct_model *m, int i) { return &m->tensors[i]; }
 size_t ct_model_numel(const ct_model *m) { return m->numel; }
+size_t ct_model_backend_bytes(const ct_model *m) { return m->bytes; }
 void *ct_model_params(ct_model *m) { return m->params; }
 void *ct_model_grads(ct_model *m) { return m->grads; }
 const void *ct_model_logits(const ct_model *m) { return m->logits; }
@@ -529,6 +533,7 @@ static void drop_alloc(ct_model *m, void *p)
         if (m->allocations[i] == p) {
             m->be->free(p);
             m->allocations[i] = NULL;
+            m->bytes -= m->alloc_bytes[i];
             return;
         }
 }

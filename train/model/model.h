@@ -135,6 +135,7 @@ const ct_param *ct_model_tensor(const ct_model *m, int i);
 const ct_param *ct_model_find(const ct_model *m, const char *name); /* NULL if absent */
 size_t ct_model_numel(const ct_model *m);  /* length of the flat buffers, padding included */
 size_t ct_model_count(const ct_model *m);  /* number of parameters, padding excluded */
+size_t ct_model_backend_bytes(const ct_model *m); /* backend memory the model holds now (adapters, KV cache included) */
 void *ct_model_params(ct_model *m);        /* flat parameters, backend memory, storage dtype */
 void *ct_model_grads(ct_model *m);         /* flat gradients, same layout; NULL until allocated, and once frozen (LoRA) */
 /* The gradient buffer of a model that trains whole, made on first need (ct_optim_init and
