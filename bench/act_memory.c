@@ -1,11 +1,10 @@
 /* act_memory.c — the activation memory of a GPT-2 124M and a Llama-3.2-1B shape at 4 x 1024
- * tokens, with and without model.recompute and model.loss_chunk, on each backend this build
- * has (a CUDA build without a device: the CUDA backend's layout): ct_model_act_bytes, which is what ct_model_init_memory allocates beyond the parameters
- * and gradients (tests/test_model_act.c checks that). With --alloc, the cpu figures are also
- * measured by allocating the model (ct_model_backend_bytes less the parameter buffer; the cpu
- * backend's buffers are zero pages until touched, so this costs little real memory), where the
- * machine's memory allows it.
- * usage: act_memory [--alloc] [--B n] [--T n] */
+ * tokens, with and without model.recompute and model.loss_chunk, on the cpu backend and the
+ * CUDA backend (its table where a device is visible, else its layout): ct_model_act_bytes, which
+ * is what ct_model_init_memory allocates beyond the parameters and gradients
+ * (tests/test_model_act.c checks that on small shapes; allocating these would take the memory
+ * itself: the cpu backend zero-fills what it allocates).
+ * usage: act_memory [--B n] [--T n] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,9 +12,10 @@
 #include "hf_config.h"
 #include "model.h"
 
-#ifdef CTRAIN_HAVE_CUDA
-size_t ct_cuda_attention_stats_len(int B, int T, int NH); /* kernels/cuda/attention.cu */
-#endif
+/* The CUDA backend's attention statistics, as kernels/cuda/attention.cu lays them out (lse and D,
+ * fp32 [B*NH, T] each), for a build or machine without a device, where its table is not handed
+ * out: with bf16 storage, all ct_model_act_bytes reads of a backend. */
+static size_t cuda_stats_len(int B, int T, int NH) { return 2 * (size_t)B * NH * T; }
 
 int main(int argc, char **argv)
 {
@@ -43,17 +43,13 @@ int main(int argc, char **argv)
                     {CT_RECOMPUTE_NONE, CT_LOSS_CHUNK_AUTO, "none, auto"},
                     {CT_RECOMPUTE_BLOCK, CT_LOSS_CHUNK_AUTO, "block, auto"}};
     const ct_backend *backends[2] = {ct_backend_cpu(), ct_backend_cuda()};
-#ifdef CTRAIN_HAVE_CUDA
-    /* without a device the cuda table is not handed out: its memory layout is (bf16, two floats
-     * of attention statistics a row), which is all ct_model_act_bytes reads */
     ct_backend cuda_layout = *ct_backend_cpu();
     if (!backends[1]) {
         cuda_layout.name = "cuda";
         cuda_layout.elem_size = 2;
-        cuda_layout.attention_stats_len = ct_cuda_attention_stats_len;
+        cuda_layout.attention_stats_len = cuda_stats_len;
         backends[1] = &cuda_layout;
     }
-#endif
     printf("| model | backend | B x T | recompute, loss_chunk | loss rows | activations MiB | vs none, 0 |\n");
     printf("|---|---|---|---|---|---|---|\n");
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {

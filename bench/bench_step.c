@@ -26,7 +26,7 @@
  * usage: bench_step [--device cpu|cuda] [--hf-config config.json | --init-from DIR] [--layers 6]
  *                   [--width 384] [--heads 6] [--vocab 50257] [--seq 256] [--batch 8] [--steps 5]
  *                   [--warmup 1] [--lora R] [--lora-alpha A] [--decode N] [--probe 1]
- *                   [--init rng|fast] [--peak-tflops 989.4] [--docs L]
+ *                   [--init rng|fast] [--peak-tflops 989.4] [--docs L] [--recompute 0|1] [--loss-chunk N]
  * With --hf-config, --layers and --vocab (when given) override the file's num_hidden_layers and
  * vocab_size (a smaller model of the same shape); --width and --heads are GPT-2's only.
  * --init fast: random weights of the same scale without ct_model_init_weights' serial normal
@@ -34,6 +34,7 @@
  * --docs L: each training row packs documents of L tokens (positions restarting every L, attention
  * masked to each, as a masked dataset's rows are); the FLOP counts stay those of a whole causal
  * row, so compare ms/step, not MFU, with a run without it.
+ * --recompute 1, --loss-chunk N: model.recompute block, model.loss_chunk N (-1, the default: auto).
  * --init-from DIR: the model of a Hugging Face folder (config.json and its weights, ct_hf_load)
  * instead of random weights: with bench/bench_hf.py --save DIR, both sides run the same weights.
  * The tokens (training batch, prompt) come from ct_rng seeded 7, token = u64 % vocab, the
@@ -141,6 +142,7 @@ typedef struct {
     const char *init_from; /* a Hugging Face folder whose weights to load, or NULL: random */
     int fast_init;         /* --init fast: fast_init_weights instead of ct_model_init_weights */
     int docs;              /* --docs L: packed documents of L tokens; 0: one a row */
+    ct_model_memory mem;   /* --recompute 0|1, --loss-chunk N (model.recompute, model.loss_chunk) */
 } bench_opts;
 
 /* --docs L: positions of rows of documents of L tokens (NULL when L is 0) */
@@ -199,7 +201,7 @@ static ct_model *make_model(const bench_opts *o, const ct_backend *be, ct_kctx *
 {
     char err[1024];
     ct_model *m;
-    if (ct_model_init(&m, &o->cfg, be, ctx, o->B, T, 1, err, sizeof err)) {
+    if (ct_model_init_memory(&m, &o->cfg, &o->mem, be, ctx, o->B, T, 1, err, sizeof err)) {
         fprintf(stderr, "bench_step: %s\n", err);
         return NULL;
     }
@@ -567,6 +569,7 @@ int main(int argc, char **argv)
 {
     bench_opts o = {.cfg = {.vocab_size = 50257, .n_layer = 6, .n_head = 6, .n_embd = 384, .norm_eps = 1e-5f},
                     .B = 8, .T = 256, .steps = 5, .warmup = 1, .probe = 1,
+                    .mem = {.recompute = CT_RECOMPUTE_NONE, .loss_chunk = CT_LOSS_CHUNK_AUTO},
                     .peak_tflops = 989.4 /* H100 SXM / H200, dense bf16 */};
     snprintf(o.model, sizeof o.model, "gpt2 (flags)");
     int cuda = 0, layers = 0, vocab = 0, width = 0, heads = 0, lora_alpha_set = 0;
@@ -590,6 +593,8 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--decode")) o.decode = v;
         else if (!strcmp(argv[i], "--probe")) o.probe = v;
         else if (!strcmp(argv[i], "--docs")) o.docs = v;
+        else if (!strcmp(argv[i], "--recompute")) o.mem.recompute = v ? CT_RECOMPUTE_BLOCK : CT_RECOMPUTE_NONE;
+        else if (!strcmp(argv[i], "--loss-chunk")) o.mem.loss_chunk = v;
         else if (!strcmp(argv[i], "--init")) {
             if (strcmp(a, "rng") && strcmp(a, "fast")) {
                 fprintf(stderr, "bench_step: --init: \"%s\" is not one of rng|fast\n", a);
