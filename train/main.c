@@ -12,6 +12,7 @@
 #include "data.h"
 #include "eval.h"
 #include "model.h"
+#include "plan.h"
 #include "prepare.h"
 #include "hf_model.h"
 #include "kernels.h"
@@ -231,6 +232,14 @@ static int cmd_merge(const args *a, ct_comm *comm)
     return rc ? fail(err) : 0;
 }
 
+static int cmd_plan(const args *a, ct_comm *comm)
+{
+    ct_config cfg;
+    char err[2048] = "";
+    if (load_config(a, comm, &cfg)) return 1;
+    return ct_run_agree(comm, ct_plan_command(&cfg, comm, err, sizeof err), err) ? 1 : 0;
+}
+
 static const verb verbs[] = {
     {"train", "ctrain train CONFIG [--set key=value]...",
      "Trains the model the config describes on data.train, on every rank of the job (mpirun or srun;\n"
@@ -242,6 +251,13 @@ static const verb verbs[] = {
      "has passed. A step whose loss or gradient norm is NaN or Inf is not applied and stops the run\n"
      "(optim.skip_nonfinite: skip that many first).",
      1, cmd_train},
+    {"plan", "ctrain plan CONFIG [--set key=value]...",
+     "Prints the memory each rank of `ctrain train CONFIG` will take, before allocating anything: weights,\n"
+     "gradients, optimizer state, communication and unit buffers (ZeRO-2/3), activations and the process,\n"
+     "the step's total and the peak (a GPU's memory on the cuda backend, else the host's); then the peak\n"
+     "for 1 to 64 ranks at every ZeRO stage. Run it under the job's launcher for its world size. Exits 1,\n"
+     "naming changes that fit, when the peak exceeds what is available (`train` checks the same at start).",
+     1, cmd_plan},
     {"eval", "ctrain eval CONFIG [--set key=value]...",
      "Evaluates the model of run.dir (or model.init_from, a Hugging Face model folder) on the whole of\n"
      "data.val. The last line is `val_loss <float>`; a loss that is not finite (NaN, Inf) is an error.",

@@ -132,6 +132,7 @@ struct ct_model {
     void **allocations;    /* every backend allocation, for free */
     int nalloc, capalloc;
     size_t bytes;          /* their sum */
+    int counting;          /* ct_model_init_counting: allocations are only counted, nothing exists */
     char base_fp[17];      /* ct_model_base_fingerprint, "" until computed */
     size_t host_cap;       /* host-memory backend: the machine's memory, past which balloc fails
                             * (rather than the OOM killer ending the process); 0: no cap */

@@ -185,6 +185,10 @@ static void build_layout(ct_model *m)
 
 void *ct_model_balloc(ct_model *m, size_t bytes)
 {
+    if (m->counting) { /* ct_model_init_counting: the size is all that is wanted */
+        m->bytes += bytes;
+        return m;
+    }
     if (m->nalloc == m->capalloc) {
         int cap = m->capalloc ? 2 * m->capalloc : 64;
         void **grown = realloc(m->allocations, (size_t)cap * sizeof *grown);
@@ -230,8 +234,25 @@ static int rope_freqs(ct_model *m)
     return 0;
 }
 
+static int model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *be, ct_kctx *ctx, int B, int T,
+                      int shards, int counting, char *err, size_t errlen);
+
 int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *be, ct_kctx *ctx, int B, int T,
                   int shards, char *err, size_t errlen)
+{
+    return model_init(out, cfg, be, ctx, B, T, shards, 0, err, errlen);
+}
+
+int ct_model_init_counting(ct_model **out, const ct_model_config *cfg, const ct_backend *be, int B, int T,
+                           int shards, char *err, size_t errlen)
+{
+    return model_init(out, cfg, be, NULL, B, T, shards, 1, err, errlen);
+}
+
+size_t ct_model_bytes(const ct_model *m) { return m->bytes; }
+
+static int model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *be, ct_kctx *ctx, int B, int T,
+                      int shards, int counting, char *err, size_t errlen)
 {
     *out = NULL;
     ct_model_config c = *cfg;
@@ -258,11 +279,12 @@ int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *
     if (!m) goto oom;
     m->cfg = c;
     m->arch = c.arch;
+    m->counting = counting;
     m->be = be;
     m->ctx = ctx;
     m->maxB = B;
     m->maxT = T;
-    if (!strcmp(be->name, "cpu")) {
+    if (!strcmp(be->name, "cpu") && !counting) {
         long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
         if (pages > 0 && page > 0) m->host_cap = (size_t)pages * (size_t)page;
     }
@@ -280,7 +302,7 @@ int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *
              (m->logits = ct_model_balloc(m, BT * (size_t)m->Vp * es)) &&
              (m->losses = ct_model_balloc(m, BT * 4)) && (m->tokens_dev = ct_model_balloc(m, BT * 4)) &&
              (m->targets_dev = ct_model_balloc(m, BT * 4)) && (m->pos_dev = ct_model_balloc(m, BT * 4)) &&
-             (!a->rope || rope_freqs(m) == 0) && a->alloc(m, B, T) == 0;
+             (!a->rope || counting || rope_freqs(m) == 0) && a->alloc(m, B, T) == 0;
     if (!ok) goto oom;
     if (units_init(m)) goto oom;
     *out = m;

@@ -86,6 +86,13 @@ int ct_model_config_same(const ct_model_config *a, const ct_model_config *b);
 int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *be, ct_kctx *ctx, int B, int T,
                   int shards, char *err, size_t errlen);
 void ct_model_free(ct_model *m);
+/* For a memory plan: the same set-up without allocating anything, only counting the bytes each
+ * buffer would take (ct_model_bytes); adapters may be added (ct_model_add_lora) to count theirs.
+ * Such a model has a layout, units and linears, and nothing else: it must not run. */
+int ct_model_init_counting(ct_model **out, const ct_model_config *cfg, const ct_backend *be, int B, int T,
+                           int shards, char *err, size_t errlen);
+/* Bytes of backend memory the model allocated (or counted), parameters included. */
+size_t ct_model_bytes(const ct_model *m);
 
 const ct_model_config *ct_model_config_of(const ct_model *m);
 int ct_model_max_tokens(const ct_model *m); /* T of the allocation: the longest sequence, the KV cache's length */
