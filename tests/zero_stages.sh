@@ -66,7 +66,8 @@ run l3z2 3 "${llama[@]}" --set parallel.zero_stage=2
 run l3z3 3 "${llama[@]}" --set parallel.zero_stage=3
 same l3z2 l1z0 1e-5
 same l3z3 l1z0 1e-5
-lora=(--set lora.r=4 --set lora.alpha=8)
+# LoRA on the GPT-2 trained above (its adapters on every linear of the blocks)
+lora=(--set "model.init_from=$tmp/g1z0" --set lora.targets=all-linear --set lora.r=4 --set lora.alpha=8)
 run a1z0 1 "${lora[@]}" --set parallel.zero_stage=0
 run a2z2 2 "${lora[@]}" --set parallel.zero_stage=2
 run a3z3 3 "${lora[@]}" --set parallel.zero_stage=3

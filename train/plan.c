@@ -61,7 +61,7 @@ int ct_plan_make(const ct_config *cfg, const ct_model_config *mc, const ct_backe
      * buffer, HDF5's caches, the host transport's chunk-sized temporaries): 20.7-22.2 MiB in
      * tests/memory_plan.sh's runs (VmHWM over the plan without it, 1 and 3 ranks, stages 0-3) */
     p->baseline = baseline + (dev ? 0 : CT_PLAN_CPU_LIBS);
-    p->step = baseline + p->weights + p->grads + p->optimizer + p->comm + p->units + p->activations;
+    p->step = p->baseline + p->weights + p->grads + p->optimizer + p->comm + p->units + p->activations;
     p->start = shard_weights ? P * es : 0;
     /* a checkpoint's writer copies this rank's slice of 4 groups (weights, master, m, v) from a GPU
      * to the host (host memory, not the device's); on the CPU it writes them from where they are */
