@@ -641,7 +641,8 @@ agree:
     }
     be->upload(ctx, tmp, params, numel * sizeof(float));
     if (o) ct_optim_set_weights(o, tmp);
-    else be->to_storage(ctx, tr.params, tmp, numel);
+    else if (ct_model_has_lora(m)) be->to_storage(ctx, tr.params, tmp, numel);
+    else ct_model_store(m, 0, tmp, numel);
     be->free(tmp);
     if (o) {
         be->upload(ctx, ct_optim_master(o), state[0], len * sizeof(float));

@@ -88,7 +88,7 @@ static int cmd_eval(const args *a, ct_comm *comm)
     int rc = -1;
     if (!cfg.data.val[0]) snprintf(err, sizeof err, "data.val: empty: name the HDF5 token dataset to evaluate on");
     else if (ct_run_backend(&cfg, comm, &be, &ctx, &device, err, sizeof err) == 0 &&
-             ct_run_model(&cfg, CT_WEIGHTS_TRAINED, be, ctx, B, T, 1, comm, &m, from, sizeof from, err, sizeof err) == 0 &&
+             ct_run_model(&cfg, CT_WEIGHTS_TRAINED, be, ctx, B, T, 1, -1, comm, &m, from, sizeof from, err, sizeof err) == 0 &&
              eval_data_matches(&cfg, from, err, sizeof err) == 0) {
         ct_loader_opts o = {.path = cfg.data.val, .seq_len = T, .micro_batch = B, .grad_accum = 1,
                             .rank = ct_comm_rank(comm), .world = ct_comm_size(comm), .seed = 0, .shuffle = 0,
@@ -194,7 +194,7 @@ static int cmd_export(const args *a, ct_comm *comm)
         /* the base as the run had it (model.init_from): the adapters are checked against it and
          * the PEFT folder records it */
         rc = ct_lora_spec_from_config(&saved, &spec, err, sizeof err);
-        if (rc == 0) rc = ct_run_model(&saved, CT_WEIGHTS_CONFIG, be, ctx, 1, 1, 1, comm, &m, from, sizeof from, err,
+        if (rc == 0) rc = ct_run_model(&saved, CT_WEIGHTS_CONFIG, be, ctx, 1, 1, 1, -1, comm, &m, from, sizeof from, err,
                                        sizeof err);
     } else if (rc == 0) {
         rc = ct_model_init(&m, &mc, be, ctx, 1, 1, 1, err, sizeof err);
@@ -223,7 +223,7 @@ static int cmd_merge(const args *a, ct_comm *comm)
     ct_kctx *ctx = be->kctx_init(0);
     ct_model *m = NULL;
     snprintf(out, sizeof out, "%s/merged", cfg.run.dir);
-    int rc = ct_run_model(&cfg, CT_WEIGHTS_TRAINED, be, ctx, 1, 1, 1, comm, &m, from, sizeof from, err, sizeof err);
+    int rc = ct_run_model(&cfg, CT_WEIGHTS_TRAINED, be, ctx, 1, 1, 1, -1, comm, &m, from, sizeof from, err, sizeof err);
     if (rc == 0) rc = ct_lora_merge(m, err, sizeof err);
     if (rc == 0) rc = ct_hf_save(m, out, ct_run_side_files(&cfg), 0, err, sizeof err);
     if (rc == 0) printf("ctrain: merged %s into %s (model.safetensors, config.json)\n", from, out);

@@ -62,18 +62,18 @@ int ct_plan_make(const ct_config *cfg, const ct_model_config *mc, const ct_backe
      * tests/memory_plan.sh's runs (VmHWM over the plan without it, 1 and 3 ranks, stages 0-3) */
     p->baseline = baseline + (dev ? 0 : CT_PLAN_CPU_LIBS);
     p->step = p->baseline + p->weights + p->grads + p->optimizer + p->comm + p->units + p->activations;
-    p->start = shard_weights ? P * es : 0;
+    p->start = shard_weights && lora ? P * es : 0; /* a LoRA base is loaded whole, then sharded */
     /* a checkpoint's writer copies this rank's slice of 4 groups (weights, master, m, v) from a GPU
      * to the host (host memory, not the device's); on the CPU it writes them from where they are */
     p->save = dev ? 4 * (Tn / N) * sizeof(float) : 0;
-    p->finish = shard_weights && !lora ? P * es : 0;
+    p->finish = shard_weights && !lora ? P * es : 0; /* on rank 0, with the moments and units gone */
     p->device = dev;
     size_t start = p->step - p->units + p->start;
-    size_t finish = p->step - p->units + p->finish;
+    size_t finish = p->finish ? p->step - p->units - 2 * 4 * S + p->finish : 0;
     p->peak = p->step;
     p->peak_at = "a step";
-    if (start > p->peak) p->peak = start, p->peak_at = "the start (the whole model, before it is sharded)";
-    if (finish > p->peak) p->peak = finish, p->peak_at = "the end (the whole model gathered for the final save)";
+    if (start > p->peak) p->peak = start, p->peak_at = "the start (the whole base model, before it is sharded)";
+    if (finish > p->peak) p->peak = finish, p->peak_at = "the end (the whole model gathered on rank 0 for the final save)";
     ct_model_free(m);
     return 0;
 }

@@ -142,7 +142,9 @@ static int setup(const ct_config *cfg, ct_comm *comm, run_state *s, char *from, 
     if (!latest && cfg->model.init_from[0] && stat(cfg->model.init_from, &sb) == 0 && S_ISREG(sb.st_mode))
         snprintf(s->resume, sizeof s->resume, "%s", cfg->model.init_from);
     if (plan_memory(cfg, comm, s, err, errlen) ||
-        ct_run_model(cfg, CT_WEIGHTS_CONFIG, s->be, s->ctx, B, T, world, comm, &s->model, from, fromlen, err, errlen))
+        ct_run_model(cfg, CT_WEIGHTS_CONFIG, s->be, s->ctx, B, T, world,
+                     cfg->parallel.zero_stage == 3 && !ct_run_lora(cfg) ? rank : -1, comm, &s->model, from, fromlen,
+                     err, errlen))
         return -1;
     if (!(s->config_json = ct_config_to_json(cfg, 1))) {
         snprintf(err, errlen, "out of memory");

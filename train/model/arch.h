@@ -93,6 +93,8 @@ struct ct_model {
     size_t numel;          /* flat length, padding included */
     void *params;          /* [numel]; NULL while the weights are sharded (ZeRO-3) */
     void *grads;           /* [numel]; NULL once frozen, and while gradients are sharded (ZeRO-2, 3) */
+    void *window;          /* ct_model_init_slice: [win_n] weights of [win_lo, win_lo + win_n) alone */
+    size_t win_lo, win_n;
     /* Units (model.c "units"): block l is unit l, the embeddings unit L, the final norm and head
      * unit L + 1. Every weight and gradient is found through its unit's base pointers, which
      * point into params/grads, or, when a sharder is set (ct_model_set_units), into the buffers

@@ -235,24 +235,49 @@ static int rope_freqs(ct_model *m)
 }
 
 static int model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *be, ct_kctx *ctx, int B, int T,
-                      int shards, int counting, char *err, size_t errlen);
+                      int shards, int slice, int counting, char *err, size_t errlen);
 
 int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *be, ct_kctx *ctx, int B, int T,
                   int shards, char *err, size_t errlen)
 {
-    return model_init(out, cfg, be, ctx, B, T, shards, 0, err, errlen);
+    return model_init(out, cfg, be, ctx, B, T, shards, -1, 0, err, errlen);
+}
+
+int ct_model_init_slice(ct_model **out, const ct_model_config *cfg, const ct_backend *be, ct_kctx *ctx, int B,
+                        int T, int shards, int rank, char *err, size_t errlen)
+{
+    return model_init(out, cfg, be, ctx, B, T, shards, rank, 0, err, errlen);
 }
 
 int ct_model_init_counting(ct_model **out, const ct_model_config *cfg, const ct_backend *be, int B, int T,
                            int shards, char *err, size_t errlen)
 {
-    return model_init(out, cfg, be, NULL, B, T, shards, 1, err, errlen);
+    return model_init(out, cfg, be, NULL, B, T, shards, -1, 1, err, errlen);
+}
+
+void *ct_model_window(ct_model *m, size_t *lo, size_t *n)
+{
+    *lo = m->win_lo;
+    *n = m->win_n;
+    return m->window;
+}
+
+void ct_model_store(ct_model *m, size_t offset, const float *src, size_t n)
+{
+    const size_t es = m->be->elem_size;
+    if (m->params) {
+        m->be->to_storage(m->ctx, (char *)m->params + offset * es, src, n);
+        return;
+    }
+    size_t a = offset > m->win_lo ? offset : m->win_lo;
+    size_t b = offset + n < m->win_lo + m->win_n ? offset + n : m->win_lo + m->win_n;
+    if (m->window && a < b) m->be->to_storage(m->ctx, (char *)m->window + (a - m->win_lo) * es, src + (a - offset), b - a);
 }
 
 size_t ct_model_bytes(const ct_model *m) { return m->bytes; }
 
 static int model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *be, ct_kctx *ctx, int B, int T,
-                      int shards, int counting, char *err, size_t errlen)
+                      int shards, int slice, int counting, char *err, size_t errlen)
 {
     *out = NULL;
     ct_model_config c = *cfg;
@@ -298,7 +323,12 @@ static int model_init(ct_model **out, const ct_model_config *cfg, const ct_backe
     if (shards > 1) m->numel = align_up(m->numel, (size_t)shards);
 
     size_t es = be->elem_size, BT = (size_t)B * T;
-    int ok = (m->params = ct_model_balloc(m, m->numel * es)) &&
+    if (slice >= 0) { /* this rank's slice of the weights alone (ZeRO-3): the whole never exists here */
+        m->win_n = m->numel / (size_t)(shards > 1 ? shards : 1);
+        m->win_lo = m->win_n * (size_t)slice;
+    }
+    int ok = (slice >= 0 ? (m->window = ct_model_balloc(m, m->win_n * es)) != NULL
+                         : (m->params = ct_model_balloc(m, m->numel * es)) != NULL) &&
              (m->logits = ct_model_balloc(m, BT * (size_t)m->Vp * es)) &&
              (m->losses = ct_model_balloc(m, BT * 4)) && (m->tokens_dev = ct_model_balloc(m, BT * 4)) &&
              (m->targets_dev = ct_model_balloc(m, BT * 4)) && (m->pos_dev = ct_model_balloc(m, BT * 4)) &&
@@ -572,7 +602,7 @@ void ct_model_init_weights(ct_model *m, uint64_t seed)
             else host[k] = ct_rng_normal(&rng) * (init == INIT_RESID ? resid_std : 0.02f);
         }
         m->be->upload(m->ctx, staged, host, p->numel * sizeof(float));
-        m->be->to_storage(m->ctx, (char *)m->params + p->offset * m->be->elem_size, staged, p->numel);
+        ct_model_store(m, p->offset, staged, p->numel);
     }
     m->be->sync(m->ctx);
     m->be->free(staged);

@@ -86,6 +86,17 @@ int ct_model_config_same(const ct_model_config *a, const ct_model_config *b);
 int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *be, ct_kctx *ctx, int B, int T,
                   int shards, char *err, size_t errlen);
 void ct_model_free(ct_model *m);
+/* ZeRO-3: the same model holding only rank's slice of the weights, [rank * S, (rank + 1) * S)
+ * with S = padded numel / shards (ct_model_window), never the whole: ct_model_params is NULL and
+ * loading writes through ct_model_store, which keeps the slice's part. The optimizer takes the
+ * slice over (ct_optim_init at stage 3). */
+int ct_model_init_slice(ct_model **out, const ct_model_config *cfg, const ct_backend *be, ct_kctx *ctx, int B,
+                        int T, int shards, int rank, char *err, size_t errlen);
+void *ct_model_window(ct_model *m, size_t *lo, size_t *n); /* NULL: the model holds the whole */
+/* Writes n fp32 values (backend memory) at flat offset as weights, in the storage dtype: into the
+ * flat buffer, or the part inside the slice of a ct_model_init_slice model. */
+void ct_model_store(ct_model *m, size_t offset, const float *src, size_t n);
+
 /* For a memory plan: the same set-up without allocating anything, only counting the bytes each
  * buffer would take (ct_model_bytes); adapters may be added (ct_model_add_lora) to count theirs.
  * Such a model has a layout, units and linears, and nothing else: it must not run. */
