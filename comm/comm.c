@@ -72,7 +72,7 @@ ct_comm *ct_comm_init_single(void)
     c->ops = &ct_comm_single_ops;
     c->size = 1;
     c->local_size = 1;
-    c->max_count = INT_MAX;
+    c->max_count = CT_COMM_CHUNK;
     return c;
 }
 
@@ -133,7 +133,7 @@ uint64_t ct_comm_bytes(const ct_comm *c) { return c->bytes; }
 
 void ct_comm_set_max_count(ct_comm *c, size_t max_count)
 {
-    c->max_count = (max_count == 0 || max_count > INT_MAX) ? (size_t)INT_MAX : max_count;
+    c->max_count = (max_count == 0 || max_count > INT_MAX) ? (size_t)CT_COMM_CHUNK : max_count;
 }
 
 /* Argument checks happen here, identically on every rank, so a bad call fails with -1 on all

@@ -6,8 +6,8 @@
  * full training and LoRA adapters with dropout (the masks regenerated in the recompute), chunks
  * that divide the rows and a short last chunk that joins the one before. An evaluation (dloss
  * 0), a forward without targets (all rows' logits) and decoding match too. ct_model_act_bytes
- * equals what ct_model_init_memory allocates beyond the parameters, for each family, with and
- * without recompute and chunking; and the model refuses a zero_grad between a forward and its
+ * equals what ct_model_init_memory allocates beyond the parameters (and what a memory plan's
+ * ct_model_init_counting counts), for each family, with and without recompute and chunking; and the model refuses a zero_grad between a forward and its
  * backward, and a second forward before a backward. */
 #include <signal.h>
 #include <stdio.h>
@@ -178,13 +178,17 @@ static void test_act_bytes(const char *name, const ct_model_config *cfg)
                 ct_model *m = NULL;
                 const ct_model_memory mem = {.recompute = rc, .loss_chunk = chunks[k]};
                 CHECK(ct_model_init_memory(&m, &c, &mem, be, ctx, b, t, 1, err, sizeof err) == 0);
-                size_t got = ct_model_backend_bytes(m) - ct_model_numel(m) * be->elem_size;
+                size_t got = ct_model_bytes(m) - ct_model_numel(m) * be->elem_size;
                 size_t want = ct_model_act_bytes(&c, b, t, rc, chunks[k], be);
                 if (got != want) {
                     fprintf(stderr, "  %s %d x %d, recompute %d, loss_chunk %d: allocated %zu bytes, "
                             "ct_model_act_bytes says %zu\n", name, b, t, rc, chunks[k], got, want);
                     ct_test_failures++;
                 }
+                ct_model_free(m);
+                /* a memory plan's count (ct_model_init_counting) is the same */
+                CHECK(ct_model_init_counting(&m, &c, &mem, be, b, t, 1, err, sizeof err) == 0);
+                CHECK(ct_model_bytes(m) - ct_model_numel(m) * be->elem_size == want);
                 ct_model_free(m);
             }
     /* what each saves, at 600 rows */

@@ -54,6 +54,7 @@ struct ct_optim {
     int device;          /* buffers are a GPU's: gathers run ahead, reuse waits for reductions */
     size_t wbegin, wlen; /* this rank's slice of the model's weights (the trainable slice without LoRA) */
     void *wslice;        /* [wlen] storage dtype (stage 3); the master itself when fp32 and not LoRA */
+    int own_wslice;      /* wslice is an allocation of its own (else the master's or the model's) */
     int passes;          /* backwards reduced into gslice since the last step */
     pooled *pool;
     int npool;
@@ -230,9 +231,14 @@ static int shard_init(ct_optim *o, int lora, char *err, size_t errlen)
         if (lora) ct_model_base_fingerprint(m); /* of the whole base, before it is sharded (it is cached) */
         o->wlen = ct_model_numel(m) / world;
         o->wbegin = o->wlen * (size_t)ct_comm_rank(o->comm);
-        if (!lora && es == sizeof(float)) {
+        size_t wlo, wn;
+        void *window = ct_model_window(m, &wlo, &wn);
+        if (window) {
+            o->wslice = window; /* the model never held more */
+        } else if (!lora && es == sizeof(float)) {
             o->wslice = o->master; /* made by the caller from the flat buffer, which now goes */
         } else {
+            o->own_wslice = 1;
             if (!(o->wslice = o->be->alloc(o->wlen * es))) return -1;
             o->be->copy(o->ctx, o->wslice, (char *)ct_model_params(m) + o->wbegin * es, o->wlen * es);
             o->state_bytes += lora ? 0 : o->wlen * es;
@@ -283,12 +289,22 @@ int ct_optim_init(ct_optim **out, ct_model *m, ct_comm *comm, int zero_stage, in
     if (zero_stage >= 1) {
         if (!(o->gslice = o->be->alloc(o->len * o->be->elem_size))) goto oom;
     }
-    o->own_master = o->be->elem_size != sizeof(float) || (zero_stage == 3 && !lora);
+    /* a model made with only this rank's slice of the weights (ct_model_init_slice, ZeRO-3) */
+    size_t wlo, wn;
+    char *window = ct_model_window(m, &wlo, &wn);
+    if (window && (zero_stage != 3 || lora || wlo != o->begin || wn != o->len)) {
+        snprintf(err, errlen, "internal: a model holding the slice [%zu, +%zu) of its weights needs ZeRO-3 over the "
+                 "same slices", wlo, wn);
+        ct_optim_free(o);
+        return -1;
+    }
+    char *mine = window ? window : (char *)tr.params + o->begin * o->be->elem_size;
+    o->own_master = o->be->elem_size != sizeof(float) || (zero_stage == 3 && !lora && !window);
     if (!o->own_master) {
-        o->master = (float *)tr.params + o->begin;
+        o->master = (float *)mine;
     } else {
         if (!(o->master = o->be->alloc(bytes))) goto oom;
-        o->be->to_f32(o->ctx, o->master, (char *)tr.params + o->begin * o->be->elem_size, o->len);
+        o->be->to_f32(o->ctx, o->master, mine, o->len);
         o->state_bytes += bytes;
     }
     if (zero_stage >= 2 && shard_init(o, lora, err, errlen)) goto oom;
@@ -308,7 +324,7 @@ void ct_optim_free(ct_optim *o)
     free(o->pool);
     free(o->wmap);
     free(o->gmap);
-    if (o->wslice && o->wslice != o->master) o->be->free(o->wslice);
+    if (o->own_wslice) o->be->free(o->wslice);
     o->be->free(o->m);
     o->be->free(o->v);
     o->be->free(o->gslice);
@@ -364,23 +380,32 @@ int ct_optim_gather_model(ct_optim *o)
     if (!o->shard_weights) return 0;
     ct_model *m = o->model;
     const size_t es = o->be->elem_size;
+    const int rank = ct_comm_rank(o->comm), world = ct_comm_size(o->comm);
     void *stream = o->be->stream(o->ctx);
+    /* no step follows: the moments and the unit buffers go first, to make room */
     for (int i = 0; i < o->npool; i++) o->be->free(o->pool[i].p);
     o->npool = 0;
     o->pool_bytes = 0;
-    memset(o->wmap, 0, (size_t)ct_model_num_units(m) * sizeof *o->wmap);
-    memset(o->gmap, 0, (size_t)ct_model_num_units(m) * sizeof *o->gmap);
-    if (ct_model_restore_params(m)) return -1;
-    char *params = ct_model_params(m);
-    o->be->copy(o->ctx, params + o->wbegin * es, o->wslice, o->wlen * es);
-    if (ct_comm_buf_allgather(o->comm, params, o->wlen, o->dtype, stream) || ct_comm_buf_wait(o->comm, stream))
-        return -1;
-    o->be->sync(o->ctx);
+    o->be->free(o->m);
+    o->be->free(o->v);
+    o->m = o->v = NULL;
     ct_model_set_units(m, NULL);
-    o->shard_weights = o->shard_grads = 0;
     free(o->wmap);
     free(o->gmap);
     o->wmap = o->gmap = NULL;
+    o->shard_weights = o->shard_grads = 0;
+    /* rank 0 alone receives the whole; the others pass their slices through gslice */
+    if (rank == 0 && ct_model_restore_params(m)) return -1;
+    char *params = ct_model_params(m);
+    int rc = 0;
+    ct_comm_buf_group_begin(o->comm);
+    for (int r = 0; r < world; r++) {
+        void *recv = rank == 0 ? params + (size_t)r * o->wlen * es : r == rank ? o->wslice : o->gslice;
+        rc |= ct_comm_buf_broadcast(o->comm, r == rank ? o->wslice : NULL, recv, o->wlen, o->dtype, r, stream);
+    }
+    ct_comm_buf_group_end(o->comm);
+    if (rc || ct_comm_buf_wait(o->comm, stream)) return -1;
+    o->be->sync(o->ctx);
     return 0;
 }
 

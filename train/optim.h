@@ -71,8 +71,9 @@ void *ct_optim_weights_at(ct_optim *o, size_t i);
 /* Sets the trainable weights from all[numel] (fp32, backend memory): the flat buffer, or under
  * stage 3 this rank's slice of it. Then ct_optim_sync_params as after any load. */
 void ct_optim_set_weights(ct_optim *o, const float *all);
-/* Stage 3: gives the model its whole flat weight buffer back (every rank), for a save of the
- * whole model at the end; the optimizer must not step again. Other stages: nothing. Collective. */
+/* Stage 3: gathers the whole model onto rank 0 (its flat weight buffer back), for the final save;
+ * the moments and unit buffers are freed first, and the optimizer must not step again (nor a
+ * checkpoint be saved). Other stages: nothing. Collective. */
 int ct_optim_gather_model(ct_optim *o);
 /* Bytes of the unit buffers (stages 2 and 3) this rank allocated, their peak. */
 size_t ct_optim_unit_bytes(const ct_optim *o);

@@ -182,6 +182,13 @@ const char *ct_run_side_files(const ct_config *cfg)
 
 int ct_run_lora(const ct_config *cfg) { return cfg->lora.targets[0] || cfg->lora.init_from[0]; }
 
+ct_model_memory ct_run_memory(const ct_config *cfg)
+{
+    return (ct_model_memory){.recompute = strcmp(cfg->model.recompute, "block") ? CT_RECOMPUTE_NONE
+                                                                              : CT_RECOMPUTE_BLOCK,
+                             .loss_chunk = cfg->model.loss_chunk};
+}
+
 /* Adds the config's adapters to m and fills them: for a trained model, from run.dir's PEFT
  * export or latest checkpoint; else from lora.init_from, or PEFT's fresh initialisation. */
 static int add_adapters(const ct_config *cfg, ct_weights_source source, ct_model *m, int shards, ct_comm *comm,
@@ -220,7 +227,8 @@ static int add_adapters(const ct_config *cfg, ct_weights_source source, ct_model
 }
 
 int ct_run_model(const ct_config *cfg, ct_weights_source source, const ct_backend *be, ct_kctx *ctx, int B, int T,
-                 int shards, ct_comm *comm, ct_model **out, char *from, size_t fromlen, char *err, size_t errlen)
+                 int shards, int slice, ct_comm *comm, ct_model **out, char *from, size_t fromlen, char *err,
+                 size_t errlen)
 {
     *out = NULL;
     ct_model_config mc;
@@ -231,10 +239,10 @@ int ct_run_model(const ct_config *cfg, ct_weights_source source, const ct_backen
                  from[0] ? " in " : "", from);
         return -1;
     }
-    const ct_model_memory mem = {.recompute = strcmp(cfg->model.recompute, "block") ? CT_RECOMPUTE_NONE
-                                                                                   : CT_RECOMPUTE_BLOCK,
-                                 .loss_chunk = cfg->model.loss_chunk};
-    if (ct_model_init_memory(out, &mc, &mem, be, ctx, B, T, shards, err, errlen)) return -1;
+    const ct_model_memory mem = ct_run_memory(cfg);
+    if (slice >= 0 ? ct_model_init_slice(out, &mc, &mem, be, ctx, B, T, shards, slice, err, errlen)
+                   : ct_model_init_memory(out, &mc, &mem, be, ctx, B, T, shards, err, errlen))
+        return -1;
     int rc = 0;
     if (is_ckpt) rc = ct_ckpt_read(from, *out, NULL, NULL, comm, err, errlen);
     else if (from[0]) rc = ct_hf_load(*out, from, err, errlen);

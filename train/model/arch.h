@@ -102,6 +102,8 @@ struct ct_model {
     size_t numel;          /* flat length, padding included */
     void *params;          /* [numel]; NULL while the weights are sharded (ZeRO-3) */
     void *grads;           /* [numel]; NULL once frozen, and while gradients are sharded (ZeRO-2, 3) */
+    void *window;          /* ct_model_init_slice: [win_n] weights of [win_lo, win_lo + win_n) alone */
+    size_t win_lo, win_n;
     /* Units (model.c "units"): block l is unit l, the embeddings unit L, the final norm and head
      * unit L + 1. Every weight and gradient is found through its unit's base pointers, which
      * point into params/grads, or, when a sharder is set (ct_model_set_units), into the buffers
@@ -147,7 +149,8 @@ struct ct_model {
     void **allocations;    /* every backend allocation, for free (NULL: freed early) */
     size_t *alloc_bytes;   /* [capalloc] their sizes */
     int nalloc, capalloc;
-    size_t bytes;          /* the sum of those held now */
+    size_t bytes;          /* the sum of those held now (or counted) */
+    int counting;          /* ct_model_init_counting: allocations are only counted, nothing exists */
     char base_fp[17];      /* ct_model_base_fingerprint, "" until computed */
     size_t host_cap;       /* host-memory backend: the machine's memory, past which balloc fails
                             * (rather than the OOM killer ending the process); 0: no cap */

@@ -185,6 +185,10 @@ static void build_layout(ct_model *m)
 
 void *ct_model_balloc(ct_model *m, size_t bytes)
 {
+    if (m->counting) { /* ct_model_init_counting: the size is all that is wanted */
+        m->bytes += bytes;
+        return m;
+    }
     if (m->nalloc == m->capalloc) {
         int cap = m->capalloc ? 2 * m->capalloc : 64;
         void **grown = realloc(m->allocations, (size_t)cap * sizeof *grown);
@@ -269,13 +273,55 @@ static int rope_freqs(ct_model *m)
     return 0;
 }
 
+static int model_init(ct_model **out, const ct_model_config *cfg, const ct_model_memory *mem, const ct_backend *be,
+                      ct_kctx *ctx, int B, int T, int shards, int slice, int counting, char *err, size_t errlen);
+
 int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *be, ct_kctx *ctx, int B, int T,
                   int shards, char *err, size_t errlen)
 {
-    return ct_model_init_memory(out, cfg, NULL, be, ctx, B, T, shards, err, errlen);
+    return model_init(out, cfg, NULL, be, ctx, B, T, shards, -1, 0, err, errlen);
 }
 
-/* The model's own per-forward buffers beyond the family's, in ct_model_init_memory's order. */
+int ct_model_init_memory(ct_model **out, const ct_model_config *cfg, const ct_model_memory *mem, const ct_backend *be,
+                         ct_kctx *ctx, int B, int T, int shards, char *err, size_t errlen)
+{
+    return model_init(out, cfg, mem, be, ctx, B, T, shards, -1, 0, err, errlen);
+}
+
+int ct_model_init_slice(ct_model **out, const ct_model_config *cfg, const ct_model_memory *mem, const ct_backend *be,
+                        ct_kctx *ctx, int B, int T, int shards, int rank, char *err, size_t errlen)
+{
+    return model_init(out, cfg, mem, be, ctx, B, T, shards, rank, 0, err, errlen);
+}
+
+int ct_model_init_counting(ct_model **out, const ct_model_config *cfg, const ct_model_memory *mem,
+                           const ct_backend *be, int B, int T, int shards, char *err, size_t errlen)
+{
+    return model_init(out, cfg, mem, be, NULL, B, T, shards, -1, 1, err, errlen);
+}
+
+void *ct_model_window(ct_model *m, size_t *lo, size_t *n)
+{
+    *lo = m->win_lo;
+    *n = m->win_n;
+    return m->window;
+}
+
+void ct_model_store(ct_model *m, size_t offset, const float *src, size_t n)
+{
+    const size_t es = m->be->elem_size;
+    if (m->params) {
+        m->be->to_storage(m->ctx, (char *)m->params + offset * es, src, n);
+        return;
+    }
+    size_t a = offset > m->win_lo ? offset : m->win_lo;
+    size_t b = offset + n < m->win_lo + m->win_n ? offset + n : m->win_lo + m->win_n;
+    if (m->window && a < b) m->be->to_storage(m->ctx, (char *)m->window + (a - m->win_lo) * es, src + (a - offset), b - a);
+}
+
+size_t ct_model_bytes(const ct_model *m) { return m->bytes; }
+
+/* The model's own per-forward buffers beyond the family's, in model_init's order. */
 static size_t own_bytes(const ct_model_config *c, int B, int T, int loss_chunk, size_t es)
 {
     const size_t BT = (size_t)B * T, Vp = align_up((size_t)c->vocab_size, CT_VOCAB_ALIGN);
@@ -290,8 +336,8 @@ size_t ct_model_act_bytes(const ct_model_config *c, int B, int T, int recompute,
     return own_bytes(c, B, T, loss_chunk, be->elem_size) + c->arch->act_bytes(c, B, T, recompute, be);
 }
 
-int ct_model_init_memory(ct_model **out, const ct_model_config *cfg, const ct_model_memory *mem, const ct_backend *be,
-                         ct_kctx *ctx, int B, int T, int shards, char *err, size_t errlen)
+static int model_init(ct_model **out, const ct_model_config *cfg, const ct_model_memory *mem, const ct_backend *be,
+                      ct_kctx *ctx, int B, int T, int shards, int slice, int counting, char *err, size_t errlen)
 {
     *out = NULL;
     const ct_model_memory dflt = {.recompute = CT_RECOMPUTE_NONE, .loss_chunk = CT_LOSS_CHUNK_AUTO};
@@ -320,6 +366,7 @@ int ct_model_init_memory(ct_model **out, const ct_model_config *cfg, const ct_mo
     if (!m) goto oom;
     m->cfg = c;
     m->arch = c.arch;
+    m->counting = counting;
     m->be = be;
     m->ctx = ctx;
     m->maxB = B;
@@ -327,7 +374,7 @@ int ct_model_init_memory(ct_model **out, const ct_model_config *cfg, const ct_mo
     m->recompute = mem->recompute;
     m->loss_rows = ct_model_loss_rows(&c, B * T, mem->loss_chunk, be->elem_size);
     m->logits_rows = logits_rows(m->loss_rows, B * T);
-    if (!strcmp(be->name, "cpu")) {
+    if (!strcmp(be->name, "cpu") && !counting) {
         long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
         if (pages > 0 && page > 0) m->host_cap = (size_t)pages * (size_t)page;
     }
@@ -341,13 +388,20 @@ int ct_model_init_memory(ct_model **out, const ct_model_config *cfg, const ct_mo
     if (shards > 1) m->numel = align_up(m->numel, (size_t)shards);
 
     size_t es = be->elem_size, BT = (size_t)B * T;
-    /* what own_bytes counts, in its order, then the family's */
-    int ok = (m->params = ct_model_balloc(m, m->numel * es)) &&
+    if (slice >= 0) { /* this rank's slice of the weights alone (ZeRO-3): the whole never exists here */
+        m->win_n = m->numel / (size_t)(shards > 1 ? shards : 1);
+        m->win_lo = m->win_n * (size_t)slice;
+    }
+    /* what own_bytes counts, in its order, then the family's (counting: RoPE's frequencies too) */
+    int ok = (slice >= 0 ? (m->window = ct_model_balloc(m, m->win_n * es)) != NULL
+                         : (m->params = ct_model_balloc(m, m->numel * es)) != NULL) &&
              (m->logits = ct_model_balloc(m, (size_t)m->logits_rows * m->Vp * es)) &&
              (m->losses = ct_model_balloc(m, BT * 4)) && (m->tokens_dev = ct_model_balloc(m, BT * 4)) &&
              (m->targets_dev = ct_model_balloc(m, BT * 4)) && (m->pos_dev = ct_model_balloc(m, BT * 4)) &&
              (m->lnf = ct_model_balloc(m, BT * (size_t)c.n_embd * es)) &&
-             (!a->rope || rope_freqs(m) == 0) && a->alloc(m, B, T) == 0;
+             (!a->rope || (counting ? ct_model_balloc(m, (size_t)(c.head_dim / 2) * sizeof(float)) != NULL
+                                    : rope_freqs(m) == 0)) &&
+             a->alloc(m, B, T) == 0;
     if (!ok) goto oom;
     if (units_init(m)) goto oom;
     *out = m;
@@ -410,7 +464,6 @@ ct_kctx *ct_model_kctx(const ct_model *m) { return m->ctx; }
 int ct_model_num_tensors(const ct_model *m) { return m->ntensors; }
 const ct_param *ct_model_tensor(const ct_model *m, int i) { return &m->tensors[i]; }
 size_t ct_model_numel(const ct_model *m) { return m->numel; }
-size_t ct_model_backend_bytes(const ct_model *m) { return m->bytes; }
 void *ct_model_params(ct_model *m) { return m->params; }
 void *ct_model_grads(ct_model *m) { return m->grads; }
 const void *ct_model_logits(const ct_model *m) { return m->logits; }
@@ -630,7 +683,7 @@ void ct_model_init_weights(ct_model *m, uint64_t seed)
             else host[k] = ct_rng_normal(&rng) * (init == INIT_RESID ? resid_std : 0.02f);
         }
         m->be->upload(m->ctx, staged, host, p->numel * sizeof(float));
-        m->be->to_storage(m->ctx, (char *)m->params + p->offset * m->be->elem_size, staged, p->numel);
+        ct_model_store(m, p->offset, staged, p->numel);
     }
     m->be->sync(m->ctx);
     m->be->free(staged);

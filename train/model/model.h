@@ -115,11 +115,32 @@ int ct_model_init_memory(ct_model **out, const ct_model_config *cfg, const ct_mo
  * per-forward buffers (logits of one loss chunk, losses, tokens, targets, positions, the final
  * norm's output) and RoPE's frequencies. Not counted: what is made later on first use (the KV
  * cache; logits of more rows than a loss chunk, for a forward without targets or a decode) and
- * LoRA adapters. Exactly m->bytes less the parameter buffer right after the init (tested).
+ * LoRA adapters. Exactly ct_model_bytes less the parameter buffer right after the init, and
+ * what ct_model_init_counting counts beyond it (tested).
  * loss_chunk as ct_model_memory's. The backend matters beyond its elem_size: attention keeps
  * backend-defined statistics (attention_stats_len). */
 size_t ct_model_act_bytes(const ct_model_config *c, int B, int T, int recompute, int loss_chunk,
                           const ct_backend *be);
+/* ZeRO-3: ct_model_init_memory holding only rank's slice of the weights, [rank * S, (rank + 1) * S)
+ * with S = padded numel / shards (ct_model_window), never the whole: ct_model_params is NULL and
+ * loading writes through ct_model_store, which keeps the slice's part. The optimizer takes the
+ * slice over (ct_optim_init at stage 3). */
+int ct_model_init_slice(ct_model **out, const ct_model_config *cfg, const ct_model_memory *mem, const ct_backend *be,
+                        ct_kctx *ctx, int B, int T, int shards, int rank, char *err, size_t errlen);
+void *ct_model_window(ct_model *m, size_t *lo, size_t *n); /* NULL: the model holds the whole */
+/* Writes n fp32 values (backend memory) at flat offset as weights, in the storage dtype: into the
+ * flat buffer, or the part inside the slice of a ct_model_init_slice model. */
+void ct_model_store(ct_model *m, size_t offset, const float *src, size_t n);
+
+/* For a memory plan: the same set-up without allocating anything, only counting the bytes each
+ * buffer would take (ct_model_bytes); adapters may be added (ct_model_add_lora) to count theirs.
+ * Such a model has a layout, units and linears, and nothing else: it must not run. */
+int ct_model_init_counting(ct_model **out, const ct_model_config *cfg, const ct_model_memory *mem,
+                           const ct_backend *be, int B, int T, int shards, char *err, size_t errlen);
+/* Bytes of backend memory the model holds now (or counted), parameters, adapters and the KV
+ * cache included. */
+size_t ct_model_bytes(const ct_model *m);
+
 /* Rows per chunk of the LM head that loss_chunk gives for micro-batches of up to N tokens (N: one
  * chunk), as ct_model_memory says. */
 int ct_model_loss_rows(const ct_model_config *c, int N, int loss_chunk, size_t elem_size);
@@ -135,7 +156,6 @@ const ct_param *ct_model_tensor(const ct_model *m, int i);
 const ct_param *ct_model_find(const ct_model *m, const char *name); /* NULL if absent */
 size_t ct_model_numel(const ct_model *m);  /* length of the flat buffers, padding included */
 size_t ct_model_count(const ct_model *m);  /* number of parameters, padding excluded */
-size_t ct_model_backend_bytes(const ct_model *m); /* backend memory the model holds now (adapters, KV cache included) */
 void *ct_model_params(ct_model *m);        /* flat parameters, backend memory, storage dtype */
 void *ct_model_grads(ct_model *m);         /* flat gradients, same layout; NULL until allocated, and once frozen (LoRA) */
 /* The gradient buffer of a model that trains whole, made on first need (ct_optim_init and
