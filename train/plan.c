@@ -172,6 +172,11 @@ int ct_plan_check(const ct_config *cfg, const ct_model_config *mc, const ct_back
         if (cfg->data.micro_batch % mb == 0 && try_change(&c, mc, be, world, p->baseline, avail, what, fits, sizeof fits))
             break;
     }
+    if (strcmp(cfg->model.recompute, "block")) { /* the same step, for a block's forward more compute */
+        c = *cfg;
+        snprintf(c.model.recompute, sizeof c.model.recompute, "block");
+        try_change(&c, mc, be, world, p->baseline, avail, "--set model.recompute=block", fits, sizeof fits);
+    }
     for (int st = cfg->parallel.zero_stage + 1; st <= 3 && world > 1; st++) {
         c = *cfg;
         c.parallel.zero_stage = st;
@@ -188,7 +193,7 @@ int ct_plan_check(const ct_config *cfg, const ct_model_config *mc, const ct_back
     snprintf(err, errlen, "the memory plan needs %.1f MiB per rank at %s, but %.1f MiB are available to each of this "
              "node's ranks (%s): %s%s", mib(p->peak), p->peak_at, mib(avail),
              p->device ? "the GPU's free memory" : "MemAvailable shared by the node's ranks, plus what each holds",
-             fits[0] ? "these changes fit: " : "no single change of micro-batch, ZeRO stage or LoRA fits; add ranks",
+             fits[0] ? "these changes fit: " : "no single change of recompute, micro-batch, ZeRO stage or LoRA fits; add ranks",
              fits);
     return -1;
 }
