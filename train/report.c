@@ -465,7 +465,7 @@ static int add_keys(keyset *k, const cJSON *o, const char *prefix)
     return 0;
 }
 
-/* the value of a dotted key in o as text (malloc'd; strings without quotes), NULL when absent */
+/* the value of a dotted key in o as text (malloc'd; strings without quotes but ""), NULL when absent */
 static char *value_of(const cJSON *o, const char *key)
 {
     char part[512];
@@ -478,7 +478,8 @@ static char *value_of(const cJSON *o, const char *key)
         p += n + 1;
     }
     if (!o || cJSON_IsObject(o)) return NULL;
-    return cJSON_IsString(o) ? strdup(o->valuestring) : cJSON_PrintUnformatted(o);
+    if (cJSON_IsString(o)) return strdup(*o->valuestring ? o->valuestring : "\"\""); /* "" shown, not blank */
+    return cJSON_PrintUnformatted(o);
 }
 
 static void put_config_rows(text *b, const keyset *k, const run *runs, int nr, int differing)
