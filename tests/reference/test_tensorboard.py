@@ -10,8 +10,9 @@ directories under one log dir:
   2. "killed": started fresh, killed with SIGKILL some steps after a checkpoint, its event file cut
      a few bytes short (a record written halfway), then resumed by the same command: the steps
      after the checkpoint and the damaged record are dropped, and the resumed run logs them again;
-  3. "ranks": 2 ranks (with --mpiexec): one event file, written by rank 0; memory_gib the max
-     over the ranks (each rank's peak RSS is above the one rank's of the same model).
+  3. "ranks": 2 ranks (with --mpiexec): one event file, written by rank 0;
+  4. "faults": a resume whose rewrite cannot be written (its temporary file is /dev/full) stops at
+     its start, exit 1, naming the event file, which keeps every record; run again, it goes on.
 For every run directory:
   - every record of every event file has a valid framing (TensorBoard's reader checks the CRCs),
     each file starts with file_version "brain.Event:2", and each (tag, step) occurs once over all
@@ -256,6 +257,25 @@ def main():
             every["ranks"] = want
         else:
             print("ranks: skipped (no --mpiexec)")
+
+        # 4. a rewrite that cannot be written (its temporary file on a full device): the resume stops at its
+        # start with an error naming the event file, which keeps every record; with room, it goes on
+        d = runs / "faults"
+        train("faults", "optim.max_steps=10", "checkpoint.every=5")
+        (d / "latest").write_text("ckpt_00000005.h5\n")
+        (ev,) = glob.glob(str(d / "*tfevents*"))
+        before = Path(ev).read_bytes()
+        (d / ".events-rewrite.tmp").symlink_to("/dev/full")
+        r = subprocess.run([a.ctrain, "train", tmp / "cfg.json", "--set", f"run.dir={d}", "--set", "optim.max_steps=10",
+                            "--set", "checkpoint.every=5"], env=env, capture_output=True, text=True)
+        if r.returncode != 1 or f"ctrain: error: {ev}: cannot rewrite" not in r.stderr or "No space left" not in r.stderr:
+            fail(f"faults: exit {r.returncode}, stderr {r.stderr[-500:]!r}")
+        elif Path(ev).read_bytes() != before or (d / ".events-rewrite.tmp").exists():
+            fail("faults: the event file changed, or the temporary file was left")
+        else:
+            print("faults:", r.stderr.strip().splitlines()[-1])
+        train("faults", "optim.max_steps=10", "checkpoint.every=5")
+        every["faults"] = check_dir(d)
 
         # the real server, its Python loader and its Rust data server (where the wheel ships it)
         served(runs, sorted(every), every, "false")
