@@ -241,14 +241,18 @@ static void tick_label(char *out, size_t n, double v, double step, int percent)
     else if (a >= 1e6) scale = 1e6, unit = "M";
     else if (a >= 1e4) scale = 1e3, unit = "k";
     int dec = step / scale < 1 ? (int)ceil(-log10(step / scale) - 1e-9) : 0;
-    if (fabs(v) < step * 1e-9) v = 0;
+    if (fabs(v) < step * 1e-9) {
+        snprintf(out, n, "0%s", percent ? "%" : "");
+        return;
+    }
     snprintf(out, n, "%.*f%s%s", dec > 12 ? 12 : dec, v / scale, unit, percent ? "%" : "");
 }
 
 static double px(double x, double lo, double hi) { return LEFT + (x - lo) / (hi - lo) * WIDTH; }
 static double py(double y, double lo, double hi) { return TOP + HEIGHT - (y - lo) / (hi - lo) * HEIGHT; }
 
-/* One series' polylines (a non-finite point ends one) and, for a dashed (val) series, its points. */
+/* One series' polylines (a non-finite point ends one) and, for a dashed (val) series of at most
+ * 100 points, a dot at each. */
 static void put_series(text *b, const series *s, const run *runs, double x0, double x1, double y0, double y1)
 {
     int open = 0;
@@ -266,7 +270,7 @@ static void put_series(text *b, const series *s, const run *runs, double x0, dou
         }
         if (ok) put(b, "%s%.2f,%.2f", open == 2 ? " " : "", px(s->x[i], x0, x1), py(s->y[i], y0, y1)), open = 2;
     }
-    for (size_t i = 0; s->dashed && i < s->n; i++)
+    for (size_t i = 0; s->dashed && s->n <= 100 && i < s->n; i++)
         if (isfinite(s->x[i]) && isfinite(s->y[i]))
             put(b, "<circle cx=\"%.2f\" cy=\"%.2f\" r=\"2.5\" fill=\"%s\"/>\n", px(s->x[i], x0, x1),
                 py(s->y[i], y0, y1), COLOUR(s->run));
