@@ -231,11 +231,12 @@ static void axis(double *lo, double *hi, double *step)
     *hi = ceil(*hi / *step - 1e-9) * *step;
 }
 
-/* a tick's label: k, M, G for large values, as many decimals as the step needs, or a percentage */
-static void tick_label(char *out, size_t n, double v, double step, int percent)
+/* a tick's label: k, M, G when the axis reaches big values (top: its largest magnitude, so every
+ * tick has the same unit), as many decimals as the step needs, or a percentage */
+static void tick_label(char *out, size_t n, double v, double step, double top, int percent)
 {
-    if (percent) v *= 100, step *= 100;
-    double a = fmax(fabs(v), step), scale = 1;
+    if (percent) v *= 100, step *= 100, top *= 100;
+    double a = top, scale = 1;
     const char *unit = "";
     if (a >= 1e9) scale = 1e9, unit = "G";
     else if (a >= 1e6) scale = 1e6, unit = "M";
@@ -298,13 +299,13 @@ static void put_plot(text *b, const char *id, const char *title, const char *xla
     char l[64];
     for (double v = x0; v <= x1 + xs * 1e-6; v += xs) {
         double p = px(v, x0, x1);
-        tick_label(l, sizeof l, v, xs, 0);
+        tick_label(l, sizeof l, v, xs, fmax(fabs(x0), fabs(x1)), 0);
         put(b, "<line x1=\"%.2f\" y1=\"%d\" x2=\"%.2f\" y2=\"%d\" stroke=\"#e4e4e4\"/><text x=\"%.2f\" y=\"%d\" "
             "class=\"tick\" text-anchor=\"middle\">%s</text>\n", p, TOP, p, TOP + HEIGHT, p, TOP + HEIGHT + 16, l);
     }
     for (double v = y0; v <= y1 + ys * 1e-6; v += ys) {
         double p = py(v, y0, y1);
-        tick_label(l, sizeof l, v, ys, percent);
+        tick_label(l, sizeof l, v, ys, fmax(fabs(y0), fabs(y1)), percent);
         put(b, "<line x1=\"%d\" y1=\"%.2f\" x2=\"%d\" y2=\"%.2f\" stroke=\"#e4e4e4\"/><text x=\"%d\" y=\"%.2f\" "
             "class=\"tick\" text-anchor=\"end\">%s</text>\n", LEFT, p, LEFT + WIDTH, p, LEFT - 6, p + 4, l);
     }
