@@ -26,6 +26,6 @@ runs=("$tmp/long")
 [ -f runs/quickstart/metrics.jsonl ] && runs+=(runs/quickstart)
 echo "bench_report: metrics.jsonl of $(wc -l < "$tmp/long/metrics.jsonl") lines ($(wc -c < "$tmp/long/metrics.jsonl") bytes); runs: ${#runs[@]}"
 for i in 1 2 3; do
-  /usr/bin/time -f "bench_report: %e s, peak RSS %M KiB" "$ctrain" report "${runs[@]}" -o "$tmp/report.html" > /dev/null
+  /usr/bin/time -f "bench_report: %e s, peak RSS %M KiB" "$ctrain" report "${runs[@]}" -o "$tmp/report.html" 2>&1 > /dev/null
 done
 echo "bench_report: report.html $(wc -c < "$tmp/report.html") bytes"

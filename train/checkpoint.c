@@ -338,8 +338,7 @@ static int write_slices(const char *path, ct_model *m, float *const *host, size_
     int fd = open(path, O_WRONLY);
     if (fd < 0) return fail(err, errlen, "%s: cannot open for writing: %s", path, strerror(errno));
     int rc = 0;
-    uint64_t done = 0, total = NGROUPS * part_bytes(tr, lo, hi);
-    progress(path, 1, 0, total);
+    uint64_t done = 0, total = NGROUPS * part_bytes(tr, lo, hi); /* began in ct_ckpt_write */
     for (int g = 0; g < NGROUPS && !rc; g++) {
         for (int i = 0; i < nt && !rc; i++) {
             const ct_param *p = &tr.tensors[i];
@@ -383,6 +382,7 @@ int ct_ckpt_write(const char *path, ct_model *m, ct_optim *o, const ct_ckpt_stat
     write_slice(m, comm, &lo, &hi);
     ct_optim_slice(o, &obegin, &olen);
     err[0] = 0;
+    progress(path, 1, 0, NGROUPS * part_bytes(tr, lo, hi)); /* the host copies and checksums count too */
 
     /* host copies of this rank's slice: parameters, master weights, m, v */
     float *host[NGROUPS] = {0};

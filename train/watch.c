@@ -112,13 +112,17 @@ void ct_watch_ckpt_progress(void *user, const char *path, int saving, uint64_t d
     ct_watch_progress *p = user;
     double now = mono_s();
     if (done == 0) {
-        p->t0 = p->last = now;
+        p->t0 = p->last = now, p->t1 = 0, p->d1 = 0;
         return;
     }
+    if (p->t1 == 0) p->t1 = now, p->d1 = done; /* the bytes begin: the rate is counted from here */
     double spent = now - p->t0;
-    if (spent < 2 || (done < total && now - p->last < 2)) return;
+    /* from 2 s on (and 1% done: a save first copies and checksums), every 2 s, and at the end */
+    if (spent < 2 || (done < total && (now - p->last < 2 || done < total / 100))) return;
     p->last = now;
-    printf("ctrain: %s %s: %.2f of %.2f GB (%.0f%%) of this rank's part, %.0f MB/s\n", saving ? "saving" : "loading",
-           path, done / 1e9, total / 1e9, total ? 100.0 * done / total : 100.0, done / 1e6 / spent);
+    char rate[48] = "";
+    if (now > p->t1 && done > p->d1) snprintf(rate, sizeof rate, ", %.0f MB/s", (done - p->d1) / 1e6 / (now - p->t1));
+    printf("ctrain: %s %s: %.2f of %.2f GB (%.0f%%) of this rank's part after %.1f s%s\n", saving ? "saving" : "loading",
+           path, done / 1e9, total / 1e9, total ? 100.0 * done / total : 100.0, spent, rate);
     fflush(stdout); /* a failure stays in stdout's error flag, which the trainer's next log line checks */
 }

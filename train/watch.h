@@ -28,10 +28,11 @@ double ct_watch_memory_gib(const ct_backend *be, int device);
 double ct_watch_mfu(double flops, double seconds, double peak_tflops);
 
 /* Progress of a checkpoint save or load (a ct_ckpt_progress_fn, checkpoint.h): from 2 s after it
- * began, a line on stdout at most every 2 s and one at the end, with this rank's bytes done and
- * MB/s. user is a ct_watch_progress. */
+ * began (and 1% of it done), a line on stdout at most every 2 s and one at the end, with this
+ * rank's bytes done, the time so far and MB/s since the first bytes. user is a ct_watch_progress. */
 typedef struct {
-    double t0, last; /* when the save or load began; the last line */
+    double t0, last, t1; /* when the save or load began; the last line; the first bytes */
+    uint64_t d1;         /* bytes done at t1 */
 } ct_watch_progress;
 void ct_watch_ckpt_progress(void *user, const char *path, int saving, uint64_t done, uint64_t total);
 
