@@ -72,7 +72,7 @@ ct_comm *ct_comm_init_single(void)
     c->ops = &ct_comm_single_ops;
     c->size = 1;
     c->local_size = 1;
-    c->max_count = INT_MAX;
+    c->max_count = CT_COMM_CHUNK;
     return c;
 }
 
@@ -133,7 +133,7 @@ uint64_t ct_comm_bytes(const ct_comm *c) { return c->bytes; }
 
 void ct_comm_set_max_count(ct_comm *c, size_t max_count)
 {
-    c->max_count = (max_count == 0 || max_count > INT_MAX) ? (size_t)INT_MAX : max_count;
+    c->max_count = (max_count == 0 || max_count > INT_MAX) ? (size_t)CT_COMM_CHUNK : max_count;
 }
 
 /* Argument checks happen here, identically on every rank, so a bad call fails with -1 on all
@@ -283,6 +283,20 @@ int ct_comm_buf_reduce(ct_comm *c, const void *send, void *recv, size_t n, ct_co
     if (!send || !recv) return -1;
     c->bytes += (uint64_t)n * dtype_size(dt);
     return c->dev_ops->reduce(c, send, recv, n, dt, root, stream);
+}
+
+int ct_comm_buf_broadcast(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, int root,
+                          void *stream)
+{
+    if (root < 0 || root >= c->size || !buf_args_ok(c, dt)) return -1;
+    if (n == 0) return 0;
+    if (!recv || (c->rank == root && !send)) return -1;
+    if (c->dev_ops) {
+        c->bytes += (uint64_t)n * dtype_size(dt);
+        return c->dev_ops->broadcast(c, send, recv, n, dt, root, stream);
+    }
+    if (c->rank == root && send != recv) memcpy(recv, send, n * sizeof(float));
+    return ct_comm_broadcast(c, recv, n * sizeof(float), root);
 }
 
 void ct_comm_buf_group_begin(ct_comm *c)

@@ -97,6 +97,10 @@ int ct_comm_buf_reduce_scatter(ct_comm *c, const void *send, void *recv, size_t 
 int ct_comm_buf_allgather(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream);
 int ct_comm_buf_allreduce(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream);
 int ct_comm_buf_reduce(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, int root, void *stream);
+/* Root's send (n elements) arrives in every rank's recv, root's own included (send == recv on
+ * the root is allowed); send is read on the root only. */
+int ct_comm_buf_broadcast(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, int root,
+                          void *stream);
 /* Brackets several buffer collectives that NCCL may run together (its group calls); no-ops
  * on the host. */
 void ct_comm_buf_group_begin(ct_comm *c);

@@ -83,6 +83,12 @@ static int copy_reduce(ct_comm *c, const void *send, void *recv, size_t n, ct_co
     return copy_to(c, send, recv, n, dt, stream);
 }
 
+static int copy_broadcast(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, int root,
+                          void *stream)
+{
+    return send == recv ? 0 : copy_to(c, send, recv, n, dt, stream);
+}
+
 /* In place with one rank: the buffer already holds the result. */
 static int copy_in_place(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream) { return 0; }
 
@@ -106,6 +112,7 @@ static const ct_comm_dev_ops copy_ops = {
     .allgather = copy_in_place,
     .allreduce = copy_in_place,
     .reduce = copy_reduce,
+    .broadcast = copy_broadcast,
     .group = copy_group,
     .wait = copy_wait,
     .free = copy_free,

@@ -67,6 +67,7 @@ typedef struct ct_comm_dev_ops {
     int (*allgather)(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream);
     int (*allreduce)(ct_comm *c, void *buf, size_t n, ct_comm_dtype dt, void *stream);
     int (*reduce)(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, int root, void *stream);
+    int (*broadcast)(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, int root, void *stream);
     void (*group)(ct_comm *c, int begin); /* ct_comm_buf_group_begin (1) and _end (0) */
     int (*wait)(ct_comm *c, void *stream);
     /* Releases the device side's state (dev); comm.c clears dev and dev_ops. */
@@ -85,9 +86,15 @@ int ct_comm_copy_attach(ct_comm *c, int device, char *err, size_t errlen);
 int ct_comm_nccl_attach(ct_comm *c, int device, char *err, size_t errlen);
 #endif
 
+/* The most elements (bytes, for a broadcast) one host transport call carries, 4 Mi (16 MiB of
+ * fp32): MPI's collectives allocate temporaries as large as their message (a reduce-scatter or
+ * an all-gather up to the whole buffer), so larger buffers go in chunks, which bounds that
+ * memory (and keeps counts within int). */
+#define CT_COMM_CHUNK ((size_t)1 << 22)
+
 /* For tests: caps the element (or byte, for broadcast) count of a single transport call so
- * the chunked paths, otherwise reached only past INT_MAX elements, can be exercised on small
- * buffers. 0 restores the default (INT_MAX). Call it on every rank alike. */
+ * the chunked paths can be exercised on small buffers. 0 restores the default (CT_COMM_CHUNK).
+ * Call it on every rank alike. */
 void ct_comm_set_max_count(ct_comm *c, size_t max_count);
 
 #endif

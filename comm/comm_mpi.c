@@ -5,7 +5,8 @@
  * The duplicate inherits MPI_ERRORS_ARE_FATAL from MPI_COMM_WORLD: a failing call aborts the
  * whole job inside MPI. MPI_CHECK still reports file:line and aborts, for the case where
  * someone installs MPI_ERRORS_RETURN: no rank may go on alone after a failed collective.
- * MPI counts are int: buffers of more than INT_MAX elements (c->max_count) go in chunks. */
+ * Buffers past c->max_count elements (CT_COMM_CHUNK) go in chunks: MPI counts are int, and MPI's
+ * own temporaries grow with the message. */
 #include "comm_impl.h"
 
 #include <mpi.h>
@@ -68,13 +69,12 @@ static int mpi_allreduce_sum_u64(ct_comm *c, uint64_t *buf, size_t n)
 static int mpi_reduce_scatter_sum(ct_comm *c, const float *send, float *recv, size_t n)
 {
     MPI_Comm w = world_of(c);
-    if (n <= c->max_count) {
+    if (n * (size_t)c->size <= c->max_count) {
         MPI_CHECK(MPI_Reduce_scatter_block(send, recv, (int)n, MPI_FLOAT, MPI_SUM, w));
         return 0;
     }
-    /* Slices past one call's count: each rank's slice is reduced onto that rank alone, in
-     * chunks. Slower than one reduce-scatter but needs no scratch copy of the send buffer,
-     * and only slices over 8 GiB come here. */
+    /* A whole buffer past one call's count: each rank's slice is reduced onto that rank alone,
+     * in chunks, so MPI's temporaries stay chunk-sized. */
     for (int r = 0; r < c->size; r++)
         for (size_t off = 0; off < n; off += c->max_count) {
             size_t k = min_size(n - off, c->max_count);
@@ -97,7 +97,7 @@ static int mpi_reduce_sum(ct_comm *c, const float *send, float *recv, size_t n, 
 static int mpi_allgather(ct_comm *c, float *buf, size_t n)
 {
     MPI_Comm w = world_of(c);
-    if (n <= c->max_count) {
+    if (n * (size_t)c->size <= c->max_count) {
         MPI_CHECK(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, (int)n, MPI_FLOAT, w));
         return 0;
     }

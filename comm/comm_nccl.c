@@ -67,6 +67,14 @@ static int nccl_reduce(ct_comm *c, const void *send, void *recv, size_t n, ct_co
     return 0;
 }
 
+static int nccl_broadcast(ct_comm *c, const void *send, void *recv, size_t n, ct_comm_dtype dt, int root,
+                          void *stream)
+{
+    nccl_state *s = after(c, stream);
+    NCCL_CHECK(c, ncclBroadcast(send, recv, n, nccl_type(dt), root, s->comm, s->cu.stream));
+    return 0;
+}
+
 static void nccl_group(ct_comm *c, int begin)
 {
     nccl_state *s = c->dev;
@@ -107,6 +115,7 @@ static const ct_comm_dev_ops nccl_ops = {
     .allgather = nccl_allgather,
     .allreduce = nccl_allreduce,
     .reduce = nccl_reduce,
+    .broadcast = nccl_broadcast,
     .group = nccl_group,
     .wait = nccl_wait,
     .free = nccl_free,

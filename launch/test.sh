@@ -12,6 +12,7 @@ build=${CTRAIN_BUILD:-build}
 jobs=$(nproc)
 
 bash launch/install-deps.sh
+bash launch/corpus.sh # datasets/kjv.txt: the reference tier tokenizes and prepares it
 
 cmake_args=(-S . -B "$build" -DCMAKE_BUILD_TYPE=Release)
 if [[ $tier == all || $tier == reference ]]; then

@@ -76,7 +76,7 @@ static void test_bad_input(void)
     expect_error("{\"optim\": {\"lr\": \"fast\"}}", NULL, 0, "bad.json: optim.lr: expected a number", NULL);
     expect_error("{\"optim\": {\"max_steps\": 2.5}}", NULL, 0, "optim.max_steps: expected a whole number", NULL);
     expect_error("{\"optim\": {\"lr\": -1}}", NULL, 0, "optim.lr: -1 is out of range", NULL);
-    expect_error("{\"parallel\": {\"zero_stage\": 3}}", NULL, 0, "parallel.zero_stage: 3 is out of range", NULL);
+    expect_error("{\"parallel\": {\"zero_stage\": 4}}", NULL, 0, "parallel.zero_stage: 4 is out of range", NULL);
     expect_error("{\"run\": {\"dir\": 5}}", NULL, 0, "run.dir: expected a string", NULL);
     expect_error("{\"run\": {\"device\": \"tpu\"}}", NULL, 0, "run.device: \"tpu\" is not one of auto|cpu|cuda",
                  NULL);

@@ -384,12 +384,16 @@ int ct_ckpt_write(const char *path, ct_model *m, ct_optim *o, const ct_ckpt_stat
     err[0] = 0;
     progress(path, 1, 0, NGROUPS * part_bytes(tr, lo, hi)); /* the host copies and checksums count too */
 
-    /* host copies of this rank's slice: parameters, master weights, m, v */
+    /* this rank's slice in host memory: parameters, master weights, m, v; copies from a device,
+     * the backend's own fp32 memory as it is on the CPU (a save then costs no memory) */
     float *host[NGROUPS] = {0};
-    host[G_MODEL] = to_host(be, ctx, (char *)tr.params + lo * be->elem_size, hi - lo, 0);
-    host[G_MASTER] = to_host(be, ctx, ct_optim_master(o) + (lo - obegin), hi - lo, 1);
-    host[G_EXP_AVG] = to_host(be, ctx, ct_optim_exp_avg(o) + (lo - obegin), hi - lo, 1);
-    host[G_EXP_AVG_SQ] = to_host(be, ctx, ct_optim_exp_avg_sq(o) + (lo - obegin), hi - lo, 1);
+    const int borrow = !strcmp(be->name, "cpu") && be->elem_size == sizeof(float);
+    const void *src[NGROUPS] = {ct_optim_weights_at(o, lo), ct_optim_master(o) + (lo - obegin),
+                                ct_optim_exp_avg(o) + (lo - obegin), ct_optim_exp_avg_sq(o) + (lo - obegin)};
+    for (int g = 0; g < NGROUPS; g++) {
+        be->sync(ctx);
+        host[g] = borrow ? (float *)src[g] : to_host(be, ctx, src[g], hi - lo, g != G_MODEL);
+    }
     uint64_t *sums = calloc((size_t)nt * NGROUPS, sizeof *sums), *offsets = calloc((size_t)nt * NGROUPS, sizeof *offsets);
     int rc = (host[0] && host[1] && host[2] && host[3] && sums && offsets) ? 0 : fail(err, errlen, "out of memory for "
                                                                                       "the checkpoint's host copy");
@@ -413,7 +417,7 @@ int ct_ckpt_write(const char *path, ct_model *m, ct_optim *o, const ct_ckpt_stat
     }
     rc = write_slices(path, m, host, lo, hi, offsets, err, errlen);
 done:
-    for (int g = 0; g < NGROUPS; g++) free(host[g]);
+    for (int g = 0; g < NGROUPS && !borrow; g++) free(host[g]);
     free(sums);
     free(offsets);
     if (!ct_comm_all_ok(comm, rc == 0)) {
@@ -664,7 +668,9 @@ agree:
         goto done;
     }
     be->upload(ctx, tmp, params, numel * sizeof(float));
-    be->to_storage(ctx, tr.params, tmp, numel);
+    if (o) ct_optim_set_weights(o, tmp);
+    else if (ct_model_has_lora(m)) be->to_storage(ctx, tr.params, tmp, numel);
+    else ct_model_store(m, 0, tmp, numel);
     be->free(tmp);
     if (o) {
         be->upload(ctx, ct_optim_master(o), state[0], len * sizeof(float));

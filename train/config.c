@@ -67,7 +67,7 @@ static const key_info keys[] = {
     {"optim.grad_clip", K_REAL, F(optim.grad_clip), "1.0", 0, BIG, NULL, "clip the global gradient norm to this; 0: no clipping"},
     {"parallel.grad_accum", K_INT, F(parallel.grad_accum), "1", 1, 1 << 20, NULL, "micro-batches per step on each rank"},
     {"parallel.overlap_comm", K_BOOL, F(parallel.overlap_comm), "true", 0, 1, NULL, "reduce each layer's gradients while backward goes on (last micro-batch of a step)"},
-    {"parallel.zero_stage", K_INT, F(parallel.zero_stage), "1", 0, 1, NULL, "0: all-reduce, full optimizer state everywhere; 1: state sharded across ranks"},
+    {"parallel.zero_stage", K_INT, F(parallel.zero_stage), "1", 0, 3, NULL, "0: all-reduce, full optimizer state everywhere; 1: optimizer state sharded across ranks; 2: and gradients; 3: and weights (each block gathered when used)"},
     {"lora.targets", K_STR, F(lora.targets), "\"\"", 0, 0, NULL, "LoRA on these linear layers (PEFT target_modules, comma-separated, e.g. \"c_attn,c_proj\", or \"all-linear\"); \"\": full training"},
     {"lora.r", K_INT, F(lora.r), "8", 1, 1 << 16, NULL, "adapter rank"},
     {"lora.alpha", K_REAL, F(lora.alpha), "16", 1e-9, 1e9, NULL, "adapter scale numerator: scale = alpha / r"},

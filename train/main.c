@@ -12,6 +12,7 @@
 #include "data.h"
 #include "eval.h"
 #include "model.h"
+#include "plan.h"
 #include "prepare.h"
 #include "hf_model.h"
 #include "report.h"
@@ -88,7 +89,7 @@ static int cmd_eval(const args *a, ct_comm *comm)
     int rc = -1;
     if (!cfg.data.val[0]) snprintf(err, sizeof err, "data.val: empty: name the HDF5 token dataset to evaluate on");
     else if (ct_run_backend(&cfg, comm, &be, &ctx, &device, err, sizeof err) == 0 &&
-             ct_run_model(&cfg, CT_WEIGHTS_TRAINED, be, ctx, B, T, 1, comm, &m, from, sizeof from, err, sizeof err) == 0 &&
+             ct_run_model(&cfg, CT_WEIGHTS_TRAINED, be, ctx, B, T, 1, -1, comm, &m, from, sizeof from, err, sizeof err) == 0 &&
              eval_data_matches(&cfg, from, err, sizeof err) == 0) {
         ct_loader_opts o = {.path = cfg.data.val, .seq_len = T, .micro_batch = B, .grad_accum = 1,
                             .rank = ct_comm_rank(comm), .world = ct_comm_size(comm), .seed = 0, .shuffle = 0,
@@ -194,7 +195,7 @@ static int cmd_export(const args *a, ct_comm *comm)
         /* the base as the run had it (model.init_from): the adapters are checked against it and
          * the PEFT folder records it */
         rc = ct_lora_spec_from_config(&saved, &spec, err, sizeof err);
-        if (rc == 0) rc = ct_run_model(&saved, CT_WEIGHTS_CONFIG, be, ctx, 1, 1, 1, comm, &m, from, sizeof from, err,
+        if (rc == 0) rc = ct_run_model(&saved, CT_WEIGHTS_CONFIG, be, ctx, 1, 1, 1, -1, comm, &m, from, sizeof from, err,
                                        sizeof err);
     } else if (rc == 0) {
         rc = ct_model_init(&m, &mc, be, ctx, 1, 1, 1, err, sizeof err);
@@ -223,13 +224,21 @@ static int cmd_merge(const args *a, ct_comm *comm)
     ct_kctx *ctx = be->kctx_init(0);
     ct_model *m = NULL;
     snprintf(out, sizeof out, "%s/merged", cfg.run.dir);
-    int rc = ct_run_model(&cfg, CT_WEIGHTS_TRAINED, be, ctx, 1, 1, 1, comm, &m, from, sizeof from, err, sizeof err);
+    int rc = ct_run_model(&cfg, CT_WEIGHTS_TRAINED, be, ctx, 1, 1, 1, -1, comm, &m, from, sizeof from, err, sizeof err);
     if (rc == 0) rc = ct_lora_merge(m, err, sizeof err);
     if (rc == 0) rc = ct_hf_save(m, out, ct_run_side_files(&cfg), 0, err, sizeof err);
     if (rc == 0) printf("ctrain: merged %s into %s (model.safetensors, config.json)\n", from, out);
     ct_model_free(m);
     be->kctx_free(ctx);
     return rc ? fail(err) : 0;
+}
+
+static int cmd_plan(const args *a, ct_comm *comm)
+{
+    ct_config cfg;
+    char err[2048] = "";
+    if (load_config(a, comm, &cfg)) return 1;
+    return ct_run_agree(comm, ct_plan_command(&cfg, comm, err, sizeof err), err) ? 1 : 0;
 }
 
 static const verb verbs[] = {
@@ -243,6 +252,13 @@ static const verb verbs[] = {
      "has passed. A step whose loss or gradient norm is NaN or Inf is not applied and stops the run\n"
      "(optim.skip_nonfinite: skip that many first).",
      1, cmd_train},
+    {"plan", "ctrain plan CONFIG [--set key=value]...",
+     "Prints the memory each rank of `ctrain train CONFIG` will take, before allocating anything: weights,\n"
+     "gradients, optimizer state, communication and unit buffers (ZeRO-2/3), activations and the process,\n"
+     "the step's total and the peak (a GPU's memory on the cuda backend, else the host's); then the peak\n"
+     "for 1 to 64 ranks at every ZeRO stage. Run it under the job's launcher for its world size. Exits 1,\n"
+     "naming changes that fit, when the peak exceeds what is available (`train` checks the same at start).",
+     1, cmd_plan},
     {"eval", "ctrain eval CONFIG [--set key=value]...",
      "Evaluates the model of run.dir (or model.init_from, a Hugging Face model folder) on the whole of\n"
      "data.val. The last line is `val_loss <float>`; a loss that is not finite (NaN, Inf) is an error.",

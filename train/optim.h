@@ -1,10 +1,15 @@
-/* optim.h — AdamW over the flat gradient buffer, with ZeRO-1 sharding across ranks.
+/* optim.h — AdamW over the flat gradient buffer, with ZeRO stages 0 to 3 across ranks.
  *
  * zero_stage 0: gradients all-reduced; every rank keeps the whole optimizer state and updates
- * every parameter. zero_stage 1: gradients reduce-scattered; rank r keeps fp32 state (m, v, and
- * a master copy when parameters are not fp32) only for its slice [r*S, (r+1)*S) of the flat
- * buffer (S = padded length / world), updates that slice, and the updated parameters are
- * all-gathered. Both give the same parameters (to summation order). */
+ * every parameter. 1: gradients reduce-scattered; rank r keeps fp32 state (m, v, and a master
+ * copy when parameters are not fp32) only for its slice [r*S, (r+1)*S) of the flat buffer
+ * (S = padded length / world), updates that slice, and the updated parameters are
+ * all-gathered. 2: as 1, and no rank holds the whole gradient: each unit's gradients (a block,
+ * the embeddings, the head: model.h "Units") are reduced onto their owners as each backward
+ * finishes them, every micro-batch. 3: as 2, and each rank keeps only its slice of the weights;
+ * a unit is gathered before its use and dropped after. With LoRA the adapters train under
+ * stage 1's scheme at stages 1 to 3 (their gradients are small), and stage 3 shards the frozen
+ * base. Every stage gives the same parameters (to summation order). */
 #ifndef CT_TRAIN_OPTIM_H
 #define CT_TRAIN_OPTIM_H
 
@@ -44,6 +49,9 @@ int ct_optim_step(ct_optim *o, const ct_optim_hparams *h, float *grad_norm);
  * ct_optim_step reduces nothing more. Earlier micro-batches' backwards pass no callback. */
 int ct_optim_overlaps(const ct_optim *o);
 void ct_optim_grad_ready(void *optim, size_t lo, size_t hi); /* a ct_grad_ready_fn */
+/* What a micro-batch's backward passes as its ready callback (ct_optim_grad_ready or NULL);
+ * last: the step's last micro-batch. Stages 2 and 3 reduce every micro-batch's. */
+ct_grad_ready_fn ct_optim_ready(const ct_optim *o, int last);
 
 int ct_optim_steps_taken(const ct_optim *o);
 void ct_optim_set_steps_taken(ct_optim *o, int t); /* when resuming */
@@ -57,6 +65,18 @@ float *ct_optim_exp_avg_sq(ct_optim *o);
 /* After the master weights were replaced (a resume): writes them into the model's parameters
  * and all-gathers them, so every rank holds the whole model again. Collective. */
 int ct_optim_sync_params(ct_optim *o);
+/* This rank's trainable weights from flat element i on (i in its slice), storage dtype: where a
+ * checkpoint reads them (stage 3 has no flat buffer). */
+void *ct_optim_weights_at(ct_optim *o, size_t i);
+/* Sets the trainable weights from all[numel] (fp32, backend memory): the flat buffer, or under
+ * stage 3 this rank's slice of it. Then ct_optim_sync_params as after any load. */
+void ct_optim_set_weights(ct_optim *o, const float *all);
+/* Stage 3: gathers the whole model onto rank 0 (its flat weight buffer back), for the final save;
+ * the moments and unit buffers are freed first, and the optimizer must not step again (nor a
+ * checkpoint be saved). Other stages: nothing. Collective. */
+int ct_optim_gather_model(ct_optim *o);
+/* Bytes of the unit buffers (stages 2 and 3) this rank allocated, their peak. */
+size_t ct_optim_unit_bytes(const ct_optim *o);
 /* Whether every trainable parameter is finite (a sum of squares over each rank's slice, all
  * reduced: NaN and Inf survive any order). Collective; -1 on a communication error. */
 int ct_optim_params_finite(ct_optim *o);

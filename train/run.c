@@ -220,7 +220,8 @@ static int add_adapters(const ct_config *cfg, ct_weights_source source, ct_model
 }
 
 int ct_run_model(const ct_config *cfg, ct_weights_source source, const ct_backend *be, ct_kctx *ctx, int B, int T,
-                 int shards, ct_comm *comm, ct_model **out, char *from, size_t fromlen, char *err, size_t errlen)
+                 int shards, int slice, ct_comm *comm, ct_model **out, char *from, size_t fromlen, char *err,
+                 size_t errlen)
 {
     *out = NULL;
     ct_model_config mc;
@@ -231,7 +232,9 @@ int ct_run_model(const ct_config *cfg, ct_weights_source source, const ct_backen
                  from[0] ? " in " : "", from);
         return -1;
     }
-    if (ct_model_init(out, &mc, be, ctx, B, T, shards, err, errlen)) return -1;
+    if (slice >= 0 ? ct_model_init_slice(out, &mc, be, ctx, B, T, shards, slice, err, errlen)
+                   : ct_model_init(out, &mc, be, ctx, B, T, shards, err, errlen))
+        return -1;
     int rc = 0;
     if (is_ckpt) rc = ct_ckpt_read(from, *out, NULL, NULL, comm, err, errlen);
     else if (from[0]) rc = ct_hf_load(*out, from, err, errlen);

@@ -60,10 +60,12 @@ int ct_run_model_source(const ct_config *cfg, ct_weights_source source, ct_model
                         size_t pathlen, int *is_ckpt, char *err, size_t errlen);
 
 /* Builds the model for micro-batches of B x T on backend be, flat buffers padded to `shards`,
- * and fills its weights as `source` says (weights only from a checkpoint). On success *from
- * names where the weights came from. */
+ * and fills its weights as `source` says (weights only from a checkpoint). slice >= 0: the model
+ * holds only that rank's slice of its weights (ct_model_init_slice; ZeRO-3 without LoRA), -1 the
+ * whole. On success *from names where the weights came from. */
 int ct_run_model(const ct_config *cfg, ct_weights_source source, const ct_backend *be, ct_kctx *ctx, int B, int T,
-                 int shards, ct_comm *comm, ct_model **out, char *from, size_t fromlen, char *err, size_t errlen);
+                 int shards, int slice, ct_comm *comm, ct_model **out, char *from, size_t fromlen, char *err,
+                 size_t errlen);
 
 /* Agreement after a step every rank did: returns 0 when rc == 0 on every rank; otherwise one
  * rank prints its err ("ctrain: error: ...", with its rank when there are several) and every

@@ -67,7 +67,7 @@ static int sample_model(const ct_config *cfg, ct_comm *single, const ct_backend 
         return -1;
     }
     int T = need < (size_t)probe.max_seq_len ? (int)need : probe.max_seq_len;
-    return ct_run_model(cfg, CT_WEIGHTS_TRAINED, be, ctx, 1, T, 1, single, m, from, fromlen, err, errlen);
+    return ct_run_model(cfg, CT_WEIGHTS_TRAINED, be, ctx, 1, T, 1, -1, single, m, from, fromlen, err, errlen);
 }
 
 /* The prompt as tokens: with the model's tokenizer (its post-processor's BOS included), bytes of

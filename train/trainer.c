@@ -19,6 +19,7 @@
 #include "hf_model.h"
 #include "lora.h"
 #include "optim.h"
+#include "plan.h"
 #include "resume.h"
 #include "run.h"
 #include "rundir.h"
@@ -87,6 +88,7 @@ typedef struct {
     ct_ckpt_state st;          /* step, tokens, loader cursor, rng: what a checkpoint restores */
     ct_ckpt_state data;        /* data.train's identity (data_* fields), recorded in every checkpoint */
     ct_resume_plan plan;       /* how the data goes on after a resume (checkpoint.allow_new_data) */
+    ct_plan mem;               /* the memory plan, made before the model */
     char good[CT_PATH_MAX + 64]; /* the newest checkpoint of a state that was all finite, or "" */
     int lock_fd;               /* rank 0: run.dir/ctrain.lock, held until the end; -1 none */
     ct_tfevents *tb;           /* rank 0: this start's TensorBoard event file */
@@ -112,6 +114,24 @@ static void run_free(run_state *s)
     if (s->be && s->ctx) s->be->kctx_free(s->ctx);
 }
 
+/* The memory plan, before anything of the model exists: printed by rank 0, and a run that will
+ * not fit is refused with the changes that would make it fit. */
+static int plan_memory(const ct_config *cfg, ct_comm *comm, run_state *s, char *err, size_t errlen)
+{
+    ct_model_config mc;
+    char path[CT_PATH_MAX + 64];
+    int is_ckpt, world = ct_comm_size(comm);
+    if (ct_run_model_source(cfg, CT_WEIGHTS_CONFIG, &mc, path, sizeof path, &is_ckpt, err, errlen)) return -1;
+    size_t baseline = strcmp(s->be->name, "cpu") ? 0 : ct_plan_rss_now();
+    if (ct_plan_make(cfg, &mc, s->be, world, baseline, &s->mem, err, errlen)) return -1;
+    if (ct_comm_rank(comm) == 0) {
+        ct_plan_print(stdout, &s->mem, cfg, world);
+        fflush(stdout);
+    }
+    size_t avail = ct_plan_available(s->be, s->device, ct_comm_local_size(comm), baseline);
+    return ct_plan_check(cfg, &mc, s->be, world, &s->mem, avail, err, errlen);
+}
+
 /* Sets up everything that can fail on bad input, on every rank. */
 static int setup(const ct_config *cfg, ct_comm *comm, run_state *s, char *from, size_t fromlen, char *err,
                  size_t errlen)
@@ -129,7 +149,10 @@ static int setup(const ct_config *cfg, ct_comm *comm, run_state *s, char *from, 
     struct stat sb;
     if (!latest && cfg->model.init_from[0] && stat(cfg->model.init_from, &sb) == 0 && S_ISREG(sb.st_mode))
         snprintf(s->resume, sizeof s->resume, "%s", cfg->model.init_from);
-    if (ct_run_model(cfg, CT_WEIGHTS_CONFIG, s->be, s->ctx, B, T, world, comm, &s->model, from, fromlen, err, errlen))
+    if (plan_memory(cfg, comm, s, err, errlen) ||
+        ct_run_model(cfg, CT_WEIGHTS_CONFIG, s->be, s->ctx, B, T, world,
+                     cfg->parallel.zero_stage == 3 && !ct_run_lora(cfg) ? rank : -1, comm, &s->model, from, fromlen,
+                     err, errlen))
         return -1;
     if (!(s->config_json = ct_config_to_json(cfg, 1))) {
         snprintf(err, errlen, "out of memory");
@@ -494,9 +517,9 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
             if (ct_model_forward(s.model, s.tokens + a * BT, s.targets + a * BT, s.pos ? s.pos + a * BT : NULL, B, T,
                                  dloss, &sum, &ntok, err, sizeof err))
                 ct_run_die(comm, err);
-            /* the last micro-batch's backward hands each finished layer to the reduction */
-            int overlap = a == A - 1 && ct_optim_overlaps(s.optim);
-            ct_model_backward(s.model, overlap ? ct_optim_grad_ready : NULL, s.optim);
+            /* the last micro-batch's backward hands each finished layer to the reduction (every
+             * micro-batch's under ZeRO-2 and 3) */
+            ct_model_backward(s.model, ct_optim_ready(s.optim, a == A - 1), s.optim);
             sums[0] += sum;
         }
         ct_model_set_training(s.model, 0);
@@ -591,6 +614,8 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
     int ran = cfg->optim.max_steps - first + 1;
     double comm_per_step = ran > 0 ? (double)(ct_comm_bytes(comm) - bytes_start) / ran : 0;
     rc = weights_finite(comm, &s, cfg->optim.max_steps, err, sizeof err);
+    if (rc == 0 && !ct_run_lora(cfg) && ct_optim_gather_model(s.optim)) /* ZeRO-3: the whole model for the save */
+        ct_run_die(comm, "out of memory or communication failed gathering the weights for the final save");
     if (rc == 0 && rank == 0) {
         size_t flat = ct_model_trainable(s.model).numel;
         printf("ctrain: %.3f MiB passed to collectives per step per rank; flat buffer %zu floats (%.3f MiB)\n",
@@ -609,6 +634,16 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
             if (fflush(stdout) != 0 || ferror(stdout))
                 rc = -1, snprintf(err, sizeof err, "standard output (the log): write failed: %s", strerror(errno ? errno : EIO));
         }
+    }
+    if (!strcmp(s.be->name, "cpu")) { /* the plan against what the ranks used (the largest) */
+        double *hwm = calloc((size_t)world, sizeof *hwm), top = 0;
+        if (hwm) hwm[rank] = (double)ct_plan_rss_peak();
+        if (hwm && ct_comm_allreduce_sum_f64(comm, hwm, (size_t)world) == 0 && rank == 0) {
+            for (int r = 0; r < world; r++) top = fmax(top, hwm[r]);
+            printf("ctrain: peak memory per rank %.1f MiB (VmHWM, the largest rank); planned %.1f MiB\n",
+                   top / 1048576.0, (double)s.mem.peak / 1048576.0);
+        }
+        free(hwm);
     }
     rc = ct_run_agree(comm, rc, err);
     run_free(&s);

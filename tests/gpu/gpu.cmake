@@ -36,3 +36,7 @@ set_tests_properties(cuda_train_resume PROPERTIES LABELS gpu SKIP_RETURN_CODE 77
 add_test(NAME cuda_train_resume_llama COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/cuda_train_resume.sh $<TARGET_FILE:ctrain>
   --set model.arch=llama --set model.n_kv_head=1 --set model.n_inner=64 --set model.tie_embeddings=false)
 set_tests_properties(cuda_train_resume_llama PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 600)
+# cuda_zero_stages: ZeRO stages 1-3 on one GPU (unit gathers and reductions through the device
+# side), stages 2 and 3 bit-identical, a stage-3 checkpoint resumed under stage 1
+add_test(NAME cuda_zero_stages COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/cuda_zero_stages.sh $<TARGET_FILE:ctrain>)
+set_tests_properties(cuda_zero_stages PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 600)

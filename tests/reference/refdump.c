@@ -95,7 +95,7 @@ int main(int argc, char **argv)
         char from[2048];
         ct_comm *single = ct_comm_init_single();
         if (ct_config_load(&run, model_dir, NULL, 0, err, sizeof err) ||
-            ct_run_model(&run, CT_WEIGHTS_TRAINED, be, ctx, B, T, 1, single, &m, from, sizeof from, err, sizeof err))
+            ct_run_model(&run, CT_WEIGHTS_TRAINED, be, ctx, B, T, 1, -1, single, &m, from, sizeof from, err, sizeof err))
             return die(err);
         ct_comm_free(single);
         fprintf(stderr, "ct_refdump: model %s\n", from);

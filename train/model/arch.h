@@ -91,8 +91,17 @@ struct ct_model {
     int *slot;             /* [(L + 1) * nslots]: tensor index of (layer, slot), -1 if absent; row L: outside blocks */
     size_t *layer_start;   /* [L + 1]: where block l's tensors start; [L] where the head's start */
     size_t numel;          /* flat length, padding included */
-    void *params;          /* [numel] */
-    void *grads;           /* [numel]; NULL once frozen */
+    void *params;          /* [numel]; NULL while the weights are sharded (ZeRO-3) */
+    void *grads;           /* [numel]; NULL once frozen, and while gradients are sharded (ZeRO-2, 3) */
+    void *window;          /* ct_model_init_slice: [win_n] weights of [win_lo, win_lo + win_n) alone */
+    size_t win_lo, win_n;
+    /* Units (model.c "units"): block l is unit l, the embeddings unit L, the final norm and head
+     * unit L + 1. Every weight and gradient is found through its unit's base pointers, which
+     * point into params/grads, or, when a sharder is set (ct_model_set_units), into the buffers
+     * it maps there between a fetch and a release. */
+    size_t *unit_lo, *unit_hi; /* [L + 2]: flat range */
+    char **unit_w, **unit_g;   /* [L + 2]: where element unit_lo[u] of the weights / gradients is; NULL: absent */
+    ct_model_units units;      /* the sharder's hooks; fetch NULL: none */
 
     int32_t *tokens_dev, *targets_dev, *pos_dev; /* [BT] */
     const int32_t *doc_pos; /* pos_dev when the last forward was given positions (packed documents,
@@ -125,6 +134,7 @@ struct ct_model {
     void **allocations;    /* every backend allocation, for free */
     int nalloc, capalloc;
     size_t bytes;          /* their sum */
+    int counting;          /* ct_model_init_counting: allocations are only counted, nothing exists */
     char base_fp[17];      /* ct_model_base_fingerprint, "" until computed */
     size_t host_cap;       /* host-memory backend: the machine's memory, past which balloc fails
                             * (rather than the OOM killer ending the process); 0: no cap */
@@ -135,9 +145,19 @@ struct ct_model {
 
 /* A backend allocation freed with the model; NULL when memory runs out. */
 void *ct_model_balloc(ct_model *m, size_t bytes);
-/* Parameter (base = m->params) or gradient (base = m->grads) of (layer, slot); layer -1 for
- * the embeddings and head. NULL when the tensor does not exist or base is NULL (frozen). */
-void *ct_model_w(const ct_model *m, void *base, int layer, int slot);
+/* Parameter (grad 0) or gradient (grad 1) of (layer, slot), through its unit; layer -1 for the
+ * embeddings and head. NULL when the tensor does not exist or has no gradient (frozen). */
+void *ct_model_w(const ct_model *m, int grad, int layer, int slot);
+
+/* Units around their use, for a sharder (model.h "Units"; no-ops without one). unit: a block l,
+ * CT_UNIT_PRE (the embeddings) or CT_UNIT_POST (final norm, head). A family fetches a unit's
+ * weights (CT_UNIT_WEIGHTS) before its forward and releases them after; before its backward it
+ * fetches weights and gradients (| CT_UNIT_GRADS); the ready calls (ct_model_layer_ready,
+ * _head_ready, _embed_ready) release a unit after its backward. A release of the unit holding
+ * the LM head's weight is ignored until the backward's end. */
+enum { CT_UNIT_PRE = -1, CT_UNIT_POST = -2 };
+void ct_model_fetch(ct_model *m, int unit, int what);
+void ct_model_release(ct_model *m, int unit);
 /* out[N, out] = x . W^T + b, plus the LoRA adapter where one sits beside W. */
 void ct_model_linear_fwd(ct_model *m, int layer, int wslot, int bslot, void *out, const void *x, int N);
 /* dx[N, in] += dout . W (+ the adapter's), dW, db += their gradients (skipped when frozen). */

@@ -66,8 +66,8 @@ typedef struct {
     void *dfch_gelu;       /* [BT, I] */
 } acts;
 
-#define W(m, l, s) ct_model_w(m, (m)->params, l, s)
-#define G(m, l, s) ct_model_w(m, (m)->grads, l, s)
+#define W(m, l, s) ct_model_w(m, 0, l, s)
+#define G(m, l, s) ct_model_w(m, 1, l, s)
 
 static int alloc(ct_model *m, int B, int T)
 {
@@ -128,10 +128,13 @@ static void run(ct_model *m, int B, int T, int pos0, int cached)
     acts *a = m->acts;
     int C = c->n_embd, I = c->n_inner, NH = c->n_head, D = c->head_dim, N = B * T;
     size_t es = be->elem_size;
+    ct_model_fetch(m, CT_UNIT_PRE, CT_UNIT_WEIGHTS);
     be->encoder_fwd(ctx, a->encoded, m->tokens_dev, m->pos_dev, W(m, -1, S_WTE), W(m, -1, S_WPE), B, T, C);
+    ct_model_release(m, CT_UNIT_PRE);
     const void *residual = a->encoded;
     for (int l = 0; l < c->n_layer; l++) {
         layer_acts *la = &a->layers[l];
+        ct_model_fetch(m, l, CT_UNIT_WEIGHTS);
         char *q = la->qkv, *k = q + (size_t)C * es, *v = q + 2 * (size_t)C * es;
         be->layernorm_fwd(ctx, la->ln1, la->ln1_mean, la->ln1_rstd, residual, W(m, l, S_LN1W), W(m, l, S_LN1B), N, C,
                           c->norm_eps);
@@ -146,8 +149,11 @@ static void run(ct_model *m, int B, int T, int pos0, int cached)
         be->gelu_fwd(ctx, la->fch_gelu, la->fch, (size_t)N * I);
         ct_model_linear_fwd(m, l, S_FCPROJW, S_FCPROJB, a->proj, la->fch_gelu, N);
         be->residual_fwd(ctx, la->res3, la->res2, a->proj, (size_t)N * C);
+        ct_model_release(m, l);
         residual = la->res3;
     }
+    ct_model_fetch(m, CT_UNIT_POST, CT_UNIT_WEIGHTS);
+    ct_model_fetch(m, CT_UNIT_PRE, CT_UNIT_WEIGHTS); /* the tied head */
     be->layernorm_fwd(ctx, a->lnf, a->lnf_mean, a->lnf_rstd, residual, W(m, -1, S_LNFW), W(m, -1, S_LNFB), N, C,
                       c->norm_eps);
     /* tied LM head: logits = lnf . wte^T */
@@ -167,6 +173,8 @@ static void backward(ct_model *m, int B, int T, ct_grad_ready_fn ready, void *us
     size_t es = be->elem_size, NC = (size_t)N * C;
 
     /* the logits already hold their gradient (the forward's fused classifier loss) */
+    ct_model_fetch(m, CT_UNIT_POST, CT_UNIT_WEIGHTS | CT_UNIT_GRADS);
+    ct_model_fetch(m, CT_UNIT_PRE, CT_UNIT_WEIGHTS | CT_UNIT_GRADS);
     be->zero(ctx, a->dln, NC * es);
     be->matmul_bwd(ctx, a->dln, G(m, -1, S_WTE), NULL, m->logits, a->lnf, W(m, -1, S_WTE), N, C, m->Vp);
     be->zero(ctx, a->dres, NC * es);
@@ -182,6 +190,7 @@ static void backward(ct_model *m, int B, int T, ct_grad_ready_fn ready, void *us
         const void *res1 = l ? a->layers[l - 1].res3 : a->encoded;
         char *q = la->qkv, *k = q + (size_t)C * es, *v = q + 2 * (size_t)C * es;
         char *dq = a->dqkv, *dk = dq + (size_t)C * es, *dv = dq + 2 * (size_t)C * es;
+        ct_model_fetch(m, l, CT_UNIT_WEIGHTS | CT_UNIT_GRADS);
 
         be->zero(ctx, a->dfch_gelu, (size_t)N * I * es);
         ct_model_linear_bwd(m, l, S_FCPROJW, S_FCPROJB, a->dfch_gelu, a->dres, la->fch_gelu, N);
@@ -203,10 +212,9 @@ static void backward(ct_model *m, int B, int T, ct_grad_ready_fn ready, void *us
                           la->ln1_rstd, N, C);
         ct_model_layer_ready(m, l, ready, user);
     }
-    if (m->grads) {
+    if (!m->frozen)
         be->encoder_bwd(ctx, G(m, -1, S_WTE), G(m, -1, S_WPE), a->dres, m->tokens_dev, m->doc_pos, B, T, C);
-        ct_model_embed_ready(m, ready, user); /* wte (the LM head's too) and wpe */
-    }
+    ct_model_embed_ready(m, ready, user); /* wte (the LM head's too) and wpe */
 }
 
 static double flops(const ct_model_config *c, int B, int T)

@@ -144,7 +144,7 @@ int ct_hf_load(ct_model *m, const char *dir, char *err, size_t errlen)
         }
         if (shape_error(t, p, file, err, errlen) || read_tensor(w, t, p, host, tmp, err, errlen)) goto done;
         be->upload(ctx, staged, host, p->numel * sizeof(float));
-        be->to_storage(ctx, (char *)ct_model_params(m) + p->offset * be->elem_size, staged, p->numel);
+        ct_model_store(m, p->offset, staged, p->numel);
         be->sync(ctx); /* host and staged are reused by the next tensor */
     }
     for (int i = 0; i < nt; i++) {

@@ -68,8 +68,8 @@ typedef struct {
     void *dgate, *dup, *dh; /* [BT, I] */
 } acts;
 
-#define W(m, l, s) ct_model_w(m, (m)->params, l, s)
-#define G(m, l, s) ct_model_w(m, (m)->grads, l, s)
+#define W(m, l, s) ct_model_w(m, 0, l, s)
+#define G(m, l, s) ct_model_w(m, 1, l, s)
 
 static int window_of(const ct_model_config *c, int l) { return l >= c->window_from ? c->window : 0; }
 static int head_slot(const ct_model_config *c) { return c->untied ? S_HEAD : S_EMBED; }
@@ -137,10 +137,13 @@ static void run(ct_model *m, int B, int T, int pos0, int cached)
     acts *a = m->acts;
     int C = c->n_embd, I = c->n_inner, NH = c->n_head, NKV = c->n_kv_head, D = c->head_dim, N = B * T;
     int Q = NH * D, KV = NKV * D;
+    ct_model_fetch(m, CT_UNIT_PRE, CT_UNIT_WEIGHTS);
     be->encoder_fwd(ctx, a->encoded, m->tokens_dev, NULL, W(m, -1, S_EMBED), NULL, B, T, C);
+    ct_model_release(m, CT_UNIT_PRE);
     const void *residual = a->encoded;
     for (int l = 0; l < c->n_layer; l++) {
         layer_acts *la = &a->layers[l];
+        ct_model_fetch(m, l, CT_UNIT_WEIGHTS);
         be->rmsnorm_fwd(ctx, la->ln1, la->ln1_rstd, residual, W(m, l, S_LN1), N, C, c->norm_eps);
         ct_model_linear_fwd(m, l, S_Q, S_QB, la->q, la->ln1, N);
         ct_model_linear_fwd(m, l, S_K, S_KB, la->k, la->ln1, N);
@@ -158,8 +161,11 @@ static void run(ct_model *m, int B, int T, int pos0, int cached)
         be->swiglu_fwd(ctx, la->h, la->gate, la->up, (size_t)N * I);
         ct_model_linear_fwd(m, l, S_DOWN, S_DOWNB, a->proj, la->h, N);
         be->residual_fwd(ctx, la->res3, la->res2, a->proj, (size_t)N * C);
+        ct_model_release(m, l);
         residual = la->res3;
     }
+    ct_model_fetch(m, CT_UNIT_POST, CT_UNIT_WEIGHTS);
+    if (!c->untied) ct_model_fetch(m, CT_UNIT_PRE, CT_UNIT_WEIGHTS);
     be->rmsnorm_fwd(ctx, a->lnf, a->lnf_rstd, residual, W(m, -1, S_NORM), N, C, c->norm_eps);
     be->matmul_fwd(ctx, m->logits, a->lnf, W(m, -1, head_slot(c)), NULL, N, C, m->Vp);
 }
@@ -179,6 +185,8 @@ static void backward(ct_model *m, int B, int T, ct_grad_ready_fn ready, void *us
 
     /* the logits already hold their gradient (the forward's fused classifier loss) */
     int hs = head_slot(c);
+    ct_model_fetch(m, CT_UNIT_POST, CT_UNIT_WEIGHTS | CT_UNIT_GRADS);
+    if (!c->untied) ct_model_fetch(m, CT_UNIT_PRE, CT_UNIT_WEIGHTS | CT_UNIT_GRADS);
     be->zero(ctx, a->dln, NC * es);
     be->matmul_bwd(ctx, a->dln, G(m, -1, hs), NULL, m->logits, a->lnf, W(m, -1, hs), N, C, m->Vp);
     be->zero(ctx, a->dres, NC * es);
@@ -191,6 +199,7 @@ static void backward(ct_model *m, int B, int T, ct_grad_ready_fn ready, void *us
     for (int l = L - 1; l >= 0; l--) {
         layer_acts *la = &a->layers[l];
         const void *res1 = l ? a->layers[l - 1].res3 : a->encoded;
+        ct_model_fetch(m, l, CT_UNIT_WEIGHTS | CT_UNIT_GRADS);
 
         be->zero(ctx, a->dh, (size_t)N * I * es);
         ct_model_linear_bwd(m, l, S_DOWN, S_DOWNB, a->dh, a->dres, la->h, N);
@@ -218,10 +227,11 @@ static void backward(ct_model *m, int B, int T, ct_grad_ready_fn ready, void *us
         be->rmsnorm_bwd(ctx, a->dres, G(m, l, S_LN1), a->dln, res1, W(m, l, S_LN1), la->ln1_rstd, N, C);
         ct_model_layer_ready(m, l, ready, user);
     }
-    if (m->grads) {
+    if (!m->frozen) {
+        ct_model_fetch(m, CT_UNIT_PRE, CT_UNIT_GRADS);
         be->encoder_bwd(ctx, G(m, -1, S_EMBED), NULL, a->dres, m->tokens_dev, NULL, B, T, C);
-        ct_model_embed_ready(m, ready, user);
     }
+    ct_model_embed_ready(m, ready, user);
 }
 
 static double flops(const ct_model_config *c, int B, int T)

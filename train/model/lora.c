@@ -194,7 +194,7 @@ static void module_names(const ct_model *m, char *out, size_t n)
     }
 }
 
-int ct_lora_add(ct_model *m, const ct_lora_spec *spec, uint64_t seed, int shards, char *err, size_t errlen)
+int ct_lora_attach(ct_model *m, const ct_lora_spec *spec, int shards, char *err, size_t errlen)
 {
     int n = ct_model_num_linears(m);
     unsigned char *select = calloc((size_t)n, 1);
@@ -226,7 +226,12 @@ int ct_lora_add(ct_model *m, const ct_lora_spec *spec, uint64_t seed, int shards
     for (int i = 0; all && i < n; i++) select[i] = 1;
     int rc = ct_model_add_lora(m, select, spec->r, spec_scale(spec), spec->dropout, shards, err, errlen);
     free(select);
-    if (rc) return -1;
+    return rc;
+}
+
+int ct_lora_add(ct_model *m, const ct_lora_spec *spec, uint64_t seed, int shards, char *err, size_t errlen)
+{
+    if (ct_lora_attach(m, spec, shards, err, errlen)) return -1;
 
     /* A ~ kaiming_uniform_(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)); B = 0 (PEFT's default) */
     const ct_backend *be = ct_model_backend(m);

@@ -31,6 +31,8 @@ int ct_lora_spec_from_config(const ct_config *cfg, ct_lora_spec *spec, char *err
  * names. A is initialised as PEFT does (Kaiming-uniform: U(-1/sqrt(in), 1/sqrt(in))) from
  * seed, B to zero. The base is frozen. */
 int ct_lora_add(ct_model *m, const ct_lora_spec *spec, uint64_t seed, int shards, char *err, size_t errlen);
+/* The same adapters, not initialised: for a model made by ct_model_init_counting (a memory plan). */
+int ct_lora_attach(ct_model *m, const ct_lora_spec *spec, int shards, char *err, size_t errlen);
 
 /* Reads a PEFT adapter_config.json. Keys that would change what PEFT computes and that ctrain
  * does not run (DoRA, bias, rank/alpha patterns, layer selection, exclusions, modules to save,

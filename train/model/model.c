@@ -12,6 +12,8 @@
 
 #include "rng.h"
 
+static int units_init(ct_model *m);
+
 /* Tensor offsets are rounded up to this many elements so every tensor starts 64-byte aligned
  * in fp32 (vector loads, cuBLASLt alignment in bf16 too). */
 #define CT_ALIGN_ELEMS 16
@@ -183,6 +185,10 @@ static void build_layout(ct_model *m)
 
 void *ct_model_balloc(ct_model *m, size_t bytes)
 {
+    if (m->counting) { /* ct_model_init_counting: the size is all that is wanted */
+        m->bytes += bytes;
+        return m;
+    }
     if (m->nalloc == m->capalloc) {
         int cap = m->capalloc ? 2 * m->capalloc : 64;
         void **grown = realloc(m->allocations, (size_t)cap * sizeof *grown);
@@ -228,8 +234,50 @@ static int rope_freqs(ct_model *m)
     return 0;
 }
 
+static int model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *be, ct_kctx *ctx, int B, int T,
+                      int shards, int slice, int counting, char *err, size_t errlen);
+
 int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *be, ct_kctx *ctx, int B, int T,
                   int shards, char *err, size_t errlen)
+{
+    return model_init(out, cfg, be, ctx, B, T, shards, -1, 0, err, errlen);
+}
+
+int ct_model_init_slice(ct_model **out, const ct_model_config *cfg, const ct_backend *be, ct_kctx *ctx, int B,
+                        int T, int shards, int rank, char *err, size_t errlen)
+{
+    return model_init(out, cfg, be, ctx, B, T, shards, rank, 0, err, errlen);
+}
+
+int ct_model_init_counting(ct_model **out, const ct_model_config *cfg, const ct_backend *be, int B, int T,
+                           int shards, char *err, size_t errlen)
+{
+    return model_init(out, cfg, be, NULL, B, T, shards, -1, 1, err, errlen);
+}
+
+void *ct_model_window(ct_model *m, size_t *lo, size_t *n)
+{
+    *lo = m->win_lo;
+    *n = m->win_n;
+    return m->window;
+}
+
+void ct_model_store(ct_model *m, size_t offset, const float *src, size_t n)
+{
+    const size_t es = m->be->elem_size;
+    if (m->params) {
+        m->be->to_storage(m->ctx, (char *)m->params + offset * es, src, n);
+        return;
+    }
+    size_t a = offset > m->win_lo ? offset : m->win_lo;
+    size_t b = offset + n < m->win_lo + m->win_n ? offset + n : m->win_lo + m->win_n;
+    if (m->window && a < b) m->be->to_storage(m->ctx, (char *)m->window + (a - m->win_lo) * es, src + (a - offset), b - a);
+}
+
+size_t ct_model_bytes(const ct_model *m) { return m->bytes; }
+
+static int model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *be, ct_kctx *ctx, int B, int T,
+                      int shards, int slice, int counting, char *err, size_t errlen)
 {
     *out = NULL;
     ct_model_config c = *cfg;
@@ -256,11 +304,12 @@ int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *
     if (!m) goto oom;
     m->cfg = c;
     m->arch = c.arch;
+    m->counting = counting;
     m->be = be;
     m->ctx = ctx;
     m->maxB = B;
     m->maxT = T;
-    if (!strcmp(be->name, "cpu")) {
+    if (!strcmp(be->name, "cpu") && !counting) {
         long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
         if (pages > 0 && page > 0) m->host_cap = (size_t)pages * (size_t)page;
     }
@@ -274,12 +323,18 @@ int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *
     if (shards > 1) m->numel = align_up(m->numel, (size_t)shards);
 
     size_t es = be->elem_size, BT = (size_t)B * T;
-    int ok = (m->params = ct_model_balloc(m, m->numel * es)) &&
+    if (slice >= 0) { /* this rank's slice of the weights alone (ZeRO-3): the whole never exists here */
+        m->win_n = m->numel / (size_t)(shards > 1 ? shards : 1);
+        m->win_lo = m->win_n * (size_t)slice;
+    }
+    int ok = (slice >= 0 ? (m->window = ct_model_balloc(m, m->win_n * es)) != NULL
+                         : (m->params = ct_model_balloc(m, m->numel * es)) != NULL) &&
              (m->logits = ct_model_balloc(m, BT * (size_t)m->Vp * es)) &&
              (m->losses = ct_model_balloc(m, BT * 4)) && (m->tokens_dev = ct_model_balloc(m, BT * 4)) &&
              (m->targets_dev = ct_model_balloc(m, BT * 4)) && (m->pos_dev = ct_model_balloc(m, BT * 4)) &&
-             (!a->rope || rope_freqs(m) == 0) && a->alloc(m, B, T) == 0;
+             (!a->rope || counting || rope_freqs(m) == 0) && a->alloc(m, B, T) == 0;
     if (!ok) goto oom;
+    if (units_init(m)) goto oom;
     *out = m;
     return 0;
 oom:
@@ -304,6 +359,10 @@ void ct_model_free(ct_model *m)
     free(m->tensors);
     free(m->slot);
     free(m->layer_start);
+    free(m->unit_lo);
+    free(m->unit_hi);
+    free(m->unit_w);
+    free(m->unit_g);
     free(m->adapters);
     free(m->lora_tensors);
     free(m->lora_bound);
@@ -365,11 +424,148 @@ static int tensor_at(const ct_model *m, int layer, int slot)
     return m->slot[(layer >= 0 ? layer : m->cfg.n_layer) * m->arch->nslots + slot];
 }
 
-void *ct_model_w(const ct_model *m, void *base, int layer, int slot)
+void *ct_model_w(const ct_model *m, int grad, int layer, int slot)
 {
     int t = slot >= 0 ? tensor_at(m, layer, slot) : -1;
-    if (!base || t < 0) return NULL;
-    return (char *)base + m->tensors[t].offset * m->be->elem_size;
+    if (t < 0) return NULL;
+    size_t off = m->tensors[t].offset;
+    int u = layer >= 0 ? layer : ct_model_unit_of(m, off);
+    char *base = grad ? m->unit_g[u] : m->unit_w[u];
+    if (!base) {
+        if (grad) return NULL; /* frozen */
+        fprintf(stderr, "ctrain: internal error: the weights of unit %d are used while not fetched\n", u);
+        abort();
+    }
+    return base + (off - m->unit_lo[u]) * m->be->elem_size;
+}
+
+/* ---------------------------------------------------------------- units */
+
+int ct_model_num_units(const ct_model *m) { return m->cfg.n_layer + 2; }
+
+void ct_model_unit_range(const ct_model *m, int unit, size_t *lo, size_t *hi)
+{
+    *lo = m->unit_lo[unit];
+    *hi = m->unit_hi[unit];
+}
+
+int ct_model_unit_of(const ct_model *m, size_t offset)
+{
+    const int L = m->cfg.n_layer;
+    if (offset < m->layer_start[0]) return L;
+    if (offset >= m->layer_start[L]) return L + 1;
+    int lo = 0, hi = L - 1; /* the last block starting at or before offset */
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (m->layer_start[mid] <= offset) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+static int unit_index(const ct_model *m, int unit)
+{
+    return unit == CT_UNIT_PRE ? m->cfg.n_layer : unit == CT_UNIT_POST ? m->cfg.n_layer + 1 : unit;
+}
+
+/* Units point into the flat buffers (no sharder). */
+static void map_flat(ct_model *m)
+{
+    const size_t es = m->be->elem_size;
+    for (int u = 0; u < ct_model_num_units(m); u++) {
+        m->unit_w[u] = m->params ? (char *)m->params + m->unit_lo[u] * es : NULL;
+        m->unit_g[u] = m->grads ? (char *)m->grads + m->unit_lo[u] * es : NULL;
+    }
+}
+
+static int units_init(ct_model *m)
+{
+    const int L = m->cfg.n_layer, n = L + 2;
+    m->unit_lo = calloc((size_t)n, sizeof *m->unit_lo);
+    m->unit_hi = calloc((size_t)n, sizeof *m->unit_hi);
+    m->unit_w = calloc((size_t)n, sizeof *m->unit_w);
+    m->unit_g = calloc((size_t)n, sizeof *m->unit_g);
+    if (!m->unit_lo || !m->unit_hi || !m->unit_w || !m->unit_g) return -1;
+    for (int l = 0; l < L; l++) {
+        m->unit_lo[l] = m->layer_start[l];
+        m->unit_hi[l] = m->layer_start[l + 1];
+    }
+    m->unit_lo[L] = 0;
+    m->unit_hi[L] = m->layer_start[0];
+    m->unit_lo[L + 1] = m->layer_start[L];
+    m->unit_hi[L + 1] = m->numel;
+    map_flat(m);
+    return 0;
+}
+
+void ct_model_set_units(ct_model *m, const ct_model_units *hooks)
+{
+    m->units = hooks ? *hooks : (ct_model_units){0};
+    if (!hooks) map_flat(m);
+}
+
+void ct_model_map_unit(ct_model *m, int unit, void *w, void *g)
+{
+    m->unit_w[unit] = w;
+    m->unit_g[unit] = g;
+}
+
+static void drop_alloc(ct_model *m, void *p)
+{
+    for (int i = 0; p && i < m->nalloc; i++)
+        if (m->allocations[i] == p) {
+            m->be->free(p);
+            m->allocations[i] = NULL;
+            return;
+        }
+}
+
+void ct_model_drop_params(ct_model *m)
+{
+    drop_alloc(m, m->params);
+    m->params = NULL;
+    for (int u = 0; u < ct_model_num_units(m); u++) m->unit_w[u] = NULL;
+}
+
+int ct_model_restore_params(ct_model *m)
+{
+    if (m->params) return 0;
+    if (!(m->params = ct_model_balloc(m, m->numel * m->be->elem_size))) return -1;
+    m->be->zero(m->ctx, m->params, m->numel * m->be->elem_size);
+    return 0;
+}
+
+void ct_model_drop_grads(ct_model *m)
+{
+    drop_alloc(m, m->grads);
+    m->grads = NULL;
+    for (int u = 0; u < ct_model_num_units(m); u++) m->unit_g[u] = NULL;
+}
+
+void ct_model_fetch(ct_model *m, int unit, int what)
+{
+    if (!m->units.fetch) return;
+    if (m->frozen) what &= ~CT_UNIT_GRADS;
+    if (what) m->units.fetch(m->units.user, unit_index(m, unit), what);
+}
+
+/* The unit that holds the LM head's weight (the last DIM_V-rowed tensor: the embedding when tied). */
+static int head_unit(const ct_model *m)
+{
+    for (int i = m->ntensors - 1; i >= 0; i--)
+        if (m->tensors[i].shape[0] == m->Vp && m->tensors[i].ndim == 2) return ct_model_unit_of(m, m->tensors[i].offset);
+    return m->cfg.n_layer + 1;
+}
+
+static void release_unit(ct_model *m, int u)
+{
+    if (m->units.release) m->units.release(m->units.user, u);
+}
+
+void ct_model_release(ct_model *m, int unit)
+{
+    int u = unit_index(m, unit);
+    if (m->units.release && u != head_unit(m)) release_unit(m, u);
 }
 
 /* The initialisation each tensor's table row names, drawn in buffer order. */
@@ -406,7 +602,7 @@ void ct_model_init_weights(ct_model *m, uint64_t seed)
             else host[k] = ct_rng_normal(&rng) * (init == INIT_RESID ? resid_std : 0.02f);
         }
         m->be->upload(m->ctx, staged, host, p->numel * sizeof(float));
-        m->be->to_storage(m->ctx, (char *)m->params + p->offset * m->be->elem_size, staged, p->numel);
+        ct_model_store(m, p->offset, staged, p->numel);
     }
     m->be->sync(m->ctx);
     m->be->free(staged);
@@ -498,9 +694,7 @@ int ct_model_add_lora(ct_model *m, const unsigned char *select, int r, float sca
     m->lora_scale = scale;
     m->lora_dropout = dropout;
     /* the base is frozen: its gradients are never computed, so a buffer made for them goes */
-    for (int i = 0; m->grads && i < m->nalloc; i++)
-        if (m->allocations[i] == m->grads) m->be->free(m->grads), m->allocations[i] = NULL;
-    m->grads = NULL;
+    ct_model_drop_grads(m);
     m->frozen = 1;
     return 0;
 oom:
@@ -621,8 +815,8 @@ void ct_model_linear_fwd(ct_model *m, int layer, int wslot, int bslot, void *out
     int t = tensor_at(m, layer, wslot);
     const ct_param *w = &m->tensors[t];
     int K = w->shape[1], M = w->shape[0];
-    m->be->matmul_fwd(m->ctx, out, x, ct_model_w(m, m->params, layer, wslot),
-                      ct_model_w(m, m->params, layer, bslot), N, K, M);
+    m->be->matmul_fwd(m->ctx, out, x, ct_model_w(m, 0, layer, wslot),
+                      ct_model_w(m, 0, layer, bslot), N, K, M);
     ct_adapter *a = m->adapters ? &m->adapters[t] : NULL;
     if (a && a->A)
         m->be->lora_fwd(m->ctx, out, a->h, x, a->A, a->B, m->lora_scratch, N, K, M, m->lora_r, m->lora_scale,
@@ -635,8 +829,8 @@ void ct_model_linear_bwd(ct_model *m, int layer, int wslot, int bslot, void *dx,
     int t = tensor_at(m, layer, wslot);
     const ct_param *w = &m->tensors[t];
     int K = w->shape[1], M = w->shape[0];
-    m->be->matmul_bwd(m->ctx, dx, ct_model_w(m, m->grads, layer, wslot), ct_model_w(m, m->grads, layer, bslot), dout,
-                      x, ct_model_w(m, m->params, layer, wslot), N, K, M);
+    m->be->matmul_bwd(m->ctx, dx, ct_model_w(m, 1, layer, wslot), ct_model_w(m, 1, layer, bslot), dout,
+                      x, ct_model_w(m, 0, layer, wslot), N, K, M);
     ct_adapter *a = m->adapters ? &m->adapters[t] : NULL;
     if (a && a->A)
         m->be->lora_bwd(m->ctx, dx, a->dA, a->dB, dout, x, a->h, a->A, a->B, m->lora_scratch, N, K, M, m->lora_r,
@@ -656,14 +850,20 @@ static void report(ct_grad_ready_fn ready, void *user, size_t lo, size_t hi)
 void ct_model_layer_ready(ct_model *m, int l, ct_grad_ready_fn ready, void *user)
 {
     report(ready, user, bound(m, l), bound(m, l + 1));
+    release_unit(m, l);
 }
 
 void ct_model_head_ready(ct_model *m, ct_grad_ready_fn ready, void *user)
 {
     report(ready, user, bound(m, m->cfg.n_layer), ct_model_trainable(m).numel);
+    release_unit(m, m->cfg.n_layer + 1);
 }
 
-void ct_model_embed_ready(ct_model *m, ct_grad_ready_fn ready, void *user) { report(ready, user, 0, bound(m, 0)); }
+void ct_model_embed_ready(ct_model *m, ct_grad_ready_fn ready, void *user)
+{
+    report(ready, user, 0, bound(m, 0));
+    release_unit(m, m->cfg.n_layer);
+}
 
 /* ---------------------------------------------------------------- forward, backward, decode */
 
@@ -739,6 +939,10 @@ int ct_model_forward(ct_model *m, const int32_t *tokens, const int32_t *targets,
     m->arch->forward(m, B, T);
     m->curB = B;
     m->curT = T;
+    if (!targets || dloss == 0.0f) { /* no backward follows: the head's units go now */
+        release_unit(m, m->cfg.n_layer + 1);
+        release_unit(m, head_unit(m));
+    }
     if (!targets) {
         be->sync(ctx);
         return 0;
@@ -760,8 +964,11 @@ int ct_model_forward(ct_model *m, const int32_t *tokens, const int32_t *targets,
 
 int ct_model_alloc_grads(ct_model *m, char *err, size_t errlen)
 {
-    if (m->frozen || m->grads) return 0;
-    if ((m->grads = ct_model_balloc(m, m->numel * m->be->elem_size))) return 0;
+    if (m->frozen || m->grads || m->units.fetch) return 0; /* a sharder keeps its own */
+    if ((m->grads = ct_model_balloc(m, m->numel * m->be->elem_size))) {
+        map_flat(m);
+        return 0;
+    }
     snprintf(err, errlen, "out of memory for the gradients of a %s model (%.1f MiB)", m->cfg.model_type,
              (double)m->numel * m->be->elem_size / 1048576.0);
     return -1;
@@ -775,7 +982,7 @@ void ct_model_zero_grad(ct_model *m)
         exit(1);
     }
     ct_trainable t = ct_model_trainable(m);
-    m->be->zero(m->ctx, t.grads, t.numel * m->be->elem_size);
+    if (t.grads) m->be->zero(m->ctx, t.grads, t.numel * m->be->elem_size); /* else a sharder's, zeroed on fetch */
 }
 
 void ct_model_backward(ct_model *m, ct_grad_ready_fn ready, void *user)
@@ -784,7 +991,7 @@ void ct_model_backward(ct_model *m, ct_grad_ready_fn ready, void *user)
         fprintf(stderr, "ctrain: internal error: ct_model_backward without a forward with targets\n");
         abort();
     }
-    if (!m->frozen && !m->grads) {
+    if (!m->frozen && !m->grads && !m->units.fetch) {
         fprintf(stderr, "ctrain: internal error: ct_model_backward before the gradients exist (ct_model_zero_grad)\n");
         abort();
     }
@@ -823,6 +1030,10 @@ void ct_model_attend_cached(ct_model *m, int l, void *out, const void *q, int ld
 int ct_model_decode(ct_model *m, const int32_t *tokens, int B, int Tq, int pos0, char *err, size_t errlen)
 {
     m->have_targets = 0;
+    if (m->units.fetch) {
+        snprintf(err, errlen, "internal: decode of a sharded model (gather its weights first)");
+        return -1;
+    }
     if (!m->be->attention_decode || !m->be->copy_rows) {
         snprintf(err, errlen, "the %s backend has no %s op, which sampling needs", m->be->name,
                  m->be->attention_decode ? "copy_rows" : "attention_decode");

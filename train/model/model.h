@@ -86,6 +86,24 @@ int ct_model_config_same(const ct_model_config *a, const ct_model_config *b);
 int ct_model_init(ct_model **out, const ct_model_config *cfg, const ct_backend *be, ct_kctx *ctx, int B, int T,
                   int shards, char *err, size_t errlen);
 void ct_model_free(ct_model *m);
+/* ZeRO-3: the same model holding only rank's slice of the weights, [rank * S, (rank + 1) * S)
+ * with S = padded numel / shards (ct_model_window), never the whole: ct_model_params is NULL and
+ * loading writes through ct_model_store, which keeps the slice's part. The optimizer takes the
+ * slice over (ct_optim_init at stage 3). */
+int ct_model_init_slice(ct_model **out, const ct_model_config *cfg, const ct_backend *be, ct_kctx *ctx, int B,
+                        int T, int shards, int rank, char *err, size_t errlen);
+void *ct_model_window(ct_model *m, size_t *lo, size_t *n); /* NULL: the model holds the whole */
+/* Writes n fp32 values (backend memory) at flat offset as weights, in the storage dtype: into the
+ * flat buffer, or the part inside the slice of a ct_model_init_slice model. */
+void ct_model_store(ct_model *m, size_t offset, const float *src, size_t n);
+
+/* For a memory plan: the same set-up without allocating anything, only counting the bytes each
+ * buffer would take (ct_model_bytes); adapters may be added (ct_model_add_lora) to count theirs.
+ * Such a model has a layout, units and linears, and nothing else: it must not run. */
+int ct_model_init_counting(ct_model **out, const ct_model_config *cfg, const ct_backend *be, int B, int T,
+                           int shards, char *err, size_t errlen);
+/* Bytes of backend memory the model allocated (or counted), parameters included. */
+size_t ct_model_bytes(const ct_model *m);
 
 const ct_model_config *ct_model_config_of(const ct_model *m);
 int ct_model_max_tokens(const ct_model *m); /* T of the allocation: the longest sequence, the KV cache's length */
@@ -125,6 +143,34 @@ typedef struct {
     void *params, *grads; /* backend memory, storage dtype */
 } ct_trainable;
 ct_trainable ct_model_trainable(ct_model *m);
+
+/* ---- Units, for sharding (ZeRO-2 and 3, train/optim.c). The flat buffer splits into units, each
+ * a contiguous range: block l is unit l (l < L), the embeddings unit L, the final norm and LM
+ * head unit L + 1. A sharder installs hooks: the model then calls fetch before it reads a unit's
+ * weights or writes its gradients, and release when it is done with them; the sharder makes the
+ * unit's buffers present with ct_model_map_unit. Without hooks every unit points into the flat
+ * buffers. The forward fetches and releases each block in turn; the unit of the LM head's weight
+ * stays from the head's forward to the end of the backward; a backward releases each unit after
+ * its ready range (the gradients' release is the sharder's, after it reduced them). */
+typedef struct {
+    void *user;
+    void (*fetch)(void *user, int unit, int what); /* what: CT_UNIT_WEIGHTS | CT_UNIT_GRADS */
+    void (*release)(void *user, int unit);         /* the unit's weights are not needed now */
+} ct_model_units;
+enum { CT_UNIT_WEIGHTS = 1, CT_UNIT_GRADS = 2 };
+int ct_model_num_units(const ct_model *m);
+void ct_model_unit_range(const ct_model *m, int unit, size_t *lo, size_t *hi);
+int ct_model_unit_of(const ct_model *m, size_t offset); /* the unit holding flat element offset */
+/* Installs hooks (NULL: none; units then point into the flat buffers again, which must exist). */
+void ct_model_set_units(ct_model *m, const ct_model_units *hooks);
+/* Where unit u's weights and gradients are now (element unit_lo first); NULL: not present. */
+void ct_model_map_unit(ct_model *m, int unit, void *w, void *g);
+/* The flat weight buffer goes (sharded weights live in the sharder) or comes back (zeroed
+ * for the sharder to fill); returns -1 when memory runs out. */
+void ct_model_drop_params(ct_model *m);
+int ct_model_restore_params(ct_model *m);
+/* The flat gradient buffer goes (sharded gradients). */
+void ct_model_drop_grads(ct_model *m);
 
 /* ---- LoRA. The linear layers adapters can sit beside, named as PEFT's module paths
  * ("transformer.h.<l>.attn.c_attn", "model.layers.<l>.self_attn.q_proj"); i in [0, num). */

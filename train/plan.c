@@ -1,0 +1,233 @@
+/* plan.c — the memory a training run will take per rank (plan.h). */
+#include "plan.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "lora.h"
+#include "run.h"
+
+#ifdef CTRAIN_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
+#define CT_PLAN_CPU_LIBS ((size_t)22 << 20)
+
+static double mib(size_t b) { return (double)b / 1048576.0; }
+
+int ct_plan_make(const ct_config *cfg, const ct_model_config *mc, const ct_backend *be, int world, size_t baseline,
+                 ct_plan *p, char *err, size_t errlen)
+{
+    memset(p, 0, sizeof *p);
+    ct_model *m;
+    const int B = cfg->data.micro_batch, T = cfg->data.seq_len, stage = cfg->parallel.zero_stage;
+    if (ct_model_init_counting(&m, mc, be, B, T, world, err, errlen)) return -1;
+    const int lora = ct_run_lora(cfg);
+    ct_lora_spec spec;
+    if (lora && (ct_lora_spec_from_config(cfg, &spec, err, errlen) || ct_lora_attach(m, &spec, world, err, errlen))) {
+        ct_model_free(m);
+        return -1;
+    }
+    const size_t es = be->elem_size, N = (size_t)world, P = ct_model_numel(m);
+    const size_t Tn = ct_model_trainable(m).numel, S = stage >= 1 ? Tn / N : Tn;
+    const size_t adapters = lora ? Tn * es : 0;
+    p->activations = ct_model_bytes(m) - P * es - 2 * adapters;
+    p->weights = (stage == 3 ? P / N : P) * es + adapters;
+    p->grads = lora ? adapters : stage <= 1 ? P * es : 0;
+    /* a ZeRO-3 model in fp32 keeps its slice as the master itself (counted under weights) */
+    p->optimizer = 2 * 4 * S + (es != 4 ? 4 * S : 0);
+    p->comm = stage >= 1 ? S * es : 0;
+
+    /* the unit pool (optim.c): what is fetched at once, a buffer per unit kind and use */
+    size_t lo, hi, pre, post, block = 0;
+    const int L = ct_model_num_units(m) - 2, dev = strcmp(be->name, "cpu") != 0;
+    for (int u = 0; u < L; u++) {
+        ct_model_unit_range(m, u, &lo, &hi);
+        if (hi - lo > block) block = hi - lo;
+    }
+    ct_model_unit_range(m, L, &lo, &hi);
+    pre = hi - lo;
+    ct_model_unit_range(m, L + 1, &lo, &hi);
+    post = hi - lo;
+    const int shard_grads = stage >= 2 && !lora, shard_weights = stage == 3;
+    size_t units = 0;
+    if (shard_weights && shard_grads) /* weights and gradients of the head's unit live together */
+        units = (mc->untied ? pre : 2 * pre) + 2 * post + (dev ? 4 : 2) * block;
+    else if (shard_weights || shard_grads)
+        units = pre + post + (dev ? 2 : 1) * block;
+    p->units = units * es;
+
+    /* on the CPU, what the libraries touch while training beyond the baseline (OpenBLAS's GEMM
+     * buffer, HDF5's caches, the host transport's chunk-sized temporaries): 20.7-22.2 MiB in
+     * tests/memory_plan.sh's runs (VmHWM over the plan without it, 1 and 3 ranks, stages 0-3) */
+    p->baseline = baseline + (dev ? 0 : CT_PLAN_CPU_LIBS);
+    p->step = p->baseline + p->weights + p->grads + p->optimizer + p->comm + p->units + p->activations;
+    p->start = shard_weights && lora ? P * es : 0; /* a LoRA base is loaded whole, then sharded */
+    /* a checkpoint's writer copies this rank's slice of 4 groups (weights, master, m, v) from a GPU
+     * to the host (host memory, not the device's); on the CPU it writes them from where they are */
+    p->save = dev ? 4 * (Tn / N) * sizeof(float) : 0;
+    p->finish = shard_weights && !lora ? P * es : 0; /* on rank 0, with the moments and units gone */
+    p->device = dev;
+    size_t start = p->step - p->units + p->start;
+    size_t finish = p->finish ? p->step - p->units - 2 * 4 * S + p->finish : 0;
+    p->peak = p->step;
+    p->peak_at = "a step";
+    if (start > p->peak) p->peak = start, p->peak_at = "the start (the whole base model, before it is sharded)";
+    if (finish > p->peak) p->peak = finish, p->peak_at = "the end (the whole model gathered on rank 0 for the final save)";
+    ct_model_free(m);
+    return 0;
+}
+
+void ct_plan_print(FILE *f, const ct_plan *p, const ct_config *cfg, int world)
+{
+    fprintf(f, "ctrain: memory plan per rank (%s; ZeRO-%d on %d rank%s; micro-batch %d x %d%s):\n",
+            p->device ? "GPU memory" : "host memory", cfg->parallel.zero_stage, world, world > 1 ? "s" : "",
+            cfg->data.micro_batch, cfg->data.seq_len, ct_run_lora(cfg) ? "; LoRA" : "");
+    fprintf(f, "  weights       %10.1f MiB\n", mib(p->weights));
+    fprintf(f, "  gradients     %10.1f MiB\n", mib(p->grads));
+    fprintf(f, "  optimizer     %10.1f MiB  (AdamW m, v and fp32 masters of this rank's slice)\n", mib(p->optimizer));
+    fprintf(f, "  communication %10.1f MiB  (the reduced gradients of the slice)\n", mib(p->comm));
+    fprintf(f, "  unit buffers  %10.1f MiB  (gathered weights, unit gradients: ZeRO-2/3)\n", mib(p->units));
+    fprintf(f, "  activations   %10.1f MiB  (one micro-batch, logits included)\n", mib(p->activations));
+    if (!p->device)
+        fprintf(f, "  process       %10.1f MiB  (before the model, and the libraries' working buffers)\n",
+                mib(p->baseline));
+    fprintf(f, "  step total    %10.1f MiB\n", mib(p->step));
+    fprintf(f, "  peak          %10.1f MiB  (at %s)\n", mib(p->peak), p->peak_at);
+    if (p->save) fprintf(f, "  (a checkpoint save also takes %.1f MiB of host memory: this rank's slices)\n", mib(p->save));
+}
+
+static size_t meminfo_kib(const char *key)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    size_t v = 0, n = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, key, n) && line[n] == ':') {
+            v = strtoull(line + n + 1, NULL, 10);
+            break;
+        }
+    if (f) fclose(f);
+    return v;
+}
+
+size_t ct_plan_available(const ct_backend *be, int device, int local_size, size_t baseline)
+{
+    if (!strcmp(be->name, "cpu")) {
+        size_t avail = meminfo_kib("MemAvailable") * 1024;
+        return avail ? avail / (size_t)(local_size > 0 ? local_size : 1) + baseline : 0;
+    }
+#ifdef CTRAIN_HAVE_CUDA
+    size_t free_b = 0, total_b = 0;
+    (void)device;
+    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) return free_b;
+#else
+    (void)device;
+#endif
+    return 0;
+}
+
+static size_t status_kib(const char *key)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    size_t v = 0, n = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, key, n) && line[n] == ':') {
+            v = strtoull(line + n + 1, NULL, 10);
+            break;
+        }
+    if (f) fclose(f);
+    return v * 1024;
+}
+
+size_t ct_plan_rss_now(void) { return status_kib("VmRSS"); }
+size_t ct_plan_rss_peak(void) { return status_kib("VmHWM"); }
+
+/* One change to cfg that might fit: its description and the plan's peak under it. */
+static int try_change(const ct_config *cfg, const ct_model_config *mc, const ct_backend *be, int world,
+                      size_t baseline, size_t avail, const char *what, char *out, size_t outlen)
+{
+    ct_plan q;
+    char err[256];
+    if (ct_plan_make(cfg, mc, be, world, baseline, &q, err, sizeof err) || q.peak > avail) return 0;
+    size_t used = strlen(out);
+    snprintf(out + used, outlen - used, "%s%s (peak %.1f MiB)", used ? "; " : "", what, mib(q.peak));
+    return 1;
+}
+
+int ct_plan_check(const ct_config *cfg, const ct_model_config *mc, const ct_backend *be, int world,
+                  const ct_plan *p, size_t avail, char *err, size_t errlen)
+{
+    if (!avail || p->peak <= avail) return 0;
+    char fits[1024] = "", what[160];
+    ct_config c = *cfg;
+    /* a smaller micro-batch, the global batch kept by accumulating more */
+    for (int mb = cfg->data.micro_batch / 2; mb >= 1; mb /= 2) {
+        c = *cfg;
+        c.data.micro_batch = mb;
+        c.parallel.grad_accum = cfg->parallel.grad_accum * (cfg->data.micro_batch / mb);
+        snprintf(what, sizeof what, "--set data.micro_batch=%d --set parallel.grad_accum=%d", mb, c.parallel.grad_accum);
+        if (cfg->data.micro_batch % mb == 0 && try_change(&c, mc, be, world, p->baseline, avail, what, fits, sizeof fits))
+            break;
+    }
+    for (int st = cfg->parallel.zero_stage + 1; st <= 3 && world > 1; st++) {
+        c = *cfg;
+        c.parallel.zero_stage = st;
+        snprintf(what, sizeof what, "--set parallel.zero_stage=%d", st);
+        if (try_change(&c, mc, be, world, p->baseline, avail, what, fits, sizeof fits)) break;
+    }
+    if (!ct_run_lora(cfg)) {
+        c = *cfg;
+        snprintf(c.lora.targets, sizeof c.lora.targets, "all-linear");
+        c.lora.r = 16;
+        try_change(&c, mc, be, world, p->baseline, avail, "LoRA: --set lora.targets=all-linear --set lora.r=16", fits,
+                   sizeof fits);
+    }
+    snprintf(err, errlen, "the memory plan needs %.1f MiB per rank at %s, but %.1f MiB are available to each of this "
+             "node's ranks (%s): %s%s", mib(p->peak), p->peak_at, mib(avail),
+             p->device ? "the GPU's free memory" : "MemAvailable shared by the node's ranks, plus what each holds",
+             fits[0] ? "these changes fit: " : "no single change of micro-batch, ZeRO stage or LoRA fits; add ranks",
+             fits);
+    return -1;
+}
+
+int ct_plan_command(const ct_config *cfg, ct_comm *comm, char *err, size_t errlen)
+{
+    const ct_backend *be;
+    ct_kctx *ctx;
+    int device, world = ct_comm_size(comm), rc = -1;
+    ct_model_config mc;
+    char path[CT_PATH_MAX + 64];
+    int is_ckpt;
+    if (ct_run_backend(cfg, comm, &be, &ctx, &device, err, errlen)) return -1;
+    ct_plan p;
+    size_t baseline = strcmp(be->name, "cpu") ? 0 : ct_plan_rss_now();
+    if (ct_run_model_source(cfg, CT_WEIGHTS_CONFIG, &mc, path, sizeof path, &is_ckpt, err, errlen) ||
+        ct_plan_make(cfg, &mc, be, world, baseline, &p, err, errlen))
+        goto done;
+    size_t avail = ct_plan_available(be, device, ct_comm_local_size(comm), baseline);
+    if (ct_comm_rank(comm) == 0) {
+        ct_plan_print(stdout, &p, cfg, world);
+        if (avail) printf("  available     %10.1f MiB  (%s)\n", mib(avail),
+                          p.device ? "the GPU's free memory" : "this node's MemAvailable over its ranks, plus the baseline");
+        printf("peak per rank by world size and ZeRO stage (MiB; the same micro-batch):\n  ranks");
+        for (int st = 0; st <= 3; st++) printf("   stage %d", st);
+        printf("\n");
+        for (int w = 1; w <= 64; w *= 2) {
+            printf("  %5d", w);
+            for (int st = 0; st <= 3; st++) {
+                ct_config c = *cfg;
+                c.parallel.zero_stage = st;
+                ct_plan q;
+                if (ct_plan_make(&c, &mc, be, w, baseline, &q, err, errlen)) goto done;
+                printf(" %9.1f", mib(q.peak));
+            }
+            printf("\n");
+        }
+    }
+    rc = ct_plan_check(cfg, &mc, be, world, &p, avail, err, errlen);
+done:
+    be->kctx_free(ctx);
+    return rc;
+}
