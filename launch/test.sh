@@ -16,7 +16,7 @@ bash launch/corpus.sh # datasets/kjv.txt: the reference tier tokenizes and prepa
 
 cmake_args=(-S . -B "$build" -DCMAKE_BUILD_TYPE=Release)
 if [[ $tier == all || $tier == reference ]]; then
-  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import torch, transformers, safetensors, peft, h5py, jinja2' 2>/dev/null; then
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import torch, transformers, safetensors, peft, h5py, jinja2, tensorboard' 2>/dev/null; then
     echo "test: creating .venv with the reference packages (PyPI)"
     python3 -m venv .venv
     .venv/bin/pip install -q --upgrade pip

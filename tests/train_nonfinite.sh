@@ -123,7 +123,7 @@ for skip in 0 3; do
     bad "$name: the good run failed (exit $rc)"
     continue
   fi
-  before=$(snapshot "$tmp/$name" | grep -v "metrics.jsonl\|ctrain.json")
+  before=$(snapshot "$tmp/$name" | grep -v "metrics.jsonl\|ctrain.json\|tfevents")
   mv "$tmp/$name.log" "$tmp/$name.first.log"
   skipping=()
   [ "$skip" -gt 0 ] && skipping=(--set optim.skip_nonfinite=$skip) # 0: the default
@@ -136,7 +136,7 @@ for skip in 0 3; do
   fi
   stop=$((first + skip))
   stopped "$name" $stop "resumed with lr 10 and weight decay 10 (first non-finite step $first), optim.skip_nonfinite $skip"
-  after=$(snapshot "$tmp/$name" | grep -v "metrics.jsonl\|ctrain.json")
+  after=$(snapshot "$tmp/$name" | grep -v "metrics.jsonl\|ctrain.json\|tfevents")
   if [ "$before" == "$after" ]; then
     ok "$name: checkpoints 5 and 10, latest and the adapters byte-identical, nothing new"
   else

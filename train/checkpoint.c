@@ -307,6 +307,28 @@ static int create_layout(const char *path, ct_model *m, const ct_optim *o, const
     return rc ? fail(err, errlen, "%s: cannot write the file's structure (a full disk?)", path) : 0;
 }
 
+/* Where progress goes (ct_ckpt_on_progress): set once by the process that wants lines, read by
+ * its saves and loads. */
+static ct_ckpt_progress_fn progress_fn;
+static void *progress_user;
+
+void ct_ckpt_on_progress(ct_ckpt_progress_fn fn, void *user) { progress_fn = fn, progress_user = user; }
+
+static void progress(const char *path, int saving, uint64_t done, uint64_t total)
+{
+    if (progress_fn) progress_fn(progress_user, path, saving, done, total);
+}
+
+/* bytes of the tensors' parts inside [lo, hi) of the flat buffer */
+static uint64_t part_bytes(ct_trainable tr, size_t lo, size_t hi)
+{
+    uint64_t n = 0;
+    size_t a, b;
+    for (int i = 0; i < tr.ntensors; i++)
+        if (part_of(&tr.tensors[i], lo, hi, &a, &b)) n += (b - a) * sizeof(float);
+    return n;
+}
+
 /* This rank's bytes: its part of every tensor of every group, at the offsets rank 0 laid out. */
 static int write_slices(const char *path, ct_model *m, float *const *host, size_t lo, size_t hi,
                         const uint64_t *offsets, char *err, size_t errlen)
@@ -316,6 +338,7 @@ static int write_slices(const char *path, ct_model *m, float *const *host, size_
     int fd = open(path, O_WRONLY);
     if (fd < 0) return fail(err, errlen, "%s: cannot open for writing: %s", path, strerror(errno));
     int rc = 0;
+    uint64_t done = 0, total = NGROUPS * part_bytes(tr, lo, hi); /* began in ct_ckpt_write */
     for (int g = 0; g < NGROUPS && !rc; g++) {
         for (int i = 0; i < nt && !rc; i++) {
             const ct_param *p = &tr.tensors[i];
@@ -335,6 +358,7 @@ static int write_slices(const char *path, ct_model *m, float *const *host, size_
                 }
                 src += n, left -= (size_t)n, at += n;
             }
+            if (!rc) progress(path, 1, done += (b - a) * sizeof(float), total);
         }
     }
     if (!rc && fsync(fd) != 0) rc = fail(err, errlen, "%s: fsync failed: %s", path, strerror(errno));
@@ -358,6 +382,7 @@ int ct_ckpt_write(const char *path, ct_model *m, ct_optim *o, const ct_ckpt_stat
     write_slice(m, comm, &lo, &hi);
     ct_optim_slice(o, &obegin, &olen);
     err[0] = 0;
+    progress(path, 1, 0, NGROUPS * part_bytes(tr, lo, hi)); /* the host copies and checksums count too */
 
     /* this rank's slice in host memory: parameters, master weights, m, v; copies from a device,
      * the backend's own fp32 memory as it is on the CPU (a save then costs no memory) */
@@ -594,10 +619,13 @@ int ct_ckpt_read(const char *path, ct_model *m, ct_optim *o, ct_ckpt_state *st, 
         free(base);
         if (other) goto agree;
     }
+    uint64_t done = 0, total = part_bytes(tr, 0, numel) + (o ? 3 * part_bytes(tr, begin, begin + len) : 0);
+    progress(path, 0, 0, total);
     for (int i = 0; i < nt; i++) {
         const ct_param *p = &tr.tensors[i];
         uint64_t want;
         if (read_part(file, G_MODEL, p, 0, p->numel, params + p->offset, &want, path, err, errlen)) goto agree;
+        progress(path, 0, done += p->numel * sizeof(float), total);
         if (checksum(params + p->offset, p->numel, 0) != want) {
             fail(err, errlen, "%s: /model/%s: checksum mismatch: the file is corrupt", path, p->name);
             goto agree;
@@ -610,7 +638,7 @@ int ct_ckpt_read(const char *path, ct_model *m, ct_optim *o, ct_ckpt_state *st, 
             int has = part_of(p, begin, begin + len, &a, &b);
             float *dst = has ? state[k] + (p->offset + a - begin) : state[k];
             if (read_part(file, G_MASTER + k, p, a, b, dst, &stored[k * nt + i], path, err, errlen)) goto agree;
-            if (has) sums[k * nt + i] = checksum(dst, b - a, a);
+            if (has) sums[k * nt + i] = checksum(dst, b - a, a), progress(path, 0, done += (b - a) * sizeof(float), total);
         }
     }
     if (o && read_state(file, &got, &optim_steps, path, err, errlen)) goto agree;

@@ -69,6 +69,12 @@ int ct_ckpt_read_state(const char *path, ct_ckpt_state *st, char *err, size_t er
 int ct_ckpt_read(const char *path, ct_model *m, ct_optim *o, ct_ckpt_state *st, ct_comm *comm, char *err,
                  size_t errlen);
 
+/* Progress of this rank's bytes of a checkpoint being written (saving 1) or read (0): called with
+ * done 0 as it begins, then after each tensor's bytes, done reaching total at the end. */
+typedef void (*ct_ckpt_progress_fn)(void *user, const char *path, int saving, uint64_t done, uint64_t total);
+/* Every later ct_ckpt_write and ct_ckpt_read of this process reports to fn (NULL: none). */
+void ct_ckpt_on_progress(ct_ckpt_progress_fn fn, void *user);
+
 /* ---- checkpoints of a run directory: <dir>/ckpt_<step>.h5, and <dir>/latest naming the newest
  * complete one. */
 

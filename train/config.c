@@ -82,6 +82,7 @@ static const key_info keys[] = {
     {"log.every", K_INT, F(log.every), "10", 1, 1e9, NULL, "a log line every N steps (metrics.jsonl gets every step)"},
     {"log.eval_every", K_INT, F(log.eval_every), "200", 0, 1e9, NULL, "evaluate on data.val every N steps (0: only at the end)"},
     {"log.eval_batches", K_INT, F(log.eval_batches), "20", 0, 1e9, NULL, "micro-batches per rank per evaluation (0: the whole val set)"},
+    {"log.peak_tflops", K_REAL, F(log.peak_tflops), "0", 0, 1e6, NULL, "peak TFLOP/s of one rank's device, for MFU (0: a known GPU's dense bf16 peak; on the CPU no MFU)"},
     {"sample.prompt", K_STR, F(sample.prompt), "\"\"", 0, 0, NULL, "text the sample continues"},
     {"sample.temperature", K_REAL, F(sample.temperature), "0.8", 0, 100, NULL, "softmax temperature (0: greedy)"},
     {"sample.top_k", K_INT, F(sample.top_k), "40", 0, 1 << 24, NULL, "sample from the k most likely tokens (0: all)"},

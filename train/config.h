@@ -67,6 +67,7 @@ typedef struct {
         int every;                 /* a log line every N steps */
         int eval_every;            /* 0: only at the end */
         int eval_batches;          /* micro-batches per rank per evaluation; 0: the whole val set */
+        double peak_tflops;        /* one rank's device peak for MFU; 0: the GPU's from a table, none on the CPU */
     } log;
     struct {
         char prompt[1024];

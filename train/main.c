@@ -15,6 +15,7 @@
 #include "plan.h"
 #include "prepare.h"
 #include "hf_model.h"
+#include "report.h"
 #include "kernels.h"
 #include "lora.h"
 #include "run.h"
@@ -35,7 +36,7 @@ typedef struct {
     const char *name;
     const char *usage;
     const char *help;
-    int takes_config; /* 1: the positional argument is a config, and --set applies; 2: two paths */
+    int takes_config; /* 1: the positional argument is a config, and --set applies; 2: two paths; 3: report's own */
     int (*run)(const args *a, ct_comm *comm);
 } verb;
 
@@ -303,6 +304,13 @@ static const verb verbs[] = {
      "Loads a Hugging Face model folder (config.json + model.safetensors), checks every tensor's\n"
      "name and shape against the config, and prints the architecture and parameter count.",
      0, cmd_info},
+    {"report", "ctrain report RUN_DIR [RUN_DIR...] [-o FILE]",
+     "Writes one self-contained HTML file (default report.html; inline SVG, no script, nothing fetched) of\n"
+     "the runs' metrics.jsonl and ctrain.json: loss and val loss against steps and tokens, learning rate,\n"
+     "throughput, gradient norm, MFU and memory where logged, every run overlaid in its own colour, and the\n"
+     "resolved configs side by side with the keys that differ highlighted. A directory without\n"
+     "metrics.jsonl or ctrain.json, or a damaged line, is an error naming the file and line.",
+     3, NULL},
 };
 #define NVERBS (int)(sizeof verbs / sizeof verbs[0])
 
@@ -376,11 +384,12 @@ int main(int argc, char **argv)
             return 0;
         }
     }
-    args a;
-    if (parse_args(v, argc - 2, argv + 2, &a)) return 1;
     /* a file-size limit (ulimit -f) must fail a write with EFBIG, which ctrain reports, not kill
      * the process in the middle of a checkpoint */
     signal(SIGXFSZ, SIG_IGN);
+    if (v->takes_config == 3) return ct_report_main(argc - 2, argv + 2); /* run dirs and -o; no ranks */
+    args a;
+    if (parse_args(v, argc - 2, argv + 2, &a)) return 1;
     char err[1024];
     ct_comm *comm = NULL;
     if (ct_comm_init(&comm, &argc, &argv, err, sizeof err)) return fail(err);

@@ -23,6 +23,8 @@
 #include "resume.h"
 #include "run.h"
 #include "rundir.h"
+#include "tfevents.h"
+#include "watch.h"
 #include "write_file.h"
 
 float ct_lr_at(const ct_config *c, int step)
@@ -89,12 +91,18 @@ typedef struct {
     ct_plan mem;               /* the memory plan, made before the model */
     char good[CT_PATH_MAX + 64]; /* the newest checkpoint of a state that was all finite, or "" */
     int lock_fd;               /* rank 0: run.dir/ctrain.lock, held until the end; -1 none */
+    ct_tfevents *tb;           /* rank 0: this start's TensorBoard event file */
+    double *sums;              /* [2 + world] reduced each step: loss sum, stop flag, each rank's memory (GiB) */
+    ct_watch_progress progress; /* rank 0: checkpoint progress lines */
 } run_state;
 
 static void run_free(run_state *s)
 {
     ct_rundir_unlock(s->lock_fd);
     if (s->metrics) fclose(s->metrics);
+    ct_tfevents_close(s->tb, NULL, 0);
+    ct_ckpt_on_progress(NULL, NULL);
+    free(s->sums);
     free(s->config_json);
     free(s->tokens);
     free(s->targets);
@@ -184,7 +192,8 @@ static int setup(const ct_config *cfg, ct_comm *comm, run_state *s, char *from, 
     s->tokens = malloc(sizeof(int32_t) * (size_t)A * B * T);
     s->targets = malloc(sizeof(int32_t) * (size_t)A * B * T);
     if (ct_loader_masked(s->train)) s->pos = malloc(sizeof(int32_t) * (size_t)A * B * T);
-    if (!s->tokens || !s->targets || (ct_loader_masked(s->train) && !s->pos)) {
+    s->sums = calloc(2 + (size_t)world, sizeof(double));
+    if (!s->tokens || !s->targets || (ct_loader_masked(s->train) && !s->pos) || !s->sums) {
         snprintf(err, errlen, "out of memory for %d micro-batches of %d x %d tokens", A, B, T);
         return -1;
     }
@@ -287,6 +296,9 @@ static void log_flush(ct_comm *comm)
 /* Rank 0: metrics.jsonl synced and closed; -1 with err when that fails. */
 static int close_metrics(run_state *s, char *err, size_t errlen)
 {
+    int tb = ct_tfevents_close(s->tb, err, errlen);
+    s->tb = NULL;
+    if (tb) return -1;
     errno = 0;
     int bad = fflush(s->metrics) != 0 || ferror(s->metrics) || fsync(fileno(s->metrics)) != 0;
     int e = errno;
@@ -339,6 +351,8 @@ static int evaluate(const ct_config *cfg, ct_comm *comm, run_state *s, int step,
     if (ct_comm_rank(comm) == 0) {
         printf("step %5d | val_loss %.4f\n", step, *val_loss);
         metrics_line(comm, s, "{\"step\": %d, \"val_loss\": %.6f}\n", step, *val_loss);
+        if (ct_tfevents_write(s->tb, step, &(ct_tb_scalar){"val/loss", *val_loss}, 1))
+            write_failed(comm, ct_tfevents_path(s->tb), errno);
         log_flush(comm);
     }
     return 0;
@@ -372,6 +386,7 @@ static int save(const ct_config *cfg, ct_comm *comm, run_state *s, int step, lon
     char path[CT_PATH_MAX + 64];
     /* the metrics of the steps this checkpoint holds are on disk before it is */
     if (ct_comm_rank(comm) == 0 && fsync(fileno(s->metrics)) != 0) write_failed(comm, s->metrics_path, errno);
+    if (ct_comm_rank(comm) == 0 && ct_tfevents_sync(s->tb)) write_failed(comm, ct_tfevents_path(s->tb), errno);
     double t0 = omp_get_wtime();
     int rc = ct_ckpt_save(cfg->run.dir, cfg->checkpoint.keep, s->model, s->optim, &s->st, s->config_json, comm, path,
                           sizeof path, err, errlen);
@@ -407,6 +422,7 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
      * start, so it ends the job. */
     if (s.be->stream(s.ctx) && ct_comm_attach_device(comm, s.device, err, sizeof err)) ct_run_die(comm, err);
     ct_rng_seed(&s.st.rng, (uint64_t)cfg->run.seed);
+    if (rank == 0) ct_ckpt_on_progress(ct_watch_ckpt_progress, &s.progress);
     double load_s = omp_get_wtime();
     if (s.resume[0]) {
         rc = ct_ckpt_read(s.resume, s.model, s.optim, &s.st, comm, err, sizeof err);
@@ -419,7 +435,8 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
     }
     load_s = omp_get_wtime() - load_s;
     /* every check has passed: only now is anything of run.dir written */
-    rc = rank == 0 && (write_config(cfg, &s, err, sizeof err) || open_metrics(cfg, &s, s.st.step, err, sizeof err))
+    rc = rank == 0 && (write_config(cfg, &s, err, sizeof err) || open_metrics(cfg, &s, s.st.step, err, sizeof err) ||
+                       ct_tfevents_open(&s.tb, cfg->run.dir, s.st.step, err, sizeof err))
              ? -1 : 0;
     if (ct_run_agree(comm, rc, err)) {
         run_free(&s);
@@ -428,6 +445,11 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
 
     const ct_model_config *mc = ct_model_config_of(s.model);
     long tokens_per_step = (long)B * T * A * world;
+    /* MFU: the model FLOPs of one rank's step (a full step's: not LoRA's, which skips the base's
+     * weight gradients) over the step time and one device's peak */
+    char peak_note[512];
+    double peak = ct_watch_peak(cfg, s.be, s.device, peak_note, sizeof peak_note), mem_peak = 0;
+    double rank_flops = ct_model_has_lora(s.model) ? 0 : ct_model_step_flops(mc, B, T) * A;
     if (rank == 0) {
         char *line = ct_config_to_json(cfg, 0);
         printf("ctrain: config (resolved; saved as %s/ctrain.json): %s\n", cfg->run.dir, line ? line : "?");
@@ -455,6 +477,8 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         printf("ctrain: memory per rank: weights %.1f MiB, gradients %.1f MiB, optimizer state %.1f MiB (ZeRO stage "
                "%d)\n", weights / 1048576.0, (double)tr.numel * es / 1048576.0,
                ct_optim_state_bytes(s.optim) / 1048576.0, cfg->parallel.zero_stage);
+        printf("ctrain: %s; TensorBoard: %s\n", rank_flops ? peak_note : "MFU not computed for LoRA (a LoRA step "
+               "skips the base's weight gradients, which model FLOPs count)", ct_tfevents_path(s.tb));
         log_flush(comm);
     }
 
@@ -478,7 +502,9 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         }
         if (ct_comm_allreduce_sum_f64(comm, &count, 1)) ct_run_die(comm, "communication failed");
         float dloss = count > 0 ? (float)(1.0 / count) : 0.0f;
-        double sums[2] = {0, stop_requested != 0}; /* loss sum; ranks asked to stop */
+        double *sums = s.sums; /* loss sum; ranks asked to stop; each rank's memory */
+        memset(sums, 0, (2 + (size_t)world) * sizeof *sums);
+        sums[1] = stop_requested != 0;
         ct_model_zero_grad(s.model);
         ct_model_set_training(s.model, 1);
         for (int a = 0; a < A; a++) {
@@ -499,7 +525,8 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         ct_model_set_training(s.model, 0);
         /* the loss first (the same reduction as always, moved): whether the step may be applied
          * is decided from reduced values, which every rank sees alike */
-        if (ct_comm_allreduce_sum_f64(comm, sums, 2)) ct_run_die(comm, "communication failed");
+        sums[2 + rank] = mem_peak = fmax(mem_peak, ct_watch_memory_gib(s.be, s.device));
+        if (ct_comm_allreduce_sum_f64(comm, sums, 2 + (size_t)world)) ct_run_die(comm, "communication failed");
         double loss = count > 0 ? sums[0] / count : 0.0;
         hp.lr = ct_lr_at(cfg, step);
         hp.hold = !isfinite(loss);
@@ -513,15 +540,20 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
         double dt = omp_get_wtime() - t0;
 
         if (rank == 0) {
-            double tps = tokens_per_step / dt;
-            char l[32] = "null", g[32] = "null"; /* JSON has no NaN or Inf */
+            double tps = tokens_per_step / dt, mfu = ct_watch_mfu(rank_flops, dt, peak), mem = 0;
+            for (int r = 0; r < world; r++) mem = fmax(mem, sums[2 + r]);
+            char l[32] = "null", g[32] = "null", u[32] = "null"; /* JSON has no NaN or Inf */
             if (isfinite(loss)) snprintf(l, sizeof l, "%.8f", loss);
             if (isfinite(norm)) snprintf(g, sizeof g, "%.6f", norm);
+            if (isfinite(mfu)) snprintf(u, sizeof u, "%.6f", mfu);
             metrics_line(comm, &s,
                          "{\"step\": %d, \"loss\": %s, \"lr\": %.6g, \"grad_norm\": %s, \"ms\": %.2f, "
-                         "\"tokens_per_s\": %.1f, \"tokens\": %ld%s}\n",
-                         step, l, hp.lr, g, dt * 1e3, tps, tokens_per_step * (long)step,
+                         "\"tokens_per_s\": %.1f, \"tokens\": %ld, \"mfu\": %s, \"memory_gib\": %.4f%s}\n",
+                         step, l, hp.lr, g, dt * 1e3, tps, tokens_per_step * (long)step, u, mem,
                          held ? ", \"nonfinite\": true" : "");
+            ct_tb_scalar tb[] = {{"train/loss", loss}, {"train/lr", hp.lr}, {"train/grad_norm", norm},
+                                 {"train/tokens_per_s", tps}, {"train/mfu", mfu}, {"train/memory_gib", mem}};
+            if (ct_tfevents_write(s.tb, step, tb, 6)) write_failed(comm, ct_tfevents_path(s.tb), errno);
             if (held && skipped <= cfg->optim.skip_nonfinite)
                 fprintf(stderr, "ctrain: warning: step %d: loss %s, gradient norm %s: not finite: the step is skipped, "
                         "not applied (%d of the %d steps optim.skip_nonfinite allows)\n", step, show(l, sizeof l, loss),
@@ -530,8 +562,10 @@ int ct_train(const ct_config *cfg, ct_comm *comm)
                 char eta[32];
                 double elapsed = omp_get_wtime() - t_start;
                 format_duration(eta, sizeof eta, elapsed / (step - first + 1) * (cfg->optim.max_steps - step));
-                printf("step %5d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %.0f ms | eta %s\n", step,
-                       cfg->optim.max_steps, loss, hp.lr, norm, tps, dt * 1e3, eta);
+                if (isfinite(mfu)) snprintf(u, sizeof u, " | mfu %.1f%%", 100 * mfu);
+                else u[0] = 0;
+                printf("step %5d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s%s | mem %.2f GiB | %.0f ms | eta %s\n",
+                       step, cfg->optim.max_steps, loss, hp.lr, norm, tps, u, mem, dt * 1e3, eta);
                 log_flush(comm);
             }
         }
