@@ -98,9 +98,10 @@ void ct_plan_print(FILE *f, const ct_plan *p, const ct_config *cfg, int world)
     if (p->save) fprintf(f, "  (a checkpoint save also takes %.1f MiB of host memory: this rank's slices)\n", mib(p->save));
 }
 
-static size_t meminfo_kib(const char *key)
+/* The value of "key:" in a /proc file of "key: value kB" lines, in KiB; 0 when absent. */
+static size_t proc_kib(const char *path, const char *key)
 {
-    FILE *f = fopen("/proc/meminfo", "r");
+    FILE *f = fopen(path, "r");
     char line[256];
     size_t v = 0, n = strlen(key);
     while (f && fgets(line, sizeof line, f))
@@ -115,7 +116,7 @@ static size_t meminfo_kib(const char *key)
 size_t ct_plan_available(const ct_backend *be, int device, int local_size, size_t baseline)
 {
     if (!strcmp(be->name, "cpu")) {
-        size_t avail = meminfo_kib("MemAvailable") * 1024;
+        size_t avail = proc_kib("/proc/meminfo", "MemAvailable") * 1024;
         return avail ? avail / (size_t)(local_size > 0 ? local_size : 1) + baseline : 0;
     }
 #ifdef CTRAIN_HAVE_CUDA
@@ -128,22 +129,8 @@ size_t ct_plan_available(const ct_backend *be, int device, int local_size, size_
     return 0;
 }
 
-static size_t status_kib(const char *key)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    size_t v = 0, n = strlen(key);
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, key, n) && line[n] == ':') {
-            v = strtoull(line + n + 1, NULL, 10);
-            break;
-        }
-    if (f) fclose(f);
-    return v * 1024;
-}
-
-size_t ct_plan_rss_now(void) { return status_kib("VmRSS"); }
-size_t ct_plan_rss_peak(void) { return status_kib("VmHWM"); }
+size_t ct_plan_rss_now(void) { return proc_kib("/proc/self/status", "VmRSS") * 1024; }
+size_t ct_plan_rss_peak(void) { return proc_kib("/proc/self/status", "VmHWM") * 1024; }
 
 /* One change to cfg that might fit: its description and the plan's peak under it. */
 static int try_change(const ct_config *cfg, const ct_model_config *mc, const ct_backend *be, int world,
