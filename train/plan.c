@@ -3,6 +3,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+
+#include "checkpoint.h"
 
 #include "lora.h"
 #include "run.h"
@@ -63,18 +66,43 @@ int ct_plan_make(const ct_config *cfg, const ct_model_config *mc, const ct_backe
      * tests/memory_plan.sh's runs (VmHWM over the plan without it, 1 and 3 ranks, stages 0-3) */
     p->baseline = baseline + (dev ? 0 : CT_PLAN_CPU_LIBS);
     p->step = p->baseline + p->weights + p->grads + p->optimizer + p->comm + p->units + p->activations;
-    p->start = shard_weights && lora ? P * es : 0; /* a LoRA base is loaded whole, then sharded */
+    p->device = dev;
+
+    /* Transients. Loads and saves stage one tensor at a time in fp32: a host copy and one in backend
+     * memory (a Hugging Face load a second host copy, for the conversion); on a GPU only the
+     * latter is device memory. A checkpoint read holds the whole trainable set twice (the file's
+     * /model on the host, then in backend memory) and this rank's optimizer state on the host. */
+    size_t maxn = 0;
+    for (int i = 0; i < ct_model_num_tensors(m); i++)
+        if (ct_model_tensor(m, i)->numel > maxn) maxn = ct_model_tensor(m, i)->numel;
+    const size_t f4 = sizeof(float), stage1 = maxn * f4; /* one tensor, fp32 */
+    struct stat st;
+    const int from_ckpt = cfg->model.init_from[0] && stat(cfg->model.init_from, &st) == 0 && S_ISREG(st.st_mode);
+    const int from_hf = cfg->model.init_from[0] && !from_ckpt;
+    size_t staging = dev ? stage1 : (from_hf ? 3 : 2) * stage1;
+    if (from_ckpt) staging = dev ? P * f4 : 2 * P * f4;
+    /* the model just made and filled: before the optimizer and the gradients exist */
+    size_t load = p->baseline + (shard_weights && !lora ? P / N : P) * es + 2 * adapters + p->activations + staging;
+    /* ZeRO-3 with LoRA: the base was loaded whole and is sharded when the optimizer starts */
+    size_t shard = shard_weights && lora ? p->step - p->units + P * es : 0;
+    char latest[CT_PATH_MAX + 64], e[256];
+    size_t resume = 0;
+    if (ct_ckpt_latest(cfg->run.dir, latest, sizeof latest, e, sizeof e) == 1)
+        resume = p->step - p->units + (dev ? Tn * f4 : 2 * Tn * f4 + 3 * S * f4);
+    /* the end: the whole model's save (ZeRO-3: gathered on rank 0 after the moments are freed) */
+    size_t finish = (shard_weights && !lora ? p->step - p->units - 2 * 4 * S + P * es : p->step) +
+                    (dev ? stage1 : 2 * stage1);
     /* a checkpoint's writer copies this rank's slice of 4 groups (weights, master, m, v) from a GPU
      * to the host (host memory, not the device's); on the CPU it writes them from where they are */
-    p->save = dev ? 4 * (Tn / N) * sizeof(float) : 0;
-    p->finish = shard_weights && !lora ? P * es : 0; /* on rank 0, with the moments and units gone */
-    p->device = dev;
-    size_t start = p->step - p->units + p->start;
-    size_t finish = p->finish ? p->step - p->units - 2 * 4 * S + p->finish : 0;
+    p->save = dev ? 4 * (Tn / N) * f4 : 0;
+    p->start = load > shard ? load : shard;
+    p->finish = finish;
     p->peak = p->step;
     p->peak_at = "a step";
-    if (start > p->peak) p->peak = start, p->peak_at = "the start (the whole base model, before it is sharded)";
-    if (finish > p->peak) p->peak = finish, p->peak_at = "the end (the whole model gathered on rank 0 for the final save)";
+    if (load > p->peak) p->peak = load, p->peak_at = "the start (loading the weights a tensor at a time)";
+    if (shard > p->peak) p->peak = shard, p->peak_at = "the start (the whole base model, before it is sharded)";
+    if (resume > p->peak) p->peak = resume, p->peak_at = "the resume (the checkpoint's trainable set, twice)";
+    if (finish > p->peak) p->peak = finish, p->peak_at = "the end (the final save; ZeRO-3: the model gathered on rank 0)";
     ct_model_free(m);
     return 0;
 }

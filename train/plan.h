@@ -22,12 +22,12 @@ typedef struct {
     size_t comm;        /* the reduced gradients of this rank's slice (stages 1-3) */
     size_t units;       /* gathered weights and unit gradients (stages 2, 3) */
     size_t activations; /* activations, logits, LoRA's intermediates for one micro-batch */
-    size_t start;       /* extra at start: ZeRO-3 holds the whole model until it is sharded */
+    size_t start;       /* the start's total: loading (a tensor's staging), or a LoRA base before ZeRO-3 shards it */
     size_t save;        /* host memory a checkpoint's writer takes on a GPU (this rank's slices); 0 on the CPU */
-    size_t finish;      /* extra at the end: ZeRO-3 gathers the whole model for the final save */
+    size_t finish;      /* the end's total: the final save's staging (ZeRO-3: the model gathered on rank 0) */
     size_t baseline;    /* the process before the model (CPU; 0 on a GPU) */
     size_t step;        /* baseline + weights + ... + activations */
-    size_t peak;        /* the largest of start, step and finish */
+    size_t peak;        /* the largest of start, step, a resume and finish */
     const char *peak_at;
     int device;         /* the figures are a GPU's memory */
 } ct_plan;
