@@ -7,6 +7,8 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config
   libopenmpi-dev openmpi-bin          # MPI transport and launcher
+  slurmctld slurmd slurm-client munge # a one-node Slurm cluster for tests/slurm_cluster.sh (slurm-wlm)
+  slurm-wlm-basic-plugins             # srun --mpi=pmix and pmi2 (mpi_pmix.so)
   libhdf5-openmpi-dev hdf5-tools      # parallel HDF5: datasets and checkpoints; h5dump
   libcjson-dev                        # configs, safetensors headers
   libopenblas-openmp-dev              # sgemm, sharing OpenMP's threads

@@ -135,3 +135,92 @@ if [ "$state" != idle ]; then
   exit 1
 fi
 ok "one-node cluster up: $(sinfo -h -o '%P %D %T %C')"
+
+# -- ctrain under it ---------------------------------------------------------------------------
+# Open MPI refuses root unless told; sbatch and srun pass this environment on to the job
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+. "$root/tests/tiny_run.sh"
+tiny_run "$tmp" 5 1
+steps=${SLURM_TEST_STEPS:-400}
+cfg=$tmp/base.json
+losses() { grep -o '"loss": [0-9.e+-]*' "$1/metrics.jsonl" 2>/dev/null; }
+# job_state JOB: its state (PENDING, RUNNING, COMPLETED, CANCELLED...) and restart count
+job_state() { scontrol show job "$1" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2; }
+job_restarts() { scontrol show job "$1" 2>/dev/null | grep -o 'Restarts=[0-9]*' | cut -d= -f2; }
+# wait_lines DIR N SECS: until DIR/metrics.jsonl has N lines
+wait_lines() {
+  local i
+  for ((i = 0; i < $3 * 5; i++)); do
+    [ "$(cat "$1/metrics.jsonl" 2>/dev/null | wc -l)" -ge "$2" ] && return 0
+    sleep 0.2
+  done
+  return 1
+}
+sb() { (cd "$tmp" && CTRAIN=$ctrain CONFIG=$cfg sbatch --parsable --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 \
+  --time=15 --output="$tmp/job-%j.out" "$@"); }
+
+# 1. srun -n 2: two ranks that find each other
+if timeout 180 srun -n 2 -c 1 --mpi="$mpi" "$ctrain" train "$cfg" --set run.dir="$tmp/srun" > "$tmp/srun.log" 2>&1 &&
+  grep -q 'x 2 ranks' "$tmp/srun.log" && [ -f "$tmp/srun/model.safetensors" ]; then
+  ok "srun -n 2 --mpi=$mpi: trained as 2 ranks: $(grep -o '[0-9]* tokens per step.*ranks' "$tmp/srun.log" | head -1)"
+else
+  bad "srun -n 2 --mpi=$mpi ctrain train:"; tail -5 "$tmp/srun.log" >&2
+fi
+
+# 2. sbatch launch/slurm.sbatch, uninterrupted: the reference run
+job=$(sb --wait "$root/launch/slurm.sbatch" --set run.dir="$tmp/straight" --set optim.max_steps="$steps")
+rc=$?
+if [ "$rc" -eq 0 ] && [ -f "$tmp/straight/model.safetensors" ] && grep -q 'x 2 ranks' "$tmp/job-$job.out" &&
+  [ "$(losses "$tmp/straight" | wc -l)" -eq "$steps" ]; then
+  ok "sbatch launch/slurm.sbatch: job $job trained $steps steps as 2 ranks and finished ($(job_state "$job"))"
+else
+  bad "sbatch launch/slurm.sbatch: job $job, sbatch --wait exit $rc, $(losses "$tmp/straight" | wc -l) losses:"
+  tail -8 "$tmp/job-$job.out" >&2
+fi
+
+# 3. scancel --batch --signal=USR1 mid-run: save, exit 0, requeue, resume, the same losses
+job=$(sb "$root/launch/slurm.sbatch" --set run.dir="$tmp/pre" --set optim.max_steps="$steps")
+if wait_lines "$tmp/pre" 5 120; then
+  scancel --batch --signal=USR1 "$job"
+  for _ in $(seq 300); do
+    st=$(job_state "$job")
+    [ "$st" = COMPLETED ] || [ "$st" = FAILED ] || [ "$st" = CANCELLED ] || [ "$st" = TIMEOUT ] && break
+    sleep 1
+  done
+  log=$tmp/job-$job.out
+  if [ "$st" = COMPLETED ] && [ "$(job_restarts "$job")" -ge 1 ] && grep -q 'requeueing job' "$log" &&
+    grep -q 'resumed from' "$log" && [ -f "$tmp/pre/model.safetensors" ]; then
+    ok "USR1 to job $job's script: checkpointed, requeued ($(job_restarts "$job") restart), $(grep -o 'resumed from [^ ]*' "$log" | head -1), completed"
+  else
+    bad "USR1 to job $job: state '$st', restarts $(job_restarts "$job"):"; tail -12 "$log" >&2
+  fi
+  if [ "$(losses "$tmp/pre" | wc -l)" -eq "$steps" ] &&
+    cmp -s <(losses "$tmp/pre") <(losses "$tmp/straight"); then
+    ok "preempted + requeued job's losses equal the uninterrupted job's, step for step"
+  else
+    bad "preempted job's losses differ from the uninterrupted job's ($(losses "$tmp/pre" | wc -l) vs $(losses "$tmp/straight" | wc -l) lines)"
+  fi
+else
+  bad "job $job never logged 5 steps: state $(job_state "$job")"; tail -5 "$tmp/job-$job.out" >&2
+fi
+
+# 4. scancel outright: the newest checkpoint stays readable
+job=$(sb "$root/launch/slurm.sbatch" --set run.dir="$tmp/kill" --set optim.max_steps="$steps" --set checkpoint.every=5)
+if wait_lines "$tmp/kill" 12 120; then
+  scancel "$job"
+  for _ in $(seq 60); do
+    st=$(job_state "$job")
+    [ "$st" = RUNNING ] || [ "$st" = COMPLETING ] || [ "$st" = PENDING ] || break
+    sleep 1
+  done
+  ck=$(cat "$tmp/kill/latest" 2>/dev/null)
+  if [ "$st" = CANCELLED ] && [ -n "$ck" ] && [ -f "$tmp/kill/$ck" ] &&
+    "$ctrain" export "$tmp/kill/$ck" "$tmp/kill-export" > "$tmp/export.log" 2>&1; then
+    ok "scancel $job ($st): newest checkpoint $ck exports: $(ls "$tmp/kill-export" | tr '\n' ' ')"
+  else
+    bad "scancel $job: state '$st', latest '$ck':"; tail -3 "$tmp/export.log" >&2
+  fi
+else
+  bad "job $job never logged 12 steps: state $(job_state "$job")"; tail -5 "$tmp/job-$job.out" >&2
+fi
+exit $((failures > 0))
