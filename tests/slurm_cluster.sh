@@ -68,6 +68,8 @@ host=$(hostname -s)
 cpus=$(nproc --all)
 mem=$(awk '/^MemTotal/ { m = int($2 / 1024) - 1024; if (m < 512) m = 512; print m }' /proc/meminfo)
 mkdir -p "$tmp/state" "$tmp/spool" "$tmp/log"
+# a ctest run inside a Slurm job must not hand that job's variables to this cluster's clients
+for v in $(compgen -v SLURM_); do unset "$v"; done
 export SLURM_CONF=$tmp/slurm.conf
 write_conf() {
   cat > "$SLURM_CONF" <<CONF
