@@ -94,6 +94,24 @@ same l3z3to1z0 l1z0 1e-5
 resume a3z3to2z1 a3z3 2 1 "${lora[@]}"
 same a3z3to2z1 a1z0 1e-5
 
+# a damaged /model under stage 3, where each rank reads and checks only its slice (the checksums
+# summed across ranks): refused, naming the file, on every rank
+cp -r "$tmp/g3z3" "$tmp/g3z3bad"
+rm -f "$tmp/g3z3bad"/model.safetensors "$tmp/g3z3bad"/ckpt_00000020.h5
+echo ckpt_00000010.h5 > "$tmp/g3z3bad/latest"
+f=$tmp/g3z3bad/ckpt_00000010.h5
+at=$(( $(stat -c %s "$f") * 15 / 100 ))
+od -An -v -tu1 -j "$at" -N 64 "$f" | awk '{ for (i = 1; i <= NF; i++) printf "%c", 255 - $i }' > "$tmp/flip"
+LC_ALL=C dd if="$tmp/flip" of="$f" bs=1 seek="$at" conv=notrunc status=none
+if "$mpiexec" -n 3 --oversubscribe "$ctrain" train "$tmp/base.json" --set "run.dir=$tmp/g3z3bad" \
+    --set parallel.grad_accum=2 --set parallel.zero_stage=3 > "$tmp/g3z3bad.log" 2>&1; then
+  bad "a damaged checkpoint resumed under stage 3"
+elif grep -q "ckpt_00000010.h5.*\(checksum mismatch\|corrupt\|cannot read\)" "$tmp/g3z3bad.log"; then
+  ok "stage 3 refuses a damaged /model: $(grep -o 'ckpt_00000010.h5: [^:]*: [a-z ]*' "$tmp/g3z3bad.log" | head -1)"
+else
+  bad "stage 3 resume of a damaged checkpoint failed without naming it: $(grep error "$tmp/g3z3bad.log" | head -2)"
+fi
+
 # bytes per step and rank (the run's own count) against theory, 3 ranks, P = the padded buffer:
 # stage 1: reduce-scatter + all-gather = 2P; stage 2: one reduction per micro-batch (2) + all-
 # gather = 3P; stage 3: two reductions, and a gather of every unit for each micro-batch's forward

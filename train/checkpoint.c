@@ -587,11 +587,14 @@ int ct_ckpt_read(const char *path, ct_model *m, ct_optim *o, ct_ckpt_state *st, 
     size_t numel = tr.numel, begin = 0, len = 0;
     if (o) ct_optim_slice(o, &begin, &len);
     /* every rank verifies the whole of /model; the optimizer groups are verified by adding up
-     * every rank's part when the state is sharded */
-    int shared = o && len < numel;
-    float *params = calloc(numel, sizeof(float));
+     * every rank's part when the state is sharded. A model that keeps only its slice of the
+     * weights (ZeRO-3) reads and verifies /model that way too: no rank holds the whole. */
+    int shared = o && len < numel, sliced = o && !tr.params;
+    const size_t mlo = sliced ? begin : 0, mn = sliced ? len : numel; /* the part of /model read here */
+    const int ngroups = sliced ? 4 : 3; /* sums and stored: m, v, master, and /model when sliced */
+    float *params = calloc(mn ? mn : 1, sizeof(float));
     float *state[3] = {0};
-    uint64_t *sums = calloc((size_t)nt * 3, sizeof(uint64_t)), *stored = calloc((size_t)nt * 3, sizeof(uint64_t));
+    uint64_t *sums = calloc((size_t)nt * 4, sizeof(uint64_t)), *stored = calloc((size_t)nt * 4, sizeof(uint64_t));
     int64_t optim_steps = 0;
     ct_ckpt_state got; /* copied to *st only once everything is verified */
     hid_t file = -1;
@@ -619,11 +622,19 @@ int ct_ckpt_read(const char *path, ct_model *m, ct_optim *o, ct_ckpt_state *st, 
         free(base);
         if (other) goto agree;
     }
-    uint64_t done = 0, total = part_bytes(tr, 0, numel) + (o ? 3 * part_bytes(tr, begin, begin + len) : 0);
+    uint64_t done = 0, total = part_bytes(tr, mlo, mlo + mn) + (o ? 3 * part_bytes(tr, begin, begin + len) : 0);
     progress(path, 0, 0, total);
     for (int i = 0; i < nt; i++) {
         const ct_param *p = &tr.tensors[i];
         uint64_t want;
+        if (sliced) { /* this rank's part; the checksums are summed across ranks below */
+            size_t a = 0, b = 0;
+            int has = part_of(p, begin, begin + len, &a, &b);
+            float *dst = has ? params + (p->offset + a - begin) : params;
+            if (read_part(file, G_MODEL, p, a, b, dst, &stored[3 * nt + i], path, err, errlen)) goto agree;
+            if (has) sums[3 * nt + i] = checksum(dst, b - a, a), progress(path, 0, done += (b - a) * sizeof(float), total);
+            continue;
+        }
         if (read_part(file, G_MODEL, p, 0, p->numel, params + p->offset, &want, path, err, errlen)) goto agree;
         progress(path, 0, done += p->numel * sizeof(float), total);
         if (checksum(params + p->offset, p->numel, 0) != want) {
@@ -650,25 +661,26 @@ agree:
         goto done;
     }
     if (rc) goto done;
-    if (shared && ct_comm_allreduce_sum_u64(comm, sums, (size_t)nt * 3)) {
+    if (shared && ct_comm_allreduce_sum_u64(comm, sums, (size_t)nt * (size_t)ngroups)) {
         rc = fail(err, errlen, "communication failed verifying %s", path);
         goto done;
     }
-    for (int j = 0; o && j < nt * 3; j++) {
+    for (int j = 0; o && j < nt * ngroups; j++) {
         if (sums[j] != stored[j]) {
-            rc = fail(err, errlen, "%s: %s/%s: checksum mismatch: the file is corrupt", path, groups[1 + j / nt],
-                      tr.tensors[j % nt].name);
+            rc = fail(err, errlen, "%s: %s/%s: checksum mismatch: the file is corrupt", path,
+                      groups[j / nt == 3 ? G_MODEL : 1 + j / nt], tr.tensors[j % nt].name);
             goto done;
         }
     }
     /* everything verified: only now is the model (and optimizer) overwritten */
-    void *tmp = be->alloc(numel * sizeof(float));
+    void *tmp = be->alloc(mn * sizeof(float));
     if (!tmp) {
         rc = fail(err, errlen, "out of memory loading %s", path);
         goto done;
     }
-    be->upload(ctx, tmp, params, numel * sizeof(float));
-    if (o) ct_optim_set_weights(o, tmp);
+    be->upload(ctx, tmp, params, mn * sizeof(float));
+    if (sliced) ct_optim_set_slice_weights(o, tmp);
+    else if (o) ct_optim_set_weights(o, tmp);
     else if (ct_model_has_lora(m)) be->to_storage(ctx, tr.params, tmp, numel);
     else ct_model_store(m, 0, tmp, numel);
     be->free(tmp);

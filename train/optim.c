@@ -364,6 +364,11 @@ void ct_optim_set_weights(ct_optim *o, const float *all)
     else be->to_storage(o->ctx, o->wslice, all + o->begin, o->len);
 }
 
+void ct_optim_set_slice_weights(ct_optim *o, const float *mine)
+{
+    o->be->to_storage(o->ctx, own_weights(o), mine, o->len);
+}
+
 int ct_optim_sync_params(ct_optim *o)
 {
     const ct_backend *be = o->be;

@@ -71,6 +71,8 @@ void *ct_optim_weights_at(ct_optim *o, size_t i);
 /* Sets the trainable weights from all[numel] (fp32, backend memory): the flat buffer, or under
  * stage 3 this rank's slice of it. Then ct_optim_sync_params as after any load. */
 void ct_optim_set_weights(ct_optim *o, const float *all);
+/* The same from this rank's slice alone, mine[len] (fp32, backend memory). */
+void ct_optim_set_slice_weights(ct_optim *o, const float *mine);
 /* Stage 3: gathers the whole model onto rank 0 (its flat weight buffer back), for the final save;
  * the moments and unit buffers are freed first, and the optimizer must not step again (nor a
  * checkpoint be saved). Other stages: nothing. Collective. */

@@ -71,7 +71,8 @@ int ct_plan_make(const ct_config *cfg, const ct_model_config *mc, const ct_backe
     /* Transients. Loads and saves stage one tensor at a time in fp32: a host copy and one in backend
      * memory (a Hugging Face load a second host copy, for the conversion); on a GPU only the
      * latter is device memory. A checkpoint read holds the whole trainable set twice (the file's
-     * /model on the host, then in backend memory) and this rank's optimizer state on the host. */
+     * /model on the host, then in backend memory; ZeRO-3: this rank's slice of it) and this rank's
+     * optimizer state on the host. */
     size_t maxn = 0;
     for (int i = 0; i < ct_model_num_tensors(m); i++)
         if (ct_model_tensor(m, i)->numel > maxn) maxn = ct_model_tensor(m, i)->numel;
@@ -88,7 +89,8 @@ int ct_plan_make(const ct_config *cfg, const ct_model_config *mc, const ct_backe
     char latest[CT_PATH_MAX + 64], e[256];
     size_t resume = 0;
     if (ct_ckpt_latest(cfg->run.dir, latest, sizeof latest, e, sizeof e) == 1)
-        resume = p->step - p->units + (dev ? Tn * f4 : 2 * Tn * f4 + 3 * S * f4);
+        resume = p->step - p->units + (shard_weights && !lora ? (dev ? S * f4 : 5 * S * f4) /* its slice alone */
+                                                              : (dev ? Tn * f4 : 2 * Tn * f4 + 3 * S * f4));
     /* the end: the whole model's save (ZeRO-3: gathered on rank 0 after the moments are freed) */
     size_t finish = (shard_weights && !lora ? p->step - p->units - 2 * 4 * S + P * es : p->step) +
                     (dev ? stage1 : 2 * stage1);
