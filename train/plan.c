@@ -93,7 +93,7 @@ int ct_plan_make(const ct_config *cfg, const ct_model_config *mc, const ct_backe
                                                               : (dev ? Tn * f4 : 2 * Tn * f4 + 3 * S * f4));
     /* the end: the whole model's save (ZeRO-3: gathered on rank 0 after the moments are freed) */
     size_t finish = (shard_weights && !lora ? p->step - p->units - 2 * 4 * S + P * es : p->step) +
-                    (dev ? stage1 : 2 * stage1);
+                    (lora ? 0 : dev ? stage1 : 2 * stage1); /* LoRA saves its adapters: small tensors */
     /* a checkpoint's writer copies this rank's slice of 4 groups (weights, master, m, v) from a GPU
      * to the host (host memory, not the device's); on the CPU it writes them from where they are */
     p->save = dev ? 4 * (Tn / N) * f4 : 0;
