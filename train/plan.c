@@ -82,8 +82,9 @@ int ct_plan_make(const ct_config *cfg, const ct_model_config *mc, const ct_backe
     const int from_hf = cfg->model.init_from[0] && !from_ckpt;
     size_t staging = dev ? stage1 : (from_hf ? 3 : 2) * stage1;
     if (from_ckpt) staging = dev ? P * f4 : 2 * P * f4;
-    /* the model just made and filled: before the optimizer and the gradients exist */
-    size_t load = p->baseline + (shard_weights && !lora ? P / N : P) * es + 2 * adapters + p->activations + staging;
+    /* the model just made and filled: before the optimizer and the gradients exist, and (host
+     * memory) before the activations are first touched, which only then become resident */
+    size_t load = p->baseline + (shard_weights && !lora ? P / N : P) * es + (dev ? p->activations : 0) + staging;
     /* ZeRO-3 with LoRA: the base was loaded whole and is sharded when the optimizer starts */
     size_t shard = shard_weights && lora ? p->step - p->units + P * es : 0;
     char latest[CT_PATH_MAX + 64], e[256];
