@@ -51,6 +51,14 @@ printf "\\x$(printf %02x ${#hdr})\\x00\\x00\\x00\\x00\\x00\\x00\\x00%s" "$hdr" >
 head -c 16 /dev/zero >> "$tmp/wrongshape/model.safetensors"
 expect 1 "tensor 'transformer.wte.weight': shape [2, 2], config.json implies [13, 8]" -- info "$tmp/wrongshape"
 
+# ctrain plan: a config that cannot be read, a model folder that cannot, a bad key's value
+expect 1 "$tmp/none.json: cannot open" -- plan "$tmp/none.json"
+echo "{\"model\": {\"init_from\": \"$tmp/badjson\"}}" > "$tmp/plan_badmodel.json"
+expect 1 "badjson/config.json: malformed JSON at line 3" -- plan "$tmp/plan_badmodel.json"
+echo '{}' > "$tmp/plan.json"
+expect 1 'model.recompute: "full" is not one of none|block' -- plan "$tmp/plan.json" --set model.recompute=full
+expect 1 "parallel.zero_stage: 4 is out of range" -- plan "$tmp/plan.json" --set parallel.zero_stage=4
+
 expect 1 "info: missing MODEL_DIR" -- info
 expect 2 "unknown verb 'frobnicate'" -- frobnicate
 

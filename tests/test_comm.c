@@ -116,6 +116,15 @@ static void check_buffers(ct_comm *c, size_t n)
     CHECK(ct_comm_buf_allgather(c, a, n, CT_COMM_F32, NULL) == 0);
     CHECK(ct_comm_allgather(c, b, n) == 0);
     CHECK(!memcmp(a, b, total * sizeof(float)));
+    /* broadcast: the root's send arrives in every recv, the root's own included */
+    for (int root = 0; root < size; root++) {
+        for (size_t j = 0; j < n; j++) a[j] = (float)(rank * 1000 + (int)j), recv[j] = -1.0f;
+        CHECK(ct_comm_buf_broadcast(c, rank == root ? a : NULL, recv, n, CT_COMM_F32, root, NULL) == 0);
+        size_t wrong = 0;
+        for (size_t j = 0; j < n; j++) wrong += recv[j] != (float)(root * 1000 + (int)j);
+        CHECK(wrong == 0);
+    }
+    CHECK(ct_comm_buf_broadcast(c, a, a, n, CT_COMM_F32, 0, NULL) == 0); /* in place on the root */
     CHECK(ct_comm_buf_wait(c, NULL) == 0);
     /* bf16 lives only in device memory: refused alike on every rank, nothing sent */
     uint64_t before = ct_comm_bytes(c);
@@ -124,6 +133,8 @@ static void check_buffers(ct_comm *c, size_t n)
     CHECK(ct_comm_buf_allgather(c, a, n, CT_COMM_BF16, NULL) == -1);
     CHECK(ct_comm_buf_reduce(c, a, recv, n, CT_COMM_BF16, 0, NULL) == -1);
     CHECK(ct_comm_buf_reduce(c, a, recv, n, CT_COMM_F32, size, NULL) == -1); /* root out of range */
+    CHECK(ct_comm_buf_broadcast(c, a, recv, n, CT_COMM_F32, size, NULL) == -1);
+    CHECK(ct_comm_buf_broadcast(c, a, recv, n, CT_COMM_BF16, 0, NULL) == -1);
     CHECK(ct_comm_bytes(c) == before);
     free(a);
     free(b);

@@ -77,6 +77,10 @@ static void test_bad_input(void)
     expect_error("{\"optim\": {\"max_steps\": 2.5}}", NULL, 0, "optim.max_steps: expected a whole number", NULL);
     expect_error("{\"optim\": {\"lr\": -1}}", NULL, 0, "optim.lr: -1 is out of range", NULL);
     expect_error("{\"parallel\": {\"zero_stage\": 4}}", NULL, 0, "parallel.zero_stage: 4 is out of range", NULL);
+    expect_error("{\"model\": {\"recompute\": \"all\"}}", NULL, 0, "model.recompute: \"all\" is not one of none|block",
+                 NULL);
+    expect_error("{\"model\": {\"loss_chunk\": -2}}", NULL, 0, "model.loss_chunk: -2 is out of range", NULL);
+    expect_error("{\"log\": {\"peak_tflops\": -1}}", NULL, 0, "log.peak_tflops: -1 is out of range", NULL);
     expect_error("{\"run\": {\"dir\": 5}}", NULL, 0, "run.dir: expected a string", NULL);
     expect_error("{\"run\": {\"device\": \"tpu\"}}", NULL, 0, "run.device: \"tpu\" is not one of auto|cpu|cuda",
                  NULL);

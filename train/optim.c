@@ -59,19 +59,25 @@ struct ct_optim {
     pooled *pool;
     int npool;
     void **wmap, **gmap; /* [units] the pooled buffer holding a unit's weights / gradients, or NULL */
-    size_t pool_bytes;   /* allocated by the pool (its peak: nothing is freed before the end) */
 };
 
 /* ---------------------------------------------------------------- the unit pool */
 
-static void *pool_get(ct_optim *o, size_t bytes)
+static void *pool_get(ct_optim *o, size_t bytes, int block)
 {
     pooled *hit = NULL;
+    int same = 0;
     for (int i = 0; i < o->npool; i++) {
         pooled *e = &o->pool[i];
+        same += e->bytes == bytes;
         if (e->used || e->bytes != bytes) continue;
         if (!hit || (hit->pending && !e->pending)) hit = e;
     }
+    /* On a GPU a block's buffer a reduction still reads is not waited for while the pool may
+     * grow to the block buffers one overlapped block needs at once (stage 2: its gradients and the
+     * last block's in flight; stage 3: the same and two blocks' weights, one gathered ahead); the
+     * plan counts as many. The embeddings' and head's buffers wait instead. */
+    if (block && hit && hit->pending && same < (o->shard_weights ? 4 : 2)) hit = NULL;
     if (hit && hit->pending) {
         /* every free buffer of this size may still be read by a reduction: wait for them all */
         if (ct_comm_buf_wait(o->comm, o->be->stream(o->ctx))) ct_comm_abort(o->comm, 1);
@@ -88,7 +94,6 @@ static void *pool_get(ct_optim *o, size_t bytes)
         }
         hit = &o->pool[o->npool++];
         *hit = (pooled){.p = p, .bytes = bytes};
-        o->pool_bytes += bytes;
     }
     hit->used = 1;
     return hit->p;
@@ -131,7 +136,7 @@ static void gather(ct_optim *o, int u)
     size_t lo, hi;
     ct_model_unit_range(o->model, u, &lo, &hi);
     const size_t es = o->be->elem_size;
-    char *buf = pool_get(o, (hi - lo) * es);
+    char *buf = pool_get(o, (hi - lo) * es, u < ct_model_num_units(o->model) - 2);
     void *stream = o->be->stream(o->ctx);
     int rank = ct_comm_rank(o->comm), rc = 0;
     ct_comm_buf_group_begin(o->comm);
@@ -163,7 +168,7 @@ static void unit_fetch(void *user, int u, int what)
         }
     }
     if ((what & CT_UNIT_GRADS) && o->shard_grads && !o->gmap[u]) {
-        o->gmap[u] = pool_get(o, unit_bytes(o, u));
+        o->gmap[u] = pool_get(o, unit_bytes(o, u), u < L);
         o->be->zero(o->ctx, o->gmap[u], unit_bytes(o, u));
     }
     remap(o, u);
@@ -369,17 +374,6 @@ void ct_optim_set_slice_weights(ct_optim *o, const float *mine)
     o->be->to_storage(o->ctx, own_weights(o), mine, o->len);
 }
 
-int ct_optim_sync_params(ct_optim *o)
-{
-    const ct_backend *be = o->be;
-    if (be->elem_size != sizeof(float) || (char *)o->master != own_weights(o))
-        be->to_storage(o->ctx, own_weights(o), o->master, o->len);
-    if (o->zero_stage == 0 || !ct_model_trainable(o->model).params) return 0;
-    void *stream = be->stream(o->ctx);
-    if (ct_comm_buf_allgather(o->comm, ct_model_trainable(o->model).params, o->len, o->dtype, stream)) return -1;
-    return ct_comm_buf_wait(o->comm, stream);
-}
-
 int ct_optim_gather_model(ct_optim *o)
 {
     if (!o->shard_weights) return 0;
@@ -390,7 +384,6 @@ int ct_optim_gather_model(ct_optim *o)
     /* no step follows: the moments and the unit buffers go first, to make room */
     for (int i = 0; i < o->npool; i++) o->be->free(o->pool[i].p);
     o->npool = 0;
-    o->pool_bytes = 0;
     o->be->free(o->m);
     o->be->free(o->v);
     o->m = o->v = NULL;
@@ -455,7 +448,6 @@ void ct_optim_grad_ready(void *optim, size_t lo, size_t hi)
 }
 
 size_t ct_optim_state_bytes(const ct_optim *o) { return o->state_bytes; }
-size_t ct_optim_unit_bytes(const ct_optim *o) { return o->pool_bytes; }
 
 int ct_optim_params_finite(ct_optim *o)
 {

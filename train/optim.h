@@ -62,14 +62,11 @@ void ct_optim_slice(const ct_optim *o, size_t *begin, size_t *len);
 float *ct_optim_master(ct_optim *o);
 float *ct_optim_exp_avg(ct_optim *o);
 float *ct_optim_exp_avg_sq(ct_optim *o);
-/* After the master weights were replaced (a resume): writes them into the model's parameters
- * and all-gathers them, so every rank holds the whole model again. Collective. */
-int ct_optim_sync_params(ct_optim *o);
 /* This rank's trainable weights from flat element i on (i in its slice), storage dtype: where a
  * checkpoint reads them (stage 3 has no flat buffer). */
 void *ct_optim_weights_at(ct_optim *o, size_t i);
 /* Sets the trainable weights from all[numel] (fp32, backend memory): the flat buffer, or under
- * stage 3 this rank's slice of it. Then ct_optim_sync_params as after any load. */
+ * stage 3 this rank's slice of it. */
 void ct_optim_set_weights(ct_optim *o, const float *all);
 /* The same from this rank's slice alone, mine[len] (fp32, backend memory). */
 void ct_optim_set_slice_weights(ct_optim *o, const float *mine);
@@ -77,8 +74,6 @@ void ct_optim_set_slice_weights(ct_optim *o, const float *mine);
  * the moments and unit buffers are freed first, and the optimizer must not step again (nor a
  * checkpoint be saved). Other stages: nothing. Collective. */
 int ct_optim_gather_model(ct_optim *o);
-/* Bytes of the unit buffers (stages 2 and 3) this rank allocated, their peak. */
-size_t ct_optim_unit_bytes(const ct_optim *o);
 /* Whether every trainable parameter is finite (a sum of squares over each rank's slice, all
  * reduced: NaN and Inf survive any order). Collective; -1 on a communication error. */
 int ct_optim_params_finite(ct_optim *o);
